@@ -1,0 +1,133 @@
+/* lumen — the public C API.
+ *
+ * This header is the only thing lua/ binds (with ffi.cdef), so it stays plain:
+ * opaque handles, plain structs, enums with explicit values, no macros that the
+ * FFI would need to evaluate. Everything is prefixed lm_.
+ *
+ * Conventions
+ * - Functions that can fail return lm_status (LM_OK == 0) or NULL, and set a
+ *   thread-local message readable with lm_last_error(). The message names the
+ *   file or argument at fault. Library code never exits or aborts.
+ * - Whoever creates frees: lm_x_new/lm_x_load pair with lm_x_free.
+ * - Shapes are listed outermost first (rows, then columns), as in numpy.
+ */
+#ifndef LUMEN_H
+#define LUMEN_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdbool.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef int lm_status;
+enum { LM_OK = 0, LM_ERR = -1 };
+
+const char *lm_last_error(void);
+const char *lm_version(void);
+
+/* Element types. The numbers are GGUF's (ggml's) type ids so files map directly. */
+typedef enum lm_dtype {
+    LM_F32 = 0, LM_F16 = 1, LM_Q4_0 = 2, LM_Q4_1 = 3, LM_Q5_0 = 6, LM_Q5_1 = 7,
+    LM_Q8_0 = 8, LM_Q8_1 = 9, LM_Q2_K = 10, LM_Q3_K = 11, LM_Q4_K = 12, LM_Q5_K = 13,
+    LM_Q6_K = 14, LM_Q8_K = 15, LM_I8 = 24, LM_I16 = 25, LM_I32 = 26, LM_I64 = 27,
+    LM_F64 = 28, LM_BF16 = 30, LM_DTYPE_COUNT = 40
+} lm_dtype;
+
+/* Name ("q4_k"), elements per block, bytes per block; name NULL / sizes 0 for an unknown id. */
+const char *lm_dtype_name(int dtype);
+int lm_dtype_block_size(int dtype);
+size_t lm_dtype_type_size(int dtype);
+/* Bytes of a row of n elements; 0 when n is not a multiple of the block size. */
+size_t lm_dtype_row_size(int dtype, int64_t n);
+/* Parses a name such as "q8_0" (case-insensitive); -1 when unknown. */
+int lm_dtype_from_name(const char *name);
+
+/* ---- models ---------------------------------------------------------------- */
+typedef struct lm_model lm_model;
+
+typedef struct lm_model_params {
+    int n_threads;      /* worker threads for compute; <= 0 means all cores */
+} lm_model_params;
+
+typedef struct lm_model_info {
+    const char *arch;        /* "llama", "qwen2", "gemma3", ... */
+    const char *name;        /* general.name, or the file name */
+    const char *path;
+    const char *chat_template; /* tokenizer.chat_template, or NULL */
+    int64_t n_params;
+    uint64_t file_size;
+    int32_t n_vocab, n_ctx_train, n_embd, n_layer, n_head, n_head_kv, head_dim, n_ff;
+    int32_t bos_token, eos_token; /* -1 when absent */
+    int32_t file_type;          /* dominant weight dtype */
+} lm_model_info;
+
+lm_model *lm_model_load(const char *path, const lm_model_params *params);
+void lm_model_free(lm_model *model);
+void lm_model_get_info(const lm_model *model, lm_model_info *out);
+
+/* ---- tokenizer (owned by the model) -------------------------------------- */
+/* Writes up to cap ids; returns the number of tokens, or -(needed) when cap is too
+ * small (nothing is lost: call again with a larger buffer), or INT64_MIN on error. */
+int64_t lm_tokenize(const lm_model *model, const char *text, size_t len, int32_t *out,
+                    int64_t cap, bool add_special, bool parse_special);
+/* Bytes of one token (may be part of a UTF-8 character). Returns the length, or
+ * -(needed) when cap is too small, or INT32_MIN for an id out of range. */
+int32_t lm_token_to_piece(const lm_model *model, int32_t token, char *buf, int32_t cap,
+                          bool render_special);
+/* Concatenated pieces; same return convention as lm_tokenize. */
+int64_t lm_detokenize(const lm_model *model, const int32_t *tokens, int64_t n, char *buf,
+                      int64_t cap, bool render_special);
+bool lm_token_is_eog(const lm_model *model, int32_t token);
+/* Id of a token given its exact text (e.g. "<|im_end|>"), or -1. */
+int32_t lm_token_lookup(const lm_model *model, const char *text);
+/* Length of the longest prefix of s[0..n) that does not end inside a UTF-8 sequence. */
+size_t lm_utf8_complete_len(const char *s, size_t n);
+
+/* ---- sessions: a KV cache and the position in it -------------------------- */
+typedef struct lm_session lm_session;
+
+typedef struct lm_session_params {
+    int32_t n_ctx;     /* context length in tokens; <= 0: min(4096, model's) */
+    int32_t n_batch;   /* max tokens per forward pass in eval; <= 0: 512 */
+} lm_session_params;
+
+lm_session *lm_session_new(lm_model *model, const lm_session_params *params);
+void lm_session_free(lm_session *s);
+/* Appends tokens to the context and runs the forward pass. Afterwards
+ * lm_session_logits() holds the logits after the last token. */
+lm_status lm_session_eval(lm_session *s, const int32_t *tokens, int32_t n);
+/* View of n_vocab floats, valid until the next eval/rewind/free. */
+float *lm_session_logits(lm_session *s);
+int32_t lm_session_pos(const lm_session *s);
+int32_t lm_session_n_ctx(const lm_session *s);
+/* Forgets everything after the first n tokens. */
+lm_status lm_session_rewind(lm_session *s, int32_t n);
+
+/* ---- samplers ---------------------------------------------------------------- */
+typedef struct lm_sampler lm_sampler;
+
+typedef struct lm_sampler_params {
+    float temperature;   /* <= 0: greedy */
+    int32_t top_k;       /* <= 0: off */
+    float top_p;         /* >= 1: off */
+    float min_p;         /* <= 0: off */
+    float repeat_penalty;/* 1: off */
+    int32_t repeat_last_n;
+    uint64_t seed;
+} lm_sampler_params;
+
+lm_sampler_params lm_sampler_default_params(void);
+lm_sampler *lm_sampler_new(const lm_sampler_params *params);
+void lm_sampler_free(lm_sampler *s);
+/* Picks a token from n_vocab logits (not modified). history may be NULL. */
+int32_t lm_sampler_sample(lm_sampler *s, const float *logits, int32_t n_vocab);
+/* Records a token that was accepted (for penalties). */
+void lm_sampler_accept(lm_sampler *s, int32_t token);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

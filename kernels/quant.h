@@ -1,0 +1,52 @@
+/* Quantized block formats: per-dtype compute functions behind one dispatch table.
+ *
+ * For every weight dtype there is a plain scalar reference and, where it pays,
+ * AVX2 and AVX-512 (VNNI) variants; lm_kernels_init() picks the best variant the
+ * CPU supports (CPUID, once, thread-safe). A weight row of dtype T is dotted with
+ * an activation row quantized to T's vec_dot_type (Q8_0 for Q4_0/Q5_0/Q8_0, Q8_1
+ * for Q4_1/Q5_1, Q8_K for the K-quants, F32 for F32/F16/BF16), as llama.cpp does,
+ * so results agree with it. */
+#ifndef LM_QUANT_H
+#define LM_QUANT_H
+
+#include "lumen.h"
+
+typedef enum lm_isa { LM_ISA_SCALAR = 0, LM_ISA_AVX2 = 1, LM_ISA_AVX512 = 2, LM_ISA_COUNT = 3 } lm_isa;
+
+/* y[0..n) = dequantized x. n is a multiple of the block size. */
+typedef void (*lm_to_float_fn)(const void *restrict x, float *restrict y, int64_t n);
+/* Quantize n floats (multiple of the block size) into blocks of the dtype. */
+typedef void (*lm_from_float_fn)(const float *restrict x, void *restrict y, int64_t n);
+/* *s = dot(x, y) over n elements; x of the weight dtype, y of its vec_dot_type. */
+typedef void (*lm_vec_dot_fn)(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+
+typedef struct lm_quant_entry {
+    lm_dtype vec_dot_type;
+    lm_to_float_fn to_float;
+    lm_from_float_fn from_float[LM_ISA_COUNT]; /* [LM_ISA_SCALAR] is the reference; NULL = none */
+    lm_vec_dot_fn vec_dot[LM_ISA_COUNT];       /* [LM_ISA_SCALAR] is the reference; NULL = none */
+} lm_quant_entry;
+
+/* The chosen functions for the running CPU. */
+typedef struct lm_quant_ops {
+    lm_dtype vec_dot_type;
+    lm_to_float_fn to_float;
+    lm_from_float_fn from_float;
+    lm_vec_dot_fn vec_dot;
+} lm_quant_ops;
+
+void lm_kernels_init(void);
+lm_isa lm_cpu_isa(void);                 /* best ISA this CPU runs (respects LUMEN_ISA=scalar|avx2|avx512 env cap) */
+const char *lm_isa_name(lm_isa isa);
+/* NULL when the dtype has no compute support. */
+const lm_quant_ops *lm_quant_ops_get(lm_dtype t);
+/* The registered entry, for tests that compare variants (NULL when unsupported). */
+const lm_quant_entry *lm_quant_entry_get(lm_dtype t);
+
+/* fp16 / bf16 scalar conversions (exact, round-to-nearest-even). */
+float lm_f16_to_f32(uint16_t h);
+uint16_t lm_f32_to_f16(float f);
+float lm_bf16_to_f32(uint16_t h);
+uint16_t lm_f32_to_bf16(float f);
+
+#endif
