@@ -45,6 +45,40 @@ size_t lm_dtype_row_size(int dtype, int64_t n);
 /* Parses a name such as "q8_0" (case-insensitive); -1 when unknown. */
 int lm_dtype_from_name(const char *name);
 
+/* ---- tensors ----------------------------------------------------------------
+ * A tensor is a view (dtype, shape, byte strides, offset) over a reference-counted
+ * storage: memory it allocated, a model's mmapped weights, or a session's buffers.
+ * A view keeps its storage alive, so a tensor outlives the model or session it
+ * came from safely. Quantized dtypes are viewed by whole rows: the innermost
+ * dimension is contiguous and a multiple of the block size. */
+typedef struct lm_tensor lm_tensor;
+#define LM_MAX_DIMS 4
+
+/* Zero-filled, contiguous. */
+lm_tensor *lm_tensor_new(int dtype, int ndim, const int64_t *shape);
+/* A view of external memory; release(ctx) runs when the last view is dropped (may be NULL). */
+lm_tensor *lm_tensor_wrap(int dtype, int ndim, const int64_t *shape, void *data,
+                          void (*release)(void *ctx), void *ctx);
+/* A new view over t's storage: offset in bytes from t's data, strides in bytes (NULL: contiguous). */
+lm_tensor *lm_tensor_view(lm_tensor *t, int ndim, const int64_t *shape, const int64_t *strides,
+                          int64_t byte_offset);
+/* Elements [start, end) along dim, without copying. */
+lm_tensor *lm_tensor_slice(lm_tensor *t, int dim, int64_t start, int64_t end);
+/* A contiguous copy (converts to dtype when dtype != t's; only to F32 from quantized). */
+lm_tensor *lm_tensor_copy(const lm_tensor *t, int dtype);
+lm_tensor *lm_tensor_retain(lm_tensor *t);
+void lm_tensor_free(lm_tensor *t);   /* drops one reference; NULL is fine */
+
+int lm_tensor_dtype(const lm_tensor *t);
+int lm_tensor_ndim(const lm_tensor *t);
+int64_t lm_tensor_dim(const lm_tensor *t, int i);     /* 0 when i is out of range */
+int64_t lm_tensor_stride(const lm_tensor *t, int i);  /* bytes */
+int64_t lm_tensor_numel(const lm_tensor *t);
+size_t lm_tensor_nbytes(const lm_tensor *t);          /* of a contiguous layout */
+bool lm_tensor_is_contiguous(const lm_tensor *t);
+void *lm_tensor_data(const lm_tensor *t);
+int32_t lm_tensor_refcount(const lm_tensor *t);
+
 /* ---- models ---------------------------------------------------------------- */
 typedef struct lm_model lm_model;
 

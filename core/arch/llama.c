@@ -1,0 +1,248 @@
+/* The llama family: llama (SmolLM2, Llama 2/3), qwen2, qwen3 and gemma3.
+ *
+ * One forward pass, readable top to bottom: embed -> for each layer
+ * (norm, q/k/v, rope, attention over the KV cache, output, residual, norm,
+ * gated FFN, residual) -> final norm -> logits of the last token. The family
+ * members differ only in the switches of lm_hparams and optional tensors. */
+#include "../model.h"
+#include "../error.h"
+#include "ops.h"
+#include "quant.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+#include <stdlib.h>
+
+/* ---- loading ------------------------------------------------------------------ */
+
+typedef struct { lm_model *m; char prefix[32]; } loader;
+
+static lm_status get_u32(loader *L, const char *key, int32_t *out, bool required, int32_t def) {
+    char full[128];
+    snprintf(full, sizeof full, "%s.%s", L->prefix, key);
+    if (!lm_gguf_find(L->m->gguf, full)) {
+        if (required) return lm_err("missing key '%s'", full);
+        *out = def;
+        return LM_OK;
+    }
+    uint32_t v;
+    if (lm_gguf_get_u32(L->m->gguf, full, &v)) return LM_ERR;
+    if (v > (1u << 30)) return lm_err("key '%s' = %u is out of range", full, v);
+    *out = (int32_t)v;
+    return LM_OK;
+}
+
+static lm_status get_f32(loader *L, const char *key, float *out, float def) {
+    char full[128];
+    snprintf(full, sizeof full, "%s.%s", L->prefix, key);
+    if (!lm_gguf_find(L->m->gguf, full)) { *out = def; return LM_OK; }
+    return lm_gguf_get_f32(L->m->gguf, full, out);
+}
+
+/* Binds tensor `name` of shape [rows][cols] (cols == 0: a vector of `rows`). */
+static lm_status bind(loader *L, lm_tensor **out, const char *name, int64_t rows, int64_t cols, bool required) {
+    const lm_gguf_tensor *t = lm_gguf_find_tensor(L->m->gguf, name);
+    *out = NULL;
+    if (!t) return required ? lm_err("missing tensor '%s'", name) : LM_OK;
+    bool vec = cols == 0;
+    int64_t want0 = vec ? rows : cols, want1 = vec ? 1 : rows;
+    if (t->ne[0] != want0 || t->ne[1] != want1 || t->ne[2] != 1 || t->ne[3] != 1)
+        return lm_err("tensor '%s' has shape [%lld, %lld, %lld, %lld], expected [%lld, %lld] (GGUF order)",
+                      name, (long long)t->ne[0], (long long)t->ne[1], (long long)t->ne[2],
+                      (long long)t->ne[3], (long long)want0, (long long)want1);
+    if (vec && t->type != LM_F32)
+        return lm_err("tensor '%s' is %s; lumen expects f32 for norm weights and biases", name, lm_dtype_name(t->type));
+    if (!vec) {
+        const lm_quant_ops *ops = lm_quant_ops_get(t->type);
+        if (!ops || !ops->vec_dot || !lm_quant_ops_get(ops->vec_dot_type) || !lm_quant_ops_get(ops->vec_dot_type)->from_float)
+            return lm_err("tensor '%s' has type %s, which lumen cannot compute with yet", name, lm_dtype_name(t->type));
+    }
+    int64_t shape[2] = {want1, want0};
+    *out = lm_tensor_on_storage(L->m->mapping, (void *)t->data, t->type, vec ? 1 : 2, vec ? &shape[1] : shape);
+    return *out ? LM_OK : LM_ERR;
+}
+
+lm_status lm_llama_load(lm_model *m) {
+    loader L = {.m = m};
+    lm_hparams *hp = &m->hp;
+    snprintf(L.prefix, sizeof L.prefix, "%s", m->arch_name);
+    if (!strcmp(m->arch_name, "llama")) hp->arch = LM_ARCH_LLAMA;
+    else if (!strcmp(m->arch_name, "qwen2")) hp->arch = LM_ARCH_QWEN2;
+    else if (!strcmp(m->arch_name, "qwen3")) hp->arch = LM_ARCH_QWEN3;
+    else if (!strcmp(m->arch_name, "gemma3")) hp->arch = LM_ARCH_GEMMA3;
+    else return lm_err("architecture '%s' is not supported (supported: llama, qwen2, qwen3, gemma3)", m->arch_name);
+
+    if (get_u32(&L, "block_count", &hp->n_layer, true, 0) ||
+        get_u32(&L, "context_length", &hp->n_ctx_train, false, 2048) ||
+        get_u32(&L, "embedding_length", &hp->n_embd, true, 0) ||
+        get_u32(&L, "feed_forward_length", &hp->n_ff, true, 0) ||
+        get_u32(&L, "attention.head_count", &hp->n_head, true, 0))
+        return LM_ERR;
+    if (get_u32(&L, "attention.head_count_kv", &hp->n_head_kv, false, hp->n_head)) return LM_ERR;
+    if (hp->n_layer < 1 || hp->n_embd < 1 || hp->n_head < 1 || hp->n_head_kv < 1 || hp->n_ff < 1)
+        return lm_err("hyperparameters out of range (layers %d, embd %d, heads %d/%d, ff %d)",
+                      hp->n_layer, hp->n_embd, hp->n_head, hp->n_head_kv, hp->n_ff);
+    if (hp->n_head % hp->n_head_kv)
+        return lm_err("head_count %d is not a multiple of head_count_kv %d", hp->n_head, hp->n_head_kv);
+    if (get_u32(&L, "attention.key_length", &hp->head_dim, false, hp->n_embd / hp->n_head)) return LM_ERR;
+    if (hp->head_dim < 2 || hp->head_dim > 1024 || hp->head_dim % 2)
+        return lm_err("head dimension %d is out of range", hp->head_dim);
+    if (get_u32(&L, "rope.dimension_count", &hp->n_rot, false, hp->head_dim)) return LM_ERR;
+    if (hp->n_rot < 2 || hp->n_rot > hp->head_dim || hp->n_rot % 2)
+        return lm_err("rope dimension %d is out of range for head dimension %d", hp->n_rot, hp->head_dim);
+    if (get_f32(&L, "attention.layer_norm_rms_epsilon", &hp->norm_eps, 1e-5f) ||
+        get_f32(&L, "rope.freq_base", &hp->rope_base, 10000.0f))
+        return LM_ERR;
+    hp->rope_scale = 1.0f;
+    float factor = 1.0f;
+    if (get_f32(&L, "rope.scaling.factor", &factor, 1.0f)) return LM_ERR;
+    if (factor > 0) hp->rope_scale = 1.0f / factor;
+    hp->rope_mode = hp->arch == LM_ARCH_LLAMA ? LM_ROPE_NORM : LM_ROPE_NEOX;
+    hp->attn_scale = 1.0f / sqrtf((float)hp->head_dim);
+    if (hp->arch == LM_ARCH_GEMMA3) {
+        hp->embd_scale = true;
+        hp->gelu = true;
+        if (get_u32(&L, "attention.sliding_window", &hp->sliding_window, false, 0)) return LM_ERR;
+        hp->swa_period = 6;        /* five local layers, then one global */
+        hp->rope_base_local = 10000.0f;
+        if (get_f32(&L, "rope.freq_base_swa", &hp->rope_base_local, 10000.0f)) return LM_ERR;
+    }
+
+    const int64_t E = hp->n_embd, F = hp->n_ff, HD = hp->head_dim;
+    const int64_t QD = (int64_t)hp->n_head * HD, KVD = (int64_t)hp->n_head_kv * HD;
+    const lm_gguf_tensor *emb = lm_gguf_find_tensor(m->gguf, "token_embd.weight");
+    if (!emb) return lm_err("missing tensor 'token_embd.weight'");
+    if (emb->ne[1] < 1 || emb->ne[1] > (1 << 24)) return lm_err("token_embd.weight has an implausible vocabulary size %lld", (long long)emb->ne[1]);
+    hp->n_vocab = (int32_t)emb->ne[1];
+    if (bind(&L, &m->tok_embd, "token_embd.weight", hp->n_vocab, E, true) ||
+        bind(&L, &m->output_norm, "output_norm.weight", E, 0, true) ||
+        bind(&L, &m->output, "output.weight", hp->n_vocab, E, false))
+        return LM_ERR;
+    if (!m->output) m->output = lm_tensor_retain(m->tok_embd); /* tied embeddings */
+
+    m->layers = calloc((size_t)hp->n_layer, sizeof *m->layers);
+    if (!m->layers) return lm_err("out of memory");
+    for (int i = 0; i < hp->n_layer; i++) {
+        lm_layer *l = &m->layers[i];
+        char n[96];
+#define B(field, suffix, rows, cols, req) \
+        (snprintf(n, sizeof n, "blk.%d." suffix, i), bind(&L, &l->field, n, rows, cols, req))
+        if (B(attn_norm, "attn_norm.weight", E, 0, true) || B(wq, "attn_q.weight", QD, E, true) ||
+            B(wk, "attn_k.weight", KVD, E, true) || B(wv, "attn_v.weight", KVD, E, true) ||
+            B(wo, "attn_output.weight", E, QD, true) ||
+            B(bq, "attn_q.bias", QD, 0, false) || B(bk, "attn_k.bias", KVD, 0, false) ||
+            B(bv, "attn_v.bias", KVD, 0, false) ||
+            B(q_norm, "attn_q_norm.weight", HD, 0, hp->arch == LM_ARCH_QWEN3 || hp->arch == LM_ARCH_GEMMA3) ||
+            B(k_norm, "attn_k_norm.weight", HD, 0, hp->arch == LM_ARCH_QWEN3 || hp->arch == LM_ARCH_GEMMA3) ||
+            B(post_attn_norm, "post_attention_norm.weight", E, 0, hp->arch == LM_ARCH_GEMMA3) ||
+            B(ffn_norm, "ffn_norm.weight", E, 0, true) || B(w_gate, "ffn_gate.weight", F, E, true) ||
+            B(w_up, "ffn_up.weight", F, E, true) || B(w_down, "ffn_down.weight", E, F, true) ||
+            B(post_ffn_norm, "post_ffw_norm.weight", E, 0, hp->arch == LM_ARCH_GEMMA3))
+            return LM_ERR;
+#undef B
+    }
+    return LM_OK;
+}
+
+/* ---- forward pass --------------------------------------------------------------- */
+
+#define F32(t) ((const float *)(t)->data)
+
+typedef struct {
+    lm_session *s;
+    int layer;
+    int32_t n, pos0;
+} attn_job;
+
+/* Each (token, head) pair is one task; tokens see the cache up to their own position. */
+static void attn_rows(void *vctx, int ith, int nth) {
+    attn_job *j = vctx;
+    lm_session *s = j->s;
+    const lm_hparams *hp = &s->model->hp;
+    const int HD = hp->head_dim, group = hp->n_head / hp->n_head_kv;
+    const int64_t QD = (int64_t)hp->n_head * HD;
+    bool local = hp->sliding_window > 0 && hp->swa_period > 0 && (j->layer + 1) % hp->swa_period != 0;
+    float *scores = s->scores + (int64_t)ith * s->n_ctx;
+    const uint16_t *kc = s->k_cache + (int64_t)j->layer * s->n_ctx * s->kv_dim;
+    const uint16_t *vc = s->v_cache + (int64_t)j->layer * s->n_ctx * s->kv_dim;
+    int64_t lo, hi;
+    lm_pool_split((int64_t)j->n * hp->n_head, 1, ith, nth, &lo, &hi);
+    for (int64_t task = lo; task < hi; task++) {
+        int32_t t = (int32_t)(task / hp->n_head);
+        int h = (int)(task % hp->n_head);
+        int32_t pos = j->pos0 + t;
+        int32_t t0 = local && pos + 1 > hp->sliding_window ? pos + 1 - hp->sliding_window : 0;
+        int64_t kvo = (int64_t)(h / group) * HD;
+        lm_attend_f16(s->xb2 + t * QD + (int64_t)h * HD, s->q + t * QD + (int64_t)h * HD,
+                      kc + kvo, vc + kvo, s->kv_dim, HD, t0, pos + 1, hp->attn_scale, scores);
+    }
+}
+
+static void add_bias(float *y, const lm_tensor *b, int32_t n, int64_t dim) {
+    if (!b) return;
+    for (int32_t t = 0; t < n; t++) lm_add(y + t * dim, F32(b), dim);
+}
+
+lm_status lm_forward(lm_session *s, const int32_t *tokens, int32_t n) {
+    lm_model *m = s->model;
+    const lm_hparams *hp = &m->hp;
+    lm_pool *pool = m->pool;
+    const int64_t E = hp->n_embd, F = hp->n_ff, HD = hp->head_dim;
+    const int64_t QD = (int64_t)hp->n_head * HD, KVD = s->kv_dim;
+    const int32_t pos0 = s->pos;
+
+    /* embeddings */
+    const lm_quant_ops *eops = lm_quant_ops_get(m->tok_embd->dtype);
+    for (int32_t t = 0; t < n; t++) {
+        eops->to_float((const char *)m->tok_embd->data + (int64_t)tokens[t] * m->tok_embd->stride[0], s->x + t * E, E);
+        if (hp->embd_scale) lm_scale(s->x + t * E, sqrtf((float)E), E);
+    }
+
+    for (int il = 0; il < hp->n_layer; il++) {
+        const lm_layer *l = &m->layers[il];
+        bool local = hp->sliding_window > 0 && hp->swa_period > 0 && (il + 1) % hp->swa_period != 0;
+        float rope_base = local ? hp->rope_base_local : hp->rope_base;
+
+        for (int32_t t = 0; t < n; t++) lm_rmsnorm(s->xb + t * E, s->x + t * E, F32(l->attn_norm), E, hp->norm_eps);
+        lm_matmul(pool, l->wq, s->xb, n, s->q, s->qbuf);
+        lm_matmul(pool, l->wk, s->xb, n, s->k, s->qbuf);
+        lm_matmul(pool, l->wv, s->xb, n, s->v, s->qbuf);
+        add_bias(s->q, l->bq, n, QD);
+        add_bias(s->k, l->bk, n, KVD);
+        add_bias(s->v, l->bv, n, KVD);
+        for (int32_t t = 0; t < n; t++) {
+            float *q = s->q + t * QD, *k = s->k + t * KVD;
+            if (l->q_norm) for (int h = 0; h < hp->n_head; h++) lm_rmsnorm(q + h * HD, q + h * HD, F32(l->q_norm), HD, hp->norm_eps);
+            if (l->k_norm) for (int h = 0; h < hp->n_head_kv; h++) lm_rmsnorm(k + h * HD, k + h * HD, F32(l->k_norm), HD, hp->norm_eps);
+            lm_rope(q, hp->n_head, (int)HD, hp->n_rot, pos0 + t, rope_base, hp->rope_scale, hp->rope_mode);
+            lm_rope(k, hp->n_head_kv, (int)HD, hp->n_rot, pos0 + t, rope_base, hp->rope_scale, hp->rope_mode);
+            int64_t at = ((int64_t)il * s->n_ctx + pos0 + t) * KVD;
+            lm_f32_to_f16_row(k, s->k_cache + at, KVD);
+            lm_f32_to_f16_row(s->v + t * KVD, s->v_cache + at, KVD);
+        }
+        attn_job aj = {.s = s, .layer = il, .n = n, .pos0 = pos0};
+        lm_pool_run(pool, attn_rows, &aj);
+        lm_matmul(pool, l->wo, s->xb2, n, s->xb, s->qbuf);
+        for (int32_t t = 0; t < n; t++) {
+            if (l->post_attn_norm) lm_rmsnorm(s->xb + t * E, s->xb + t * E, F32(l->post_attn_norm), E, hp->norm_eps);
+            lm_add(s->x + t * E, s->xb + t * E, E);
+            lm_rmsnorm(s->xb + t * E, s->x + t * E, F32(l->ffn_norm), E, hp->norm_eps);
+        }
+        lm_matmul(pool, l->w_gate, s->xb, n, s->hb, s->qbuf);
+        lm_matmul(pool, l->w_up, s->xb, n, s->hb2, s->qbuf);
+        if (hp->gelu) lm_geglu(s->hb, s->hb2, (int64_t)n * F);
+        else lm_swiglu(s->hb, s->hb2, (int64_t)n * F);
+        lm_matmul(pool, l->w_down, s->hb, n, s->xb, s->qbuf);
+        for (int32_t t = 0; t < n; t++) {
+            if (l->post_ffn_norm) lm_rmsnorm(s->xb + t * E, s->xb + t * E, F32(l->post_ffn_norm), E, hp->norm_eps);
+            lm_add(s->x + t * E, s->xb + t * E, E);
+        }
+    }
+
+    /* only the last token's logits are needed */
+    float *last = s->x + (int64_t)(n - 1) * E;
+    lm_rmsnorm(s->xb, last, F32(m->output_norm), E, hp->norm_eps);
+    lm_matmul(pool, m->output, s->xb, 1, s->logits, s->qbuf);
+    return LM_OK;
+}

@@ -1,0 +1,65 @@
+/* Quantized matrix products on the thread pool: activations are quantized once
+ * per product to the weight's vec_dot type, then the weight rows are split
+ * across threads; each thread walks its rows in small tiles so a tile stays in
+ * cache while every token of the batch is dotted with it. */
+#include "model.h"
+#include "quant.h"
+
+#include <string.h>
+
+#define ROW_TILE 16
+
+typedef struct {
+    const lm_quant_ops *ops;
+    const char *w;
+    size_t w_row, x_row;
+    int64_t out, in, n;
+    const float *x;
+    char *xq;
+    float *y;
+} mm_job;
+
+static void quantize_rows(void *vctx, int ith, int nth) {
+    mm_job *j = vctx;
+    int64_t lo, hi;
+    lm_pool_split(j->n, 1, ith, nth, &lo, &hi);
+    for (int64_t t = lo; t < hi; t++)
+        lm_quant_ops_get(j->ops->vec_dot_type)->from_float(j->x + t * j->in, j->xq + t * j->x_row, j->in);
+}
+
+static void mm_rows(void *vctx, int ith, int nth) {
+    mm_job *j = vctx;
+    int64_t lo, hi;
+    lm_pool_split(j->out, ROW_TILE, ith, nth, &lo, &hi);
+    for (int64_t r0 = lo; r0 < hi; r0 += ROW_TILE) {
+        int64_t r1 = r0 + ROW_TILE < hi ? r0 + ROW_TILE : hi;
+        for (int64_t t = 0; t < j->n; t++) {
+            const char *xq = j->xq + t * j->x_row;
+            float *y = j->y + t * j->out;
+            for (int64_t r = r0; r < r1; r++)
+                j->ops->vec_dot(j->in, &y[r], j->w + r * j->w_row, xq);
+        }
+    }
+}
+
+size_t lm_matmul_qbuf_size(const lm_tensor *w, int64_t n) {
+    const lm_quant_ops *ops = lm_quant_ops_get(w->dtype);
+    return lm_dtype_row_size(ops->vec_dot_type, w->shape[1]) * (size_t)n;
+}
+
+void lm_matmul(lm_pool *pool, const lm_tensor *w, const float *x, int64_t n, float *y, void *qbuf) {
+    const lm_quant_ops *ops = lm_quant_ops_get(w->dtype);
+    mm_job j = {
+        .ops = ops, .w = w->data, .w_row = (size_t)w->stride[0],
+        .out = w->shape[0], .in = w->shape[1], .n = n, .x = x, .y = y,
+    };
+    j.x_row = lm_dtype_row_size(ops->vec_dot_type, j.in);
+    if (ops->vec_dot_type == LM_F32) {
+        j.xq = (char *)x;
+    } else {
+        j.xq = qbuf;
+        if (n >= 4) lm_pool_run(pool, quantize_rows, &j);
+        else quantize_rows(&j, 0, 1);
+    }
+    lm_pool_run(pool, mm_rows, &j);
+}

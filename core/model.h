@@ -1,0 +1,71 @@
+/* Internal model and session structures shared by model.c, session.c and arch/. */
+#ifndef LM_MODEL_H
+#define LM_MODEL_H
+
+#include "lumen.h"
+#include "gguf.h"
+#include "pool.h"
+#include "tensor.h"
+#include "tokenizer.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+typedef enum { LM_ARCH_LLAMA, LM_ARCH_QWEN2, LM_ARCH_QWEN3, LM_ARCH_GEMMA3 } lm_arch;
+
+typedef struct lm_hparams {
+    lm_arch arch;
+    int32_t n_vocab, n_ctx_train, n_embd, n_layer, n_head, n_head_kv, head_dim, n_ff;
+    int32_t n_rot;            /* rotated dims per head */
+    float norm_eps;
+    float rope_base, rope_base_local, rope_scale;
+    int rope_mode;            /* lm_rope_mode */
+    float attn_scale;         /* multiplies q.k */
+    int32_t sliding_window;   /* 0: none */
+    int32_t swa_period;       /* every swa_period-th layer is global; 0: all global */
+    bool embd_scale;          /* gemma: embeddings * sqrt(n_embd) */
+    bool gelu;                /* GELU-gated FFN instead of SiLU-gated */
+} lm_hparams;
+
+typedef struct lm_layer {
+    lm_tensor *attn_norm, *wq, *wk, *wv, *wo;
+    lm_tensor *bq, *bk, *bv;                 /* qwen2 biases (optional) */
+    lm_tensor *q_norm, *k_norm;              /* qwen3/gemma3 per-head norms (optional) */
+    lm_tensor *post_attn_norm;               /* gemma3 (optional) */
+    lm_tensor *ffn_norm, *w_gate, *w_up, *w_down;
+    lm_tensor *post_ffn_norm;                /* gemma3 (optional) */
+} lm_layer;
+
+struct lm_model {
+    atomic_int refcount;      /* the user's handle + one per live session */
+    lm_hparams hp;
+    lm_gguf *gguf;            /* owned by `mapping` (closed when the last view goes) */
+    lm_storage *mapping;
+    lm_tokenizer *tok;
+    lm_tensor *tok_embd, *output_norm, *output;
+    lm_layer *layers;
+    lm_pool *pool;
+    pthread_mutex_t eval_mu;  /* one forward pass at a time uses the pool */
+    char *path, *name, *arch_name, *chat_template;
+    int64_t n_params;
+    int32_t file_type;
+};
+
+struct lm_session {
+    lm_model *model;
+    int32_t n_ctx, n_batch, pos;
+    int64_t kv_dim;           /* n_head_kv * head_dim */
+    uint16_t *k_cache, *v_cache; /* [n_layer][n_ctx][kv_dim] fp16 */
+    float *x, *xb, *xb2, *q, *k, *v, *hb, *hb2, *scores, *logits;
+    void *qbuf;               /* quantized activations */
+    size_t qbuf_size;
+};
+
+lm_model *lm_model_retain(lm_model *m);
+/* Forward pass for n tokens at positions s->pos.., writing logits of the last. */
+lm_status lm_forward(lm_session *s, const int32_t *tokens, int32_t n);
+/* Y[n][out] = X[n][in] @ W^T for W of shape [out][in]; qbuf holds the quantized X. */
+void lm_matmul(lm_pool *pool, const lm_tensor *w, const float *x, int64_t n, float *y, void *qbuf);
+size_t lm_matmul_qbuf_size(const lm_tensor *w, int64_t n);
+
+#endif

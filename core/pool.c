@@ -1,0 +1,125 @@
+#include "pool.h"
+#include "error.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <unistd.h>
+#include <immintrin.h>
+
+/* How long an idle worker spins before it sleeps on the condition variable. */
+#define SPIN_ITERS 20000
+
+struct lm_pool {
+    int n;
+    pthread_t *threads;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    atomic_uint gen;        /* bumped once per region */
+    atomic_int pending;     /* workers still running the current region */
+    atomic_int sleepers;
+    atomic_bool quit;
+    lm_pool_fn fn;
+    void *ctx;
+};
+
+typedef struct { lm_pool *p; int ith; } worker_arg;
+
+static void *worker(void *varg) {
+    worker_arg *a = varg;
+    lm_pool *p = a->p;
+    int ith = a->ith;
+    free(a);
+    unsigned seen = 0;
+    for (;;) {
+        unsigned g;
+        int spins = 0;
+        while ((g = atomic_load_explicit(&p->gen, memory_order_acquire)) == seen) {
+            if (++spins < SPIN_ITERS) { _mm_pause(); continue; }
+            pthread_mutex_lock(&p->mu);
+            atomic_fetch_add(&p->sleepers, 1);
+            while (atomic_load(&p->gen) == seen) pthread_cond_wait(&p->cv, &p->mu);
+            atomic_fetch_sub(&p->sleepers, 1);
+            pthread_mutex_unlock(&p->mu);
+        }
+        seen = g;
+        if (atomic_load(&p->quit)) return NULL;
+        p->fn(p->ctx, ith, p->n);
+        atomic_fetch_sub_explicit(&p->pending, 1, memory_order_release);
+    }
+}
+
+lm_pool *lm_pool_new(int n) {
+    if (n <= 0) n = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    if (n <= 0) n = 1;
+    if (n > 256) n = 256;
+    lm_pool *p = calloc(1, sizeof *p);
+    if (!p) { lm_err("out of memory"); return NULL; }
+    p->n = n;
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->cv, NULL);
+    p->threads = calloc((size_t)n, sizeof *p->threads);
+    if (!p->threads) { free(p); lm_err("out of memory"); return NULL; }
+    for (int i = 1; i < n; i++) {
+        worker_arg *a = malloc(sizeof *a);
+        if (!a) { p->n = i; lm_pool_free(p); lm_err("out of memory"); return NULL; }
+        a->p = p; a->ith = i;
+        if (pthread_create(&p->threads[i], NULL, worker, a) != 0) {
+            free(a);
+            p->n = i;
+            lm_pool_free(p);
+            lm_err("could not start worker thread %d", i);
+            return NULL;
+        }
+    }
+    return p;
+}
+
+static void wake_all(lm_pool *p) {
+    if (atomic_load(&p->sleepers) > 0) {
+        pthread_mutex_lock(&p->mu);
+        pthread_cond_broadcast(&p->cv);
+        pthread_mutex_unlock(&p->mu);
+    }
+}
+
+void lm_pool_free(lm_pool *p) {
+    if (!p) return;
+    pthread_mutex_lock(&p->mu);
+    atomic_store(&p->quit, true);
+    atomic_fetch_add(&p->gen, 1);
+    pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+    for (int i = 1; i < p->n; i++) pthread_join(p->threads[i], NULL);
+    pthread_mutex_destroy(&p->mu);
+    pthread_cond_destroy(&p->cv);
+    free(p->threads);
+    free(p);
+}
+
+int lm_pool_size(const lm_pool *p) { return p ? p->n : 1; }
+
+void lm_pool_run(lm_pool *p, lm_pool_fn fn, void *ctx) {
+    if (!p || p->n == 1) { fn(ctx, 0, 1); return; }
+    p->fn = fn;
+    p->ctx = ctx;
+    atomic_store_explicit(&p->pending, p->n - 1, memory_order_relaxed);
+    /* The mutex orders the bump against a worker that is about to sleep. */
+    pthread_mutex_lock(&p->mu);
+    atomic_fetch_add_explicit(&p->gen, 1, memory_order_release);
+    pthread_mutex_unlock(&p->mu);
+    wake_all(p);
+    fn(ctx, 0, p->n);
+    while (atomic_load_explicit(&p->pending, memory_order_acquire) > 0) _mm_pause();
+}
+
+void lm_pool_split(int64_t n, int64_t align, int ith, int nth, int64_t *lo, int64_t *hi) {
+    if (align < 1) align = 1;
+    int64_t units = (n + align - 1) / align;
+    int64_t per = units / nth, rem = units % nth;
+    int64_t a = ith * per + (ith < rem ? ith : rem);
+    int64_t b = a + per + (ith < rem ? 1 : 0);
+    a *= align; b *= align;
+    *lo = a < n ? a : n;
+    *hi = b < n ? b : n;
+}

@@ -1,0 +1,156 @@
+#include "ops.h"
+
+#include <immintrin.h>
+#include <math.h>
+#include <string.h>
+
+void lm_rmsnorm(float *y, const float *x, const float *w, int64_t n, float eps) {
+    double sum = 0.0;
+    for (int64_t i = 0; i < n; i++) sum += (double)(x[i] * x[i]);
+    const float scale = 1.0f / sqrtf((float)(sum / n) + eps);
+    if (w) for (int64_t i = 0; i < n; i++) y[i] = x[i] * scale * w[i];
+    else   for (int64_t i = 0; i < n; i++) y[i] = x[i] * scale;
+}
+
+void lm_layernorm(float *y, const float *x, const float *w, const float *b, int64_t n, float eps) {
+    double sum = 0.0;
+    for (int64_t i = 0; i < n; i++) sum += x[i];
+    const float mean = (float)(sum / n);
+    double var = 0.0;
+    for (int64_t i = 0; i < n; i++) { float d = x[i] - mean; var += (double)(d * d); }
+    const float scale = 1.0f / sqrtf((float)(var / n) + eps);
+    for (int64_t i = 0; i < n; i++) {
+        float v = (x[i] - mean) * scale;
+        if (w) v *= w[i];
+        if (b) v += b[i];
+        y[i] = v;
+    }
+}
+
+void lm_rope(float *x, int n_heads, int head_dim, int n_rot, int32_t pos, float freq_base,
+             float freq_scale, lm_rope_mode mode) {
+    /* Angles as llama.cpp computes them: theta_i = pos * base^(-2i/n_rot), built by
+     * repeated multiplication in float, so the rounding matches. */
+    float cs[512], sn[512];
+    const int half = n_rot / 2;
+    const float theta_scale = powf(freq_base, -2.0f / (float)n_rot);
+    float theta = (float)pos * freq_scale;
+    for (int i = 0; i < half && i < 512; i++) {
+        cs[i] = cosf(theta);
+        sn[i] = sinf(theta);
+        theta *= theta_scale;
+    }
+    for (int h = 0; h < n_heads; h++) {
+        float *v = x + (int64_t)h * head_dim;
+        if (mode == LM_ROPE_NEOX) {
+            for (int i = 0; i < half; i++) {
+                float a = v[i], b = v[i + half];
+                v[i] = a * cs[i] - b * sn[i];
+                v[i + half] = a * sn[i] + b * cs[i];
+            }
+        } else {
+            for (int i = 0; i < half; i++) {
+                float a = v[2 * i], b = v[2 * i + 1];
+                v[2 * i] = a * cs[i] - b * sn[i];
+                v[2 * i + 1] = a * sn[i] + b * cs[i];
+            }
+        }
+    }
+}
+
+void lm_softmax(float *x, int64_t n) {
+    float max = -INFINITY;
+    for (int64_t i = 0; i < n; i++) if (x[i] > max) max = x[i];
+    double sum = 0.0;
+    for (int64_t i = 0; i < n; i++) { x[i] = expf(x[i] - max); sum += x[i]; }
+    const float inv = (float)(1.0 / sum);
+    for (int64_t i = 0; i < n; i++) x[i] *= inv;
+}
+
+void lm_silu(float *x, int64_t n) {
+    for (int64_t i = 0; i < n; i++) x[i] = x[i] / (1.0f + expf(-x[i]));
+}
+
+static inline float gelu1(float x) {
+    const float c = 0.7978845608028654f; /* sqrt(2/pi) */
+    return 0.5f * x * (1.0f + tanhf(c * x * (1.0f + 0.044715f * x * x)));
+}
+
+void lm_gelu(float *x, int64_t n) {
+    for (int64_t i = 0; i < n; i++) x[i] = gelu1(x[i]);
+}
+
+void lm_swiglu(float *x, const float *g, int64_t n) {
+    for (int64_t i = 0; i < n; i++) x[i] = x[i] / (1.0f + expf(-x[i])) * g[i];
+}
+
+void lm_geglu(float *x, const float *g, int64_t n) {
+    for (int64_t i = 0; i < n; i++) x[i] = gelu1(x[i]) * g[i];
+}
+
+void lm_add(float *y, const float *x, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] += x[i];
+}
+
+void lm_scale(float *y, float s, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] *= s;
+}
+
+int64_t lm_argmax(const float *x, int64_t n) {
+    int64_t best = 0;
+    for (int64_t i = 1; i < n; i++) if (x[i] > x[best]) best = i;
+    return best;
+}
+
+void lm_f32_to_f16_row(const float *x, uint16_t *y, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(y + i), _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
+    for (; i < n; i++) y[i] = _cvtss_sh(x[i], _MM_FROUND_TO_NEAREST_INT);
+}
+
+void lm_f16_to_f32_row(const uint16_t *x, float *y, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + i))));
+    for (; i < n; i++) y[i] = _cvtsh_ss(x[i]);
+}
+
+static inline float hsum256(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+void lm_attend_f16(float *out, const float *q, const uint16_t *k, const uint16_t *v,
+                   int64_t stride, int head_dim, int32_t t0, int32_t t1, float scale,
+                   float *scores) {
+    float max = -INFINITY;
+    const int vec = head_dim & ~7;
+    for (int32_t t = t0; t < t1; t++) {
+        const uint16_t *kt = k + (int64_t)t * stride;
+        __m256 acc = _mm256_setzero_ps();
+        int i = 0;
+        for (; i < vec; i += 8)
+            acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kt + i))), acc);
+        float s = hsum256(acc);
+        for (; i < head_dim; i++) s += q[i] * _cvtsh_ss(kt[i]);
+        s *= scale;
+        scores[t] = s;
+        if (s > max) max = s;
+    }
+    double sum = 0.0;
+    for (int32_t t = t0; t < t1; t++) { scores[t] = expf(scores[t] - max); sum += scores[t]; }
+    const float inv = (float)(1.0 / sum);
+    memset(out, 0, (size_t)head_dim * sizeof *out);
+    for (int32_t t = t0; t < t1; t++) {
+        const uint16_t *vt = v + (int64_t)t * stride;
+        const float p = scores[t] * inv;
+        const __m256 pv = _mm256_set1_ps(p);
+        int i = 0;
+        for (; i < vec; i += 8)
+            _mm256_storeu_ps(out + i, _mm256_fmadd_ps(pv, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(vt + i))), _mm256_loadu_ps(out + i)));
+        for (; i < head_dim; i++) out[i] += p * _cvtsh_ss(vt[i]);
+    }
+}

@@ -1,0 +1,41 @@
+/* Float ops of the transformer forward pass (plain C, auto-vectorized under the
+ * x86-64-v3 baseline; F16C for the fp16 KV cache). The arithmetic follows
+ * llama.cpp's where rounding order matters for agreement (RMSNorm sums in
+ * double, RoPE angles by repeated float multiplication). */
+#ifndef LM_OPS_H
+#define LM_OPS_H
+#include <stdint.h>
+#include <stddef.h>
+
+/* y = x / rms(x) * w  (w may be NULL: no weight). y may alias x. */
+void lm_rmsnorm(float *y, const float *x, const float *w, int64_t n, float eps);
+/* y = (x - mean) / sqrt(var + eps) * w + b  (w, b may be NULL). y may alias x. */
+void lm_layernorm(float *y, const float *x, const float *w, const float *b, int64_t n, float eps);
+
+typedef enum { LM_ROPE_NORM = 0, LM_ROPE_NEOX = 2 } lm_rope_mode;
+/* Rotates the first n_rot dims of each of n_heads heads (head_dim apart) at position pos. */
+void lm_rope(float *x, int n_heads, int head_dim, int n_rot, int32_t pos, float freq_base,
+             float freq_scale, lm_rope_mode mode);
+
+void lm_softmax(float *x, int64_t n);
+void lm_silu(float *x, int64_t n);
+void lm_gelu(float *x, int64_t n);          /* tanh approximation */
+/* x = act(x) * g, for the gated FFN. */
+void lm_swiglu(float *x, const float *g, int64_t n);
+void lm_geglu(float *x, const float *g, int64_t n);
+void lm_add(float *y, const float *x, int64_t n);   /* y += x */
+void lm_scale(float *y, float s, int64_t n);
+int64_t lm_argmax(const float *x, int64_t n);
+
+void lm_f32_to_f16_row(const float *x, uint16_t *y, int64_t n);
+void lm_f16_to_f32_row(const uint16_t *x, float *y, int64_t n);
+
+/* One query head attending over a fp16 KV cache:
+ * out[0..hd) = sum_t softmax_t(scale * q.k_t (+ softcap)) v_t for t in [t0, t1).
+ * k and v point at position 0 of this kv head; consecutive positions are
+ * `stride` halves apart. scores needs t1 floats. */
+void lm_attend_f16(float *out, const float *q, const uint16_t *k, const uint16_t *v,
+                   int64_t stride, int head_dim, int32_t t0, int32_t t1, float scale,
+                   float *scores);
+
+#endif

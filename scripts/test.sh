@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Everything the tests need (packages, build, models), then every test: the C unit
+# tests and Lua specs through ctest, once in the Release build and once more built
+# with AddressSanitizer/UBSan. Ends with ctest's summary line.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+LUMEN_CMAKE_ARGS="-DLUMEN_WERROR=ON" scripts/setup.sh
+
+jobs=$(nproc)
+status=0
+echo "== tests (Release build)"
+ctest --test-dir build --output-on-failure -j"$jobs" --timeout 1500 || status=1
+
+echo "== tests (AddressSanitizer + UBSan build)"
+cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLUMEN_SANITIZE=ON -DLUMEN_WERROR=ON >/dev/null
+cmake --build build-asan -j"$jobs" >/dev/null
+ASAN_OPTIONS=detect_leaks=1 LUMEN_ASAN=1 ctest --test-dir build-asan --output-on-failure -j"$jobs" --timeout 1500 -L asan || status=1
+exit $status

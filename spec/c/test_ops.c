@@ -1,0 +1,131 @@
+/* Float ops against straightforward double-precision definitions. */
+#include "testutil.h"
+#include "ops.h"
+#include "pool.h"
+#include <math.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void test_rmsnorm(void) {
+    uint64_t r = 1;
+    float x[576], w[576], y[576];
+    for (int i = 0; i < 576; i++) { x[i] = tu_randf(&r, -3, 3); w[i] = tu_randf(&r, 0.5f, 1.5f); }
+    double ss = 0;
+    for (int i = 0; i < 576; i++) ss += (double)x[i] * x[i];
+    double sc = 1.0 / sqrt(ss / 576 + 1e-5);
+    lm_rmsnorm(y, x, w, 576, 1e-5f);
+    double err = 0;
+    for (int i = 0; i < 576; i++) err = fmax(err, fabs(y[i] - x[i] * sc * w[i]));
+    CHECK(err < 1e-5, "rmsnorm error %g", err);
+    lm_rmsnorm(x, x, NULL, 576, 1e-5f); /* in place, no weight */
+    ss = 0;
+    for (int i = 0; i < 576; i++) ss += (double)x[i] * x[i];
+    CHECK(fabs(ss / 576 - 1.0) < 1e-3, "unit rms after norm (%g)", ss / 576);
+}
+
+static void test_rope(void) {
+    const int heads = 3, hd = 64;
+    float x[3 * 64], ref[3 * 64];
+    uint64_t r = 2;
+    for (int mode = 0; mode <= 2; mode += 2) {
+        for (int i = 0; i < heads * hd; i++) x[i] = ref[i] = tu_randf(&r, -1, 1);
+        int pos = 37;
+        lm_rope(x, heads, hd, hd, pos, 10000.0f, 1.0f, mode);
+        double err = 0, norm_in = 0, norm_out = 0;
+        for (int h = 0; h < heads; h++) {
+            for (int i = 0; i < hd / 2; i++) {
+                double th = pos * pow(10000.0, -2.0 * i / hd);
+                int a = mode ? i : 2 * i, b = mode ? i + hd / 2 : 2 * i + 1;
+                double xa = ref[h * hd + a], xb = ref[h * hd + b];
+                double ya = xa * cos(th) - xb * sin(th), yb = xa * sin(th) + xb * cos(th);
+                err = fmax(err, fabs(ya - x[h * hd + a]));
+                err = fmax(err, fabs(yb - x[h * hd + b]));
+                norm_in += xa * xa + xb * xb;
+                norm_out += (double)x[h * hd + a] * x[h * hd + a] + (double)x[h * hd + b] * x[h * hd + b];
+            }
+        }
+        CHECK(err < 2e-4, "rope mode %d error %g", mode, err);
+        CHECK(fabs(norm_in - norm_out) < 1e-3, "rope preserves the norm");
+    }
+    /* position 0 is the identity */
+    for (int i = 0; i < hd; i++) x[i] = ref[i] = (float)i;
+    lm_rope(x, 1, hd, hd, 0, 10000.0f, 1.0f, LM_ROPE_NORM);
+    CHECK(!memcmp(x, ref, hd * sizeof(float)), "rope at position 0 changes nothing");
+}
+
+static void test_softmax_act(void) {
+    float x[5] = {1, 2, 3, 1000, -1000};
+    lm_softmax(x, 5);
+    CHECK(fabsf(x[3] - 1.0f) < 1e-6f && x[4] == 0.0f, "softmax is stable for large inputs");
+    float s[3] = {-2, 0, 2};
+    lm_silu(s, 3);
+    CHECK(fabsf(s[0] - (-2 / (1 + expf(2)))) < 1e-6f && s[1] == 0 && fabsf(s[2] - 2 / (1 + expf(-2))) < 1e-6f, "silu");
+    float g[3] = {-1, 0, 1};
+    lm_gelu(g, 3);
+    CHECK(fabsf(g[2] - 0.841192f) < 1e-4f && fabsf(g[0] + 0.158808f) < 1e-4f, "gelu (tanh approximation)");
+    float a[4] = {1, 5, 5, 2};
+    CHECK(lm_argmax(a, 4) == 1, "argmax takes the first maximum");
+}
+
+static void test_attention(void) {
+    enum { HD = 64, T = 50, STRIDE = 3 * HD };
+    uint64_t r = 3;
+    static uint16_t k[T * STRIDE], v[T * STRIDE];
+    static float kf[T * STRIDE], vf[T * STRIDE];
+    float q[HD], out[HD], scores[T];
+    for (int i = 0; i < T * STRIDE; i++) { kf[i] = tu_randf(&r, -1, 1); vf[i] = tu_randf(&r, -1, 1); }
+    lm_f32_to_f16_row(kf, k, T * STRIDE);
+    lm_f32_to_f16_row(vf, v, T * STRIDE);
+    lm_f16_to_f32_row(k, kf, T * STRIDE);
+    lm_f16_to_f32_row(v, vf, T * STRIDE);
+    for (int i = 0; i < HD; i++) q[i] = tu_randf(&r, -1, 1);
+    const int t0 = 5, t1 = 41;
+    const float scale = 0.125f;
+    double sc[T], mx = -1e30, sum = 0, ref[HD] = {0};
+    for (int t = t0; t < t1; t++) {
+        double d = 0;
+        for (int i = 0; i < HD; i++) d += (double)q[i] * kf[t * STRIDE + HD + i];
+        sc[t] = d * scale;
+        if (sc[t] > mx) mx = sc[t];
+    }
+    for (int t = t0; t < t1; t++) { sc[t] = exp(sc[t] - mx); sum += sc[t]; }
+    for (int t = t0; t < t1; t++) for (int i = 0; i < HD; i++) ref[i] += sc[t] / sum * vf[t * STRIDE + HD + i];
+    lm_attend_f16(out, q, k + HD, v + HD, STRIDE, HD, t0, t1, scale, scores);
+    double err = 0;
+    for (int i = 0; i < HD; i++) err = fmax(err, fabs(out[i] - ref[i]));
+    CHECK(err < 1e-5, "attention over a window of the fp16 cache: error %g", err);
+}
+
+static atomic_int hits[4];
+static void count(void *ctx, int ith, int nth) { (void)ctx; atomic_fetch_add(&hits[ith], 1); CHECK(nth == 2, "nth"); }
+static void sum_part(void *ctx, int ith, int nth) {
+    int64_t lo, hi;
+    lm_pool_split(1000, 16, ith, nth, &lo, &hi);
+    long long s = 0;
+    for (int64_t i = lo; i < hi; i++) s += i;
+    atomic_fetch_add((atomic_llong *)ctx, s);
+}
+
+static void test_pool(void) {
+    lm_pool *p = lm_pool_new(2);
+    CHECK(p && lm_pool_size(p) == 2, "pool of 2");
+    for (int i = 0; i < 5000; i++) lm_pool_run(p, count, NULL);
+    CHECK(hits[0] == 5000 && hits[1] == 5000, "every region runs once per thread (%d, %d)", hits[0], hits[1]);
+    atomic_llong total = 0;
+    lm_pool_run(p, sum_part, &total);
+    CHECK(total == 999 * 1000 / 2, "split covers [0, n) exactly once");
+    int64_t lo, hi;
+    lm_pool_split(100, 16, 1, 2, &lo, &hi);
+    CHECK(lo % 16 == 0 && hi == 100, "aligned split [%lld, %lld)", (long long)lo, (long long)hi);
+    lm_pool_free(p);
+}
+
+int main(void) {
+    test_rmsnorm();
+    test_rope();
+    test_softmax_act();
+    test_attention();
+    test_pool();
+    return tu_finish("ops");
+}
