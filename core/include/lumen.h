@@ -52,7 +52,7 @@ int lm_dtype_from_name(const char *name);
  * came from safely. Quantized dtypes are viewed by whole rows: the innermost
  * dimension is contiguous and a multiple of the block size. */
 typedef struct lm_tensor lm_tensor;
-#define LM_MAX_DIMS 4
+enum { LM_MAX_DIMS = 4 };
 
 /* Zero-filled, contiguous. */
 lm_tensor *lm_tensor_new(int dtype, int ndim, const int64_t *shape);
@@ -160,6 +160,32 @@ void lm_sampler_free(lm_sampler *s);
 int32_t lm_sampler_sample(lm_sampler *s, const float *logits, int32_t n_vocab);
 /* Records a token that was accepted (for penalties). */
 void lm_sampler_accept(lm_sampler *s, int32_t token);
+
+/* ---- YAML documents (libyaml) ------------------------------------------------
+ * A parsed document is a flat array of nodes; node 0 is the root. Scalars keep
+ * their text (plain scalars are typed by the caller: lua/lumen/yaml.lua). Aliases
+ * are resolved (a node may be reached twice); positions are 1-based. */
+typedef struct lm_yaml lm_yaml;
+typedef enum lm_yaml_kind { LM_YAML_SCALAR = 1, LM_YAML_SEQ = 2, LM_YAML_MAP = 3 } lm_yaml_kind;
+typedef enum lm_yaml_style { LM_YAML_PLAIN = 0, LM_YAML_QUOTED = 1, LM_YAML_BLOCK = 2 } lm_yaml_style;
+typedef struct lm_yaml_node {
+    int32_t kind;          /* lm_yaml_kind */
+    int32_t style;         /* lm_yaml_style, for scalars */
+    const char *value;     /* scalar text, NUL-terminated (may contain NULs: use len) */
+    size_t len;
+    int32_t n_items;       /* children: sequence items, or 2 * pairs (key, value, key, value...) */
+    const int32_t *items;  /* node indices */
+    int32_t line, column;
+    const char *tag;       /* explicit tag such as "!!str", or NULL */
+} lm_yaml_node;
+
+/* Parses a file / a buffer (name used in messages). Errors: "FILE:LINE:COL: problem". */
+lm_yaml *lm_yaml_load_file(const char *path);
+lm_yaml *lm_yaml_load_string(const char *text, size_t len, const char *name);
+void lm_yaml_free(lm_yaml *y);
+int32_t lm_yaml_n_nodes(const lm_yaml *y);
+const lm_yaml_node *lm_yaml_node_at(const lm_yaml *y, int32_t i); /* NULL when out of range */
+const char *lm_yaml_name(const lm_yaml *y);
 
 #ifdef __cplusplus
 }
