@@ -79,6 +79,25 @@ bool lm_tensor_is_contiguous(const lm_tensor *t);
 void *lm_tensor_data(const lm_tensor *t);
 int32_t lm_tensor_refcount(const lm_tensor *t);
 
+/* Tensor math on F32 tensors of any strides (quantized inputs are dequantized
+ * where noted). Results are new contiguous F32 tensors; NULL + message on a
+ * shape or dtype mismatch. Binary ops broadcast b when b has fewer dims (its
+ * shape must match a's trailing dims) or is a single element. */
+typedef enum lm_binop { LM_OP_ADD = 0, LM_OP_SUB = 1, LM_OP_MUL = 2, LM_OP_DIV = 3 } lm_binop;
+lm_tensor *lm_tensor_binary(int op, const lm_tensor *a, const lm_tensor *b);
+lm_tensor *lm_tensor_scale(const lm_tensor *a, float s);
+/* [.., m, k] x [k, n] -> [.., m, n] through oneDNN; b may be quantized ([n, k] rows
+ * when transpose_b, as weights are stored), it is then dequantized first. */
+lm_tensor *lm_tensor_matmul(const lm_tensor *a, const lm_tensor *b, bool transpose_b);
+lm_tensor *lm_tensor_softmax(const lm_tensor *a);    /* over the last dimension */
+/* Over all elements, in row-major order of the view. */
+int64_t lm_tensor_argmax(const lm_tensor *a);        /* -1 on error */
+/* The k largest of a 1-D tensor, descending: fills idx/val (k entries each); returns k used or -1. */
+int64_t lm_tensor_topk(const lm_tensor *a, int64_t k, int64_t *idx, float *val);
+/* dot / cosine of two tensors with the same number of elements; NAN on error. */
+double lm_tensor_dot(const lm_tensor *a, const lm_tensor *b);
+double lm_tensor_cosine(const lm_tensor *a, const lm_tensor *b);
+
 /* ---- models ---------------------------------------------------------------- */
 typedef struct lm_model lm_model;
 
