@@ -155,3 +155,13 @@ bool lm_token_is_eog(const lm_model *m, int32_t token) {
 int32_t lm_token_lookup(const lm_model *m, const char *text) {
     return m && text ? lm_tokenizer_lookup(m->tok, text, strlen(text)) : -1;
 }
+
+lm_tensor *lm_model_weight(lm_model *m, const char *name) {
+    if (!m || !name) { lm_err("weight: model or name is NULL"); return NULL; }
+    const lm_gguf_tensor *t = lm_gguf_find_tensor(m->gguf, name);
+    if (!t) { lm_err("weight: the model has no tensor '%s'", name); return NULL; }
+    int64_t shape[LM_GGUF_MAX_DIMS];
+    int nd = (int)t->n_dims;
+    for (int i = 0; i < nd; i++) shape[i] = t->ne[nd - 1 - i]; /* GGUF lists the innermost first */
+    return lm_tensor_on_storage(m->mapping, (void *)t->data, t->type, nd, shape);
+}

@@ -52,7 +52,9 @@ struct lm_model {
 };
 
 struct lm_session {
+    atomic_int refcount;
     lm_model *model;
+    int32_t *tokens;          /* the context, n_ctx entries */
     int32_t n_ctx, n_batch, pos;
     int64_t kv_dim;           /* n_head_kv * head_dim */
     uint16_t *k_cache, *v_cache; /* [n_layer][n_ctx][kv_dim] fp16 */

@@ -1,5 +1,4 @@
-/* Built-in sampling: penalties -> top-k -> top-p -> min-p -> temperature ->
- * seeded draw (llama.cpp's default order). Greedy when temperature <= 0. */
+/* Sampler chains: links applied in order to the candidates (see lumen.h). */
 #include "lumen.h"
 #include "error.h"
 
@@ -7,55 +6,181 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef struct { int32_t id; float v; } cand;
+typedef enum { L_GREEDY, L_DIST, L_TEMP, L_TOP_K, L_TOP_P, L_MIN_P, L_TYPICAL, L_PENALTIES, L_BIAS, L_EXTERNAL } link_kind;
+
+typedef struct {
+    link_kind kind;
+    float f;            /* temperature, p */
+    int32_t i;          /* k, min_keep, last_n */
+    float repeat, freq, presence;
+    int32_t *bias_ids;
+    float *bias;
+    int32_t n_bias;
+} link;
 
 struct lm_sampler {
-    lm_sampler_params p;
     uint64_t rng;
-    cand *c;
-    float *pr;           /* probabilities scratch, cap entries */
+    link *links;
+    int32_t n_links, cap_links;
+    lm_candidates c;
     int32_t cap;
-    int32_t *hist;       /* ring of the last repeat_last_n accepted tokens */
-    int32_t hist_n, hist_at;
+    int32_t *counts;     /* n_vocab scratch for penalties, kept zeroed */
+    float *scratch;
+    int32_t result;
+    int32_t *hist;
+    int32_t n_hist, cap_hist;
+    bool identity;       /* candidates still in id order, all present */
 };
 
 lm_sampler_params lm_sampler_default_params(void) {
     return (lm_sampler_params){.temperature = 0.8f, .top_k = 40, .top_p = 0.95f, .min_p = 0.05f,
-                               .repeat_penalty = 1.0f, .repeat_last_n = 64, .seed = 0x5eed};
+                               .typical_p = 1.0f, .repeat_penalty = 1.0f, .penalty_last_n = 64,
+                               .seed = 0x5eed};
 }
 
-lm_sampler *lm_sampler_new(const lm_sampler_params *params) {
-    lm_sampler_params p = params ? *params : lm_sampler_default_params();
-    if (!(p.temperature >= 0) || !isfinite(p.temperature)) { lm_err("sampler: temperature must be a finite number >= 0"); return NULL; }
-    if (!(p.top_p >= 0) || p.top_p > 1) { lm_err("sampler: top_p must be in [0, 1] (got %g)", p.top_p); return NULL; }
-    if (!(p.min_p >= 0) || p.min_p > 1) { lm_err("sampler: min_p must be in [0, 1] (got %g)", p.min_p); return NULL; }
-    if (!(p.repeat_penalty > 0) || !isfinite(p.repeat_penalty)) { lm_err("sampler: repeat_penalty must be > 0"); return NULL; }
-    if (p.repeat_last_n < 0 || p.repeat_last_n > 1 << 20) { lm_err("sampler: repeat_last_n out of range"); return NULL; }
+lm_sampler *lm_sampler_chain_new(uint64_t seed) {
     lm_sampler *s = calloc(1, sizeof *s);
     if (!s) { lm_err("out of memory"); return NULL; }
-    s->p = p;
-    s->rng = p.seed;
-    if (p.repeat_last_n > 0) {
-        s->hist = calloc((size_t)p.repeat_last_n, sizeof *s->hist);
-        if (!s->hist) { free(s); lm_err("out of memory"); return NULL; }
-    }
+    s->rng = seed;
+    s->result = -1;
     return s;
 }
 
 void lm_sampler_free(lm_sampler *s) {
     if (!s) return;
-    free(s->c);
-    free(s->pr);
-    free(s->hist);
+    for (int32_t i = 0; i < s->n_links; i++) { free(s->links[i].bias_ids); free(s->links[i].bias); }
+    free(s->links);
+    free(s->c.ids); free(s->c.logits); free(s->c.probs);
+    free(s->counts); free(s->scratch); free(s->hist);
     free(s);
 }
 
-void lm_sampler_accept(lm_sampler *s, int32_t token) {
-    if (!s || !s->hist) return;
-    s->hist[s->hist_at] = token;
-    s->hist_at = (s->hist_at + 1) % s->p.repeat_last_n;
-    if (s->hist_n < s->p.repeat_last_n) s->hist_n++;
+static link *add(lm_sampler *s, link_kind k) {
+    if (!s) { lm_err("sampler is NULL"); return NULL; }
+    if (s->n_links == s->cap_links) {
+        int32_t cap = s->cap_links ? 2 * s->cap_links : 8;
+        link *l = realloc(s->links, (size_t)cap * sizeof *l);
+        if (!l) { lm_err("out of memory"); return NULL; }
+        s->links = l;
+        s->cap_links = cap;
+    }
+    link *l = &s->links[s->n_links++];
+    memset(l, 0, sizeof *l);
+    l->kind = k;
+    return l;
 }
+
+static bool prob_ok(float p) { return p >= 0 && p <= 1; }
+
+lm_status lm_sampler_add_greedy(lm_sampler *s) { return add(s, L_GREEDY) ? LM_OK : LM_ERR; }
+lm_status lm_sampler_add_dist(lm_sampler *s) { return add(s, L_DIST) ? LM_OK : LM_ERR; }
+lm_status lm_sampler_add_external(lm_sampler *s) { return add(s, L_EXTERNAL) ? LM_OK : LM_ERR; }
+
+lm_status lm_sampler_add_temperature(lm_sampler *s, float t) {
+    if (!(t >= 0) || !isfinite(t)) return lm_err("temperature must be a finite number >= 0 (got %g)", t);
+    link *l = add(s, L_TEMP);
+    if (l) l->f = t;
+    return l ? LM_OK : LM_ERR;
+}
+
+lm_status lm_sampler_add_top_k(lm_sampler *s, int32_t k) {
+    if (k < 0) return lm_err("top_k must be >= 0 (got %d)", k);
+    link *l = add(s, L_TOP_K);
+    if (l) l->i = k;
+    return l ? LM_OK : LM_ERR;
+}
+
+static lm_status add_p(lm_sampler *s, link_kind k, const char *name, float p, int32_t min_keep) {
+    if (!prob_ok(p)) return lm_err("%s must be in [0, 1] (got %g)", name, p);
+    if (min_keep < 1) min_keep = 1;
+    link *l = add(s, k);
+    if (l) { l->f = p; l->i = min_keep; }
+    return l ? LM_OK : LM_ERR;
+}
+
+lm_status lm_sampler_add_top_p(lm_sampler *s, float p, int32_t mk) { return add_p(s, L_TOP_P, "top_p", p, mk); }
+lm_status lm_sampler_add_min_p(lm_sampler *s, float p, int32_t mk) { return add_p(s, L_MIN_P, "min_p", p, mk); }
+lm_status lm_sampler_add_typical(lm_sampler *s, float p, int32_t mk) { return add_p(s, L_TYPICAL, "typical_p", p, mk); }
+
+lm_status lm_sampler_add_penalties(lm_sampler *s, int32_t last_n, float repeat, float freq, float presence) {
+    if (last_n < -1) return lm_err("penalty last_n must be >= -1 (-1: the whole history)");
+    if (!(repeat > 0) || !isfinite(repeat)) return lm_err("repeat penalty must be > 0 (got %g)", repeat);
+    if (!isfinite(freq) || !isfinite(presence)) return lm_err("frequency/presence penalties must be finite");
+    link *l = add(s, L_PENALTIES);
+    if (l) { l->i = last_n; l->repeat = repeat; l->freq = freq; l->presence = presence; }
+    return l ? LM_OK : LM_ERR;
+}
+
+lm_status lm_sampler_add_logit_bias(lm_sampler *s, const int32_t *ids, const float *bias, int32_t n) {
+    if (n < 0 || (n && (!ids || !bias))) return lm_err("logit bias: bad arrays");
+    for (int32_t i = 0; i < n; i++) {
+        if (ids[i] < 0) return lm_err("logit bias: token id %d is negative", ids[i]);
+        if (isnan(bias[i])) return lm_err("logit bias for token %d is NaN", ids[i]);
+    }
+    link *l = add(s, L_BIAS);
+    if (!l) return LM_ERR;
+    l->bias_ids = malloc((size_t)(n ? n : 1) * sizeof *ids);
+    l->bias = malloc((size_t)(n ? n : 1) * sizeof *bias);
+    if (!l->bias_ids || !l->bias) { s->n_links--; free(l->bias_ids); free(l->bias); return lm_err("out of memory"); }
+    memcpy(l->bias_ids, ids, (size_t)n * sizeof *ids);
+    memcpy(l->bias, bias, (size_t)n * sizeof *bias);
+    l->n_bias = n;
+    return LM_OK;
+}
+
+int32_t lm_sampler_n_links(const lm_sampler *s) { return s ? s->n_links : 0; }
+
+lm_sampler *lm_sampler_new(const lm_sampler_params *params) {
+    lm_sampler_params p = params ? *params : lm_sampler_default_params();
+    lm_sampler *s = lm_sampler_chain_new(p.seed);
+    if (!s) return NULL;
+    lm_status st = LM_OK;
+    if (p.repeat_penalty != 1.0f || p.frequency_penalty != 0 || p.presence_penalty != 0 || !(p.repeat_penalty > 0))
+        st = lm_sampler_add_penalties(s, p.penalty_last_n, p.repeat_penalty, p.frequency_penalty, p.presence_penalty);
+    if (!st && !(p.temperature > 0)) {
+        if (!(p.temperature >= 0) || !isfinite(p.temperature)) st = lm_err("temperature must be a finite number >= 0 (got %g)", p.temperature);
+        else st = lm_sampler_add_greedy(s);
+    } else if (!st) {
+        if (p.top_k > 0) st = lm_sampler_add_top_k(s, p.top_k);
+        if (!st && p.typical_p < 1.0f) st = lm_sampler_add_typical(s, p.typical_p, 1);
+        if (!st && p.top_p < 1.0f) st = lm_sampler_add_top_p(s, p.top_p, 1);
+        if (!st && p.min_p > 0) st = lm_sampler_add_min_p(s, p.min_p, 1);
+        if (!st) st = lm_sampler_add_temperature(s, p.temperature);
+        if (!st) st = lm_sampler_add_dist(s);
+    }
+    if (!st && (!(p.top_p >= 0) || p.top_p > 1)) st = lm_err("top_p must be in [0, 1] (got %g)", p.top_p);
+    if (!st && (!(p.min_p >= 0) || p.min_p > 1)) st = lm_err("min_p must be in [0, 1] (got %g)", p.min_p);
+    if (st) { lm_sampler_free(s); return NULL; }
+    return s;
+}
+
+/* ---- history ---------------------------------------------------------------------- */
+
+void lm_sampler_accept(lm_sampler *s, int32_t token) {
+    if (!s) return;
+    if (s->n_hist == s->cap_hist) {
+        int32_t cap = s->cap_hist ? 2 * s->cap_hist : 256;
+        int32_t *h = realloc(s->hist, (size_t)cap * sizeof *h);
+        if (!h) return;
+        s->hist = h;
+        s->cap_hist = cap;
+    }
+    s->hist[s->n_hist++] = token;
+}
+
+const int32_t *lm_sampler_history(const lm_sampler *s, int32_t *n) {
+    if (n) *n = s ? s->n_hist : 0;
+    return s ? s->hist : NULL;
+}
+
+void lm_sampler_reset(lm_sampler *s, uint64_t seed) {
+    if (!s) return;
+    s->n_hist = 0;
+    s->rng = seed;
+    s->result = -1;
+}
+
+/* ---- links ------------------------------------------------------------------------ */
 
 static uint64_t next_u64(uint64_t *x) {  /* splitmix64 */
     uint64_t z = (*x += 0x9E3779B97F4A7C15ull);
@@ -64,69 +189,258 @@ static uint64_t next_u64(uint64_t *x) {  /* splitmix64 */
     return z ^ (z >> 31);
 }
 
-static int by_value_desc(const void *a, const void *b) {
-    float x = ((const cand *)a)->v, y = ((const cand *)b)->v;
-    if (x != y) return x < y ? 1 : -1;
-    return ((const cand *)a)->id - ((const cand *)b)->id;
+static void swap(lm_candidates *c, int32_t a, int32_t b) {
+    int32_t ti = c->ids[a]; c->ids[a] = c->ids[b]; c->ids[b] = ti;
+    float tl = c->logits[a]; c->logits[a] = c->logits[b]; c->logits[b] = tl;
 }
 
-int32_t lm_sampler_sample(lm_sampler *s, const float *logits, int32_t n) {
-    if (!s || !logits || n <= 0) { lm_err("sample: bad arguments"); return -1; }
-    if (s->cap < n) {
-        cand *c = realloc(s->c, (size_t)n * sizeof *c);
-        if (c) s->c = c;
-        float *pr = realloc(s->pr, (size_t)n * sizeof *pr);
-        if (pr) s->pr = pr;
-        if (!c || !pr) { lm_err("out of memory"); return -1; }
-        s->cap = n;
+/* Moves the k largest logits to the front (any order): quickselect. */
+static void select_top(lm_candidates *c, int32_t k) {
+    int32_t lo = 0, hi = c->n - 1;
+    while (lo < hi) {
+        float pivot = c->logits[(lo + hi) / 2];
+        int32_t i = lo, j = hi;
+        while (i <= j) {
+            while (c->logits[i] > pivot) i++;
+            while (c->logits[j] < pivot) j--;
+            if (i <= j) { swap(c, i, j); i++; j--; }
+        }
+        if (k - 1 <= j) hi = j;
+        else if (k - 1 >= i) lo = i;
+        else break;
     }
-    cand *c = s->c;
-    for (int32_t i = 0; i < n; i++) c[i] = (cand){i, logits[i]};
-    if (s->p.repeat_penalty != 1.0f) {
-        for (int32_t i = 0; i < s->hist_n; i++) {
-            int32_t t = s->hist[i];
-            if (t < 0 || t >= n) continue;
-            bool seen = false; /* penalize each distinct token once */
-            for (int32_t j = 0; j < i; j++) if (s->hist[j] == t) { seen = true; break; }
-            if (seen) continue;
-            c[t].v = c[t].v > 0 ? c[t].v / s->p.repeat_penalty : c[t].v * s->p.repeat_penalty;
+}
+
+static void sort_desc(lm_candidates *c) {
+    if (c->sorted) return;
+    /* insertion sort for short lists, else a heap-free shell sort: no allocation */
+    int32_t n = c->n;
+    static const int32_t gaps[] = {1750, 701, 301, 132, 57, 23, 10, 4, 1};
+    for (size_t g = 0; g < sizeof gaps / sizeof *gaps; g++) {
+        int32_t gap = gaps[g];
+        for (int32_t i = gap; i < n; i++) {
+            float v = c->logits[i];
+            int32_t id = c->ids[i], j = i;
+            while (j >= gap && (c->logits[j - gap] < v || (c->logits[j - gap] == v && c->ids[j - gap] > id))) {
+                c->logits[j] = c->logits[j - gap];
+                c->ids[j] = c->ids[j - gap];
+                j -= gap;
+            }
+            c->logits[j] = v;
+            c->ids[j] = id;
         }
     }
-    int32_t best = 0;
-    for (int32_t i = 1; i < n; i++) if (c[i].v > c[best].v) best = i;
-    if (s->p.temperature <= 0 || s->p.top_k == 1) return c[best].id;
+    c->sorted = true;
+}
 
-    /* Drop candidates whose probability is below e^-60 of the best before any
-     * later cut; they cannot be drawn and sorting them is most of the cost. */
-    const float floor_v = c[best].v - 60.0f * s->p.temperature;
-    int32_t m = 0;
-    for (int32_t i = 0; i < n; i++) if (c[i].v >= floor_v) c[m++] = c[i];
-    qsort(c, (size_t)m, sizeof *c, by_value_desc);
-    if (s->p.top_k > 0 && s->p.top_k < m) m = s->p.top_k;
-
-    /* probabilities at temperature 1 for the top-p / min-p cuts (as llama.cpp's chain) */
+void lm_candidates_softmax(lm_candidates *c) {
+    if (!c || c->n <= 0) return;
+    sort_desc(c);
     double sum = 0;
-    float *pr = s->pr;
-    for (int32_t i = 0; i < m; i++) { pr[i] = expf(c[i].v - c[0].v); sum += pr[i]; }
-    if (s->p.top_p < 1.0f) {
-        double cum = 0;
-        for (int32_t i = 0; i < m; i++) {
-            cum += pr[i] / sum;
-            if (cum >= s->p.top_p) { m = i + 1; break; }
+    for (int32_t i = 0; i < c->n; i++) { c->probs[i] = expf(c->logits[i] - c->logits[0]); sum += c->probs[i]; }
+    for (int32_t i = 0; i < c->n; i++) c->probs[i] = (float)(c->probs[i] / sum);
+    c->has_probs = true;
+}
+
+/* Sorting tens of thousands of candidates is most of a chain's cost; candidates
+ * whose probability is under e^-60 of the best can never be drawn, so they go first. */
+static void drop_hopeless(lm_candidates *c) {
+    if (c->sorted || c->n < 1024) return;
+    float max = c->logits[0];
+    for (int32_t i = 1; i < c->n; i++) if (c->logits[i] > max) max = c->logits[i];
+    int32_t m = 0;
+    for (int32_t i = 0; i < c->n; i++)
+        if (c->logits[i] >= max - 60.0f) { c->ids[m] = c->ids[i]; c->logits[m] = c->logits[i]; m++; }
+    c->n = m;
+}
+
+static void apply_penalties(lm_sampler *s, const link *l) {
+    lm_candidates *c = &s->c;
+    int32_t start = l->i < 0 || l->i > s->n_hist ? 0 : s->n_hist - l->i;
+    for (int32_t i = start; i < s->n_hist; i++)
+        if (s->hist[i] >= 0 && s->hist[i] < c->n_vocab) s->counts[s->hist[i]]++;
+    for (int32_t i = 0; i < c->n; i++) {
+        int32_t n = s->counts[c->ids[i]];
+        if (!n) continue;
+        float v = c->logits[i];
+        v = v > 0 ? v / l->repeat : v * l->repeat;
+        v -= (float)n * l->freq + l->presence;
+        c->logits[i] = v;
+    }
+    for (int32_t i = start; i < s->n_hist; i++)
+        if (s->hist[i] >= 0 && s->hist[i] < c->n_vocab) s->counts[s->hist[i]] = 0;
+    c->sorted = false;
+}
+
+static void apply_bias(lm_sampler *s, const link *l) {
+    lm_candidates *c = &s->c;
+    for (int32_t b = 0; b < l->n_bias; b++) {
+        int32_t id = l->bias_ids[b];
+        if (id >= c->n_vocab) continue;
+        if (s->identity) { c->logits[id] += l->bias[b]; continue; }
+        for (int32_t i = 0; i < c->n; i++) if (c->ids[i] == id) { c->logits[i] += l->bias[b]; break; }
+    }
+    c->sorted = false;
+}
+
+static void cut_cumulative(lm_candidates *c, float p, int32_t min_keep) {
+    lm_candidates_softmax(c);
+    double cum = 0;
+    for (int32_t i = 0; i < c->n; i++) {
+        cum += c->probs[i];
+        if (cum >= p && i + 1 >= min_keep) { c->n = i + 1; break; }
+    }
+}
+
+static void apply_typical(lm_sampler *s, const link *l) {
+    lm_candidates *c = &s->c;
+    lm_candidates_softmax(c);
+    double ent = 0;
+    for (int32_t i = 0; i < c->n; i++) if (c->probs[i] > 0) ent -= c->probs[i] * log(c->probs[i]);
+    /* order by |-log p - H| ascending, keep until the cumulative mass reaches p */
+    float *score = s->scratch;
+    for (int32_t i = 0; i < c->n; i++) score[i] = (float)fabs(-log(c->probs[i] > 0 ? c->probs[i] : 1e-30) - ent);
+    for (int32_t i = 1; i < c->n; i++) { /* insertion sort: typical runs on already-cut lists in practice */
+        float sc = score[i], lg = c->logits[i], pr = c->probs[i];
+        int32_t id = c->ids[i], j = i;
+        while (j > 0 && score[j - 1] > sc) {
+            score[j] = score[j - 1]; c->logits[j] = c->logits[j - 1]; c->probs[j] = c->probs[j - 1]; c->ids[j] = c->ids[j - 1];
+            j--;
         }
+        score[j] = sc; c->logits[j] = lg; c->probs[j] = pr; c->ids[j] = id;
     }
-    if (s->p.min_p > 0) {
-        int32_t k = 1;
-        while (k < m && pr[k] >= s->p.min_p * pr[0]) k++;
-        m = k;
+    double cum = 0;
+    for (int32_t i = 0; i < c->n; i++) {
+        cum += c->probs[i];
+        if (cum >= l->f && i + 1 >= l->i) { c->n = i + 1; break; }
     }
-    sum = 0;
-    for (int32_t i = 0; i < m; i++) { pr[i] = expf((c[i].v - c[0].v) / s->p.temperature); sum += pr[i]; }
-    double u = (double)(next_u64(&s->rng) >> 11) * (1.0 / 9007199254740992.0) * sum;
-    int32_t pick = m - 1;
-    for (int32_t i = 0; i < m; i++) {
-        u -= pr[i];
-        if (u < 0) { pick = i; break; }
+    c->sorted = false;
+    c->has_probs = false;
+}
+
+/* Returns true when the link picked the token. */
+static bool run_link(lm_sampler *s, const link *l) {
+    lm_candidates *c = &s->c;
+    if (c->n <= 0) return false;
+    switch (l->kind) {
+    case L_PENALTIES: apply_penalties(s, l); c->has_probs = false; break;
+    case L_BIAS: apply_bias(s, l); c->has_probs = false; break;
+    case L_TEMP:
+        if (l->f <= 0) { /* temperature 0 keeps only the best */
+            int32_t best = 0;
+            for (int32_t i = 1; i < c->n; i++) if (c->logits[i] > c->logits[best]) best = i;
+            swap(c, 0, best);
+            c->n = 1;
+            c->sorted = true;
+        } else {
+            const float inv = 1.0f / l->f;
+            for (int32_t i = 0; i < c->n; i++) c->logits[i] *= inv;
+        }
+        c->has_probs = false;
+        break;
+    case L_TOP_K:
+        if (l->i > 0 && l->i < c->n) {
+            select_top(c, l->i);
+            c->n = l->i;
+            c->sorted = false;
+            sort_desc(c);
+            c->has_probs = false;
+        }
+        break;
+    case L_TOP_P:
+        if (l->f < 1.0f) { drop_hopeless(c); cut_cumulative(c, l->f, l->i); }
+        break;
+    case L_MIN_P:
+        if (l->f > 0) {
+            drop_hopeless(c);
+            sort_desc(c);
+            const float floor_logit = c->logits[0] + logf(l->f);
+            int32_t k = 1;
+            while (k < c->n && (c->logits[k] >= floor_logit || k < l->i)) k++;
+            c->n = k;
+            c->has_probs = false;
+        }
+        break;
+    case L_TYPICAL:
+        if (l->f < 1.0f) { drop_hopeless(c); apply_typical(s, l); }
+        break;
+    case L_GREEDY: {
+        int32_t best = 0;
+        for (int32_t i = 1; i < c->n; i++)
+            if (c->logits[i] > c->logits[best] || (c->logits[i] == c->logits[best] && c->ids[i] < c->ids[best])) best = i;
+        s->result = c->ids[best];
+        return true;
     }
-    return c[pick].id;
+    case L_DIST: {
+        drop_hopeless(c);
+        lm_candidates_softmax(c);
+        double u = (double)(next_u64(&s->rng) >> 11) * (1.0 / 9007199254740992.0);
+        int32_t pick = c->n - 1;
+        for (int32_t i = 0; i < c->n; i++) {
+            u -= c->probs[i];
+            if (u < 0) { pick = i; break; }
+        }
+        s->result = c->ids[pick];
+        return true;
+    }
+    case L_EXTERNAL: break;
+    }
+    s->identity = false;
+    return false;
+}
+
+lm_candidates *lm_sampler_begin(lm_sampler *s, const float *logits, int32_t n_vocab) {
+    if (!s || !logits || n_vocab <= 0) { lm_err("sampler: bad arguments"); return NULL; }
+    if (s->cap < n_vocab) {
+        int32_t *ids = realloc(s->c.ids, (size_t)n_vocab * sizeof *ids);
+        if (ids) s->c.ids = ids;
+        float *lg = realloc(s->c.logits, (size_t)n_vocab * sizeof *lg);
+        if (lg) s->c.logits = lg;
+        float *pr = realloc(s->c.probs, (size_t)n_vocab * sizeof *pr);
+        if (pr) s->c.probs = pr;
+        float *sc = realloc(s->scratch, (size_t)n_vocab * sizeof *sc);
+        if (sc) s->scratch = sc;
+        int32_t *counts = calloc((size_t)n_vocab, sizeof *counts);
+        if (counts) { free(s->counts); s->counts = counts; }
+        if (!ids || !lg || !pr || !sc || !counts) { lm_err("out of memory"); return NULL; }
+        s->cap = n_vocab;
+    }
+    for (int32_t i = 0; i < n_vocab; i++) s->c.ids[i] = i;
+    memcpy(s->c.logits, logits, (size_t)n_vocab * sizeof *logits);
+    s->c.n = s->c.n_vocab = n_vocab;
+    s->c.sorted = s->c.has_probs = false;
+    s->identity = true;
+    s->result = -1;
+    return &s->c;
+}
+
+int32_t lm_sampler_run(lm_sampler *s, int32_t from) {
+    if (!s) return 0;
+    for (int32_t i = from < 0 ? 0 : from; i < s->n_links; i++) {
+        if (s->result >= 0) return s->n_links;
+        if (s->links[i].kind == L_EXTERNAL) return i; /* the caller runs it, then run(i + 1) */
+        if (run_link(s, &s->links[i])) return s->n_links;
+    }
+    return s->n_links;
+}
+
+void lm_sampler_set_result(lm_sampler *s, int32_t token) { if (s) s->result = token; }
+
+int32_t lm_sampler_result(lm_sampler *s) {
+    if (!s) return -1;
+    if (s->result < 0 && s->c.n > 0) { /* no terminal link: the best remaining */
+        int32_t best = 0;
+        for (int32_t i = 1; i < s->c.n; i++) if (s->c.logits[i] > s->c.logits[best]) best = i;
+        s->result = s->c.ids[best];
+    }
+    return s->result;
+}
+
+int32_t lm_sampler_sample(lm_sampler *s, const float *logits, int32_t n_vocab) {
+    if (!s) { lm_err("sampler is NULL"); return -1; }
+    for (int32_t i = 0; i < s->n_links; i++)
+        if (s->links[i].kind == L_EXTERNAL) { lm_err("sampler: the chain has external links; use begin/run"); return -1; }
+    if (!lm_sampler_begin(s, logits, n_vocab)) return -1;
+    lm_sampler_run(s, 0);
+    return lm_sampler_result(s);
 }

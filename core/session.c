@@ -2,6 +2,8 @@
 #include "model.h"
 #include "error.h"
 
+#include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -25,6 +27,7 @@ lm_session *lm_session_new(lm_model *m, const lm_session_params *params) {
 
     lm_session *s = calloc(1, sizeof *s);
     if (!s) { lm_err("out of memory"); return NULL; }
+    atomic_init(&s->refcount, 1);
     s->model = lm_model_retain(m);
     s->n_ctx = n_ctx;
     s->n_batch = n_batch;
@@ -45,6 +48,7 @@ lm_session *lm_session_new(lm_model *m, const lm_session_params *params) {
     if (ok) s->hb2 = alloc(B * hp->n_ff * sizeof(float), "activations", &ok);
     if (ok) s->scores = alloc((size_t)lm_pool_size(m->pool) * n_ctx * sizeof(float), "attention scores", &ok);
     if (ok) s->logits = alloc((size_t)hp->n_vocab * sizeof(float), "logits", &ok);
+    if (ok) s->tokens = alloc((size_t)n_ctx * sizeof(int32_t), "token history", &ok);
     if (ok) {
         /* the widest activation row any matmul quantizes, times the batch */
         size_t q = 0;
@@ -62,8 +66,14 @@ lm_session *lm_session_new(lm_model *m, const lm_session_params *params) {
     return s;
 }
 
+lm_session *lm_session_retain(lm_session *s) {
+    if (s) atomic_fetch_add(&s->refcount, 1);
+    return s;
+}
+
 void lm_session_free(lm_session *s) {
-    if (!s) return;
+    if (!s || atomic_fetch_sub(&s->refcount, 1) != 1) return;
+    free(s->tokens);
     free(s->k_cache); free(s->v_cache);
     free(s->x); free(s->xb); free(s->xb2); free(s->q); free(s->k); free(s->v);
     free(s->hb); free(s->hb2); free(s->scores); free(s->logits); free(s->qbuf);
@@ -87,7 +97,10 @@ lm_status lm_session_eval(lm_session *s, const int32_t *tokens, int32_t n) {
     for (int32_t i = 0; i < n && st == LM_OK; i += s->n_batch) {
         int32_t chunk = n - i < s->n_batch ? n - i : s->n_batch;
         st = lm_forward(s, tokens + i, chunk);
-        if (st == LM_OK) s->pos += chunk;
+        if (st == LM_OK) {
+            memcpy(s->tokens + s->pos, tokens + i, (size_t)chunk * sizeof *tokens);
+            s->pos += chunk;
+        }
     }
     pthread_mutex_unlock(&s->model->eval_mu);
     return st;
@@ -102,4 +115,124 @@ lm_status lm_session_rewind(lm_session *s, int32_t n) {
     if (n < 0 || n > s->pos) return lm_err("rewind: position %d is outside [0, %d]", n, s->pos);
     s->pos = n; /* later entries of the KV cache are overwritten by the next eval */
     return LM_OK;
+}
+
+const int32_t *lm_session_tokens(const lm_session *s) { return s ? s->tokens : NULL; }
+
+/* Copies the first n positions of every layer's K and V. */
+static void copy_kv(lm_session *dst, const lm_session *src, int32_t n) {
+    const size_t row = (size_t)src->kv_dim * sizeof(uint16_t);
+    for (int l = 0; l < src->model->hp.n_layer; l++) {
+        memcpy(dst->k_cache + (size_t)l * dst->n_ctx * dst->kv_dim, src->k_cache + (size_t)l * src->n_ctx * src->kv_dim, row * n);
+        memcpy(dst->v_cache + (size_t)l * dst->n_ctx * dst->kv_dim, src->v_cache + (size_t)l * src->n_ctx * src->kv_dim, row * n);
+    }
+}
+
+lm_session *lm_session_fork(const lm_session *s) {
+    if (!s) { lm_err("fork: session is NULL"); return NULL; }
+    lm_session_params p = {.n_ctx = s->n_ctx, .n_batch = s->n_batch};
+    lm_session *f = lm_session_new(s->model, &p);
+    if (!f) return NULL;
+    copy_kv(f, s, s->pos);
+    memcpy(f->tokens, s->tokens, (size_t)s->pos * sizeof *s->tokens);
+    memcpy(f->logits, s->logits, (size_t)s->model->hp.n_vocab * sizeof(float));
+    f->pos = s->pos;
+    return f;
+}
+
+/* ---- save / restore -------------------------------------------------------------
+ * File: header, then tokens[pos], logits[n_vocab], then per layer K[pos][kv_dim]
+ * and V[pos][kv_dim] as fp16. The header pins the model's shape so a state is
+ * never restored into a model it does not belong to. */
+#define STATE_MAGIC 0x53534d4cu /* "LMSS" */
+#define STATE_VERSION 1
+
+typedef struct {
+    uint32_t magic, version;
+    int32_t n_layer, n_vocab, n_embd, kv_dim, pos, pad;
+    uint64_t model_size;
+} state_header;
+
+static state_header header_of(const lm_session *s) {
+    const lm_hparams *hp = &s->model->hp;
+    return (state_header){STATE_MAGIC, STATE_VERSION, hp->n_layer, hp->n_vocab, hp->n_embd,
+                          (int32_t)s->kv_dim, s->pos, 0, lm_gguf_size(s->model->gguf)};
+}
+
+lm_status lm_session_save(const lm_session *s, const char *path) {
+    if (!s || !path) return lm_err("save: session or path is NULL");
+    char tmp[4096];
+    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp) return lm_err("save: path too long");
+    FILE *f = fopen(tmp, "wb");
+    if (!f) return lm_err("save: cannot write '%s': %s", tmp, strerror(errno));
+    state_header h = header_of(s);
+    bool ok = fwrite(&h, sizeof h, 1, f) == 1 &&
+              fwrite(s->tokens, sizeof *s->tokens, (size_t)s->pos, f) == (size_t)s->pos &&
+              fwrite(s->logits, sizeof(float), (size_t)h.n_vocab, f) == (size_t)h.n_vocab;
+    const size_t row = (size_t)s->kv_dim;
+    for (int l = 0; ok && l < h.n_layer; l++) {
+        ok = fwrite(s->k_cache + (size_t)l * s->n_ctx * row, sizeof(uint16_t) * row, (size_t)s->pos, f) == (size_t)s->pos &&
+             fwrite(s->v_cache + (size_t)l * s->n_ctx * row, sizeof(uint16_t) * row, (size_t)s->pos, f) == (size_t)s->pos;
+    }
+    if (fclose(f) != 0) ok = false;
+    /* write-then-rename: a crash never leaves a half-written state under the real name */
+    if (!ok || rename(tmp, path) != 0) {
+        int e = errno;
+        remove(tmp);
+        return lm_err("save: writing '%s' failed: %s", path, strerror(e));
+    }
+    return LM_OK;
+}
+
+lm_status lm_session_load(lm_session *s, const char *path) {
+    if (!s || !path) return lm_err("load: session or path is NULL");
+    FILE *f = fopen(path, "rb");
+    if (!f) return lm_err("load: cannot open '%s': %s", path, strerror(errno));
+    state_header h, want = header_of(s);
+    lm_status st = LM_OK;
+    if (fread(&h, sizeof h, 1, f) != 1 || h.magic != STATE_MAGIC) {
+        st = lm_err("load: '%s' is not a lumen session state", path);
+    } else if (h.version != STATE_VERSION) {
+        st = lm_err("load: '%s' has state version %u; this lumen reads version %u", path, h.version, STATE_VERSION);
+    } else if (h.n_layer != want.n_layer || h.n_vocab != want.n_vocab || h.n_embd != want.n_embd ||
+               h.kv_dim != want.kv_dim || h.model_size != want.model_size) {
+        st = lm_err("load: '%s' was saved from a different model", path);
+    } else if (h.pos < 0 || h.pos > s->n_ctx) {
+        st = lm_err("load: '%s' holds %d tokens; the session's context is %d", path, h.pos, s->n_ctx);
+    }
+    if (st) { fclose(f); return st; }
+    /* read into fresh buffers first, so a truncated file leaves the session as it was */
+    const size_t row = (size_t)s->kv_dim;
+    int32_t *toks = malloc((size_t)(h.pos ? h.pos : 1) * sizeof *toks);
+    float *logits = malloc((size_t)h.n_vocab * sizeof *logits);
+    uint16_t *kv = malloc((size_t)h.n_layer * 2 * (h.pos ? h.pos : 1) * row * sizeof(uint16_t));
+    bool ok = toks && logits && kv &&
+              fread(toks, sizeof *toks, (size_t)h.pos, f) == (size_t)h.pos &&
+              fread(logits, sizeof *logits, (size_t)h.n_vocab, f) == (size_t)h.n_vocab &&
+              fread(kv, sizeof(uint16_t) * row, (size_t)h.n_layer * 2 * h.pos, f) == (size_t)h.n_layer * 2 * h.pos;
+    for (int32_t i = 0; ok && i < h.pos; i++)
+        if (toks[i] < 0 || toks[i] >= h.n_vocab) ok = false;
+    if (ok) {
+        for (int l = 0; l < h.n_layer; l++) {
+            const uint16_t *kl = kv + (size_t)l * 2 * h.pos * row, *vl = kl + (size_t)h.pos * row;
+            memcpy(s->k_cache + (size_t)l * s->n_ctx * row, kl, (size_t)h.pos * row * sizeof(uint16_t));
+            memcpy(s->v_cache + (size_t)l * s->n_ctx * row, vl, (size_t)h.pos * row * sizeof(uint16_t));
+        }
+        memcpy(s->tokens, toks, (size_t)h.pos * sizeof *toks);
+        memcpy(s->logits, logits, (size_t)h.n_vocab * sizeof *logits);
+        s->pos = h.pos;
+    }
+    free(toks); free(logits); free(kv);
+    fclose(f);
+    return ok ? LM_OK : lm_err("load: '%s' is truncated or corrupt", path);
+}
+
+static void release_session(void *ctx) { lm_session_free(ctx); }
+
+lm_tensor *lm_session_logits_tensor(lm_session *s) {
+    if (!s) { lm_err("logits: session is NULL"); return NULL; }
+    int64_t n = s->model->hp.n_vocab;
+    lm_tensor *t = lm_tensor_wrap(LM_F32, 1, &n, s->logits, release_session, s);
+    if (t) lm_session_retain(s);
+    return t;
 }

@@ -156,29 +156,93 @@ lm_status lm_session_eval(lm_session *s, const int32_t *tokens, int32_t n);
 float *lm_session_logits(lm_session *s);
 int32_t lm_session_pos(const lm_session *s);
 int32_t lm_session_n_ctx(const lm_session *s);
-/* Forgets everything after the first n tokens. */
+/* Forgets everything after the first n tokens. The logits are those after token n
+ * only once something is evaluated again (or n == pos). */
 lm_status lm_session_rewind(lm_session *s, int32_t n);
+/* The tokens in the context (pos of them), valid until the next eval/rewind/free. */
+const int32_t *lm_session_tokens(const lm_session *s);
+/* A new, independent session with the same context so far (KV cache copied). */
+lm_session *lm_session_fork(const lm_session *s);
+/* Saves the context (tokens, KV cache, logits) to a file / restores it into a session
+ * of the same model whose n_ctx is large enough. Restore checks the file thoroughly. */
+lm_status lm_session_save(const lm_session *s, const char *path);
+lm_status lm_session_load(lm_session *s, const char *path);
+/* Sessions are reference counted like models: free drops one reference. */
+lm_session *lm_session_retain(lm_session *s);
+/* A 1-D F32 tensor viewing the logits in place; it keeps the session alive. */
+lm_tensor *lm_session_logits_tensor(lm_session *s);
+/* A tensor viewing a weight of the model ("blk.0.attn_q.weight"); it keeps the
+ * file mapped after the model is freed. NULL when there is no such tensor. */
+lm_tensor *lm_model_weight(lm_model *model, const char *name);
 
-/* ---- samplers ---------------------------------------------------------------- */
+/* ---- samplers ----------------------------------------------------------------
+ * A sampler is a chain of links applied, in order, to the candidates (token ids
+ * with logits). Filtering links (top-k, top-p, ...) shrink the set; a terminal
+ * link (greedy, dist) picks the token. An "external" link is a place in the
+ * chain where the caller runs its own code on the candidates (lua/ runs a Lua
+ * function there): lm_sampler_begin + lm_sampler_run stop at each one. A chain
+ * without a terminal link picks the highest remaining logit. */
 typedef struct lm_sampler lm_sampler;
+
+typedef struct lm_candidates {
+    int32_t *ids;
+    float *logits;
+    float *probs;      /* softmax of logits, valid when has_probs */
+    int32_t n;         /* live candidates; a link may lower it to drop the tail */
+    int32_t n_vocab;
+    bool sorted;       /* by logit, descending */
+    bool has_probs;
+} lm_candidates;
 
 typedef struct lm_sampler_params {
     float temperature;   /* <= 0: greedy */
     int32_t top_k;       /* <= 0: off */
     float top_p;         /* >= 1: off */
     float min_p;         /* <= 0: off */
+    float typical_p;     /* >= 1: off */
     float repeat_penalty;/* 1: off */
-    int32_t repeat_last_n;
+    float frequency_penalty, presence_penalty; /* 0: off */
+    int32_t penalty_last_n;
     uint64_t seed;
 } lm_sampler_params;
 
 lm_sampler_params lm_sampler_default_params(void);
+/* The standard chain for params: penalties, top-k, typical, top-p, min-p, temperature, dist (or greedy). */
 lm_sampler *lm_sampler_new(const lm_sampler_params *params);
+/* An empty chain to add links to. */
+lm_sampler *lm_sampler_chain_new(uint64_t seed);
 void lm_sampler_free(lm_sampler *s);
-/* Picks a token from n_vocab logits (not modified). history may be NULL. */
+
+lm_status lm_sampler_add_greedy(lm_sampler *s);
+lm_status lm_sampler_add_dist(lm_sampler *s);
+lm_status lm_sampler_add_temperature(lm_sampler *s, float t);
+lm_status lm_sampler_add_top_k(lm_sampler *s, int32_t k);
+lm_status lm_sampler_add_top_p(lm_sampler *s, float p, int32_t min_keep);
+lm_status lm_sampler_add_min_p(lm_sampler *s, float p, int32_t min_keep);
+lm_status lm_sampler_add_typical(lm_sampler *s, float p, int32_t min_keep);
+lm_status lm_sampler_add_penalties(lm_sampler *s, int32_t last_n, float repeat, float frequency, float presence);
+lm_status lm_sampler_add_logit_bias(lm_sampler *s, const int32_t *ids, const float *bias, int32_t n);
+lm_status lm_sampler_add_external(lm_sampler *s);
+int32_t lm_sampler_n_links(const lm_sampler *s);
+
+/* One call: the whole chain on a copy of logits (not modified); -1 on error, or
+ * when the chain has external links (use begin/run). */
 int32_t lm_sampler_sample(lm_sampler *s, const float *logits, int32_t n_vocab);
-/* Records a token that was accepted (for penalties). */
+/* Step by step: load the candidates, then run links from index `from` up to the
+ * next external link; returns that link's index, or lm_sampler_n_links() at the end. */
+lm_candidates *lm_sampler_begin(lm_sampler *s, const float *logits, int32_t n_vocab);
+int32_t lm_sampler_run(lm_sampler *s, int32_t from);
+/* Sets the choice (an external link may pick the token itself). */
+void lm_sampler_set_result(lm_sampler *s, int32_t token);
+/* The token picked after run() reached the end (or set_result), -1 if none yet. */
+int32_t lm_sampler_result(lm_sampler *s);
+/* Records a token that was accepted (for penalties); history is the accepted tokens. */
 void lm_sampler_accept(lm_sampler *s, int32_t token);
+const int32_t *lm_sampler_history(const lm_sampler *s, int32_t *n);
+/* Clears the history and re-seeds the RNG. */
+void lm_sampler_reset(lm_sampler *s, uint64_t seed);
+/* Sorts the candidates by logit (descending) and fills probs: for external links. */
+void lm_candidates_softmax(lm_candidates *c);
 
 /* ---- YAML documents (libyaml) ------------------------------------------------
  * A parsed document is a flat array of nodes; node 0 is the root. Scalars keep
