@@ -244,6 +244,14 @@ void lm_sampler_reset(lm_sampler *s, uint64_t seed);
 /* Sorts the candidates by logit (descending) and fills probs: for external links. */
 void lm_candidates_softmax(lm_candidates *c);
 
+/* ---- files ----------------------------------------------------------------------- */
+/* SHA-256 of a whole file as 64 lowercase hex digits (+ NUL) in hex_out[65]. */
+lm_status lm_sha256_file(const char *path, char *hex_out);
+/* Size in bytes and modification time (seconds) of a file. */
+lm_status lm_file_info(const char *path, int64_t *size, int64_t *mtime);
+/* SHA-256 of a buffer, same output form. */
+void lm_sha256_hex(const void *data, size_t len, char *hex_out);
+
 /* ---- YAML documents (libyaml) ------------------------------------------------
  * A parsed document is a flat array of nodes; node 0 is the root. Scalars keep
  * their text (plain scalars are typed by the caller: lua/lumen/yaml.lua). Aliases

@@ -1,0 +1,133 @@
+--- Chat: messages -> the model's own chat template -> a session that keeps the
+-- conversation's KV cache between turns (only the new tokens are evaluated).
+--   local chat = require "lumen.chat"
+--   local conv = chat.conversation(model, {system = "Be brief."})
+--   local reply, stats = conv:say("Hello!", function(piece) io.write(piece) end)
+local template = require "lumen.template"
+local util = require "lumen.util"
+
+local M = {}
+local Conv = {}
+Conv.__index = Conv
+
+local compiled = setmetatable({}, { __mode = "k" })
+
+--- Renders messages ({role=, content=}...) with the model's chat template.
+function M.render(model, messages, add_generation_prompt)
+  local info = model._info or model:info()
+  model._info = info
+  local src = info.chat_template
+  if not src or src == "" then
+    -- no template in the file: ChatML, which most instruction-tuned models know
+    src = "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
+       .. "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+  end
+  local f = compiled[model]
+  if not f then
+    f = template.compile(src)
+    compiled[model] = f
+  end
+  return f{
+    messages = messages,
+    add_generation_prompt = add_generation_prompt ~= false,
+    bos_token = info.bos_text or "",
+    eos_token = info.eos_text or "",
+  }
+end
+
+--- A conversation. opts: system (prompt), sampler, ctx (context tokens), max_tokens.
+function M.conversation(model, opts)
+  opts = opts or {}
+  local self = setmetatable({
+    model = model,
+    session = model:session{ ctx = opts.ctx },
+    sampler = opts.sampler,
+    max_tokens = opts.max_tokens or 512,
+    messages = {},
+    system = opts.system,
+  }, Conv)
+  self:reset()
+  return self
+end
+
+function Conv:reset()
+  self.messages = {}
+  if self.system and self.system ~= "" then
+    self.messages[1] = { role = "system", content = self.system }
+  end
+end
+
+function Conv:set_system(text)
+  self.system = text
+  if self.messages[1] and self.messages[1].role == "system" then
+    if text and text ~= "" then self.messages[1].content = text else table.remove(self.messages, 1) end
+  elseif text and text ~= "" then
+    table.insert(self.messages, 1, { role = "system", content = text })
+  end
+end
+
+local function now()
+  local ffi = require "ffi"
+  if not M._clock then
+    pcall(ffi.cdef, "typedef struct lm_timespec { long tv_sec; long tv_nsec; } lm_timespec; int clock_gettime(int, lm_timespec *);")
+    M._clock = ffi.new("lm_timespec")
+  end
+  ffi.C.clock_gettime(1, M._clock)
+  return tonumber(M._clock.tv_sec) + tonumber(M._clock.tv_nsec) * 1e-9
+end
+M.now = now
+
+--- Adds a user message, generates the reply (streamed to on_piece), records it.
+-- Returns the reply text and stats {prompt_tokens, prompt_s, tokens, decode_s, ttft_s, reason}.
+function Conv:say(text, on_piece)
+  util.check_type("say", "text", text, "string")
+  local model, s = self.model, self.session
+  self.messages[#self.messages + 1] = { role = "user", content = text }
+  local prompt = M.render(model, self.messages, true)
+  local buf, n = model:_encode(prompt, false, true)
+  -- reuse the longest prefix already in the KV cache
+  local have = s:pos()
+  local toks = require("lumen.ffi").lm_session_tokens(s.h)
+  local keep = 0
+  while keep < have and keep < n and toks[keep] == buf[keep] do keep = keep + 1 end
+  if keep == n then keep = n - 1 end -- the last prompt token must be evaluated for fresh logits
+  if n > s:ctx() then
+    table.remove(self.messages)
+    error(string.format("the conversation (%d tokens) no longer fits the context of %d tokens; /reset to start over", n, s:ctx()), 2)
+  end
+  s:rewind(keep)
+  local sampler = self.sampler or require("lumen.sampler").from_config(model.entry and model.entry.sampling)
+  self.sampler = sampler
+  sampler:reset()
+  local t0 = now()
+  s:eval_raw(buf + keep, n - keep)
+  local t1 = now()
+  local gen_opts = { sampler = sampler, max_tokens = math.min(self.max_tokens, s:ctx() - s:pos()) }
+  local parts, t_first = {}, nil
+  for piece in s:generate(gen_opts) do
+    t_first = t_first or now()
+    parts[#parts + 1] = piece
+    if on_piece then on_piece(piece) end
+  end
+  local t2 = now()
+  local reply = table.concat(parts)
+  self.messages[#self.messages + 1] = { role = "assistant", content = reply }
+  local r = gen_opts.result
+  return reply, {
+    prompt_tokens = n - keep, prompt_s = t1 - t0, tokens = r.tokens,
+    decode_s = t2 - (t_first or t2), ttft_s = (t_first or t2) - t0, reason = r.reason,
+    cached_tokens = keep,
+  }
+end
+
+--- One line of statistics, as printed to stderr.
+function M.format_stats(st, threads)
+  local dec_n = math.max(st.tokens - 1, 0)
+  return string.format(
+    "prompt: %d tokens in %.3f s (%.1f tok/s) | decode: %d tokens in %.3f s (%.1f tok/s) | time to first token: %.1f ms%s",
+    st.prompt_tokens, st.prompt_s, st.prompt_s > 0 and st.prompt_tokens / st.prompt_s or 0,
+    dec_n, st.decode_s, st.decode_s > 0 and dec_n / st.decode_s or 0, st.ttft_s * 1e3,
+    threads and (" | threads: " .. threads) or "")
+end
+
+return M

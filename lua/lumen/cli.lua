@@ -1,0 +1,151 @@
+--- `lumen` subcommands. The host (core/cli/host.c) runs this file with the
+-- command line; it returns the exit status. Usage errors and bad input print
+-- one line "lumen: error: ..." and exit 2; a bug in a script run with
+-- `lumen run` prints the error with a traceback and exits 1.
+local args = { ... }
+
+local USAGE = [[
+usage: lumen <command> [options]
+commands:
+  chat [options] [TEXT]        chat with a model: one reply to TEXT, or a REPL without TEXT
+  generate -p TEXT [options]   continue TEXT (no chat template)
+  run SCRIPT.lua [args]        run a Lua script with require "lumen" available
+  models                       list the models of configs/models.yaml and their state
+  version                      print the version
+options:
+  -m, --model NAME|PATH    model alias from configs/models.yaml or a .gguf path (default: the registry's default)
+  -p, --prompt TEXT        prompt (generate)
+  -n, --n-predict N        max tokens to generate (default 256)
+  -t, --threads N          compute threads (default: all cores)
+  -c, --ctx N              context size in tokens
+  --temp T                 temperature, 0 = greedy     --seed S          sampling seed
+  --top-k K  --top-p P  --min-p P  --repeat-penalty R
+  -s, --system TEXT        system prompt (chat)
+  --no-stats               do not print speed statistics to stderr
+]]
+
+local UsageError = {}
+UsageError.__index = UsageError
+local function usage_error(msg) error(setmetatable({ msg = msg }, UsageError), 0) end
+
+local function int_arg(opt, v, lo, hi)
+  if v == nil then usage_error(opt .. " needs a value") end
+  local n = tonumber(v)
+  if not n or n ~= math.floor(n) or not v:match("^%s*[-+]?%d+%s*$") then usage_error(opt .. ": '" .. v .. "' is not an integer") end
+  if n < lo or n > hi then usage_error(string.format("%s: %d is out of range [%d, %d]", opt, n, lo, hi)) end
+  return n
+end
+
+local function num_arg(opt, v, lo, hi)
+  if v == nil then usage_error(opt .. " needs a value") end
+  local n = tonumber(v)
+  if not n or n ~= n or n == math.huge or n == -math.huge then usage_error(opt .. ": '" .. v .. "' is not a number") end
+  if n < lo or n > hi then usage_error(string.format("%s: %g is out of range [%g, %g]", opt, n, lo, hi)) end
+  return n
+end
+
+--- Parses generation options; positional words are collected in o.words.
+local function parse(argv, first)
+  local o = { sampling = {}, words = {}, n_predict = 256, stats = true }
+  local i = first
+  while i <= #argv do
+    local a, v = argv[i], argv[i + 1]
+    local function take() if v == nil then usage_error(a .. " needs a value") end i = i + 1 return v end
+    if a == "-m" or a == "--model" then o.model = take()
+    elseif a == "-p" or a == "--prompt" then o.prompt = take()
+    elseif a == "-n" or a == "--n-predict" then o.n_predict = int_arg(a, take(), 0, 2 ^ 20)
+    elseif a == "-t" or a == "--threads" then o.threads = int_arg(a, take(), 1, 256)
+    elseif a == "-c" or a == "--ctx" then o.ctx = int_arg(a, take(), 1, 2 ^ 24)
+    elseif a == "--temp" then o.sampling.temperature = num_arg(a, take(), 0, 100)
+    elseif a == "--top-k" then o.sampling.top_k = int_arg(a, take(), 0, 2 ^ 31 - 1)
+    elseif a == "--top-p" then o.sampling.top_p = num_arg(a, take(), 0, 1)
+    elseif a == "--min-p" then o.sampling.min_p = num_arg(a, take(), 0, 1)
+    elseif a == "--repeat-penalty" then o.sampling.repeat_penalty = num_arg(a, take(), 0.01, 100)
+    elseif a == "--seed" then o.sampling.seed = int_arg(a, take(), 0, 2 ^ 53)
+    elseif a == "-s" or a == "--system" then o.system = take()
+    elseif a == "--no-stats" then o.stats = false
+    elseif a == "--stats" then o.stats = true
+    elseif a:sub(1, 1) == "-" and #a > 1 then usage_error("unknown option '" .. a .. "' (try: lumen --help)")
+    else o.words[#o.words + 1] = a end
+    i = i + 1
+  end
+  return o
+end
+
+local commands = {}
+
+function commands.generate(argv)
+  local o = parse(argv, 2)
+  if #o.words > 0 then usage_error("unexpected argument '" .. o.words[1] .. "'") end
+  if not o.prompt then usage_error("generate needs a prompt: -p TEXT") end
+  return require("generate").run(o)
+end
+
+function commands.chat(argv)
+  local o = parse(argv, 2)
+  if #o.words > 1 then usage_error("chat takes one message; quote it: lumen chat \"TEXT\"") end
+  o.message = o.words[1]
+  return require("chat").run(o)
+end
+
+function commands.run(argv)
+  local script = argv[2]
+  if not script then usage_error("run needs a script: lumen run SCRIPT.lua [args]") end
+  local f, err = loadfile(script)
+  if not f then usage_error(err) end
+  local sargs = { [0] = script }
+  for i = 3, #argv do sargs[#sargs + 1] = argv[i] end
+  _G.arg = sargs
+  -- errors inside the script are the script's: traceback and exit 1 (the host does that)
+  local ok, res = xpcall(f, debug.traceback, unpack(sargs))
+  if not ok then
+    io.stderr:write("lumen: error: ", tostring(res), "\n")
+    return 1
+  end
+  return type(res) == "number" and res or 0
+end
+
+function commands.models()
+  local config = require "lumen.config"
+  local reg = config.registry()
+  local names = {}
+  for k in pairs(reg.models) do names[#names + 1] = k end
+  table.sort(names)
+  for _, name in ipairs(names) do
+    local e = reg.models[name]
+    local where = "not fetched (scripts/fetch_model.py " .. name .. ")"
+    for _, dir in ipairs(config.model_dirs()) do
+      local p = dir .. "/" .. tostring(e.file)
+      if require("lumen.util").file_exists(p) then where = p break end
+    end
+    io.write(string.format("%-12s %s%s\n    %s\n", name, e.description or e.file or "",
+      name == reg.default and " (default)" or "", where))
+  end
+  return 0
+end
+
+function commands.version()
+  io.write("lumen ", require("lumen").version, "\n")
+  return 0
+end
+
+local function main()
+  local cmd = args[1]
+  if cmd == nil then io.stderr:write(USAGE) return 2 end
+  if cmd == "-h" or cmd == "--help" or cmd == "help" then io.write(USAGE) return 0 end
+  if cmd == "--version" then cmd = "version" end
+  local f = commands[cmd]
+  if not f then usage_error("unknown command '" .. cmd .. "' (try: lumen --help)") end
+  return f(args)
+end
+
+local ok, res = pcall(main)
+if ok then return res or 0 end
+if getmetatable(res) == UsageError then
+  io.stderr:write("lumen: error: ", res.msg, "\n")
+  return 2
+end
+-- Errors raised by lumen's modules on bad input (a missing or corrupt model, a
+-- YAML error, a context overflow) are the user's to fix: one line, exit 2.
+io.stderr:write("lumen: error: ", tostring(res), "\n")
+return 2

@@ -1,0 +1,107 @@
+--- Configs: the model registry (configs/models.yaml) and model resolution.
+-- A model is named by a path to a GGUF file or by an alias of the registry. An
+-- alias resolves to a file in the model cache ($LUMEN_MODELS, ~/.cache/lumen/models,
+-- or models/ in the source tree) whose sha256 must match the registry's pin: a
+-- mismatch refuses to load. A verified file is remembered in a stamp beside it
+-- (size, mtime, hash), so the 100 MB hash runs once, not at every start.
+local ffi = require "ffi"
+local C = require "lumen.ffi"
+local util = require "lumen.util"
+local yaml = require "lumen.yaml"
+
+local config = {}
+
+local cache = {}
+
+--- Loads (and caches) a YAML config from configs/NAME.yaml or a path.
+function config.load(name_or_path)
+  local path = name_or_path
+  if not path:find("/") and not path:find("%.ya?ml$") then
+    path = util.root() .. "/configs/" .. path .. ".yaml"
+  end
+  if cache[path] then return cache[path] end
+  local doc = yaml.load_file(path)
+  cache[path] = doc
+  return doc, path
+end
+
+function config.registry()
+  local reg, path = config.load("models")
+  path = path or (util.root() .. "/configs/models.yaml")
+  if type(reg) ~= "table" or type(reg.models) ~= "table" then
+    error(path .. ": expected a 'models' mapping", 2)
+  end
+  return reg
+end
+
+--- Directories searched for model files, in order.
+function config.model_dirs()
+  local dirs = {}
+  local env = os.getenv("LUMEN_MODELS")
+  if env and env ~= "" then dirs[#dirs + 1] = env end
+  local home = os.getenv("HOME")
+  if home then dirs[#dirs + 1] = home .. "/.cache/lumen/models" end
+  dirs[#dirs + 1] = util.root() .. "/models"
+  return dirs
+end
+
+local function file_stamp(path)
+  local size, mtime = ffi.new("int64_t[1]"), ffi.new("int64_t[1]")
+  if C.lm_file_info(path, size, mtime) ~= 0 then util.c_error("model") end
+  return tostring(tonumber(size[0])) .. " " .. tostring(tonumber(mtime[0]))
+end
+
+--- sha256 of a file (hex), through the C implementation.
+function config.sha256(path)
+  local buf = ffi.new("char[65]")
+  if C.lm_sha256_file(path, buf) ~= 0 then util.c_error("sha256") end
+  return ffi.string(buf, 64)
+end
+
+--- Verifies path against a pinned hash, using the stamp file when it still matches.
+function config.verify(path, want)
+  want = want:lower()
+  local stamp = path .. ".sha256"
+  local id = file_stamp(path)
+  local s = util.read_file(stamp)
+  if s then
+    local sid, shash = s:match("^(%d+ %d+) (%x+)")
+    if sid == id and shash == want then return true end
+  end
+  local got = config.sha256(path)
+  if got ~= want then
+    error(string.format("refusing to load '%s': its sha256 is %s but configs/models.yaml pins %s", path, got, want), 0)
+  end
+  local f = io.open(stamp, "wb")
+  if f then f:write(id, " ", got, "\n") f:close() end
+  return true
+end
+
+--- Resolves a model name (alias, file name or path) to {path=, alias=, entry=}.
+-- With no name, the registry's default.
+function config.resolve(name)
+  local reg = config.registry()
+  name = name or reg.default
+  if not name then error("no model given and configs/models.yaml names no default", 2) end
+  local entry = reg.models[name]
+  if not entry then
+    if name:find("/") or name:find("%.gguf$") then
+      if not util.file_exists(name) then error("model file '" .. name .. "' does not exist", 2) end
+      return { path = name }
+    end
+    local known = {}
+    for k in pairs(reg.models) do known[#known + 1] = k end
+    table.sort(known)
+    error(string.format("unknown model '%s' (aliases: %s; or give a path to a .gguf file)", name, table.concat(known, ", ")), 2)
+  end
+  for _, dir in ipairs(config.model_dirs()) do
+    local p = dir .. "/" .. entry.file
+    if util.file_exists(p) then
+      if entry.sha256 then config.verify(p, entry.sha256) end
+      return { path = p, alias = name, entry = entry }
+    end
+  end
+  error(string.format("model '%s' (%s) is not in the model cache; fetch it with: scripts/fetch_model.py %s", name, entry.file, name), 2)
+end
+
+return config

@@ -1,0 +1,337 @@
+--- Models and sessions.
+--   local model = require("lumen.model").load("smollm2")    -- alias or path
+--   local s = model:session{ctx = 2048}
+--   local logits = s:eval(model:tokenize("Hello"))           -- zero-copy view
+--   for piece in s:generate{prompt = "...", max_tokens = 64} do io.write(piece) end
+-- Handles are freed by the garbage collector (ffi.gc); a session keeps its model
+-- alive and a logits or weight tensor keeps its session or file mapping alive, in C.
+local ffi = require "ffi"
+local C = require "lumen.ffi"
+local util = require "lumen.util"
+
+local M = {}
+local Model = {}
+Model.__index = Model
+local Session = {}
+Session.__index = Session
+
+local function is_model(x) return getmetatable(x) == Model end
+local function is_session(x) return getmetatable(x) == Session end
+M.is_model, M.is_session = is_model, is_session
+
+--- Loads a model by path or registry alias (nil: the default model).
+-- opts: threads (compute threads; default all cores).
+function M.load(name, opts)
+  util.check_type("model.load", "name", name, "string", true)
+  util.check_type("model.load", "opts", opts, "table", true)
+  opts = opts or {}
+  local resolved = require("lumen.config").resolve(name)
+  local params = ffi.new("lm_model_params", { n_threads = opts.threads or 0 })
+  local h = C.lm_model_load(resolved.path, params)
+  if h == nil then util.c_error() end
+  ffi.gc(h, C.lm_model_free)
+  local info = ffi.new("lm_model_info")
+  C.lm_model_get_info(h, info)
+  local self = setmetatable({ h = h, path = resolved.path, alias = resolved.alias,
+                              entry = resolved.entry, n_vocab = info.n_vocab,
+                              _piece = ffi.new("char[256]") }, Model)
+  return self
+end
+
+local function str(p) return p ~= nil and ffi.string(p) or nil end
+
+--- A table describing the model.
+function Model:info()
+  local i = ffi.new("lm_model_info")
+  C.lm_model_get_info(self.h, i)
+  return {
+    arch = str(i.arch), name = str(i.name), path = str(i.path), alias = self.alias,
+    chat_template = str(i.chat_template), n_params = tonumber(i.n_params),
+    file_size = tonumber(i.file_size), n_vocab = i.n_vocab, n_ctx_train = i.n_ctx_train,
+    n_embd = i.n_embd, n_layer = i.n_layer, n_head = i.n_head, n_head_kv = i.n_head_kv,
+    head_dim = i.head_dim, n_ff = i.n_ff,
+    bos_token = i.bos_token >= 0 and i.bos_token or nil,
+    eos_token = i.eos_token >= 0 and i.eos_token or nil,
+    bos_text = i.bos_token >= 0 and self:piece(i.bos_token, true) or nil,
+    eos_text = i.eos_token >= 0 and self:piece(i.eos_token, true) or nil,
+  }
+end
+
+--- Token ids (int32 cdata) and count for text; internal fast path.
+function Model:_encode(text, add_special, parse_special)
+  local cap = #text + 16
+  local buf = ffi.new("int32_t[?]", cap)
+  local n = C.lm_tokenize(self.h, text, #text, buf, cap, add_special, parse_special)
+  if n < 0 then
+    if n == -9223372036854775807LL - 1 then util.c_error("tokenize", 2) end
+    cap = tonumber(-n)
+    buf = ffi.new("int32_t[?]", cap)
+    n = C.lm_tokenize(self.h, text, #text, buf, cap, add_special, parse_special)
+    if n < 0 then util.c_error("tokenize", 2) end
+  end
+  return buf, tonumber(n)
+end
+
+--- Token ids of text as a Lua array (0-based ids, as the model numbers them).
+-- opts.add_special: add BOS/EOS as the model says (default false);
+-- opts.parse_special: treat "<|im_start|>" etc. as special tokens (default true).
+function Model:tokenize(text, opts)
+  util.check_type("tokenize", "text", text, "string")
+  opts = opts or {}
+  local buf, n = self:_encode(text, opts.add_special == true, opts.parse_special ~= false)
+  local out = {}
+  for i = 0, n - 1 do out[i + 1] = buf[i] end
+  return out
+end
+
+--- The bytes of one token (render_special: show control tokens' text).
+function Model:piece(token, render_special)
+  util.check_type("piece", "token", token, "number")
+  local n = C.lm_token_to_piece(self.h, token, self._piece, 256, render_special and true or false)
+  if n == -2147483648 then util.c_error("piece") end
+  if n < 0 then
+    local buf = ffi.new("char[?]", -n)
+    n = C.lm_token_to_piece(self.h, token, buf, -n, render_special and true or false)
+    return ffi.string(buf, n)
+  end
+  return ffi.string(self._piece, n)
+end
+
+--- Text of a list of token ids.
+function Model:detokenize(tokens, render_special)
+  util.check_type("detokenize", "tokens", tokens, "table")
+  local n = #tokens
+  local ids = ffi.new("int32_t[?]", n > 0 and n or 1)
+  for i = 1, n do ids[i - 1] = tokens[i] end
+  local cap = n * 16 + 16
+  local buf = ffi.new("char[?]", cap)
+  local k = C.lm_detokenize(self.h, ids, n, buf, cap, render_special and true or false)
+  if k == -9223372036854775807LL - 1 then util.c_error("detokenize") end
+  if k < 0 then
+    cap = tonumber(-k)
+    buf = ffi.new("char[?]", cap)
+    k = C.lm_detokenize(self.h, ids, n, buf, cap, render_special and true or false)
+  end
+  return ffi.string(buf, tonumber(k))
+end
+
+function Model:is_eog(token) return C.lm_token_is_eog(self.h, token) end
+
+--- Id of the token whose text is exactly s, or nil.
+function Model:token(s)
+  local id = C.lm_token_lookup(self.h, s)
+  return id >= 0 and id or nil
+end
+
+--- A tensor viewing a weight in place (it keeps the file mapped).
+function Model:weight(name)
+  local tensor = require "lumen.tensor"
+  local t = C.lm_model_weight(self.h, name)
+  if t == nil then util.c_error() end
+  return tensor.own(t)
+end
+
+--- A new session. opts: ctx (context tokens), batch (tokens per forward pass).
+function Model:session(opts)
+  util.check_type("session", "opts", opts, "table", true)
+  opts = opts or {}
+  local p = ffi.new("lm_session_params", { n_ctx = opts.ctx or 0, n_batch = opts.batch or 0 })
+  local h = C.lm_session_new(self.h, p)
+  if h == nil then util.c_error("session") end
+  return M._wrap_session(self, ffi.gc(h, C.lm_session_free))
+end
+
+function M._wrap_session(model, h)
+  return setmetatable({ h = h, model = model, n_vocab = model.n_vocab, _one = ffi.new("int32_t[1]") }, Session)
+end
+
+local function check_open(self, what)
+  if self.h == nil then error(what .. ": the session is closed", 3) end
+end
+
+--- Appends tokens (a Lua array of ids, or a single id) and runs the model.
+-- Returns the logits after the last token: a tensor viewing the session's
+-- buffer in place (valid until the next eval/rewind; it keeps the session alive).
+function Session:eval(tokens)
+  check_open(self, "eval")
+  local buf, n
+  if type(tokens) == "number" then
+    self._one[0] = tokens
+    buf, n = self._one, 1
+  elseif type(tokens) == "table" then
+    n = #tokens
+    if n == 0 then error("eval: no tokens", 2) end
+    buf = ffi.new("int32_t[?]", n)
+    for i = 1, n do
+      local t = tokens[i]
+      if type(t) ~= "number" then error("eval: token " .. i .. " is a " .. type(t) .. ", not a number", 2) end
+      buf[i - 1] = t
+    end
+  else
+    error("eval: tokens must be a table of ids or an id, got " .. type(tokens), 2)
+  end
+  if C.lm_session_eval(self.h, buf, n) ~= 0 then util.c_error("eval") end
+  return self:logits()
+end
+
+--- Raw eval of an int32 cdata array (no per-token Lua work).
+function Session:eval_raw(buf, n)
+  check_open(self, "eval")
+  if C.lm_session_eval(self.h, buf, n) ~= 0 then util.c_error("eval") end
+end
+
+--- The logits tensor (zero-copy view; one object per session).
+function Session:logits()
+  check_open(self, "logits")
+  if not self._logits then
+    local t = C.lm_session_logits_tensor(self.h)
+    if t == nil then util.c_error("logits") end
+    self._logits = require("lumen.tensor").own(t)
+  end
+  return self._logits
+end
+
+--- Pointer to the n_vocab logits (float*), for samplers; valid until the next eval.
+function Session:logits_ptr() check_open(self, "logits") return C.lm_session_logits(self.h) end
+
+function Session:pos() check_open(self, "pos") return C.lm_session_pos(self.h) end
+function Session:ctx() check_open(self, "ctx") return C.lm_session_n_ctx(self.h) end
+
+--- The tokens in the context, as a Lua array.
+function Session:tokens()
+  check_open(self, "tokens")
+  local p, n, out = C.lm_session_tokens(self.h), C.lm_session_pos(self.h), {}
+  for i = 0, n - 1 do out[i + 1] = p[i] end
+  return out
+end
+
+--- Keeps the first n tokens and forgets the rest. Re-evaluating then gives the
+-- same logits as the first time.
+function Session:rewind(n)
+  check_open(self, "rewind")
+  util.check_type("rewind", "n", n, "number")
+  if C.lm_session_rewind(self.h, n) ~= 0 then util.c_error("rewind") end
+end
+
+--- An independent copy of this session's context.
+function Session:fork()
+  check_open(self, "fork")
+  local h = C.lm_session_fork(self.h)
+  if h == nil then util.c_error("fork") end
+  return M._wrap_session(self.model, ffi.gc(h, C.lm_session_free))
+end
+
+function Session:save(path)
+  check_open(self, "save")
+  util.check_type("save", "path", path, "string")
+  if C.lm_session_save(self.h, path) ~= 0 then util.c_error() end
+end
+
+function Session:load(path)
+  check_open(self, "load")
+  util.check_type("load", "path", path, "string")
+  if C.lm_session_load(self.h, path) ~= 0 then util.c_error() end
+end
+
+--- Frees the session now (it is otherwise freed by the GC). Views stay valid.
+function Session:close()
+  if self.h ~= nil then
+    C.lm_session_free(ffi.gc(self.h, nil))
+    self.h = nil
+  end
+end
+
+--- Streams a generation: an iterator of text pieces.
+-- opts: prompt (string, tokenized with specials parsed) or tokens (ids),
+-- sampler (a lumen.sampler chain; default: the model's sampling defaults),
+-- max_tokens (default 256), stop (strings that end the text, not included),
+-- on_token(id) callback. After the loop, the iterator's state is in opts.result:
+-- {tokens = n, reason = "stop"|"length"|"eog"|"context", prompt_tokens = n}.
+function Session:generate(opts)
+  check_open(self, "generate")
+  util.check_type("generate", "opts", opts, "table")
+  local model = self.model
+  local sampler = opts.sampler or require("lumen.sampler").from_config(model.entry and model.entry.sampling)
+  local max_tokens = opts.max_tokens or 256
+  util.check_int("generate", "max_tokens", max_tokens, 0, 1e9)
+  local stops = opts.stop or {}
+  if type(stops) == "string" then stops = { stops } end
+  local result = { tokens = 0, prompt_tokens = 0 }
+  opts.result = result
+
+  if opts.prompt then
+    util.check_type("generate", "prompt", opts.prompt, "string")
+    local buf, n = model:_encode(opts.prompt, opts.add_special == true, opts.parse_special ~= false)
+    if n == 0 then error("generate: the prompt is empty", 2) end
+    if n + self:pos() > self:ctx() then
+      error(string.format("generate: the prompt has %d tokens; with %d already in the context it exceeds the context of %d", n, self:pos(), self:ctx()), 2)
+    end
+    self:eval_raw(buf, n)
+    for i = 0, n - 1 do sampler:accept(buf[i]) end
+    result.prompt_tokens = n
+  elseif opts.tokens then
+    self:eval(opts.tokens)
+    result.prompt_tokens = #opts.tokens
+  elseif self:pos() == 0 then
+    error("generate: give a prompt or tokens", 2)
+  end
+
+  local pending = ""        -- text held back: an incomplete UTF-8 character or a possible stop prefix
+  local done = false
+  local max_stop = 0
+  for _, s in ipairs(stops) do if #s > max_stop then max_stop = #s end end
+
+  local function finish(reason)
+    done = true
+    result.reason = reason
+    local out = pending
+    pending = ""
+    return out ~= "" and out or nil
+  end
+
+  return function()
+    while not done do
+      if result.tokens >= max_tokens then return finish("length") end
+      local tok = sampler:sample(self)
+      result.tokens = result.tokens + 1
+      if opts.on_token then opts.on_token(tok) end
+      if model:is_eog(tok) then return finish("eog") end
+      sampler:accept(tok)
+      pending = pending .. model:piece(tok)
+      -- a stop string ends the text before it
+      for _, s in ipairs(stops) do
+        local at = pending:find(s, 1, true)
+        if at then
+          pending = pending:sub(1, at - 1)
+          return finish("stop")
+        end
+      end
+      local room = self:ctx() - self:pos()
+      if result.tokens < max_tokens then
+        if room <= 0 then return finish("context") end
+        self._one[0] = tok
+        self:eval_raw(self._one, 1)
+      end
+      -- emit what can no longer become a stop string or an incomplete character
+      local keep = 0
+      for _, s in ipairs(stops) do
+        for k = math.min(#s - 1, #pending), 1, -1 do
+          if pending:sub(-k) == s:sub(1, k) then
+            if k > keep then keep = k end
+            break
+          end
+        end
+      end
+      local emit = pending:sub(1, #pending - keep)
+      local ok = util.utf8_complete_len(emit)
+      if ok > 0 then
+        pending = pending:sub(ok + 1)
+        return emit:sub(1, ok)
+      end
+    end
+    return nil
+  end
+end
+
+M.Model, M.Session = Model, Session
+return M

@@ -1,0 +1,175 @@
+--- Sampler chains: C links and Lua functions, applied in order.
+--   local sampler = require "lumen.sampler"
+--   local s = sampler.chain{
+--     sampler.penalties{repeat_penalty = 1.1, last_n = 64},
+--     sampler.top_k(40), sampler.top_p(0.95),
+--     function(c, ctx) ... end,            -- a Lua link (see below)
+--     sampler.temperature(0.8), sampler.dist(),
+--     seed = 42,
+--   }
+--   local tok = s:sample(session)          -- or s:sample(logits_ptr, n_vocab)
+--   s:accept(tok)
+--
+-- A Lua link is called once per token with (c, ctx): c is the lm_candidates
+-- struct in C memory — c.n live candidates, c.ids[i] and c.logits[i] for
+-- i = 0 .. c.n-1 (0-based), c.probs[i] when c.has_probs (call ctx.softmax() to
+-- sort and fill them). It may change logits in place, lower c.n to drop the
+-- tail, or return a token id to pick it. ctx.history (int32 pointer) and
+-- ctx.n_history are the accepted tokens; ctx.session is the session sampled.
+-- Chains without Lua links cost one C call per token.
+local ffi = require "ffi"
+local C = require "lumen.ffi"
+local util = require "lumen.util"
+
+local M = {}
+local Chain = {}
+Chain.__index = Chain
+
+local function link(kind, args) return { kind = kind, args = args } end
+
+function M.greedy() return link("greedy", {}) end
+function M.dist() return link("dist", {}) end
+function M.temperature(t) util.check_type("temperature", "t", t, "number") return link("temperature", { t }) end
+function M.top_k(k) util.check_type("top_k", "k", k, "number") return link("top_k", { k }) end
+function M.top_p(p, min_keep) util.check_type("top_p", "p", p, "number") return link("top_p", { p, min_keep or 1 }) end
+function M.min_p(p, min_keep) util.check_type("min_p", "p", p, "number") return link("min_p", { p, min_keep or 1 }) end
+function M.typical(p, min_keep) util.check_type("typical", "p", p, "number") return link("typical", { p, min_keep or 1 }) end
+--- opts: repeat_penalty (1 = off), frequency, presence, last_n (-1: all history; default 64)
+function M.penalties(opts)
+  util.check_type("penalties", "opts", opts, "table")
+  return link("penalties", { opts.last_n or 64, opts.repeat_penalty or 1.0, opts.frequency or 0, opts.presence or 0 })
+end
+--- bias: {[token_id] = added logit, ...}
+function M.logit_bias(bias)
+  util.check_type("logit_bias", "bias", bias, "table")
+  return link("logit_bias", { bias })
+end
+
+local adders = {
+  greedy = function(h) return C.lm_sampler_add_greedy(h) end,
+  dist = function(h) return C.lm_sampler_add_dist(h) end,
+  temperature = function(h, a) return C.lm_sampler_add_temperature(h, a[1]) end,
+  top_k = function(h, a) return C.lm_sampler_add_top_k(h, a[1]) end,
+  top_p = function(h, a) return C.lm_sampler_add_top_p(h, a[1], a[2]) end,
+  min_p = function(h, a) return C.lm_sampler_add_min_p(h, a[1], a[2]) end,
+  typical = function(h, a) return C.lm_sampler_add_typical(h, a[1], a[2]) end,
+  penalties = function(h, a) return C.lm_sampler_add_penalties(h, a[1], a[2], a[3], a[4]) end,
+  logit_bias = function(h, a)
+    local ids, vals, n = {}, {}, 0
+    for id, v in pairs(a[1]) do
+      if type(id) ~= "number" or type(v) ~= "number" then error("logit_bias: keys must be token ids and values numbers", 4) end
+      n = n + 1
+      ids[n], vals[n] = id, v
+    end
+    local ci, cv = ffi.new("int32_t[?]", n + 1, ids), ffi.new("float[?]", n + 1, vals)
+    return C.lm_sampler_add_logit_bias(h, ci, cv, n)
+  end,
+}
+
+--- Builds a chain from links (array part) and options (seed).
+function M.chain(spec)
+  util.check_type("sampler.chain", "spec", spec, "table")
+  local seed = spec.seed or os.time()
+  util.check_type("sampler.chain", "seed", seed, "number")
+  local h = C.lm_sampler_chain_new(seed)
+  if h == nil then util.c_error("sampler") end
+  ffi.gc(h, C.lm_sampler_free)
+  local self = setmetatable({ h = h, lua = {}, seed = seed }, Chain)
+  for i, l in ipairs(spec) do
+    if type(l) == "function" then
+      if C.lm_sampler_add_external(h) ~= 0 then util.c_error("sampler") end
+      self.lua[C.lm_sampler_n_links(h) - 1] = l
+    elseif type(l) == "table" and adders[l.kind] then
+      if adders[l.kind](h, l.args) ~= 0 then util.c_error("sampler link " .. i .. " (" .. l.kind .. ")", 2) end
+    else
+      error("sampler.chain: link " .. i .. " is neither a sampler link nor a function", 2)
+    end
+  end
+  self.n_links = C.lm_sampler_n_links(h)
+  self.has_lua = next(self.lua) ~= nil
+  self.ctx = { softmax = nil }
+  return self
+end
+
+--- The standard chain from a table of settings (the keys of configs/models.yaml's
+-- `sampling`): temperature (0 = greedy), top_k, top_p, min_p, typical_p,
+-- repeat_penalty, frequency_penalty, presence_penalty, penalty_last_n, seed.
+function M.from_config(cfg)
+  cfg = cfg or {}
+  util.check_type("sampler.from_config", "settings", cfg, "table")
+  local p = ffi.new("lm_sampler_params", C.lm_sampler_default_params())
+  local fields = { "temperature", "top_k", "top_p", "min_p", "typical_p", "repeat_penalty",
+                   "frequency_penalty", "presence_penalty", "penalty_last_n" }
+  for _, k in ipairs(fields) do
+    local v = cfg[k]
+    if v ~= nil then
+      if type(v) ~= "number" then error("sampling setting '" .. k .. "' must be a number, got " .. type(v), 2) end
+      p[k] = v
+    end
+  end
+  local seed = cfg.seed or os.time()
+  p.seed = seed
+  local h = C.lm_sampler_new(p)
+  if h == nil then util.c_error("sampler", 2) end
+  ffi.gc(h, C.lm_sampler_free)
+  return setmetatable({ h = h, lua = {}, has_lua = false, seed = seed, n_links = C.lm_sampler_n_links(h), ctx = {} }, Chain)
+end
+
+function M.default() return M.from_config(nil) end
+
+--- Picks a token from a session's logits (or a float pointer and n_vocab).
+function Chain:sample(src, n_vocab)
+  local logits
+  if type(src) == "table" and src.logits_ptr then
+    logits, n_vocab = src:logits_ptr(), src.n_vocab
+  elseif type(src) == "cdata" then
+    logits = src
+    if type(n_vocab) ~= "number" then error("sample: n_vocab is needed with a pointer", 2) end
+  else
+    error("sample: expected a session or a float pointer, got " .. type(src), 2)
+  end
+  if not self.has_lua then
+    local t = C.lm_sampler_sample(self.h, logits, n_vocab)
+    if t < 0 then util.c_error("sample", 2) end
+    return t
+  end
+  local h = self.h
+  local c = C.lm_sampler_begin(h, logits, n_vocab)
+  if c == nil then util.c_error("sample", 2) end
+  local ctx = self.ctx
+  local nh = ffi.new("int32_t[1]")
+  ctx.history = C.lm_sampler_history(h, nh)
+  ctx.n_history = nh[0]
+  ctx.session = type(src) == "table" and src or nil
+  ctx.softmax = ctx.softmax or function() C.lm_candidates_softmax(c) end
+  local i = C.lm_sampler_run(h, 0)
+  while i < self.n_links do
+    local pick = self.lua[i](c, ctx)
+    if pick ~= nil then
+      if type(pick) ~= "number" or pick < 0 or pick >= n_vocab then
+        error("sampler: a Lua link returned " .. tostring(pick) .. ", not a token id", 2)
+      end
+      C.lm_sampler_set_result(h, pick)
+      break
+    end
+    if c.n < 1 then error("sampler: a Lua link removed every candidate", 2) end
+    i = C.lm_sampler_run(h, i + 1)
+  end
+  return C.lm_sampler_result(h)
+end
+
+function Chain:accept(tok) C.lm_sampler_accept(self.h, tok) end
+
+--- Clears the history and re-seeds (same seed: the same draws again).
+function Chain:reset(seed) C.lm_sampler_reset(self.h, seed or self.seed) end
+
+function Chain:history()
+  local n = ffi.new("int32_t[1]")
+  local p = C.lm_sampler_history(self.h, n)
+  local out = {}
+  for i = 0, n[0] - 1 do out[i + 1] = p[i] end
+  return out
+end
+
+M.Chain = Chain
+return M

@@ -1,0 +1,60 @@
+--- Small helpers shared by the Lua modules.
+local ffi = require "ffi"
+local C = require "lumen.ffi"
+
+local util = {}
+
+--- The C side's last error message.
+function util.last_error()
+  return ffi.string(C.lm_last_error())
+end
+
+--- Raises the C error (at the caller's caller) with an optional prefix.
+function util.c_error(prefix, level)
+  local msg = util.last_error()
+  error(prefix and (prefix .. ": " .. msg) or msg, (level or 2) + 1)
+end
+
+--- Checks an argument's Lua type, naming the function and argument in the error.
+function util.check_type(fname, argname, value, want, optional)
+  if value == nil and optional then return end
+  if type(value) ~= want then
+    error(string.format("%s: %s must be a %s, got %s", fname, argname, want, type(value)), 3)
+  end
+end
+
+--- Checks that value is an integer within [lo, hi].
+function util.check_int(fname, argname, value, lo, hi)
+  if type(value) ~= "number" or value ~= math.floor(value) or value < lo or value > hi then
+    error(string.format("%s: %s must be an integer in [%d, %d], got %s", fname, argname, lo, hi, tostring(value)), 3)
+  end
+end
+
+--- Length of the longest prefix of s that does not end inside a UTF-8 character.
+function util.utf8_complete_len(s)
+  return tonumber(C.lm_utf8_complete_len(s, #s))
+end
+
+--- Reads a whole file, or nil + message.
+function util.read_file(path)
+  local f, err = io.open(path, "rb")
+  if not f then return nil, err end
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+
+function util.file_exists(path)
+  local f = io.open(path, "rb")
+  if f then f:close() return true end
+  return false
+end
+
+function util.root()
+  local r = os.getenv("LUMEN_ROOT")
+  if r and r ~= "" then return r end
+  local src = debug.getinfo(1, "S").source
+  return src:sub(1, 1) == "@" and src:sub(2):match("^(.*)/lua/lumen/[^/]*$") or "."
+end
+
+return util
