@@ -23,7 +23,8 @@ f:close()
 header = header:gsub("/%*.-%*/", ""):gsub("//[^\n]*", "")
 header = header:gsub("#ifdef __cplusplus.-#endif", "")
 header = header:gsub("#[^\n]*", "")
-ffi.cdef(header)
+-- a second require (package.loaded cleared) must not redefine the types
+if not pcall(ffi.typeof, "lm_model_info") then ffi.cdef(header) end
 
 local C
 if pcall(function() return ffi.C.lm_version end) then
