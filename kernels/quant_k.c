@@ -1,3 +1,501 @@
-/* Placeholder until the K-quant kernels land. */
+/* K-quants Q4_K, Q5_K, Q6_K and their activation format Q8_K: scalar references.
+ *
+ * Layouts are ggml's (see x86/quant_k_x86.h). The arithmetic follows llama.cpp's
+ * reference code step for step, so results agree with it:
+ * - vec_dot sums each super-block's integer products into eight lanes (element k
+ *   into lane k % 8), scales them by d in float per lane and adds the lanes last,
+ *   as ggml's generic vec_dot_*_q8_K do; the Q4_K/Q5_K mins enter once per block
+ *   through Q8_K's bsums (dmin * sum(min_j * bsum_j)).
+ * - quantize_q8_K is quantize_row_q8_K_ref (the activation quantizer, bit for bit);
+ *   quantize_q{4,5,6}_K are quantize_row_q{4,5,6}_K_ref (weights, without an
+ *   importance matrix) for the `lumen quantize` tool.
+ * The SIMD variants live in x86/quant_k_avx2.c and x86/quant_k_avx512.c. */
 #include "quant_impl.h"
-void lm_quant_register_k(lm_quant_entry table[LM_DTYPE_COUNT]) { (void)table; }
+#include "x86/quant_k_x86.h"
+
+#include <math.h>
+#include <string.h>
+
+/* No fused multiply-adds here: llama.cpp's quantizers and dequantizers are built
+ * for the x86-64 baseline, without FMA, and contracting a*b+c changes roundings
+ * (quantized blocks and dequantized values would differ from theirs). */
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
+#define GROUP_MAX_EPS 1e-15f
+
+static inline int imin(int a, int b) { return a < b ? a : b; }
+static inline int imax(int a, int b) { return a > b ? a : b; }
+
+/* Round to nearest, ties to even: what ggml's nearest_int computes with its
+ * 1.5*2^23 trick for |f| < 2^22 (written with lrintf so the compiler cannot fuse
+ * a multiply into the magic add and round differently). */
+static inline int nearest_int(float f) { return (int)lrintf(f); }
+
+/* ---- unpacking: a super-block's quants as one int8 per weight ------------- */
+
+static void unpack_q4_K(const block_q4_K *b, int8_t q[QK_K]) {
+    for (int j = 0; j < QK_K / 64; j++) {
+        const uint8_t *qs = b->qs + 32 * j;
+        for (int l = 0; l < 32; l++) {
+            q[64 * j + l] = (int8_t)(qs[l] & 0x0F);
+            q[64 * j + 32 + l] = (int8_t)(qs[l] >> 4);
+        }
+    }
+}
+
+static void unpack_q5_K(const block_q5_K *b, int8_t q[QK_K]) {
+    for (int j = 0; j < QK_K / 64; j++) {
+        const uint8_t *qs = b->qs + 32 * j;
+        for (int l = 0; l < 32; l++) {
+            q[64 * j + l] = (int8_t)((qs[l] & 0x0F) | (((b->qh[l] >> (2 * j)) & 1) << 4));
+            q[64 * j + 32 + l] = (int8_t)((qs[l] >> 4) | (((b->qh[l] >> (2 * j + 1)) & 1) << 4));
+        }
+    }
+}
+
+/* Q6_K quants with the -32 offset applied: -32..31. */
+static void unpack_q6_K(const block_q6_K *b, int8_t q[QK_K]) {
+    for (int h = 0; h < QK_K / 128; h++) {
+        const uint8_t *ql = b->ql + 64 * h, *qh = b->qh + 32 * h;
+        int8_t *out = q + 128 * h;
+        for (int l = 0; l < 32; l++) {
+            out[l] = (int8_t)(((ql[l] & 0x0F) | (((qh[l] >> 0) & 3) << 4)) - 32);
+            out[l + 32] = (int8_t)(((ql[l + 32] & 0x0F) | (((qh[l] >> 2) & 3) << 4)) - 32);
+            out[l + 64] = (int8_t)(((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32);
+            out[l + 96] = (int8_t)(((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32);
+        }
+    }
+}
+
+/* ---- to_float ---------------------------------------------------------------- */
+
+static void dequantize_q4_K(const void *restrict vx, float *restrict y, int64_t n) {
+    const block_q4_K *x = vx;
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        const float d = lm_f16_to_f32(x[i].d), dmin = lm_f16_to_f32(x[i].dmin);
+        int8_t q[QK_K];
+        uint8_t sm[16];
+        unpack_q4_K(&x[i], q);
+        lm_k_unpack_scales(x[i].scales, sm);
+        for (int j = 0; j < QK_K / 32; j++) {
+            const float dl = d * sm[j], ml = dmin * sm[8 + j];
+            for (int l = 0; l < 32; l++) y[32 * j + l] = dl * q[32 * j + l] - ml;
+        }
+        y += QK_K;
+    }
+}
+
+static void dequantize_q5_K(const void *restrict vx, float *restrict y, int64_t n) {
+    const block_q5_K *x = vx;
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        const float d = lm_f16_to_f32(x[i].d), dmin = lm_f16_to_f32(x[i].dmin);
+        int8_t q[QK_K];
+        uint8_t sm[16];
+        unpack_q5_K(&x[i], q);
+        lm_k_unpack_scales(x[i].scales, sm);
+        for (int j = 0; j < QK_K / 32; j++) {
+            const float dl = d * sm[j], ml = dmin * sm[8 + j];
+            for (int l = 0; l < 32; l++) y[32 * j + l] = dl * q[32 * j + l] - ml;
+        }
+        y += QK_K;
+    }
+}
+
+static void dequantize_q6_K(const void *restrict vx, float *restrict y, int64_t n) {
+    const block_q6_K *x = vx;
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        const float d = lm_f16_to_f32(x[i].d);
+        int8_t q[QK_K];
+        unpack_q6_K(&x[i], q);
+        for (int k = 0; k < QK_K; k++) y[k] = d * x[i].scales[k / 16] * q[k];
+        y += QK_K;
+    }
+}
+
+static void dequantize_q8_K(const void *restrict vx, float *restrict y, int64_t n) {
+    const block_q8_K *x = vx;
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        for (int k = 0; k < QK_K; k++) y[k] = x[i].d * x[i].qs[k];
+        y += QK_K;
+    }
+}
+
+/* ---- vec_dot ----------------------------------------------------------------- */
+
+/* One super-block's integer dot, element k into lane k % 8; scale[k / group]
+ * weighs element k. */
+static void dot_lanes(int32_t lanes[8], const int8_t q[QK_K], const int8_t q8[QK_K],
+                      const int32_t *scale, int group) {
+    memset(lanes, 0, 8 * sizeof lanes[0]);
+    for (int k = 0; k < QK_K; k += 8) {
+        const int32_t sc = scale[k / group];   /* groups are multiples of 8 */
+        for (int l = 0; l < 8; l++) lanes[l] += sc * (int16_t)(q[k + l] * q8[k + l]);
+    }
+}
+
+/* Adds one Q4_K/Q5_K super-block (quants q, fp16 d and dmin, packed scales) dotted
+ * with a Q8_K block: lane sums into acc[8], the min term into *sumf. */
+static void dot_block_45(float acc[8], float *sumf, const int8_t q[QK_K], uint16_t d16,
+                         uint16_t dmin16, const uint8_t packed[K_SCALE_SIZE], const block_q8_K *y) {
+    uint8_t sm[16];
+    lm_k_unpack_scales(packed, sm);
+    int32_t scale[8], lanes[8];
+    for (int j = 0; j < 8; j++) scale[j] = sm[j];
+    dot_lanes(lanes, q, y->qs, scale, 32);
+    int summins = 0;
+    for (int j = 0; j < QK_K / 16; j++) summins += y->bsums[j] * sm[8 + j / 2];
+    const float d = lm_f16_to_f32(d16) * y->d;
+    for (int l = 0; l < 8; l++) acc[l] += d * lanes[l];
+    const float dmin = lm_f16_to_f32(dmin16) * y->d;
+    *sumf -= dmin * summins;
+}
+
+static void vec_dot_q4_K_q8_K(int64_t n, float *restrict s, const void *restrict vx, const void *restrict vy) {
+    const block_q4_K *x = vx;
+    const block_q8_K *y = vy;
+    float acc[8] = {0}, sumf = 0;
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        int8_t q[QK_K];
+        unpack_q4_K(&x[i], q);
+        dot_block_45(acc, &sumf, q, x[i].d, x[i].dmin, x[i].scales, &y[i]);
+    }
+    for (int l = 0; l < 8; l++) sumf += acc[l];
+    *s = sumf;
+}
+
+static void vec_dot_q5_K_q8_K(int64_t n, float *restrict s, const void *restrict vx, const void *restrict vy) {
+    const block_q5_K *x = vx;
+    const block_q8_K *y = vy;
+    float acc[8] = {0}, sumf = 0;
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        int8_t q[QK_K];
+        unpack_q5_K(&x[i], q);
+        dot_block_45(acc, &sumf, q, x[i].d, x[i].dmin, x[i].scales, &y[i]);
+    }
+    for (int l = 0; l < 8; l++) sumf += acc[l];
+    *s = sumf;
+}
+
+static void vec_dot_q6_K_q8_K(int64_t n, float *restrict s, const void *restrict vx, const void *restrict vy) {
+    const block_q6_K *x = vx;
+    const block_q8_K *y = vy;
+    float acc[8] = {0}, sumf = 0;
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        int8_t q[QK_K];
+        int32_t scale[16], lanes[8];
+        unpack_q6_K(&x[i], q);
+        for (int j = 0; j < 16; j++) scale[j] = x[i].scales[j];
+        dot_lanes(lanes, q, y[i].qs, scale, 16);
+        const float d = lm_f16_to_f32(x[i].d) * y[i].d;
+        for (int l = 0; l < 8; l++) acc[l] += d * lanes[l];
+    }
+    for (int l = 0; l < 8; l++) sumf += acc[l];
+    *s = sumf;
+}
+
+/* ---- Q8_K: the activation quantizer ------------------------------------------ */
+
+/* Per block: the element of largest magnitude (the first, on ties) keeps its sign,
+ * iscale = -127/max, q = min(127, round(iscale*x)), d = 1/iscale (so d < 0 when
+ * max > 0). An all-zero block gets d = 0 and zero quants and bsums. */
+static void quantize_q8_K(const float *restrict x, void *restrict vy, int64_t n) {
+    block_q8_K *y = vy;
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        float max = 0, amax = 0;
+        for (int j = 0; j < QK_K; j++) {
+            const float ax = fabsf(x[j]);
+            if (ax > amax) { amax = ax; max = x[j]; }
+        }
+        if (!amax) {
+            memset(&y[i], 0, sizeof y[i]);
+            x += QK_K;
+            continue;
+        }
+        const float iscale = -127.f / max;
+        for (int j = 0; j < QK_K; j++) y[i].qs[j] = (int8_t)imin(127, nearest_int(iscale * x[j]));
+        for (int j = 0; j < QK_K / 16; j++) {
+            int sum = 0;
+            for (int l = 0; l < 16; l++) sum += y[i].qs[16 * j + l];
+            y[i].bsums[j] = (int16_t)sum;
+        }
+        y[i].d = 1 / iscale;
+        x += QK_K;
+    }
+}
+
+/* ---- weight quantizers (llama.cpp's *_ref, no importance matrix) --------------- */
+
+/* Asymmetric fit of x[0..n) to scale*L + min with L in 0..nmax: ggml's
+ * make_qkx2_quants. Starts from the min/max grid, then tries nstep+1 grids of
+ * (rmin + rdelta*is + nmax) levels, each followed by a weighted least-squares
+ * (scale, min), keeping the one of least weighted error. Returns the scale;
+ * *neg_min = -min (min is clamped to <= 0). */
+static float fit_scale_min(int n, int nmax, const float *restrict x, const float *restrict w,
+                           uint8_t *restrict L, float *restrict neg_min, uint8_t *restrict Laux,
+                           float rmin, float rdelta, int nstep) {
+    float min = x[0], max = x[0];
+    float sum_w = w[0], sum_x = sum_w * x[0];
+    for (int i = 1; i < n; i++) {
+        if (x[i] < min) min = x[i];
+        if (x[i] > max) max = x[i];
+        sum_w += w[i];
+        sum_x += w[i] * x[i];
+    }
+    if (min > 0) min = 0;
+    if (max == min) {
+        memset(L, 0, (size_t)n);
+        *neg_min = -min;
+        return 0.f;
+    }
+    float iscale = nmax / (max - min);
+    float scale = 1 / iscale;
+    float best_error = 0;
+    for (int i = 0; i < n; i++) {
+        L[i] = (uint8_t)imax(0, imin(nmax, nearest_int(iscale * (x[i] - min))));
+        const float diff = scale * L[i] + min - x[i];
+        best_error += w[i] * (diff * diff);
+    }
+    for (int is = 0; is <= nstep; is++) {
+        iscale = (rmin + rdelta * is + nmax) / (max - min);
+        float sum_l = 0, sum_l2 = 0, sum_xl = 0;
+        for (int i = 0; i < n; i++) {
+            const int l = imax(0, imin(nmax, nearest_int(iscale * (x[i] - min))));
+            Laux[i] = (uint8_t)l;
+            sum_l += w[i] * l;
+            sum_l2 += w[i] * l * l;
+            sum_xl += w[i] * l * x[i];
+        }
+        const float D = sum_w * sum_l2 - sum_l * sum_l;
+        if (D > 0) {
+            float this_scale = (sum_w * sum_xl - sum_x * sum_l) / D;
+            float this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D;
+            if (this_min > 0) {
+                this_min = 0;
+                this_scale = sum_xl / sum_l2;
+            }
+            float error = 0;
+            for (int i = 0; i < n; i++) {
+                const float diff = this_scale * Laux[i] + this_min - x[i];
+                error += w[i] * (diff * diff);
+            }
+            if (error < best_error) {
+                memcpy(L, Laux, (size_t)n);
+                best_error = error;
+                scale = this_scale;
+                min = this_min;
+            }
+        }
+    }
+    *neg_min = -min;
+    return scale;
+}
+
+/* Symmetric fit of x[0..n) to scale*l, l in -nmax..nmax-1, stored as L = l + nmax:
+ * ggml's make_qx_quants with rmse_type 1 and no importance (weights x^2). Tries
+ * 19 grids around nmax/max and keeps the best least-squares scale. */
+static float fit_scale_symmetric(int n, int nmax, const float *restrict x, int8_t *restrict L) {
+    float max = 0, amax = 0;
+    for (int i = 0; i < n; i++) {
+        const float ax = fabsf(x[i]);
+        if (ax > amax) { amax = ax; max = x[i]; }
+    }
+    if (amax < GROUP_MAX_EPS) {
+        memset(L, 0, (size_t)n);
+        return 0.f;
+    }
+    float iscale = -nmax / max;
+    float sumlx = 0, suml2 = 0;
+    for (int i = 0; i < n; i++) {
+        const int l = imax(-nmax, imin(nmax - 1, nearest_int(iscale * x[i])));
+        L[i] = (int8_t)(l + nmax);
+        const float w = x[i] * x[i];
+        sumlx += w * x[i] * l;
+        suml2 += w * l * l;
+    }
+    float scale = suml2 ? sumlx / suml2 : 0.0f;
+    float best = scale * sumlx;
+    for (int is = -9; is <= 9; is++) {
+        if (is == 0) continue;
+        iscale = -(nmax + 0.1f * is) / max;
+        sumlx = suml2 = 0;
+        for (int i = 0; i < n; i++) {
+            const int l = imax(-nmax, imin(nmax - 1, nearest_int(iscale * x[i])));
+            const float w = x[i] * x[i];
+            sumlx += w * x[i] * l;
+            suml2 += w * l * l;
+        }
+        if (suml2 > 0 && sumlx * sumlx > best * suml2) {
+            for (int i = 0; i < n; i++)
+                L[i] = (int8_t)(nmax + imax(-nmax, imin(nmax - 1, nearest_int(iscale * x[i]))));
+            scale = sumlx / suml2;
+            best = scale * sumlx;
+        }
+    }
+    return scale;
+}
+
+/* The inverse of lm_k_unpack_scales. */
+static void pack_scales(uint8_t out[K_SCALE_SIZE], const uint8_t ls[8], const uint8_t lm[8]) {
+    for (int j = 0; j < 4; j++) {
+        out[j] = ls[j];
+        out[j + 4] = lm[j];
+    }
+    for (int j = 4; j < 8; j++) {
+        out[j + 4] = (uint8_t)((ls[j] & 0x0F) | ((lm[j] & 0x0F) << 4));
+        out[j - 4] |= (uint8_t)((ls[j] >> 4) << 6);
+        out[j] |= (uint8_t)((lm[j] >> 4) << 6);
+    }
+}
+
+/* The Q4_K/Q5_K recipe up to the quants L[0..256) in 0..nmax: each 32 fitted
+ * asymmetrically with weights av_x + |x| (av_x the sub-block's rms), the 8 scales
+ * and 8 mins quantized to 6 bits against their maxima, then every weight
+ * requantized against the rounded scale and min it will be decoded with. */
+static void quantize_block_45(const float *restrict x, int nmax, float rmin, float rdelta, int nstep,
+                              uint16_t *d16, uint16_t *dmin16, uint8_t packed[K_SCALE_SIZE],
+                              uint8_t L[QK_K]) {
+    float scales[8], mins[8], weights[32];
+    uint8_t Laux[32];
+    float max_scale = 0, max_min = 0;
+    for (int j = 0; j < QK_K / 32; j++) {
+        float sum_x2 = 0;
+        for (int l = 0; l < 32; l++) sum_x2 += x[32 * j + l] * x[32 * j + l];
+        const float av_x = sqrtf(sum_x2 / 32);
+        for (int l = 0; l < 32; l++) weights[l] = av_x + fabsf(x[32 * j + l]);
+        scales[j] = fit_scale_min(32, nmax, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, rmin, rdelta, nstep);
+        if (scales[j] > max_scale) max_scale = scales[j];
+        if (mins[j] > max_min) max_min = mins[j];
+    }
+    const float inv_scale = max_scale > 0 ? 63.f / max_scale : 0.f;
+    const float inv_min = max_min > 0 ? 63.f / max_min : 0.f;
+    uint8_t ls[8], lm[8];
+    for (int j = 0; j < QK_K / 32; j++) {
+        /* As uint8_t first, as ggml stores them: a negative fit wraps, then clamps to 63. */
+        ls[j] = (uint8_t)imin(63, (uint8_t)nearest_int(inv_scale * scales[j]));
+        lm[j] = (uint8_t)imin(63, (uint8_t)nearest_int(inv_min * mins[j]));
+    }
+    pack_scales(packed, ls, lm);
+    *d16 = lm_f32_to_f16(max_scale / 63.f);
+    *dmin16 = lm_f32_to_f16(max_min / 63.f);
+
+    uint8_t sm[16];
+    lm_k_unpack_scales(packed, sm);
+    for (int j = 0; j < QK_K / 32; j++) {
+        const float d = lm_f16_to_f32(*d16) * sm[j];
+        if (!d) continue;
+        const float dm = lm_f16_to_f32(*dmin16) * sm[8 + j];
+        for (int l = 0; l < 32; l++)
+            L[32 * j + l] = (uint8_t)imax(0, imin(nmax, nearest_int((x[32 * j + l] + dm) / d)));
+    }
+}
+
+static void quantize_q4_K(const float *restrict x, void *restrict vy, int64_t n) {
+    block_q4_K *y = vy;
+    for (int64_t i = 0; i < n / QK_K; i++, x += QK_K) {
+        uint8_t L[QK_K];
+        quantize_block_45(x, 15, -1.f, 0.1f, 20, &y[i].d, &y[i].dmin, y[i].scales, L);
+        for (int j = 0; j < QK_K / 64; j++)
+            for (int l = 0; l < 32; l++)
+                y[i].qs[32 * j + l] = (uint8_t)(L[64 * j + l] | (L[64 * j + 32 + l] << 4));
+    }
+}
+
+static void quantize_q5_K(const float *restrict x, void *restrict vy, int64_t n) {
+    block_q5_K *y = vy;
+    for (int64_t i = 0; i < n / QK_K; i++, x += QK_K) {
+        uint8_t L[QK_K];
+        quantize_block_45(x, 31, -0.5f, 0.1f, 15, &y[i].d, &y[i].dmin, y[i].scales, L);
+        memset(y[i].qh, 0, sizeof y[i].qh);
+        for (int j = 0; j < QK_K / 64; j++) {
+            for (int l = 0; l < 32; l++) {
+                const int lo = L[64 * j + l], hi = L[64 * j + 32 + l];
+                y[i].qs[32 * j + l] = (uint8_t)((lo & 0x0F) | ((hi & 0x0F) << 4));
+                y[i].qh[l] |= (uint8_t)(((lo >> 4) << (2 * j)) | ((hi >> 4) << (2 * j + 1)));
+            }
+        }
+    }
+}
+
+/* Each 16 fitted symmetrically with 6 bits; the 16 scales quantized to int8
+ * against the one of largest magnitude (iscale = -128/that, so it lands on -128
+ * and is clamped to 127 only if of the other sign); then every weight requantized
+ * against its rounded scale. */
+static void quantize_q6_K(const float *restrict x, void *restrict vy, int64_t n) {
+    block_q6_K *y = vy;
+    for (int64_t i = 0; i < n / QK_K; i++, x += QK_K) {
+        int8_t L[QK_K];
+        float scales[QK_K / 16];
+        float max_scale = 0, max_abs_scale = 0;
+        for (int j = 0; j < QK_K / 16; j++) {
+            scales[j] = fit_scale_symmetric(16, 32, x + 16 * j, L + 16 * j);
+            if (fabsf(scales[j]) > max_abs_scale) {
+                max_abs_scale = fabsf(scales[j]);
+                max_scale = scales[j];
+            }
+        }
+        if (max_abs_scale < GROUP_MAX_EPS) {
+            memset(&y[i], 0, sizeof y[i]);
+            continue;
+        }
+        const float iscale = -128.f / max_scale;
+        y[i].d = lm_f32_to_f16(1 / iscale);
+        for (int j = 0; j < QK_K / 16; j++) y[i].scales[j] = (int8_t)imin(127, nearest_int(iscale * scales[j]));
+        for (int j = 0; j < QK_K / 16; j++) {
+            const float d = lm_f16_to_f32(y[i].d) * y[i].scales[j];
+            if (!d) continue;
+            for (int l = 0; l < 16; l++)
+                L[16 * j + l] = (int8_t)(imax(-32, imin(31, nearest_int(x[16 * j + l] / d))) + 32);
+        }
+        for (int h = 0; h < QK_K / 128; h++) {
+            const int8_t *Lh = L + 128 * h;
+            uint8_t *ql = y[i].ql + 64 * h, *qh = y[i].qh + 32 * h;
+            for (int l = 0; l < 32; l++) {
+                ql[l] = (uint8_t)((Lh[l] & 0x0F) | ((Lh[l + 64] & 0x0F) << 4));
+                ql[l + 32] = (uint8_t)((Lh[l + 32] & 0x0F) | ((Lh[l + 96] & 0x0F) << 4));
+                qh[l] = (uint8_t)((Lh[l] >> 4) | ((Lh[l + 32] >> 4) << 2) | ((Lh[l + 64] >> 4) << 4) |
+                                  ((Lh[l + 96] >> 4) << 6));
+            }
+        }
+    }
+}
+
+/* ---- registration ------------------------------------------------------------- */
+
+void lm_quant_register_k(lm_quant_entry table[LM_DTYPE_COUNT]) {
+    table[LM_Q4_K] = (lm_quant_entry){
+        .vec_dot_type = LM_Q8_K,
+        .to_float = dequantize_q4_K,
+        .from_float = {[LM_ISA_SCALAR] = quantize_q4_K},
+        .vec_dot = {[LM_ISA_SCALAR] = vec_dot_q4_K_q8_K,
+                    [LM_ISA_AVX2] = lm_vec_dot_q4_K_q8_K_avx2,
+                    [LM_ISA_AVX512] = lm_vec_dot_q4_K_q8_K_avx512},
+    };
+    table[LM_Q5_K] = (lm_quant_entry){
+        .vec_dot_type = LM_Q8_K,
+        .to_float = dequantize_q5_K,
+        .from_float = {[LM_ISA_SCALAR] = quantize_q5_K},
+        .vec_dot = {[LM_ISA_SCALAR] = vec_dot_q5_K_q8_K,
+                    [LM_ISA_AVX2] = lm_vec_dot_q5_K_q8_K_avx2,
+                    [LM_ISA_AVX512] = lm_vec_dot_q5_K_q8_K_avx512},
+    };
+    table[LM_Q6_K] = (lm_quant_entry){
+        .vec_dot_type = LM_Q8_K,
+        .to_float = dequantize_q6_K,
+        .from_float = {[LM_ISA_SCALAR] = quantize_q6_K},
+        .vec_dot = {[LM_ISA_SCALAR] = vec_dot_q6_K_q8_K,
+                    [LM_ISA_AVX2] = lm_vec_dot_q6_K_q8_K_avx2,
+                    [LM_ISA_AVX512] = lm_vec_dot_q6_K_q8_K_avx512},
+    };
+    /* Activations only: quantized to, never dotted as weights. */
+    table[LM_Q8_K] = (lm_quant_entry){
+        .vec_dot_type = LM_Q8_K,
+        .to_float = dequantize_q8_K,
+        .from_float = {[LM_ISA_SCALAR] = quantize_q8_K,
+                       [LM_ISA_AVX2] = lm_quantize_q8_K_avx2,
+                       [LM_ISA_AVX512] = lm_quantize_q8_K_avx512},
+    };
+}

@@ -1,0 +1,205 @@
+/* K-quant kernels for AVX-512 (F/BW/DQ/VL + VNNI).
+ *
+ * vec_dot works on 64 weights per zmm, in element order so the Q8_K quants load
+ * straight: for Q4_K/Q5_K the 32 bytes of a 64-element group are broadcast to both
+ * halves of a zmm and the upper half shifted down a nibble; for Q6_K 64 bytes of ql
+ * give 64 low nibbles (or 64 high ones). The weights are unsigned, so VNNI's
+ * vpdpbusd multiplies them with the signed Q8_K quants directly, summing each 4
+ * products into an int32 lane (at most 4*63*128 < 2^15 in magnitude). Two such
+ * vectors are packed to int16 (exactly, no saturation can occur) and one vpdpwssd
+ * multiplies them by the sub-block scales (spread over the lanes with vpermw) and
+ * accumulates: three VNNI instructions per 128 weights, and each super-block's
+ * integer sum stays exact. Q6_K's -32 and the Q4_K/Q5_K mins come in through Q8_K's
+ * bsums, once per block.
+ *
+ * quantize_q8_K: bit-identical to the scalar reference. */
+#include "quant_k_x86.h"
+
+#include <immintrin.h>
+
+/* vpermw indices for the scales after packs_epi32(a0, a1): 128-bit lane L of the
+ * result holds a0's lane L in int16 0-3 and a1's lane L in int16 4-7.
+ * Q4_K/Q5_K, groups 2p (a0) and 2p+1 (a1) of 64: a group's lanes 0-1 are its low
+ * nibbles (sub-block 2g), lanes 2-3 its high nibbles (2g+1). */
+static const int16_t k_scale_idx_45[2][32] = {
+    {0, 0, 0, 0, 2, 2, 2, 2, 0, 0, 0, 0, 2, 2, 2, 2, 1, 1, 1, 1, 3, 3, 3, 3, 1, 1, 1, 1, 3, 3, 3, 3},
+    {4, 4, 4, 4, 6, 6, 6, 6, 4, 4, 4, 4, 6, 6, 6, 6, 5, 5, 5, 5, 7, 7, 7, 7, 5, 5, 5, 5, 7, 7, 7, 7},
+};
+/* Q6_K, half h of 128: a0 holds sub-blocks 8h+L, a1 sub-blocks 8h+4+L, in lane L. */
+static const int16_t k_scale_idx_6[2][32] = {
+    {0, 0, 0, 0, 4, 4, 4, 4, 1, 1, 1, 1, 5, 5, 5, 5, 2, 2, 2, 2, 6, 6, 6, 6, 3, 3, 3, 3, 7, 7, 7, 7},
+    {8, 8, 8, 8, 12, 12, 12, 12, 9, 9, 9, 9, 13, 13, 13, 13, 10, 10, 10, 10, 14, 14, 14, 14, 11, 11, 11, 11, 15, 15, 15, 15},
+};
+
+static inline float hsum_ps256(__m256 v) {
+    __m128 r = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+    r = _mm_add_ss(r, _mm_movehdup_ps(r));
+    return _mm_cvtss_f32(r);
+}
+
+/* A 64-element group of Q4_K/Q5_K low bits: bytes qs[0..32) low nibbles, then high. */
+static inline __m512i nibbles64(const uint8_t *qs, __m512i m4) {
+    const __m512i q = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)qs));
+    return _mm512_and_si512(_mm512_mask_srli_epi16(q, 0xFFFF0000u, q, 4), m4);
+}
+
+/* sum += scales * (dot of a0's weights, dot of a1's weights), see above. */
+static inline __m512i dot_pair(__m512i sum, __m512i w0, __m512i w1, const int8_t *q8, __m512i scales) {
+    const __m512i a0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w0, _mm512_loadu_si512(q8));
+    const __m512i a1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w1, _mm512_loadu_si512(q8 + 64));
+    return _mm512_dpwssd_epi32(sum, _mm512_packs_epi32(a0, a1), scales);
+}
+
+/* Per Q4_K/Q5_K block: d and dmin times the Q8_K d; the mins' term
+ * dmin * sum(min_j * (bsum_2j + bsum_2j+1)) subtracted from *acc_m; and the scales
+ * as int16 elements 0-7 of a zmm, for vpermw. */
+static inline __m512i block_setup_45(uint16_t d, uint16_t dmin, const uint8_t *packed, const block_q8_K *y,
+                                     __m512 *vd, __m256 *acc_m) {
+    const uint32_t d2 = (uint32_t)d | (uint32_t)dmin << 16;
+    const __m128 dd = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128((int)d2)), _mm_set1_ps(y->d)); /* d, dmin */
+    *vd = _mm512_broadcastss_ps(dd);
+    const __m128i sm = lm_k_unpack_scales_sse(packed);
+    const __m128i dup_mins = _mm_setr_epi8(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15);
+    const __m256i mins = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(sm, dup_mins));
+    const __m256i prod = _mm256_madd_epi16(mins, _mm256_loadu_si256((const __m256i *)y->bsums));
+    *acc_m = _mm256_fnmadd_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(dd)), _mm256_cvtepi32_ps(prod), *acc_m);
+    return _mm512_zextsi256_si512(_mm256_cvtepu8_epi16(sm));
+}
+
+void lm_vec_dot_q4_K_q8_K_avx512(int64_t n, float *restrict s, const void *restrict vx, const void *restrict vy) {
+    const block_q4_K *x = vx;
+    const block_q8_K *y = vy;
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    const __m512i idx[2] = {_mm512_loadu_si512(k_scale_idx_45[0]), _mm512_loadu_si512(k_scale_idx_45[1])};
+    __m512 acc = _mm512_setzero_ps();
+    __m256 acc_m = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        __m512 vd;
+        const __m512i scales = block_setup_45(x[i].d, x[i].dmin, x[i].scales, &y[i], &vd, &acc_m);
+        __m512i sum = _mm512_setzero_si512();
+#pragma GCC unroll 2
+        for (int p = 0; p < 2; p++) {
+            const __m512i w0 = nibbles64(x[i].qs + 64 * p, m4), w1 = nibbles64(x[i].qs + 64 * p + 32, m4);
+            sum = dot_pair(sum, w0, w1, y[i].qs + 128 * p, _mm512_permutexvar_epi16(idx[p], scales));
+        }
+        acc = _mm512_fmadd_ps(vd, _mm512_cvtepi32_ps(sum), acc);
+    }
+    *s = _mm512_reduce_add_ps(acc) + hsum_ps256(acc_m);
+}
+
+void lm_vec_dot_q5_K_q8_K_avx512(int64_t n, float *restrict s, const void *restrict vx, const void *restrict vy) {
+    const block_q5_K *x = vx;
+    const block_q8_K *y = vy;
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    const __m512i bit4 = _mm512_set1_epi8(0x10);
+    const __m512i idx[2] = {_mm512_loadu_si512(k_scale_idx_45[0]), _mm512_loadu_si512(k_scale_idx_45[1])};
+    __m512 acc = _mm512_setzero_ps();
+    __m256 acc_m = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        __m512 vd;
+        const __m512i scales = block_setup_45(x[i].d, x[i].dmin, x[i].scales, &y[i], &vd, &acc_m);
+        const __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)x[i].qh));
+        __m512i w[4];
+#pragma GCC unroll 4
+        for (int j = 0; j < QK_K / 64; j++) {
+            /* 5th bit: bit 2j of qh[l] for the low half, bit 2j+1 for the high half */
+            const __m512i sel = _mm512_mask_blend_epi8(0xFFFFFFFF00000000ull, _mm512_set1_epi8((char)(1 << (2 * j))),
+                                                       _mm512_set1_epi8((char)(1 << (2 * j + 1))));
+            w[j] = nibbles64(x[i].qs + 32 * j, m4);
+            w[j] = _mm512_mask_add_epi8(w[j], _mm512_test_epi8_mask(qh, sel), w[j], bit4);
+        }
+        __m512i sum = dot_pair(_mm512_setzero_si512(), w[0], w[1], y[i].qs, _mm512_permutexvar_epi16(idx[0], scales));
+        sum = dot_pair(sum, w[2], w[3], y[i].qs + 128, _mm512_permutexvar_epi16(idx[1], scales));
+        acc = _mm512_fmadd_ps(vd, _mm512_cvtepi32_ps(sum), acc);
+    }
+    *s = _mm512_reduce_add_ps(acc) + hsum_ps256(acc_m);
+}
+
+void lm_vec_dot_q6_K_q8_K_avx512(int64_t n, float *restrict s, const void *restrict vx, const void *restrict vy) {
+    const block_q6_K *x = vx;
+    const block_q8_K *y = vy;
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    const __m512i m30 = _mm512_set1_epi8(0x30);
+    const __m512i idx[2] = {_mm512_loadu_si512(k_scale_idx_6[0]), _mm512_loadu_si512(k_scale_idx_6[1])};
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)x[i].scales));
+        const __m512i scales = _mm512_zextsi256_si512(sc16);
+        /* the -32, once per block: -32 * sum(sc_j * bsum_j) */
+        const __m256i offset = _mm256_madd_epi16(sc16, _mm256_loadu_si256((const __m256i *)y[i].bsums));
+        __m512i sum = _mm512_zextsi256_si512(_mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(offset, 5)));
+#pragma GCC unroll 2
+        for (int h = 0; h < QK_K / 128; h++) {
+            const __m512i ql = _mm512_loadu_si512(x[i].ql + 64 * h);
+            const __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(x[i].qh + 32 * h)));
+            /* Elements 128h+0..63 take ql's low nibbles and qh bits 0-1 (first 32) or
+             * 2-3 (next 32); elements 128h+64..127 the high nibbles and bits 4-5 / 6-7.
+             * The bit pairs are shifted to bits 4-5 of their own byte. */
+            const __m512i h_a = _mm512_mask_slli_epi16(_mm512_slli_epi16(qh, 4), 0xFFFF0000u, qh, 2);
+            const __m512i h_b = _mm512_mask_srli_epi16(qh, 0xFFFF0000u, qh, 2);
+            /* (a & m4) | b, with b pre-masked to bits 4-5 */
+            const __m512i w_a = _mm512_ternarylogic_epi32(ql, _mm512_and_si512(h_a, m30), m4, 0xEC);
+            const __m512i w_b = _mm512_ternarylogic_epi32(_mm512_srli_epi16(ql, 4), _mm512_and_si512(h_b, m30), m4, 0xEC);
+            sum = dot_pair(sum, w_a, w_b, y[i].qs + 128 * h, _mm512_permutexvar_epi16(idx[h], scales));
+        }
+        const float d = y[i].d * _cvtsh_ss(x[i].d);
+        acc = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(sum), acc);
+    }
+    *s = _mm512_reduce_add_ps(acc);
+}
+
+/* ---- Q8_K quantizer ---------------------------------------------------------- */
+
+/* After packing four vectors of 16 int32 to bytes (or reducing four vectors lane
+ * by lane), 32-bit chunk 4L+k holds vector k's lane L; this puts chunk 4k+L there. */
+static inline __m512i transpose4x4_index(void) {
+    return _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+}
+
+void lm_quantize_q8_K_avx512(const float *restrict x, void *restrict vy, int64_t n) {
+    block_q8_K *y = vy;
+    const __m512i order = transpose4x4_index();
+    const __m512i ones8 = _mm512_set1_epi8(1);
+    for (int64_t i = 0; i < n / QK_K; i++, x += QK_K) {
+        __m512 v[16];
+        __m512 vmax = _mm512_setzero_ps();
+        for (int j = 0; j < 16; j++) {
+            v[j] = _mm512_loadu_ps(x + 16 * j);
+            vmax = _mm512_max_ps(_mm512_abs_ps(v[j]), vmax);
+        }
+        const float amax = _mm512_reduce_max_ps(vmax);
+        if (!amax) {
+            memset(&y[i], 0, sizeof y[i]);
+            continue;
+        }
+        /* the first element of that magnitude gives the sign, as in the reference */
+        float max = 0;
+        const __m512 vamax = _mm512_set1_ps(amax);
+        for (int j = 0; j < 16; j++) {
+            const __mmask16 hit = _mm512_cmp_ps_mask(_mm512_abs_ps(v[j]), vamax, _CMP_EQ_OQ);
+            if (hit) { max = x[16 * j + __builtin_ctz(hit)]; break; }
+        }
+        const float iscale = -127.f / max;
+        const __m512 mul = _mm512_set1_ps(iscale);
+        __m512i sums4[4];
+        for (int g = 0; g < 4; g++) {
+            const __m512i i0 = _mm512_cvtps_epi32(_mm512_mul_ps(v[4 * g + 0], mul));
+            const __m512i i1 = _mm512_cvtps_epi32(_mm512_mul_ps(v[4 * g + 1], mul));
+            const __m512i i2 = _mm512_cvtps_epi32(_mm512_mul_ps(v[4 * g + 2], mul));
+            const __m512i i3 = _mm512_cvtps_epi32(_mm512_mul_ps(v[4 * g + 3], mul));
+            /* saturating packs work per 128-bit lane; the permute restores element order */
+            const __m512i p = _mm512_packs_epi16(_mm512_packs_epi32(i0, i1), _mm512_packs_epi32(i2, i3));
+            const __m512i q = _mm512_permutexvar_epi32(order, p);
+            _mm512_storeu_si512(y[i].qs + 64 * g, q);
+            sums4[g] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), ones8, q); /* sums of each 4 quants */
+        }
+        /* Lane L of sums4[g] holds sub-block 4g+L in four parts; add them up so lane L
+         * holds sub-blocks L, 4+L, 8+L, 12+L, then transpose into order. */
+        const __m512i t01 = _mm512_add_epi32(_mm512_unpacklo_epi32(sums4[0], sums4[1]), _mm512_unpackhi_epi32(sums4[0], sums4[1]));
+        const __m512i t23 = _mm512_add_epi32(_mm512_unpacklo_epi32(sums4[2], sums4[3]), _mm512_unpackhi_epi32(sums4[2], sums4[3]));
+        const __m512i t = _mm512_add_epi32(_mm512_unpacklo_epi64(t01, t23), _mm512_unpackhi_epi64(t01, t23));
+        _mm256_storeu_si256((__m256i *)y[i].bsums, _mm512_cvtepi32_epi16(_mm512_permutexvar_epi32(order, t)));
+        y[i].d = 1 / iscale;
+    }
+}

@@ -1,0 +1,96 @@
+/* K-quant block layouts (byte-for-byte ggml's, so GGUF tensors are used in place),
+ * the helpers the scalar reference and the SIMD variants share, and the x86
+ * variants' entry points (kernels/x86/quant_k_avx2.c, quant_k_avx512.c).
+ *
+ * A K-quant "super-block" holds QK_K = 256 weights. Q4_K and Q5_K split it into
+ * eight sub-blocks of 32 with a 6-bit scale and a 6-bit min each (value =
+ * d*scale*q - dmin*min); Q6_K into sixteen sub-blocks of 16 with a signed 8-bit
+ * scale (value = d*scale*(q - 32)). Q8_K is the activation format the three are
+ * dotted with: float d, int8 quants and the sums of each 16 quants (bsums), which
+ * turn the min / -32 offsets into one multiply per sub-block. */
+#ifndef LM_QUANT_K_X86_H
+#define LM_QUANT_K_X86_H
+
+#include <stdint.h>
+#include <string.h>
+
+#define QK_K 256
+#define K_SCALE_SIZE 12
+
+typedef struct {
+    uint16_t d;                    /* fp16 super-block scale for the sub-block scales */
+    uint16_t dmin;                 /* fp16 super-block scale for the sub-block mins */
+    uint8_t scales[K_SCALE_SIZE];  /* 8 scales + 8 mins, 6 bits each (see lm_k_unpack_scales) */
+    uint8_t qs[QK_K / 2];          /* 4-bit quants: byte 32j+l holds q[64j+l] low, q[64j+32+l] high */
+} block_q4_K;
+
+typedef struct {
+    uint16_t d;
+    uint16_t dmin;
+    uint8_t scales[K_SCALE_SIZE];
+    uint8_t qh[QK_K / 8];          /* 5th bit: bit 2j of qh[l] for q[64j+l], bit 2j+1 for q[64j+32+l] */
+    uint8_t qs[QK_K / 2];          /* low 4 bits, laid out as in Q4_K */
+} block_q5_K;
+
+typedef struct {
+    uint8_t ql[QK_K / 2];          /* low 4 bits; per 128: ql[l] = q[l] | q[l+64]<<4, ql[l+32] = q[l+32] | q[l+96]<<4 */
+    uint8_t qh[QK_K / 4];          /* high 2 bits; per 128: qh[l] = q[l]>>4 | q[l+32]>>4<<2 | q[l+64]>>4<<4 | q[l+96]>>4<<6 */
+    int8_t scales[QK_K / 16];      /* signed scale of each 16 */
+    uint16_t d;                    /* fp16 */
+} block_q6_K;
+
+typedef struct {
+    float d;
+    int8_t qs[QK_K];
+    int16_t bsums[QK_K / 16];      /* sum of each 16 quants */
+} block_q8_K;
+
+_Static_assert(sizeof(block_q4_K) == 144, "block_q4_K must be 144 bytes");
+_Static_assert(sizeof(block_q5_K) == 176, "block_q5_K must be 176 bytes");
+_Static_assert(sizeof(block_q6_K) == 210, "block_q6_K must be 210 bytes");
+_Static_assert(sizeof(block_q8_K) == 292, "block_q8_K must be 292 bytes");
+
+/* Unpacks the 12-byte 6-bit packing of Q4_K/Q5_K into out[0..8) = scales and
+ * out[8..16) = mins. Bytes 0-3 hold scales 0-3 and bytes 4-7 mins 0-3 in their low
+ * 6 bits; bytes 8-11 hold the low nibbles of scales 4-7 (low) and mins 4-7 (high),
+ * whose top two bits ride in the top bits of bytes 0-3 (scales) and 4-7 (mins).
+ * Done four at a time on 32-bit words, as ggml does (little-endian). */
+static inline void lm_k_unpack_scales(const uint8_t packed[K_SCALE_SIZE], uint8_t out[16]) {
+    const uint32_t low6 = 0x3f3f3f3f, low4 = 0x0f0f0f0f, low2 = 0x03030303;
+    uint32_t w[3], u[4];
+    memcpy(w, packed, K_SCALE_SIZE);
+    u[0] = w[0] & low6;                                          /* scales 0-3 */
+    u[1] = (w[2] & low4) | (((w[0] >> 6) & low2) << 4);          /* scales 4-7 */
+    u[2] = w[1] & low6;                                          /* mins 0-3 */
+    u[3] = ((w[2] >> 4) & low4) | (((w[1] >> 6) & low2) << 4);   /* mins 4-7 */
+    memcpy(out, u, 16);
+}
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+/* lm_k_unpack_scales in an xmm (scales in bytes 0-7, mins in 8-15), for the SIMD
+ * variants. Reads 16 bytes at `packed`: inside a block the quants follow. */
+static inline __m128i lm_k_unpack_scales_sse(const uint8_t *packed) {
+    const __m128i v = _mm_loadu_si128((const __m128i *)packed);      /* words w0 w1 w2 */
+    const __m128i a = _mm_shuffle_epi32(v, _MM_SHUFFLE(2, 1, 2, 0)); /* w0 w2 w1 w2 */
+    const __m128i b = _mm_and_si128(_mm_shuffle_epi32(v, _MM_SHUFFLE(1, 1, 0, 0)), _mm_setr_epi32(0, -1, 0, -1));
+    const __m128i low = _mm_and_si128(_mm_srlv_epi32(a, _mm_setr_epi32(0, 0, 0, 4)),
+                                      _mm_setr_epi32(0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f));
+    const __m128i top = _mm_and_si128(_mm_srli_epi32(b, 2), _mm_set1_epi32(0x30303030)); /* bits 6-7 -> 4-5 */
+    return _mm_or_si128(low, top);
+}
+#endif
+
+/* AVX2 + FMA + F16C (the x86-64-v3 baseline). */
+void lm_vec_dot_q4_K_q8_K_avx2(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+void lm_vec_dot_q5_K_q8_K_avx2(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+void lm_vec_dot_q6_K_q8_K_avx2(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+void lm_quantize_q8_K_avx2(const float *restrict x, void *restrict y, int64_t n);
+
+/* AVX-512 F/BW/DQ/VL + VNNI. */
+void lm_vec_dot_q4_K_q8_K_avx512(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+void lm_vec_dot_q5_K_q8_K_avx512(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+void lm_vec_dot_q6_K_q8_K_avx512(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+void lm_quantize_q8_K_avx512(const float *restrict x, void *restrict y, int64_t n);
+
+#endif
