@@ -244,6 +244,14 @@ void lm_sampler_reset(lm_sampler *s, uint64_t seed);
 /* Sorts the candidates by logit (descending) and fills probs: for external links. */
 void lm_candidates_softmax(lm_candidates *c);
 
+/* ---- tools ------------------------------------------------------------------------ */
+/* Writes a copy of the GGUF model `in` to `out` with every 2-D weight matrix
+ * requantized to dtype (q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q5_k, q6_k, f16, bf16, f32);
+ * norms and biases stay f32, metadata is copied (general.file_type updated).
+ * Matrices whose rows are not a whole number of dtype's blocks keep their type.
+ * The output appears under its name only when complete. */
+lm_status lm_quantize_file(const char *in, const char *out, int dtype, int n_threads);
+
 /* ---- files ----------------------------------------------------------------------- */
 /* SHA-256 of a whole file as 64 lowercase hex digits (+ NUL) in hex_out[65]. */
 lm_status lm_sha256_file(const char *path, char *hex_out);

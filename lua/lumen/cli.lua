@@ -11,6 +11,7 @@ commands:
   generate -p TEXT [options]   continue TEXT (no chat template)
   run SCRIPT.lua [args]        run a Lua script with require "lumen" available
   models                       list the models of configs/models.yaml and their state
+  quantize IN OUT TYPE         requantize a GGUF file's weights (q4_0 q4_1 q5_0 q5_1 q8_0 q4_k q5_k q6_k f16 bf16 f32)
   version                      print the version
 options:
   -m, --model NAME|PATH    model alias from configs/models.yaml or a .gguf path (default: the registry's default)
@@ -121,6 +122,23 @@ function commands.models()
     io.write(string.format("%-12s %s%s\n    %s\n", name, e.description or e.file or "",
       name == reg.default and " (default)" or "", where))
   end
+  return 0
+end
+
+function commands.quantize(argv)
+  local o = parse(argv, 2)
+  local inp, out, ty = o.words[1], o.words[2], o.words[3]
+  if not (inp and out and ty) or o.words[4] then usage_error("usage: lumen quantize IN.gguf OUT.gguf TYPE") end
+  local C = require "lumen.ffi"
+  local dtype = C.lm_dtype_from_name(ty)
+  if dtype < 0 then usage_error("unknown type '" .. ty .. "'") end
+  if inp == out then usage_error("the output must be another file than the input") end
+  local chat = require "lumen.chat"
+  local t0 = chat.now()
+  if C.lm_quantize_file(inp, out, dtype, o.threads or 0) ~= 0 then
+    error(require("lumen.util").last_error(), 0)
+  end
+  io.stderr:write(string.format("quantized %s -> %s (%s) in %.1f s\n", inp, out, ty, chat.now() - t0))
   return 0
 end
 
