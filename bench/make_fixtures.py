@@ -79,6 +79,13 @@ no unescaping is needed; ids are decimal token ids):
       prompt, 1 = after prompt + first generated token, ...), sorted by logit
       descending then id ascending, logits printed with %.6f.  The first id of
       'top <i> <pos>' is token pos+1 of 'greedy <i>'.
+  alt <i> <pos> <top1 id> <logit> ... (k logits)
+      llama.cpp again on the same token sequence, but with the prompt fed one
+      token at a time instead of in one batch: its own top-1 id at that step and
+      the logits it gives the k ids of 'top <i> <pos>', in that order. The
+      difference between 'top' and 'alt' is llama.cpp's own numerical noise on
+      this model (Q8 activations make it chaotic at float-rounding level), the
+      yardstick the agreement test measures lumen's distance against.
 """
 
 
@@ -233,7 +240,7 @@ def main():
         w("prompt %d %s %d %d%s" % (i, hx(tb), special, len(ids), "".join(" %d" % t for t in ids)))
         llm.reset()
         llm.eval(ids)
-        gen, tops = [], []
+        gen, tops, orders = [], [], []
         min_margin = (float("inf"), -1)
         for pos in range(N_GEN):
             logits = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32)
@@ -244,6 +251,7 @@ def main():
             if margin < min_margin[0]:
                 min_margin = (margin, pos)
             tops.append("top %d %d %s" % (i, pos, " ".join("%d:%.6f" % (t, logits[t]) for t in order)))
+            orders.append(order)
             gen.append(tok)
             if pos + 1 < N_GEN:
                 llm.eval([tok])
@@ -251,6 +259,16 @@ def main():
         w("# prompt %d: smallest top1-top2 logit margin over the %d steps: %.6f at pos %d"
           % (i, N_GEN, min_margin[0], min_margin[1]))
         lines.extend(tops)
+        # the same sequence with the prompt fed token by token
+        llm.reset()
+        for t in ids:
+            llm.eval([t])
+        for pos in range(N_GEN):
+            logits = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32)
+            lines.append("alt %d %d %d %s" % (i, pos, int(np.argmax(logits)),
+                                              " ".join("%.6f" % logits[t] for t in orders[pos])))
+            if pos + 1 < N_GEN:
+                llm.eval([gen[pos]])
         print("prompt %d (min margin %.4f at pos %d): %r -> %r"
               % (i, min_margin[0], min_margin[1], text[-60:],
                  detokenize(llm, gen, 1).decode("utf-8", "replace")), file=sys.stderr)

@@ -68,6 +68,15 @@ fixture *fx_load(const char *path) {
             memcpy(p->greedy, ids, (size_t)n * sizeof *ids);
             p->n_greedy = n;
             free(ids);
+        } else if (!strcmp(kind, "alt")) {
+            fx_prompt *p = prompt_at(f, atoi(strtok_r(NULL, " \n", &save)));
+            int pos = atoi(strtok_r(NULL, " \n", &save));
+            if (!p || pos < 0 || pos >= 64) continue;
+            p->alt_top1[pos] = (int32_t)strtol(strtok_r(NULL, " \n", &save), NULL, 10);
+            int k = 0;
+            char *t;
+            while (k < 20 && (t = strtok_r(NULL, " \n", &save))) p->alt[pos][k++] = strtof(t, NULL);
+            p->n_alt[pos] = k;
         } else if (!strcmp(kind, "top")) {
             fx_prompt *p = prompt_at(f, atoi(strtok_r(NULL, " \n", &save)));
             int pos = atoi(strtok_r(NULL, " \n", &save));

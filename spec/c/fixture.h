@@ -11,6 +11,8 @@ typedef struct {
     int32_t *ids; int n;                /* prompt tokens */
     int32_t greedy[64]; int n_greedy;   /* llama.cpp's greedy continuation */
     fx_top top[64][20]; int n_top[64];  /* top-20 logits at each position */
+    int32_t alt_top1[64];               /* llama.cpp, prompt fed token by token: its top-1 */
+    float alt[64][20]; int n_alt[64];   /* ... and its logits for the ids of top[pos] */
 } fx_prompt;
 
 typedef struct {

@@ -1,9 +1,19 @@
 /* Agreement with llama.cpp (the reference implementation of GGUF) on the default
  * model, against fixtures recorded by bench/make_fixtures.py:
  *  - tokenization identical, and decode(encode(x)) == x;
- *  - teacher-forced on llama.cpp's own sequence: top-1 equal at >= 98% of positions
- *    and max |logit difference| over llama.cpp's top-20 <= 0.25 everywhere;
- *  - free-running 32-token greedy continuations identical on >= 6 of 8 prompts. */
+ *  - teacher-forced on llama.cpp's own sequence, lumen's logits for llama.cpp's
+ *    top-20 ids are as close to llama.cpp's as llama.cpp's are to themselves;
+ *  - free-running 32-token greedy continuations identical on >= 6 of 8 prompts.
+ *
+ * Why "as close as llama.cpp to itself" and not a fixed 0.25: with activations
+ * quantized to Q8 this model is chaotic at float-rounding level. Scaling one
+ * RMSNorm by (1 + 1e-6) moves lumen's logits by 0.77 (median over positions) and
+ * up to 3.2; llama.cpp fed the same tokens one at a time instead of in a batch
+ * differs from itself by 0.28 median, 1.68 max, with top-1 equal at 97.7% of
+ * positions (the fixture's 'alt' records). A bound below that noise could only
+ * be met by copying llama.cpp's arithmetic bit for bit. The bounds here:
+ * top-1 rate >= llama.cpp's self rate - 2%, median |diff| <= max(0.25, 1.5 x
+ * llama.cpp's self median), max |diff| <= max(0.25, 1.5 x llama.cpp's self max). */
 #include "testutil.h"
 #include "fixture.h"
 #include "lumen.h"
@@ -45,11 +55,17 @@ static void check_tokenizer(lm_model *m, fixture *fx) {
     free(text);
 }
 
+static int cmp_float(const void *a, const void *b) {
+    float x = *(const float *)a, y = *(const float *)b;
+    return x < y ? -1 : x > y;
+}
+
 static void check_logits(lm_model *m, fixture *fx) {
     lm_model_info info;
     lm_model_get_info(m, &info);
-    int positions = 0, top1 = 0, greedy_same = 0;
-    float worst = 0;
+    int positions = 0, top1 = 0, greedy_same = 0, self_top1 = 0;
+    float worst = 0, self_worst = 0;
+    float *diffs = calloc(64 * 64, sizeof *diffs), *self_diffs = calloc(64 * 64, sizeof *self_diffs);
     for (int p = 0; p < fx->n_prompts; p++) {
         fx_prompt *fp = &fx->prompts[p];
         int32_t n_tok = 0;
@@ -67,12 +83,21 @@ static void check_logits(lm_model *m, fixture *fx) {
             const float *lg = lm_session_logits(s);
             int best = 0;
             for (int v = 1; v < info.n_vocab; v++) if (lg[v] > lg[best]) best = v;
-            positions++;
             top1 += best == fp->top[pos][0].id;
+            self_top1 += fp->alt_top1[pos] == fp->top[pos][0].id;
+            float d_pos = 0, s_pos = 0;
             for (int k = 0; k < fp->n_top[pos]; k++) {
                 float d = fabsf(lg[fp->top[pos][k].id] - fp->top[pos][k].logit);
-                if (d > prompt_worst) prompt_worst = d;
+                if (d > d_pos) d_pos = d;
+                if (k < fp->n_alt[pos]) {
+                    float e = fabsf(fp->alt[pos][k] - fp->top[pos][k].logit);
+                    if (e > s_pos) s_pos = e;
+                }
             }
+            if (d_pos > prompt_worst) prompt_worst = d_pos;
+            if (s_pos > self_worst) self_worst = s_pos;
+            if (positions < 64 * 64) { diffs[positions] = d_pos; self_diffs[positions] = s_pos; }
+            positions++;
             CHECK(lm_session_eval(s, &fp->greedy[pos], 1) == LM_OK, "eval: %s", lm_last_error());
         }
         if (prompt_worst > worst) worst = prompt_worst;
@@ -96,14 +121,23 @@ static void check_logits(lm_model *m, fixture *fx) {
         lm_session_free(s);
         free(toks);
     }
-    double rate = positions ? (double)top1 / positions : 0;
-    printf("logits: top-1 agrees at %d/%d positions (%.1f%%), max |logit diff| over llama.cpp's top-20: %.4f\n",
-           top1, positions, 100 * rate, worst);
+    double rate = positions ? (double)top1 / positions : 0, self_rate = positions ? (double)self_top1 / positions : 0;
+    int n = positions < 64 * 64 ? positions : 64 * 64;
+    qsort(diffs, (size_t)n, sizeof *diffs, cmp_float);
+    qsort(self_diffs, (size_t)n, sizeof *self_diffs, cmp_float);
+    float med = n ? diffs[n / 2] : 0, self_med = n ? self_diffs[n / 2] : 0;
+    printf("logits vs llama.cpp (batched prompt), over llama.cpp's top-20 at %d positions:\n", positions);
+    printf("  lumen:                    top-1 equal %5.1f%%, |diff| median %.3f, max %.3f\n", 100 * rate, med, worst);
+    printf("  llama.cpp, prompt 1 by 1: top-1 equal %5.1f%%, |diff| median %.3f, max %.3f\n", 100 * self_rate, self_med, self_worst);
     printf("greedy: %d/%d continuations of 32 tokens identical\n", greedy_same, fx->n_prompts);
     CHECK(fx->n_prompts == 8, "expected 8 prompts, the fixture has %d", fx->n_prompts);
-    CHECK(rate >= 0.98, "top-1 agreement %.3f < 0.98", rate);
-    CHECK(worst <= 0.25f, "max logit difference %.4f > 0.25", worst);
+    CHECK(self_worst > 0, "the fixture has no 'alt' records (regenerate it with bench/make_fixtures.py)");
+    CHECK(rate >= self_rate - 0.02, "top-1 agreement %.3f < llama.cpp's own %.3f - 0.02", rate, self_rate);
+    CHECK(med <= fmaxf(0.25f, 1.5f * self_med), "median logit difference %.3f > max(0.25, 1.5 x %.3f)", med, self_med);
+    CHECK(worst <= fmaxf(0.25f, 1.5f * self_worst), "max logit difference %.3f > max(0.25, 1.5 x %.3f)", worst, self_worst);
     CHECK(greedy_same >= 6, "only %d/8 greedy continuations identical", greedy_same);
+    free(diffs);
+    free(self_diffs);
 }
 
 int main(void) {
