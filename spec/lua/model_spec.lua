@@ -1,0 +1,177 @@
+local lumen = require "lumen"
+local helper = require "helper"
+
+describe("lumen.model", function()
+  local model = helper.model()
+
+  it("describes itself", function()
+    local info = model:info()
+    assert.equal("llama", info.arch)
+    assert.equal(49152, info.n_vocab)
+    assert.equal(30, info.n_layer)
+    assert.equal(576, info.n_embd)
+    assert.truthy(info.chat_template:find("im_start", 1, true))
+    assert.equal("<|im_end|>", info.eos_text)
+  end)
+
+  it("tokenizes and detokenizes back to the same text", function()
+    local text = "Hello, world! ünïcödé 你好 🙂\n\tcode(x) = 42"
+    local ids = model:tokenize(text)
+    assert.is_true(#ids > 5)
+    assert.equal(text, model:detokenize(ids))
+  end)
+
+  it("parses special tokens only when asked", function()
+    assert.same({ 1 }, model:tokenize("<|im_start|>"))
+    assert.is_true(#model:tokenize("<|im_start|>", { parse_special = false }) > 1)
+    assert.equal(2, model:token("<|im_end|>"))
+    assert.is_nil(model:token("no such token text"))
+    assert.is_true(model:is_eog(2))
+  end)
+
+  it("refuses bad arguments with clear errors", function()
+    assert.has_error(function() model:tokenize(42) end, "tokenize: text must be a string, got number")
+    assert.error_matches(function() lumen.model.load("/nonexistent/file.gguf") end, "does not exist")
+    assert.error_matches(function() lumen.model.load("no-such-alias") end, "unknown model 'no%-such%-alias'")
+    assert.error_matches(function() model:piece(10 ^ 7) end, "piece")
+  end)
+
+  it("gives a weight as a tensor that outlives the model", function()
+    local m = lumen.model.load()
+    local w = m:weight("blk.0.attn_norm.weight")
+    assert.same({ 576 }, w:shape())
+    local v = w:get(1)
+    m = nil
+    collectgarbage("collect")
+    collectgarbage("collect")
+    assert.equal(v, w:get(1))
+    assert.error_matches(function() helper.model():weight("nope") end, "no tensor 'nope'")
+  end)
+end)
+
+describe("a session", function()
+  local model = helper.model()
+
+  it("evaluates tokens and returns a zero-copy logits view", function()
+    local s = model:session{ ctx = 256 }
+    local logits = s:eval(model:tokenize("The capital of France is"))
+    assert.same({ 49152 }, logits:shape())
+    assert.equal(s:pos(), #model:tokenize("The capital of France is"))
+    local best = logits:argmax() - 1
+    assert.equal(" Paris", model:piece(best))
+    -- the same object sees the next eval's logits: it views the session's buffer
+    local before = logits:get(best + 1)
+    s:eval(best)
+    assert.are_not.equal(before, logits:get(best + 1))
+  end)
+
+  it("gives the same logits after rewind and re-eval", function()
+    local s = model:session{ ctx = 256 }
+    local toks = model:tokenize("One two three four five")
+    s:eval(toks)
+    local first = s:logits():to_table()
+    s:eval(model:tokenize(" six seven"))
+    s:rewind(#toks - 1)
+    s:eval(toks[#toks])
+    local again = s:logits():to_table()
+    for i = 1, #first, 997 do assert.equal(first[i], again[i]) end
+    assert.equal(#toks, s:pos())
+    assert.same(toks, s:tokens())
+  end)
+
+  it("forks an independent copy", function()
+    local s = model:session{ ctx = 128 }
+    s:eval(model:tokenize("Once upon a time"))
+    local f = s:fork()
+    assert.equal(s:pos(), f:pos())
+    f:eval(model:tokenize(" there"))
+    assert.equal(s:pos() + 1, f:pos())
+    assert.same(s:logits():argmax(), s:fork():logits():argmax())
+  end)
+
+  it("saves and restores its state", function()
+    local path = os.tmpname()
+    local s = model:session{ ctx = 128 }
+    s:eval(model:tokenize("Saving state works"))
+    s:save(path)
+    local r = model:session{ ctx = 128 }
+    r:load(path)
+    assert.same(s:tokens(), r:tokens())
+    s:eval(13)
+    r:eval(13)
+    assert.equal(s:logits():argmax(), r:logits():argmax())
+    assert.equal(s:logits():get(100), r:logits():get(100))
+    local f = io.open(path, "wb") f:write("garbage") f:close()
+    assert.error_matches(function() r:load(path) end, "not a lumen session state")
+    assert.equal(s:pos(), r:pos()) -- a failed load changes nothing
+    os.remove(path)
+  end)
+
+  it("refuses a context overflow, bad tokens and closed sessions", function()
+    local s = model:session{ ctx = 8 }
+    assert.error_matches(function() s:eval(model:tokenize("one two three four five six seven eight nine ten")) end, "context full")
+    assert.error_matches(function() s:eval({ 49152 }) end, "outside the vocabulary")
+    assert.error_matches(function() s:eval({ "x" }) end, "token 1 is a string")
+    assert.error_matches(function() s:rewind(5) end, "outside")
+    s:close()
+    assert.error_matches(function() s:eval(1) end, "closed")
+  end)
+
+  it("keeps the model alive while a session lives", function()
+    local m = lumen.model.load()
+    local s = m:session{ ctx = 64 }
+    m = nil
+    collectgarbage("collect")
+    collectgarbage("collect")
+    assert.equal(49152, s:eval(1):numel())
+  end)
+
+  it("creates and drops many sessions and tensors without growing", function()
+    for _ = 1, 50 do model:session{ ctx = 64 } end
+    collectgarbage("collect")
+    local before = helper.rss_kb()
+    for _ = 1, 10000 do
+      local s = model:session{ ctx = 16 }
+      s:logits()
+      lumen.tensor.zeros({ 8, 8 })
+    end
+    collectgarbage("collect")
+    collectgarbage("collect")
+    local after = helper.rss_kb()
+    assert.is_true(after - before < 20 * 1024, ("RSS grew by %d KiB"):format(after - before))
+  end)
+end)
+
+describe("generation", function()
+  local model = helper.model()
+
+  it("streams text pieces and stops at a stop string", function()
+    local s = model:session{ ctx = 256 }
+    local opts = { prompt = "1, 2, 3, 4,", max_tokens = 30, sampler = lumen.sampler.chain{ lumen.sampler.greedy() }, stop = { " 8" } }
+    local text = {}
+    for piece in s:generate(opts) do text[#text + 1] = piece end
+    local out = table.concat(text)
+    assert.equal(" 5, 6, 7,", out)
+    assert.equal("stop", opts.result.reason)
+  end)
+
+  it("gives the same text for the same seed", function()
+    local function run(seed)
+      local s = model:session{ ctx = 256 }
+      local chain = lumen.sampler.from_config{ temperature = 1.0, top_k = 50, seed = seed }
+      local out = {}
+      for p in s:generate{ prompt = "Write a story:", max_tokens = 24, sampler = chain } do out[#out + 1] = p end
+      return table.concat(out)
+    end
+    assert.equal(run(5), run(5))
+    assert.are_not.equal(run(5), run(6))
+  end)
+
+  it("ends at max_tokens with reason 'length'", function()
+    local s = model:session{ ctx = 256 }
+    local opts = { prompt = "Hello", max_tokens = 3, sampler = lumen.sampler.chain{ lumen.sampler.greedy() } }
+    for _ in s:generate(opts) do end
+    assert.equal(3, opts.result.tokens)
+    assert.equal("length", opts.result.reason)
+  end)
+end)
