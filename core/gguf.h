@@ -25,7 +25,8 @@ typedef struct lm_gguf_kv {
     lm_gguf_type type;       /* LM_GGUF_ARRAY for arrays */
     lm_gguf_type arr_type;   /* element type when type == LM_GGUF_ARRAY */
     uint64_t arr_n;          /* element count when an array */
-    const void *data;        /* scalar value or first array element, in the mapping (may be unaligned) */
+    const void *data;        /* scalar value or first array element, in the mapping (may be unaligned;
+                                for strings: the encoded form, u64 length then bytes) */
     const lm_gguf_str *strs; /* string value (1 entry) or string array elements (arr_n entries) */
 } lm_gguf_kv;
 

@@ -2,13 +2,18 @@
 #include "error.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <unistd.h>
 #include <immintrin.h>
 
-/* How long an idle worker spins before it sleeps on the condition variable. */
-#define SPIN_ITERS 20000
+/* An idle worker spins this many pauses, then yields the core this many times,
+ * then sleeps on the condition variable: regions a few microseconds apart are
+ * picked up at once, and an oversubscribed machine (another process busy on a
+ * core) does not lose whole time slices to spinning. */
+#define SPIN_ITERS 2000
+#define YIELD_ITERS 50
 
 struct lm_pool {
     int n;
@@ -36,6 +41,7 @@ static void *worker(void *varg) {
         int spins = 0;
         while ((g = atomic_load_explicit(&p->gen, memory_order_acquire)) == seen) {
             if (++spins < SPIN_ITERS) { _mm_pause(); continue; }
+            if (spins < SPIN_ITERS + YIELD_ITERS) { sched_yield(); continue; }
             pthread_mutex_lock(&p->mu);
             atomic_fetch_add(&p->sleepers, 1);
             while (atomic_load(&p->gen) == seen) pthread_cond_wait(&p->cv, &p->mu);
@@ -110,7 +116,10 @@ void lm_pool_run(lm_pool *p, lm_pool_fn fn, void *ctx) {
     pthread_mutex_unlock(&p->mu);
     wake_all(p);
     fn(ctx, 0, p->n);
-    while (atomic_load_explicit(&p->pending, memory_order_acquire) > 0) _mm_pause();
+    for (int spins = 0; atomic_load_explicit(&p->pending, memory_order_acquire) > 0; spins++) {
+        if (spins < SPIN_ITERS) _mm_pause();
+        else sched_yield();
+    }
 }
 
 void lm_pool_split(int64_t n, int64_t align, int ith, int nth, int64_t *lo, int64_t *hi) {

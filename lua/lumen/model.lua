@@ -138,6 +138,10 @@ function Model:session(opts)
   local p = ffi.new("lm_session_params", { n_ctx = opts.ctx or 0, n_batch = opts.batch or 0 })
   local h = C.lm_session_new(self.h, p)
   if h == nil then util.c_error("session") end
+  -- The collector sees a few bytes of cdata, not the KV cache behind it: advance
+  -- it in proportion to what the session holds, so dropped sessions go promptly.
+  local ctx = C.lm_session_n_ctx(h)
+  collectgarbage("step", math.floor((ctx * 16 + self.n_vocab * 4) / 1024) + 1)
   return M._wrap_session(self, ffi.gc(h, C.lm_session_free))
 end
 

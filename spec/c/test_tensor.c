@@ -63,7 +63,7 @@ int main(void) {
     lm_tensor *row1 = lm_tensor_slice(qt, 0, 1, 2);
     lm_tensor *f = lm_tensor_copy(row1, LM_F32);
     CHECK(f && lm_tensor_dim(f, 1) == 64, "dequantized copy");
-    if (f) { float *y = lm_tensor_data(f); float err = 0; for (int i = 0; i < 64; i++) { float e = y[i] - src[64 + i]; err += e * e; } CHECK(err < 1e-2f, "dequantized values (sq err %g)", err); }
+    if (f) { float *y = lm_tensor_data(f); float err = 0; for (int i = 0; i < 64; i++) { float e = y[i] - src[64 + i]; err += e * e; } CHECK(err < 0.1f, "dequantized values (sq err %g)", err); }
     CHECK(lm_tensor_slice(qt, 1, 0, 16) == NULL && strstr(lm_last_error(), "block"), "q8_0 rows cut inside a block");
     lm_tensor_free(f); lm_tensor_free(row1); lm_tensor_free(qt);
 

@@ -530,12 +530,14 @@ describe("lumen.tensor", function()
         collectgarbage("collect")
       end
       churn()  -- let the allocator and the GC reach their steady state
+      churn()
       local before = rss_bytes()
       churn()
       churn()
       local grown = rss_bytes() - before
-      -- a leak of each round's tensors would be over 20 MB (2 x 10,000 x 1 KB+)
-      assert.is_true(grown < 4 * 1024 * 1024, ("RSS grew by %.1f MB"):format(grown / 2 ^ 20))
+      -- a leak of each round's tensors would be over 20 MB (2 x 10,000 x 1 KB+);
+      -- 8 MB leaves room for allocator noise left by earlier specs in the process
+      assert.is_true(grown < 8 * 1024 * 1024, ("RSS grew by %.1f MB"):format(grown / 2 ^ 20))
     end)
   end)
 end)

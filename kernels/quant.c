@@ -1,0 +1,89 @@
+/* The dispatch table: for each dtype its companion activation format and the
+ * best variant of each function the CPU runs (picked once, by CPUID). */
+#include "quant_impl.h"
+
+#include <immintrin.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+static lm_quant_entry g_table[LM_DTYPE_COUNT];
+static lm_quant_ops g_ops[LM_DTYPE_COUNT];
+static lm_isa g_isa;
+static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+
+static lm_isa detect(void) {
+    __builtin_cpu_init();
+    lm_isa isa = LM_ISA_SCALAR;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) isa = LM_ISA_AVX2;
+    if (isa == LM_ISA_AVX2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512dq"))
+        isa = LM_ISA_AVX512;
+    /* LUMEN_ISA caps the choice (for tests and comparisons) */
+    const char *cap = getenv("LUMEN_ISA");
+    if (cap && !strcmp(cap, "scalar")) isa = LM_ISA_SCALAR;
+    else if (cap && !strcmp(cap, "avx2") && isa > LM_ISA_AVX2) isa = LM_ISA_AVX2;
+    return isa;
+}
+
+static void init(void) {
+    g_isa = detect();
+    lm_quant_register_legacy(g_table);
+    lm_quant_register_k(g_table);
+    for (int t = 0; t < LM_DTYPE_COUNT; t++) {
+        lm_quant_entry *e = &g_table[t];
+        lm_quant_ops *o = &g_ops[t];
+        o->vec_dot_type = e->vec_dot_type;
+        o->to_float = e->to_float;
+        for (int i = g_isa; i >= 0; i--) {
+            if (!o->vec_dot && e->vec_dot[i]) o->vec_dot = e->vec_dot[i];
+            if (!o->from_float && e->from_float[i]) o->from_float = e->from_float[i];
+        }
+    }
+}
+
+void lm_kernels_init(void) { pthread_once(&g_once, init); }
+
+lm_isa lm_cpu_isa(void) {
+    lm_kernels_init();
+    return g_isa;
+}
+
+const char *lm_isa_name(lm_isa isa) {
+    switch (isa) {
+    case LM_ISA_SCALAR: return "scalar";
+    case LM_ISA_AVX2: return "avx2";
+    case LM_ISA_AVX512: return "avx512-vnni";
+    default: return "?";
+    }
+}
+
+const lm_quant_ops *lm_quant_ops_get(lm_dtype t) {
+    lm_kernels_init();
+    if ((int)t < 0 || t >= LM_DTYPE_COUNT) return NULL;
+    const lm_quant_ops *o = &g_ops[t];
+    return o->to_float || o->from_float || o->vec_dot ? o : NULL;
+}
+
+const lm_quant_entry *lm_quant_entry_get(lm_dtype t) {
+    lm_kernels_init();
+    if ((int)t < 0 || t >= LM_DTYPE_COUNT) return NULL;
+    const lm_quant_entry *e = &g_table[t];
+    return e->to_float || e->from_float[0] || e->vec_dot[0] ? e : NULL;
+}
+
+/* bf16, exact, round to nearest even, NaN kept quiet. */
+float lm_bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+uint16_t lm_f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffff) > 0x7f800000) return (uint16_t)((u >> 16) | 64); /* quiet NaN */
+    u += 0x7fff + ((u >> 16) & 1);
+    return (uint16_t)(u >> 16);
+}

@@ -1,0 +1,32 @@
+/* Block layouts of the "legacy" formats (ggml's), shared by the scalar
+ * reference and the x86 variants. */
+#ifndef LM_QUANT_LEGACY_H
+#define LM_QUANT_LEGACY_H
+#include <stdint.h>
+
+#define QK 32
+typedef struct { uint16_t d; uint8_t qs[QK / 2]; } block_q4_0;              /* x = (q - 8) * d */
+typedef struct { uint16_t d, m; uint8_t qs[QK / 2]; } block_q4_1;           /* x = q * d + m */
+typedef struct { uint16_t d; uint8_t qh[4]; uint8_t qs[QK / 2]; } block_q5_0; /* x = (q - 16) * d */
+typedef struct { uint16_t d, m; uint8_t qh[4]; uint8_t qs[QK / 2]; } block_q5_1;
+typedef struct { uint16_t d; int8_t qs[QK]; } block_q8_0;                    /* x = q * d */
+typedef struct { uint16_t d, s; int8_t qs[QK]; } block_q8_1;                 /* s = d * sum(q) */
+
+_Static_assert(sizeof(block_q4_0) == 18, "q4_0");
+_Static_assert(sizeof(block_q4_1) == 20, "q4_1");
+_Static_assert(sizeof(block_q5_0) == 22, "q5_0");
+_Static_assert(sizeof(block_q5_1) == 24, "q5_1");
+_Static_assert(sizeof(block_q8_0) == 34, "q8_0");
+_Static_assert(sizeof(block_q8_1) == 36, "q8_1");
+
+/* x86 variants (kernels/x86/quant_legacy_*.c) */
+void lm_vec_dot_q4_0_q8_0_avx2(int64_t n, float *s, const void *x, const void *y);
+void lm_vec_dot_q4_1_q8_1_avx2(int64_t n, float *s, const void *x, const void *y);
+void lm_vec_dot_q5_0_q8_0_avx2(int64_t n, float *s, const void *x, const void *y);
+void lm_vec_dot_q8_0_q8_0_avx2(int64_t n, float *s, const void *x, const void *y);
+void lm_quantize_q8_0_avx2(const float *x, void *y, int64_t n);
+void lm_quantize_q8_1_avx2(const float *x, void *y, int64_t n);
+void lm_vec_dot_q4_0_q8_0_avx512(int64_t n, float *s, const void *x, const void *y);
+void lm_vec_dot_q4_1_q8_1_avx512(int64_t n, float *s, const void *x, const void *y);
+void lm_vec_dot_q8_0_q8_0_avx512(int64_t n, float *s, const void *x, const void *y);
+#endif

@@ -1,0 +1,99 @@
+/* AVX-512 VNNI variants of the legacy formats: two 32-element blocks per
+ * 512-bit register, vpdpbusd for the integer dot products. */
+#include "quant.h"
+#include "quant_legacy.h"
+
+#include <immintrin.h>
+
+static inline __m256i nibbles(const uint8_t *qs) {
+    const __m128i t = _mm_loadu_si128((const __m128i *)qs);
+    return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(t, 4), t), _mm256_set1_epi8(0x0F));
+}
+
+static inline __m512i pair(__m256i lo, __m256i hi) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+}
+
+static inline __m512 scales(float a, float b) {
+    return _mm512_insertf32x8(_mm512_set1_ps(a), _mm256_set1_ps(b), 1);
+}
+
+static inline float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+#define F16 lm_f16_to_f32
+
+void lm_vec_dot_q4_0_q8_0_avx512(int64_t n, float *s, const void *vx, const void *vy) {
+    const block_q4_0 *x = vx;
+    const block_q8_0 *y = vy;
+    const int64_t nb = n / QK;
+    __m512 acc = _mm512_setzero_ps();
+    const __m512i eight = _mm512_set1_epi8(8);
+    int64_t i = 0;
+    for (; i + 2 <= nb; i += 2) {
+        const __m512i qx = pair(nibbles(x[i].qs), nibbles(x[i + 1].qs));
+        const __m512i qy = pair(_mm256_loadu_si256((const __m256i *)y[i].qs), _mm256_loadu_si256((const __m256i *)y[i + 1].qs));
+        /* sum (q - 8) y = sum q y - 8 sum y */
+        const __m512i d = _mm512_sub_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), qx, qy),
+                                           _mm512_dpbusd_epi32(_mm512_setzero_si512(), eight, qy));
+        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), scales(F16(x[i].d) * F16(y[i].d), F16(x[i + 1].d) * F16(y[i + 1].d)), acc);
+    }
+    float sum = _mm512_reduce_add_ps(acc);
+    for (; i < nb; i++) {
+        const __m256i qx = nibbles(x[i].qs), qy = _mm256_loadu_si256((const __m256i *)y[i].qs);
+        const __m256i d = _mm256_sub_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), qx, qy),
+                                           _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8(8), qy));
+        sum += hsum8(_mm256_cvtepi32_ps(d)) * (F16(x[i].d) * F16(y[i].d));
+    }
+    *s = sum;
+}
+
+void lm_vec_dot_q4_1_q8_1_avx512(int64_t n, float *s, const void *vx, const void *vy) {
+    const block_q4_1 *x = vx;
+    const block_q8_1 *y = vy;
+    const int64_t nb = n / QK;
+    __m512 acc = _mm512_setzero_ps();
+    float summs = 0;
+    int64_t i = 0;
+    for (; i + 2 <= nb; i += 2) {
+        summs += F16(x[i].m) * F16(y[i].s) + F16(x[i + 1].m) * F16(y[i + 1].s);
+        const __m512i qx = pair(nibbles(x[i].qs), nibbles(x[i + 1].qs));
+        const __m512i qy = pair(_mm256_loadu_si256((const __m256i *)y[i].qs), _mm256_loadu_si256((const __m256i *)y[i + 1].qs));
+        const __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), qx, qy);
+        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), scales(F16(x[i].d) * F16(y[i].d), F16(x[i + 1].d) * F16(y[i + 1].d)), acc);
+    }
+    float sum = _mm512_reduce_add_ps(acc) + summs;
+    for (; i < nb; i++) {
+        const __m256i d = _mm256_dpbusd_epi32(_mm256_setzero_si256(), nibbles(x[i].qs), _mm256_loadu_si256((const __m256i *)y[i].qs));
+        sum += hsum8(_mm256_cvtepi32_ps(d)) * (F16(x[i].d) * F16(y[i].d)) + F16(x[i].m) * F16(y[i].s);
+    }
+    *s = sum;
+}
+
+void lm_vec_dot_q8_0_q8_0_avx512(int64_t n, float *s, const void *vx, const void *vy) {
+    const block_q8_0 *x = vx, *y = vy;
+    const int64_t nb = n / QK;
+    __m512 acc = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 2 <= nb; i += 2) {
+        const __m512i qx = pair(_mm256_loadu_si256((const __m256i *)x[i].qs), _mm256_loadu_si256((const __m256i *)x[i + 1].qs));
+        const __m512i qy = pair(_mm256_loadu_si256((const __m256i *)y[i].qs), _mm256_loadu_si256((const __m256i *)y[i + 1].qs));
+        /* |x| as the unsigned operand, y carrying x's sign */
+        const __mmask64 neg = _mm512_movepi8_mask(qx);
+        const __m512i ax = _mm512_abs_epi8(qx);
+        const __m512i sy = _mm512_mask_sub_epi8(qy, neg, _mm512_setzero_si512(), qy);
+        const __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), ax, sy);
+        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), scales(F16(x[i].d) * F16(y[i].d), F16(x[i + 1].d) * F16(y[i + 1].d)), acc);
+    }
+    float sum = _mm512_reduce_add_ps(acc);
+    for (; i < nb; i++) {
+        const __m256i qx = _mm256_loadu_si256((const __m256i *)x[i].qs), qy = _mm256_loadu_si256((const __m256i *)y[i].qs);
+        const __m256i d = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(qx, qx), _mm256_sign_epi8(qy, qx));
+        sum += hsum8(_mm256_cvtepi32_ps(d)) * (F16(x[i].d) * F16(y[i].d));
+    }
+    *s = sum;
+}

@@ -1,0 +1,142 @@
+/* Legacy block formats: known blocks, round trips, and every SIMD variant
+ * against the scalar reference. */
+#include "testutil.h"
+#include "quant.h"
+#include "quant_legacy.h"
+
+#include <immintrin.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static float rel(float a, float b) { return fabsf(a - b) / fmaxf(1e-6f, fmaxf(fabsf(a), fabsf(b))); }
+
+static void fill(float *x, int64_t n, uint64_t *r, float scale) {
+    for (int64_t i = 0; i < n; i++) x[i] = tu_randf(r, -scale, scale);
+    if (n > 7) x[7] = 3 * scale; /* an outlier, as real activations have */
+}
+
+static void test_known_blocks(void) {
+    /* Q4_0: d = 0.5, nibbles 0..15 -> (q - 8) * 0.5 */
+    block_q4_0 b;
+    b.d = lm_f32_to_f16(0.5f);
+    for (int j = 0; j < 16; j++) b.qs[j] = (uint8_t)(j | ((15 - j) << 4));
+    float y[32];
+    lm_quant_entry_get(LM_Q4_0)->to_float(&b, y, 32);
+    CHECK(y[0] == -4.0f && y[15] == 3.5f && y[16] == 3.5f && y[31] == -4.0f, "q4_0 values %g %g %g %g", y[0], y[15], y[16], y[31]);
+    /* Q4_1: d = 1, m = -2 */
+    block_q4_1 c;
+    c.d = lm_f32_to_f16(1.0f);
+    c.m = lm_f32_to_f16(-2.0f);
+    for (int j = 0; j < 16; j++) c.qs[j] = (uint8_t)(j | (j << 4));
+    lm_quant_entry_get(LM_Q4_1)->to_float(&c, y, 32);
+    CHECK(y[0] == -2.0f && y[5] == 3.0f && y[21] == 3.0f, "q4_1 values");
+    /* Q5_0: the fifth bit comes from qh */
+    block_q5_0 d;
+    d.d = lm_f32_to_f16(1.0f);
+    memset(d.qs, 0, sizeof d.qs);
+    uint32_t qh = 1u << 3 | 1u << 20;
+    memcpy(d.qh, &qh, 4);
+    lm_quant_entry_get(LM_Q5_0)->to_float(&d, y, 32);
+    CHECK(y[3] == 0.0f && y[0] == -16.0f && y[20] == 0.0f && y[19] == -16.0f, "q5_0 high bits %g %g %g", y[3], y[0], y[20]);
+}
+
+static void test_round_trips(void) {
+    uint64_t r = 1;
+    float x[256], y[256];
+    static const struct { lm_dtype t; float tol; } cases[] = {
+        {LM_Q4_0, 0.13f}, {LM_Q4_1, 0.07f}, {LM_Q5_0, 0.07f}, {LM_Q5_1, 0.035f}, {LM_Q8_0, 0.005f},
+        {LM_Q8_1, 0.005f}, {LM_F16, 1e-3f}, {LM_BF16, 8e-3f}};
+    char q[1024];
+    for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+        const lm_quant_entry *e = lm_quant_entry_get(cases[c].t);
+        fill(x, 256, &r, 1.0f);
+        e->from_float[LM_ISA_SCALAR](x, q, 256);
+        e->to_float(q, y, 256);
+        float worst = 0;
+        for (int i = 0; i < 256; i++) worst = fmaxf(worst, fabsf(x[i] - y[i]));
+        /* errors are relative to the block's range (the outlier is 3) */
+        CHECK(worst < cases[c].tol * 3, "%s round trip error %g", lm_dtype_name(cases[c].t), worst);
+    }
+}
+
+static void test_fp16_exhaustive(void) {
+    int bad = 0;
+    for (uint32_t h = 0; h < 65536; h++) {
+        float f = lm_f16_to_f32((uint16_t)h);
+        if (isnan(f)) continue;
+        if (lm_f32_to_f16(f) != h) bad++;
+    }
+    CHECK(bad == 0, "%d half values do not round-trip", bad);
+    CHECK(lm_f32_to_bf16(1.0f) == 0x3F80 && lm_bf16_to_f32(0x3F80) == 1.0f, "bf16 1.0");
+    CHECK(lm_f32_to_bf16(1.00390625f) == 0x3F80, "bf16 ties to even");
+    CHECK(isnan(lm_bf16_to_f32(lm_f32_to_bf16(NAN))), "bf16 keeps NaN");
+}
+
+static void test_variants(void) {
+    static const lm_dtype types[] = {LM_Q4_0, LM_Q4_1, LM_Q5_0, LM_Q5_1, LM_Q8_0, LM_F32, LM_F16, LM_BF16};
+    static const int64_t lens[] = {32, 64, 96, 4096 + 32, 11008};
+    uint64_t r = 7;
+    float *x = malloc(11008 * sizeof *x), *a = malloc(11008 * sizeof *a);
+    char *qx = malloc(11008 * 4), *qa = malloc(11008 * 4 + 64);
+    int ran[LM_ISA_COUNT] = {0};
+    for (size_t t = 0; t < sizeof types / sizeof *types; t++) {
+        const lm_quant_entry *e = lm_quant_entry_get(types[t]);
+        const lm_quant_entry *act = lm_quant_entry_get(e->vec_dot_type);
+        for (size_t l = 0; l < sizeof lens / sizeof *lens; l++) {
+            int64_t n = lens[l];
+            fill(x, n, &r, 2.0f);
+            fill(a, n, &r, 1.0f);
+            e->from_float[LM_ISA_SCALAR](x, qx, n);
+            act->from_float[LM_ISA_SCALAR](a, qa, n);
+            float ref;
+            e->vec_dot[LM_ISA_SCALAR](n, &ref, qx, qa);
+            /* the reference dot agrees with the dot of the dequantized rows */
+            float *dx = malloc(n * sizeof *dx), *da = malloc(n * sizeof *da);
+            e->to_float(qx, dx, n);
+            act->to_float(qa, da, n);
+            double exact = 0;
+            for (int64_t i = 0; i < n; i++) exact += (double)dx[i] * da[i];
+            /* the _1 formats carry sum(q)*d rounded to fp16: a little looser */
+            float tol = e->vec_dot_type == LM_Q8_1 ? 5e-3f : 1e-3f;
+            CHECK(rel(ref, (float)exact) < tol, "%s n=%lld: reference %g vs dequantized %g", lm_dtype_name(types[t]), (long long)n, ref, exact);
+            free(dx); free(da);
+            for (int isa = 1; isa < LM_ISA_COUNT; isa++) {
+                if (!e->vec_dot[isa] || isa > (int)lm_cpu_isa()) continue;
+                float v;
+                e->vec_dot[isa](n, &v, qx, qa);
+                ran[isa]++;
+                CHECK(rel(v, ref) < 1e-5f, "%s %s n=%lld: %g vs reference %g", lm_dtype_name(types[t]), lm_isa_name(isa), (long long)n, v, ref);
+            }
+        }
+    }
+    /* SIMD activation quantizers: bit-identical to the reference */
+    static const lm_dtype acts[] = {LM_Q8_0, LM_Q8_1};
+    for (size_t t = 0; t < 2; t++) {
+        const lm_quant_entry *e = lm_quant_entry_get(acts[t]);
+        for (int isa = 1; isa < LM_ISA_COUNT; isa++) {
+            if (!e->from_float[isa] || isa > (int)lm_cpu_isa()) continue;
+            for (int rep = 0; rep < 50; rep++) {
+                int64_t n = 32 * (1 + rep % 40);
+                fill(x, n, &r, rep % 2 ? 1000.0f : 0.01f);
+                if (rep == 3) memset(x, 0, n * sizeof *x); /* all-zero blocks */
+                if (rep == 4) for (int64_t i = 0; i < n; i++) x[i] = (float)(i % 7) * 0.5f; /* exact halves: rounding ties */
+                e->from_float[LM_ISA_SCALAR](x, qx, n);
+                e->from_float[isa](x, qa, n);
+                CHECK(!memcmp(qx, qa, lm_dtype_row_size(acts[t], n)), "%s %s quantizer differs from the reference (rep %d)", lm_dtype_name(acts[t]), lm_isa_name(isa), rep);
+            }
+            ran[isa]++;
+        }
+    }
+    printf("variants checked: avx2 %d, avx512 %d (cpu: %s)\n", ran[LM_ISA_AVX2], ran[LM_ISA_AVX512], lm_isa_name(lm_cpu_isa()));
+    CHECK(lm_cpu_isa() == LM_ISA_SCALAR || ran[LM_ISA_AVX2] > 0, "no AVX2 variant ran");
+    free(x); free(a); free(qx); free(qa);
+}
+
+int main(void) {
+    test_known_blocks();
+    test_round_trips();
+    test_fp16_exhaustive();
+    test_variants();
+    return tu_finish("quant");
+}
