@@ -11,6 +11,7 @@ commands:
   generate -p TEXT [options]   continue TEXT (no chat template)
   run SCRIPT.lua [args]        run a Lua script with require "lumen" available
   models                       list the models of configs/models.yaml and their state
+  bench [-m MODEL] [--pp N] [-n N] [-r RUNS] [-t T]   prefill/decode speed as JSON (see bench/run.py)
   quantize IN OUT TYPE         requantize a GGUF file's weights (q4_0 q4_1 q5_0 q5_1 q8_0 q4_k q5_k q6_k f16 bf16 f32)
   version                      print the version
 options:
@@ -64,6 +65,8 @@ local function parse(argv, first)
     elseif a == "--repeat-penalty" then o.sampling.repeat_penalty = num_arg(a, take(), 0.01, 100)
     elseif a == "--seed" then o.sampling.seed = int_arg(a, take(), 0, 2 ^ 53)
     elseif a == "-s" or a == "--system" then o.system = take()
+    elseif a == "--pp" then o.prompt_tokens = int_arg(a, take(), 1, 2 ^ 20)
+    elseif a == "-r" or a == "--runs" then o.runs = int_arg(a, take(), 1, 1000)
     elseif a == "--no-stats" then o.stats = false
     elseif a == "--stats" then o.stats = true
     elseif a:sub(1, 1) == "-" and #a > 1 then usage_error("unknown option '" .. a .. "' (try: lumen --help)")
@@ -123,6 +126,12 @@ function commands.models()
       name == reg.default and " (default)" or "", where))
   end
   return 0
+end
+
+function commands.bench(argv)
+  local o = parse(argv, 2)
+  if #o.words > 0 then usage_error("unexpected argument '" .. o.words[1] .. "'") end
+  return require("bench").run(o)
 end
 
 function commands.quantize(argv)
