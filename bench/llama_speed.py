@@ -21,6 +21,7 @@ on (llama.cpp's own default) to time that path anyway.
 import argparse
 import json
 import os
+import resource
 import statistics
 import sys
 import time
@@ -113,6 +114,8 @@ def main():
         "prefill_tok_s": round(statistics.median(prefill), 2),
         "decode_tok_s": round(statistics.median(decode), 2) if decode else None,
         "ttft_ms": round(statistics.median(ttft), 3),
+        "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "model_file_bytes": os.path.getsize(args.model),
         "per_run": {
             "prefill_tok_s": [round(x, 2) for x in prefill],
             "decode_tok_s": [round(x, 2) for x in decode],
