@@ -246,7 +246,8 @@ static lm_status parse_value(lm_gguf *g, cursor *c, int64_t i, lm_gguf_kv *kv) {
     /* Each element takes at least min_size bytes: a count beyond what is left is a lie. */
     uint64_t min_size = arr_type == LM_GGUF_STRING ? 8 : scalar_size(arr_type);
     if (n > remaining(c) / min_size)
-        return lm_err("%s: key '%s': an array of %" PRIu64 " %s values cannot fit in the remaining %" PRIu64 " bytes of the file",
+        return lm_err("%s: key '%s': an array of %" PRIu64 " %s values cannot fit in the remaining %" PRIu64
+                      " bytes of the file",
                       g->name, show(kv->key).s, n, lm_gguf_type_name(kv->arr_type), remaining(c));
     if (arr_type != LM_GGUF_STRING) return skip(c, n * min_size) ? LM_OK : kv_truncated(g, i, &kv->key);
 
@@ -302,9 +303,11 @@ static lm_status parse_tensor_info(lm_gguf *g, cursor *c, int64_t i) {
     int64_t prev = index_add(&g->tensor_index, name.ptr, name.len, i);
     if (prev == -2) return lm_err("%s: out of memory", g->name);
     if (prev >= 0)
-        return lm_err("%s: duplicate tensor name '%s' (tensors %" PRId64 " and %" PRId64 ")", g->name, show(name).s, prev, i);
+        return lm_err("%s: duplicate tensor name '%s' (tensors %" PRId64 " and %" PRId64 ")",
+                      g->name, show(name).s, prev, i);
 
-    if (!grow((void **)&g->tensors, &g->cap_tensors, i + 1, sizeof *g->tensors)) return lm_err("%s: out of memory", g->name);
+    if (!grow((void **)&g->tensors, &g->cap_tensors, i + 1, sizeof *g->tensors))
+        return lm_err("%s: out of memory", g->name);
     lm_gguf_tensor *t = &g->tensors[i];
     memset(t, 0, sizeof *t);
     memcpy(t->name, name.ptr, name.len);
@@ -366,7 +369,8 @@ static lm_status locate_data(lm_gguf *g, const cursor *c) {
         lm_gguf_tensor *t = &g->tensors[i];
         if (t->offset > data_size || t->nbytes > data_size - t->offset) {
             if (t->offset > UINT64_MAX - start || t->nbytes > UINT64_MAX - start - t->offset)
-                return lm_err("%s: tensor '%s' data at offset %" PRIu64 " (%" PRIu64 " bytes) lies outside the file (size %" PRIu64 ")",
+                return lm_err("%s: tensor '%s' data at offset %" PRIu64 " (%" PRIu64
+                              " bytes) lies outside the file (size %" PRIu64 ")",
                               g->name, show_z(t->name).s, t->offset, t->nbytes, g->size);
             return lm_err("%s: tensor '%s' data [%" PRIu64 ", %" PRIu64 ") lies outside the file (size %" PRIu64 ")",
                           g->name, show_z(t->name).s, start + t->offset, start + t->offset + t->nbytes, g->size);

@@ -5,6 +5,7 @@
 #include "model.h"
 #include "quant.h"
 
+#include <stdatomic.h>
 #include <string.h>
 
 #define ROW_TILE 16
@@ -62,4 +63,27 @@ void lm_matmul(lm_pool *pool, const lm_tensor *w, const float *x, int64_t n, flo
         else quantize_rows(&j, 0, 1);
     }
     lm_pool_run(pool, mm_rows, &j);
+}
+
+/* Each thread dequantizes its share of the weight rows and multiplies the batch
+ * by them at once, while they are still in cache. */
+typedef struct { const lm_tensor *w; const float *x; int64_t n; float *y, *wbuf; atomic_int failed; } gemm_job;
+
+static void gemm_rows(void *vctx, int ith, int nth) {
+    gemm_job *j = vctx;
+    const lm_quant_ops *ops = lm_quant_ops_get(j->w->dtype);
+    const int64_t rows = j->w->shape[0], cols = j->w->shape[1];
+    int64_t lo, hi;
+    lm_pool_split(rows, 16, ith, nth, &lo, &hi);
+    if (lo >= hi) return;
+    for (int64_t r = lo; r < hi; r++)
+        ops->to_float((const char *)j->w->data + r * j->w->stride[0], j->wbuf + r * cols, cols);
+    if (lm_sgemm_nt(j->x, j->n, cols, j->wbuf + lo * cols, hi - lo, j->y + lo, rows) != LM_OK)
+        atomic_store(&j->failed, 1);
+}
+
+lm_status lm_matmul_gemm(lm_pool *pool, const lm_tensor *w, const float *x, int64_t n, float *y, float *wbuf) {
+    gemm_job j = {w, x, n, y, wbuf, 0};
+    lm_pool_run(pool, gemm_rows, &j);
+    return atomic_load(&j.failed) ? LM_ERR : LM_OK;
 }

@@ -60,6 +60,7 @@ struct lm_session {
     uint16_t *k_cache, *v_cache; /* [n_layer][n_ctx][kv_dim] fp16 */
     float *x, *xb, *xb2, *q, *k, *v, *hb, *hb2, *scores, *logits;
     void *qbuf;               /* quantized activations */
+    float *wbuf;              /* one dequantized weight matrix, for prefill GEMMs */
     size_t qbuf_size;
 };
 
@@ -69,5 +70,12 @@ lm_status lm_forward(lm_session *s, const int32_t *tokens, int32_t n);
 /* Y[n][out] = X[n][in] @ W^T for W of shape [out][in]; qbuf holds the quantized X. */
 void lm_matmul(lm_pool *pool, const lm_tensor *w, const float *x, int64_t n, float *y, void *qbuf);
 size_t lm_matmul_qbuf_size(const lm_tensor *w, int64_t n);
+/* Batches of at least this many tokens go through oneDNN's f32 GEMM on weights
+ * dequantized into wbuf (one matrix at a time) instead of the quantized dots. */
+#define LM_GEMM_MIN_TOKENS 16
+lm_status lm_matmul_gemm(lm_pool *pool, const lm_tensor *w, const float *x, int64_t n, float *y, float *wbuf);
+/* y[m][n] (row stride ldy) = a[m][k] * w[n][k]^T through oneDNN, single-threaded
+ * in the calling thread (core/tensor_ops.c). */
+lm_status lm_sgemm_nt(const float *a, int64_t m, int64_t k, const float *w, int64_t n, float *y, int64_t ldy);
 
 #endif

@@ -61,6 +61,17 @@ lm_session *lm_session_new(lm_model *m, const lm_session_params *params) {
         s->qbuf_size = q;
         s->qbuf = alloc(q, "quantized activations", &ok);
     }
+    if (ok && n_batch >= LM_GEMM_MIN_TOKENS) {
+        /* the largest layer matrix, dequantized for a prefill GEMM */
+        size_t w = 0;
+        const lm_layer *l = &m->layers[0];
+        const lm_tensor *ws[] = {l->wq, l->wk, l->wv, l->wo, l->w_gate, l->w_up, l->w_down};
+        for (size_t i = 0; i < sizeof ws / sizeof *ws; i++) {
+            size_t e = (size_t)ws[i]->shape[0] * (size_t)ws[i]->shape[1];
+            if (e > w) w = e;
+        }
+        s->wbuf = alloc(w * sizeof(float), "prefill weights", &ok);
+    }
     if (!ok) { lm_session_free(s); return NULL; }
     memset(s->logits, 0, (size_t)hp->n_vocab * sizeof(float));
     return s;
@@ -76,7 +87,7 @@ void lm_session_free(lm_session *s) {
     free(s->tokens);
     free(s->k_cache); free(s->v_cache);
     free(s->x); free(s->xb); free(s->xb2); free(s->q); free(s->k); free(s->v);
-    free(s->hb); free(s->hb2); free(s->scores); free(s->logits); free(s->qbuf);
+    free(s->hb); free(s->hb2); free(s->scores); free(s->logits); free(s->qbuf); free(s->wbuf);
     lm_model_free(s->model);
     free(s);
 }

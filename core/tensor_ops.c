@@ -381,6 +381,51 @@ done:
     return rc;
 }
 
+/* Called from several of lumen's own pool threads at once: each has its own
+ * stream, and oneDNN's OpenMP runs single-threaded inside it (the pool is the
+ * parallelism; two thread systems spinning side by side would fight for the cores). */
+extern void omp_set_num_threads(int);
+static _Thread_local dnnl_stream_t t_stream;
+
+lm_status lm_sgemm_nt(const float *a, int64_t m, int64_t k, const float *w, int64_t n, float *y, int64_t ldy) {
+    pthread_once(&g_dnnl_once, dnnl_setup);
+    if (g_dnnl_init != dnnl_success)
+        return lm_err("matmul: cannot create the oneDNN CPU engine: %s", dnnl_status2str(g_dnnl_init));
+    if (!t_stream) {
+        omp_set_num_threads(1);
+        if (dnnl_stream_create(&t_stream, g_engine, dnnl_stream_default_flags) != dnnl_success)
+            return lm_err("matmul: cannot create a oneDNN stream");
+    }
+    lm_status rc = LM_ERR;
+    dnnl_primitive_desc_t pd = NULL;
+    dnnl_primitive_t prim = NULL;
+    dnnl_memory_t am = NULL, bm = NULL, ym = NULL;
+    dnnl_memory_desc_t amd, bmd, ymd;
+    /* w is [n][k] row-major: as a k x n matrix its strides are (1, k) */
+    dnnl_dims_t ad = {m, k}, as = {k, 1}, bd = {k, n}, bs = {1, k}, yd = {m, n}, ys = {ldy, 1};
+    dnnl_matmul_desc_t md;
+    DNNL_TRY(dnnl_memory_desc_init_by_strides(&amd, 2, ad, dnnl_f32, as));
+    DNNL_TRY(dnnl_memory_desc_init_by_strides(&bmd, 2, bd, dnnl_f32, bs));
+    DNNL_TRY(dnnl_memory_desc_init_by_strides(&ymd, 2, yd, dnnl_f32, ys));
+    DNNL_TRY(dnnl_matmul_desc_init(&md, &amd, &bmd, NULL, &ymd));
+    DNNL_TRY(dnnl_primitive_desc_create(&pd, &md, NULL, g_engine, NULL));
+    DNNL_TRY(dnnl_primitive_create(&prim, pd));
+    DNNL_TRY(dnnl_memory_create(&am, &amd, g_engine, (void *)a));
+    DNNL_TRY(dnnl_memory_create(&bm, &bmd, g_engine, (void *)w));
+    DNNL_TRY(dnnl_memory_create(&ym, &ymd, g_engine, y));
+    dnnl_exec_arg_t args[3] = {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, ym}};
+    DNNL_TRY(dnnl_primitive_execute(prim, t_stream, 3, args));
+    DNNL_TRY(dnnl_stream_wait(t_stream));
+    rc = LM_OK;
+done:
+    if (am) dnnl_memory_destroy(am);
+    if (bm) dnnl_memory_destroy(bm);
+    if (ym) dnnl_memory_destroy(ym);
+    if (prim) dnnl_primitive_destroy(prim);
+    if (pd) dnnl_primitive_desc_destroy(pd);
+    return rc;
+}
+
 lm_tensor *lm_tensor_matmul(const lm_tensor *a, const lm_tensor *b, bool transpose_b) {
     if (!need_f32("matmul", "a", a)) return NULL;
     if (!b) { lm_err("matmul: b is NULL"); return NULL; }

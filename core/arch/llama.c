@@ -179,6 +179,13 @@ static void attn_rows(void *vctx, int ith, int nth) {
     }
 }
 
+/* A prompt batch goes through oneDNN's GEMM; single tokens (and any GEMM that
+ * oneDNN refuses) through the quantized dot products. */
+static void mm(lm_session *s, const lm_tensor *w, const float *x, int32_t n, float *y) {
+    if (n >= LM_GEMM_MIN_TOKENS && s->wbuf && lm_matmul_gemm(s->model->pool, w, x, n, y, s->wbuf) == LM_OK) return;
+    lm_matmul(s->model->pool, w, x, n, y, s->qbuf);
+}
+
 static void add_bias(float *y, const lm_tensor *b, int32_t n, int64_t dim) {
     if (!b) return;
     for (int32_t t = 0; t < n; t++) lm_add(y + t * dim, F32(b), dim);
@@ -205,9 +212,9 @@ lm_status lm_forward(lm_session *s, const int32_t *tokens, int32_t n) {
         float rope_base = local ? hp->rope_base_local : hp->rope_base;
 
         for (int32_t t = 0; t < n; t++) lm_rmsnorm(s->xb + t * E, s->x + t * E, F32(l->attn_norm), E, hp->norm_eps);
-        lm_matmul(pool, l->wq, s->xb, n, s->q, s->qbuf);
-        lm_matmul(pool, l->wk, s->xb, n, s->k, s->qbuf);
-        lm_matmul(pool, l->wv, s->xb, n, s->v, s->qbuf);
+        mm(s, l->wq, s->xb, n, s->q);
+        mm(s, l->wk, s->xb, n, s->k);
+        mm(s, l->wv, s->xb, n, s->v);
         add_bias(s->q, l->bq, n, QD);
         add_bias(s->k, l->bk, n, KVD);
         add_bias(s->v, l->bv, n, KVD);
@@ -223,17 +230,17 @@ lm_status lm_forward(lm_session *s, const int32_t *tokens, int32_t n) {
         }
         attn_job aj = {.s = s, .layer = il, .n = n, .pos0 = pos0};
         lm_pool_run(pool, attn_rows, &aj);
-        lm_matmul(pool, l->wo, s->xb2, n, s->xb, s->qbuf);
+        mm(s, l->wo, s->xb2, n, s->xb);
         for (int32_t t = 0; t < n; t++) {
             if (l->post_attn_norm) lm_rmsnorm(s->xb + t * E, s->xb + t * E, F32(l->post_attn_norm), E, hp->norm_eps);
             lm_add(s->x + t * E, s->xb + t * E, E);
             lm_rmsnorm(s->xb + t * E, s->x + t * E, F32(l->ffn_norm), E, hp->norm_eps);
         }
-        lm_matmul(pool, l->w_gate, s->xb, n, s->hb, s->qbuf);
-        lm_matmul(pool, l->w_up, s->xb, n, s->hb2, s->qbuf);
+        mm(s, l->w_gate, s->xb, n, s->hb);
+        mm(s, l->w_up, s->xb, n, s->hb2);
         if (hp->gelu) lm_geglu(s->hb, s->hb2, (int64_t)n * F);
         else lm_swiglu(s->hb, s->hb2, (int64_t)n * F);
-        lm_matmul(pool, l->w_down, s->hb, n, s->xb, s->qbuf);
+        mm(s, l->w_down, s->hb, n, s->xb);
         for (int32_t t = 0; t < n; t++) {
             if (l->post_ffn_norm) lm_rmsnorm(s->xb + t * E, s->xb + t * E, F32(l->post_ffn_norm), E, hp->norm_eps);
             lm_add(s->x + t * E, s->xb + t * E, E);
