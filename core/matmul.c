@@ -5,6 +5,7 @@
 #include "model.h"
 #include "quant.h"
 
+#include <immintrin.h>
 #include <stdatomic.h>
 #include <string.h>
 
@@ -28,10 +29,27 @@ static void quantize_rows(void *vctx, int ith, int nth) {
         lm_quant_ops_get(j->ops->vec_dot_type)->from_float(j->x + t * j->in, j->xq + t * j->x_row, j->in);
 }
 
+/* Rows ahead to prefetch: the hardware prefetchers of the machines measured
+ * (virtualized Xeons) leave a single thread at ~2.5 GB/s on a streamed weight
+ * matrix; touching the row 4 ahead brings it to ~6.8 GB/s. */
+#define PREFETCH_ROWS 4
+
+static inline void prefetch_row(const char *p, size_t bytes) {
+    for (size_t c = 0; c < bytes; c += 64) _mm_prefetch(p + c, _MM_HINT_T0);
+}
+
 static void mm_rows(void *vctx, int ith, int nth) {
     mm_job *j = vctx;
     int64_t lo, hi;
     lm_pool_split(j->out, ROW_TILE, ith, nth, &lo, &hi);
+    if (j->n == 1) { /* decode: one activation row, weights streamed from memory */
+        const char *xq = j->xq;
+        for (int64_t r = lo; r < hi; r++) {
+            if (r + PREFETCH_ROWS < hi) prefetch_row(j->w + (r + PREFETCH_ROWS) * j->w_row, j->w_row);
+            j->ops->vec_dot(j->in, &j->y[r], j->w + r * j->w_row, xq);
+        }
+        return;
+    }
     for (int64_t r0 = lo; r0 < hi; r0 += ROW_TILE) {
         int64_t r1 = r0 + ROW_TILE < hi ? r0 + ROW_TILE : hi;
         for (int64_t t = 0; t < j->n; t++) {

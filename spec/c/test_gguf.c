@@ -176,7 +176,8 @@ static void check_valid(lm_gguf *g, const uint8_t *base, uint32_t version, uint3
     CHECK(lm_gguf_get_str_arr(g, "t.i32s", &strs, &n) == LM_ERR, "i32 array as strings");
     CHECK(strstr(lm_last_error(), "key 't.i32s' has type array[i32], expected array[string]"), "%s", lm_last_error());
     int32_t *iv = NULL;
-    CHECK(lm_gguf_get_arr_i32(g, "t.i32s", &iv, &n) == LM_OK && n == 3 && iv[0] == 1 && iv[1] == -2 && iv[2] == 3, "i32 array");
+    CHECK(lm_gguf_get_arr_i32(g, "t.i32s", &iv, &n) == LM_OK && n == 3 && iv[0] == 1 && iv[1] == -2 && iv[2] == 3,
+          "i32 array");
     free(iv); iv = NULL;
     CHECK(lm_gguf_get_arr_i32(g, "t.u8s", &iv, &n) == LM_OK && n == 2 && iv[0] == 7 && iv[1] == 8, "u8 array as i32");
     free(iv); iv = NULL;
@@ -299,6 +300,42 @@ static void test_truncation(void) {
     free(b.p);
 }
 
+/* Every byte of a valid file replaced by a few values: whatever is accepted must
+ * be safe to walk (a cheap, deterministic cousin of spec/fuzz/fuzz_gguf). */
+static void test_mutations(void) {
+    buf b = {0};
+    build_valid(&b, 3, 64);
+    uint8_t *p = malloc(b.n);
+    int accepted = 0, unnamed = 0;
+    for (size_t i = 0; i < b.n; i++) {
+        const uint8_t orig = b.p[i], subst[] = {0, 0xff, (uint8_t)(orig ^ 0x80), (uint8_t)(orig + 1)};
+        for (int k = 0; k < 4; k++) {
+            memcpy(p, b.p, b.n);
+            p[i] = subst[k];
+            lm_gguf *g = lm_gguf_open_memory(p, b.n, "t.gguf");
+            if (!g) { unnamed += strncmp(lm_last_error(), "t.gguf: ", 8) != 0; continue; }
+            accepted++;
+            unsigned sum = 0;
+            for (int64_t t = 0; t < lm_gguf_n_tensors(g); t++) {
+                const lm_gguf_tensor *ti = lm_gguf_tensor_at(g, t);
+                for (uint64_t j = 0; j < ti->nbytes; j++) sum += ((const uint8_t *)ti->data)[j];
+            }
+            for (int64_t j = 0; j < lm_gguf_n_kv(g); j++) {
+                const lm_gguf_kv *kv = lm_gguf_kv_at(g, j);
+                uint64_t n = kv->type == LM_GGUF_STRING ? 1
+                           : kv->type == LM_GGUF_ARRAY && kv->arr_type == LM_GGUF_STRING ? kv->arr_n : 0;
+                for (uint64_t m = 0; m < n; m++)
+                    for (uint64_t c = 0; c < kv->strs[m].len; c++) sum += (uint8_t)kv->strs[m].ptr[c];
+            }
+            (void)sum;
+            lm_gguf_close(g);
+        }
+    }
+    CHECK(accepted > 0 && unnamed == 0, "%d mutants accepted, %d errors without the file name", accepted, unnamed);
+    free(p);
+    free(b.p);
+}
+
 /* ---- malformed files ---------------------------------------------------------- */
 
 static void test_header_errors(void) {
@@ -330,7 +367,8 @@ static void test_header_errors(void) {
     /* the smallest valid file: no kvs, no tensors */
     header(&b, 3, 0, 0);
     lm_gguf *g = open_buf(&b);
-    CHECK(g && lm_gguf_n_kv(g) == 0 && lm_gguf_n_tensors(g) == 0 && lm_gguf_alignment(g) == 32, "empty GGUF: %s", lm_last_error());
+    CHECK(g && lm_gguf_n_kv(g) == 0 && lm_gguf_n_tensors(g) == 0 && lm_gguf_alignment(g) == 32,
+          "empty GGUF: %s", lm_last_error());
     lm_gguf_close(g);
     free(b.p);
 }
@@ -565,6 +603,7 @@ int main(int argc, char **argv) {
     test_valid();
     test_open_file();
     test_truncation();
+    test_mutations();
     test_header_errors();
     test_kv_errors();
     test_tensor_errors();
