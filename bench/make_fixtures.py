@@ -69,7 +69,8 @@ no unescaping is needed; ids are decimal token ids):
       Llama.detokenize, which truncates pieces longer than 32 bytes).
       An empty <hex detok> is written as '-'.
   prompt <i> <hex text> <special> <n> <id_1> ... <id_n>
-      prompt i tokenized like tok (no BOS; special=1 for ChatML prompts).
+      prompt i tokenized with add_special=true (BOS where the model asks for it,
+      so none for SmolLM2) and parse_special=<special> (1 for ChatML prompts).
   greedy <i> <n_gen> <id_1> ... <id_n_gen>
       exact greedy continuation: eval the prompt in one batch, take the raw
       argmax of the last logits (lowest id wins a tie), eval that single token,
@@ -236,7 +237,8 @@ def main():
     w("# generation: %d prompts, %d greedy tokens, top-%d logits per step" % (args.prompts, N_GEN, TOP_K))
     for i, (text, special) in enumerate(PROMPTS[:args.prompts]):
         tb = text.encode("utf-8")
-        ids = llm.tokenize(tb, add_bos=False, special=bool(special))
+        # add_bos=True adds BOS only where the model asks for it (Gemma does, SmolLM2 does not)
+        ids = llm.tokenize(tb, add_bos=True, special=bool(special))
         w("prompt %d %s %d %d%s" % (i, hx(tb), special, len(ids), "".join(" %d" % t for t in ids)))
         llm.reset()
         llm.eval(ids)

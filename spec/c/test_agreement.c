@@ -22,10 +22,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char *model_path(void) {
-    const char *env = getenv("LUMEN_MODEL");
-    if (env && *env) return env;
-    return tu_path("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+static const char *model_path(const char *file) {
+    static char buf[4096];
+    const char *dir = getenv("LUMEN_MODELS");
+    if (dir && *dir) snprintf(buf, sizeof buf, "%s/%s", dir, file);
+    else snprintf(buf, sizeof buf, "%s", tu_path("models/"));
+    if (!(dir && *dir)) strncat(buf, file, sizeof buf - strlen(buf) - 1);
+    return buf;
 }
 
 static void check_tokenizer(lm_model *m, fixture *fx) {
@@ -71,7 +74,7 @@ static void check_logits(lm_model *m, fixture *fx) {
         fx_prompt *fp = &fx->prompts[p];
         int32_t n_tok = 0;
         int32_t *toks = malloc(((size_t)fp->n + 64) * sizeof *toks);
-        int64_t n = lm_tokenize(m, fp->text, fp->len, toks, fp->n + 64, false, fp->special);
+        int64_t n = lm_tokenize(m, fp->text, fp->len, toks, fp->n + 64, true, fp->special);
         CHECK(n == fp->n && !memcmp(toks, fp->ids, (size_t)fp->n * 4), "prompt %d tokenizes differently", p);
         lm_session_params sp = {.n_ctx = 1024, .n_batch = 512};
         lm_session *s = lm_session_new(m, &sp);
@@ -154,16 +157,26 @@ static void check_logits(lm_model *m, fixture *fx) {
     free(self_diffs);
 }
 
+/* The default model, and Gemma 3 (the gemma3 architecture and a SentencePiece
+ * vocabulary) checked the same way. */
+static const struct { const char *fixture, *model; } CASES[] = {
+    {"spec/fixtures/smollm2_q4_1.txt", "SmolLM2-135M-Instruct.Q4_1.gguf"},
+    {"spec/fixtures/gemma3_q4_k_m.txt", "gemma-3-270m-q4_k_m.gguf"},
+};
+
 int main(void) {
-    fixture *fx = fx_load(tu_path("spec/fixtures/smollm2_q4_1.txt"));
-    CHECK(fx != NULL, "no fixture");
-    lm_model *m = lm_model_load(model_path(), NULL);
-    CHECK(m != NULL, "model: %s (run scripts/setup.sh to fetch it)", lm_last_error());
-    if (fx && m) {
-        check_tokenizer(m, fx);
-        check_logits(m, fx);
+    for (size_t c = 0; c < sizeof CASES / sizeof *CASES; c++) {
+        printf("== %s\n", CASES[c].model);
+        fixture *fx = fx_load(tu_path(CASES[c].fixture));
+        CHECK(fx != NULL, "no fixture %s", CASES[c].fixture);
+        lm_model *m = lm_model_load(model_path(CASES[c].model), NULL);
+        CHECK(m != NULL, "model: %s (scripts/test.sh fetches it)", lm_last_error());
+        if (fx && m) {
+            check_tokenizer(m, fx);
+            check_logits(m, fx);
+        }
+        lm_model_free(m);
+        fx_free(fx);
     }
-    lm_model_free(m);
-    fx_free(fx);
     return tu_finish("agreement");
 }
