@@ -6,6 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 LUMEN_CMAKE_ARGS="-DLUMEN_WERROR=ON" scripts/setup.sh
+# the agreement test also checks Gemma 3 (the gemma3 architecture, a SentencePiece vocabulary)
+PY=python3; $PY -c "import yaml" 2>/dev/null || PY=/usr/bin/python3
+$PY scripts/fetch_model.py gemma3
 
 jobs=$(nproc)
 status=0

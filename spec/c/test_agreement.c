@@ -13,7 +13,10 @@
  * positions (the fixture's 'alt' records). A bound below that noise could only
  * be met by copying llama.cpp's arithmetic bit for bit. The bounds here:
  * top-1 rate >= llama.cpp's self rate - 2%, median |diff| <= max(0.25, 1.5 x
- * llama.cpp's self median), max |diff| <= max(0.25, 1.5 x llama.cpp's self max). */
+ * llama.cpp's self median), max |diff| <= max(0.25, 2 x llama.cpp's self max)
+ * (the maximum is one position's outlier: which position flips depends on the
+ * float summation order of the kernel the CPU runs, so it gets the wider margin;
+ * llama.cpp with flash attention on differs from itself by up to 2.1). */
 #include "testutil.h"
 #include "fixture.h"
 #include "lumen.h"
@@ -151,7 +154,7 @@ static void check_logits(lm_model *m, fixture *fx) {
     CHECK(self_worst > 0, "the fixture has no 'alt' records (regenerate it with bench/make_fixtures.py)");
     CHECK(rate >= self_rate - 0.02, "top-1 agreement %.3f < llama.cpp's own %.3f - 0.02", rate, self_rate);
     CHECK(med <= fmaxf(0.25f, 1.5f * self_med), "median logit difference %.3f > max(0.25, 1.5 x %.3f)", med, self_med);
-    CHECK(worst <= fmaxf(0.25f, 1.5f * self_worst), "max logit difference %.3f > max(0.25, 1.5 x %.3f)", worst, self_worst);
+    CHECK(worst <= fmaxf(0.25f, 2.0f * self_worst), "max logit difference %.3f > max(0.25, 2 x %.3f)", worst, self_worst);
     CHECK(greedy_same + near_ties >= 6, "only %d/8 greedy continuations identical or forking at a near-tie", greedy_same + near_ties);
     free(diffs);
     free(self_diffs);
