@@ -16,7 +16,7 @@ export LUMEN_MODEL=${LUMEN_MODEL:-models/SmolLM2-135M-Instruct.Q4_1.gguf}
 rate() { sed -n 's/.*decode: [0-9]* tokens in [0-9.]* s (\([0-9.]*\) tok\/s).*/\1/p' | tail -1; }
 declare -a C L S
 for i in $(seq "$RUNS"); do
-  C+=("$(build/lumen_c_generate -m "$LUMEN_MODEL" -p "$PROMPT" -n "$N" -t "$THREADS" --temp 0.8 --top-p 1 --min-p 0 --seed "$i" 2>&1 >/dev/null | rate)")
+  C+=("$(build/lumen_c_generate generate -m "$LUMEN_MODEL" -p "$PROMPT" -n "$N" -t "$THREADS" --temp 0.8 --top-p 1 --min-p 0 --seed "$i" 2>&1 >/dev/null | rate)")
   L+=("$(build/lumen generate -p "$PROMPT" -n "$N" -t "$THREADS" --temp 0.8 --top-p 1 --min-p 0 --seed "$i" 2>&1 >/dev/null | rate)")
   S+=("$(build/lumen run bench/lua_sampler.lua "$PROMPT" "$N" "$i" 2>&1 >/dev/null | rate)")
 done
