@@ -50,8 +50,32 @@ int main(void) {
         if (b) *b = 0;
         CHECK(!strcmp(first, out), "greedy output is deterministic");
         CHECK(run("chat -n 16 --temp 0 \"Say hello.\"") == 0 && strlen(out) > 10, "chat: %s", out);
+        /* the REPL: commands, two turns, Ctrl-D (end of input) leaves with status 0 */
+        FILE *in = fopen("/tmp/lumen_repl_in.txt", "w");
+        fputs("What is 2+2?\n/stats\n/system Answer with one word.\nName a color.\n/reset\n\n", in);
+        fclose(in);
+        CHECK(run("chat -n 12 --temp 0 < /tmp/lumen_repl_in.txt") == 0, "repl exit: %s", out);
+        CHECK(strstr(out, "(stats on)") && strstr(out, "system prompt set") && strstr(out, "(conversation reset)") &&
+              strstr(out, "decode:"), "repl commands: %s", out);
     } else {
         CHECK(0, "default model not runnable: %s", out);
     }
+
+    /* lumen run: a script's error comes with a traceback and status 1; a C error
+     * reaches Lua as a Lua error with the C message */
+    f = fopen("/tmp/lumen_bad_script.lua", "w");
+    fputs("local function inner() error('boom from the script') end\ninner()\n", f);
+    fclose(f);
+    CHECK(run("run /tmp/lumen_bad_script.lua") == 1 && strstr(out, "boom from the script") && strstr(out, "stack traceback"), "script error: %s", out);
+    f = fopen("/tmp/lumen_c_error.lua", "w");
+    fputs("local ok, err = pcall(require('lumen').model.load, '/tmp/lumen_notgguf.gguf')\n"
+          "print(ok, err)\nreturn ok and 3 or 0\n", f);
+    fclose(f);
+    CHECK(run("run /tmp/lumen_c_error.lua") == 0 && strstr(out, "false") && strstr(out, "GGUF"), "C error as a Lua error: %s", out);
+    CHECK(run("run /nonexistent/script.lua") == 2 && strstr(out, "/nonexistent/script.lua"), "missing script: %s", out);
+    f = fopen("/tmp/lumen_args.lua", "w");
+    fputs("print(select('#', ...), arg[1], arg[2])\n", f);
+    fclose(f);
+    CHECK(run("run /tmp/lumen_args.lua one two") == 0 && strstr(out, "2\tone\ttwo"), "script arguments: %s", out);
     return tu_finish("cli");
 }
