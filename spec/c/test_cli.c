@@ -57,6 +57,10 @@ int main(void) {
         CHECK(run("chat -n 12 --temp 0 < /tmp/lumen_repl_in.txt") == 0, "repl exit: %s", out);
         CHECK(strstr(out, "(stats on)") && strstr(out, "system prompt set") && strstr(out, "(conversation reset)") &&
               strstr(out, "decode:"), "repl commands: %s", out);
+        /* the examples run; the banned-phrase sampler keeps its phrase out */
+        CHECK(run("run examples/entropy_sampler.lua \"Write a haiku about the sea.\"") == 0 && strlen(out) > 20, "entropy example: %s", out);
+        CHECK(run("run examples/banned_phrase.lua \"Tell me about the ocean.\"") == 0 && strstr(out, "rewinds") &&
+              !strstr(out, "ocean") && !strstr(out, "Ocean"), "banned-phrase example: %s", out);
     } else {
         CHECK(0, "default model not runnable: %s", out);
     }
