@@ -342,9 +342,10 @@ static bool b_layout(const lm_tensor *b, bool transpose_b, int64_t *ks, int64_t 
 #define DNNL_TRY(call) do { dnnl_status_t st_ = (call); if (st_ != dnnl_success) { \
     lm_err("matmul: oneDNN %s failed: %s", #call, dnnl_status2str(st_)); goto done; } } while (0)
 
-/* y[m x n] = a[m x k] * b[k x n]; element strides given; y contiguous. */
-static lm_status run_gemm(const float *a, int64_t ars, int64_t acs, const float *b, int64_t bks,
-                           int64_t bns, float *y, int64_t m, int64_t k, int64_t n) {
+/* y[m x n] (row stride ldy) = a[m x k] * b[k x n]; element strides given. With
+ * stream NULL the process's shared stream is used, one product at a time. */
+static lm_status run_gemm_on(dnnl_stream_t stream, const float *a, int64_t ars, int64_t acs, const float *b,
+                             int64_t bks, int64_t bns, float *y, int64_t ldy, int64_t m, int64_t k, int64_t n) {
     pthread_once(&g_dnnl_once, dnnl_setup);
     if (g_dnnl_init != dnnl_success)
         return lm_err("matmul: cannot create the oneDNN CPU engine: %s", dnnl_status2str(g_dnnl_init));
@@ -353,7 +354,7 @@ static lm_status run_gemm(const float *a, int64_t ars, int64_t acs, const float 
     dnnl_primitive_t prim = NULL;
     dnnl_memory_t am = NULL, bm = NULL, ym = NULL;
     dnnl_memory_desc_t amd, bmd, ymd;
-    dnnl_dims_t ad = {m, k}, as = {ars, acs}, bd = {k, n}, bs = {bks, bns}, yd = {m, n}, ys = {n, 1};
+    dnnl_dims_t ad = {m, k}, as = {ars, acs}, bd = {k, n}, bs = {bks, bns}, yd = {m, n}, ys = {ldy, 1};
     dnnl_matmul_desc_t md;
     DNNL_TRY(dnnl_memory_desc_init_by_strides(&amd, 2, ad, dnnl_f32, as));
     DNNL_TRY(dnnl_memory_desc_init_by_strides(&bmd, 2, bd, dnnl_f32, bs));
@@ -366,10 +367,11 @@ static lm_status run_gemm(const float *a, int64_t ars, int64_t acs, const float 
     DNNL_TRY(dnnl_memory_create(&bm, &bmd, g_engine, (void *)b));
     DNNL_TRY(dnnl_memory_create(&ym, &ymd, g_engine, y));
     dnnl_exec_arg_t args[3] = {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, ym}};
-    pthread_mutex_lock(&g_dnnl_lock);
-    dnnl_status_t st = dnnl_primitive_execute(prim, g_stream, 3, args);
-    if (st == dnnl_success) st = dnnl_stream_wait(g_stream);
-    pthread_mutex_unlock(&g_dnnl_lock);
+    if (!stream) pthread_mutex_lock(&g_dnnl_lock);
+    dnnl_stream_t use = stream ? stream : g_stream;
+    dnnl_status_t st = dnnl_primitive_execute(prim, use, 3, args);
+    if (st == dnnl_success) st = dnnl_stream_wait(use);
+    if (!stream) pthread_mutex_unlock(&g_dnnl_lock);
     if (st != dnnl_success) { lm_err("matmul: oneDNN execution failed: %s", dnnl_status2str(st)); goto done; }
     rc = LM_OK;
 done:
@@ -396,34 +398,8 @@ lm_status lm_sgemm_nt(const float *a, int64_t m, int64_t k, const float *w, int6
         if (dnnl_stream_create(&t_stream, g_engine, dnnl_stream_default_flags) != dnnl_success)
             return lm_err("matmul: cannot create a oneDNN stream");
     }
-    lm_status rc = LM_ERR;
-    dnnl_primitive_desc_t pd = NULL;
-    dnnl_primitive_t prim = NULL;
-    dnnl_memory_t am = NULL, bm = NULL, ym = NULL;
-    dnnl_memory_desc_t amd, bmd, ymd;
     /* w is [n][k] row-major: as a k x n matrix its strides are (1, k) */
-    dnnl_dims_t ad = {m, k}, as = {k, 1}, bd = {k, n}, bs = {1, k}, yd = {m, n}, ys = {ldy, 1};
-    dnnl_matmul_desc_t md;
-    DNNL_TRY(dnnl_memory_desc_init_by_strides(&amd, 2, ad, dnnl_f32, as));
-    DNNL_TRY(dnnl_memory_desc_init_by_strides(&bmd, 2, bd, dnnl_f32, bs));
-    DNNL_TRY(dnnl_memory_desc_init_by_strides(&ymd, 2, yd, dnnl_f32, ys));
-    DNNL_TRY(dnnl_matmul_desc_init(&md, &amd, &bmd, NULL, &ymd));
-    DNNL_TRY(dnnl_primitive_desc_create(&pd, &md, NULL, g_engine, NULL));
-    DNNL_TRY(dnnl_primitive_create(&prim, pd));
-    DNNL_TRY(dnnl_memory_create(&am, &amd, g_engine, (void *)a));
-    DNNL_TRY(dnnl_memory_create(&bm, &bmd, g_engine, (void *)w));
-    DNNL_TRY(dnnl_memory_create(&ym, &ymd, g_engine, y));
-    dnnl_exec_arg_t args[3] = {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, ym}};
-    DNNL_TRY(dnnl_primitive_execute(prim, t_stream, 3, args));
-    DNNL_TRY(dnnl_stream_wait(t_stream));
-    rc = LM_OK;
-done:
-    if (am) dnnl_memory_destroy(am);
-    if (bm) dnnl_memory_destroy(bm);
-    if (ym) dnnl_memory_destroy(ym);
-    if (prim) dnnl_primitive_destroy(prim);
-    if (pd) dnnl_primitive_desc_destroy(pd);
-    return rc;
+    return run_gemm_on(t_stream, a, k, 1, w, 1, k, y, ldy, m, k, n);
 }
 
 lm_tensor *lm_tensor_matmul(const lm_tensor *a, const lm_tensor *b, bool transpose_b) {
@@ -465,8 +441,8 @@ lm_tensor *lm_tensor_matmul(const lm_tensor *a, const lm_tensor *b, bool transpo
         bb = bt;
         b_layout(bb, transpose_b, &bks, &bns);
     }
-    if (run_gemm((const float *)aa->data, ars, acs, (const float *)bb->data, bks, bns,
-                  (float *)out->data, m, k, n) != LM_OK) goto fail;
+    if (run_gemm_on(NULL, (const float *)aa->data, ars, acs, (const float *)bb->data, bks, bns,
+                    (float *)out->data, n, m, k, n) != LM_OK) goto fail;
     lm_tensor_free(at);
     lm_tensor_free(bt);
     return out;
