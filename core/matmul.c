@@ -86,6 +86,7 @@ void lm_matmul(lm_pool *pool, const lm_tensor *w, const float *x, int64_t n, flo
 /* Each thread dequantizes its share of the weight rows and multiplies the batch
  * by them at once, while they are still in cache. */
 typedef struct { const lm_tensor *w; const float *x; int64_t n; float *y, *wbuf; atomic_int failed; } gemm_job;
+#define GEMM_ROWS 256
 
 static void gemm_rows(void *vctx, int ith, int nth) {
     gemm_job *j = vctx;
@@ -96,8 +97,13 @@ static void gemm_rows(void *vctx, int ith, int nth) {
     if (lo >= hi) return;
     for (int64_t r = lo; r < hi; r++)
         ops->to_float((const char *)j->w->data + r * j->w->stride[0], j->wbuf + r * cols, cols);
-    if (lm_sgemm_nt(j->x, j->n, cols, j->wbuf + lo * cols, hi - lo, j->y + lo, rows) != LM_OK)
-        atomic_store(&j->failed, 1);
+    /* in slices of GEMM_ROWS weight rows: oneDNN's per-thread scratchpad (it packs
+     * the weights) grows with the slice, and peak memory with it */
+    for (int64_t r0 = lo; r0 < hi; r0 += GEMM_ROWS) {
+        int64_t r1 = r0 + GEMM_ROWS < hi ? r0 + GEMM_ROWS : hi;
+        if (lm_sgemm_nt(j->x, j->n, cols, j->wbuf + r0 * cols, r1 - r0, j->y + r0, rows) != LM_OK)
+            atomic_store(&j->failed, 1);
+    }
 }
 
 lm_status lm_matmul_gemm(lm_pool *pool, const lm_tensor *w, const float *x, int64_t n, float *y, float *wbuf) {

@@ -22,7 +22,7 @@ lm_session *lm_session_new(lm_model *m, const lm_session_params *params) {
         lm_err("session: n_ctx %d exceeds the model's training context %d", n_ctx, hp->n_ctx_train);
         return NULL;
     }
-    if (n_batch <= 0) n_batch = 512;
+    if (n_batch <= 0) n_batch = 256; /* GEMM-sized, and activations for 256 tokens, not more */
     if (n_batch > n_ctx) n_batch = n_ctx;
 
     lm_session *s = calloc(1, sizeof *s);

@@ -17,10 +17,13 @@
 enum { T_NORMAL = 1, T_UNKNOWN = 2, T_CONTROL = 3, T_USER = 4, T_UNUSED = 5, T_BYTE = 6 };
 typedef enum { PRE_GPT2, PRE_SMOLLM, PRE_LLAMA3, PRE_QWEN2 } pre_kind;
 
-typedef struct { const char *s; uint32_t len; int32_t val; } hslot;
-typedef struct { hslot *slots; uint32_t cap; } hmap;
+/* Keys live in one arena (the vocabulary's or the merges' text); a slot holds
+ * their offset, which keeps a 262k-token vocabulary's index small. */
+typedef struct { uint32_t off, len; int32_t val; } hslot;
+typedef struct { hslot *slots; uint32_t cap; const char *base; } hmap;
 
-typedef struct { char *text; uint32_t len; float score; int type; } vtoken;
+typedef struct { uint32_t off, len; float score; int32_t type; } vtoken;
+#define TEXT(t, v) ((t)->text + (v)->off)
 
 struct lm_tokenizer {
     bool spm;
@@ -28,6 +31,7 @@ struct lm_tokenizer {
     bool ignore_merges, add_bos, add_eos, add_space_prefix;
     int32_t n, bos, eos, eot, unk;
     vtoken *tok;
+    char *text;          /* every token's text, back to back */
     hmap vocab;          /* text -> id */
     hmap merges;         /* "left right" -> rank */
     char *merge_text;    /* storage of merge keys */
@@ -47,28 +51,33 @@ static uint32_t fnv(const char *s, uint32_t n) {
     return h;
 }
 
-static bool hmap_init(hmap *m, uint32_t n) {
+static bool hmap_init(hmap *m, uint32_t n, const char *base) {
     uint32_t cap = 16;
-    while (cap < n * 2) cap <<= 1;
-    m->slots = calloc(cap, sizeof *m->slots);
+    while (cap < n + n / 2) cap <<= 1;
+    m->slots = malloc(cap * sizeof *m->slots);
+    if (!m->slots) return false;
+    for (uint32_t i = 0; i < cap; i++) m->slots[i].val = -1;
     m->cap = cap;
-    return m->slots != NULL;
+    m->base = base;
+    return true;
 }
 
-static void hmap_put(hmap *m, const char *s, uint32_t n, int32_t v) {
+/* key: base[off, off+n) */
+static void hmap_put(hmap *m, uint32_t off, uint32_t n, int32_t v) {
+    const char *s = m->base + off;
     uint32_t i = fnv(s, n) & (m->cap - 1);
-    while (m->slots[i].s) {
-        if (m->slots[i].len == n && !memcmp(m->slots[i].s, s, n)) return; /* first wins */
+    while (m->slots[i].val >= 0) {
+        if (m->slots[i].len == n && !memcmp(m->base + m->slots[i].off, s, n)) return; /* first wins */
         i = (i + 1) & (m->cap - 1);
     }
-    m->slots[i] = (hslot){s, n, v};
+    m->slots[i] = (hslot){off, n, v};
 }
 
 static int32_t hmap_get(const hmap *m, const char *s, uint32_t n) {
     if (!m->cap) return -1;
     uint32_t i = fnv(s, n) & (m->cap - 1);
-    while (m->slots[i].s) {
-        if (m->slots[i].len == n && !memcmp(m->slots[i].s, s, n)) return m->slots[i].val;
+    while (m->slots[i].val >= 0) {
+        if (m->slots[i].len == n && !memcmp(m->base + m->slots[i].off, s, n)) return m->slots[i].val;
         i = (i + 1) & (m->cap - 1);
     }
     return -1;
@@ -106,12 +115,6 @@ static bool push_bytes(sbuf *b, const char *s, size_t n) {
 
 /* ---- loading ---------------------------------------------------------------------------- */
 
-static char *dupn(const char *s, size_t n) {
-    char *z = malloc(n + 1);
-    if (z) { memcpy(z, s, n); z[n] = 0; }
-    return z;
-}
-
 static int32_t opt_id(const lm_gguf *g, const char *key, int32_t n) {
     uint32_t v;
     if (!lm_gguf_find(g, key) || lm_gguf_get_u32(g, key, &v) || v >= (uint32_t)n) return -1;
@@ -145,8 +148,8 @@ static int cmp_special(const void *a, const void *b, void *ctx) {
 
 void lm_tokenizer_free(lm_tokenizer *t) {
     if (!t) return;
-    for (int32_t i = 0; t->tok && i < t->n; i++) free(t->tok[i].text);
     free(t->tok);
+    free(t->text);
     free(t->vocab.slots);
     free(t->merges.slots);
     free(t->merge_text);
@@ -171,22 +174,29 @@ lm_tokenizer *lm_tokenizer_from_gguf(const lm_gguf *g) {
         goto fail;
     }
     t->n = (int32_t)n;
+    size_t text_bytes = 0;
+    for (uint64_t i = 0; i < n; i++) text_bytes += toks[i].len + 1;
+    if (text_bytes > UINT32_MAX) { lm_err("tokenizer: the vocabulary's text is too large"); goto fail; }
     t->tok = calloc(n, sizeof *t->tok);
     t->eog = calloc(n, sizeof *t->eog);
-    if (!t->tok || !t->eog || !hmap_init(&t->vocab, (uint32_t)n)) { lm_err("out of memory"); goto fail; }
+    t->text = malloc(text_bytes);
+    if (!t->tok || !t->eog || !t->text || !hmap_init(&t->vocab, (uint32_t)n, t->text)) { lm_err("out of memory"); goto fail; }
     float *scores = NULL;
     int32_t *types = NULL;
     uint64_t ns = 0, nty = 0;
     if (lm_gguf_find(g, "tokenizer.ggml.scores") && lm_gguf_get_arr_f32(g, "tokenizer.ggml.scores", &scores, &ns)) goto fail;
     if (lm_gguf_find(g, "tokenizer.ggml.token_type") && lm_gguf_get_arr_i32(g, "tokenizer.ggml.token_type", &types, &nty)) { free(scores); goto fail; }
+    uint32_t at = 0;
     for (uint64_t i = 0; i < n; i++) {
         vtoken *v = &t->tok[i];
-        v->text = dupn(toks[i].ptr, toks[i].len);
-        if (!v->text) { free(scores); free(types); lm_err("out of memory"); goto fail; }
+        memcpy(t->text + at, toks[i].ptr, toks[i].len);
+        t->text[at + toks[i].len] = 0;
+        v->off = at;
         v->len = (uint32_t)toks[i].len;
         v->score = i < ns ? scores[i] : 0.0f;
         v->type = i < nty ? types[i] : T_NORMAL;
-        hmap_put(&t->vocab, v->text, v->len, (int32_t)i);
+        hmap_put(&t->vocab, at, v->len, (int32_t)i);
+        at += v->len + 1;
     }
     free(scores);
     free(types);
@@ -219,13 +229,14 @@ lm_tokenizer *lm_tokenizer_from_gguf(const lm_gguf *g) {
         if (lm_gguf_get_str_arr(g, "tokenizer.ggml.merges", &mg, &nm)) goto fail;
         size_t total = 0;
         for (uint64_t i = 0; i < nm; i++) total += mg[i].len + 1;
+        if (total > UINT32_MAX) { lm_err("tokenizer: the merges' text is too large"); goto fail; }
         t->merge_text = malloc(total ? total : 1);
-        if (!t->merge_text || !hmap_init(&t->merges, (uint32_t)nm)) { lm_err("out of memory"); goto fail; }
-        char *p = t->merge_text;
+        if (!t->merge_text || !hmap_init(&t->merges, (uint32_t)nm, t->merge_text)) { lm_err("out of memory"); goto fail; }
+        uint32_t p = 0;
         for (uint64_t i = 0; i < nm; i++) {
-            memcpy(p, mg[i].ptr, mg[i].len);
+            memcpy(t->merge_text + p, mg[i].ptr, mg[i].len);
             hmap_put(&t->merges, p, (uint32_t)mg[i].len, (int32_t)i);
-            p += mg[i].len + 1;
+            p += (uint32_t)mg[i].len + 1;
         }
     } else {
         for (int b = 0; b < 256; b++) {
@@ -631,7 +642,7 @@ static frag *partition(const lm_tokenizer *t, const char *text, size_t len, bool
         if (!parse_special && v->type != T_USER) continue;
         for (size_t i = 0; i < n; i++) {
             if (f[i].id >= 0 || f[i].len < v->len) continue;
-            const char *hit = memmem(text + f[i].start, f[i].len, v->text, v->len);
+            const char *hit = memmem(text + f[i].start, f[i].len, TEXT(t, v), v->len);
             if (!hit) continue;
             if (n + 2 > cap) {
                 cap *= 2;
@@ -687,26 +698,27 @@ int64_t lm_tokenizer_encode(const lm_tokenizer *t, const char *text, size_t len,
 /* Bytes of a token into sb. */
 static bool piece(const lm_tokenizer *t, int32_t id, bool render_special, sbuf *sb) {
     const vtoken *v = &t->tok[id];
+    const char *text = TEXT(t, v);
     if (v->type == T_CONTROL || v->type == T_UNKNOWN || v->type == T_UNUSED)
-        return render_special ? push_bytes(sb, v->text, v->len) : true;
-    if (v->type == T_USER) return push_bytes(sb, v->text, v->len);
+        return render_special ? push_bytes(sb, text, v->len) : true;
+    if (v->type == T_USER) return push_bytes(sb, text, v->len);
     if (t->spm) {
         if (v->type == T_BYTE) {
             unsigned b;
-            if (v->len == 6 && sscanf(v->text, "<0x%02X>", &b) == 1) { char c = (char)b; return push_bytes(sb, &c, 1); }
-            return push_bytes(sb, v->text, v->len);
+            if (v->len == 6 && sscanf(text, "<0x%02X>", &b) == 1) { char c = (char)b; return push_bytes(sb, &c, 1); }
+            return push_bytes(sb, text, v->len);
         }
         for (uint32_t i = 0; i < v->len;) {
-            if (i + 3 <= v->len && !memcmp(v->text + i, "\xe2\x96\x81", 3)) { if (!push_bytes(sb, " ", 1)) return false; i += 3; }
-            else { if (!push_bytes(sb, v->text + i, 1)) return false; i++; }
+            if (i + 3 <= v->len && !memcmp(text + i, "\xe2\x96\x81", 3)) { if (!push_bytes(sb, " ", 1)) return false; i += 3; }
+            else { if (!push_bytes(sb, text + i, 1)) return false; i++; }
         }
         return true;
     }
     for (size_t i = 0; i < v->len;) {
         size_t j = i;
-        uint32_t cp = lm_utf8_decode(v->text, v->len, &j);
+        uint32_t cp = lm_utf8_decode(text, v->len, &j);
         if (cp < 512 && t->byte_dec[cp] >= 0) { char c = (char)t->byte_dec[cp]; if (!push_bytes(sb, &c, 1)) return false; }
-        else if (!push_bytes(sb, v->text + i, j - i)) return false;
+        else if (!push_bytes(sb, text + i, j - i)) return false;
         i = j;
     }
     return true;

@@ -43,7 +43,7 @@ function M.run(o)
   while #ids < n_prompt do for _, t in ipairs(filler) do ids[#ids + 1] = t end end
   for i = #ids, n_prompt + 1, -1 do ids[i] = nil end
   local buf = ffi.new("int32_t[?]", n_prompt, ids)
-  local s = model:session{ ctx = math.max(512, n_prompt + n_gen + 16), batch = math.max(512, n_prompt) }
+  local s = model:session{ ctx = math.max(512, n_prompt + n_gen + 16), batch = o.batch }
   local logits = s:logits()
 
   local function one_run()
