@@ -22,7 +22,7 @@ lm_session *lm_session_new(lm_model *m, const lm_session_params *params) {
         lm_err("session: n_ctx %d exceeds the model's training context %d", n_ctx, hp->n_ctx_train);
         return NULL;
     }
-    if (n_batch <= 0) n_batch = 256; /* GEMM-sized, and activations for 256 tokens, not more */
+    if (n_batch <= 0) n_batch = 512;
     if (n_batch > n_ctx) n_batch = n_ctx;
 
     lm_session *s = calloc(1, sizeof *s);
@@ -40,8 +40,10 @@ lm_session *lm_session_new(lm_model *m, const lm_session_params *params) {
     if (ok) s->v_cache = alloc(kv, "KV cache", &ok);
     if (ok) s->x = alloc(B * E * sizeof(float), "activations", &ok);
     if (ok) s->xb = alloc(B * wide * sizeof(float), "activations", &ok);
-    if (ok) s->xb2 = alloc(B * QD * sizeof(float), "activations", &ok);
     if (ok) s->q = alloc(B * QD * sizeof(float), "activations", &ok);
+    /* attention writes each head's output over that head's query, which it has
+     * finished reading by then (lm_attend_f16), so the two share one buffer */
+    s->xb2 = s->q;
     if (ok) s->k = alloc(B * s->kv_dim * sizeof(float), "activations", &ok);
     if (ok) s->v = alloc(B * s->kv_dim * sizeof(float), "activations", &ok);
     if (ok) s->hb = alloc(B * hp->n_ff * sizeof(float), "activations", &ok);
@@ -86,7 +88,7 @@ void lm_session_free(lm_session *s) {
     if (!s || atomic_fetch_sub(&s->refcount, 1) != 1) return;
     free(s->tokens);
     free(s->k_cache); free(s->v_cache);
-    free(s->x); free(s->xb); free(s->xb2); free(s->q); free(s->k); free(s->v);
+    free(s->x); free(s->xb); free(s->q); free(s->k); free(s->v);
     free(s->hb); free(s->hb2); free(s->scores); free(s->logits); free(s->qbuf); free(s->wbuf);
     lm_model_free(s->model);
     free(s);

@@ -388,6 +388,12 @@ done:
  * parallelism; two thread systems spinning side by side would fight for the cores). */
 extern void omp_set_num_threads(int);
 static _Thread_local dnnl_stream_t t_stream;
+/* a pool thread's stream is destroyed when the thread ends (a pool lives and
+ * dies with its model), through this key's destructor */
+static pthread_key_t g_stream_key;
+static pthread_once_t g_stream_key_once = PTHREAD_ONCE_INIT;
+static void stream_release(void *s) { dnnl_stream_destroy((dnnl_stream_t)s); }
+static void stream_key_setup(void) { pthread_key_create(&g_stream_key, stream_release); }
 
 lm_status lm_sgemm_nt(const float *a, int64_t m, int64_t k, const float *w, int64_t n, float *y, int64_t ldy) {
     pthread_once(&g_dnnl_once, dnnl_setup);
@@ -397,6 +403,8 @@ lm_status lm_sgemm_nt(const float *a, int64_t m, int64_t k, const float *w, int6
         omp_set_num_threads(1);
         if (dnnl_stream_create(&t_stream, g_engine, dnnl_stream_default_flags) != dnnl_success)
             return lm_err("matmul: cannot create a oneDNN stream");
+        pthread_once(&g_stream_key_once, stream_key_setup);
+        pthread_setspecific(g_stream_key, t_stream);
     }
     /* w is [n][k] row-major: as a k x n matrix its strides are (1, k) */
     return run_gemm_on(t_stream, a, k, 1, w, 1, k, y, ldy, m, k, n);

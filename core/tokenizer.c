@@ -254,6 +254,8 @@ lm_tokenizer *lm_tokenizer_from_gguf(const lm_gguf *g) {
         if ((ty == T_CONTROL || ty == T_USER || ty == T_UNKNOWN) && t->tok[i].len > 0) t->special[t->n_special++] = i;
     }
     qsort_r(t->special, (size_t)t->n_special, sizeof *t->special, cmp_special, t);
+    int32_t *fit = realloc(t->special, (size_t)(t->n_special ? t->n_special : 1) * sizeof *t->special);
+    if (fit) t->special = fit;
 
     /* end of generation: eos, eot, and the end-of-turn tokens llama.cpp recognizes by text */
     static const char *eog_text[] = {"<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>",

@@ -30,7 +30,8 @@ int64_t lm_argmax(const float *x, int64_t n);
 void lm_f32_to_f16_row(const float *x, uint16_t *y, int64_t n);
 void lm_f16_to_f32_row(const uint16_t *x, float *y, int64_t n);
 
-/* One query head attending over a fp16 KV cache:
+/* One query head attending over a fp16 KV cache (out may be q itself: q is
+ * read completely before out is written):
  * out[0..hd) = sum_t softmax_t(scale * q.k_t (+ softcap)) v_t for t in [t0, t1).
  * k and v point at position 0 of this kv head; consecutive positions are
  * `stride` halves apart. scores needs t1 floats. */

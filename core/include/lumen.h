@@ -144,7 +144,7 @@ typedef struct lm_session lm_session;
 
 typedef struct lm_session_params {
     int32_t n_ctx;     /* context length in tokens; <= 0: min(4096, model's) */
-    int32_t n_batch;   /* max tokens per forward pass in eval; <= 0: 256 */
+    int32_t n_batch;   /* max tokens per forward pass in eval; <= 0: 512 */
 } lm_session_params;
 
 lm_session *lm_session_new(lm_model *model, const lm_session_params *params);
