@@ -41,6 +41,7 @@ static void model_destroy(lm_model *m) {
     if (m->mapping) lm_storage_release(m->mapping);
     else lm_gguf_close(m->gguf);
     pthread_mutex_destroy(&m->eval_mu);
+    free(m->batch_logits);
     free(m->path); free(m->name); free(m->arch_name); free(m->chat_template);
     free(m);
 }

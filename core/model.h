@@ -46,6 +46,8 @@ struct lm_model {
     lm_layer *layers;
     lm_pool *pool;
     pthread_mutex_t eval_mu;  /* one forward pass at a time uses the pool */
+    float *batch_logits;      /* logits of a batched decode step (under eval_mu) */
+    size_t batch_logits_cap;  /* in floats */
     char *path, *name, *arch_name, *chat_template;
     int64_t n_params;
     int32_t file_type;
@@ -67,6 +69,13 @@ struct lm_session {
 lm_model *lm_model_retain(lm_model *m);
 /* Forward pass for n tokens at positions s->pos.., writing logits of the last. */
 lm_status lm_forward(lm_session *s, const int32_t *tokens, int32_t n);
+/* One token for each of n distinct sessions of one model, at each one's position,
+ * in one pass with ws's activation buffers (ws->n_batch >= n, ws->n_ctx >= every
+ * session's). Every token's logits go to logits[t * n_vocab]. Rows come out
+ * bit-identical to evaluating each session alone (no GEMM). */
+lm_status lm_forward_multi(lm_session *ws, lm_session *const *seq, const int32_t *tokens, int32_t n, float *logits);
+/* Longest forward pass (lm_session_params.n_batch is capped to it). */
+#define LM_MAX_BATCH 4096
 /* Y[n][out] = X[n][in] @ W^T for W of shape [out][in]; qbuf holds the quantized X. */
 void lm_matmul(lm_pool *pool, const lm_tensor *w, const float *x, int64_t n, float *y, void *qbuf);
 size_t lm_matmul_qbuf_size(const lm_tensor *w, int64_t n);

@@ -24,6 +24,7 @@ lm_session *lm_session_new(lm_model *m, const lm_session_params *params) {
     }
     if (n_batch <= 0) n_batch = 512;
     if (n_batch > n_ctx) n_batch = n_ctx;
+    if (n_batch > LM_MAX_BATCH) n_batch = LM_MAX_BATCH;
 
     lm_session *s = calloc(1, sizeof *s);
     if (!s) { lm_err("out of memory"); return NULL; }
@@ -116,6 +117,46 @@ lm_status lm_session_eval(lm_session *s, const int32_t *tokens, int32_t n) {
         }
     }
     pthread_mutex_unlock(&s->model->eval_mu);
+    return st;
+}
+
+lm_status lm_session_eval_batch(lm_session *const *sessions, const int32_t *tokens, int32_t n) {
+    if (n <= 0) return lm_err("eval_batch: need at least one session (got %d)", n);
+    if (!sessions || !tokens) return lm_err("eval_batch: sessions or tokens is NULL");
+    lm_session *ws = NULL;
+    for (int32_t i = 0; i < n; i++) {
+        lm_session *s = sessions[i];
+        if (!s) return lm_err("eval_batch: session %d is NULL", i);
+        if (s->model != sessions[0]->model) return lm_err("eval_batch: session %d belongs to another model", i);
+        if (s->pos >= s->n_ctx)
+            return lm_err("eval_batch: context full: session %d is at position %d of its %d-token context", i, s->pos, s->n_ctx);
+        if (tokens[i] < 0 || tokens[i] >= s->model->hp.n_vocab)
+            return lm_err("eval_batch: token %d at index %d is outside the vocabulary [0, %d)", tokens[i], i, s->model->hp.n_vocab);
+        for (int32_t j = 0; j < i; j++)
+            if (sessions[j] == s) return lm_err("eval_batch: session %d appears twice (at %d and %d)", i, j, i);
+        if (!ws || s->n_ctx > ws->n_ctx || (s->n_ctx == ws->n_ctx && s->n_batch > ws->n_batch)) ws = s;
+    }
+    lm_model *m = ws->model;
+    const size_t V = (size_t)m->hp.n_vocab;
+    const int32_t chunk_max = ws->n_batch;
+    pthread_mutex_lock(&m->eval_mu);
+    lm_status st = LM_OK;
+    size_t need = (size_t)(n < chunk_max ? n : chunk_max) * V;
+    if (m->batch_logits_cap < need) {
+        float *b = realloc(m->batch_logits, need * sizeof(float));
+        if (!b) st = lm_err("eval_batch: out of memory for %zu logits", need);
+        else { m->batch_logits = b; m->batch_logits_cap = need; }
+    }
+    for (int32_t i = 0; i < n && st == LM_OK; i += chunk_max) {
+        int32_t c = n - i < chunk_max ? n - i : chunk_max;
+        st = lm_forward_multi(ws, sessions + i, tokens + i, c, m->batch_logits);
+        for (int32_t t = 0; st == LM_OK && t < c; t++) {
+            lm_session *s = sessions[i + t];
+            memcpy(s->logits, m->batch_logits + (size_t)t * V, V * sizeof(float));
+            s->tokens[s->pos++] = tokens[i + t];
+        }
+    }
+    pthread_mutex_unlock(&m->eval_mu);
     return st;
 }
 

@@ -149,41 +149,57 @@ lm_status lm_llama_load(lm_model *m) {
 
 #define F32(t) ((const float *)(t)->data)
 
+/* One forward pass: n tokens, token t at position pos[t] of sequence seq[t]
+ * (its KV cache). A prompt chunk is one sequence at consecutive positions; a
+ * batched decode step is one token of each of several sequences. Activations
+ * live in the workspace session ws. */
 typedef struct {
-    lm_session *s;
+    lm_session *ws;
+    lm_session *const *seq;
+    const int32_t *pos;
+    int32_t n;
+    bool gemm;                /* matrix products may use the prefill GEMM */
+} batch;
+
+typedef struct {
+    const batch *b;
     int layer;
-    int32_t n, pos0;
 } attn_job;
 
-/* Each (token, head) pair is one task; tokens see the cache up to their own position. */
+/* Each (token, head) pair is one task; tokens see their sequence's cache up to their own position. */
 static void attn_rows(void *vctx, int ith, int nth) {
     attn_job *j = vctx;
-    lm_session *s = j->s;
-    const lm_hparams *hp = &s->model->hp;
+    const batch *b = j->b;
+    lm_session *ws = b->ws;
+    const lm_hparams *hp = &ws->model->hp;
     const int HD = hp->head_dim, group = hp->n_head / hp->n_head_kv;
     const int64_t QD = (int64_t)hp->n_head * HD;
     bool local = hp->sliding_window > 0 && hp->swa_period > 0 && (j->layer + 1) % hp->swa_period != 0;
-    float *scores = s->scores + (int64_t)ith * s->n_ctx;
-    const uint16_t *kc = s->k_cache + (int64_t)j->layer * s->n_ctx * s->kv_dim;
-    const uint16_t *vc = s->v_cache + (int64_t)j->layer * s->n_ctx * s->kv_dim;
+    float *scores = ws->scores + (int64_t)ith * ws->n_ctx;
     int64_t lo, hi;
-    lm_pool_split((int64_t)j->n * hp->n_head, 1, ith, nth, &lo, &hi);
+    lm_pool_split((int64_t)b->n * hp->n_head, 1, ith, nth, &lo, &hi);
     for (int64_t task = lo; task < hi; task++) {
         int32_t t = (int32_t)(task / hp->n_head);
         int h = (int)(task % hp->n_head);
-        int32_t pos = j->pos0 + t;
+        const lm_session *sq = b->seq[t];
+        const uint16_t *kc = sq->k_cache + (int64_t)j->layer * sq->n_ctx * sq->kv_dim;
+        const uint16_t *vc = sq->v_cache + (int64_t)j->layer * sq->n_ctx * sq->kv_dim;
+        int32_t pos = b->pos[t];
         int32_t t0 = local && pos + 1 > hp->sliding_window ? pos + 1 - hp->sliding_window : 0;
         int64_t kvo = (int64_t)(h / group) * HD;
-        lm_attend_f16(s->xb2 + t * QD + (int64_t)h * HD, s->q + t * QD + (int64_t)h * HD,
-                      kc + kvo, vc + kvo, s->kv_dim, HD, t0, pos + 1, hp->attn_scale, scores);
+        lm_attend_f16(ws->xb2 + t * QD + (int64_t)h * HD, ws->q + t * QD + (int64_t)h * HD,
+                      kc + kvo, vc + kvo, sq->kv_dim, HD, t0, pos + 1, hp->attn_scale, scores);
     }
 }
 
-/* A prompt batch goes through oneDNN's GEMM; single tokens (and any GEMM that
- * oneDNN refuses) through the quantized dot products. */
-static void mm(lm_session *s, const lm_tensor *w, const float *x, int32_t n, float *y) {
-    if (n >= LM_GEMM_MIN_TOKENS && s->wbuf && lm_matmul_gemm(s->model->pool, w, x, n, y, s->wbuf) == LM_OK) return;
-    lm_matmul(s->model->pool, w, x, n, y, s->qbuf);
+/* A prompt batch goes through oneDNN's GEMM; single tokens, decode batches (whose
+ * rows must come out exactly as they would one at a time) and any GEMM that
+ * oneDNN refuses go through the quantized dot products. */
+static void mm(const batch *b, const lm_tensor *w, const float *x, float *y) {
+    lm_session *s = b->ws;
+    if (b->gemm && b->n >= LM_GEMM_MIN_TOKENS && s->wbuf &&
+        lm_matmul_gemm(s->model->pool, w, x, b->n, y, s->wbuf) == LM_OK) return;
+    lm_matmul(s->model->pool, w, x, b->n, y, s->qbuf);
 }
 
 static void add_bias(float *y, const lm_tensor *b, int32_t n, int64_t dim) {
@@ -191,13 +207,16 @@ static void add_bias(float *y, const lm_tensor *b, int32_t n, int64_t dim) {
     for (int32_t t = 0; t < n; t++) lm_add(y + t * dim, F32(b), dim);
 }
 
-lm_status lm_forward(lm_session *s, const int32_t *tokens, int32_t n) {
+/* logits: where the logits of every token go (n rows of n_vocab), or NULL for
+ * only the last token's, into ws->logits. */
+static lm_status forward(const batch *b, const int32_t *tokens, float *logits) {
+    lm_session *s = b->ws;
     lm_model *m = s->model;
     const lm_hparams *hp = &m->hp;
     lm_pool *pool = m->pool;
+    const int32_t n = b->n;
     const int64_t E = hp->n_embd, F = hp->n_ff, HD = hp->head_dim;
     const int64_t QD = (int64_t)hp->n_head * HD, KVD = s->kv_dim;
-    const int32_t pos0 = s->pos;
 
     /* embeddings */
     const lm_quant_ops *eops = lm_quant_ops_get(m->tok_embd->dtype);
@@ -212,44 +231,67 @@ lm_status lm_forward(lm_session *s, const int32_t *tokens, int32_t n) {
         float rope_base = local ? hp->rope_base_local : hp->rope_base;
 
         for (int32_t t = 0; t < n; t++) lm_rmsnorm(s->xb + t * E, s->x + t * E, F32(l->attn_norm), E, hp->norm_eps);
-        mm(s, l->wq, s->xb, n, s->q);
-        mm(s, l->wk, s->xb, n, s->k);
-        mm(s, l->wv, s->xb, n, s->v);
+        mm(b, l->wq, s->xb, s->q);
+        mm(b, l->wk, s->xb, s->k);
+        mm(b, l->wv, s->xb, s->v);
         add_bias(s->q, l->bq, n, QD);
         add_bias(s->k, l->bk, n, KVD);
         add_bias(s->v, l->bv, n, KVD);
         for (int32_t t = 0; t < n; t++) {
             float *q = s->q + t * QD, *k = s->k + t * KVD;
+            lm_session *sq = b->seq[t];
             if (l->q_norm) for (int h = 0; h < hp->n_head; h++) lm_rmsnorm(q + h * HD, q + h * HD, F32(l->q_norm), HD, hp->norm_eps);
             if (l->k_norm) for (int h = 0; h < hp->n_head_kv; h++) lm_rmsnorm(k + h * HD, k + h * HD, F32(l->k_norm), HD, hp->norm_eps);
-            lm_rope(q, hp->n_head, (int)HD, hp->n_rot, pos0 + t, rope_base, hp->rope_scale, hp->rope_mode);
-            lm_rope(k, hp->n_head_kv, (int)HD, hp->n_rot, pos0 + t, rope_base, hp->rope_scale, hp->rope_mode);
-            int64_t at = ((int64_t)il * s->n_ctx + pos0 + t) * KVD;
-            lm_f32_to_f16_row(k, s->k_cache + at, KVD);
-            lm_f32_to_f16_row(s->v + t * KVD, s->v_cache + at, KVD);
+            lm_rope(q, hp->n_head, (int)HD, hp->n_rot, b->pos[t], rope_base, hp->rope_scale, hp->rope_mode);
+            lm_rope(k, hp->n_head_kv, (int)HD, hp->n_rot, b->pos[t], rope_base, hp->rope_scale, hp->rope_mode);
+            int64_t at = ((int64_t)il * sq->n_ctx + b->pos[t]) * KVD;
+            lm_f32_to_f16_row(k, sq->k_cache + at, KVD);
+            lm_f32_to_f16_row(s->v + t * KVD, sq->v_cache + at, KVD);
         }
-        attn_job aj = {.s = s, .layer = il, .n = n, .pos0 = pos0};
+        attn_job aj = {.b = b, .layer = il};
         lm_pool_run(pool, attn_rows, &aj);
-        mm(s, l->wo, s->xb2, n, s->xb);
+        mm(b, l->wo, s->xb2, s->xb);
         for (int32_t t = 0; t < n; t++) {
             if (l->post_attn_norm) lm_rmsnorm(s->xb + t * E, s->xb + t * E, F32(l->post_attn_norm), E, hp->norm_eps);
             lm_add(s->x + t * E, s->xb + t * E, E);
             lm_rmsnorm(s->xb + t * E, s->x + t * E, F32(l->ffn_norm), E, hp->norm_eps);
         }
-        mm(s, l->w_gate, s->xb, n, s->hb);
-        mm(s, l->w_up, s->xb, n, s->hb2);
+        mm(b, l->w_gate, s->xb, s->hb);
+        mm(b, l->w_up, s->xb, s->hb2);
         if (hp->gelu) lm_geglu(s->hb, s->hb2, (int64_t)n * F);
         else lm_swiglu(s->hb, s->hb2, (int64_t)n * F);
-        mm(s, l->w_down, s->hb, n, s->xb);
+        mm(b, l->w_down, s->hb, s->xb);
         for (int32_t t = 0; t < n; t++) {
             if (l->post_ffn_norm) lm_rmsnorm(s->xb + t * E, s->xb + t * E, F32(l->post_ffn_norm), E, hp->norm_eps);
             lm_add(s->x + t * E, s->xb + t * E, E);
         }
     }
 
-    /* only the last token's logits are needed */
-    float *last = s->x + (int64_t)(n - 1) * E;
-    lm_rmsnorm(s->xb, last, F32(m->output_norm), E, hp->norm_eps);
-    lm_matmul(pool, m->output, s->xb, 1, s->logits, s->qbuf);
+    if (!logits) { /* only the last token's logits are needed */
+        lm_rmsnorm(s->xb, s->x + (int64_t)(n - 1) * E, F32(m->output_norm), E, hp->norm_eps);
+        lm_matmul(pool, m->output, s->xb, 1, s->logits, s->qbuf);
+        return LM_OK;
+    }
+    for (int32_t t = 0; t < n; t++) lm_rmsnorm(s->xb + t * E, s->x + t * E, F32(m->output_norm), E, hp->norm_eps);
+    lm_matmul(pool, m->output, s->xb, n, logits, s->qbuf);
     return LM_OK;
+}
+
+enum { MAX_CHUNK = LM_MAX_BATCH };
+
+lm_status lm_forward(lm_session *s, const int32_t *tokens, int32_t n) {
+    lm_session *seq[MAX_CHUNK];
+    int32_t pos[MAX_CHUNK];
+    if (n > MAX_CHUNK) return lm_err("eval: a forward pass takes at most %d tokens", MAX_CHUNK);
+    for (int32_t t = 0; t < n; t++) { seq[t] = s; pos[t] = s->pos + t; }
+    batch b = {.ws = s, .seq = seq, .pos = pos, .n = n, .gemm = true};
+    return forward(&b, tokens, NULL);
+}
+
+lm_status lm_forward_multi(lm_session *ws, lm_session *const *seq, const int32_t *tokens, int32_t n, float *logits) {
+    int32_t pos[MAX_CHUNK];
+    if (n > MAX_CHUNK) return lm_err("eval: a forward pass takes at most %d tokens", MAX_CHUNK);
+    for (int32_t t = 0; t < n; t++) pos[t] = seq[t]->pos;
+    batch b = {.ws = ws, .seq = seq, .pos = pos, .n = n, .gemm = false};
+    return forward(&b, tokens, logits);
 }

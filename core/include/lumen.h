@@ -153,6 +153,11 @@ void lm_session_free(lm_session *s);
  * lm_session_logits() holds the logits after the last token. */
 lm_status lm_session_eval(lm_session *s, const int32_t *tokens, int32_t n);
 /* View of n_vocab floats, valid until the next eval/rewind/free. */
+/* Continuous batching: advances n distinct sessions of one model by one token
+ * each (tokens[i] for sessions[i], at its own position) in one forward pass, so
+ * the weights are read once for all of them. Each session's logits come out
+ * exactly as lm_session_eval of that token alone would leave them. */
+lm_status lm_session_eval_batch(lm_session *const *sessions, const int32_t *tokens, int32_t n);
 float *lm_session_logits(lm_session *s);
 int32_t lm_session_pos(const lm_session *s);
 int32_t lm_session_n_ctx(const lm_session *s);

@@ -178,6 +178,28 @@ function Session:eval(tokens)
   return self:logits()
 end
 
+--- Continuous batching: advances several sessions of one model by one token
+-- each in one forward pass (sessions[i] takes tokens[i]). Each session's logits
+-- come out exactly as session:eval(tokens[i]) alone would leave them.
+-- sessions_buf/tokens_buf: optional reusable cdata arrays (lm_session*[?], int32_t[?]).
+function M.eval_batch(sessions, tokens, sessions_buf, tokens_buf)
+  util.check_type("eval_batch", "sessions", sessions, "table")
+  util.check_type("eval_batch", "tokens", tokens, "table")
+  local n = #sessions
+  if n == 0 then error("eval_batch: no sessions", 2) end
+  if #tokens ~= n then error(string.format("eval_batch: %d sessions but %d tokens", n, #tokens), 2) end
+  local sb = sessions_buf or ffi.new("lm_session*[?]", n)
+  local tb = tokens_buf or ffi.new("int32_t[?]", n)
+  for i = 1, n do
+    local s, t = sessions[i], tokens[i]
+    if not is_session(s) then error("eval_batch: sessions[" .. i .. "] is not a session", 2) end
+    if s.h == nil then error("eval_batch: sessions[" .. i .. "] is closed", 2) end
+    if type(t) ~= "number" then error("eval_batch: tokens[" .. i .. "] is a " .. type(t) .. ", not a number", 2) end
+    sb[i - 1], tb[i - 1] = s.h, t
+  end
+  if C.lm_session_eval_batch(sb, tb, n) ~= 0 then util.c_error("eval_batch") end
+end
+
 --- Raw eval of an int32 cdata array (no per-token Lua work).
 function Session:eval_raw(buf, n)
   check_open(self, "eval")
@@ -280,16 +302,13 @@ function Session:generate(opts)
     error("generate: give a prompt or tokens", 2)
   end
 
-  local pending = ""        -- text held back: an incomplete UTF-8 character or a possible stop prefix
+  local text = M.text_stream(model, stops)
   local done = false
-  local max_stop = 0
-  for _, s in ipairs(stops) do if #s > max_stop then max_stop = #s end end
 
   local function finish(reason)
     done = true
     result.reason = reason
-    local out = pending
-    pending = ""
+    local out = text:flush()
     return out ~= "" and out or nil
   end
 
@@ -301,40 +320,64 @@ function Session:generate(opts)
       if opts.on_token then opts.on_token(tok) end
       if model:is_eog(tok) then return finish("eog") end
       sampler:accept(tok)
-      pending = pending .. model:piece(tok)
-      -- a stop string ends the text before it
-      for _, s in ipairs(stops) do
-        local at = pending:find(s, 1, true)
-        if at then
-          pending = pending:sub(1, at - 1)
-          return finish("stop")
-        end
-      end
+      local emit, stopped = text:push(tok)
+      if stopped then return finish("stop") end
       local room = self:ctx() - self:pos()
       if result.tokens < max_tokens then
         if room <= 0 then return finish("context") end
         self._one[0] = tok
         self:eval_raw(self._one, 1)
       end
-      -- emit what can no longer become a stop string or an incomplete character
-      local keep = 0
-      for _, s in ipairs(stops) do
-        for k = math.min(#s - 1, #pending), 1, -1 do
-          if pending:sub(-k) == s:sub(1, k) then
-            if k > keep then keep = k end
-            break
-          end
-        end
-      end
-      local emit = pending:sub(1, #pending - keep)
-      local ok = util.utf8_complete_len(emit)
-      if ok > 0 then
-        pending = pending:sub(ok + 1)
-        return emit:sub(1, ok)
-      end
+      if emit ~= "" then return emit end
     end
     return nil
   end
+end
+
+--- Token ids -> text as it becomes final: holds back an incomplete UTF-8
+-- character and anything that may still turn into one of the stop strings.
+--   local ts = model_mod.text_stream(model, {"\n\n"})
+--   local text, stopped = ts:push(tok)   -- text to emit now (maybe ""); stopped: a stop string was hit
+--   local rest = ts:flush()              -- what is held back, at the end
+local TextStream = {}
+TextStream.__index = TextStream
+
+function M.text_stream(model, stops)
+  local max_stop = 0
+  for _, s in ipairs(stops or {}) do if #s > max_stop then max_stop = #s end end
+  return setmetatable({ model = model, stops = stops or {}, pending = "" }, TextStream)
+end
+
+function TextStream:push(tok)
+  local pending = self.pending .. self.model:piece(tok)
+  -- a stop string ends the text before it
+  for _, s in ipairs(self.stops) do
+    local at = pending:find(s, 1, true)
+    if at then
+      self.pending = pending:sub(1, at - 1)
+      return "", true
+    end
+  end
+  -- emit what can no longer become a stop string or an incomplete character
+  local keep = 0
+  for _, s in ipairs(self.stops) do
+    for k = math.min(#s - 1, #pending), 1, -1 do
+      if pending:sub(-k) == s:sub(1, k) then
+        if k > keep then keep = k end
+        break
+      end
+    end
+  end
+  local emit = pending:sub(1, #pending - keep)
+  local ok = util.utf8_complete_len(emit)
+  self.pending = pending:sub(ok + 1)
+  return emit:sub(1, ok), false
+end
+
+function TextStream:flush()
+  local out = self.pending
+  self.pending = ""
+  return out
 end
 
 M.Model, M.Session = Model, Session

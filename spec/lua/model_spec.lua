@@ -79,6 +79,43 @@ describe("a session", function()
     assert.same(toks, s:tokens())
   end)
 
+  it("advances sessions in one batch exactly as one at a time", function()
+    local prompts = { "The capital of France is", "1, 2, 3, 4,", "def fib(n):", "Once upon a time, in a" }
+    local batched, alone = {}, {}
+    for i, p in ipairs(prompts) do
+      -- different contexts and positions: the workspace is the largest session
+      batched[i] = model:session{ ctx = 64 * i, batch = 8 }
+      alone[i] = model:session{ ctx = 64 * i, batch = 8 }
+      batched[i]:eval(model:tokenize(p))
+      alone[i]:eval(model:tokenize(p))
+    end
+    for step = 1, 3 do
+      local toks = {}
+      for i = 1, #prompts do toks[i] = alone[i]:logits():argmax() - 1 + step end
+      lumen.model.eval_batch(batched, toks)
+      for i = 1, #prompts do
+        alone[i]:eval(toks[i])
+        local a, b = alone[i]:logits_ptr(), batched[i]:logits_ptr()
+        for v = 0, model:info().n_vocab - 1 do
+          if a[v] ~= b[v] then error(string.format("session %d step %d: logit %d %g ~= %g", i, step, v, a[v], b[v])) end
+        end
+        assert.equal(alone[i]:pos(), batched[i]:pos())
+      end
+    end
+    assert.same(alone[2]:tokens(), batched[2]:tokens())
+  end)
+
+  it("refuses a bad batch with a clear error", function()
+    local a, b = model:session{ ctx = 16 }, model:session{ ctx = 16 }
+    assert.error_matches(function() lumen.model.eval_batch({ a, a }, { 1, 2 }) end, "appears twice")
+    assert.error_matches(function() lumen.model.eval_batch({ a, b }, { 1 }) end, "2 sessions but 1 tokens")
+    assert.error_matches(function() lumen.model.eval_batch({ a }, { -1 }) end, "outside the vocabulary")
+    for _ = 1, 16 do a:eval(28) end
+    assert.error_matches(function() lumen.model.eval_batch({ a }, { 1 }) end, "context full")
+    b:close()
+    assert.error_matches(function() lumen.model.eval_batch({ b }, { 1 }) end, "closed")
+  end)
+
   it("forks an independent copy", function()
     local s = model:session{ ctx = 128 }
     s:eval(model:tokenize("Once upon a time"))
