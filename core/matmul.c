@@ -52,7 +52,20 @@ static void mm_rows(void *vctx, int ith, int nth) {
     }
     for (int64_t r0 = lo; r0 < hi; r0 += ROW_TILE) {
         int64_t r1 = r0 + ROW_TILE < hi ? r0 + ROW_TILE : hi;
-        for (int64_t t = 0; t < j->n; t++) {
+        if (r1 < hi) prefetch_row(j->w + r1 * j->w_row, j->w_row * (size_t)(hi - r1 < ROW_TILE ? hi - r1 : ROW_TILE));
+        int64_t t = 0;
+        if (j->ops->vec_dot4) {  /* four tokens at a time: each weight block unpacked once */
+            for (; t + 4 <= j->n; t += 4) {
+                const char *xq = j->xq + t * j->x_row;
+                float *y = j->y + t * j->out;
+                for (int64_t r = r0; r < r1; r++) {
+                    float s4[4];
+                    j->ops->vec_dot4(j->in, s4, j->w + r * j->w_row, xq, j->x_row);
+                    y[r] = s4[0]; y[j->out + r] = s4[1]; y[2 * j->out + r] = s4[2]; y[3 * j->out + r] = s4[3];
+                }
+            }
+        }
+        for (; t < j->n; t++) {
             const char *xq = j->xq + t * j->x_row;
             float *y = j->y + t * j->out;
             for (int64_t r = r0; r < r1; r++)

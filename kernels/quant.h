@@ -20,11 +20,18 @@ typedef void (*lm_from_float_fn)(const float *restrict x, void *restrict y, int6
 /* *s = dot(x, y) over n elements; x of the weight dtype, y of its vec_dot_type. */
 typedef void (*lm_vec_dot_fn)(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
 
+/* s[r] = dot(x, y + r * y_stride) for r < 4: one weight row with four activation
+ * rows (a batched decode step), the weight block unpacked once. Each s[r] is
+ * bit-identical to the same ISA's vec_dot on that row, so batching never
+ * changes a result. */
+typedef void (*lm_vec_dot4_fn)(int64_t n, float *restrict s, const void *restrict x, const void *restrict y, size_t y_stride);
+
 typedef struct lm_quant_entry {
     lm_dtype vec_dot_type;
     lm_to_float_fn to_float;
     lm_from_float_fn from_float[LM_ISA_COUNT]; /* [LM_ISA_SCALAR] is the reference; NULL = none */
     lm_vec_dot_fn vec_dot[LM_ISA_COUNT];       /* [LM_ISA_SCALAR] is the reference; NULL = none */
+    lm_vec_dot4_fn vec_dot4[LM_ISA_COUNT];     /* optional, matching vec_dot of the same ISA */
 } lm_quant_entry;
 
 /* The chosen functions for the running CPU. */
@@ -33,6 +40,7 @@ typedef struct lm_quant_ops {
     lm_to_float_fn to_float;
     lm_from_float_fn from_float;
     lm_vec_dot_fn vec_dot;
+    lm_vec_dot4_fn vec_dot4;   /* NULL: call vec_dot per row */
 } lm_quant_ops;
 
 void lm_kernels_init(void);
