@@ -10,6 +10,7 @@ commands:
   chat [options] [TEXT]        chat with a model: one reply to TEXT, or a REPL without TEXT
   generate -p TEXT [options]   continue TEXT (no chat template)
   run SCRIPT.lua [args]        run a Lua script with require "lumen" available
+  serve [options]              OpenAI-compatible HTTP server (configs/server.yaml; see lumen serve --help)
   models                       list the models of configs/models.yaml and their state
   bench [-m MODEL] [--pp N] [-n N] [-r RUNS] [-t T]   prefill/decode speed as JSON (see bench/run.py)
   quantize IN OUT TYPE         requantize a GGUF file's weights (q4_0 q4_1 q5_0 q5_1 q8_0 q4_k q5_k q6_k f16 bf16 f32)
@@ -107,6 +108,52 @@ function commands.run(argv)
     return 1
   end
   return type(res) == "number" and res or 0
+end
+
+local SERVE_USAGE = [[
+usage: lumen serve [options]
+  --config FILE      server settings (default: configs/server.yaml when it exists)
+  --host ADDR        address to bind (default 127.0.0.1)
+  --port N           port (default 8080; 0 = any free port)
+  --port-file FILE   write the port there once listening
+  -m, --model NAME   model alias or .gguf path to serve (repeat for several; the first is the default)
+  --slots N          concurrent sequences per model (default 8)
+  -c, --ctx N        context tokens per slot (default 2048)
+  --queue N          requests that may wait for a slot before 429 (default 64)
+  --api-key KEY      require 'Authorization: Bearer KEY' (repeatable)
+  --idle-timeout S   drop connections idle this long (default 30)
+  -t, --threads N    compute threads (default: all cores)
+SIGTERM or Ctrl-C: stop taking requests, finish the running ones, exit 0.
+]]
+
+function commands.serve(argv)
+  local o = { serve = {} }
+  local i = 2
+  while i <= #argv do
+    local a, v = argv[i], argv[i + 1]
+    local function take() if v == nil then usage_error(a .. " needs a value") end i = i + 1 return v end
+    if a == "-h" or a == "--help" then io.write(SERVE_USAGE) return 0
+    elseif a == "--config" then o.config = take()
+    elseif a == "--host" then o.serve.host = take()
+    elseif a == "--port" then o.serve.port = int_arg(a, take(), 0, 65535)
+    elseif a == "--port-file" then o.port_file = take()
+    elseif a == "-m" or a == "--model" then
+      if o.model then o.extra_models = o.extra_models or {}; o.extra_models[#o.extra_models + 1] = take()
+      else o.model = take() end
+    elseif a == "--slots" then o.serve.slots = int_arg(a, take(), 1, 256)
+    elseif a == "-c" or a == "--ctx" then o.ctx = int_arg(a, take(), 16, 2 ^ 20)
+    elseif a == "--queue" then o.serve.queue_limit = int_arg(a, take(), 0, 100000)
+    elseif a == "--api-key" then o.serve.api_keys = o.serve.api_keys or {}; table.insert(o.serve.api_keys, take())
+    elseif a == "--idle-timeout" then o.serve.idle_s = int_arg(a, take(), 1, 86400)
+    elseif a == "-t" or a == "--threads" then o.threads = int_arg(a, take(), 1, 256)
+    else usage_error("serve: unknown option '" .. a .. "' (try: lumen serve --help)") end
+    i = i + 1
+  end
+  if not o.config then
+    local def = require("lumen.util").root() .. "/configs/server.yaml"
+    if require("lumen.util").file_exists(def) then o.config = def end
+  end
+  return require("serve").run(o)
 end
 
 function commands.models()

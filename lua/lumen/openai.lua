@@ -1,0 +1,330 @@
+--- The OpenAI API's request and response shapes, for `lumen serve`: request
+-- bodies are validated into plain job descriptions, answers and stream chunks
+-- are built as JSON. No I/O here (pipelines/serve.lua does the serving).
+-- Errors are raised as ApiError values {status, message, param, code, type}.
+local cjson = require("cjson").new()   -- a private instance: our settings stay ours
+cjson.decode_invalid_numbers(false)    -- NaN, Infinity, hex are not JSON
+cjson.decode_max_depth(64)
+cjson.encode_max_depth(64)
+cjson.encode_number_precision(10)
+
+local M = { json = cjson }
+
+-- lua-cjson writes an empty table as {}: an array that may be empty goes in as
+-- this placeholder, which encode() turns into [].
+local EMPTY = "\0EMPTY\0"
+local function arr(t) return (t == nil or #t == 0) and EMPTY or t end
+local function encode(v) return (cjson.encode(v):gsub('"\\u0000EMPTY\\u0000"', "[]")) end
+M.encode, M.array = encode, arr
+
+local ApiError = {}
+ApiError.__index = ApiError
+ApiError.__tostring = function(e) return string.format("%d %s", e.status, e.message) end
+M.ApiError = ApiError
+
+--- Raises an API error (caught by the server loop and sent as OpenAI error JSON).
+function M.fail(status, message, param, code, kind)
+  error(setmetatable({ status = status, message = message, param = param, code = code,
+                       type = kind or (status == 401 and "authentication_error") or
+                              (status == 429 and "rate_limit_error") or
+                              (status >= 500 and "server_error") or "invalid_request_error" }, ApiError), 0)
+end
+local fail = M.fail
+
+function M.is_error(e) return getmetatable(e) == ApiError end
+
+--- The error body OpenAI clients parse.
+function M.error_body(e)
+  return encode({ error = { message = e.message, type = e.type, param = e.param or cjson.null,
+                                  code = e.code or cjson.null } })
+end
+
+local null = cjson.null
+local function present(v) return v ~= nil and v ~= null end
+
+local function is_array(t)
+  if type(t) ~= "table" then return false end
+  local n = 0
+  for k in pairs(t) do
+    if type(k) ~= "number" then return false end
+    n = n + 1
+  end
+  return n == #t
+end
+M.is_array = is_array
+
+local function number(body, key, lo, hi, integer)
+  local v = body[key]
+  if not present(v) then return nil end
+  if type(v) ~= "number" then fail(400, string.format("'%s' must be a number, got %s", key, type(v) == "table" and "an object or array" or type(v)), key, "invalid_type") end
+  if v ~= v or v == math.huge or v == -math.huge then fail(400, string.format("'%s' must be a finite number", key), key, "invalid_value") end
+  if integer and v ~= math.floor(v) then fail(400, string.format("'%s' must be an integer, got %s", key, tostring(v)), key, "invalid_type") end
+  if v < lo or v > hi then
+    fail(400, string.format("'%s' must be in [%s, %s], got %s", key, tostring(lo), tostring(hi), string.format(integer and "%.0f" or "%g", v)), key, "invalid_value")
+  end
+  return v
+end
+
+local function boolean(body, key)
+  local v = body[key]
+  if not present(v) then return nil end
+  if type(v) ~= "boolean" then fail(400, string.format("'%s' must be a boolean, got %s", key, type(v) == "table" and "an object or array" or type(v)), key, "invalid_type") end
+  return v
+end
+
+local function str(body, key)
+  local v = body[key]
+  if not present(v) then return nil end
+  if type(v) ~= "string" then fail(400, string.format("'%s' must be a string", key), key, "invalid_type") end
+  return v
+end
+
+--- Decodes a request body: valid UTF-8, JSON, an object.
+function M.decode(raw, utf8_valid)
+  if #raw == 0 then fail(400, "the request body is empty; send a JSON object", nil, "invalid_json") end
+  if utf8_valid and not utf8_valid(raw) then fail(400, "the request body is not valid UTF-8", nil, "invalid_encoding") end
+  local ok, body = pcall(cjson.decode, raw)
+  if not ok then
+    fail(400, "the request body is not valid JSON: " .. tostring(body):gsub("^.-: ", ""), nil, "invalid_json")
+  end
+  if type(body) ~= "table" or (is_array(body) and next(body) ~= nil) then
+    fail(400, "the request body must be a JSON object", nil, "invalid_json")
+  end
+  return body
+end
+
+local MAX_TOKENS_LIMIT = 2 ^ 31 - 1
+
+--- Settings common to chat and completions.
+local function common(body, defaults)
+  local r = {}
+  r.model = str(body, "model")
+  local mt = number(body, "max_completion_tokens", 1, MAX_TOKENS_LIMIT, true)
+  local mt2 = number(body, "max_tokens", 1, MAX_TOKENS_LIMIT, true)
+  r.max_tokens = mt or mt2
+  r.stream = boolean(body, "stream") or false
+  r.n = number(body, "n", 1, 8, true) or 1
+  r.seed = number(body, "seed", -2 ^ 63, 2 ^ 63, true)
+
+  local s = {}
+  for k, v in pairs(defaults or {}) do s[k] = v end
+  local t = number(body, "temperature", 0, 2)
+  if t then s.temperature = t end
+  local p = number(body, "top_p", 0, 1)
+  if p then s.top_p = p end
+  local pp = number(body, "presence_penalty", -2, 2)
+  if pp then s.presence_penalty = pp end
+  local fp = number(body, "frequency_penalty", -2, 2)
+  if fp then s.frequency_penalty = fp end
+  local tk = number(body, "top_k", 0, 2 ^ 31 - 1, true)   -- not OpenAI's, but llama.cpp clients send it
+  if tk then s.top_k = tk end
+  local mp = number(body, "min_p", 0, 1)
+  if mp then s.min_p = mp end
+  if r.seed then s.seed = r.seed % 2 ^ 53 end
+  r.sampling = s
+
+  local stop = body.stop
+  if present(stop) then
+    if type(stop) == "string" then stop = { stop }
+    elseif not is_array(stop) then fail(400, "'stop' must be a string or an array of strings", "stop", "invalid_type") end
+    if #stop > 4 then fail(400, "'stop' takes at most 4 strings, got " .. #stop, "stop", "invalid_value") end
+    for i, v in ipairs(stop) do
+      if type(v) ~= "string" then fail(400, "'stop' must hold strings; item " .. i .. " is a " .. type(v), "stop", "invalid_type") end
+      if v == "" then fail(400, "'stop' strings must not be empty", "stop", "invalid_value") end
+    end
+    r.stop = stop
+  else
+    r.stop = {}
+  end
+
+  local so = body.stream_options
+  if present(so) then
+    if type(so) ~= "table" or (is_array(so) and next(so) ~= nil) then fail(400, "'stream_options' must be an object", "stream_options", "invalid_type") end
+    r.include_usage = boolean(so, "include_usage") or false
+  end
+  if r.include_usage and not r.stream then
+    fail(400, "'stream_options' is only allowed with stream: true", "stream_options", "invalid_value")
+  end
+
+  local lb = body.logit_bias
+  if present(lb) then
+    if type(lb) ~= "table" then fail(400, "'logit_bias' must be an object of token id -> bias", "logit_bias", "invalid_type") end
+    local bias = {}
+    for k, v in pairs(lb) do
+      local id = tonumber(k)
+      if not id or id ~= math.floor(id) or id < 0 then fail(400, "'logit_bias' keys must be token ids, got '" .. tostring(k) .. "'", "logit_bias", "invalid_value") end
+      if type(v) ~= "number" or v ~= v or v < -100 or v > 100 then fail(400, "'logit_bias' values must be numbers in [-100, 100]", "logit_bias", "invalid_value") end
+      bias[id] = v
+    end
+    r.logit_bias = bias
+  end
+  return r
+end
+
+local ROLES = { system = "system", developer = "system", user = "user", assistant = "assistant" }
+
+local function content_text(m, i)
+  local c = m.content
+  if type(c) == "string" then return c end
+  if not present(c) then
+    if m.role == "assistant" then return "" end
+    fail(400, string.format("messages[%d] has no 'content'", i - 1), "messages", "invalid_value")
+  end
+  if not is_array(c) then fail(400, string.format("messages[%d].content must be a string or an array of content parts", i - 1), "messages", "invalid_type") end
+  local parts = {}
+  for j, part in ipairs(c) do
+    if type(part) ~= "table" or part.type ~= "text" or type(part.text) ~= "string" then
+      fail(400, string.format("messages[%d].content[%d] must be {\"type\": \"text\", \"text\": \"...\"} (other part types are not supported)", i - 1, j - 1), "messages", "invalid_value")
+    end
+    parts[#parts + 1] = part.text
+  end
+  return table.concat(parts)
+end
+
+--- POST /v1/chat/completions -> a job description (without the prompt's tokens).
+function M.chat_request(body, defaults)
+  local r = common(body, defaults)
+  r.kind = "chat"
+  local msgs = body.messages
+  if not present(msgs) then fail(400, "'messages' is required", "messages", "missing_required_parameter") end
+  if not is_array(msgs) or type(msgs) ~= "table" then fail(400, "'messages' must be an array", "messages", "invalid_type") end
+  if #msgs == 0 then fail(400, "'messages' must not be empty", "messages", "invalid_value") end
+  local out = {}
+  for i, m in ipairs(msgs) do
+    if type(m) ~= "table" or is_array(m) and next(m) ~= nil then fail(400, string.format("messages[%d] must be an object", i - 1), "messages", "invalid_type") end
+    if type(m.role) ~= "string" then fail(400, string.format("messages[%d] needs a 'role' string", i - 1), "messages", "invalid_value") end
+    local role = ROLES[m.role]
+    if not role then
+      fail(400, string.format("messages[%d] has role '%s'; supported: system, developer, user, assistant", i - 1, m.role), "messages", "invalid_value")
+    end
+    out[i] = { role = role, content = content_text(m, i) }
+  end
+  r.messages = out
+  local lp = boolean(body, "logprobs")
+  r.logprobs = lp or false
+  r.top_logprobs = number(body, "top_logprobs", 0, 20, true)
+  if r.top_logprobs and not r.logprobs then
+    fail(400, "'top_logprobs' needs 'logprobs': true", "top_logprobs", "invalid_value")
+  end
+  return r
+end
+
+--- POST /v1/completions -> a job description.
+function M.completion_request(body, defaults)
+  local r = common(body, defaults)
+  r.kind = "completion"
+  local p = body.prompt
+  if not present(p) then fail(400, "'prompt' is required", "prompt", "missing_required_parameter") end
+  if type(p) == "table" and is_array(p) then
+    if #p ~= 1 or type(p[1]) ~= "string" then
+      fail(400, "'prompt' must be a string or an array of exactly one string (batches of prompts and token arrays are not supported)", "prompt", "invalid_value")
+    end
+    p = p[1]
+  end
+  if type(p) ~= "string" then fail(400, "'prompt' must be a string", "prompt", "invalid_type") end
+  if p == "" then fail(400, "'prompt' must not be empty", "prompt", "invalid_value") end
+  r.prompt = p
+  if boolean(body, "echo") then fail(400, "'echo' is not supported", "echo", "unsupported_parameter") end
+  local lp = number(body, "logprobs", 0, 5, true)   -- the legacy API's logprobs is a count
+  if lp then r.logprobs, r.top_logprobs = true, lp end
+  local suffix = str(body, "suffix")
+  if suffix and suffix ~= "" then fail(400, "'suffix' is not supported", "suffix", "unsupported_parameter") end
+  local bo = number(body, "best_of", 1, 8, true)
+  if bo and bo ~= r.n then fail(400, "'best_of' other than n is not supported", "best_of", "unsupported_parameter") end
+  return r
+end
+
+-- ---- responses ----------------------------------------------------------------
+
+function M.usage(prompt_tokens, completion_tokens)
+  return { prompt_tokens = prompt_tokens, completion_tokens = completion_tokens,
+           total_tokens = prompt_tokens + completion_tokens }
+end
+
+local function bytes_of(s)
+  local b = {}
+  for i = 1, #s do b[i] = s:byte(i) end
+  return b
+end
+
+--- One token's logprob entry: {token, logprob, bytes, top_logprobs}.
+function M.logprob_entry(piece, logprob, top)
+  local tops = {}
+  for i, t in ipairs(top or {}) do
+    tops[i] = { token = t.piece, logprob = t.logprob, bytes = arr(bytes_of(t.piece)) }
+  end
+  return { token = piece, logprob = logprob, bytes = arr(bytes_of(piece)), top_logprobs = arr(tops) }
+end
+
+--- The legacy completions API's logprobs object for a list of entries.
+local function legacy_logprobs(entries, text_offset0)
+  local lp = { tokens = {}, token_logprobs = {}, top_logprobs = {}, text_offset = {} }
+  if #entries == 0 then return { tokens = EMPTY, token_logprobs = EMPTY, top_logprobs = EMPTY, text_offset = EMPTY } end
+  local off = text_offset0 or 0
+  for i, e in ipairs(entries) do
+    lp.tokens[i], lp.token_logprobs[i], lp.text_offset[i] = e.token, e.logprob, off
+    local t = {}
+    for _, x in ipairs(e.top_logprobs) do t[x.token] = x.logprob end
+    lp.top_logprobs[i] = t
+    off = off + #e.token
+  end
+  return lp
+end
+
+--- The whole (non-streamed) answer.
+function M.response(job, choices)
+  local out = {}
+  local completion_tokens = 0
+  for i, c in ipairs(choices) do
+    completion_tokens = completion_tokens + c.n_gen
+    if job.kind == "chat" then
+      out[i] = { index = i - 1, message = { role = "assistant", content = c.text },
+                 logprobs = job.logprobs and { content = arr(c.logprobs) } or null,
+                 finish_reason = c.finish }
+    else
+      out[i] = { index = i - 1, text = c.text, finish_reason = c.finish,
+                 logprobs = job.logprobs and legacy_logprobs(c.logprobs) or null }
+    end
+  end
+  return encode({
+    id = job.id, object = job.kind == "chat" and "chat.completion" or "text_completion",
+    created = job.created, model = job.model_id, system_fingerprint = "lumen",
+    choices = out, usage = M.usage(job.prompt_tokens, completion_tokens),
+  })
+end
+
+--- One server-sent event with a chunk for choice `index`: text and/or finish reason.
+function M.chunk(job, index, text, finish, logprobs, first)
+  local choice
+  if job.kind == "chat" then
+    local delta = {}
+    if first then delta.role = "assistant" end
+    if text then delta.content = text end
+    choice = { index = index, delta = delta, finish_reason = finish or null,
+               logprobs = logprobs and { content = arr(logprobs) } or null }
+  else
+    choice = { index = index, text = text or "", finish_reason = finish or null,
+               logprobs = logprobs and legacy_logprobs(logprobs) or null }
+  end
+  return "data: " .. encode({
+    id = job.id, object = job.kind == "chat" and "chat.completion.chunk" or "text_completion",
+    created = job.created, model = job.model_id, system_fingerprint = "lumen", choices = { choice },
+  }) .. "\n\n"
+end
+
+--- The closing usage chunk (stream_options.include_usage): choices is [].
+function M.usage_chunk(job, completion_tokens)
+  return "data: " .. encode({
+    id = job.id, object = job.kind == "chat" and "chat.completion.chunk" or "text_completion",
+    created = job.created, model = job.model_id, system_fingerprint = "lumen",
+    choices = EMPTY, usage = M.usage(job.prompt_tokens, completion_tokens),
+  }) .. "\n\n"
+end
+
+function M.models_list(models, created)
+  local data = {}
+  for i, id in ipairs(models) do data[i] = { id = id, object = "model", created = created, owned_by = "lumen" } end
+  return encode({ object = "list", data = arr(data) })
+end
+
+return M

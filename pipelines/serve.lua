@@ -1,0 +1,561 @@
+--- `lumen serve`: an OpenAI-compatible server with continuous batching.
+--
+-- HTTP is libmicrohttpd's (core/http.c, on its own threads); this script is the
+-- scheduler, on one thread. Each turn of the loop:
+--   1. takes the requests that arrived (validates them, answers the cheap ones,
+--      queues generation jobs, 429 when slots and queue are full);
+--   2. gives waiting jobs free slots (a slot is a session with its KV cache);
+--   3. prefills one chunk of one admitted prompt (a long prompt takes several
+--      turns, so running streams keep flowing);
+--   4. advances every running sequence by one token in ONE batched forward pass
+--      (lumen.model.eval_batch), samples each, and streams the text out.
+-- Finished or disconnected requests give their slots back at once.
+local ffi = require "ffi"
+local C = require "lumen.ffi"
+local lumen = require "lumen"
+local chat = require "lumen.chat"
+local openai = require "lumen.openai"
+local metrics_mod = require "lumen.metrics"
+local model_mod = require "lumen.model"
+local util = require "lumen.util"
+
+local M = {}
+local now = chat.now
+local fail = openai.fail
+
+-- ---- configuration ------------------------------------------------------------
+
+local DEFAULTS = {
+  host = "127.0.0.1", port = 8080, models = nil, slots = 8, ctx = 2048, queue_limit = 64,
+  max_body_bytes = 1048576, prefill_chunk = 256, threads = 0, api_keys = {},
+  timeouts = { idle_s = 30, request_s = 600 },
+}
+
+local function merge_config(path, o)
+  local cfg = {}
+  for k, v in pairs(DEFAULTS) do cfg[k] = v end
+  cfg.timeouts = { idle_s = DEFAULTS.timeouts.idle_s, request_s = DEFAULTS.timeouts.request_s }
+  if path then
+    local y = require("lumen.yaml").load_file(path)
+    if type(y) ~= "table" then error(path .. ": expected a mapping of server settings", 0) end
+    local known = { host = "string", port = "number", models = "table", slots = "number", ctx = "number",
+                    queue_limit = "number", max_body_bytes = "number", prefill_chunk = "number",
+                    threads = "number", api_keys = "table", timeouts = "table" }
+    for k, v in pairs(y) do
+      if not known[k] then error(string.format("%s: unknown setting '%s'", path, tostring(k)), 0) end
+      if type(v) ~= known[k] then error(string.format("%s: '%s' must be a %s", path, k, known[k] == "table" and "list or mapping" or known[k]), 0) end
+      if k == "timeouts" then
+        for tk, tv in pairs(v) do
+          if cfg.timeouts[tk] == nil then error(string.format("%s: unknown setting 'timeouts.%s'", path, tostring(tk)), 0) end
+          if type(tv) ~= "number" or tv <= 0 then error(string.format("%s: 'timeouts.%s' must be a positive number", path, tk), 0) end
+          cfg.timeouts[tk] = tv
+        end
+      else
+        cfg[k] = v
+      end
+    end
+  end
+  for k, v in pairs(o.serve) do
+    if k == "api_keys" then for _, key in ipairs(v) do cfg.api_keys[#cfg.api_keys + 1] = key end
+    elseif k == "idle_s" then cfg.timeouts.idle_s = v
+    else cfg[k] = v end
+  end
+  if o.model then cfg.models = { o.model } end
+  if o.extra_models then for _, m in ipairs(o.extra_models) do cfg.models[#cfg.models + 1] = m end end
+  if o.threads then cfg.threads = o.threads end
+  if o.ctx then cfg.ctx = o.ctx end
+  local function int(name, v, lo, hi)
+    if type(v) ~= "number" or v ~= math.floor(v) or v < lo or v > hi then
+      error(string.format("server setting '%s' must be an integer in [%d, %d], got %s", name, lo, hi, tostring(v)), 0)
+    end
+  end
+  int("port", cfg.port, 0, 65535)
+  int("slots", cfg.slots, 1, 256)
+  int("ctx", cfg.ctx, 16, 1048576)
+  int("queue_limit", cfg.queue_limit, 0, 100000)
+  int("max_body_bytes", cfg.max_body_bytes, 1024, 2 ^ 31 - 1)
+  int("prefill_chunk", cfg.prefill_chunk, 16, 4096)
+  for i, k in ipairs(cfg.api_keys) do
+    if type(k) ~= "string" or k == "" then error("server setting 'api_keys': item " .. i .. " must be a non-empty string", 0) end
+  end
+  return cfg
+end
+
+-- ---- logprobs --------------------------------------------------------------------
+
+--- log p(token) under the model's distribution, and the k most likely tokens.
+local function logprobs_of(model, logits, n_vocab, tok, k)
+  local mx = -math.huge
+  for i = 0, n_vocab - 1 do if logits[i] > mx then mx = logits[i] end end
+  local sum = 0
+  for i = 0, n_vocab - 1 do sum = sum + math.exp(logits[i] - mx) end
+  local lse = mx + math.log(sum)
+  local top = {}
+  if k and k > 0 then
+    -- a small sorted list; most logits fall below its last entry at once
+    local ids, vals, n = {}, {}, 0
+    for i = 0, n_vocab - 1 do
+      local v = logits[i]
+      if n < k or v > vals[n] then
+        local j = n < k and n + 1 or n
+        n = j
+        while j > 1 and vals[j - 1] < v do ids[j], vals[j] = ids[j - 1], vals[j - 1]; j = j - 1 end
+        ids[j], vals[j] = i, v
+      end
+    end
+    for j = 1, n do top[j] = { piece = model:piece(ids[j]), logprob = vals[j] - lse } end
+  end
+  return logits[tok] - lse, top
+end
+
+-- ---- the server ------------------------------------------------------------------
+
+local Server = {}
+Server.__index = Server
+
+local function job_id(prefix)
+  local t = {}
+  for i = 1, 24 do t[i] = string.char(("abcdefghijklmnopqrstuvwxyz0123456789"):byte(math.random(36))) end
+  return prefix .. table.concat(t)
+end
+
+function Server:log(fmt, ...)
+  io.stderr:write(os.date("%H:%M:%S "), string.format(fmt, ...), "\n")
+end
+
+--- Loads the models and makes each one's slots.
+function Server:load_models()
+  self.models, self.model_ids = {}, {}
+  local names = self.cfg.models
+  if not names or #names == 0 then names = { require("lumen.config").registry().default } end
+  for i, name in ipairs(names) do
+    if type(name) ~= "string" then error("server setting 'models': item " .. i .. " must be a string", 0) end
+    local m = lumen.model.load(name, { threads = self.cfg.threads > 0 and self.cfg.threads or nil })
+    local info = m:info()
+    local id = m.alias or name:match("([^/]+)%.gguf$") or name
+    local ctx = math.min(self.cfg.ctx, info.n_ctx_train)
+    local entry = { id = id, model = m, info = info, ctx = ctx, slots = {}, free = {},
+                    sampling = m.entry and m.entry.sampling or {} }
+    for s = 1, self.cfg.slots do
+      local slot = { index = s, session = m:session{ ctx = ctx, batch = self.cfg.prefill_chunk } }
+      entry.slots[s] = slot
+      entry.free[#entry.free + 1] = slot
+    end
+    self.models[id] = entry
+    self.model_ids[#self.model_ids + 1] = id
+    self:log("model %s: %s, %d slots of %d tokens", id, info.name or "", self.cfg.slots, ctx)
+  end
+  self.default_model = self.model_ids[1]
+end
+
+function Server:respond(req_id, status, body, headers, endpoint)
+  C.lm_http_respond(self.http, req_id, status, "application/json", body, #body, headers)
+  self.metrics:request(endpoint or "other", status)
+end
+
+function Server:respond_error(req_id, e, endpoint)
+  local headers
+  if e.status == 429 then headers = "Retry-After: " .. (e.retry_after or 1) .. "\r\n" end
+  if e.status == 401 then headers = "WWW-Authenticate: Bearer\r\n" end
+  self:respond(req_id, e.status, openai.error_body(e), headers, endpoint)
+end
+
+function Server:authorized(auth)
+  if #self.cfg.api_keys == 0 then return true end
+  local key = auth:match("^[Bb]earer%s+(.-)%s*$")
+  if not key then return false end
+  for _, k in ipairs(self.cfg.api_keys) do if k == key then return true end end
+  return false
+end
+
+local ENDPOINTS = {
+  ["/v1/chat/completions"] = { method = "POST", name = "chat" },
+  ["/v1/completions"] = { method = "POST", name = "completions" },
+  ["/v1/models"] = { method = "GET", name = "models" },
+  ["/health"] = { method = "GET", name = "health", open = true },
+  ["/metrics"] = { method = "GET", name = "metrics", open = true },
+}
+
+--- One request from the HTTP layer: answered now, or turned into a job.
+function Server:handle(r)
+  local path = ffi.string(r.path)
+  local method = ffi.string(r.method)
+  if path:sub(-1) == "/" and #path > 1 then path = path:sub(1, -2) end
+  local ep = ENDPOINTS[path] or (path:match("^/v1/models/[^/]+$") and { method = "GET", name = "model" })
+  local name = ep and ep.name or "unknown"
+  local ok, err = pcall(function()
+    if not ep then fail(404, "unknown endpoint " .. method .. " " .. path, nil, "unknown_url", "invalid_request_error") end
+    if method ~= ep.method then fail(405, string.format("%s takes %s, not %s", path, ep.method, method), nil, "method_not_allowed") end
+    if not ep.open and not self:authorized(ffi.string(r.authorization)) then
+      fail(401, "missing or invalid API key: send 'Authorization: Bearer KEY'", nil, "invalid_api_key")
+    end
+    if name == "health" then
+      local body = openai.encode({ status = self.draining and "draining" or "ok", models = self.model_ids,
+                                   slots_busy = self:slots_busy(), queue = #self.queue })
+      return self:respond(r.id, self.draining and 503 or 200, body, nil, name)
+    elseif name == "metrics" then
+      local text = self.metrics:render(now())
+      C.lm_http_respond(self.http, r.id, 200, "text/plain; version=0.0.4", text, #text, nil)
+      return self.metrics:request(name, 200)
+    elseif name == "models" then
+      return self:respond(r.id, 200, openai.models_list(self.model_ids, self.started), nil, name)
+    elseif name == "model" then
+      local id = path:match("^/v1/models/(.+)$")
+      if not self.models[id] then fail(404, "model '" .. id .. "' does not exist", "model", "model_not_found") end
+      return self:respond(r.id, 200, openai.encode({ id = id, object = "model", created = self.started, owned_by = "lumen" }), nil, name)
+    end
+    if self.draining then fail(503, "the server is shutting down", nil, "server_shutting_down", "server_error") end
+    local body = openai.decode(ffi.string(r.body, r.body_len), function(s) return C.lm_utf8_valid(s, #s) end)
+    local model_id = body.model
+    if model_id ~= nil and model_id ~= openai.json.null and type(model_id) ~= "string" then
+      fail(400, "'model' must be a string", "model", "invalid_type")
+    end
+    if type(model_id) ~= "string" then model_id = self.default_model end
+    local entry = self.models[model_id]
+    if not entry then fail(404, "model '" .. model_id .. "' does not exist (available: " .. table.concat(self.model_ids, ", ") .. ")", "model", "model_not_found") end
+    local job = name == "chat" and openai.chat_request(body, entry.sampling) or openai.completion_request(body, entry.sampling)
+    self:submit(r, job, entry, name)
+  end)
+  if not ok then
+    if not openai.is_error(err) then
+      self:log("internal error on %s %s: %s", method, path, tostring(err))
+      err = setmetatable({ status = 500, message = "internal error: " .. tostring(err), type = "server_error" }, openai.ApiError)
+    end
+    self:respond_error(r.id, err, name)
+  end
+end
+
+--- Tokenizes a validated request, checks it fits, and queues it.
+function Server:submit(r, job, entry, endpoint)
+  local model = entry.model
+  local buf, n
+  if job.kind == "chat" then
+    local okr, text = pcall(chat.render, model, job.messages, true)
+    if not okr then fail(400, "the chat template refused the messages: " .. tostring(text), "messages", "invalid_value") end
+    buf, n = model:_encode(text, false, true)
+  else
+    buf, n = model:_encode(job.prompt, true, false)
+  end
+  if n == 0 then fail(400, "the prompt is empty after tokenization", nil, "invalid_value") end
+  if n >= entry.ctx then
+    fail(400, string.format("the prompt has %d tokens; this model's context per request is %d tokens (prompt + completion)", n, entry.ctx),
+         job.kind == "chat" and "messages" or "prompt", "context_length_exceeded")
+  end
+  if job.max_tokens and n + job.max_tokens > entry.ctx then
+    -- OpenAI refuses too; clients that want "as much as fits" omit max_tokens
+    fail(400, string.format("the prompt (%d tokens) plus max_tokens (%d) exceed the context of %d tokens", n, job.max_tokens, entry.ctx),
+         "max_tokens", "context_length_exceeded")
+  end
+  if job.n > #entry.slots then
+    fail(400, string.format("'n' is %d but the server has %d slots per model", job.n, #entry.slots), "n", "invalid_value")
+  end
+  if #self.queue >= self.cfg.queue_limit and #entry.free < job.n then
+    local e = setmetatable({ status = 429, message = "the server is busy: all slots are taken and the queue is full; retry shortly",
+                             type = "rate_limit_error", code = "rate_limit_exceeded", retry_after = 1 }, openai.ApiError)
+    error(e, 0)
+  end
+  job.req_id, job.entry, job.endpoint = r.id, entry, endpoint
+  job.prompt_buf, job.prompt_tokens = buf, n
+  job.max_tokens = job.max_tokens or (entry.ctx - n)
+  job.id = job_id(job.kind == "chat" and "chatcmpl-" or "cmpl-")
+  job.created = os.time()
+  job.model_id = entry.id
+  job.arrived = now()
+  self.queue[#self.queue + 1] = job
+end
+
+function Server:slots_busy()
+  local b = 0
+  for _, e in pairs(self.models) do b = b + #e.slots - #e.free end
+  return b
+end
+
+--- Gives queued jobs free slots, first come first served.
+function Server:admit()
+  local i = 1
+  while i <= #self.queue do
+    local job = self.queue[i]
+    local entry = job.entry
+    if not C.lm_http_alive(self.http, job.req_id) then
+      table.remove(self.queue, i)
+      self.metrics.disconnects = self.metrics.disconnects + 1
+    elseif #entry.free >= job.n then
+      table.remove(self.queue, i)
+      job.seqs = {}
+      for c = 1, job.n do
+        local slot = table.remove(entry.free)
+        slot.session:rewind(0)
+        job.seqs[c] = { job = job, index = c - 1, slot = slot, n_gen = 0, parts = {}, logprobs = {},
+                        text = model_mod.text_stream(entry.model, job.stop) }
+      end
+      job.prefilled = 0
+      self.prefilling[#self.prefilling + 1] = job
+    else
+      i = i + 1
+    end
+  end
+end
+
+local function sampler_for(job, c)
+  local s = {}
+  for k, v in pairs(job.sampling) do s[k] = v end
+  -- n > 1 with a seed: each choice its own stream of draws, reproducibly
+  if s.seed and c > 1 then s.seed = (s.seed + 7919 * (c - 1)) % 2 ^ 53 end
+  local chain = lumen.sampler.from_config(s)
+  if job.logit_bias then
+    local bias = {}
+    for id, b in pairs(job.logit_bias) do bias[#bias + 1] = { id, b } end
+    chain = lumen.sampler.chain{ lumen.sampler.logit_bias(bias), chain }
+  end
+  return chain
+end
+
+--- One chunk of one admitted prompt; when the prompt is in, each choice gets
+-- its first token.
+function Server:prefill_step(running)
+  local job = self.prefilling[1]
+  if not job then return end
+  if not C.lm_http_alive(self.http, job.req_id) then
+    table.remove(self.prefilling, 1)
+    self:release(job)
+    self.metrics.disconnects = self.metrics.disconnects + 1
+    return
+  end
+  local s = job.seqs[1].slot.session
+  -- with streams running, one chunk per turn; otherwise the whole prompt at once
+  local chunk = running > 0 and self.cfg.prefill_chunk or job.prompt_tokens
+  local n = math.min(chunk, job.prompt_tokens - job.prefilled)
+  s:eval_raw(job.prompt_buf + job.prefilled, n)
+  job.prefilled = job.prefilled + n
+  self.metrics.prompt_tokens = self.metrics.prompt_tokens + n
+  if job.prefilled < job.prompt_tokens then return end
+  table.remove(self.prefilling, 1)
+  for c, seq in ipairs(job.seqs) do
+    if c > 1 then
+      -- the other choices start from a copy of the prompt's KV cache
+      local f = s:fork()
+      seq.slot.session:close()
+      seq.slot.session = f
+    end
+    seq.sampler = sampler_for(job, c)
+    if job.kind == "completion" then
+      -- as `lumen generate`: the prompt is part of the penalties' history
+      for i = 0, job.prompt_tokens - 1 do seq.sampler:accept(job.prompt_buf[i]) end
+    end
+  end
+  if job.stream then
+    C.lm_http_stream_open(self.http, job.req_id, 200, "text/event-stream", "Cache-Control: no-cache\r\n")
+    self.metrics:request(job.endpoint, 200)
+    if job.kind == "chat" then
+      -- as OpenAI: each choice opens with its role and empty content
+      for _, seq in ipairs(job.seqs) do
+        local first = openai.chunk(job, seq.index, "", nil, nil, true)
+        seq.sent_first = true
+        if C.lm_http_stream_write(self.http, job.req_id, first, #first) ~= 0 then job.gone = true end
+      end
+    end
+  end
+  job.running = #job.seqs
+  for _, seq in ipairs(job.seqs) do self:next_token(seq) end
+end
+
+--- Samples the next token of a sequence from its session's logits and moves
+-- it on: text out, stop checks, or queued for the next batched step.
+function Server:next_token(seq)
+  local job = seq.job
+  local s = seq.slot.session
+  local model = job.entry.model
+  local tok = seq.sampler:sample(s)
+  seq.n_gen = seq.n_gen + 1
+  if seq.n_gen == 1 and seq.index == 0 then self.metrics:observe_ttft(now() - job.arrived) end
+  local lp
+  if job.logprobs then
+    local logprob, top = logprobs_of(model, s:logits_ptr(), model.n_vocab, tok, job.top_logprobs)
+    lp = openai.logprob_entry(model:piece(tok), logprob, top)
+  end
+  if model:is_eog(tok) then return self:finish_seq(seq, "stop", lp) end
+  seq.sampler:accept(tok)
+  local text, stopped = seq.text:push(tok)
+  if stopped then return self:finish_seq(seq, "stop", lp) end
+  if seq.n_gen >= job.max_tokens or s:pos() >= s:ctx() then
+    seq.pending_text = text
+    return self:finish_seq(seq, "length", lp)
+  end
+  if now() - job.arrived > self.cfg.timeouts.request_s then
+    seq.pending_text = text
+    return self:finish_seq(seq, "length", lp)
+  end
+  self:emit(seq, text, nil, lp)
+  seq.next = tok
+  self.decoding[#self.decoding + 1] = seq
+end
+
+function Server:emit(seq, text, finish, lp)
+  local job = seq.job
+  if lp then seq.logprobs[#seq.logprobs + 1] = lp end
+  if job.stream then
+    if text ~= "" or finish or lp then
+      local chunk = openai.chunk(job, seq.index, text ~= "" and text or nil, finish, lp and { lp } or nil, false)
+      seq.sent_first = true
+      if C.lm_http_stream_write(self.http, job.req_id, chunk, #chunk) ~= 0 then job.gone = true end
+    end
+  elseif text ~= "" then
+    seq.parts[#seq.parts + 1] = text
+  end
+end
+
+function Server:finish_seq(seq, reason, lp)
+  local job = seq.job
+  local rest = (seq.pending_text or "") .. seq.text:flush()
+  seq.finish = reason
+  self:emit(seq, rest, reason, lp)
+  job.running = job.running - 1
+  job.completion_tokens = (job.completion_tokens or 0) + seq.n_gen
+  if job.running == 0 then self:finish_job(job) end
+end
+
+function Server:finish_job(job)
+  if job.stream then
+    if job.include_usage then
+      local u = openai.usage_chunk(job, job.completion_tokens)
+      C.lm_http_stream_write(self.http, job.req_id, u, #u)
+    end
+    local done = "data: [DONE]\n\n"
+    C.lm_http_stream_write(self.http, job.req_id, done, #done)
+    C.lm_http_stream_close(self.http, job.req_id)
+  else
+    local choices = {}
+    for i, seq in ipairs(job.seqs) do
+      choices[i] = { text = table.concat(seq.parts), finish = seq.finish, n_gen = seq.n_gen, logprobs = seq.logprobs }
+    end
+    self:respond(job.req_id, 200, openai.response(job, choices), nil, job.endpoint)
+  end
+  self:release(job)
+end
+
+--- Slots back to the free list (their KV cache is simply overwritten later).
+function Server:release(job)
+  if job.released then return end
+  job.released = true
+  for _, seq in ipairs(job.seqs or {}) do
+    seq.done = true
+    local free = job.entry.free
+    free[#free + 1] = seq.slot
+  end
+end
+
+--- One token for every running sequence, one forward pass per model.
+function Server:decode_step()
+  local list = self.decoding
+  if #list == 0 then return end
+  self.decoding = {}
+  local by_model = {}
+  for _, seq in ipairs(list) do
+    local job = seq.job
+    if job.gone or not C.lm_http_alive(self.http, job.req_id) then
+      if not job.released then
+        self.metrics.disconnects = self.metrics.disconnects + 1
+        self:release(job)
+      end
+    elseif not seq.done then
+      local e = job.entry
+      by_model[e] = by_model[e] or { sessions = {}, tokens = {}, seqs = {} }
+      local b = by_model[e]
+      b.sessions[#b.sessions + 1] = seq.slot.session
+      b.tokens[#b.tokens + 1] = seq.next
+      b.seqs[#b.seqs + 1] = seq
+    end
+  end
+  for _, b in pairs(by_model) do
+    model_mod.eval_batch(b.sessions, b.tokens)
+    self.metrics:decoded(now(), #b.seqs)
+    for _, seq in ipairs(b.seqs) do self:next_token(seq) end
+  end
+end
+
+function Server:kv_used()
+  local used = 0
+  for _, e in pairs(self.models) do
+    for _, slot in ipairs(e.slots) do
+      local busy = true
+      for _, f in ipairs(e.free) do if f == slot then busy = false break end end
+      if busy then used = used + slot.session:pos() end
+    end
+  end
+  return used
+end
+
+function Server:run()
+  local req = ffi.new("lm_http_request")
+  local t_last_log = now()
+  while true do
+    if C.lm_signal_term() and not self.draining then
+      self.draining = true
+      self:log("shutting down: finishing %d running and %d queued requests", #self.decoding + #self.prefilling, #self.queue)
+    end
+    local busy = #self.decoding > 0 or #self.prefilling > 0 or #self.queue > 0
+    if self.draining and not busy then break end
+    -- take every request that arrived; wait only when there is nothing to compute
+    local got = C.lm_http_next(self.http, req, busy and 0 or 100)
+    local taken = 0
+    while got == 1 do
+      self:handle(req)
+      taken = taken + 1
+      if taken >= 64 then break end
+      got = C.lm_http_next(self.http, req, 0)
+    end
+    if got < 0 then error("http: " .. util.last_error(), 0) end
+    self:admit()
+    self:prefill_step(#self.decoding)
+    self:decode_step()
+    if now() - t_last_log > 60 and busy then
+      t_last_log = now()
+      self:log("%d streams, %d queued, %.1f tok/s", #self.decoding, #self.queue, self.metrics:decode_rate(now()))
+    end
+  end
+end
+
+function M.run(o)
+  local cfg = merge_config(o.config, o)
+  math.randomseed(os.time() + math.floor(now() * 1000) % 100000)
+  local self = setmetatable({ cfg = cfg, queue = {}, prefilling = {}, decoding = {},
+                              metrics = metrics_mod.new(), started = os.time() }, Server)
+  self:load_models()
+  local mt = self.metrics
+  mt:gauge("lumen_queue_depth", "Requests waiting for a slot.", function() return #self.queue end)
+  mt:gauge("lumen_slots_busy", "Slots generating or prefilling.", function() return self:slots_busy() end)
+  mt:gauge("lumen_slots_total", "Slots, all models.", function() return cfg.slots * #self.model_ids end)
+  mt:gauge("lumen_kv_cache_used_tokens", "Tokens held in the KV caches of busy slots.", function() return self:kv_used() end)
+  mt:gauge("lumen_kv_cache_capacity_tokens", "Tokens all slots' KV caches hold.", function()
+    local c = 0
+    for _, e in pairs(self.models) do c = c + e.ctx * #e.slots end
+    return c
+  end)
+
+  local p = ffi.new("lm_http_params", { host = cfg.host, port = cfg.port, max_body_bytes = cfg.max_body_bytes,
+                                        timeout_s = cfg.timeouts.idle_s, max_connections = 0 })
+  if C.lm_signal_watch() ~= 0 then error(util.last_error(), 0) end
+  local h = C.lm_http_start(p)
+  if h == nil then error(util.last_error(), 0) end
+  self.http = h
+  local port = C.lm_http_port(h)
+  if o.port_file then
+    -- written whole, then renamed: a reader never sees a partial number
+    local tmp = o.port_file .. ".tmp"
+    local f = assert(io.open(tmp, "w"))
+    f:write(tostring(port), "\n")
+    f:close()
+    assert(os.rename(tmp, o.port_file))
+  end
+  self:log("lumen serve: listening on http://%s:%d/v1 (%s; %d slots per model, queue %d%s)", cfg.host, port,
+           table.concat(self.model_ids, ", "), cfg.slots, cfg.queue_limit, #cfg.api_keys > 0 and ", API keys required" or "")
+  local ok, err = pcall(self.run, self)
+  C.lm_http_stop(h, 5000)
+  self.http = nil
+  if not ok then error(err, 0) end
+  self:log("lumen serve: stopped")
+  return 0
+end
+
+M._merge_config, M._logprobs_of = merge_config, logprobs_of
+return M
