@@ -291,6 +291,72 @@ int32_t lm_yaml_n_nodes(const lm_yaml *y);
 const lm_yaml_node *lm_yaml_node_at(const lm_yaml *y, int32_t i); /* NULL when out of range */
 const char *lm_yaml_name(const lm_yaml *y);
 
+/* ---- HTTP front end (libmicrohttpd) -------------------------------------------------
+ * The transport of `lumen serve`. libmicrohttpd parses HTTP in its own threads (one per
+ * connection); one consumer thread (the Lua scheduler) takes complete requests with
+ * lm_http_next and answers each one with lm_http_respond, or with lm_http_stream_open,
+ * any number of lm_http_stream_write and lm_http_stream_close. The consumer functions
+ * are meant for that one thread; none of them blocks on a client.
+ * A request is "finished" by lm_http_respond or lm_http_stream_close (whether they
+ * succeed or report a gone client), by a failing lm_http_stream_write, by
+ * lm_http_alive returning false, or by lm_http_stop; its strings and id are invalid
+ * afterwards (later calls with the id return LM_ERR). */
+typedef struct lm_http lm_http;
+typedef struct lm_http_params {
+    const char *host;          /* address to bind, e.g. "127.0.0.1" (NULL: 127.0.0.1); "0.0.0.0", "::1" allowed */
+    int32_t port;              /* 0: any free port (see lm_http_port) */
+    int64_t max_body_bytes;    /* <= 0: 1 MiB. Larger bodies get 413 + OpenAI-style JSON error from C and never reach lm_http_next */
+    int32_t timeout_s;         /* idle timeout for a connection (slow clients) <= 0: 30 */
+    int32_t max_connections;   /* <= 0: 256 */
+} lm_http_params;
+typedef struct lm_http_request {
+    int64_t id;                /* > 0 */
+    const char *method, *path, *query;   /* path without the query string, both as sent (not %-decoded); query may be "" */
+    const char *authorization; /* the Authorization header or "" */
+    const char *content_type;  /* or "" */
+    const char *body;          /* the raw body bytes (NUL-terminated for convenience, may contain NULs) */
+    int64_t body_len;
+} lm_http_request;   /* strings stay valid until the request is finished (respond, or stream_close) */
+
+/* Binds and starts serving. NULL + message (e.g. "cannot bind 127.0.0.1:8080: Address already in use"). */
+lm_http *lm_http_start(const lm_http_params *p);
+/* The bound port (the one picked when params.port was 0). */
+int32_t lm_http_port(const lm_http *h);
+/* Waits up to timeout_ms (<= 0: don't wait) for the next complete request. Returns 1 and
+ * fills *out, 0 on timeout, LM_ERR on error. Requests whose client left while queued are
+ * dropped unseen. */
+int lm_http_next(lm_http *h, lm_http_request *out, int32_t timeout_ms);
+/* Whole response: status 200..599, content_type (NULL or "": none), body[0..len).
+ * headers: extra header lines "Name: value\r\n..." or NULL. Finishes the request, also when
+ * it returns LM_ERR because the client left ("client disconnected") or the id is unknown;
+ * a bad argument (status, header line) leaves the request open so it can still be answered. */
+lm_status lm_http_respond(lm_http *h, int64_t id, int32_t status, const char *content_type, const char *body, int64_t len, const char *headers);
+/* Starts a chunked streaming response (used for text/event-stream); same arguments and
+ * errors as lm_http_respond, but the request stays open for stream_write/stream_close. */
+lm_status lm_http_stream_open(lm_http *h, int64_t id, int32_t status, const char *content_type, const char *headers);
+/* Queues bytes to send; returns LM_ERR (message "client disconnected") once the client has
+ * gone, and the request is then finished. Never blocks on a slow client: data is buffered,
+ * and a client with more than 8 MiB unsent counts as gone. */
+lm_status lm_http_stream_write(lm_http *h, int64_t id, const char *data, int64_t len);
+/* Ends the stream (the last chunk goes out once queued data is flushed) and finishes the
+ * request. LM_ERR when the client had gone (the request is finished all the same). */
+lm_status lm_http_stream_close(lm_http *h, int64_t id);
+/* false once the client of request id disconnected (noticed within ~0.1 s), or when id is
+ * unknown/finished. Lets the scheduler drop work for a client that left before its answer:
+ * returning false for a gone client finishes the request (no respond/close needed). */
+bool lm_http_alive(lm_http *h, int64_t id);
+/* Stops accepting and waits (up to timeout_ms) for open streams/responses to flush, then
+ * frees everything. Requests never answered get 503; open streams are ended after their
+ * queued bytes; whatever is still unsent at the deadline is cut off. h is invalid afterwards. */
+void lm_http_stop(lm_http *h, int32_t timeout_ms);
+/* SIGTERM/SIGINT handling for the server loop: install once; lm_signal_term() then returns
+ * true after such a signal arrived (async-signal-safe flag). The handler is one-shot: a
+ * second signal of the same kind acts as if none were installed (kills the process). */
+lm_status lm_signal_watch(void);
+bool lm_signal_term(void);
+/* true when s[0..n) is valid UTF-8 (no overlongs, no surrogates, <= U+10FFFF); for validating request bodies. */
+bool lm_utf8_valid(const char *s, int64_t n);
+
 #ifdef __cplusplus
 }
 #endif
