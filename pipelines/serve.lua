@@ -310,25 +310,39 @@ local function sampler_for(job, c)
   return chain
 end
 
---- One chunk of one admitted prompt; when the prompt is in, each choice gets
--- its first token.
+--- Prompt tokens for this turn: with streams running, up to prefill_chunk
+-- tokens (one long prompt is spread over several turns; several short ones
+-- share a turn); with none running, every admitted prompt at once.
 function Server:prefill_step(running)
-  local job = self.prefilling[1]
-  if not job then return end
+  local chunk = self.cfg.prefill_chunk
+  local budget = running > 0 and chunk or math.huge
+  while budget > 0 and self.prefilling[1] do
+    local job = self.prefilling[1]
+    -- a prompt is cut only at multiples of prefill_chunk (the pieces a lone
+    -- prompt would be cut into too): one that does not fit what is left of
+    -- this turn waits for the next
+    local want = math.min(chunk, job.prompt_tokens - job.prefilled)
+    if want > budget then break end
+    budget = budget - self:prefill_one(job, want)
+  end
+end
+
+--- Evaluates up to `budget` tokens of a job's prompt; when the prompt is in,
+-- each choice gets its first token. Returns the tokens evaluated.
+function Server:prefill_one(job, budget)
   if not C.lm_http_alive(self.http, job.req_id) then
     table.remove(self.prefilling, 1)
     self:release(job)
     self.metrics.disconnects = self.metrics.disconnects + 1
-    return
+    return 0
   end
   local s = job.seqs[1].slot.session
-  -- with streams running, one chunk per turn; otherwise the whole prompt at once
-  local chunk = running > 0 and self.cfg.prefill_chunk or job.prompt_tokens
-  local n = math.min(chunk, job.prompt_tokens - job.prefilled)
+  local n = math.min(budget, job.prompt_tokens - job.prefilled)
+  -- a chunk never exceeds the session's batch: eval would split it there anyway
   s:eval_raw(job.prompt_buf + job.prefilled, n)
   job.prefilled = job.prefilled + n
   self.metrics.prompt_tokens = self.metrics.prompt_tokens + n
-  if job.prefilled < job.prompt_tokens then return end
+  if job.prefilled < job.prompt_tokens then return n end
   table.remove(self.prefilling, 1)
   for c, seq in ipairs(job.seqs) do
     if c > 1 then
@@ -357,6 +371,7 @@ function Server:prefill_step(running)
   end
   job.running = #job.seqs
   for _, seq in ipairs(job.seqs) do self:next_token(seq) end
+  return n
 end
 
 --- Samples the next token of a sequence from its session's logits and moves
