@@ -36,7 +36,12 @@ static void init(void) {
         o->vec_dot_type = e->vec_dot_type;
         o->to_float = e->to_float;
         for (int i = g_isa; i >= 0; i--) {
-            if (!o->vec_dot && e->vec_dot[i]) { o->vec_dot = e->vec_dot[i]; o->vec_dot4 = e->vec_dot4[i]; }
+            if (!o->vec_dot && e->vec_dot[i]) {
+                o->vec_dot = e->vec_dot[i];
+                /* a dot4 of this ISA or a higher one (up to the CPU's) matches this
+                 * vec_dot bit for bit (quant.h); take the fastest */
+                for (int k = g_isa; k >= i && !o->vec_dot4; k--) o->vec_dot4 = e->vec_dot4[k];
+            }
             if (!o->from_float && e->from_float[i]) o->from_float = e->from_float[i];
         }
     }

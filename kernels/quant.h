@@ -31,7 +31,8 @@ typedef struct lm_quant_entry {
     lm_to_float_fn to_float;
     lm_from_float_fn from_float[LM_ISA_COUNT]; /* [LM_ISA_SCALAR] is the reference; NULL = none */
     lm_vec_dot_fn vec_dot[LM_ISA_COUNT];       /* [LM_ISA_SCALAR] is the reference; NULL = none */
-    lm_vec_dot4_fn vec_dot4[LM_ISA_COUNT];     /* optional, matching vec_dot of the same ISA */
+    lm_vec_dot4_fn vec_dot4[LM_ISA_COUNT];     /* optional; each row bit-identical to the vec_dot of
+                                                  the highest ISA at or below its own that has one */
 } lm_quant_entry;
 
 /* The chosen functions for the running CPU. */
