@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Everything the tests need (packages, build, models), then every test: the C unit
-# tests and Lua specs through ctest, once in the Release build and once more built
+# Everything the tests need (packages, build, models, the openai client), then every
+# test: the C unit tests, Lua specs and server specs through ctest, once in the Release build and once more built
 # with AddressSanitizer/UBSan. Ends with ctest's summary line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +9,8 @@ LUMEN_CMAKE_ARGS="-DLUMEN_WERROR=ON" scripts/setup.sh
 # the agreement test also checks Gemma 3 (the gemma3 architecture, a SentencePiece vocabulary)
 PY=python3; $PY -c "import yaml" 2>/dev/null || PY=/usr/bin/python3
 $PY scripts/fetch_model.py gemma3
+# the server specs talk to `lumen serve` through the official openai client (spec/.venv)
+scripts/test_venv.sh
 
 jobs=$(nproc)
 status=0
