@@ -249,7 +249,11 @@ function Server:submit(r, job, entry, endpoint)
   if job.n > #entry.slots then
     fail(400, string.format("'n' is %d but the server has %d slots per model", job.n, #entry.slots), "n", "invalid_value")
   end
-  if #self.queue >= self.cfg.queue_limit and #entry.free < job.n then
+  -- queued jobs have not taken their slots yet (admit() runs after all of this
+  -- turn's arrivals): count them against the free slots, then the queue
+  local waiting = 0
+  for _, q in ipairs(self.queue) do if q.entry == entry then waiting = waiting + q.n end end
+  if waiting + job.n > #entry.free + self.cfg.queue_limit then
     local e = setmetatable({ status = 429, message = "the server is busy: all slots are taken and the queue is full; retry shortly",
                              type = "rate_limit_error", code = "rate_limit_exceeded", retry_after = 1 }, openai.ApiError)
     error(e, 0)
