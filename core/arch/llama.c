@@ -202,9 +202,69 @@ static void mm(const batch *b, const lm_tensor *w, const float *x, float *y) {
     lm_matmul(s->model->pool, w, x, b->n, y, s->qbuf);
 }
 
-static void add_bias(float *y, const lm_tensor *b, int32_t n, int64_t dim) {
-    if (!b) return;
-    for (int32_t t = 0; t < n; t++) lm_add(y + t * dim, F32(b), dim);
+/* The per-token work between the matrix products (norms, RoPE, the KV cache
+ * store, the gated activation, residual adds), split over the pool by tokens
+ * for a prompt batch; each token's arithmetic is the same whoever runs it. */
+enum { ST_ATTN_NORM, ST_QK, ST_MID, ST_GATE, ST_OUT };
+typedef struct { const batch *b; const lm_layer *l; int il, stage; float rope_base; } tok_job;
+
+static void tok_stage(const tok_job *j, int32_t t0, int32_t t1) {
+    const batch *b = j->b;
+    lm_session *s = b->ws;
+    const lm_hparams *hp = &s->model->hp;
+    const lm_layer *l = j->l;
+    const int64_t E = hp->n_embd, F = hp->n_ff, HD = hp->head_dim;
+    const int64_t QD = (int64_t)hp->n_head * HD, KVD = s->kv_dim;
+    for (int32_t t = t0; t < t1; t++) {
+        switch (j->stage) {
+        case ST_ATTN_NORM:
+            lm_rmsnorm(s->xb + t * E, s->x + t * E, F32(l->attn_norm), E, hp->norm_eps);
+            break;
+        case ST_QK: {
+            float *q = s->q + t * QD, *k = s->k + t * KVD;
+            lm_session *sq = b->seq[t];
+            if (l->bq) lm_add(q, F32(l->bq), QD);
+            if (l->bk) lm_add(k, F32(l->bk), KVD);
+            if (l->bv) lm_add(s->v + t * KVD, F32(l->bv), KVD);
+            if (l->q_norm) for (int h = 0; h < hp->n_head; h++) lm_rmsnorm(q + h * HD, q + h * HD, F32(l->q_norm), HD, hp->norm_eps);
+            if (l->k_norm) for (int h = 0; h < hp->n_head_kv; h++) lm_rmsnorm(k + h * HD, k + h * HD, F32(l->k_norm), HD, hp->norm_eps);
+            lm_rope(q, hp->n_head, (int)HD, hp->n_rot, b->pos[t], j->rope_base, hp->rope_scale, hp->rope_mode);
+            lm_rope(k, hp->n_head_kv, (int)HD, hp->n_rot, b->pos[t], j->rope_base, hp->rope_scale, hp->rope_mode);
+            int64_t at = ((int64_t)j->il * sq->n_ctx + b->pos[t]) * KVD;
+            lm_f32_to_f16_row(k, sq->k_cache + at, KVD);
+            lm_f32_to_f16_row(s->v + t * KVD, sq->v_cache + at, KVD);
+            break;
+        }
+        case ST_MID:
+            if (l->post_attn_norm) lm_rmsnorm(s->xb + t * E, s->xb + t * E, F32(l->post_attn_norm), E, hp->norm_eps);
+            lm_add(s->x + t * E, s->xb + t * E, E);
+            lm_rmsnorm(s->xb + t * E, s->x + t * E, F32(l->ffn_norm), E, hp->norm_eps);
+            break;
+        case ST_GATE:
+            if (hp->gelu) lm_geglu(s->hb + t * F, s->hb2 + t * F, F);
+            else lm_swiglu(s->hb + t * F, s->hb2 + t * F, F);
+            break;
+        case ST_OUT:
+            if (l->post_ffn_norm) lm_rmsnorm(s->xb + t * E, s->xb + t * E, F32(l->post_ffn_norm), E, hp->norm_eps);
+            lm_add(s->x + t * E, s->xb + t * E, E);
+            break;
+        }
+    }
+}
+
+static void tok_rows(void *vctx, int ith, int nth) {
+    tok_job *j = vctx;
+    int64_t lo, hi;
+    lm_pool_split(j->b->n, 1, ith, nth, &lo, &hi);
+    tok_stage(j, (int32_t)lo, (int32_t)hi);
+}
+
+/* Runs one stage for every token: on the pool for a prompt batch, inline for a
+ * few tokens (a decode step), where waking the workers costs more than it saves. */
+static void per_token(const batch *b, const lm_layer *l, int il, int stage, float rope_base) {
+    tok_job j = {b, l, il, stage, rope_base};
+    if (b->n >= 8) lm_pool_run(b->ws->model->pool, tok_rows, &j);
+    else tok_stage(&j, 0, b->n);
 }
 
 /* logits: where the logits of every token go (n rows of n_vocab), or NULL for
@@ -215,8 +275,7 @@ static lm_status forward(const batch *b, const int32_t *tokens, float *logits) {
     const lm_hparams *hp = &m->hp;
     lm_pool *pool = m->pool;
     const int32_t n = b->n;
-    const int64_t E = hp->n_embd, F = hp->n_ff, HD = hp->head_dim;
-    const int64_t QD = (int64_t)hp->n_head * HD, KVD = s->kv_dim;
+    const int64_t E = hp->n_embd;
 
     /* embeddings */
     const lm_quant_ops *eops = lm_quant_ops_get(m->tok_embd->dtype);
@@ -230,41 +289,20 @@ static lm_status forward(const batch *b, const int32_t *tokens, float *logits) {
         bool local = hp->sliding_window > 0 && hp->swa_period > 0 && (il + 1) % hp->swa_period != 0;
         float rope_base = local ? hp->rope_base_local : hp->rope_base;
 
-        for (int32_t t = 0; t < n; t++) lm_rmsnorm(s->xb + t * E, s->x + t * E, F32(l->attn_norm), E, hp->norm_eps);
+        per_token(b, l, il, ST_ATTN_NORM, rope_base);
         mm(b, l->wq, s->xb, s->q);
         mm(b, l->wk, s->xb, s->k);
         mm(b, l->wv, s->xb, s->v);
-        add_bias(s->q, l->bq, n, QD);
-        add_bias(s->k, l->bk, n, KVD);
-        add_bias(s->v, l->bv, n, KVD);
-        for (int32_t t = 0; t < n; t++) {
-            float *q = s->q + t * QD, *k = s->k + t * KVD;
-            lm_session *sq = b->seq[t];
-            if (l->q_norm) for (int h = 0; h < hp->n_head; h++) lm_rmsnorm(q + h * HD, q + h * HD, F32(l->q_norm), HD, hp->norm_eps);
-            if (l->k_norm) for (int h = 0; h < hp->n_head_kv; h++) lm_rmsnorm(k + h * HD, k + h * HD, F32(l->k_norm), HD, hp->norm_eps);
-            lm_rope(q, hp->n_head, (int)HD, hp->n_rot, b->pos[t], rope_base, hp->rope_scale, hp->rope_mode);
-            lm_rope(k, hp->n_head_kv, (int)HD, hp->n_rot, b->pos[t], rope_base, hp->rope_scale, hp->rope_mode);
-            int64_t at = ((int64_t)il * sq->n_ctx + b->pos[t]) * KVD;
-            lm_f32_to_f16_row(k, sq->k_cache + at, KVD);
-            lm_f32_to_f16_row(s->v + t * KVD, sq->v_cache + at, KVD);
-        }
+        per_token(b, l, il, ST_QK, rope_base);     /* biases, q/k norms, RoPE, into the KV cache */
         attn_job aj = {.b = b, .layer = il};
         lm_pool_run(pool, attn_rows, &aj);
         mm(b, l->wo, s->xb2, s->xb);
-        for (int32_t t = 0; t < n; t++) {
-            if (l->post_attn_norm) lm_rmsnorm(s->xb + t * E, s->xb + t * E, F32(l->post_attn_norm), E, hp->norm_eps);
-            lm_add(s->x + t * E, s->xb + t * E, E);
-            lm_rmsnorm(s->xb + t * E, s->x + t * E, F32(l->ffn_norm), E, hp->norm_eps);
-        }
+        per_token(b, l, il, ST_MID, rope_base);    /* post-attention norm, residual, FFN norm */
         mm(b, l->w_gate, s->xb, s->hb);
         mm(b, l->w_up, s->xb, s->hb2);
-        if (hp->gelu) lm_geglu(s->hb, s->hb2, (int64_t)n * F);
-        else lm_swiglu(s->hb, s->hb2, (int64_t)n * F);
+        per_token(b, l, il, ST_GATE, rope_base);   /* SiLU- or GELU-gated */
         mm(b, l->w_down, s->hb, s->xb);
-        for (int32_t t = 0; t < n; t++) {
-            if (l->post_ffn_norm) lm_rmsnorm(s->xb + t * E, s->xb + t * E, F32(l->post_ffn_norm), E, hp->norm_eps);
-            lm_add(s->x + t * E, s->xb + t * E, E);
-        }
+        per_token(b, l, il, ST_OUT, rope_base);    /* post-FFN norm, residual */
     }
 
     if (!logits) { /* only the last token's logits are needed */

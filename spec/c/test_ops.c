@@ -62,6 +62,36 @@ static void test_softmax_act(void) {
     lm_silu(s, 3);
     CHECK(fabsf(s[0] - (-2 / (1 + expf(2)))) < 1e-6f && s[1] == 0 && fabsf(s[2] - 2 / (1 + expf(-2))) < 1e-6f, "silu");
     float g[3] = {-1, 0, 1};
+    {   /* the vectorized gated activations agree with the scalar formulas */
+        enum { N = 1003 };   /* a tail after the vector loop */
+        static float a[N], b[N], ga[N], gb[N], gate[N];
+        uint64_t st = 99;
+        double worst_s = 0, worst_g = 0, worst_gx = 0;
+        for (int i = 0; i < N; i++) {
+            st = st * 6364136223846793005ull + 1442695040888963407ull;
+            float u = (float)((st >> 40) & 0xFFFFFF) / 16777216.0f;
+            a[i] = ga[i] = (i < 20) ? (float)(i - 10) * 12.0f : (u - 0.5f) * 24.0f;   /* includes +-120: saturation */
+            gate[i] = 0.5f + u;
+        }
+        memcpy(b, a, sizeof a); memcpy(gb, ga, sizeof ga);
+        lm_swiglu(a, gate, N);
+        lm_geglu(ga, gate, N);
+        for (int i = 0; i < N; i++) {
+            float x = b[i], rs = x / (1.0f + expf(-x)) * gate[i];
+            /* in double, as x / (1 + e^(-2u)) = 0.5 x (1 + tanh(u)): 1 + tanh(u) loses every digit as u -> -inf */
+            double u = 0.7978845608028654 * x * (1.0 + 0.044715 * (double)x * x);
+            double rg = x / (1.0 + exp(-2.0 * u)) * gate[i];
+            double es = fabs((double)a[i] - rs) / fmax(1e-30, fmax(fabs(rs), 1e-6));
+            double eg = fabs((double)ga[i] - rg) / fmax(fabs(rg), 1e-12);
+            if (es > worst_s) worst_s = es;
+            if (eg > worst_g) { worst_g = eg; worst_gx = x; }
+            CHECK(isfinite(a[i]) && isfinite(ga[i]), "swiglu/geglu not finite at x=%g", x);
+        }
+        CHECK(worst_s < 2e-6, "vector swiglu off the scalar formula by %g (relative)", worst_s);
+        /* float u carries ~1e-7 relative; e^(-2u) multiplies that by |2u| (about 30 where gelu is still > 1e-12) */
+        CHECK(worst_g < 1e-5, "vector geglu off the scalar formula by %g (relative) at x = %g", worst_g, worst_gx);
+        (void)gb;
+    }
     lm_gelu(g, 3);
     CHECK(fabsf(g[2] - 0.841192f) < 1e-4f && fabsf(g[0] + 0.158808f) < 1e-4f, "gelu (tanh approximation)");
     float a[4] = {1, 5, 5, 2};
