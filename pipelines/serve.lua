@@ -246,6 +246,11 @@ function Server:submit(r, job, entry, endpoint)
     fail(400, string.format("the prompt (%d tokens) plus max_tokens (%d) exceed the context of %d tokens", n, job.max_tokens, entry.ctx),
          "max_tokens", "context_length_exceeded")
   end
+  for id in pairs(job.logit_bias or {}) do
+    if id >= model.n_vocab then
+      fail(400, string.format("'logit_bias' names token %d; the vocabulary has %d tokens", id, model.n_vocab), "logit_bias", "invalid_value")
+    end
+  end
   if job.n > #entry.slots then
     fail(400, string.format("'n' is %d but the server has %d slots per model", job.n, #entry.slots), "n", "invalid_value")
   end
@@ -305,13 +310,8 @@ local function sampler_for(job, c)
   for k, v in pairs(job.sampling) do s[k] = v end
   -- n > 1 with a seed: each choice its own stream of draws, reproducibly
   if s.seed and c > 1 then s.seed = (s.seed + 7919 * (c - 1)) % 2 ^ 53 end
-  local chain = lumen.sampler.from_config(s)
-  if job.logit_bias then
-    local bias = {}
-    for id, b in pairs(job.logit_bias) do bias[#bias + 1] = { id, b } end
-    chain = lumen.sampler.chain{ lumen.sampler.logit_bias(bias), chain }
-  end
-  return chain
+  s.logit_bias = job.logit_bias
+  return lumen.sampler.from_config(s)
 end
 
 --- Prompt tokens for this turn: with streams running, up to prefill_chunk

@@ -109,6 +109,27 @@ function M.from_config(cfg)
   end
   local seed = cfg.seed or os.time()
   p.seed = seed
+  if cfg.logit_bias ~= nil then
+    -- the same chain as lm_sampler_new builds, behind a logit-bias link
+    util.check_type("sampler.from_config", "logit_bias", cfg.logit_bias, "table")
+    local links = { M.logit_bias(cfg.logit_bias), seed = seed }
+    local function add(l) links[#links + 1] = l end
+    if p.repeat_penalty ~= 1 or p.frequency_penalty ~= 0 or p.presence_penalty ~= 0 then
+      add(M.penalties{ last_n = p.penalty_last_n, repeat_penalty = p.repeat_penalty,
+                       frequency = p.frequency_penalty, presence = p.presence_penalty })
+    end
+    if not (p.temperature > 0) then
+      add(M.greedy())
+    else
+      if p.top_k > 0 then add(M.top_k(p.top_k)) end
+      if p.typical_p < 1 then add(M.typical(p.typical_p)) end
+      if p.top_p < 1 then add(M.top_p(p.top_p)) end
+      if p.min_p > 0 then add(M.min_p(p.min_p)) end
+      add(M.temperature(p.temperature))
+      add(M.dist())
+    end
+    return M.chain(links)
+  end
   local h = C.lm_sampler_new(p)
   if h == nil then util.c_error("sampler", 2) end
   ffi.gc(h, C.lm_sampler_free)

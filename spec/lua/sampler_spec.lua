@@ -54,6 +54,14 @@ describe("lumen.sampler", function()
     assert.are_not.equal(draws(1), draws(2))
   end)
 
+  it("puts a logit bias in front of the standard chain from settings", function()
+    assert.equal(0, sampler.from_config{ temperature = 0, logit_bias = { [0] = 10 } }:sample(buf, n))
+    assert.are_not.equal(0, sampler.from_config{ temperature = 0 }:sample(buf, n))
+    -- sampled: a large negative bias never draws the banned token
+    local s = sampler.from_config{ temperature = 1, top_k = 0, seed = 7, logit_bias = { [3] = -100 } }
+    for _ = 1, 50 do assert.are_not.equal(3, s:sample(buf, n)) end
+  end)
+
   it("applies logit bias, penalties and cuts", function()
     assert.equal(0, sampler.chain{ sampler.logit_bias{ [0] = 10 }, sampler.greedy() }:sample(buf, n))
     local s = sampler.chain{ sampler.penalties{ repeat_penalty = 2, last_n = 8 }, sampler.greedy() }

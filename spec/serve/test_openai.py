@@ -413,6 +413,20 @@ class TestCompletions(unittest.TestCase):
         self.assertEqual(r.usage.total_tokens, r.usage.prompt_tokens + r.usage.completion_tokens)
         self.assertTrue(1 <= r.usage.completion_tokens <= 16)
 
+    def test_logit_bias(self):
+        c = client()
+        plain = c.completions.create(model=MODEL, prompt="The sun is", max_tokens=3, temperature=0)
+        # a +100 bias on one token makes greedy pick it every time
+        forced = c.completions.create(model=MODEL, prompt="The sun is", max_tokens=3, temperature=0,
+                                      logit_bias={"1000": 100})
+        self.assertEqual(forced.usage.completion_tokens, 3)
+        piece = forced.choices[0].text[:len(forced.choices[0].text) // 3]
+        self.assertTrue(piece)
+        self.assertEqual(forced.choices[0].text, piece * 3)
+        self.assertNotEqual(forced.choices[0].text, plain.choices[0].text)
+        with self.assertRaises(openai.BadRequestError):
+            c.completions.create(model=MODEL, prompt="The sun is", max_tokens=3, logit_bias={"99999999": 5})
+
     def test_prompt_as_list_of_one(self):
         c = client()
         a = c.completions.create(model=MODEL, prompt="The sun is", max_tokens=12, temperature=0).choices[0].text
