@@ -223,6 +223,19 @@ int64_t lm_tensor_topk(const lm_tensor *a, int64_t k, int64_t *idx, float *val) 
     return k;
 }
 
+double lm_tensor_logsumexp(const lm_tensor *a) {
+    if (!need_f32("logsumexp", "a", a)) return NAN;
+    if (a->ndim != 1) { char s[96]; lm_err("logsumexp: expects a 1-D tensor, got %s", shape_str(a, s, sizeof s)); return NAN; }
+    const int64_t n = a->shape[0], st = a->stride[0];
+    if (n == 0) return -INFINITY;
+    float mx = -INFINITY;
+    for (int64_t i = 0; i < n; i++) { float v = *(const float *)(a->data + i * st); if (v > mx) mx = v; }
+    if (!isfinite(mx)) return mx;   /* all -inf, or a +inf / NaN in the data */
+    double sum = 0;
+    for (int64_t i = 0; i < n; i++) sum += exp((double)*(const float *)(a->data + i * st) - mx);
+    return mx + log(sum);
+}
+
 typedef struct { double ab, aa, bb; } dot3;
 
 /* Sums of a*b, a*a, b*b over a run of n elements (byte strides sa, sb), in double. */

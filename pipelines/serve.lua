@@ -83,29 +83,17 @@ end
 
 -- ---- logprobs --------------------------------------------------------------------
 
---- log p(token) under the model's distribution, and the k most likely tokens.
-local function logprobs_of(model, logits, n_vocab, tok, k)
-  local mx = -math.huge
-  for i = 0, n_vocab - 1 do if logits[i] > mx then mx = logits[i] end end
-  local sum = 0
-  for i = 0, n_vocab - 1 do sum = sum + math.exp(logits[i] - mx) end
-  local lse = mx + math.log(sum)
+--- log p(token) under the model's distribution (the raw logits), and the k most
+-- likely tokens with theirs: both computed in C over the session's logits view.
+local function logprobs_of(model, session, tok, k)
+  local logits = session:logits()
+  local lse = logits:logsumexp()
   local top = {}
   if k and k > 0 then
-    -- a small sorted list; most logits fall below its last entry at once
-    local ids, vals, n = {}, {}, 0
-    for i = 0, n_vocab - 1 do
-      local v = logits[i]
-      if n < k or v > vals[n] then
-        local j = n < k and n + 1 or n
-        n = j
-        while j > 1 and vals[j - 1] < v do ids[j], vals[j] = ids[j - 1], vals[j - 1]; j = j - 1 end
-        ids[j], vals[j] = i, v
-      end
-    end
-    for j = 1, n do top[j] = { piece = model:piece(ids[j]), logprob = vals[j] - lse } end
+    local idx, val = logits:topk(k)
+    for j = 1, #idx do top[j] = { piece = model:piece(idx[j] - 1), logprob = val[j] - lse } end
   end
-  return logits[tok] - lse, top
+  return logits:get(tok + 1) - lse, top
 end
 
 -- ---- the server ------------------------------------------------------------------
@@ -135,7 +123,10 @@ function Server:load_models()
     local id = m.alias or name:match("([^/]+)%.gguf$") or name
     local ctx = math.min(self.cfg.ctx, info.n_ctx_train)
     local entry = { id = id, model = m, info = info, ctx = ctx, slots = {}, free = {},
-                    sampling = m.entry and m.entry.sampling or {} }
+                    sampling = m.entry and m.entry.sampling or {},
+                    -- reused by every batched step (eval_batch's cdata arrays)
+                    sessions_buf = ffi.new("lm_session*[?]", self.cfg.slots),
+                    tokens_buf = ffi.new("int32_t[?]", self.cfg.slots) }
     for s = 1, self.cfg.slots do
       local slot = { index = s, session = m:session{ ctx = ctx, batch = self.cfg.prefill_chunk } }
       entry.slots[s] = slot
@@ -148,8 +139,8 @@ function Server:load_models()
   self.default_model = self.model_ids[1]
 end
 
-function Server:respond(req_id, status, body, headers, endpoint)
-  C.lm_http_respond(self.http, req_id, status, "application/json", body, #body, headers)
+function Server:respond(req_id, status, body, headers, endpoint, content_type)
+  C.lm_http_respond(self.http, req_id, status, content_type or "application/json", body, #body, headers)
   self.metrics:request(endpoint or "other", status)
 end
 
@@ -194,9 +185,7 @@ function Server:handle(r)
                                    slots_busy = self:slots_busy(), queue = #self.queue })
       return self:respond(r.id, self.draining and 503 or 200, body, nil, name)
     elseif name == "metrics" then
-      local text = self.metrics:render(now())
-      C.lm_http_respond(self.http, r.id, 200, "text/plain; version=0.0.4", text, #text, nil)
-      return self.metrics:request(name, 200)
+      return self:respond(r.id, 200, self.metrics:render(now()), nil, name, "text/plain; version=0.0.4")
     elseif name == "models" then
       return self:respond(r.id, 200, openai.models_list(self.model_ids, self.started), nil, name)
     elseif name == "model" then
@@ -368,7 +357,6 @@ function Server:prefill_one(job, budget)
       -- as OpenAI: each choice opens with its role and empty content
       for _, seq in ipairs(job.seqs) do
         local first = openai.chunk(job, seq.index, "", nil, nil, true)
-        seq.sent_first = true
         if C.lm_http_stream_write(self.http, job.req_id, first, #first) ~= 0 then job.gone = true end
       end
     end
@@ -389,18 +377,15 @@ function Server:next_token(seq)
   if seq.n_gen == 1 and seq.index == 0 then self.metrics:observe_ttft(now() - job.arrived) end
   local lp
   if job.logprobs then
-    local logprob, top = logprobs_of(model, s:logits_ptr(), model.n_vocab, tok, job.top_logprobs)
+    local logprob, top = logprobs_of(model, s, tok, job.top_logprobs)
     lp = openai.logprob_entry(model:piece(tok), logprob, top)
   end
   if model:is_eog(tok) then return self:finish_seq(seq, "stop", lp) end
   seq.sampler:accept(tok)
   local text, stopped = seq.text:push(tok)
   if stopped then return self:finish_seq(seq, "stop", lp) end
-  if seq.n_gen >= job.max_tokens or s:pos() >= s:ctx() then
-    seq.pending_text = text
-    return self:finish_seq(seq, "length", lp)
-  end
-  if now() - job.arrived > self.cfg.timeouts.request_s then
+  -- max_tokens, a full context or the request's time limit: "length"
+  if seq.n_gen >= job.max_tokens or s:pos() >= s:ctx() or now() - job.arrived > self.cfg.timeouts.request_s then
     seq.pending_text = text
     return self:finish_seq(seq, "length", lp)
   end
@@ -415,7 +400,6 @@ function Server:emit(seq, text, finish, lp)
   if job.stream then
     if text ~= "" or finish or lp then
       local chunk = openai.chunk(job, seq.index, text ~= "" and text or nil, finish, lp and { lp } or nil, false)
-      seq.sent_first = true
       if C.lm_http_stream_write(self.http, job.req_id, chunk, #chunk) ~= 0 then job.gone = true end
     end
   elseif text ~= "" then
@@ -485,8 +469,8 @@ function Server:decode_step()
       b.seqs[#b.seqs + 1] = seq
     end
   end
-  for _, b in pairs(by_model) do
-    model_mod.eval_batch(b.sessions, b.tokens)
+  for e, b in pairs(by_model) do
+    model_mod.eval_batch(b.sessions, b.tokens, e.sessions_buf, e.tokens_buf)
     self.metrics:decoded(now(), #b.seqs)
     for _, seq in ipairs(b.seqs) do self:next_token(seq) end
   end
@@ -576,5 +560,5 @@ function M.run(o)
   return 0
 end
 
-M._merge_config, M._logprobs_of = merge_config, logprobs_of
+M._merge_config = merge_config
 return M

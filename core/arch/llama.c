@@ -315,20 +315,18 @@ static lm_status forward(const batch *b, const int32_t *tokens, float *logits) {
     return LM_OK;
 }
 
-enum { MAX_CHUNK = LM_MAX_BATCH };
-
 lm_status lm_forward(lm_session *s, const int32_t *tokens, int32_t n) {
-    lm_session *seq[MAX_CHUNK];
-    int32_t pos[MAX_CHUNK];
-    if (n > MAX_CHUNK) return lm_err("eval: a forward pass takes at most %d tokens", MAX_CHUNK);
+    lm_session *seq[LM_MAX_BATCH];
+    int32_t pos[LM_MAX_BATCH];
+    if (n > LM_MAX_BATCH) return lm_err("eval: a forward pass takes at most %d tokens", LM_MAX_BATCH);
     for (int32_t t = 0; t < n; t++) { seq[t] = s; pos[t] = s->pos + t; }
     batch b = {.ws = s, .seq = seq, .pos = pos, .n = n, .gemm = true};
     return forward(&b, tokens, NULL);
 }
 
 lm_status lm_forward_multi(lm_session *ws, lm_session *const *seq, const int32_t *tokens, int32_t n, float *logits) {
-    int32_t pos[MAX_CHUNK];
-    if (n > MAX_CHUNK) return lm_err("eval: a forward pass takes at most %d tokens", MAX_CHUNK);
+    int32_t pos[LM_MAX_BATCH];
+    if (n > LM_MAX_BATCH) return lm_err("eval: a forward pass takes at most %d tokens", LM_MAX_BATCH);
     for (int32_t t = 0; t < n; t++) pos[t] = seq[t]->pos;
     batch b = {.ws = ws, .seq = seq, .pos = pos, .n = n, .gemm = false};
     return forward(&b, tokens, logits);

@@ -94,6 +94,9 @@ lm_tensor *lm_tensor_softmax(const lm_tensor *a);    /* over the last dimension 
 int64_t lm_tensor_argmax(const lm_tensor *a);        /* -1 on error */
 /* The k largest of a 1-D tensor, descending: fills idx/val (k entries each); returns k used or -1. */
 int64_t lm_tensor_topk(const lm_tensor *a, int64_t k, int64_t *idx, float *val);
+/* log(sum(exp(a))) over a 1-D F32 tensor, computed stably; NAN on error.
+ * With it, logprob(i) = a[i] - lm_tensor_logsumexp(a). */
+double lm_tensor_logsumexp(const lm_tensor *a);
 /* dot / cosine of two tensors with the same number of elements; NAN on error. */
 double lm_tensor_dot(const lm_tensor *a, const lm_tensor *b);
 double lm_tensor_cosine(const lm_tensor *a, const lm_tensor *b);

@@ -51,6 +51,8 @@ local function is_array(t)
   end
   return n == #t
 end
+-- JSON {} and [] both decode to an empty table: it passes as either
+local function is_object(t) return type(t) == "table" and not (is_array(t) and next(t) ~= nil) end
 M.is_array = is_array
 
 local function number(body, key, lo, hi, integer)
@@ -87,7 +89,7 @@ function M.decode(raw, utf8_valid)
   if not ok then
     fail(400, "the request body is not valid JSON: " .. tostring(body):gsub("^.-: ", ""), nil, "invalid_json")
   end
-  if type(body) ~= "table" or (is_array(body) and next(body) ~= nil) then
+  if not is_object(body) then
     fail(400, "the request body must be a JSON object", nil, "invalid_json")
   end
   return body
@@ -139,7 +141,7 @@ local function common(body, defaults)
 
   local so = body.stream_options
   if present(so) then
-    if type(so) ~= "table" or (is_array(so) and next(so) ~= nil) then fail(400, "'stream_options' must be an object", "stream_options", "invalid_type") end
+    if not is_object(so) then fail(400, "'stream_options' must be an object", "stream_options", "invalid_type") end
     r.include_usage = boolean(so, "include_usage") or false
   end
   if r.include_usage and not r.stream then
@@ -148,7 +150,7 @@ local function common(body, defaults)
 
   local lb = body.logit_bias
   if present(lb) then
-    if type(lb) ~= "table" then fail(400, "'logit_bias' must be an object of token id -> bias", "logit_bias", "invalid_type") end
+    if not is_object(lb) then fail(400, "'logit_bias' must be an object of token id -> bias", "logit_bias", "invalid_type") end
     local bias = {}
     for k, v in pairs(lb) do
       local id = tonumber(k)
@@ -187,11 +189,11 @@ function M.chat_request(body, defaults)
   r.kind = "chat"
   local msgs = body.messages
   if not present(msgs) then fail(400, "'messages' is required", "messages", "missing_required_parameter") end
-  if not is_array(msgs) or type(msgs) ~= "table" then fail(400, "'messages' must be an array", "messages", "invalid_type") end
+  if not is_array(msgs) then fail(400, "'messages' must be an array", "messages", "invalid_type") end
   if #msgs == 0 then fail(400, "'messages' must not be empty", "messages", "invalid_value") end
   local out = {}
   for i, m in ipairs(msgs) do
-    if type(m) ~= "table" or is_array(m) and next(m) ~= nil then fail(400, string.format("messages[%d] must be an object", i - 1), "messages", "invalid_type") end
+    if not is_object(m) then fail(400, string.format("messages[%d] must be an object", i - 1), "messages", "invalid_type") end
     if type(m.role) ~= "string" then fail(400, string.format("messages[%d] needs a 'role' string", i - 1), "messages", "invalid_value") end
     local role = ROLES[m.role]
     if not role then

@@ -570,6 +570,15 @@ function methods.topk(t, k)
   return idx, val
 end
 
+--- log(sum(exp(t))) of a 1-D tensor (so t[i] - t:logsumexp() is log-softmax).
+function methods.logsumexp(t)
+  check(t, "logsumexp")
+  local r = C.lm_tensor_logsumexp(t)
+  -- NAN is an error, or NaN in the data: the input decides which
+  if r ~= r and (C.lm_tensor_dtype(t) ~= F32 or C.lm_tensor_ndim(t) ~= 1) then error(last_error(), 2) end
+  return r
+end
+
 -- dot/cosine return NAN on an error; NAN is also a legitimate result when the
 -- data holds NaNs, so the inputs decide which one it was.
 local function reduce(fn, fname, a, b)

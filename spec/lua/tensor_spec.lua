@@ -473,6 +473,19 @@ describe("lumen.tensor", function()
       assert.same({}, (tensor.from_table({ 1, 2 }):topk(0)))
     end)
 
+    it("computes logsumexp stably, so that t[i] - logsumexp is log-softmax", function()
+      local t = tensor.from_table({ 1, 2, 3, 1000 })
+      local want = 1000 + math.log(1 + math.exp(-997) + math.exp(-998) + math.exp(-999))
+      assert.near(want, t:logsumexp(), 1e-9)
+      local u = tensor.from_table({ 0.5, -1, 2 })
+      local s = 0
+      for _, x in ipairs({ 0.5, -1, 2 }) do s = s + math.exp(x) end
+      assert.near(math.log(s), u:logsumexp(), 1e-6)
+      assert.equal(-math.huge, tensor.new({ 0 }):logsumexp())
+      local m = tensor.new({ 2, 2 })
+      assert_error("logsumexp: expects a 1-D tensor, got [2, 2]", m.logsumexp, m)
+    end)
+
     it("refuses topk of a 2-D tensor or a bad k", function()
       local m = tensor.new({ 2, 2 })
       assert_error("topk: expects a 1-D tensor, got [2, 2]", m.topk, m, 1)
