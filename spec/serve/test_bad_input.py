@@ -411,7 +411,11 @@ class TestBadRequests(unittest.TestCase, ErrorChecks):
         content = "a" * (MAX_BODY + 1 - len(shell))
         body = json.dumps({"messages": [{"role": "user", "content": content}], "max_tokens": 1}).encode()
         self.assertEqual(len(body), MAX_BODY + 1)
-        res = self.srv.request("POST", CHAT, body=body, headers={"Content-Type": "application/json"})
+        # The server may answer 413 from Content-Length alone and close before the whole
+        # body is sent, so send it the way a careful client does: stop at the answer.
+        head = ("POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                "Content-Length: %d\r\n\r\n" % (CHAT, len(body))).encode()
+        res = send_streaming_body(self.srv, head, [body[i:i + 65536] for i in range(0, len(body), 65536)])
         self.assertOpenAIError(res, 413, what="limit + 1 bytes")
 
     def test_chunked_body_over_limit_is_413(self):
