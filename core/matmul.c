@@ -54,6 +54,21 @@ static void mm_rows(void *vctx, int ith, int nth) {
         int64_t r1 = r0 + ROW_TILE < hi ? r0 + ROW_TILE : hi;
         if (r1 < hi) prefetch_row(j->w + r1 * j->w_row, j->w_row * (size_t)(hi - r1 < ROW_TILE ? hi - r1 : ROW_TILE));
         int64_t t = 0;
+        if (j->ops->vec_dot_tile) { /* tiles of weight rows x four tokens (quant.h) */
+            const int64_t R = j->ops->tile_rows;
+            for (; t + 4 <= j->n; t += 4) {
+                const char *xq = j->xq + t * j->x_row;
+                float *y = j->y + t * j->out;
+                int64_t r = r0;
+                for (; r + R <= r1; r += R)
+                    j->ops->vec_dot_tile(j->in, y + r, (size_t)j->out, j->w + r * j->w_row, j->w_row, xq, j->x_row);
+                for (; r < r1; r++) {
+                    float s4[4];
+                    j->ops->vec_dot4(j->in, s4, j->w + r * j->w_row, xq, j->x_row);
+                    y[r] = s4[0]; y[j->out + r] = s4[1]; y[2 * j->out + r] = s4[2]; y[3 * j->out + r] = s4[3];
+                }
+            }
+        }
         if (j->ops->vec_dot4) {  /* four tokens at a time: each weight block unpacked once */
             for (; t + 4 <= j->n; t += 4) {
                 const char *xq = j->xq + t * j->x_row;

@@ -26,6 +26,13 @@ typedef void (*lm_vec_dot_fn)(int64_t n, float *restrict s, const void *restrict
  * changes a result. */
 typedef void (*lm_vec_dot4_fn)(int64_t n, float *restrict s, const void *restrict x, const void *restrict y, size_t y_stride);
 
+/* s[c * s_stride + r] = dot(x + r * x_stride, y + c * y_stride) for r < the
+ * variant's tile_rows and c < 4: a tile of weight rows against four activation
+ * rows, blocks unpacked and scales converted once per tile. Bit-identical to
+ * vec_dot per pair, like vec_dot4. */
+typedef void (*lm_vec_dot_tile_fn)(int64_t n, float *restrict s, size_t s_stride, const void *restrict x, size_t x_stride,
+                                   const void *restrict y, size_t y_stride);
+
 typedef struct lm_quant_entry {
     lm_dtype vec_dot_type;
     lm_to_float_fn to_float;
@@ -33,6 +40,8 @@ typedef struct lm_quant_entry {
     lm_vec_dot_fn vec_dot[LM_ISA_COUNT];       /* [LM_ISA_SCALAR] is the reference; NULL = none */
     lm_vec_dot4_fn vec_dot4[LM_ISA_COUNT];     /* optional; each row bit-identical to the vec_dot of
                                                   the highest ISA at or below its own that has one */
+    lm_vec_dot_tile_fn vec_dot_tile[LM_ISA_COUNT]; /* optional; same rule as vec_dot4 */
+    int tile_rows[LM_ISA_COUNT];               /* weight rows per vec_dot_tile call */
 } lm_quant_entry;
 
 /* The chosen functions for the running CPU. */
@@ -42,6 +51,8 @@ typedef struct lm_quant_ops {
     lm_from_float_fn from_float;
     lm_vec_dot_fn vec_dot;
     lm_vec_dot4_fn vec_dot4;   /* NULL: call vec_dot per row */
+    lm_vec_dot_tile_fn vec_dot_tile; /* NULL: vec_dot4 or vec_dot */
+    int tile_rows;
 } lm_quant_ops;
 
 void lm_kernels_init(void);

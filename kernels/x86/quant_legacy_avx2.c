@@ -132,6 +132,11 @@ void lm_vec_dot4_q8_0_q8_0_avx2(int64_t n, float *s, const void *vx, const void 
     for (int r = 0; r < 4; r++) s[r] = hsum8(acc[r]);
 }
 
+#define DOT_US dot_us
+#include "tile_legacy.h"
+LM_DEFINE_TILE_Q4_1(lm_vec_dot_tile_q4_1_q8_1_avx2, LM_TILE_ROWS_AVX2)
+LM_DEFINE_TILE_Q8_0(lm_vec_dot_tile_q8_0_q8_0_avx2, LM_TILE_ROWS_AVX2)
+
 /* roundf (halves away from zero), exactly: truncate, then step away from zero
  * when the dropped part is at least one half (x - trunc(x) is exact). */
 static inline __m256 roundf8(__m256 v) {

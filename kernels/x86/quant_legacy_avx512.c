@@ -7,6 +7,7 @@
 #include "quant_legacy.h"
 
 #include <immintrin.h>
+#include <string.h>
 
 static inline __m256i nibbles(const uint8_t *qs) {
     const __m128i t = _mm_loadu_si128((const __m128i *)qs);
@@ -96,3 +97,9 @@ void lm_vec_dot4_q8_0_q8_0_vnni(int64_t n, float *s, const void *vx, const void 
     }
     for (int r = 0; r < 4; r++) s[r] = hsum8(acc[r]);
 }
+
+/* Tiles (tile_legacy.h) with vpdpbusd: 16 accumulators fit AVX-512VL's 32 registers. */
+#define DOT_US(x, y) _mm256_dpbusd_epi32(_mm256_setzero_si256(), (x), (y))
+#include "tile_legacy.h"
+LM_DEFINE_TILE_Q4_1(lm_vec_dot_tile_q4_1_q8_1_vnni, LM_TILE_ROWS_VNNI)
+LM_DEFINE_TILE_Q8_0(lm_vec_dot_tile_q8_0_q8_0_vnni, LM_TILE_ROWS_VNNI)

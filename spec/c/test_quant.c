@@ -178,8 +178,65 @@ static void test_dot4(void) {
     CHECK(lm_cpu_isa() == LM_ISA_SCALAR || ran > 0, "no dot4 variant ran");
 }
 
+/* Every tile variant against its single-row vec_dot, pair by pair, bit for bit:
+ * tile_rows weight rows (one of them all zeros, one with huge scales) times four
+ * activation rows (one of them zeros), at odd strides. */
+static void test_tile(void) {
+    static const int64_t lens[] = {32, 64, 576, 1536, 4096 + 32};
+    uint64_t r = 29;
+    int ran = 0;
+    for (int t = 0; t < LM_DTYPE_COUNT; t++) {
+        const lm_quant_entry *e = lm_quant_entry_get((lm_dtype)t);
+        if (!e) continue;
+        for (int isa = 1; isa < LM_ISA_COUNT; isa++) {
+            if (!e->vec_dot_tile[isa] || isa > (int)lm_cpu_isa()) continue;
+            lm_vec_dot_fn dot1 = NULL;
+            for (int k = isa; k >= 1 && !dot1; k--) dot1 = e->vec_dot[k];
+            const int R = e->tile_rows[isa];
+            CHECK(dot1 != NULL && R >= 1 && R <= 16, "%s: %s tile without a SIMD vec_dot or with %d rows",
+                  lm_dtype_name(t), lm_isa_name(isa), R);
+            if (!dot1 || R < 1 || R > 16) continue;
+            const lm_quant_entry *act = lm_quant_entry_get(e->vec_dot_type);
+            for (size_t l = 0; l < sizeof lens / sizeof *lens; l++) {
+                int64_t n = lens[l];
+                size_t wrow = lm_dtype_row_size(t, n) + 6, arow = lm_dtype_row_size(e->vec_dot_type, n) + 10;
+                float *x = malloc(n * sizeof *x);
+                char *qw = malloc(R * wrow), *qa = malloc(4 * arow);
+                for (int k = 0; k < R; k++) {
+                    fill(x, n, &r, k == 1 ? 5000.0f : 3.0f);
+                    if (k == R - 1 && R > 2) memset(x, 0, n * sizeof *x);
+                    e->from_float[LM_ISA_SCALAR](x, qw + k * wrow, n);
+                }
+                for (int k = 0; k < 4; k++) {
+                    fill(x, n, &r, k == 2 ? 1000.0f : 1.0f);
+                    if (k == 3) memset(x, 0, n * sizeof *x);
+                    act->from_float[LM_ISA_SCALAR](x, qa + k * arow, n);
+                }
+                const size_t ss = (size_t)R + 3; /* output stride between activation rows */
+                float s[4 * 19], s1;
+                for (size_t k = 0; k < sizeof s / sizeof *s; k++) s[k] = -7.0f;
+                e->vec_dot_tile[isa](n, s, ss, qw, wrow, qa, arow);
+                for (int c = 0; c < 4; c++) {
+                    for (int k = 0; k < R; k++) {
+                        dot1(n, &s1, qw + k * wrow, qa + c * arow);
+                        CHECK(memcmp(&s1, &s[c * ss + k], sizeof s1) == 0, "%s %s n=%lld row %d act %d: tile %.9g vs dot %.9g",
+                              lm_dtype_name(t), lm_isa_name(isa), (long long)n, k, c, s[c * ss + k], s1);
+                    }
+                    for (size_t k = R; k < ss && c < 3; k++)
+                        CHECK(s[c * ss + k] == -7.0f, "%s %s: tile wrote outside its outputs", lm_dtype_name(t), lm_isa_name(isa));
+                }
+                ran++;
+                free(x); free(qw); free(qa);
+            }
+        }
+    }
+    printf("tile variants checked: %d\n", ran);
+    CHECK(lm_cpu_isa() == LM_ISA_SCALAR || ran > 0, "no tile variant ran");
+}
+
 int main(void) {
     test_dot4();
+    test_tile();
     test_known_blocks();
     test_round_trips();
     test_fp16_exhaustive();
