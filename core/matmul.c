@@ -89,6 +89,16 @@ static void mm_rows(void *vctx, int ith, int nth) {
     }
 }
 
+/* Where the GEMM starts to win, measured with SmolLM2 on a Zen 4 (2 threads and
+ * 1, bench/ttft.lua at 24..128 tokens): dequantizing the whole matrix costs the same
+ * for any batch, so the integer tiles win short prompts (Q4_1 at 48 tokens: 85
+ * vs 118 ms on 2 threads; at 128: 251 vs 236). Without tiles, from 16. */
+int64_t lm_matmul_gemm_min(const lm_tensor *w) {
+    const lm_quant_ops *ops = lm_quant_ops_get(w->dtype);
+    if (!ops || !ops->vec_dot_tile) return LM_GEMM_MIN_TOKENS;
+    return w->dtype == LM_Q8_0 ? 64 : 112;
+}
+
 size_t lm_matmul_qbuf_size(const lm_tensor *w, int64_t n) {
     const lm_quant_ops *ops = lm_quant_ops_get(w->dtype);
     return lm_dtype_row_size(ops->vec_dot_type, w->shape[1]) * (size_t)n;

@@ -197,7 +197,7 @@ static void attn_rows(void *vctx, int ith, int nth) {
  * oneDNN refuses go through the quantized dot products. */
 static void mm(const batch *b, const lm_tensor *w, const float *x, float *y) {
     lm_session *s = b->ws;
-    if (b->gemm && b->n >= LM_GEMM_MIN_TOKENS && s->wbuf &&
+    if (b->gemm && b->n >= lm_matmul_gemm_min(w) && s->wbuf &&
         lm_matmul_gemm(s->model->pool, w, x, b->n, y, s->wbuf) == LM_OK) return;
     lm_matmul(s->model->pool, w, x, b->n, y, s->qbuf);
 }

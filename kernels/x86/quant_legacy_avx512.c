@@ -102,4 +102,37 @@ void lm_vec_dot4_q8_0_q8_0_vnni(int64_t n, float *s, const void *vx, const void 
 #define DOT_US(x, y) _mm256_dpbusd_epi32(_mm256_setzero_si256(), (x), (y))
 #include "tile_legacy.h"
 LM_DEFINE_TILE_Q4_1(lm_vec_dot_tile_q4_1_q8_1_vnni, LM_TILE_ROWS_VNNI)
-LM_DEFINE_TILE_Q8_0(lm_vec_dot_tile_q8_0_q8_0_vnni, LM_TILE_ROWS_VNNI)
+
+/* Q8_0 without the sign trick: vpdpbusd wants unsigned bytes on one side, so
+ * the weights go in as q + 128 (one xor) and each product sum starts from
+ * -128 * sum(y) instead of zero; the int32 sums are the same as AVX2's, so the
+ * float work, copied from LM_DEFINE_TILE_Q8_0, gives the same bits. */
+void lm_vec_dot_tile_q8_0_q8_0_vnni(int64_t n, float *s, size_t s_stride, const void *vx, size_t x_stride,
+                                    const void *vy, size_t y_stride) {
+    enum { R = LM_TILE_ROWS_VNNI };
+    const char *xb = vx, *yb = vy;
+    const __m256i k128 = _mm256_set1_epi8((char)0x80);
+    __m256 acc[R][LM_TILE_C];
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < LM_TILE_C; c++) acc[r][c] = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n / QK; i++) {
+        __m256i qy[LM_TILE_C], base[LM_TILE_C];
+        __m256 yd[LM_TILE_C];
+        for (int c = 0; c < LM_TILE_C; c++) {
+            const block_q8_0 *y = (const block_q8_0 *)(yb + c * y_stride) + i;
+            yd[c] = _mm256_set1_ps(lm_f16_to_f32(y->d));
+            qy[c] = _mm256_loadu_si256((const __m256i *)y->qs);
+            base[c] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_dpbusd_epi32(_mm256_setzero_si256(), k128, qy[c]));
+        }
+        for (int r = 0; r < R; r++) {
+            const block_q8_0 *x = (const block_q8_0 *)(xb + r * x_stride) + i;
+            const __m256 xd = _mm256_set1_ps(lm_f16_to_f32(x->d));
+            const __m256i ux = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)x->qs), k128);
+            for (int c = 0; c < LM_TILE_C; c++)
+                acc[r][c] = _mm256_fmadd_ps(_mm256_mul_ps(xd, yd[c]),
+                                            _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(base[c], ux, qy[c])), acc[r][c]);
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < LM_TILE_C; c++) s[c * s_stride + r] = hsum8(acc[r][c]);
+}
