@@ -844,35 +844,3 @@ lm_status lm_signal_watch(void) {
 }
 
 bool lm_signal_term(void) { return g_term != 0; }
-
-bool lm_utf8_valid(const char *s, int64_t n) {
-    const unsigned char *p = (const unsigned char *)s;
-    if (n < 0 || (n > 0 && !s)) return false;
-    for (int64_t i = 0; i < n;) {
-        unsigned c = p[i];
-        if (c < 0x80) {
-            i++;
-            continue;
-        }
-        int len;
-        unsigned lo = 0x80, hi = 0xBF;  /* the allowed range of the second byte */
-        if (c >= 0xC2 && c <= 0xDF) len = 2;
-        else if (c >= 0xE0 && c <= 0xEF) {
-            len = 3;
-            if (c == 0xE0) lo = 0xA0;        /* overlong */
-            else if (c == 0xED) hi = 0x9F;   /* UTF-16 surrogates */
-        } else if (c >= 0xF0 && c <= 0xF4) {
-            len = 4;
-            if (c == 0xF0) lo = 0x90;        /* overlong */
-            else if (c == 0xF4) hi = 0x8F;   /* beyond U+10FFFF */
-        } else {
-            return false;                    /* continuation byte, C0/C1 overlongs, F5..FF */
-        }
-        if (n - i < len) return false;
-        if (p[i + 1] < lo || p[i + 1] > hi) return false;
-        for (int k = 2; k < len; k++)
-            if ((p[i + k] & 0xC0) != 0x80) return false;
-        i += len;
-    }
-    return true;
-}

@@ -73,7 +73,10 @@ lm_status lm_forward(lm_session *s, const int32_t *tokens, int32_t n);
  * in one pass with ws's activation buffers (ws->n_batch >= n, ws->n_ctx >= every
  * session's). Every token's logits go to logits[t * n_vocab]. Rows come out
  * bit-identical to evaluating each session alone (no GEMM). */
-lm_status lm_forward_multi(lm_session *ws, lm_session *const *seq, const int32_t *tokens, int32_t n, float *logits);
+/* Tokens of several sessions in one pass: token t goes to seq[t] at position
+ * pos[t]. Logits for the n_out rows out_rows[] only, into logits[n_out][n_vocab]. */
+lm_status lm_forward_multi(lm_session *ws, lm_session *const *seq, const int32_t *pos, const int32_t *tokens, int32_t n,
+                           const int32_t *out_rows, int32_t n_out, float *logits);
 /* Longest forward pass (lm_session_params.n_batch is capped to it). */
 #define LM_MAX_BATCH 4096
 /* Y[n][out] = X[n][in] @ W^T for W of shape [out][in]; qbuf holds the quantized X. */

@@ -121,42 +121,59 @@ lm_status lm_session_eval(lm_session *s, const int32_t *tokens, int32_t n) {
 }
 
 lm_status lm_session_eval_batch(lm_session *const *sessions, const int32_t *tokens, int32_t n) {
-    if (n <= 0) return lm_err("eval_batch: need at least one session (got %d)", n);
+    if (n <= 0) return lm_err("eval_batch: need at least one token (got %d)", n);
     if (!sessions || !tokens) return lm_err("eval_batch: sessions or tokens is NULL");
+    if (n > LM_MAX_BATCH) return lm_err("eval_batch: at most %d entries (got %d)", LM_MAX_BATCH, n);
     lm_session *ws = NULL;
-    for (int32_t i = 0; i < n; i++) {
+    for (int32_t i = 0, run = 0; i < n; i++) {
         lm_session *s = sessions[i];
         if (!s) return lm_err("eval_batch: session %d is NULL", i);
         if (s->model != sessions[0]->model) return lm_err("eval_batch: session %d belongs to another model", i);
-        if (s->pos >= s->n_ctx)
-            return lm_err("eval_batch: context full: session %d is at position %d of its %d-token context", i, s->pos, s->n_ctx);
         if (tokens[i] < 0 || tokens[i] >= s->model->hp.n_vocab)
             return lm_err("eval_batch: token %d at index %d is outside the vocabulary [0, %d)", tokens[i], i, s->model->hp.n_vocab);
-        for (int32_t j = 0; j < i; j++)
-            if (sessions[j] == s) return lm_err("eval_batch: session %d appears twice (at %d and %d)", i, j, i);
+        run = i > 0 && sessions[i - 1] == s ? run + 1 : 0;
+        if (s->pos + run >= s->n_ctx)
+            return lm_err("eval_batch: context full: session %d would go past position %d of its %d-token context",
+                          i, s->pos + run, s->n_ctx);
+        if (run == 0)
+            for (int32_t j = 0; j < i; j++)
+                if (sessions[j] == s)
+                    return lm_err("eval_batch: session %d appears twice (at %d and %d) with other sessions between; "
+                                  "a session's entries must be adjacent", i, j, i);
         if (!ws || s->n_ctx > ws->n_ctx || (s->n_ctx == ws->n_ctx && s->n_batch > ws->n_batch)) ws = s;
     }
     lm_model *m = ws->model;
     const size_t V = (size_t)m->hp.n_vocab;
     const int32_t chunk_max = ws->n_batch;
+    int32_t *pos = malloc(2 * (size_t)(n < chunk_max ? n : chunk_max) * sizeof *pos);
+    if (!pos) return lm_err("eval_batch: out of memory");
+    int32_t *out_rows = pos + (n < chunk_max ? n : chunk_max);
     pthread_mutex_lock(&m->eval_mu);
     lm_status st = LM_OK;
-    size_t need = (size_t)(n < chunk_max ? n : chunk_max) * V;
-    if (m->batch_logits_cap < need) {
-        float *b = realloc(m->batch_logits, need * sizeof(float));
-        if (!b) st = lm_err("eval_batch: out of memory for %zu logits", need);
-        else { m->batch_logits = b; m->batch_logits_cap = need; }
-    }
     for (int32_t i = 0; i < n && st == LM_OK; i += chunk_max) {
-        int32_t c = n - i < chunk_max ? n - i : chunk_max;
-        st = lm_forward_multi(ws, sessions + i, tokens + i, c, m->batch_logits);
-        for (int32_t t = 0; st == LM_OK && t < c; t++) {
-            lm_session *s = sessions[i + t];
-            memcpy(s->logits, m->batch_logits + (size_t)t * V, V * sizeof(float));
-            s->tokens[s->pos++] = tokens[i + t];
+        const int32_t c = n - i < chunk_max ? n - i : chunk_max;
+        lm_session *const *seq = sessions + i;
+        /* positions run on within a session's entries; logits only for the last one */
+        int32_t n_out = 0;
+        for (int32_t t = 0; t < c; t++) {
+            pos[t] = t > 0 && seq[t - 1] == seq[t] ? pos[t - 1] + 1 : seq[t]->pos;
+            if (t == c - 1 || seq[t + 1] != seq[t]) out_rows[n_out++] = t;
         }
+        size_t need = (size_t)n_out * V;
+        if (m->batch_logits_cap < need) {
+            float *b = realloc(m->batch_logits, need * sizeof(float));
+            if (!b) { st = lm_err("eval_batch: out of memory for %zu logits", need); break; }
+            m->batch_logits = b;
+            m->batch_logits_cap = need;
+        }
+        st = lm_forward_multi(ws, seq, pos, tokens + i, c, out_rows, n_out, m->batch_logits);
+        if (st != LM_OK) break;
+        for (int32_t t = 0; t < c; t++) seq[t]->tokens[seq[t]->pos++] = tokens[i + t];
+        for (int32_t k = 0; k < n_out; k++)
+            memcpy(seq[out_rows[k]]->logits, m->batch_logits + (size_t)k * V, V * sizeof(float));
     }
     pthread_mutex_unlock(&m->eval_mu);
+    free(pos);
     return st;
 }
 

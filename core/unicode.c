@@ -1,6 +1,8 @@
 #include "unicode.h"
 #include "lumen.h"
 
+#include <string.h>
+
 unsigned lm_unicode_flags(uint32_t cp) {
     if (cp > 0x10FFFF) return LM_U_UNDEFINED;
     /* a flat table for the common planes would be faster; binary search is ~10 steps */
@@ -59,4 +61,60 @@ size_t lm_utf8_complete_len(const char *str, size_t n) {
         return need > back ? n - back : n;
     }
     return n;
+}
+
+/* The well-formed UTF-8 sequence at p[0..n): its length, or minus the length of
+ * its maximal ill-formed subpart (a lead byte and the continuation bytes it
+ * allows, cut short; at least 1) -- the unit Unicode replaces with one U+FFFD. */
+static int utf8_seq(const unsigned char *p, int64_t n) {
+    unsigned c = p[0];
+    if (c < 0x80) return 1;
+    int len;
+    unsigned lo = 0x80, hi = 0xBF; /* the allowed range of the second byte */
+    if (c >= 0xC2 && c <= 0xDF) len = 2;
+    else if (c >= 0xE0 && c <= 0xEF) {
+        len = 3;
+        if (c == 0xE0) lo = 0xA0;       /* overlong */
+        else if (c == 0xED) hi = 0x9F;  /* UTF-16 surrogates */
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        len = 4;
+        if (c == 0xF0) lo = 0x90;       /* overlong */
+        else if (c == 0xF4) hi = 0x8F;  /* beyond U+10FFFF */
+    } else {
+        return -1;                      /* continuation byte, C0/C1 overlongs, F5..FF */
+    }
+    if (n < 2 || p[1] < lo || p[1] > hi) return -1;
+    for (int k = 2; k < len; k++)
+        if (k >= n || (p[k] & 0xC0) != 0x80) return -k;
+    return len;
+}
+
+bool lm_utf8_valid(const char *s, int64_t n) {
+    const unsigned char *p = (const unsigned char *)s;
+    if (n < 0 || (n > 0 && !s)) return false;
+    for (int64_t i = 0; i < n;) {
+        int k = utf8_seq(p + i, n - i);
+        if (k < 0) return false;
+        i += k;
+    }
+    return true;
+}
+
+int64_t lm_utf8_sanitize(const char *s, int64_t n, char *out) {
+    const unsigned char *p = (const unsigned char *)s;
+    int64_t o = 0;
+    if (n <= 0 || !s || !out) return 0;
+    for (int64_t i = 0; i < n;) {
+        int k = utf8_seq(p + i, n - i);
+        if (k > 0) {
+            memcpy(out + o, p + i, (size_t)k);
+            o += k;
+            i += k;
+        } else {
+            memcpy(out + o, "\xEF\xBF\xBD", 3);
+            o += 3;
+            i += -k;
+        }
+    }
+    return o;
 }

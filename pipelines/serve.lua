@@ -5,10 +5,13 @@
 --   1. takes the requests that arrived (validates them, answers the cheap ones,
 --      queues generation jobs, 429 when slots and queue are full);
 --   2. gives waiting jobs free slots (a slot is a session with its KV cache);
---   3. prefills one chunk of one admitted prompt (a long prompt takes several
---      turns, so running streams keep flowing);
---   4. advances every running sequence by one token in ONE batched forward pass
---      (lumen.model.eval_batch), samples each, and streams the text out.
+--   3. with nothing running, evaluates the admitted prompts (the fastest first
+--      token); otherwise picks up to prefill_chunk prompt tokens to ride along
+--      in step 4 (a long prompt takes several turns, so running streams keep
+--      flowing);
+--   4. advances every running sequence by one token, with those prompt tokens,
+--      in ONE batched forward pass (lumen.model.eval_batch), samples each, and
+--      streams the text out.
 -- Finished or disconnected requests give their slots back at once.
 local ffi = require "ffi"
 local C = require "lumen.ffi"
@@ -124,9 +127,10 @@ function Server:load_models()
     local ctx = math.min(self.cfg.ctx, info.n_ctx_train)
     local entry = { id = id, model = m, info = info, ctx = ctx, slots = {}, free = {},
                     sampling = m.entry and m.entry.sampling or {},
-                    -- reused by every batched step (eval_batch's cdata arrays)
-                    sessions_buf = ffi.new("lm_session*[?]", self.cfg.slots),
-                    tokens_buf = ffi.new("int32_t[?]", self.cfg.slots) }
+                    -- reused by every batched step (eval_batch's cdata arrays):
+                    -- a token per slot plus the prompt tokens riding along
+                    sessions_buf = ffi.new("lm_session*[?]", self.cfg.slots + self.cfg.prefill_chunk + 16),
+                    tokens_buf = ffi.new("int32_t[?]", self.cfg.slots + self.cfg.prefill_chunk + 16) }
     for s = 1, self.cfg.slots do
       local slot = { index = s, session = m:session{ ctx = ctx, batch = self.cfg.prefill_chunk } }
       entry.slots[s] = slot
@@ -303,40 +307,60 @@ local function sampler_for(job, c)
   return lumen.sampler.from_config(s)
 end
 
---- Prompt tokens for this turn: with streams running, up to prefill_chunk
--- tokens (one long prompt is spread over several turns; several short ones
--- share a turn); with none running, every admitted prompt at once.
+--- Prompt tokens for this turn. With no stream running, every admitted prompt
+-- is evaluated at once, each on its own (the prefill GEMM for a long one, as
+-- `lumen generate` does: the fastest first token). With streams running, up to
+-- prefill_chunk prompt tokens ride along in the next decode step's forward
+-- pass (see decode_step): the weights are read once for both, and a long
+-- prompt, spread over several steps, never stalls the running streams.
 function Server:prefill_step(running)
-  local chunk = self.cfg.prefill_chunk
-  local budget = running > 0 and chunk or math.huge
-  while budget > 0 and self.prefilling[1] do
-    local job = self.prefilling[1]
-    -- a prompt is cut only at multiples of prefill_chunk (the pieces a lone
-    -- prompt would be cut into too): one that does not fit what is left of
-    -- this turn waits for the next
-    local want = math.min(chunk, job.prompt_tokens - job.prefilled)
-    if want > budget then break end
-    budget = budget - self:prefill_one(job, want)
+  self.riding = {}
+  if running == 0 then
+    while self.prefilling[1] do
+      local job = self.prefilling[1]
+      if self:prompt_gone(job) then
+        table.remove(self.prefilling, 1)
+      else
+        local n = job.prompt_tokens - job.prefilled
+        job.seqs[1].slot.session:eval_raw(job.prompt_buf + job.prefilled, n)
+        self:prompt_evaluated(job, n)
+      end
+    end
+    return
+  end
+  local budget = math.max(16, self.cfg.prefill_chunk - running)
+  local i = 1
+  while budget > 0 and self.prefilling[i] do
+    local job = self.prefilling[i]
+    if self:prompt_gone(job) then
+      table.remove(self.prefilling, i)
+    else
+      local n = math.min(budget, job.prompt_tokens - job.prefilled)
+      self.riding[#self.riding + 1] = { job = job, n = n }
+      budget = budget - n
+      i = i + 1
+    end
   end
 end
 
---- Evaluates up to `budget` tokens of a job's prompt; when the prompt is in,
--- each choice gets its first token. Returns the tokens evaluated.
-function Server:prefill_one(job, budget)
-  if not C.lm_http_alive(self.http, job.req_id) then
-    table.remove(self.prefilling, 1)
-    self:release(job)
-    self.metrics.disconnects = self.metrics.disconnects + 1
-    return 0
-  end
-  local s = job.seqs[1].slot.session
-  local n = math.min(budget, job.prompt_tokens - job.prefilled)
-  -- a chunk never exceeds the session's batch: eval would split it there anyway
-  s:eval_raw(job.prompt_buf + job.prefilled, n)
+--- A prompt whose client left: its slots go back at once.
+function Server:prompt_gone(job)
+  if C.lm_http_alive(self.http, job.req_id) then return false end
+  self:release(job)
+  self.metrics.disconnects = self.metrics.disconnects + 1
+  return true
+end
+
+--- n more tokens of a job's prompt are in its session; when the whole prompt
+-- is, each choice gets its first token.
+function Server:prompt_evaluated(job, n)
   job.prefilled = job.prefilled + n
   self.metrics.prompt_tokens = self.metrics.prompt_tokens + n
-  if job.prefilled < job.prompt_tokens then return n end
-  table.remove(self.prefilling, 1)
+  if job.prefilled < job.prompt_tokens then return end
+  for i, j in ipairs(self.prefilling) do
+    if j == job then table.remove(self.prefilling, i) break end
+  end
+  local s = job.seqs[1].slot.session
   for c, seq in ipairs(job.seqs) do
     if c > 1 then
       -- the other choices start from a copy of the prompt's KV cache
@@ -363,7 +387,6 @@ function Server:prefill_one(job, budget)
   end
   job.running = #job.seqs
   for _, seq in ipairs(job.seqs) do self:next_token(seq) end
-  return n
 end
 
 --- Samples the next token of a sequence from its session's logits and moves
@@ -396,6 +419,9 @@ end
 
 function Server:emit(seq, text, finish, lp)
   local job = seq.job
+  -- JSON carries UTF-8 only: a stray byte token or a character cut short by
+  -- the end of generation becomes U+FFFD (text_stream never splits a whole one)
+  text = util.utf8_sanitize(text)
   if lp then seq.logprobs[#seq.logprobs + 1] = lp end
   if job.stream then
     if text ~= "" or finish or lp then
@@ -447,10 +473,11 @@ function Server:release(job)
   end
 end
 
---- One token for every running sequence, one forward pass per model.
+--- One token for every running sequence, and the prompt chunks riding along,
+-- in one forward pass per model.
 function Server:decode_step()
   local list = self.decoding
-  if #list == 0 then return end
+  if #list == 0 and #self.riding == 0 then return end
   self.decoding = {}
   local by_model = {}
   for _, seq in ipairs(list) do
@@ -469,11 +496,25 @@ function Server:decode_step()
       b.seqs[#b.seqs + 1] = seq
     end
   end
+  -- a prompt chunk's entries come last, adjacent, as eval_batch wants them
+  for _, r in ipairs(self.riding) do
+    local e = r.job.entry
+    by_model[e] = by_model[e] or { sessions = {}, tokens = {}, seqs = {} }
+    local b = by_model[e]
+    local s, buf, at = r.job.seqs[1].slot.session, r.job.prompt_buf, r.job.prefilled
+    for i = 0, r.n - 1 do
+      b.sessions[#b.sessions + 1] = s
+      b.tokens[#b.tokens + 1] = buf[at + i]
+    end
+  end
   for e, b in pairs(by_model) do
     model_mod.eval_batch(b.sessions, b.tokens, e.sessions_buf, e.tokens_buf)
-    self.metrics:decoded(now(), #b.seqs)
+    if #b.seqs > 0 then self.metrics:decoded(now(), #b.seqs) end
     for _, seq in ipairs(b.seqs) do self:next_token(seq) end
   end
+  local riding = self.riding
+  self.riding = {}
+  for _, r in ipairs(riding) do self:prompt_evaluated(r.job, r.n) end
 end
 
 function Server:kv_used()
@@ -521,7 +562,7 @@ end
 function M.run(o)
   local cfg = merge_config(o.config, o)
   math.randomseed(os.time() + math.floor(now() * 1000) % 100000)
-  local self = setmetatable({ cfg = cfg, queue = {}, prefilling = {}, decoding = {},
+  local self = setmetatable({ cfg = cfg, queue = {}, prefilling = {}, decoding = {}, riding = {},
                               metrics = metrics_mod.new(), started = os.time() }, Server)
   self:load_models()
   local mt = self.metrics

@@ -267,9 +267,9 @@ static void per_token(const batch *b, const lm_layer *l, int il, int stage, floa
     else tok_stage(&j, 0, b->n);
 }
 
-/* logits: where the logits of every token go (n rows of n_vocab), or NULL for
- * only the last token's, into ws->logits. */
-static lm_status forward(const batch *b, const int32_t *tokens, float *logits) {
+/* logits: where the logits of the n_out rows out_rows[] go (n_out rows of
+ * n_vocab), or NULL for only the last token's, into ws->logits. */
+static lm_status forward(const batch *b, const int32_t *tokens, const int32_t *out_rows, int32_t n_out, float *logits) {
     lm_session *s = b->ws;
     lm_model *m = s->model;
     const lm_hparams *hp = &m->hp;
@@ -310,8 +310,9 @@ static lm_status forward(const batch *b, const int32_t *tokens, float *logits) {
         lm_matmul(pool, m->output, s->xb, 1, s->logits, s->qbuf);
         return LM_OK;
     }
-    for (int32_t t = 0; t < n; t++) lm_rmsnorm(s->xb + t * E, s->x + t * E, F32(m->output_norm), E, hp->norm_eps);
-    lm_matmul(pool, m->output, s->xb, n, logits, s->qbuf);
+    for (int32_t i = 0; i < n_out; i++)
+        lm_rmsnorm(s->xb + i * E, s->x + (int64_t)out_rows[i] * E, F32(m->output_norm), E, hp->norm_eps);
+    lm_matmul(pool, m->output, s->xb, n_out, logits, s->qbuf);
     return LM_OK;
 }
 
@@ -321,13 +322,12 @@ lm_status lm_forward(lm_session *s, const int32_t *tokens, int32_t n) {
     if (n > LM_MAX_BATCH) return lm_err("eval: a forward pass takes at most %d tokens", LM_MAX_BATCH);
     for (int32_t t = 0; t < n; t++) { seq[t] = s; pos[t] = s->pos + t; }
     batch b = {.ws = s, .seq = seq, .pos = pos, .n = n, .gemm = true};
-    return forward(&b, tokens, NULL);
+    return forward(&b, tokens, NULL, 0, NULL);
 }
 
-lm_status lm_forward_multi(lm_session *ws, lm_session *const *seq, const int32_t *tokens, int32_t n, float *logits) {
-    int32_t pos[LM_MAX_BATCH];
+lm_status lm_forward_multi(lm_session *ws, lm_session *const *seq, const int32_t *pos, const int32_t *tokens, int32_t n,
+                           const int32_t *out_rows, int32_t n_out, float *logits) {
     if (n > LM_MAX_BATCH) return lm_err("eval: a forward pass takes at most %d tokens", LM_MAX_BATCH);
-    for (int32_t t = 0; t < n; t++) pos[t] = seq[t]->pos;
     batch b = {.ws = ws, .seq = seq, .pos = pos, .n = n, .gemm = false};
-    return forward(&b, tokens, logits);
+    return forward(&b, tokens, out_rows, n_out, logits);
 }

@@ -141,6 +141,10 @@ bool lm_token_is_eog(const lm_model *model, int32_t token);
 int32_t lm_token_lookup(const lm_model *model, const char *text);
 /* Length of the longest prefix of s[0..n) that does not end inside a UTF-8 sequence. */
 size_t lm_utf8_complete_len(const char *s, size_t n);
+/* s[0..n) with every ill-formed UTF-8 subpart (a stray byte, a sequence cut
+ * short) replaced by U+FFFD, into out (room for 3 * n bytes); returns the
+ * length written. Generated text crosses into JSON through it. */
+int64_t lm_utf8_sanitize(const char *s, int64_t n, char *out);
 
 /* ---- sessions: a KV cache and the position in it -------------------------- */
 typedef struct lm_session lm_session;
@@ -156,10 +160,13 @@ void lm_session_free(lm_session *s);
  * lm_session_logits() holds the logits after the last token. */
 lm_status lm_session_eval(lm_session *s, const int32_t *tokens, int32_t n);
 /* View of n_vocab floats, valid until the next eval/rewind/free. */
-/* Continuous batching: advances n distinct sessions of one model by one token
- * each (tokens[i] for sessions[i], at its own position) in one forward pass, so
- * the weights are read once for all of them. Each session's logits come out
- * exactly as lm_session_eval of that token alone would leave them. */
+/* Continuous batching: appends tokens[i] to sessions[i] for every i, all in
+ * one forward pass (split at the largest session's n_batch), so the weights are
+ * read once for all of them. A session may take several entries in a row (a
+ * prompt chunk riding along with other sessions' decode tokens); its entries
+ * must be adjacent. Afterwards each session's logits are those after its last
+ * entry, bit for bit what lm_session_eval of its tokens one at a time would
+ * leave (the integer kernels, never the prefill GEMM). */
 lm_status lm_session_eval_batch(lm_session *const *sessions, const int32_t *tokens, int32_t n);
 float *lm_session_logits(lm_session *s);
 int32_t lm_session_pos(const lm_session *s);

@@ -8,6 +8,8 @@ cjson.decode_max_depth(64)
 cjson.encode_max_depth(64)
 cjson.encode_number_precision(10)
 
+local utf8_sanitize = require("lumen.util").utf8_sanitize
+
 local M = { json = cjson }
 
 -- lua-cjson writes an empty table as {}: an array that may be empty goes in as
@@ -253,9 +255,10 @@ end
 function M.logprob_entry(piece, logprob, top)
   local tops = {}
   for i, t in ipairs(top or {}) do
-    tops[i] = { token = t.piece, logprob = t.logprob, bytes = arr(bytes_of(t.piece)) }
+    tops[i] = { token = utf8_sanitize(t.piece), logprob = t.logprob, bytes = arr(bytes_of(t.piece)) }
   end
-  return { token = piece, logprob = logprob, bytes = arr(bytes_of(piece)), top_logprobs = arr(tops) }
+  -- token: the text (a lone byte of a character shows as U+FFFD); bytes: exactly
+  return { token = utf8_sanitize(piece), logprob = logprob, bytes = arr(bytes_of(piece)), top_logprobs = arr(tops) }
 end
 
 --- The legacy completions API's logprobs object for a list of entries.

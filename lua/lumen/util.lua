@@ -35,6 +35,19 @@ function util.utf8_complete_len(s)
   return tonumber(C.lm_utf8_complete_len(s, #s))
 end
 
+--- s with every ill-formed UTF-8 part (a stray byte of a byte-level token, a
+-- character cut short) replaced by U+FFFD: generated text on its way into JSON.
+local san_buf, san_cap = nil, 0
+function util.utf8_sanitize(s)
+  local n = #s
+  if C.lm_utf8_valid(s, n) then return s end
+  if san_cap < 3 * n then
+    san_cap = math.max(3 * n, 256)
+    san_buf = ffi.new("char[?]", san_cap)
+  end
+  return ffi.string(san_buf, C.lm_utf8_sanitize(s, n, san_buf))
+end
+
 --- Reads a whole file, or nil + message.
 function util.read_file(path)
   local f, err = io.open(path, "rb")

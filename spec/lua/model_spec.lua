@@ -105,9 +105,52 @@ describe("a session", function()
     assert.same(alone[2]:tokens(), batched[2]:tokens())
   end)
 
+  it("rides a prompt chunk along with decode tokens, exactly as one token at a time", function()
+    local V = model:info().n_vocab
+    local function same(a, b, what)
+      local pa, pb = a:logits_ptr(), b:logits_ptr()
+      for v = 0, V - 1 do
+        if pa[v] ~= pb[v] then error(string.format("%s: logit %d %.9g ~= %.9g", what, v, pa[v], pb[v])) end
+      end
+      assert.equal(a:pos(), b:pos(), what)
+      assert.same(a:tokens(), b:tokens(), what)
+    end
+    local prompt = model:tokenize("The printing press changed Europe because books became cheap")
+    assert.is_true(#prompt >= 9)
+    -- batch = 8 on the largest session: the pass is cut in the middle of the prompt's entries
+    local opts = { ctx = 96, batch = 8 }
+    local a, b, c = model:session(opts), model:session{ ctx = 64 }, model:session{ ctx = 64 }
+    local a1, b1, c1 = model:session(opts), model:session{ ctx = 64 }, model:session{ ctx = 64 }
+    local a2 = model:session(opts)
+    for _, s in ipairs({ b, c, b1, c1 }) do s:eval(model:tokenize("Once upon a time")) end
+    a:eval(7) a1:eval(7) a2:eval(7)
+    local sessions, toks = { b }, { b:logits():argmax() }
+    for i = 1, #prompt do sessions[#sessions + 1], toks[#toks + 1] = a, prompt[i] end
+    sessions[#sessions + 1], toks[#toks + 1] = c, c:logits():argmax()
+    lumen.model.eval_batch(sessions, toks)
+    b1:eval(toks[1])
+    for i = 1, #prompt do a1:eval(prompt[i]) end
+    c1:eval(toks[#toks])
+    a2:eval(prompt) -- a short prompt evaluated whole goes through the same integer kernels
+    same(a1, a, "prompt chunk")
+    same(a1, a2, "prompt evaluated whole")
+    same(b1, b, "decode before the chunk")
+    same(c1, c, "decode after the chunk")
+    -- and the next step is a plain decode batch
+    lumen.model.eval_batch({ a, b, c }, { 13, 14, 15 })
+    a1:eval(13) b1:eval(14) c1:eval(15)
+    same(a1, a, "next step a") same(b1, b, "next step b") same(c1, c, "next step c")
+  end)
+
   it("refuses a bad batch with a clear error", function()
     local a, b = model:session{ ctx = 16 }, model:session{ ctx = 16 }
-    assert.error_matches(function() lumen.model.eval_batch({ a, a }, { 1, 2 }) end, "appears twice")
+    assert.error_matches(function() lumen.model.eval_batch({ a, b, a }, { 1, 2, 3 }) end, "must be adjacent")
+    local before = a:pos()
+    local ss, ts = { b }, { 1 }
+    for i = 1, 17 do ss[i + 1], ts[i + 1] = a, 2 end -- 17 tokens for a 16-token context
+    assert.error_matches(function() lumen.model.eval_batch(ss, ts) end, "context full")
+    assert.equal(before, a:pos()) -- nothing evaluated
+    assert.equal(0, b:pos())
     assert.error_matches(function() lumen.model.eval_batch({ a, b }, { 1 }) end, "2 sessions but 1 tokens")
     assert.error_matches(function() lumen.model.eval_batch({ a }, { -1 }) end, "outside the vocabulary")
     for _ = 1, 16 do a:eval(28) end
@@ -210,5 +253,24 @@ describe("generation", function()
     for _ in s:generate(opts) do end
     assert.equal(3, opts.result.tokens)
     assert.equal("length", opts.result.reason)
+  end)
+end)
+
+describe("lumen.util.utf8_sanitize", function()
+  local util = require "lumen.util"
+  it("replaces each ill-formed part with one U+FFFD, as Python's errors='replace' does", function()
+    local R = "\xef\xbf\xbd"
+    local cases = {
+      { "plain ascii", "plain ascii" }, { "ok \xe2\x82\xac \xf0\x9f\x98\x80", "ok \xe2\x82\xac \xf0\x9f\x98\x80" },
+      { "a\x8eb", "a" .. R .. "b" },          -- a stray continuation byte
+      { "\xe2\x82", R },                      -- a character cut short at the end
+      { "\xe2\x82a", R .. "a" },              -- ... or in the middle
+      { "\xc0\x80", R .. R },                 -- an overlong NUL
+      { "\xed\xa0\x80", R .. R .. R },        -- a UTF-16 surrogate
+      { "\xf0\x9f\x98", R }, { "\xf5\x80", R .. R }, { "", "" },
+    }
+    for _, c in ipairs(cases) do assert.equal(c[2], util.utf8_sanitize(c[1])) end
+    local long = string.rep("\x8e", 5000)
+    assert.equal(string.rep(R, 5000), util.utf8_sanitize(long))
   end)
 end)

@@ -427,6 +427,34 @@ class TestCompletions(unittest.TestCase):
         with self.assertRaises(openai.BadRequestError):
             c.completions.create(model=MODEL, prompt="The sun is", max_tokens=3, logit_bias={"99999999": 5})
 
+    def test_byte_tokens_reach_json_as_utf8(self):
+        # byte-level BPE has a token per byte; forced with logit_bias, a lone
+        # continuation byte (0x8e) and a lead byte whose character never comes
+        # (0xe2) must reach the client as U+FFFD, never as invalid UTF-8
+        import os
+        import tempfile
+        from serve_harness import run_lumen
+        with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+            f.write('local m = require("lumen").model.load(arg[1])\n'
+                    'for id = 0, m:info().n_vocab - 1 do local p = m:piece(id)\n'
+                    '  if p == "\\x8e" or p == "\\xe2" then io.write(p:byte(), " ", id, "\\n") end end\n')
+        try:
+            ids = dict(map(int, line.split()) for line in run_lumen("run", f.name, MODEL).split("\n") if line)
+        finally:
+            os.unlink(f.name)
+        self.assertEqual(sorted(ids), [0x8e, 0xe2])
+        c = client()
+        chunks = list(c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}],
+                                                max_tokens=3, temperature=0, stream=True, logprobs=True,
+                                                logit_bias={str(ids[0x8e]): 100}))
+        self.assertEqual("".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices), "\ufffd" * 3)
+        lp = [t for ch in chunks if ch.choices and ch.choices[0].logprobs for t in ch.choices[0].logprobs.content]
+        self.assertEqual([(t.token, t.bytes) for t in lp], [("\ufffd", [0x8e])] * 3)
+        r = c.completions.create(model=MODEL, prompt="The sun is", max_tokens=2, temperature=0,
+                                 logit_bias={str(ids[0xe2]): 100})
+        self.assertEqual(r.choices[0].text, "\ufffd\ufffd")
+        self.assertEqual(r.usage.completion_tokens, 2)
+
     def test_prompt_as_list_of_one(self):
         c = client()
         a = c.completions.create(model=MODEL, prompt="The sun is", max_tokens=12, temperature=0).choices[0].text
