@@ -90,13 +90,14 @@ static void mm_rows(void *vctx, int ith, int nth) {
 }
 
 /* Where the GEMM starts to win, measured with SmolLM2 on a Zen 4 (2 threads and
- * 1, bench/ttft.lua at 24..128 tokens): dequantizing the whole matrix costs the same
- * for any batch, so the integer tiles win short prompts (Q4_1 at 48 tokens: 85
- * vs 118 ms on 2 threads; at 128: 251 vs 236). Without tiles, from 16. */
+ * 1, bench/ttft.lua at 24..256 tokens, alternating): dequantizing a matrix costs
+ * the same for any batch, so the integer tiles win short prompts. Q4_1 at 128
+ * tokens on 2 threads: tiles 204 ms, GEMM 224-360 ms; even at 256. Q8_0 at 48:
+ * 66 vs 96 ms; behind from about 96. Without tiles, from 16. */
 int64_t lm_matmul_gemm_min(const lm_tensor *w) {
     const lm_quant_ops *ops = lm_quant_ops_get(w->dtype);
     if (!ops || !ops->vec_dot_tile) return LM_GEMM_MIN_TOKENS;
-    return w->dtype == LM_Q8_0 ? 64 : 112;
+    return w->dtype == LM_Q8_0 ? 64 : 160;
 }
 
 size_t lm_matmul_qbuf_size(const lm_tensor *w, int64_t n) {
