@@ -64,7 +64,8 @@ static void mm_rows(void *vctx, int ith, int nth) {
                     j->ops->vec_dot_tile(j->in, y + r, (size_t)j->out, j->w + r * j->w_row, j->w_row, xq, j->x_row);
                 for (; r < r1; r++) {
                     float s4[4];
-                    j->ops->vec_dot4(j->in, s4, j->w + r * j->w_row, xq, j->x_row);
+                    if (j->ops->vec_dot4) j->ops->vec_dot4(j->in, s4, j->w + r * j->w_row, xq, j->x_row);
+                    else for (int k = 0; k < 4; k++) j->ops->vec_dot(j->in, &s4[k], j->w + r * j->w_row, xq + k * j->x_row);
                     y[r] = s4[0]; y[j->out + r] = s4[1]; y[2 * j->out + r] = s4[2]; y[3 * j->out + r] = s4[3];
                 }
             }

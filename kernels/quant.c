@@ -41,7 +41,7 @@ static void init(void) {
                 /* a dot4 of this ISA or a higher one (up to the CPU's) matches this
                  * vec_dot bit for bit (quant.h); take the fastest */
                 for (int k = g_isa; k >= i && !o->vec_dot4; k--) o->vec_dot4 = e->vec_dot4[k];
-                for (int k = g_isa; k >= i && o->vec_dot4 && !o->vec_dot_tile; k--) { /* remainder rows use dot4 */
+                for (int k = g_isa; k >= i && !o->vec_dot_tile; k--) {
                     o->vec_dot_tile = e->vec_dot_tile[k];
                     o->tile_rows = e->tile_rows[k];
                 }

@@ -190,3 +190,53 @@ void lm_vec_dot_tile_q8_0_q8_0_vnni(int64_t n, float *s, size_t s_stride, const 
     for (int r = 0; r < R; r++)
         for (int c = 0; c < LM_TILE_C; c++) s[c * s_stride + r] = hsum8(acc[r][c]);
 }
+
+/* Q4_0 tiles match lm_vec_dot_q4_0_q8_0_avx512 (two blocks per 512-bit
+ * register): the same int32 sums (started at -8 * sum(y) instead of
+ * subtracting it after), the same products per lane, FMA order and final
+ * reductions, so every output is that kernel's bits. */
+static inline __m256i nib(const uint8_t *qs) { return nibbles(qs); }
+
+void lm_vec_dot_tile_q4_0_q8_0_vnni(int64_t n, float *s, size_t s_stride, const void *vx, size_t x_stride,
+                                    const void *vy, size_t y_stride) {
+    enum { R = LM_TILE_ROWS_VNNI };
+    const char *xb = vx, *yb = vy;
+    const int64_t nb = n / QK;
+    const __m512i eight = _mm512_set1_epi8(8);
+    __m512 acc[R][LM_TILE_C];
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < LM_TILE_C; c++) acc[r][c] = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 2 <= nb; i += 2) {
+        __m512i qy[LM_TILE_C], base[LM_TILE_C];
+        __m512 yd[LM_TILE_C];
+        for (int c = 0; c < LM_TILE_C; c++) {
+            const block_q8_0 *y = (const block_q8_0 *)(yb + c * y_stride) + i;
+            qy[c] = pair(_mm256_loadu_si256((const __m256i *)y[0].qs), _mm256_loadu_si256((const __m256i *)y[1].qs));
+            base[c] = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), eight, qy[c]));
+            yd[c] = scales(F16(y[0].d), F16(y[1].d));
+        }
+        for (int r = 0; r < R; r++) {
+            const block_q4_0 *x = (const block_q4_0 *)(xb + r * x_stride) + i;
+            const __m512i qx = pair(nib(x[0].qs), nib(x[1].qs));
+            const __m512 xd = scales(F16(x[0].d), F16(x[1].d));
+            for (int c = 0; c < LM_TILE_C; c++)
+                acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(base[c], qx, qy[c])),
+                                            _mm512_mul_ps(xd, yd[c]), acc[r][c]);
+        }
+    }
+    for (int r = 0; r < R; r++) {
+        for (int c = 0; c < LM_TILE_C; c++) {
+            const block_q4_0 *x = (const block_q4_0 *)(xb + r * x_stride);
+            const block_q8_0 *y = (const block_q8_0 *)(yb + c * y_stride);
+            float sum = _mm512_reduce_add_ps(acc[r][c]);
+            for (int64_t k = i; k < nb; k++) {
+                const __m256i qx = nibbles(x[k].qs), qv = _mm256_loadu_si256((const __m256i *)y[k].qs);
+                const __m256i d = _mm256_sub_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), qx, qv),
+                                                   _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8(8), qv));
+                sum += hsum8(_mm256_cvtepi32_ps(d)) * (F16(x[k].d) * F16(y[k].d));
+            }
+            s[c * s_stride + r] = sum;
+        }
+    }
+}
