@@ -130,6 +130,15 @@ void lm_model_get_info(const lm_model *m, lm_model_info *o) {
     o->bos_token = lm_tokenizer_bos(m->tok);
     o->eos_token = lm_tokenizer_eos(m->tok);
     o->file_type = m->file_type;
+    o->tiled = m->hp.n_layer > 0;
+    for (int il = 0; il < m->hp.n_layer && o->tiled; il++) {
+        const lm_layer *l = &m->layers[il];
+        const lm_tensor *w[] = {l->wq, l->wk, l->wv, l->wo, l->w_gate, l->w_up, l->w_down};
+        for (size_t i = 0; i < sizeof w / sizeof *w && o->tiled; i++) {
+            const lm_quant_ops *ops = lm_quant_ops_get(w[i]->dtype);
+            o->tiled = ops && ops->vec_dot_tile;
+        }
+    }
 }
 
 int64_t lm_tokenize(const lm_model *m, const char *text, size_t len, int32_t *out, int64_t cap,

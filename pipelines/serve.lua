@@ -312,7 +312,10 @@ end
 -- `lumen generate` does: the fastest first token). With streams running, up to
 -- prefill_chunk prompt tokens ride along in the next decode step's forward
 -- pass (see decode_step): the weights are read once for both, and a long
--- prompt, spread over several steps, never stalls the running streams.
+-- prompt, spread over several steps, never stalls the running streams. That
+-- takes the integer tile kernels (model info `tiled`); on other weights (the
+-- K-quants) a riding prompt token costs more than one through the GEMM, so
+-- there a prompt goes alone, in pieces of prefill_chunk, between the steps.
 function Server:prefill_step(running)
   self.riding = {}
   if running == 0 then
@@ -328,17 +331,29 @@ function Server:prefill_step(running)
     end
     return
   end
-  local budget = math.max(16, self.cfg.prefill_chunk - running)
+  local chunk = self.cfg.prefill_chunk
+  local ride_budget, alone_budget = math.max(16, chunk - running), chunk
   local i = 1
-  while budget > 0 and self.prefilling[i] do
+  while self.prefilling[i] do
     local job = self.prefilling[i]
+    local left = job.prompt_tokens - job.prefilled
     if self:prompt_gone(job) then
       table.remove(self.prefilling, i)
-    else
-      local n = math.min(budget, job.prompt_tokens - job.prefilled)
+    elseif job.entry.info.tiled then
+      if ride_budget <= 0 then break end
+      local n = math.min(ride_budget, left)
       self.riding[#self.riding + 1] = { job = job, n = n }
-      budget = budget - n
+      ride_budget = ride_budget - n
       i = i + 1
+    else
+      -- cut only at multiples of prefill_chunk (the pieces `lumen generate`
+      -- cuts a prompt into): one that does not fit this turn waits for the next
+      local n = math.min(chunk, left)
+      if n > alone_budget then break end
+      job.seqs[1].slot.session:eval_raw(job.prompt_buf + job.prefilled, n)
+      alone_budget = alone_budget - n
+      if n < left then i = i + 1 end -- a finished prompt leaves the list
+      self:prompt_evaluated(job, n)
     end
   end
 end

@@ -118,6 +118,9 @@ typedef struct lm_model_info {
     int32_t n_vocab, n_ctx_train, n_embd, n_layer, n_head, n_head_kv, head_dim, n_ff;
     int32_t bos_token, eos_token; /* -1 when absent */
     int32_t file_type;          /* dominant weight dtype */
+    bool tiled;   /* every layer matrix has integer tile kernels here: a few tokens of
+                     several sessions in one pass (lm_session_eval_batch) cost little
+                     more per token than a prompt through the GEMM */
 } lm_model_info;
 
 lm_model *lm_model_load(const char *path, const lm_model_params *params);

@@ -532,6 +532,23 @@ class TestGreedyEquality(unittest.TestCase):
             with self.subTest(message=m):
                 self.assertEqual(out, refs["chat"][m])
 
+    def test_prompts_arriving_while_others_run(self):
+        # the first request is decoding when the others arrive, so their prompts
+        # ride along in its decode steps instead of being evaluated alone
+        c = client()
+        first = c.completions.create(model=MODEL, prompt=GEN_PROMPTS[0], max_tokens=GREEDY_N, temperature=0,
+                                     stream=True)
+        it = iter(first)
+        head = [next(it)]  # decoding has started
+        rest = GEN_PROMPTS[1:]
+        with ThreadPoolExecutor(len(rest)) as ex:
+            outs = list(ex.map(lambda p: self.complete(p), rest))
+        text = "".join(ch.choices[0].text for ch in head + list(it) if ch.choices)
+        self.assertEqual(text, refs["generate"][GEN_PROMPTS[0]])
+        for p, out in zip(rest, outs):
+            with self.subTest(prompt=p):
+                self.assertEqual(out, refs["generate"][p])
+
     def test_mixed_8_concurrent_streaming(self):
         items = [("gen", p) for p in GEN_PROMPTS[:4]] + [("chat", m) for m in CHAT_MESSAGES[:4]]
 
@@ -551,3 +568,40 @@ class TestGreedyEquality(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class TestUntiledModelWhileRunning(unittest.TestCase):
+    """Gemma 3's K-quant weights have no integer tiles: there a prompt that arrives
+    while others decode is evaluated alone between the steps (not riding along);
+    greedy text must still be the CLI's."""
+    PROMPTS = ["The capital of France is", "Water boils at", "The three primary colors are", "1, 2, 3, 4, 5,"]
+    N = 12
+
+    @classmethod
+    def setUpClass(cls):
+        cls.refs = {p: greedy_generate(p, cls.N, model="gemma3") for p in cls.PROMPTS}
+        cls.srv = Server("-m", "gemma3", "--slots", "4", name="gemma").start()
+
+    @classmethod
+    def tearDownClass(cls):
+        status = cls.srv.stop()
+        cls.srv.remove()
+        if status != 0:
+            raise AssertionError("lumen serve (gemma3) did not exit 0 (status %r)" % (status,))
+
+    def test_greedy_while_others_run(self):
+        def make():
+            return OpenAI(base_url="http://localhost:%d/v1" % self.srv.port, api_key="x", max_retries=0, timeout=180)
+
+        def complete(p):
+            return make().completions.create(model="gemma3", prompt=p, max_tokens=self.N, temperature=0).choices[0].text
+        first = make().completions.create(model="gemma3", prompt=self.PROMPTS[0], max_tokens=self.N,
+                                          temperature=0, stream=True)
+        it = iter(first)
+        head = [next(it)]
+        with ThreadPoolExecutor(3) as ex:
+            outs = list(ex.map(complete, self.PROMPTS[1:]))
+        self.assertEqual("".join(ch.choices[0].text for ch in head + list(it) if ch.choices), self.refs[self.PROMPTS[0]])
+        for p, out in zip(self.PROMPTS[1:], outs):
+            with self.subTest(prompt=p):
+                self.assertEqual(out, self.refs[p])
