@@ -12,6 +12,9 @@ describe("lumen.model", function()
     assert.equal(576, info.n_embd)
     assert.truthy(info.chat_template:find("im_start", 1, true))
     assert.equal("<|im_end|>", info.eos_text)
+    -- Q4_1/Q8_0 have integer tiles from AVX2 up; the scalar reference has none
+    local isa = os.getenv("LUMEN_ISA")
+    assert.equal(isa ~= "scalar", info.tiled)
   end)
 
   it("tokenizes and detokenizes back to the same text", function()
