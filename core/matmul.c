@@ -94,7 +94,8 @@ static void mm_rows(void *vctx, int ith, int nth) {
  * 1, bench/ttft.lua at 24..256 tokens, alternating): dequantizing a matrix costs
  * the same for any batch, so the integer tiles win short prompts. Q4_1 at 128
  * tokens on 2 threads: tiles 204 ms, GEMM 224-360 ms; even at 256. Q8_0 at 48:
- * 66 vs 96 ms; behind from about 96. Without tiles, from 16. */
+ * 66 vs 96 ms; behind from about 96. Gemma 3 (Q5_0, Q4_K, Q6_K, Q8_0) at 128
+ * on one thread: 353 vs 440 ms, even on two. Without tiles, from 16. */
 int64_t lm_matmul_gemm_min(const lm_tensor *w) {
     const lm_quant_ops *ops = lm_quant_ops_get(w->dtype);
     if (!ops || !ops->vec_dot_tile) return LM_GEMM_MIN_TOKENS;

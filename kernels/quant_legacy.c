@@ -285,7 +285,8 @@ void lm_quant_register_legacy(lm_quant_entry t[LM_DTYPE_COUNT]) {
                                    {NULL, lm_vec_dot4_q4_1_q8_1_avx2, lm_vec_dot4_q4_1_q8_1_vnni},
                                    {NULL, lm_vec_dot_tile_q4_1_q8_1_avx2, lm_vec_dot_tile_q4_1_q8_1_vnni},
                                    {0, LM_TILE_ROWS_AVX2, LM_TILE_ROWS_VNNI}};
-    t[LM_Q5_0] = (lm_quant_entry){LM_Q8_0, deq_q5_0, {quant_q5_0}, {dot_q5_0, lm_vec_dot_q5_0_q8_0_avx2}, {NULL}, {NULL}, {0}};
+    t[LM_Q5_0] = (lm_quant_entry){LM_Q8_0, deq_q5_0, {quant_q5_0}, {dot_q5_0, lm_vec_dot_q5_0_q8_0_avx2}, {NULL},
+                                   {NULL, NULL, lm_vec_dot_tile_q5_0_q8_0_vnni}, {0, 0, LM_TILE_ROWS_VNNI}};
     t[LM_Q5_1] = (lm_quant_entry){LM_Q8_1, deq_q5_1, {quant_q5_1}, {dot_q5_1}, {NULL}, {NULL}, {0}};
     t[LM_Q8_0] = (lm_quant_entry){LM_Q8_0, deq_q8_0, {quant_q8_0, lm_quantize_q8_0_avx2}, {dot_q8_0, lm_vec_dot_q8_0_q8_0_avx2},
                                    {NULL, lm_vec_dot4_q8_0_q8_0_avx2, lm_vec_dot4_q8_0_q8_0_vnni},

@@ -33,6 +33,7 @@ void lm_vec_dot_tile_q8_0_q8_0_avx2(int64_t n, float *s, size_t s_stride, const 
 void lm_vec_dot_tile_q4_1_q8_1_vnni(int64_t n, float *s, size_t s_stride, const void *x, size_t x_stride, const void *y, size_t y_stride);
 void lm_vec_dot_tile_q8_0_q8_0_vnni(int64_t n, float *s, size_t s_stride, const void *x, size_t x_stride, const void *y, size_t y_stride);
 void lm_vec_dot_tile_q4_0_q8_0_vnni(int64_t n, float *s, size_t s_stride, const void *x, size_t x_stride, const void *y, size_t y_stride);
+void lm_vec_dot_tile_q5_0_q8_0_vnni(int64_t n, float *s, size_t s_stride, const void *x, size_t x_stride, const void *y, size_t y_stride);
 #define LM_TILE_ROWS_AVX2 2
 #define LM_TILE_ROWS_VNNI 4
 void lm_quantize_q8_0_avx2(const float *x, void *y, int64_t n);

@@ -88,6 +88,50 @@ void lm_vec_dot_q4_K_q8_K_avx512(int64_t n, float *restrict s, const void *restr
     *s = _mm512_reduce_add_ps(acc) + hsum_ps256(acc_m);
 }
 
+/* Q4_K tiles (lm_vec_dot_tile_fn): 2 weight rows x 4 activation rows. The
+ * weights' nibbles and the scales spread for vpdpwssd are made once per row and
+ * super-block; everything that touches an activation (the scale products, the
+ * mins' term, the integer sums, the FMA) is done per pair exactly as
+ * lm_vec_dot_q4_K_q8_K_avx512 does it, so each output is that kernel's bits. */
+void lm_vec_dot_tile_q4_K_q8_K_vnni(int64_t n, float *restrict s, size_t s_stride, const void *restrict vx,
+                                    size_t x_stride, const void *restrict vy, size_t y_stride) {
+    enum { R = LM_TILE_ROWS_K, C = 4 };
+    const char *xb = vx, *yb = vy;
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    const __m512i idx[2] = {_mm512_loadu_si512(k_scale_idx_45[0]), _mm512_loadu_si512(k_scale_idx_45[1])};
+    __m512 acc[R][C];
+    __m256 acc_m[R][C];
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) { acc[r][c] = _mm512_setzero_ps(); acc_m[r][c] = _mm256_setzero_ps(); }
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        __m512i w[R][4], sc[R][2];
+        const block_q4_K *x[R];
+        for (int r = 0; r < R; r++) {
+            x[r] = (const block_q4_K *)(xb + r * x_stride) + i;
+            for (int p = 0; p < 2; p++) {
+                w[r][2 * p] = nibbles64(x[r]->qs + 64 * p, m4);
+                w[r][2 * p + 1] = nibbles64(x[r]->qs + 64 * p + 32, m4);
+            }
+        }
+        for (int c = 0; c < C; c++) {
+            const block_q8_K *y = (const block_q8_K *)(yb + c * y_stride) + i;
+            for (int r = 0; r < R; r++) {
+                __m512 vd;
+                const __m512i scales = block_setup_45(x[r]->d, x[r]->dmin, x[r]->scales, y, &vd, &acc_m[r][c]);
+                if (c == 0) {
+                    sc[r][0] = _mm512_permutexvar_epi16(idx[0], scales);
+                    sc[r][1] = _mm512_permutexvar_epi16(idx[1], scales);
+                }
+                __m512i sum = dot_pair(_mm512_setzero_si512(), w[r][0], w[r][1], y->qs, sc[r][0]);
+                sum = dot_pair(sum, w[r][2], w[r][3], y->qs + 128, sc[r][1]);
+                acc[r][c] = _mm512_fmadd_ps(vd, _mm512_cvtepi32_ps(sum), acc[r][c]);
+            }
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) s[c * s_stride + r] = _mm512_reduce_add_ps(acc[r][c]) + hsum_ps256(acc_m[r][c]);
+}
+
 void lm_vec_dot_q5_K_q8_K_avx512(int64_t n, float *restrict s, const void *restrict vx, const void *restrict vy) {
     const block_q5_K *x = vx;
     const block_q8_K *y = vy;
@@ -147,6 +191,54 @@ void lm_vec_dot_q6_K_q8_K_avx512(int64_t n, float *restrict s, const void *restr
         acc = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(sum), acc);
     }
     *s = _mm512_reduce_add_ps(acc);
+}
+
+/* Q6_K tiles, 2 x 4, as the Q4_K ones: weights and spread scales once per row
+ * and super-block, the rest per pair as lm_vec_dot_q6_K_q8_K_avx512 does it. */
+void lm_vec_dot_tile_q6_K_q8_K_vnni(int64_t n, float *restrict s, size_t s_stride, const void *restrict vx,
+                                    size_t x_stride, const void *restrict vy, size_t y_stride) {
+    enum { R = LM_TILE_ROWS_K, C = 4 };
+    const char *xb = vx, *yb = vy;
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    const __m512i m30 = _mm512_set1_epi8(0x30);
+    const __m512i idx[2] = {_mm512_loadu_si512(k_scale_idx_6[0]), _mm512_loadu_si512(k_scale_idx_6[1])};
+    __m512 acc[R][C];
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) acc[r][c] = _mm512_setzero_ps();
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        __m512i w[R][4], sc[R][2];
+        __m256i sc16[R];
+        float xd[R];
+        for (int r = 0; r < R; r++) {
+            const block_q6_K *x = (const block_q6_K *)(xb + r * x_stride) + i;
+            sc16[r] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)x->scales));
+            const __m512i scales = _mm512_zextsi256_si512(sc16[r]);
+            xd[r] = _cvtsh_ss(x->d);
+            for (int h = 0; h < QK_K / 128; h++) {
+                const __m512i ql = _mm512_loadu_si512(x->ql + 64 * h);
+                const __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(x->qh + 32 * h)));
+                const __m512i h_a = _mm512_mask_slli_epi16(_mm512_slli_epi16(qh, 4), 0xFFFF0000u, qh, 2);
+                const __m512i h_b = _mm512_mask_srli_epi16(qh, 0xFFFF0000u, qh, 2);
+                w[r][2 * h] = _mm512_ternarylogic_epi32(ql, _mm512_and_si512(h_a, m30), m4, 0xEC);
+                w[r][2 * h + 1] = _mm512_ternarylogic_epi32(_mm512_srli_epi16(ql, 4), _mm512_and_si512(h_b, m30), m4, 0xEC);
+                sc[r][h] = _mm512_permutexvar_epi16(idx[h], scales);
+            }
+        }
+        for (int c = 0; c < C; c++) {
+            const block_q8_K *y = (const block_q8_K *)(yb + c * y_stride) + i;
+            const __m256i bsums = _mm256_loadu_si256((const __m256i *)y->bsums);
+            for (int r = 0; r < R; r++) {
+                const __m256i offset = _mm256_madd_epi16(sc16[r], bsums);
+                __m512i sum = _mm512_zextsi256_si512(_mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(offset, 5)));
+                sum = dot_pair(sum, w[r][0], w[r][1], y->qs, sc[r][0]);
+                sum = dot_pair(sum, w[r][2], w[r][3], y->qs + 128, sc[r][1]);
+                const float d = y->d * xd[r];
+                acc[r][c] = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(sum), acc[r][c]);
+            }
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) s[c * s_stride + r] = _mm512_reduce_add_ps(acc[r][c]);
 }
 
 /* ---- Q8_K quantizer ---------------------------------------------------------- */

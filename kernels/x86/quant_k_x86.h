@@ -89,6 +89,11 @@ void lm_quantize_q8_K_avx2(const float *restrict x, void *restrict y, int64_t n)
 
 /* AVX-512 F/BW/DQ/VL + VNNI. */
 void lm_vec_dot_q4_K_q8_K_avx512(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+void lm_vec_dot_tile_q4_K_q8_K_vnni(int64_t n, float *restrict s, size_t s_stride, const void *restrict x,
+                                    size_t x_stride, const void *restrict y, size_t y_stride);
+void lm_vec_dot_tile_q6_K_q8_K_vnni(int64_t n, float *restrict s, size_t s_stride, const void *restrict x,
+                                    size_t x_stride, const void *restrict y, size_t y_stride);
+#define LM_TILE_ROWS_K 2
 void lm_vec_dot_q5_K_q8_K_avx512(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
 void lm_vec_dot_q6_K_q8_K_avx512(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
 void lm_quantize_q8_K_avx512(const float *restrict x, void *restrict y, int64_t n);

@@ -240,3 +240,42 @@ void lm_vec_dot_tile_q4_0_q8_0_vnni(int64_t n, float *s, size_t s_stride, const 
         }
     }
 }
+
+/* Q5_0 tiles, as the Q8_0 ones: the weights go in unsigned, q = nibble + 16 *
+ * fifth bit (0..31, one masked move from the 32 bits of qh), and each sum
+ * starts from -16 * sum(y), so the int32 lanes are the AVX2 kernel's sums of
+ * (q - 16) * y; the float work is its, so every output is its bits. */
+void lm_vec_dot_tile_q5_0_q8_0_vnni(int64_t n, float *s, size_t s_stride, const void *vx, size_t x_stride,
+                                    const void *vy, size_t y_stride) {
+    enum { R = LM_TILE_ROWS_VNNI };
+    const char *xb = vx, *yb = vy;
+    const __m256i k16 = _mm256_set1_epi8(16);
+    float prod[R][LM_TILE_C] __attribute__((aligned(64)));
+    __m256 acc[R][LM_TILE_C];
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < LM_TILE_C; c++) acc[r][c] = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n / QK; i++) {
+        __m256i qy[LM_TILE_C], base[LM_TILE_C];
+        float ydf[LM_TILE_C];
+        for (int c = 0; c < LM_TILE_C; c++) {
+            const block_q8_0 *y = (const block_q8_0 *)(yb + c * y_stride) + i;
+            ydf[c] = lm_f16_to_f32(y->d);
+            qy[c] = _mm256_loadu_si256((const __m256i *)y->qs);
+            base[c] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_dpbusd_epi32(_mm256_setzero_si256(), k16, qy[c]));
+        }
+        const __m128 yd = _mm_loadu_ps(ydf);
+        __m256i ux[R];
+        for (int r = 0; r < R; r++) {
+            const block_q5_0 *x = (const block_q5_0 *)(xb + r * x_stride) + i;
+            uint32_t qh;
+            memcpy(&qh, x->qh, 4);
+            _mm_store_ps(prod[r], _mm_mul_ps(_mm_set1_ps(lm_f16_to_f32(x->d)), yd));
+            ux[r] = _mm256_or_si256(nibbles(x->qs), _mm256_maskz_mov_epi8((__mmask32)qh, k16));
+        }
+        for (int r = 0; r < R; r++)
+            for (int c = 0; c < LM_TILE_C; c++)
+                acc[r][c] = fma_bcast(acc[r][c], _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(base[c], ux[r], qy[c])), &prod[r][c]);
+    }
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < LM_TILE_C; c++) s[c * s_stride + r] = hsum8(acc[r][c]);
+}

@@ -182,7 +182,7 @@ static void test_dot4(void) {
  * tile_rows weight rows (one of them all zeros, one with huge scales) times four
  * activation rows (one of them zeros), at odd strides. */
 static void test_tile(void) {
-    static const int64_t lens[] = {32, 64, 576, 1536, 4096 + 32};
+    static const int64_t lens[] = {32, 64, 256, 576, 1536, 2304, 4096 + 32};
     uint64_t r = 29;
     int ran = 0;
     for (int t = 0; t < LM_DTYPE_COUNT; t++) {
@@ -199,6 +199,7 @@ static void test_tile(void) {
             const lm_quant_entry *act = lm_quant_entry_get(e->vec_dot_type);
             for (size_t l = 0; l < sizeof lens / sizeof *lens; l++) {
                 int64_t n = lens[l];
+                if (n % lm_dtype_block_size(t)) continue;
                 size_t wrow = lm_dtype_row_size(t, n) + 6, arow = lm_dtype_row_size(e->vec_dot_type, n) + 10;
                 float *x = malloc(n * sizeof *x);
                 char *qw = malloc(R * wrow), *qa = malloc(4 * arow);

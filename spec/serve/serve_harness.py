@@ -32,8 +32,9 @@ class Server:
     """One `lumen serve` subprocess. `args` are extra command-line flags;
     `config` (a string of YAML) is written to a file passed as --config."""
 
-    def __init__(self, *args, config=None, api_key=None, name="serve", port=0, bin=None):
+    def __init__(self, *args, config=None, api_key=None, name="serve", port=0, bin=None, env=None):
         self.args = list(args)
+        self.env = dict(os.environ, **env) if env else None  # extra environment variables
         self.listen_port = port  # 0: the kernel picks one
         self.bin = bin or BIN
         self.config = config
@@ -56,7 +57,7 @@ class Server:
         cmd += self.args
         self.cmd = cmd
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.DEVNULL,
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.DEVNULL, env=self.env,
                                      stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + START_TIMEOUT_S
         while self.port is None:
@@ -245,9 +246,10 @@ def sse_events(fp):
         # comments (":...") and other fields are ignored, as a client would
 
 
-def run_lumen(*args, timeout=120):
-    """Run the lumen CLI; return stdout as text (raises on a non-zero exit)."""
-    res = subprocess.run([BIN, *args], cwd=ROOT, stdin=subprocess.DEVNULL,
+def run_lumen(*args, timeout=120, env=None):
+    """Run the lumen CLI; return stdout as text (raises on a non-zero exit).
+    env: extra environment variables."""
+    res = subprocess.run([BIN, *args], cwd=ROOT, stdin=subprocess.DEVNULL, env=dict(os.environ, **env) if env else None,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
     if res.returncode != 0:
         raise ServerError("lumen %s exited %d: %s" % (" ".join(args), res.returncode,
@@ -255,9 +257,9 @@ def run_lumen(*args, timeout=120):
     return res.stdout.decode("utf-8")
 
 
-def greedy_generate(prompt, n, model="smollm2"):
+def greedy_generate(prompt, n, model="smollm2", env=None):
     """What `lumen generate --temp 0` continues `prompt` with (prompt and final newline removed)."""
-    out = run_lumen("generate", "-m", model, "-p", prompt, "-n", str(n), "--temp", "0", "--no-stats")
+    out = run_lumen("generate", "-m", model, "-p", prompt, "-n", str(n), "--temp", "0", "--no-stats", env=env)
     if not out.startswith(prompt) or not out.endswith("\n"):
         raise ServerError("unexpected `lumen generate` output for %r: %r" % (prompt, out))
     return out[len(prompt):-1]

@@ -570,17 +570,20 @@ if __name__ == "__main__":
     unittest.main()
 
 
-class TestUntiledModelWhileRunning(unittest.TestCase):
-    """Gemma 3's K-quant weights have no integer tiles: there a prompt that arrives
-    while others decode is evaluated alone between the steps (not riding along);
-    greedy text must still be the CLI's."""
+class GemmaWhileRunning:
+    """Gemma 3 (Q5_0, Q8_0, Q4_K and Q6_K weights) with prompts arriving while
+    another request decodes. With the VNNI tiles its prompts ride along in the
+    decode steps; capped at AVX2 (no tiles for these types there) a prompt is
+    evaluated alone between the steps. Greedy text must be the CLI's either way,
+    the CLI run with the same ISA."""
     PROMPTS = ["The capital of France is", "Water boils at", "The three primary colors are", "1, 2, 3, 4, 5,"]
     N = 12
+    ENV = None
 
     @classmethod
     def setUpClass(cls):
-        cls.refs = {p: greedy_generate(p, cls.N, model="gemma3") for p in cls.PROMPTS}
-        cls.srv = Server("-m", "gemma3", "--slots", "4", name="gemma").start()
+        cls.refs = {p: greedy_generate(p, cls.N, model="gemma3", env=cls.ENV) for p in cls.PROMPTS}
+        cls.srv = Server("-m", "gemma3", "--slots", "4", name="gemma", env=cls.ENV).start()
 
     @classmethod
     def tearDownClass(cls):
@@ -605,3 +608,11 @@ class TestUntiledModelWhileRunning(unittest.TestCase):
         for p, out in zip(self.PROMPTS[1:], outs):
             with self.subTest(prompt=p):
                 self.assertEqual(out, self.refs[p])
+
+
+class TestGemmaRiding(GemmaWhileRunning, unittest.TestCase):
+    pass
+
+
+class TestGemmaAlone(GemmaWhileRunning, unittest.TestCase):
+    ENV = {"LUMEN_ISA": "avx2"}
