@@ -200,7 +200,7 @@ static void test_tile(void) {
             for (size_t l = 0; l < sizeof lens / sizeof *lens; l++) {
                 int64_t n = lens[l];
                 if (n % lm_dtype_block_size(t)) continue;
-                size_t wrow = lm_dtype_row_size(t, n) + 6, arow = lm_dtype_row_size(e->vec_dot_type, n) + 10;
+                size_t wrow = lm_dtype_row_size(t, n) + 6, arow = lm_dtype_row_size(e->vec_dot_type, n) + 12; /* odd strides, the blocks still aligned */
                 float *x = malloc(n * sizeof *x);
                 char *qw = malloc(R * wrow), *qa = malloc(4 * arow);
                 for (int k = 0; k < R; k++) {
