@@ -154,15 +154,18 @@ void lm_vec_dot_tile_q4_1_q8_1_vnni(int64_t n, float *s, size_t s_stride, const 
     }
 }
 
-/* Q8_0 without the sign trick: vpdpbusd wants unsigned bytes on one side, so
- * the weights go in as q + 128 (one xor) and each product sum starts from
- * -128 * sum(y) instead of zero; the int32 sums are the same as AVX2's, so the
- * float work, copied from LM_DEFINE_TILE_Q8_0, gives the same bits. */
-void lm_vec_dot_tile_q8_0_q8_0_vnni(int64_t n, float *s, size_t s_stride, const void *vx, size_t x_stride,
-                                    const void *vy, size_t y_stride) {
+/* Weights against Q8_0 activations without the sign trick: vpdpbusd wants
+ * unsigned bytes on one side, so the weights go in shifted up by `bias` (Q8_0:
+ * q + 128, one xor; Q5_0: q + 16, the nibble and the fifth bit from one masked
+ * move) and each sum starts from -bias * sum(y) instead of zero. The int32 sums
+ * are the AVX2 kernel's and so is the float work (the scale products come from
+ * memory as FMA broadcast operands), so every output is its bits. Both block
+ * types start with their fp16 d. */
+static inline __attribute__((always_inline)) void tile_q8y(int64_t n, float *s, size_t s_stride, const char *xb,
+                                                           size_t x_stride, size_t x_block, const char *yb,
+                                                           size_t y_stride, char bias, __m256i (*unpack)(const char *)) {
     enum { R = LM_TILE_ROWS_VNNI };
-    const char *xb = vx, *yb = vy;
-    const __m256i k128 = _mm256_set1_epi8((char)0x80);
+    const __m256i kb = _mm256_set1_epi8(bias);
     float prod[R][LM_TILE_C] __attribute__((aligned(64)));
     __m256 acc[R][LM_TILE_C];
     for (int r = 0; r < R; r++)
@@ -174,14 +177,16 @@ void lm_vec_dot_tile_q8_0_q8_0_vnni(int64_t n, float *s, size_t s_stride, const 
             const block_q8_0 *y = (const block_q8_0 *)(yb + c * y_stride) + i;
             ydf[c] = lm_f16_to_f32(y->d);
             qy[c] = _mm256_loadu_si256((const __m256i *)y->qs);
-            base[c] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_dpbusd_epi32(_mm256_setzero_si256(), k128, qy[c]));
+            base[c] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_dpbusd_epi32(_mm256_setzero_si256(), kb, qy[c]));
         }
         const __m128 yd = _mm_loadu_ps(ydf);
         __m256i ux[R];
         for (int r = 0; r < R; r++) {
-            const block_q8_0 *x = (const block_q8_0 *)(xb + r * x_stride) + i;
-            _mm_store_ps(prod[r], _mm_mul_ps(_mm_set1_ps(lm_f16_to_f32(x->d)), yd));
-            ux[r] = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)x->qs), k128);
+            const char *x = xb + r * x_stride + i * x_block;
+            uint16_t d;
+            memcpy(&d, x, 2);
+            _mm_store_ps(prod[r], _mm_mul_ps(_mm_set1_ps(lm_f16_to_f32(d)), yd));
+            ux[r] = unpack(x);
         }
         for (int r = 0; r < R; r++)
             for (int c = 0; c < LM_TILE_C; c++)
@@ -189,6 +194,22 @@ void lm_vec_dot_tile_q8_0_q8_0_vnni(int64_t n, float *s, size_t s_stride, const 
     }
     for (int r = 0; r < R; r++)
         for (int c = 0; c < LM_TILE_C; c++) s[c * s_stride + r] = hsum8(acc[r][c]);
+}
+
+static inline __m256i unpack_q8_0(const char *x) {
+    return _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)((const block_q8_0 *)x)->qs), _mm256_set1_epi8((char)0x80));
+}
+
+static inline __m256i unpack_q5_0(const char *x) {
+    const block_q5_0 *b = (const block_q5_0 *)x;
+    uint32_t qh;
+    memcpy(&qh, b->qh, 4);
+    return _mm256_or_si256(nibbles(b->qs), _mm256_maskz_mov_epi8((__mmask32)qh, _mm256_set1_epi8(16)));
+}
+
+void lm_vec_dot_tile_q8_0_q8_0_vnni(int64_t n, float *s, size_t s_stride, const void *vx, size_t x_stride,
+                                    const void *vy, size_t y_stride) {
+    tile_q8y(n, s, s_stride, vx, x_stride, sizeof(block_q8_0), vy, y_stride, (char)0x80, unpack_q8_0);
 }
 
 /* Q4_0 tiles match lm_vec_dot_q4_0_q8_0_avx512 (two blocks per 512-bit
@@ -241,41 +262,7 @@ void lm_vec_dot_tile_q4_0_q8_0_vnni(int64_t n, float *s, size_t s_stride, const 
     }
 }
 
-/* Q5_0 tiles, as the Q8_0 ones: the weights go in unsigned, q = nibble + 16 *
- * fifth bit (0..31, one masked move from the 32 bits of qh), and each sum
- * starts from -16 * sum(y), so the int32 lanes are the AVX2 kernel's sums of
- * (q - 16) * y; the float work is its, so every output is its bits. */
 void lm_vec_dot_tile_q5_0_q8_0_vnni(int64_t n, float *s, size_t s_stride, const void *vx, size_t x_stride,
                                     const void *vy, size_t y_stride) {
-    enum { R = LM_TILE_ROWS_VNNI };
-    const char *xb = vx, *yb = vy;
-    const __m256i k16 = _mm256_set1_epi8(16);
-    float prod[R][LM_TILE_C] __attribute__((aligned(64)));
-    __m256 acc[R][LM_TILE_C];
-    for (int r = 0; r < R; r++)
-        for (int c = 0; c < LM_TILE_C; c++) acc[r][c] = _mm256_setzero_ps();
-    for (int64_t i = 0; i < n / QK; i++) {
-        __m256i qy[LM_TILE_C], base[LM_TILE_C];
-        float ydf[LM_TILE_C];
-        for (int c = 0; c < LM_TILE_C; c++) {
-            const block_q8_0 *y = (const block_q8_0 *)(yb + c * y_stride) + i;
-            ydf[c] = lm_f16_to_f32(y->d);
-            qy[c] = _mm256_loadu_si256((const __m256i *)y->qs);
-            base[c] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_dpbusd_epi32(_mm256_setzero_si256(), k16, qy[c]));
-        }
-        const __m128 yd = _mm_loadu_ps(ydf);
-        __m256i ux[R];
-        for (int r = 0; r < R; r++) {
-            const block_q5_0 *x = (const block_q5_0 *)(xb + r * x_stride) + i;
-            uint32_t qh;
-            memcpy(&qh, x->qh, 4);
-            _mm_store_ps(prod[r], _mm_mul_ps(_mm_set1_ps(lm_f16_to_f32(x->d)), yd));
-            ux[r] = _mm256_or_si256(nibbles(x->qs), _mm256_maskz_mov_epi8((__mmask32)qh, k16));
-        }
-        for (int r = 0; r < R; r++)
-            for (int c = 0; c < LM_TILE_C; c++)
-                acc[r][c] = fma_bcast(acc[r][c], _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(base[c], ux[r], qy[c])), &prod[r][c]);
-    }
-    for (int r = 0; r < R; r++)
-        for (int c = 0; c < LM_TILE_C; c++) s[c * s_stride + r] = hsum8(acc[r][c]);
+    tile_q8y(n, s, s_stride, vx, x_stride, sizeof(block_q5_0), vy, y_stride, 16, unpack_q5_0);
 }
