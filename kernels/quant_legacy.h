@@ -38,5 +38,4 @@ void lm_vec_dot_tile_q5_0_q8_0_vnni(int64_t n, float *s, size_t s_stride, const 
 #define LM_TILE_ROWS_VNNI 4
 void lm_quantize_q8_0_avx2(const float *x, void *y, int64_t n);
 void lm_quantize_q8_1_avx2(const float *x, void *y, int64_t n);
-void lm_vec_dot_q4_0_q8_0_avx512(int64_t n, float *s, const void *x, const void *y);
 #endif

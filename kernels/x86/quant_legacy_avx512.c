@@ -1,8 +1,10 @@
-/* AVX-512 VNNI variants of the legacy formats: two 32-element blocks per
- * 512-bit register, vpdpbusd for the integer dot products. Q4_1 and Q8_0 had
- * AVX-512 versions too; on the Xeons measured they decoded 10-20% slower than
- * the AVX2 ones (rows of 576 are only nine register pairs, and the pairing and
- * the final reduction cost more than the wider registers gain), so they went. */
+/* VNNI (vpdpbusd) kernels of the legacy formats: the tiles (lm_vec_dot_tile_fn)
+ * and the four-activation dot4s. Single-row decode runs the AVX2 kernels: the
+ * AVX-512 single-row ones we had decoded 10-20% slower for Q4_1 and Q8_0 on the
+ * Xeons measured (rows of 576 are only nine register pairs), and Q4_0's went
+ * when its tiles moved to the AVX2 kernel's arithmetic, which let them take the
+ * scale products as FMA broadcast operands (SmolLM2 Q4_0 128-token TTFT -5% on
+ * 1 and 2 threads, decode -3 to -5%, medians of three alternations). */
 #include "quant.h"
 #include "quant_legacy.h"
 
@@ -14,14 +16,6 @@ static inline __m256i nibbles(const uint8_t *qs) {
     return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(t, 4), t), _mm256_set1_epi8(0x0F));
 }
 
-static inline __m512i pair(__m256i lo, __m256i hi) {
-    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-}
-
-static inline __m512 scales(float a, float b) {
-    return _mm512_insertf32x8(_mm512_set1_ps(a), _mm256_set1_ps(b), 1);
-}
-
 static inline float hsum8(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -30,31 +24,6 @@ static inline float hsum8(__m256 v) {
 }
 
 #define F16 lm_f16_to_f32
-
-void lm_vec_dot_q4_0_q8_0_avx512(int64_t n, float *s, const void *vx, const void *vy) {
-    const block_q4_0 *x = vx;
-    const block_q8_0 *y = vy;
-    const int64_t nb = n / QK;
-    __m512 acc = _mm512_setzero_ps();
-    const __m512i eight = _mm512_set1_epi8(8);
-    int64_t i = 0;
-    for (; i + 2 <= nb; i += 2) {
-        const __m512i qx = pair(nibbles(x[i].qs), nibbles(x[i + 1].qs));
-        const __m512i qy = pair(_mm256_loadu_si256((const __m256i *)y[i].qs), _mm256_loadu_si256((const __m256i *)y[i + 1].qs));
-        /* sum (q - 8) y = sum q y - 8 sum y */
-        const __m512i d = _mm512_sub_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), qx, qy),
-                                           _mm512_dpbusd_epi32(_mm512_setzero_si512(), eight, qy));
-        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), scales(F16(x[i].d) * F16(y[i].d), F16(x[i + 1].d) * F16(y[i + 1].d)), acc);
-    }
-    float sum = _mm512_reduce_add_ps(acc);
-    for (; i < nb; i++) {
-        const __m256i qx = nibbles(x[i].qs), qy = _mm256_loadu_si256((const __m256i *)y[i].qs);
-        const __m256i d = _mm256_sub_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), qx, qy),
-                                           _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8(8), qy));
-        sum += hsum8(_mm256_cvtepi32_ps(d)) * (F16(x[i].d) * F16(y[i].d));
-    }
-    *s = sum;
-}
 
 /* Four activation rows per weight row (lm_vec_dot4_fn) with vpdpbusd: its
  * int32 lanes are the same four-product sums as AVX2's maddubs + madd (no
@@ -207,59 +176,16 @@ static inline __m256i unpack_q5_0(const char *x) {
     return _mm256_or_si256(nibbles(b->qs), _mm256_maskz_mov_epi8((__mmask32)qh, _mm256_set1_epi8(16)));
 }
 
+static inline __m256i unpack_q4_0(const char *x) { return nibbles(((const block_q4_0 *)x)->qs); }
+
+void lm_vec_dot_tile_q4_0_q8_0_vnni(int64_t n, float *s, size_t s_stride, const void *vx, size_t x_stride,
+                                   const void *vy, size_t y_stride) {
+    tile_q8y(n, s, s_stride, vx, x_stride, sizeof(block_q4_0), vy, y_stride, 8, unpack_q4_0);
+}
+
 void lm_vec_dot_tile_q8_0_q8_0_vnni(int64_t n, float *s, size_t s_stride, const void *vx, size_t x_stride,
                                     const void *vy, size_t y_stride) {
     tile_q8y(n, s, s_stride, vx, x_stride, sizeof(block_q8_0), vy, y_stride, (char)0x80, unpack_q8_0);
-}
-
-/* Q4_0 tiles match lm_vec_dot_q4_0_q8_0_avx512 (two blocks per 512-bit
- * register): the same int32 sums (started at -8 * sum(y) instead of
- * subtracting it after), the same products per lane, FMA order and final
- * reductions, so every output is that kernel's bits. */
-static inline __m256i nib(const uint8_t *qs) { return nibbles(qs); }
-
-void lm_vec_dot_tile_q4_0_q8_0_vnni(int64_t n, float *s, size_t s_stride, const void *vx, size_t x_stride,
-                                    const void *vy, size_t y_stride) {
-    enum { R = LM_TILE_ROWS_VNNI };
-    const char *xb = vx, *yb = vy;
-    const int64_t nb = n / QK;
-    const __m512i eight = _mm512_set1_epi8(8);
-    __m512 acc[R][LM_TILE_C];
-    for (int r = 0; r < R; r++)
-        for (int c = 0; c < LM_TILE_C; c++) acc[r][c] = _mm512_setzero_ps();
-    int64_t i = 0;
-    for (; i + 2 <= nb; i += 2) {
-        __m512i qy[LM_TILE_C], base[LM_TILE_C];
-        __m512 yd[LM_TILE_C];
-        for (int c = 0; c < LM_TILE_C; c++) {
-            const block_q8_0 *y = (const block_q8_0 *)(yb + c * y_stride) + i;
-            qy[c] = pair(_mm256_loadu_si256((const __m256i *)y[0].qs), _mm256_loadu_si256((const __m256i *)y[1].qs));
-            base[c] = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), eight, qy[c]));
-            yd[c] = scales(F16(y[0].d), F16(y[1].d));
-        }
-        for (int r = 0; r < R; r++) {
-            const block_q4_0 *x = (const block_q4_0 *)(xb + r * x_stride) + i;
-            const __m512i qx = pair(nib(x[0].qs), nib(x[1].qs));
-            const __m512 xd = scales(F16(x[0].d), F16(x[1].d));
-            for (int c = 0; c < LM_TILE_C; c++)
-                acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(base[c], qx, qy[c])),
-                                            _mm512_mul_ps(xd, yd[c]), acc[r][c]);
-        }
-    }
-    for (int r = 0; r < R; r++) {
-        for (int c = 0; c < LM_TILE_C; c++) {
-            const block_q4_0 *x = (const block_q4_0 *)(xb + r * x_stride);
-            const block_q8_0 *y = (const block_q8_0 *)(yb + c * y_stride);
-            float sum = _mm512_reduce_add_ps(acc[r][c]);
-            for (int64_t k = i; k < nb; k++) {
-                const __m256i qx = nibbles(x[k].qs), qv = _mm256_loadu_si256((const __m256i *)y[k].qs);
-                const __m256i d = _mm256_sub_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), qx, qv),
-                                                   _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8(8), qv));
-                sum += hsum8(_mm256_cvtepi32_ps(d)) * (F16(x[k].d) * F16(y[k].d));
-            }
-            s[c * s_stride + r] = sum;
-        }
-    }
 }
 
 void lm_vec_dot_tile_q5_0_q8_0_vnni(int64_t n, float *s, size_t s_stride, const void *vx, size_t x_stride,
