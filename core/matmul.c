@@ -53,38 +53,22 @@ static void mm_rows(void *vctx, int ith, int nth) {
     for (int64_t r0 = lo; r0 < hi; r0 += ROW_TILE) {
         int64_t r1 = r0 + ROW_TILE < hi ? r0 + ROW_TILE : hi;
         if (r1 < hi) prefetch_row(j->w + r1 * j->w_row, j->w_row * (size_t)(hi - r1 < ROW_TILE ? hi - r1 : ROW_TILE));
-        int64_t t = 0;
-        if (j->ops->vec_dot_tile) { /* tiles of weight rows x four tokens (quant.h) */
+        /* tiles of weight rows x four tokens (quant.h) cover rows [r0, rt) of
+         * tokens [0, t4); the rest goes one row and one token at a time */
+        int64_t rt = r0, t4 = 0;
+        if (j->ops->vec_dot_tile) {
             const int64_t R = j->ops->tile_rows;
-            for (; t + 4 <= j->n; t += 4) {
-                const char *xq = j->xq + t * j->x_row;
-                float *y = j->y + t * j->out;
-                int64_t r = r0;
-                for (; r + R <= r1; r += R)
-                    j->ops->vec_dot_tile(j->in, y + r, (size_t)j->out, j->w + r * j->w_row, j->w_row, xq, j->x_row);
-                for (; r < r1; r++) {
-                    float s4[4];
-                    if (j->ops->vec_dot4) j->ops->vec_dot4(j->in, s4, j->w + r * j->w_row, xq, j->x_row);
-                    else for (int k = 0; k < 4; k++) j->ops->vec_dot(j->in, &s4[k], j->w + r * j->w_row, xq + k * j->x_row);
-                    y[r] = s4[0]; y[j->out + r] = s4[1]; y[2 * j->out + r] = s4[2]; y[3 * j->out + r] = s4[3];
-                }
-            }
+            rt = r0 + (r1 - r0) / R * R;
+            t4 = j->n / 4 * 4;
+            for (int64_t t = 0; t < t4; t += 4)
+                for (int64_t r = r0; r < rt; r += R)
+                    j->ops->vec_dot_tile(j->in, j->y + t * j->out + r, (size_t)j->out, j->w + r * j->w_row, j->w_row,
+                                         j->xq + t * j->x_row, j->x_row);
         }
-        if (j->ops->vec_dot4) {  /* four tokens at a time: each weight block unpacked once */
-            for (; t + 4 <= j->n; t += 4) {
-                const char *xq = j->xq + t * j->x_row;
-                float *y = j->y + t * j->out;
-                for (int64_t r = r0; r < r1; r++) {
-                    float s4[4];
-                    j->ops->vec_dot4(j->in, s4, j->w + r * j->w_row, xq, j->x_row);
-                    y[r] = s4[0]; y[j->out + r] = s4[1]; y[2 * j->out + r] = s4[2]; y[3 * j->out + r] = s4[3];
-                }
-            }
-        }
-        for (; t < j->n; t++) {
+        for (int64_t t = 0; t < j->n; t++) {
             const char *xq = j->xq + t * j->x_row;
             float *y = j->y + t * j->out;
-            for (int64_t r = r0; r < r1; r++)
+            for (int64_t r = t < t4 ? rt : r0; r < r1; r++)
                 j->ops->vec_dot(j->in, &y[r], j->w + r * j->w_row, xq);
         }
     }

@@ -38,9 +38,8 @@ static void init(void) {
         for (int i = g_isa; i >= 0; i--) {
             if (!o->vec_dot && e->vec_dot[i]) {
                 o->vec_dot = e->vec_dot[i];
-                /* a dot4 of this ISA or a higher one (up to the CPU's) matches this
+                /* a tile of this ISA or a higher one (up to the CPU's) matches this
                  * vec_dot bit for bit (quant.h); take the fastest */
-                for (int k = g_isa; k >= i && !o->vec_dot4; k--) o->vec_dot4 = e->vec_dot4[k];
                 for (int k = g_isa; k >= i && !o->vec_dot_tile; k--) {
                     o->vec_dot_tile = e->vec_dot_tile[k];
                     o->tile_rows = e->tile_rows[k];

@@ -20,16 +20,10 @@ typedef void (*lm_from_float_fn)(const float *restrict x, void *restrict y, int6
 /* *s = dot(x, y) over n elements; x of the weight dtype, y of its vec_dot_type. */
 typedef void (*lm_vec_dot_fn)(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
 
-/* s[r] = dot(x, y + r * y_stride) for r < 4: one weight row with four activation
- * rows (a batched decode step), the weight block unpacked once. Each s[r] is
- * bit-identical to the same ISA's vec_dot on that row, so batching never
- * changes a result. */
-typedef void (*lm_vec_dot4_fn)(int64_t n, float *restrict s, const void *restrict x, const void *restrict y, size_t y_stride);
-
 /* s[c * s_stride + r] = dot(x + r * x_stride, y + c * y_stride) for r < the
  * variant's tile_rows and c < 4: a tile of weight rows against four activation
  * rows, blocks unpacked and scales converted once per tile. Bit-identical to
- * vec_dot per pair, like vec_dot4. */
+ * the vec_dot it goes with, per pair, so batching never changes a result. */
 typedef void (*lm_vec_dot_tile_fn)(int64_t n, float *restrict s, size_t s_stride, const void *restrict x, size_t x_stride,
                                    const void *restrict y, size_t y_stride);
 
@@ -38,9 +32,8 @@ typedef struct lm_quant_entry {
     lm_to_float_fn to_float;
     lm_from_float_fn from_float[LM_ISA_COUNT]; /* [LM_ISA_SCALAR] is the reference; NULL = none */
     lm_vec_dot_fn vec_dot[LM_ISA_COUNT];       /* [LM_ISA_SCALAR] is the reference; NULL = none */
-    lm_vec_dot4_fn vec_dot4[LM_ISA_COUNT];     /* optional; each row bit-identical to the vec_dot of
-                                                  the highest ISA at or below its own that has one */
-    lm_vec_dot_tile_fn vec_dot_tile[LM_ISA_COUNT]; /* optional; same rule as vec_dot4 */
+    lm_vec_dot_tile_fn vec_dot_tile[LM_ISA_COUNT]; /* optional; bit-identical to the vec_dot of the
+                                                      highest ISA at or below its own that has one */
     int tile_rows[LM_ISA_COUNT];               /* weight rows per vec_dot_tile call */
 } lm_quant_entry;
 
@@ -50,8 +43,7 @@ typedef struct lm_quant_ops {
     lm_to_float_fn to_float;
     lm_from_float_fn from_float;
     lm_vec_dot_fn vec_dot;
-    lm_vec_dot4_fn vec_dot4;   /* NULL: call vec_dot per row */
-    lm_vec_dot_tile_fn vec_dot_tile; /* NULL: vec_dot4 or vec_dot */
+    lm_vec_dot_tile_fn vec_dot_tile; /* NULL: vec_dot per row and token */
     int tile_rows;
 } lm_quant_ops;
 

@@ -24,10 +24,6 @@ void lm_vec_dot_q4_0_q8_0_avx2(int64_t n, float *s, const void *x, const void *y
 void lm_vec_dot_q4_1_q8_1_avx2(int64_t n, float *s, const void *x, const void *y);
 void lm_vec_dot_q5_0_q8_0_avx2(int64_t n, float *s, const void *x, const void *y);
 void lm_vec_dot_q8_0_q8_0_avx2(int64_t n, float *s, const void *x, const void *y);
-void lm_vec_dot4_q4_1_q8_1_avx2(int64_t n, float *s, const void *x, const void *y, size_t y_stride);
-void lm_vec_dot4_q8_0_q8_0_avx2(int64_t n, float *s, const void *x, const void *y, size_t y_stride);
-void lm_vec_dot4_q4_1_q8_1_vnni(int64_t n, float *s, const void *x, const void *y, size_t y_stride);
-void lm_vec_dot4_q8_0_q8_0_vnni(int64_t n, float *s, const void *x, const void *y, size_t y_stride);
 void lm_vec_dot_tile_q4_1_q8_1_avx2(int64_t n, float *s, size_t s_stride, const void *x, size_t x_stride, const void *y, size_t y_stride);
 void lm_vec_dot_tile_q8_0_q8_0_avx2(int64_t n, float *s, size_t s_stride, const void *x, size_t x_stride, const void *y, size_t y_stride);
 void lm_vec_dot_tile_q4_1_q8_1_vnni(int64_t n, float *s, size_t s_stride, const void *x, size_t x_stride, const void *y, size_t y_stride);

@@ -92,46 +92,6 @@ void lm_vec_dot_q8_0_q8_0_avx2(int64_t n, float *s, const void *vx, const void *
     *s = hsum8(acc);
 }
 
-/* Four activation rows per weight row (lm_vec_dot4_fn): every row repeats the
- * single-row kernel's operations in the same order, so the results are the same
- * bits; the weight block is unpacked and its scales converted once. */
-void lm_vec_dot4_q4_1_q8_1_avx2(int64_t n, float *s, const void *vx, const void *vy, size_t y_stride) {
-    const block_q4_1 *x = vx;
-    const block_q8_1 *y[4];
-    for (int r = 0; r < 4; r++) y[r] = (const block_q8_1 *)((const char *)vy + r * y_stride);
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    float summs[4] = {0, 0, 0, 0};
-    for (int64_t i = 0; i < n / QK; i++) {
-        const float xm = lm_f16_to_f32(x[i].m), xd = lm_f16_to_f32(x[i].d);
-        const __m256i qx = nibbles(x[i].qs);
-        for (int r = 0; r < 4; r++) {
-            summs[r] += xm * lm_f16_to_f32(y[r][i].s);
-            const __m256i qy = _mm256_loadu_si256((const __m256i *)y[r][i].qs);
-            const __m256 d = _mm256_set1_ps(xd * lm_f16_to_f32(y[r][i].d));
-            acc[r] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot_us(qx, qy)), acc[r]);
-        }
-    }
-    for (int r = 0; r < 4; r++) s[r] = hsum8(acc[r]) + summs[r];
-}
-
-void lm_vec_dot4_q8_0_q8_0_avx2(int64_t n, float *s, const void *vx, const void *vy, size_t y_stride) {
-    const block_q8_0 *x = vx;
-    const block_q8_0 *y[4];
-    for (int r = 0; r < 4; r++) y[r] = (const block_q8_0 *)((const char *)vy + r * y_stride);
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    for (int64_t i = 0; i < n / QK; i++) {
-        const __m256i qx = _mm256_loadu_si256((const __m256i *)x[i].qs);
-        const __m256i ax = _mm256_sign_epi8(qx, qx);
-        const float xd = lm_f16_to_f32(x[i].d);
-        for (int r = 0; r < 4; r++) {
-            const __m256i qy = _mm256_loadu_si256((const __m256i *)y[r][i].qs);
-            const __m256 d = _mm256_set1_ps(xd * lm_f16_to_f32(y[r][i].d));
-            acc[r] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot_us(ax, _mm256_sign_epi8(qy, qx))), acc[r]);
-        }
-    }
-    for (int r = 0; r < 4; r++) s[r] = hsum8(acc[r]);
-}
-
 #define DOT_US dot_us
 #include "tile_legacy.h"
 LM_DEFINE_TILE_Q4_1(lm_vec_dot_tile_q4_1_q8_1_avx2, LM_TILE_ROWS_AVX2)

@@ -1,5 +1,5 @@
 /* VNNI (vpdpbusd) kernels of the legacy formats: the tiles (lm_vec_dot_tile_fn)
- * and the four-activation dot4s. Single-row decode runs the AVX2 kernels: the
+ * of batched decode and short prompts. Single-row decode runs the AVX2 kernels: the
  * AVX-512 single-row ones we had decoded 10-20% slower for Q4_1 and Q8_0 on the
  * Xeons measured (rows of 576 are only nine register pairs), and Q4_0's went
  * when its tiles moved to the AVX2 kernel's arithmetic, which let them take the
@@ -21,50 +21,6 @@ static inline float hsum8(__m256 v) {
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
-}
-
-#define F16 lm_f16_to_f32
-
-/* Four activation rows per weight row (lm_vec_dot4_fn) with vpdpbusd: its
- * int32 lanes are the same four-product sums as AVX2's maddubs + madd (no
- * saturation at these magnitudes), and the float work is the AVX2 single-row
- * kernel's, op for op, so every row is bit-identical to lm_vec_dot_*_avx2. */
-void lm_vec_dot4_q4_1_q8_1_vnni(int64_t n, float *s, const void *vx, const void *vy, size_t y_stride) {
-    const block_q4_1 *x = vx;
-    const block_q8_1 *y[4];
-    for (int r = 0; r < 4; r++) y[r] = (const block_q8_1 *)((const char *)vy + r * y_stride);
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    float summs[4] = {0, 0, 0, 0};
-    for (int64_t i = 0; i < n / QK; i++) {
-        const float xm = F16(x[i].m), xd = F16(x[i].d);
-        const __m256i qx = nibbles(x[i].qs);
-        for (int r = 0; r < 4; r++) {
-            summs[r] += xm * F16(y[r][i].s);
-            const __m256i qy = _mm256_loadu_si256((const __m256i *)y[r][i].qs);
-            const __m256 d = _mm256_set1_ps(xd * F16(y[r][i].d));
-            acc[r] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), qx, qy)), acc[r]);
-        }
-    }
-    for (int r = 0; r < 4; r++) s[r] = hsum8(acc[r]) + summs[r];
-}
-
-void lm_vec_dot4_q8_0_q8_0_vnni(int64_t n, float *s, const void *vx, const void *vy, size_t y_stride) {
-    const block_q8_0 *x = vx;
-    const block_q8_0 *y[4];
-    for (int r = 0; r < 4; r++) y[r] = (const block_q8_0 *)((const char *)vy + r * y_stride);
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    for (int64_t i = 0; i < n / QK; i++) {
-        const __m256i qx = _mm256_loadu_si256((const __m256i *)x[i].qs);
-        const __m256i ax = _mm256_sign_epi8(qx, qx);
-        const float xd = F16(x[i].d);
-        for (int r = 0; r < 4; r++) {
-            const __m256i qy = _mm256_loadu_si256((const __m256i *)y[r][i].qs);
-            const __m256 d = _mm256_set1_ps(xd * F16(y[r][i].d));
-            const __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), ax, _mm256_sign_epi8(qy, qx));
-            acc[r] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[r]);
-        }
-    }
-    for (int r = 0; r < 4; r++) s[r] = hsum8(acc[r]);
 }
 
 /* Tiles (tile_legacy.h) with vpdpbusd: 16 accumulators fit AVX-512VL's 32 registers. */

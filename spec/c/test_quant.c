@@ -133,51 +133,6 @@ static void test_variants(void) {
     free(x); free(a); free(qx); free(qa);
 }
 
-/* The four-row dots of a batched decode step give each row the very bits the
- * single-row dot of the same ISA gives (so batching never changes a token). */
-static void test_dot4(void) {
-    static const int64_t lens[] = {32, 576, 1536, 4096 + 32};
-    uint64_t r = 11;
-    int ran = 0;
-    for (int t = 0; t < LM_DTYPE_COUNT; t++) {
-        const lm_quant_entry *e = lm_quant_entry_get((lm_dtype)t);
-        if (!e) continue;
-        for (int isa = 1; isa < LM_ISA_COUNT; isa++) {
-            if (!e->vec_dot4[isa] || isa > (int)lm_cpu_isa()) continue;
-            /* the single-row dot it must match: this ISA's, or the best one below */
-            lm_vec_dot_fn dot1 = NULL;
-            for (int k = isa; k >= 1 && !dot1; k--) dot1 = e->vec_dot[k];
-            CHECK(dot1 != NULL, "%s: a %s vec_dot4 without a SIMD vec_dot", lm_dtype_name(t), lm_isa_name(isa));
-            if (!dot1) continue;
-            const lm_quant_entry *act = lm_quant_entry_get(e->vec_dot_type);
-            for (size_t l = 0; l < sizeof lens / sizeof *lens; l++) {
-                int64_t n = lens[l];
-                size_t wrow = lm_dtype_row_size(t, n), arow = lm_dtype_row_size(e->vec_dot_type, n) + 8; /* odd stride */
-                float *x = malloc(n * sizeof *x);
-                char *qw = malloc(wrow), *qa = malloc(4 * arow);
-                fill(x, n, &r, 3.0f);
-                e->from_float[LM_ISA_SCALAR](x, qw, n);
-                for (int k = 0; k < 4; k++) {
-                    fill(x, n, &r, k == 2 ? 1000.0f : 1.0f);
-                    if (k == 3) memset(x, 0, n * sizeof *x);
-                    act->from_float[LM_ISA_SCALAR](x, qa + k * arow, n);
-                }
-                float s4[4], s1;
-                e->vec_dot4[isa](n, s4, qw, qa, arow);
-                for (int k = 0; k < 4; k++) {
-                    dot1(n, &s1, qw, qa + k * arow);
-                    CHECK(memcmp(&s1, &s4[k], sizeof s1) == 0, "%s %s n=%lld row %d: dot4 %.9g vs dot %.9g",
-                          lm_dtype_name(t), lm_isa_name(isa), (long long)n, k, s4[k], s1);
-                }
-                ran++;
-                free(x); free(qw); free(qa);
-            }
-        }
-    }
-    printf("dot4 variants checked: %d\n", ran);
-    CHECK(lm_cpu_isa() == LM_ISA_SCALAR || ran > 0, "no dot4 variant ran");
-}
-
 /* Every tile variant against its single-row vec_dot, pair by pair, bit for bit:
  * tile_rows weight rows (one of them all zeros, one with huge scales) times four
  * activation rows (one of them zeros), at odd strides. */
@@ -236,7 +191,6 @@ static void test_tile(void) {
 }
 
 int main(void) {
-    test_dot4();
     test_tile();
     test_known_blocks();
     test_round_trips();
