@@ -10,6 +10,9 @@ local steps = tonumber(arg[3] or "64")
 local sizes = {}
 for i = 4, #arg do sizes[#sizes + 1] = tonumber(arg[i]) end
 if #sizes == 0 then sizes = { 1, 4, 8, 16, 32 } end
+local function count(v) return v and v >= 1 and v % 1 == 0 end
+if not count(threads) or not count(steps) then error("usage: build/lumen run bench/batch_decode.lua [model] [threads] [steps] [B ...]", 0) end
+for _, b in ipairs(sizes) do if not count(b) then error("batch sizes must be whole numbers >= 1", 0) end end
 
 local model = lumen.model.load(path, { threads = threads })
 local prompt = model:tokenize("The history of the printing press begins")

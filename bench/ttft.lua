@@ -2,6 +2,9 @@
 -- Usage: build/lumen run bench/ttft.lua MODEL [threads] [N]
 local lumen = require "lumen"
 local path, threads, n = arg[1], tonumber(arg[2] or "2"), tonumber(arg[3] or "128")
+if not path or not threads or threads < 1 or not n or n < 1 or n > 512 or n % 1 ~= 0 then
+  error("usage: build/lumen run bench/ttft.lua MODEL [threads >= 1] [N in 1..512]", 0)
+end
 local model = lumen.model.load(path, { threads = threads })
 local text = string.rep("The quick brown fox jumps over the lazy dog while the committee debates quantization. ", 40)
 local toks = model:tokenize(text)

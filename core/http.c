@@ -756,18 +756,26 @@ lm_status lm_http_stream_open(lm_http *h, int64_t id, int32_t status, const char
     return hand_over(h, r, resp, status, true, fn);
 }
 
+/* The taken request id with an open stream (h->mu held), or NULL with *st set. */
+static hreq *open_stream(lm_http *h, int64_t id, const char *fn, lm_status *st) {
+    hreq *r = find_taken(h, id, NULL);
+    if (!r) *st = lm_err("%s: request %lld is unknown or finished", fn, (long long)id);
+    else if (!r->streaming) *st = lm_err("%s: request %lld has no open stream", fn, (long long)id);
+    return r && r->streaming ? r : NULL;
+}
+
 lm_status lm_http_stream_write(lm_http *h, int64_t id, const char *data, int64_t len) {
     const char *fn = "lm_http_stream_write";
     if (!h) return lm_err("%s: NULL server", fn);
     if (len < 0 || (len > 0 && !data)) return lm_err("%s: bad data (len %lld)", fn, (long long)len);
     pthread_mutex_lock(&h->mu);
-    hreq *r = find_taken(h, id, NULL);
     lm_status st = LM_OK;
+    hreq *r = open_stream(h, id, fn, &st);
     if (!r) {
-        st = lm_err("%s: request %lld is unknown or finished", fn, (long long)id);
-    } else if (!r->streaming) {
-        st = lm_err("%s: request %lld has no open stream", fn, (long long)id);
-    } else if (r->dead) {
+        pthread_mutex_unlock(&h->mu);
+        return st;
+    }
+    if (r->dead) {
         finish(h, id);
         st = lm_err("%s: client disconnected", fn);
     } else if ((uint64_t)(r->s_len - r->s_off) + (uint64_t)len > STREAM_CAP) {
@@ -805,13 +813,9 @@ lm_status lm_http_stream_close(lm_http *h, int64_t id) {
     const char *fn = "lm_http_stream_close";
     if (!h) return lm_err("%s: NULL server", fn);
     pthread_mutex_lock(&h->mu);
-    hreq *r = find_taken(h, id, NULL);
     lm_status st = LM_OK;
-    if (!r) {
-        st = lm_err("%s: request %lld is unknown or finished", fn, (long long)id);
-    } else if (!r->streaming) {
-        st = lm_err("%s: request %lld has no open stream", fn, (long long)id);
-    } else {
+    hreq *r = open_stream(h, id, fn, &st);
+    if (r) {
         if (r->dead) st = lm_err("%s: client disconnected", fn);
         r->s_closed = true;
         pthread_cond_broadcast(&r->cond);
