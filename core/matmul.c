@@ -19,6 +19,8 @@ typedef struct {
     const float *x;
     char *xq;
     float *y;
+    lm_dtype wt;
+    lm_panel_aux *aux; /* panels: per activation block, n x in / 32 */
 } mm_job;
 
 static void quantize_rows(void *vctx, int ith, int nth) {
@@ -79,16 +81,26 @@ static void mm_rows(void *vctx, int ith, int nth) {
  * the same for any batch, so the integer tiles win short prompts. Q4_1 at 128
  * tokens on 2 threads: tiles 204 ms, GEMM 224-360 ms; even at 256. Q8_0 at 48:
  * 66 vs 96 ms; behind from about 96. Gemma 3 (Q5_0, Q4_K, Q6_K, Q8_0) at 128
- * on one thread: 353 vs 440 ms, even on two. Without tiles, from 16. */
+ * on one thread: 353 vs 440 ms, even on two. Without tiles, from 16. Where a
+ * weight has panels (quant.h) they run in the GEMM's place from the same count:
+ * faster than the tiles there too, but summed in another order, so prompts
+ * the tiles take stay bit-identical to the same tokens decoded in a batch. */
 int64_t lm_matmul_gemm_min(const lm_tensor *w) {
     const lm_quant_ops *ops = lm_quant_ops_get(w->dtype);
     if (!ops || !ops->vec_dot_tile) return LM_GEMM_MIN_TOKENS;
     return w->dtype == LM_Q8_0 ? 64 : 160;
 }
 
+/* the quantized rows, then (64-byte aligned) the panels' per-block data */
+static size_t qrows_size(const lm_quant_ops *ops, const lm_tensor *w, int64_t n) {
+    return (lm_dtype_row_size(ops->vec_dot_type, w->shape[1]) * (size_t)n + 63) & ~(size_t)63;
+}
+
 size_t lm_matmul_qbuf_size(const lm_tensor *w, int64_t n) {
     const lm_quant_ops *ops = lm_quant_ops_get(w->dtype);
-    return lm_dtype_row_size(ops->vec_dot_type, w->shape[1]) * (size_t)n;
+    size_t q = qrows_size(ops, w, n);
+    if (ops->panel) q += (size_t)n * (size_t)(w->shape[1] / 32) * sizeof(lm_panel_aux);
+    return q;
 }
 
 void lm_matmul(lm_pool *pool, const lm_tensor *w, const float *x, int64_t n, float *y, void *qbuf) {
@@ -106,6 +118,59 @@ void lm_matmul(lm_pool *pool, const lm_tensor *w, const float *x, int64_t n, flo
         else quantize_rows(&j, 0, 1);
     }
     lm_pool_run(pool, mm_rows, &j);
+}
+
+/* Panels (quant.h): each thread takes its rows in chunks that stay in cache
+ * while every token of the prompt passes them, 8 rows by up to 16 tokens a
+ * call; rows beyond a multiple of 8 go through vec_dot. */
+#define PANEL_CHUNK 64
+
+static void panel_quantize_rows(void *vctx, int ith, int nth) {
+    mm_job *j = vctx;
+    int64_t lo, hi;
+    lm_pool_split(j->n, 1, ith, nth, &lo, &hi);
+    const lm_quant_ops *q = lm_quant_ops_get(j->ops->vec_dot_type);
+    for (int64_t t = lo; t < hi; t++) {
+        q->from_float(j->x + t * j->in, j->xq + t * j->x_row, j->in);
+        lm_panel_prep(j->wt, j->xq + t * j->x_row, j->aux + t * (j->in / 32), j->in);
+    }
+}
+
+static void panel_rows(void *vctx, int ith, int nth) {
+    mm_job *j = vctx;
+    const int64_t nb = j->in / 32, rp = j->out / LM_PANEL_ROWS * LM_PANEL_ROWS;
+    int64_t lo, hi;
+    lm_pool_split(j->out, LM_PANEL_ROWS, ith, nth, &lo, &hi);
+    for (int64_t r0 = lo; r0 < hi; r0 += PANEL_CHUNK) {
+        const int64_t r1 = r0 + PANEL_CHUNK < hi ? r0 + PANEL_CHUNK : hi, rt = r1 < rp ? r1 : rp;
+        for (int64_t t = 0; t < j->n; t += LM_PANEL_TOKENS) {
+            const int nt = (int)(j->n - t < LM_PANEL_TOKENS ? j->n - t : LM_PANEL_TOKENS);
+            for (int64_t r = r0; r < rt; r += LM_PANEL_ROWS)
+                j->ops->panel(j->in, nt, j->y + t * j->out + r, (size_t)j->out, j->w + r * j->w_row, j->w_row,
+                              j->xq + t * j->x_row, j->x_row, j->aux + t * nb, (size_t)nb);
+        }
+        for (int64_t r = rt > r0 ? rt : r0; r < r1; r++)
+            for (int64_t t = 0; t < j->n; t++)
+                j->ops->vec_dot(j->in, &j->y[t * j->out + r], j->w + r * j->w_row, j->xq + t * j->x_row);
+    }
+}
+
+bool lm_matmul_has_panel(const lm_tensor *w) {
+    const lm_quant_ops *ops = lm_quant_ops_get(w->dtype);
+    return ops && ops->panel && w->shape[1] % 32 == 0;
+}
+
+void lm_matmul_panel(lm_pool *pool, const lm_tensor *w, const float *x, int64_t n, float *y, void *qbuf) {
+    const lm_quant_ops *ops = lm_quant_ops_get(w->dtype);
+    mm_job j = {
+        .ops = ops, .w = w->data, .w_row = (size_t)w->stride[0],
+        .out = w->shape[0], .in = w->shape[1], .n = n, .x = x, .y = y, .wt = w->dtype,
+    };
+    j.x_row = lm_dtype_row_size(ops->vec_dot_type, j.in);
+    j.xq = qbuf;
+    j.aux = (lm_panel_aux *)((char *)qbuf + qrows_size(ops, w, n));
+    lm_pool_run(pool, panel_quantize_rows, &j);
+    lm_pool_run(pool, panel_rows, &j);
 }
 
 /* Each thread dequantizes its share of the weight rows and multiplies the batch

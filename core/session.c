@@ -54,26 +54,31 @@ lm_session *lm_session_new(lm_model *m, const lm_session_params *params) {
     if (ok) s->tokens = alloc((size_t)n_ctx * sizeof(int32_t), "token history", &ok);
     if (ok) {
         /* the widest activation row any matmul quantizes, times the batch */
-        size_t q = 0;
-        const lm_layer *l = &m->layers[0];
-        const lm_tensor *ws[] = {l->wq, l->wo, l->w_gate, l->w_down, m->output};
-        for (size_t i = 0; i < sizeof ws / sizeof *ws; i++) {
-            size_t need = lm_matmul_qbuf_size(ws[i], n_batch);
-            if (need > q) q = need;
+        size_t q = lm_matmul_qbuf_size(m->output, n_batch);
+        for (int64_t il = 0; il < hp->n_layer; il++) {
+            const lm_layer *l = &m->layers[il];
+            const lm_tensor *ws[] = {l->wq, l->wk, l->wv, l->wo, l->w_gate, l->w_up, l->w_down};
+            for (size_t i = 0; i < sizeof ws / sizeof *ws; i++) {
+                size_t need = lm_matmul_qbuf_size(ws[i], n_batch);
+                if (need > q) q = need;
+            }
         }
         s->qbuf_size = q;
         s->qbuf = alloc(q, "quantized activations", &ok);
     }
     if (ok && n_batch >= LM_GEMM_MIN_TOKENS) {
-        /* the largest layer matrix, dequantized for a prefill GEMM */
+        /* the largest layer matrix without integer panels, dequantized for a
+         * prefill GEMM (none when they all have panels) */
         size_t w = 0;
-        const lm_layer *l = &m->layers[0];
-        const lm_tensor *ws[] = {l->wq, l->wk, l->wv, l->wo, l->w_gate, l->w_up, l->w_down};
-        for (size_t i = 0; i < sizeof ws / sizeof *ws; i++) {
-            size_t e = (size_t)ws[i]->shape[0] * (size_t)ws[i]->shape[1];
-            if (e > w) w = e;
+        for (int64_t il = 0; il < hp->n_layer; il++) {
+            const lm_layer *l = &m->layers[il];
+            const lm_tensor *ws[] = {l->wq, l->wk, l->wv, l->wo, l->w_gate, l->w_up, l->w_down};
+            for (size_t i = 0; i < sizeof ws / sizeof *ws; i++) {
+                size_t e = (size_t)ws[i]->shape[0] * (size_t)ws[i]->shape[1];
+                if (!lm_matmul_has_panel(ws[i]) && e > w) w = e;
+            }
         }
-        s->wbuf = alloc(w * sizeof(float), "prefill weights", &ok);
+        if (w) s->wbuf = alloc(w * sizeof(float), "prefill weights", &ok);
     }
     if (!ok) { lm_session_free(s); return NULL; }
     memset(s->logits, 0, (size_t)hp->n_vocab * sizeof(float));

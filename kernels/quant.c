@@ -46,6 +46,7 @@ static void init(void) {
                 }
             }
             if (!o->from_float && e->from_float[i]) o->from_float = e->from_float[i];
+            if (!o->panel && i > LM_ISA_SCALAR) o->panel = e->panel[i];
         }
     }
 }

@@ -27,6 +27,27 @@ typedef void (*lm_vec_dot_fn)(int64_t n, float *restrict s, const void *restrict
 typedef void (*lm_vec_dot_tile_fn)(int64_t n, float *restrict s, size_t s_stride, const void *restrict x, size_t x_stride,
                                    const void *restrict y, size_t y_stride);
 
+/* Panels: the prefill product where no result has to match a single-row one
+ * (where the f32 GEMM would otherwise run). 8 weight rows (LM_PANEL_ROWS)
+ * against up to LM_PANEL_TOKENS tokens; the weight blocks are unpacked and
+ * transposed in registers so each vpdpbusd lane is one weight row and the
+ * activation bytes come as broadcast operands: one int32 per (row, token,
+ * block), converted and scaled once, instead of eight lanes to scale and sum.
+ * Per (row, token): sum over blocks in order of fma((float)dot_b, dw*dy, sum),
+ * plus fma(m, s_y, sum) for Q4_1; the scalar reference does exactly that, so
+ * every variant gives the same bits. s[t * s_stride + r] for r < 8, t < nt. */
+#define LM_PANEL_ROWS 8
+#define LM_PANEL_TOKENS 16
+/* what a panel reads of each activation block, prepared once per product:
+ * its scale d, and -bias * sum(q) (the weights go in shifted up by bias to be
+ * vpdpbusd's unsigned side) or, for Q8_1 activations, s = d * sum(q) */
+typedef struct { float d; union { int32_t c; float s; }; } lm_panel_aux;
+typedef void (*lm_panel_fn)(int64_t n, int nt, float *restrict s, size_t s_stride, const void *restrict x,
+                            size_t x_stride, const void *restrict y, size_t y_stride, const lm_panel_aux *aux,
+                            size_t aux_stride);
+/* aux[0 .. n / 32) for one activation row y of the weight dtype w's vec_dot_type */
+void lm_panel_prep(lm_dtype w, const void *y, lm_panel_aux *aux, int64_t n);
+
 typedef struct lm_quant_entry {
     lm_dtype vec_dot_type;
     lm_to_float_fn to_float;
@@ -35,6 +56,7 @@ typedef struct lm_quant_entry {
     lm_vec_dot_tile_fn vec_dot_tile[LM_ISA_COUNT]; /* optional; bit-identical to the vec_dot of the
                                                       highest ISA at or below its own that has one */
     int tile_rows[LM_ISA_COUNT];               /* weight rows per vec_dot_tile call */
+    lm_panel_fn panel[LM_ISA_COUNT];           /* optional; [LM_ISA_SCALAR] is the reference */
 } lm_quant_entry;
 
 /* The chosen functions for the running CPU. */
@@ -45,6 +67,7 @@ typedef struct lm_quant_ops {
     lm_vec_dot_fn vec_dot;
     lm_vec_dot_tile_fn vec_dot_tile; /* NULL: vec_dot per row and token */
     int tile_rows;
+    lm_panel_fn panel; /* NULL: none in SIMD on this CPU */
 } lm_quant_ops;
 
 void lm_kernels_init(void);

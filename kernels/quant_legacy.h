@@ -4,6 +4,8 @@
 #define LM_QUANT_LEGACY_H
 #include <stdint.h>
 
+#include "quant.h"
+
 #define QK 32
 typedef struct { uint16_t d; uint8_t qs[QK / 2]; } block_q4_0;              /* x = (q - 8) * d */
 typedef struct { uint16_t d, m; uint8_t qs[QK / 2]; } block_q4_1;           /* x = q * d + m */
@@ -30,6 +32,16 @@ void lm_vec_dot_tile_q4_1_q8_1_vnni(int64_t n, float *s, size_t s_stride, const 
 void lm_vec_dot_tile_q8_0_q8_0_vnni(int64_t n, float *s, size_t s_stride, const void *x, size_t x_stride, const void *y, size_t y_stride);
 void lm_vec_dot_tile_q4_0_q8_0_vnni(int64_t n, float *s, size_t s_stride, const void *x, size_t x_stride, const void *y, size_t y_stride);
 void lm_vec_dot_tile_q5_0_q8_0_vnni(int64_t n, float *s, size_t s_stride, const void *x, size_t x_stride, const void *y, size_t y_stride);
+/* panels (quant.h): scalar references (kernels/panel.c) and VNNI (x86/panel_avx512.c) */
+#define LM_PANEL_ARGS int64_t n, int nt, float *s, size_t s_stride, const void *x, size_t x_stride, const void *y, size_t y_stride, const lm_panel_aux *aux, size_t aux_stride
+void lm_panel_q4_0_ref(LM_PANEL_ARGS);
+void lm_panel_q4_1_ref(LM_PANEL_ARGS);
+void lm_panel_q5_0_ref(LM_PANEL_ARGS);
+void lm_panel_q8_0_ref(LM_PANEL_ARGS);
+void lm_panel_q4_0_vnni(int64_t n, int nt, float *s, size_t s_stride, const void *x, size_t x_stride, const void *y, size_t y_stride, const lm_panel_aux *aux, size_t aux_stride);
+void lm_panel_q4_1_vnni(int64_t n, int nt, float *s, size_t s_stride, const void *x, size_t x_stride, const void *y, size_t y_stride, const lm_panel_aux *aux, size_t aux_stride);
+void lm_panel_q5_0_vnni(int64_t n, int nt, float *s, size_t s_stride, const void *x, size_t x_stride, const void *y, size_t y_stride, const lm_panel_aux *aux, size_t aux_stride);
+void lm_panel_q8_0_vnni(int64_t n, int nt, float *s, size_t s_stride, const void *x, size_t x_stride, const void *y, size_t y_stride, const lm_panel_aux *aux, size_t aux_stride);
 #define LM_TILE_ROWS_AVX2 2
 #define LM_TILE_ROWS_VNNI 4
 void lm_quantize_q8_0_avx2(const float *x, void *y, int64_t n);

@@ -192,11 +192,17 @@ static void attn_rows(void *vctx, int ith, int nth) {
     }
 }
 
-/* A prompt batch goes through oneDNN's GEMM; single tokens, decode batches (whose
- * rows must come out exactly as they would one at a time) and any GEMM that
- * oneDNN refuses go through the quantized dot products. */
+/* A prompt batch from lm_matmul_gemm_min tokens on goes through the integer
+ * panels where the weight has them, else through oneDNN's GEMM; single tokens,
+ * decode batches (whose rows must come out exactly as they would one at a
+ * time), shorter prompts and any GEMM that oneDNN refuses go through the
+ * quantized dot products and their tiles. */
 static void mm(const batch *b, const lm_tensor *w, const float *x, float *y) {
     lm_session *s = b->ws;
+    if (b->gemm && b->n >= lm_matmul_gemm_min(w) && lm_matmul_has_panel(w)) {
+        lm_matmul_panel(s->model->pool, w, x, b->n, y, s->qbuf);
+        return;
+    }
     if (b->gemm && b->n >= lm_matmul_gemm_min(w) && s->wbuf &&
         lm_matmul_gemm(s->model->pool, w, x, b->n, y, s->wbuf) == LM_OK) return;
     lm_matmul(s->model->pool, w, x, b->n, y, s->qbuf);

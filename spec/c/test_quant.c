@@ -190,7 +190,82 @@ static void test_tile(void) {
     CHECK(lm_cpu_isa() == LM_ISA_SCALAR || ran > 0, "no tile variant ran");
 }
 
+/* Every panel variant against the scalar reference, bit for bit, and the
+ * reference against the dot product of the dequantized rows: 8 weight rows
+ * (one all zeros, one with huge scales) times 1..33 activation rows (one of
+ * them zeros), at odd strides; nothing written outside the outputs. */
+static void test_panel(void) {
+    static const int64_t lens[] = {32, 64, 576, 1536, 4096 + 32};
+    static const int nts[] = {1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 33};
+    enum { R = LM_PANEL_ROWS, MAXT = 33 };
+    uint64_t r = 31;
+    int ran = 0, refs = 0;
+    for (int t = 0; t < LM_DTYPE_COUNT; t++) {
+        const lm_quant_entry *e = lm_quant_entry_get((lm_dtype)t);
+        if (!e || !e->panel[LM_ISA_SCALAR]) continue;
+        const lm_quant_entry *act = lm_quant_entry_get(e->vec_dot_type);
+        for (size_t l = 0; l < sizeof lens / sizeof *lens; l++) {
+            const int64_t n = lens[l], nb = n / 32;
+            size_t wrow = lm_dtype_row_size(t, n) + 6, arow = lm_dtype_row_size(e->vec_dot_type, n) + 12;
+            float *x = malloc(n * sizeof *x), *dw = malloc(R * n * sizeof *dw), *da = malloc(MAXT * n * sizeof *da);
+            char *qw = malloc(R * wrow), *qa = malloc(MAXT * arow);
+            lm_panel_aux *aux = malloc(MAXT * (nb + 1) * sizeof *aux);
+            for (int k = 0; k < R; k++) {
+                fill(x, n, &r, k == 1 ? 5000.0f : 3.0f);
+                if (k == R - 1) memset(x, 0, n * sizeof *x);
+                e->from_float[LM_ISA_SCALAR](x, qw + k * wrow, n);
+                e->to_float(qw + k * wrow, dw + k * n, n);
+            }
+            for (int c = 0; c < MAXT; c++) {
+                fill(x, n, &r, c == 2 ? 1000.0f : 1.0f);
+                if (c == 3) memset(x, 0, n * sizeof *x);
+                act->from_float[LM_ISA_SCALAR](x, qa + c * arow, n);
+                act->to_float(qa + c * arow, da + c * n, n);
+                lm_panel_prep((lm_dtype)t, qa + c * arow, aux + c * (nb + 1), n);
+            }
+            const size_t ss = R + 5;
+            float ref[MAXT * (R + 5)], s[MAXT * (R + 5)];
+            for (size_t k = 0; k < sizeof ref / sizeof *ref; k++) ref[k] = -7.0f;
+            e->panel[LM_ISA_SCALAR](n, MAXT, ref, ss, qw, wrow, qa, arow, aux, nb + 1);
+            for (int c = 0; c < MAXT; c++)
+                for (int k = 0; k < R; k++) {
+                    double exact = 0, mag = 0;
+                    for (int64_t i = 0; i < n; i++) {
+                        exact += (double)dw[k * n + i] * da[c * n + i];
+                        mag += fabs((double)dw[k * n + i] * da[c * n + i]);
+                    }
+                    /* relative to the sum of magnitudes: the _1 formats carry d * sum(q) in fp16 */
+                    double tol = (e->vec_dot_type == LM_Q8_1 ? 2e-3 : 1e-5) * mag + 1e-6;
+                    CHECK(fabs(ref[c * ss + k] - exact) <= tol, "%s n=%lld row %d act %d: panel reference %.9g vs dequantized %.9g",
+                          lm_dtype_name(t), (long long)n, k, c, ref[c * ss + k], exact);
+                    refs++;
+                }
+            for (int isa = 1; isa < LM_ISA_COUNT; isa++) {
+                if (!e->panel[isa] || isa > (int)lm_cpu_isa()) continue;
+                for (size_t q = 0; q < sizeof nts / sizeof *nts; q++) {
+                    const int nt = nts[q];
+                    for (size_t k = 0; k < sizeof s / sizeof *s; k++) s[k] = -7.0f;
+                    e->panel[isa](n, nt, s, ss, qw, wrow, qa, arow, aux, nb + 1);
+                    for (int c = 0; c < MAXT; c++)
+                        for (size_t k = 0; k < ss; k++) {
+                            const float want = c < nt && k < R ? ref[c * ss + k] : -7.0f;
+                            CHECK(memcmp(&want, &s[c * ss + k], sizeof want) == 0,
+                                  "%s %s n=%lld nt=%d row %zu act %d: panel %.9g vs reference %.9g",
+                                  lm_dtype_name(t), lm_isa_name(isa), (long long)n, nt, k, c, s[c * ss + k], want);
+                        }
+                    ran++;
+                }
+            }
+            free(x); free(dw); free(da); free(qw); free(qa); free(aux);
+        }
+    }
+    printf("panel variants checked: %d (reference outputs %d)\n", ran, refs);
+    CHECK(refs > 0, "no panel reference ran");
+    CHECK(lm_cpu_isa() < LM_ISA_AVX512 || ran > 0, "no SIMD panel ran");
+}
+
 int main(void) {
+    test_panel();
     test_tile();
     test_known_blocks();
     test_round_trips();
