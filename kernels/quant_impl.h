@@ -10,5 +10,4 @@ void lm_quant_register_legacy(lm_quant_entry table[LM_DTYPE_COUNT]);
 /* Q4_K, Q5_K, Q6_K, Q8_K (kernels/quant_k.c + x86/) */
 void lm_quant_register_k(lm_quant_entry table[LM_DTYPE_COUNT]);
 
-
 #endif
