@@ -157,7 +157,7 @@ static void panel_rows(void *vctx, int ith, int nth) {
 
 bool lm_matmul_has_panel(const lm_tensor *w) {
     const lm_quant_ops *ops = lm_quant_ops_get(w->dtype);
-    return ops && ops->panel && w->shape[1] % 32 == 0;
+    return ops && ops->panel && w->shape[1] % lm_dtype_block_size(w->dtype) == 0;
 }
 
 void lm_matmul_panel(lm_pool *pool, const lm_tensor *w, const float *x, int64_t n, float *y, void *qbuf) {

@@ -4,6 +4,7 @@
  * as the SIMD variants' is one vfmadd. */
 #include "quant_impl.h"
 #include "quant_legacy.h"
+#include "x86/quant_k_x86.h"
 
 #include <math.h>
 #include <stddef.h>
@@ -22,6 +23,7 @@ static int panel_bias(lm_dtype w) {
 }
 
 void lm_panel_prep(lm_dtype w, const void *y, lm_panel_aux *aux, int64_t n) {
+    if (w == LM_Q4_K || w == LM_Q6_K) return; /* Q8_K blocks carry what those panels read */
     if (w == LM_Q4_1) {
         const block_q8_1 *b = y;
         for (int64_t i = 0; i < n / QK; i++) aux[i] = (lm_panel_aux){.d = F16(b[i].d), .s = F16(b[i].s)};
@@ -94,6 +96,69 @@ static void panel_ref(lm_dtype t, int64_t n, int nt, float *s, size_t s_stride, 
             }
             s[c * s_stride + r] = sum;
         }
+}
+
+/* K-quants against Q8_K, per super-block: the sub-blocks' integer dots weighed
+ * by their integer scales and summed exactly, then one FMA (Q4_K: two, the
+ * mins through the bsums); Q6_K's quants taken unsigned (0..63) with the -32
+ * offset as -32 * scale * bsum inside the same integer sum. */
+static void panel_ref_k(lm_dtype t, int64_t n, int nt, float *s, size_t s_stride, const char *x, size_t x_stride,
+                        const char *y, size_t y_stride) {
+    for (int r = 0; r < LM_PANEL_ROWS; r++)
+        for (int c = 0; c < nt; c++) {
+            float sum = 0;
+            for (int64_t i = 0; i < n / QK_K; i++) {
+                const block_q8_K *a = (const block_q8_K *)(y + c * y_stride) + i;
+                int q[QK_K];
+                int32_t isum = 0;
+                if (t == LM_Q4_K) {
+                    const block_q4_K *b = (const block_q4_K *)(x + r * x_stride) + i;
+                    uint8_t sm[16];
+                    lm_k_unpack_scales(b->scales, sm);
+                    for (int p = 0; p < QK_K / 64; p++)
+                        for (int l = 0; l < 32; l++) {
+                            q[64 * p + l] = b->qs[32 * p + l] & 15;
+                            q[64 * p + 32 + l] = b->qs[32 * p + l] >> 4;
+                        }
+                    for (int j = 0; j < 8; j++) {
+                        int32_t dot = 0;
+                        for (int l = 0; l < 32; l++) dot += q[32 * j + l] * a->qs[32 * j + l];
+                        isum += sm[j] * dot;
+                    }
+                    int32_t imin = 0;
+                    for (int k = 0; k < 16; k++) imin += sm[8 + k / 2] * a->bsums[k];
+                    sum = fmaf((float)isum, F16(b->d) * a->d, sum);
+                    sum = fmaf(-(float)imin, F16(b->dmin) * a->d, sum);
+                } else {
+                    const block_q6_K *b = (const block_q6_K *)(x + r * x_stride) + i;
+                    for (int h = 0; h < QK_K / 128; h++) {
+                        const uint8_t *ql = b->ql + 64 * h, *qh = b->qh + 32 * h;
+                        for (int l = 0; l < 32; l++) {
+                            q[128 * h + l] = (ql[l] & 15) | (((qh[l] >> 0) & 3) << 4);
+                            q[128 * h + l + 32] = (ql[l + 32] & 15) | (((qh[l] >> 2) & 3) << 4);
+                            q[128 * h + l + 64] = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
+                            q[128 * h + l + 96] = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
+                        }
+                    }
+                    for (int k = 0; k < 16; k++) {
+                        int32_t dot = 0;
+                        for (int l = 0; l < 16; l++) dot += q[16 * k + l] * a->qs[16 * k + l];
+                        isum += b->scales[k] * dot + -32 * b->scales[k] * a->bsums[k];
+                    }
+                    sum = fmaf((float)isum, F16(b->d) * a->d, sum);
+                }
+            }
+            s[c * s_stride + r] = sum;
+        }
+}
+
+void lm_panel_q4_K_ref(LM_PANEL_ARGS) {
+    (void)aux, (void)aux_stride;
+    panel_ref_k(LM_Q4_K, n, nt, s, s_stride, x, x_stride, y, y_stride);
+}
+void lm_panel_q6_K_ref(LM_PANEL_ARGS) {
+    (void)aux, (void)aux_stride;
+    panel_ref_k(LM_Q6_K, n, nt, s, s_stride, x, x_stride, y, y_stride);
 }
 
 #define REF(NAME, T)                                                                                         \

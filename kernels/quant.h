@@ -34,11 +34,13 @@ typedef void (*lm_vec_dot_tile_fn)(int64_t n, float *restrict s, size_t s_stride
  * activation bytes come as broadcast operands: one int32 per (row, token,
  * block), converted and scaled once, instead of eight lanes to scale and sum.
  * Per (row, token): sum over blocks in order of fma((float)dot_b, dw*dy, sum),
- * plus fma(m, s_y, sum) for Q4_1; the scalar reference does exactly that, so
- * every variant gives the same bits. s[t * s_stride + r] for r < 8, t < nt. */
+ * plus fma(m, s_y, sum) for Q4_1; K-quants sum a super-block's scaled sub-block
+ * dots in int32 first (kernels/x86/panel_k_avx512.c). The scalar references
+ * (kernels/panel.c) do exactly that, so every variant gives the same bits.
+ * s[t * s_stride + r] for r < 8, t < nt. */
 #define LM_PANEL_ROWS 8
 #define LM_PANEL_TOKENS 16
-/* what a panel reads of each activation block, prepared once per product:
+/* what a legacy panel reads of each activation block, prepared once per product:
  * its scale d, and -bias * sum(q) (the weights go in shifted up by bias to be
  * vpdpbusd's unsigned side) or, for Q8_1 activations, s = d * sum(q) */
 typedef struct { float d; union { int32_t c; float s; }; } lm_panel_aux;

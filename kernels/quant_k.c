@@ -475,6 +475,7 @@ void lm_quant_register_k(lm_quant_entry table[LM_DTYPE_COUNT]) {
                     [LM_ISA_AVX512] = lm_vec_dot_q4_K_q8_K_avx512},
         .vec_dot_tile = {[LM_ISA_AVX512] = lm_vec_dot_tile_q4_K_q8_K_vnni},
         .tile_rows = {[LM_ISA_AVX512] = LM_TILE_ROWS_K},
+        .panel = {[LM_ISA_SCALAR] = lm_panel_q4_K_ref, [LM_ISA_AVX512] = lm_panel_q4_K_vnni},
     };
     table[LM_Q5_K] = (lm_quant_entry){
         .vec_dot_type = LM_Q8_K,
@@ -493,6 +494,7 @@ void lm_quant_register_k(lm_quant_entry table[LM_DTYPE_COUNT]) {
                     [LM_ISA_AVX512] = lm_vec_dot_q6_K_q8_K_avx512},
         .vec_dot_tile = {[LM_ISA_AVX512] = lm_vec_dot_tile_q6_K_q8_K_vnni},
         .tile_rows = {[LM_ISA_AVX512] = LM_TILE_ROWS_K},
+        .panel = {[LM_ISA_SCALAR] = lm_panel_q6_K_ref, [LM_ISA_AVX512] = lm_panel_q6_K_vnni},
     };
     /* Activations only: quantized to, never dotted as weights. */
     table[LM_Q8_K] = (lm_quant_entry){

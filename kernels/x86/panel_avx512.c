@@ -8,60 +8,12 @@
  * weights, where the tiles (tile_legacy.h) spend it per row. */
 #include "quant.h"
 #include "quant_legacy.h"
+#include "panel_x86.h"
+#include "unpack_legacy_x86.h"
 
 #include <immintrin.h>
 #include <stddef.h>
 #include <string.h>
-
-static inline __m256i nibbles(const uint8_t *qs) {
-    const __m128i t = _mm_loadu_si128((const __m128i *)qs);
-    return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(t, 4), t), _mm256_set1_epi8(0x0F));
-}
-
-static inline __m256i unpack_q8_0(const char *x) {
-    return _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)((const block_q8_0 *)x)->qs), _mm256_set1_epi8((char)0x80));
-}
-static inline __m256i unpack_q5_0(const char *x) {
-    const block_q5_0 *b = (const block_q5_0 *)x;
-    uint32_t qh;
-    memcpy(&qh, b->qh, 4);
-    return _mm256_or_si256(nibbles(b->qs), _mm256_maskz_mov_epi8((__mmask32)qh, _mm256_set1_epi8(16)));
-}
-static inline __m256i unpack_q4_0(const char *x) { return nibbles(((const block_q4_0 *)x)->qs); }
-static inline __m256i unpack_q4_1(const char *x) { return nibbles(((const block_q4_1 *)x)->qs); }
-
-/* rows r[0..8) of 8 dwords -> w[j] = dword j of every row */
-static inline __attribute__((always_inline)) void transpose8(const __m256i r[8], __m256i w[8]) {
-    __m256i t[8], u[8];
-    for (int i = 0; i < 4; i++) {
-        t[2 * i] = _mm256_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm256_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
-    }
-    for (int h = 0; h < 2; h++) {
-        const __m256i *p = t + 4 * h;
-        u[4 * h + 0] = _mm256_unpacklo_epi64(p[0], p[2]);
-        u[4 * h + 1] = _mm256_unpackhi_epi64(p[0], p[2]);
-        u[4 * h + 2] = _mm256_unpacklo_epi64(p[1], p[3]);
-        u[4 * h + 3] = _mm256_unpackhi_epi64(p[1], p[3]);
-    }
-    for (int j = 0; j < 4; j++) {
-        w[j] = _mm256_permute2x128_si256(u[j], u[4 + j], 0x20);
-        w[j + 4] = _mm256_permute2x128_si256(u[j], u[4 + j], 0x31);
-    }
-}
-
-/* the fp16 d (and Q4_1's m, next to it) of one block of each of 8 rows */
-static inline __attribute__((always_inline)) void scales(const char *x, __m256i vstride, int q41, __m256 *d, __m256 *m) {
-    const __m256i g = _mm256_i32gather_epi32((const int *)x, vstride, 1);
-    *d = _mm256_cvtph_ps(_mm256_cvtepi32_epi16(g));
-    *m = q41 ? _mm256_cvtph_ps(_mm256_cvtepi32_epi16(_mm256_srli_epi32(g, 16))) : _mm256_setzero_ps();
-}
-
-static inline int32_t load32(const int8_t *p) {
-    int32_t v;
-    memcpy(&v, p, 4);
-    return v;
-}
 
 /* q41: Q4_1 weights against Q8_1 activations (no shift; the min term);
  * otherwise Q8_0 activations and sums starting from aux's c. */
@@ -72,7 +24,7 @@ static inline __attribute__((always_inline)) void panel(const int T, int64_t n, 
                                                         __m256i (*unpack)(const char *)) {
     const size_t y_block = q41 ? sizeof(block_q8_1) : sizeof(block_q8_0);
     const size_t qs_off = q41 ? offsetof(block_q8_1, qs) : offsetof(block_q8_0, qs);
-    const __m256i vstride = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32((int)x_stride));
+    const __m256i offs = lm_row_offsets(x_stride);
     __m256 sum[LM_PANEL_TOKENS];
 #pragma GCC unroll 16
     for (int c = 0; c < T; c++) sum[c] = _mm256_setzero_ps();
@@ -80,16 +32,16 @@ static inline __attribute__((always_inline)) void panel(const int T, int64_t n, 
         __m256i r[8], w[8];
 #pragma GCC unroll 8
         for (int k = 0; k < 8; k++) r[k] = unpack(xb + k * x_stride + i * x_block);
-        transpose8(r, w);
-        __m256 dw, mw;
-        scales(xb + i * x_block, vstride, q41, &dw, &mw);
+        lm_transpose8(r, w);
+        const __m256i g = lm_gather_rows(xb + i * x_block, offs); /* d, and Q4_1's m next to it */
+        const __m256 dw = lm_f16_lo(g), mw = q41 ? lm_f16_hi(g) : _mm256_setzero_ps();
 #pragma GCC unroll 16
         for (int c = 0; c < T; c++) {
             const lm_panel_aux *a = aux + c * aux_stride + i;
             const int8_t *qy = (const int8_t *)(yb + c * y_stride + i * y_block + qs_off);
             __m256i acc = q41 ? _mm256_setzero_si256() : _mm256_set1_epi32(a->c);
 #pragma GCC unroll 8
-            for (int j = 0; j < 8; j++) acc = _mm256_dpbusd_epi32(acc, w[j], _mm256_set1_epi32(load32(qy + 4 * j)));
+            for (int j = 0; j < 8; j++) acc = _mm256_dpbusd_epi32(acc, w[j], _mm256_set1_epi32(lm_load32(qy + 4 * j)));
             sum[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc), _mm256_mul_ps(dw, _mm256_set1_ps(a->d)), sum[c]);
             if (q41) sum[c] = _mm256_fmadd_ps(mw, _mm256_set1_ps(a->s), sum[c]);
         }

@@ -7,14 +7,11 @@
  * 1 and 2 threads, decode -3 to -5%, medians of three alternations). */
 #include "quant.h"
 #include "quant_legacy.h"
+#include "unpack_legacy_x86.h"
 
 #include <immintrin.h>
 #include <string.h>
 
-static inline __m256i nibbles(const uint8_t *qs) {
-    const __m128i t = _mm_loadu_si128((const __m128i *)qs);
-    return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(t, 4), t), _mm256_set1_epi8(0x0F));
-}
 
 static inline float hsum8(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -120,19 +117,6 @@ static inline __attribute__((always_inline)) void tile_q8y(int64_t n, float *s, 
     for (int r = 0; r < R; r++)
         for (int c = 0; c < LM_TILE_C; c++) s[c * s_stride + r] = hsum8(acc[r][c]);
 }
-
-static inline __m256i unpack_q8_0(const char *x) {
-    return _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)((const block_q8_0 *)x)->qs), _mm256_set1_epi8((char)0x80));
-}
-
-static inline __m256i unpack_q5_0(const char *x) {
-    const block_q5_0 *b = (const block_q5_0 *)x;
-    uint32_t qh;
-    memcpy(&qh, b->qh, 4);
-    return _mm256_or_si256(nibbles(b->qs), _mm256_maskz_mov_epi8((__mmask32)qh, _mm256_set1_epi8(16)));
-}
-
-static inline __m256i unpack_q4_0(const char *x) { return nibbles(((const block_q4_0 *)x)->qs); }
 
 void lm_vec_dot_tile_q4_0_q8_0_vnni(int64_t n, float *s, size_t s_stride, const void *vx, size_t x_stride,
                                    const void *vy, size_t y_stride) {

@@ -195,7 +195,7 @@ static void test_tile(void) {
  * (one all zeros, one with huge scales) times 1..33 activation rows (one of
  * them zeros), at odd strides; nothing written outside the outputs. */
 static void test_panel(void) {
-    static const int64_t lens[] = {32, 64, 576, 1536, 4096 + 32};
+    static const int64_t lens[] = {32, 64, 256, 576, 1536, 2048, 4096 + 32};
     static const int nts[] = {1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 33};
     enum { R = LM_PANEL_ROWS, MAXT = 33 };
     uint64_t r = 31;
@@ -206,6 +206,7 @@ static void test_panel(void) {
         const lm_quant_entry *act = lm_quant_entry_get(e->vec_dot_type);
         for (size_t l = 0; l < sizeof lens / sizeof *lens; l++) {
             const int64_t n = lens[l], nb = n / 32;
+            if (n % lm_dtype_block_size(t)) continue;
             size_t wrow = lm_dtype_row_size(t, n) + 6, arow = lm_dtype_row_size(e->vec_dot_type, n) + 12;
             float *x = malloc(n * sizeof *x), *dw = malloc(R * n * sizeof *dw), *da = malloc(MAXT * n * sizeof *da);
             char *qw = malloc(R * wrow), *qa = malloc(MAXT * arow);

@@ -1,0 +1,171 @@
+/* VNNI panels of the K-quants (quant.h): 8 weight rows x up to 8 tokens of a
+ * prefill product, for Q4_K and Q6_K against Q8_K activations.
+ *
+ * Per 32 weights of a super-block the 8 rows' quants are unpacked to unsigned
+ * bytes and transposed (panel_x86.h) so each vpdpbusd lane is one row; the
+ * exact int32 dots of its sub-blocks are weighed by the rows' integer scales
+ * (vpmulld) and summed in int32 over the super-block. The Q4_K mins and the
+ * Q6_K -32 offset come from Q8_K's bsums through vpdpwssd (pairs of int16),
+ * also exact, so a super-block costs one or two converts, multiplies and FMAs
+ * per 8 rows and token. Sums per (row, token), in the scalar reference's order
+ * (kernels/panel.c):
+ *   Q4_K: fma((float)isum, d*dy, sum) then fma(-(float)imin, dmin*dy, sum)
+ *   Q6_K: fma((float)isum, d*dy, sum), the offset inside isum. */
+#include "quant.h"
+#include "quant_k_x86.h"
+#include "panel_x86.h"
+
+#include <immintrin.h>
+#include <stddef.h>
+#include <string.h>
+
+enum { KT = 8 }; /* tokens per call at most: 8 int and 8 float sums + 8 weight registers */
+
+static inline __attribute__((always_inline)) void panel_q4_K(const int T, int64_t n, float *s, size_t s_stride,
+                                                             const char *xb, size_t x_stride, const char *yb,
+                                                             size_t y_stride) {
+    const __m256i offs = lm_row_offsets(x_stride), m4 = _mm256_set1_epi8(0x0F);
+    __m256 sum[KT];
+#pragma GCC unroll 8
+    for (int c = 0; c < T; c++) sum[c] = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        const char *xi = xb + i * sizeof(block_q4_K);
+        /* the rows' 6-bit scales and mins: sc[j] lanes = rows; mp[j] = min j in both int16 halves */
+        uint8_t sm[8][16];
+        int32_t sc[8][8] __attribute__((aligned(32))), mp[8][8] __attribute__((aligned(32)));
+        for (int r = 0; r < 8; r++)
+            _mm_storeu_si128((__m128i *)sm[r], lm_k_unpack_scales_sse((const uint8_t *)(xi + r * x_stride) + offsetof(block_q4_K, scales)));
+        for (int j = 0; j < 8; j++)
+            for (int r = 0; r < 8; r++) { sc[j][r] = sm[r][j]; mp[j][r] = sm[r][8 + j] * 0x10001; }
+        const __m256i g = lm_gather_rows(xi, offs);
+        const __m256 dw = lm_f16_lo(g), dminw = lm_f16_hi(g);
+        __m256i isum[KT];
+#pragma GCC unroll 8
+        for (int c = 0; c < T; c++) isum[c] = _mm256_setzero_si256();
+        for (int j = 0; j < 8; j++) {
+            /* sub-block j: the low nibbles of qs[32 (j / 2) ..] for even j, the high for odd */
+            __m256i r[8], w[8];
+#pragma GCC unroll 8
+            for (int k = 0; k < 8; k++) {
+                const __m256i q = _mm256_loadu_si256((const __m256i *)(xi + k * x_stride + offsetof(block_q4_K, qs) + 32 * (j / 2)));
+                r[k] = _mm256_and_si256(j % 2 ? _mm256_srli_epi16(q, 4) : q, m4);
+            }
+            lm_transpose8(r, w);
+            const __m256i scv = _mm256_load_si256((const __m256i *)sc[j]);
+#pragma GCC unroll 8
+            for (int c = 0; c < T; c++) {
+                const block_q8_K *y = (const block_q8_K *)(yb + c * y_stride) + i;
+                __m256i acc = _mm256_setzero_si256();
+#pragma GCC unroll 8
+                for (int l = 0; l < 8; l++)
+                    acc = _mm256_dpbusd_epi32(acc, w[l], _mm256_set1_epi32(lm_load32(y->qs + 32 * j + 4 * l)));
+                isum[c] = _mm256_add_epi32(isum[c], _mm256_mullo_epi32(acc, scv));
+            }
+        }
+#pragma GCC unroll 8
+        for (int c = 0; c < T; c++) {
+            const block_q8_K *y = (const block_q8_K *)(yb + c * y_stride) + i;
+            sum[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[c]), _mm256_mul_ps(dw, _mm256_set1_ps(y->d)), sum[c]);
+            isum[c] = _mm256_setzero_si256();
+        }
+        /* the mins: sum over the 16 bsums of min(k / 2) * bsum(k) */
+        for (int j = 0; j < 8; j++) {
+            const __m256i mv = _mm256_load_si256((const __m256i *)mp[j]);
+#pragma GCC unroll 8
+            for (int c = 0; c < T; c++) {
+                const block_q8_K *y = (const block_q8_K *)(yb + c * y_stride) + i;
+                isum[c] = _mm256_dpwssd_epi32(isum[c], mv, _mm256_set1_epi32(lm_load32(y->bsums + 2 * j)));
+            }
+        }
+#pragma GCC unroll 8
+        for (int c = 0; c < T; c++) {
+            const block_q8_K *y = (const block_q8_K *)(yb + c * y_stride) + i;
+            sum[c] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(isum[c]), _mm256_mul_ps(dminw, _mm256_set1_ps(y->d)), sum[c]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int c = 0; c < T; c++) _mm256_storeu_ps(s + c * s_stride, sum[c]);
+}
+
+static inline __attribute__((always_inline)) void panel_q6_K(const int T, int64_t n, float *s, size_t s_stride,
+                                                             const char *xb, size_t x_stride, const char *yb,
+                                                             size_t y_stride) {
+    const __m256i offs = lm_row_offsets(x_stride), m4 = _mm256_set1_epi8(0x0F), m3 = _mm256_set1_epi8(3);
+    __m256 sum[KT];
+#pragma GCC unroll 8
+    for (int c = 0; c < T; c++) sum[c] = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        const char *xi = xb + i * sizeof(block_q6_K);
+        /* sc[k] lanes = rows: the signed scale of each 16; off[p] = -32 * scales 2p, 2p+1 as int16 */
+        int32_t sc[16][8] __attribute__((aligned(32))), off[8][8] __attribute__((aligned(32)));
+        for (int r = 0; r < 8; r++) {
+            const int8_t *scales = (const int8_t *)(xi + r * x_stride + offsetof(block_q6_K, scales));
+            for (int k = 0; k < 16; k++) sc[k][r] = scales[k];
+            for (int p = 0; p < 8; p++)
+                off[p][r] = (int32_t)(((uint32_t)(uint16_t)(-32 * scales[2 * p])) | ((uint32_t)(uint16_t)(-32 * scales[2 * p + 1]) << 16));
+        }
+        /* d is the block's last two bytes: the dword before it ends with them */
+        const __m256 dw = lm_f16_hi(lm_gather_rows(xi + offsetof(block_q6_K, d) - 2, offs));
+        __m256i isum[KT];
+#pragma GCC unroll 8
+        for (int c = 0; c < T; c++) isum[c] = _mm256_setzero_si256();
+        for (int p = 0; p < 8; p++) {
+            const __m256i ov = _mm256_load_si256((const __m256i *)off[p]);
+#pragma GCC unroll 8
+            for (int c = 0; c < T; c++) {
+                const block_q8_K *y = (const block_q8_K *)(yb + c * y_stride) + i;
+                isum[c] = _mm256_dpwssd_epi32(isum[c], ov, _mm256_set1_epi32(lm_load32(y->bsums + 2 * p)));
+            }
+        }
+        for (int q = 0; q < 8; q++) {
+            /* weights 32q .. 32q + 31 (unpack_q6_K's order), quants 0..63 */
+            const int h = q / 4, cc = q % 4;
+            __m256i r[8], w[8];
+#pragma GCC unroll 8
+            for (int k = 0; k < 8; k++) {
+                const block_q6_K *b = (const block_q6_K *)(xi + k * x_stride);
+                const __m256i ql = _mm256_loadu_si256((const __m256i *)(b->ql + 64 * h + 32 * (cc % 2)));
+                const __m256i qh = _mm256_loadu_si256((const __m256i *)(b->qh + 32 * h));
+                const __m256i lo = _mm256_and_si256(cc < 2 ? ql : _mm256_srli_epi16(ql, 4), m4);
+                const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * cc), m3);
+                r[k] = _mm256_or_si256(lo, _mm256_slli_epi16(hi, 4));
+            }
+            lm_transpose8(r, w);
+            const __m256i sa = _mm256_load_si256((const __m256i *)sc[2 * q]), sb = _mm256_load_si256((const __m256i *)sc[2 * q + 1]);
+#pragma GCC unroll 8
+            for (int c = 0; c < T; c++) {
+                const block_q8_K *y = (const block_q8_K *)(yb + c * y_stride) + i;
+                __m256i a0 = _mm256_setzero_si256(), a1 = _mm256_setzero_si256();
+#pragma GCC unroll 4
+                for (int l = 0; l < 4; l++) {
+                    a0 = _mm256_dpbusd_epi32(a0, w[l], _mm256_set1_epi32(lm_load32(y->qs + 32 * q + 4 * l)));
+                    a1 = _mm256_dpbusd_epi32(a1, w[l + 4], _mm256_set1_epi32(lm_load32(y->qs + 32 * q + 16 + 4 * l)));
+                }
+                isum[c] = _mm256_add_epi32(isum[c], _mm256_add_epi32(_mm256_mullo_epi32(a0, sa), _mm256_mullo_epi32(a1, sb)));
+            }
+        }
+#pragma GCC unroll 8
+        for (int c = 0; c < T; c++) {
+            const block_q8_K *y = (const block_q8_K *)(yb + c * y_stride) + i;
+            sum[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[c]), _mm256_mul_ps(dw, _mm256_set1_ps(y->d)), sum[c]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int c = 0; c < T; c++) _mm256_storeu_ps(s + c * s_stride, sum[c]);
+}
+
+/* up to 8 tokens a pass, the rest in power-of-two pieces */
+#define PANEL_K(NAME, BODY)                                                                                   \
+    void NAME(int64_t n, int nt, float *s, size_t s_stride, const void *x, size_t x_stride, const void *y,   \
+              size_t y_stride, const lm_panel_aux *aux, size_t aux_stride) {                                \
+        (void)aux, (void)aux_stride;                                                                          \
+        const char *yb = y;                                                                                   \
+        int c = 0;                                                                                            \
+        for (; c + 8 <= nt; c += 8) BODY(8, n, s + c * s_stride, s_stride, x, x_stride, yb + c * y_stride, y_stride); \
+        if (nt - c >= 4) { BODY(4, n, s + c * s_stride, s_stride, x, x_stride, yb + c * y_stride, y_stride); c += 4; } \
+        if (nt - c >= 2) { BODY(2, n, s + c * s_stride, s_stride, x, x_stride, yb + c * y_stride, y_stride); c += 2; } \
+        if (nt - c >= 1) BODY(1, n, s + c * s_stride, s_stride, x, x_stride, yb + c * y_stride, y_stride);      \
+    }
+
+PANEL_K(lm_panel_q4_K_vnni, panel_q4_K)
+PANEL_K(lm_panel_q6_K_vnni, panel_q6_K)

@@ -1,0 +1,50 @@
+/* Shared by the VNNI panels (panel_avx512.c, panel_k_avx512.c; see quant.h):
+ * the 8 x 8 dword transpose that turns 8 weight rows into vpdpbusd operands,
+ * and the gathers of one fp16 per row. Compiled with AVX-512 VL. */
+#ifndef LM_PANEL_X86_H
+#define LM_PANEL_X86_H
+
+#include <immintrin.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+/* rows r[0..8) of 8 dwords -> w[j] = dword j of every row */
+static inline __attribute__((always_inline)) void lm_transpose8(const __m256i r[8], __m256i w[8]) {
+    __m256i t[8], u[8];
+    for (int i = 0; i < 4; i++) {
+        t[2 * i] = _mm256_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+    for (int h = 0; h < 2; h++) {
+        const __m256i *p = t + 4 * h;
+        u[4 * h + 0] = _mm256_unpacklo_epi64(p[0], p[2]);
+        u[4 * h + 1] = _mm256_unpackhi_epi64(p[0], p[2]);
+        u[4 * h + 2] = _mm256_unpacklo_epi64(p[1], p[3]);
+        u[4 * h + 3] = _mm256_unpackhi_epi64(p[1], p[3]);
+    }
+    for (int j = 0; j < 4; j++) {
+        w[j] = _mm256_permute2x128_si256(u[j], u[4 + j], 0x20);
+        w[j + 4] = _mm256_permute2x128_si256(u[j], u[4 + j], 0x31);
+    }
+}
+
+static inline int32_t lm_load32(const void *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+/* byte offsets of 8 rows x_stride apart, for the gathers */
+static inline __m256i lm_row_offsets(size_t x_stride) {
+    return _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32((int)x_stride));
+}
+
+/* the dword at x + row offset, for 8 rows; its low and high fp16 as floats */
+static inline __attribute__((always_inline)) __m256i lm_gather_rows(const char *x, __m256i offs) {
+    return _mm256_i32gather_epi32((const int *)x, offs, 1);
+}
+static inline __m256 lm_f16_lo(__m256i g) { return _mm256_cvtph_ps(_mm256_cvtepi32_epi16(g)); }
+static inline __m256 lm_f16_hi(__m256i g) { return _mm256_cvtph_ps(_mm256_cvtepi32_epi16(_mm256_srli_epi32(g, 16))); }
+
+#endif
