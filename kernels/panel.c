@@ -23,7 +23,7 @@ static int panel_bias(lm_dtype w) {
 }
 
 void lm_panel_prep(lm_dtype w, const void *y, lm_panel_aux *aux, int64_t n) {
-    if (w == LM_Q4_K || w == LM_Q6_K) return; /* Q8_K blocks carry what those panels read */
+    if (w == LM_Q4_K || w == LM_Q5_K || w == LM_Q6_K) return; /* Q8_K blocks carry what those panels read */
     if (w == LM_Q4_1) {
         const block_q8_1 *b = y;
         for (int64_t i = 0; i < n / QK; i++) aux[i] = (lm_panel_aux){.d = F16(b[i].d), .s = F16(b[i].s)};
@@ -98,7 +98,7 @@ static void panel_ref(lm_dtype t, int64_t n, int nt, float *s, size_t s_stride, 
         }
 }
 
-/* K-quants against Q8_K, per super-block: the sub-blocks' integer dots weighed
+/* K-quants (Q4_K, Q5_K, Q6_K) against Q8_K, per super-block: the sub-blocks' integer dots weighed
  * by their integer scales and summed exactly, then one FMA (Q4_K: two, the
  * mins through the bsums); Q6_K's quants taken unsigned (0..63) with the -32
  * offset as -32 * scale * bsum inside the same integer sum. */
@@ -111,14 +111,22 @@ static void panel_ref_k(lm_dtype t, int64_t n, int nt, float *s, size_t s_stride
                 const block_q8_K *a = (const block_q8_K *)(y + c * y_stride) + i;
                 int q[QK_K];
                 int32_t isum = 0;
-                if (t == LM_Q4_K) {
-                    const block_q4_K *b = (const block_q4_K *)(x + r * x_stride) + i;
+                if (t == LM_Q4_K || t == LM_Q5_K) {
+                    /* the two share d, dmin, the packed scales and the nibbles' layout */
+                    const block_q4_K *b4 = (const block_q4_K *)(x + r * x_stride) + i;
+                    const block_q5_K *b5 = (const block_q5_K *)(x + r * x_stride) + i;
+                    const uint16_t d = t == LM_Q4_K ? b4->d : b5->d, dmin = t == LM_Q4_K ? b4->dmin : b5->dmin;
+                    const uint8_t *qs = t == LM_Q4_K ? b4->qs : b5->qs, *scales = t == LM_Q4_K ? b4->scales : b5->scales;
                     uint8_t sm[16];
-                    lm_k_unpack_scales(b->scales, sm);
+                    lm_k_unpack_scales(scales, sm);
                     for (int p = 0; p < QK_K / 64; p++)
                         for (int l = 0; l < 32; l++) {
-                            q[64 * p + l] = b->qs[32 * p + l] & 15;
-                            q[64 * p + 32 + l] = b->qs[32 * p + l] >> 4;
+                            q[64 * p + l] = qs[32 * p + l] & 15;
+                            q[64 * p + 32 + l] = qs[32 * p + l] >> 4;
+                            if (t == LM_Q5_K) {
+                                q[64 * p + l] |= ((b5->qh[l] >> (2 * p)) & 1) << 4;
+                                q[64 * p + 32 + l] |= ((b5->qh[l] >> (2 * p + 1)) & 1) << 4;
+                            }
                         }
                     for (int j = 0; j < 8; j++) {
                         int32_t dot = 0;
@@ -127,8 +135,8 @@ static void panel_ref_k(lm_dtype t, int64_t n, int nt, float *s, size_t s_stride
                     }
                     int32_t imin = 0;
                     for (int k = 0; k < 16; k++) imin += sm[8 + k / 2] * a->bsums[k];
-                    sum = fmaf((float)isum, F16(b->d) * a->d, sum);
-                    sum = fmaf(-(float)imin, F16(b->dmin) * a->d, sum);
+                    sum = fmaf((float)isum, F16(d) * a->d, sum);
+                    sum = fmaf(-(float)imin, F16(dmin) * a->d, sum);
                 } else {
                     const block_q6_K *b = (const block_q6_K *)(x + r * x_stride) + i;
                     for (int h = 0; h < QK_K / 128; h++) {
@@ -155,6 +163,10 @@ static void panel_ref_k(lm_dtype t, int64_t n, int nt, float *s, size_t s_stride
 void lm_panel_q4_K_ref(LM_PANEL_ARGS) {
     (void)aux, (void)aux_stride;
     panel_ref_k(LM_Q4_K, n, nt, s, s_stride, x, x_stride, y, y_stride);
+}
+void lm_panel_q5_K_ref(LM_PANEL_ARGS) {
+    (void)aux, (void)aux_stride;
+    panel_ref_k(LM_Q5_K, n, nt, s, s_stride, x, x_stride, y, y_stride);
 }
 void lm_panel_q6_K_ref(LM_PANEL_ARGS) {
     (void)aux, (void)aux_stride;

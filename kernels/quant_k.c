@@ -484,6 +484,7 @@ void lm_quant_register_k(lm_quant_entry table[LM_DTYPE_COUNT]) {
         .vec_dot = {[LM_ISA_SCALAR] = vec_dot_q5_K_q8_K,
                     [LM_ISA_AVX2] = lm_vec_dot_q5_K_q8_K_avx2,
                     [LM_ISA_AVX512] = lm_vec_dot_q5_K_q8_K_avx512},
+        .panel = {[LM_ISA_SCALAR] = lm_panel_q5_K_ref, [LM_ISA_AVX512] = lm_panel_q5_K_vnni},
     };
     table[LM_Q6_K] = (lm_quant_entry){
         .vec_dot_type = LM_Q8_K,

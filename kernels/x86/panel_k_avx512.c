@@ -1,5 +1,5 @@
 /* VNNI panels of the K-quants (quant.h): 8 weight rows x up to 8 tokens of a
- * prefill product, for Q4_K and Q6_K against Q8_K activations.
+ * prefill product, for Q4_K, Q5_K and Q6_K against Q8_K activations.
  *
  * Per 32 weights of a super-block the 8 rows' quants are unpacked to unsigned
  * bytes and transposed (panel_x86.h) so each vpdpbusd lane is one row; the
@@ -9,7 +9,7 @@
  * also exact, so a super-block costs one or two converts, multiplies and FMAs
  * per 8 rows and token. Sums per (row, token), in the scalar reference's order
  * (kernels/panel.c):
- *   Q4_K: fma((float)isum, d*dy, sum) then fma(-(float)imin, dmin*dy, sum)
+ *   Q4_K, Q5_K: fma((float)isum, d*dy, sum) then fma(-(float)imin, dmin*dy, sum)
  *   Q6_K: fma((float)isum, d*dy, sum), the offset inside isum. */
 #include "quant.h"
 #include "quant_k_x86.h"
@@ -21,15 +21,18 @@
 
 enum { KT = 8 }; /* tokens per call at most: 8 int and 8 float sums + 8 weight registers */
 
-static inline __attribute__((always_inline)) void panel_q4_K(const int T, int64_t n, float *s, size_t s_stride,
-                                                             const char *xb, size_t x_stride, const char *yb,
-                                                             size_t y_stride) {
-    const __m256i offs = lm_row_offsets(x_stride), m4 = _mm256_set1_epi8(0x0F);
+/* Q4_K, and Q5_K (q5: the fifth bits from qh; the same scales and mins) */
+static inline __attribute__((always_inline)) void panel_q45_K(const int T, int64_t n, float *s, size_t s_stride,
+                                                              const char *xb, size_t x_stride, const char *yb,
+                                                              size_t y_stride, const int q5) {
+    const size_t bs = q5 ? sizeof(block_q5_K) : sizeof(block_q4_K);
+    const size_t qs_off = q5 ? offsetof(block_q5_K, qs) : offsetof(block_q4_K, qs);
+    const __m256i offs = lm_row_offsets(x_stride), m4 = _mm256_set1_epi8(0x0F), m1 = _mm256_set1_epi8(1);
     __m256 sum[KT];
 #pragma GCC unroll 8
     for (int c = 0; c < T; c++) sum[c] = _mm256_setzero_ps();
     for (int64_t i = 0; i < n / QK_K; i++) {
-        const char *xi = xb + i * sizeof(block_q4_K);
+        const char *xi = xb + i * bs;
         /* the rows' 6-bit scales and mins: sc[j] lanes = rows; mp[j] = min j in both int16 halves */
         uint8_t sm[8][16];
         int32_t sc[8][8] __attribute__((aligned(32))), mp[8][8] __attribute__((aligned(32)));
@@ -43,12 +46,18 @@ static inline __attribute__((always_inline)) void panel_q4_K(const int T, int64_
 #pragma GCC unroll 8
         for (int c = 0; c < T; c++) isum[c] = _mm256_setzero_si256();
         for (int j = 0; j < 8; j++) {
-            /* sub-block j: the low nibbles of qs[32 (j / 2) ..] for even j, the high for odd */
+            /* sub-block j: the low nibbles of qs[32 (j / 2) ..] for even j, the high
+             * for odd; Q5_K's fifth bit is bit j of qh[0..32) */
             __m256i r[8], w[8];
 #pragma GCC unroll 8
             for (int k = 0; k < 8; k++) {
-                const __m256i q = _mm256_loadu_si256((const __m256i *)(xi + k * x_stride + offsetof(block_q4_K, qs) + 32 * (j / 2)));
+                const char *xk = xi + k * x_stride;
+                const __m256i q = _mm256_loadu_si256((const __m256i *)(xk + qs_off + 32 * (j / 2)));
                 r[k] = _mm256_and_si256(j % 2 ? _mm256_srli_epi16(q, 4) : q, m4);
+                if (q5) {
+                    const __m256i qh = _mm256_loadu_si256((const __m256i *)(xk + offsetof(block_q5_K, qh)));
+                    r[k] = _mm256_or_si256(r[k], _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, j), m1), 4));
+                }
             }
             lm_transpose8(r, w);
             const __m256i scv = _mm256_load_si256((const __m256i *)sc[j]);
@@ -154,6 +163,17 @@ static inline __attribute__((always_inline)) void panel_q6_K(const int T, int64_
     for (int c = 0; c < T; c++) _mm256_storeu_ps(s + c * s_stride, sum[c]);
 }
 
+static inline __attribute__((always_inline)) void panel_q4_K(const int T, int64_t n, float *s, size_t s_stride,
+                                                             const char *xb, size_t x_stride, const char *yb,
+                                                             size_t y_stride) {
+    panel_q45_K(T, n, s, s_stride, xb, x_stride, yb, y_stride, 0);
+}
+static inline __attribute__((always_inline)) void panel_q5_K(const int T, int64_t n, float *s, size_t s_stride,
+                                                             const char *xb, size_t x_stride, const char *yb,
+                                                             size_t y_stride) {
+    panel_q45_K(T, n, s, s_stride, xb, x_stride, yb, y_stride, 1);
+}
+
 /* up to 8 tokens a pass, the rest in power-of-two pieces */
 #define PANEL_K(NAME, BODY)                                                                                   \
     void NAME(int64_t n, int nt, float *s, size_t s_stride, const void *x, size_t x_stride, const void *y,   \
@@ -168,4 +188,5 @@ static inline __attribute__((always_inline)) void panel_q6_K(const int T, int64_
     }
 
 PANEL_K(lm_panel_q4_K_vnni, panel_q4_K)
+PANEL_K(lm_panel_q5_K_vnni, panel_q5_K)
 PANEL_K(lm_panel_q6_K_vnni, panel_q6_K)
