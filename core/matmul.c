@@ -81,10 +81,8 @@ static void mm_rows(void *vctx, int ith, int nth) {
  * the same for any batch, so the integer tiles win short prompts. Q4_1 at 128
  * tokens on 2 threads: tiles 204 ms, GEMM 224-360 ms; even at 256. Q8_0 at 48:
  * 66 vs 96 ms; behind from about 96. Gemma 3 (Q5_0, Q4_K, Q6_K, Q8_0) at 128
- * on one thread: 353 vs 440 ms, even on two. Without tiles, from 16. Where a
- * weight has panels (quant.h) they run in the GEMM's place from the same count:
- * faster than the tiles there too, but summed in another order, so prompts
- * the tiles take stay bit-identical to the same tokens decoded in a batch. */
+ * on one thread: 353 vs 440 ms, even on two. Without tiles, from 16. Weights
+ * with panels (quant.h) take every prompt through them instead (llama.c mm). */
 int64_t lm_matmul_gemm_min(const lm_tensor *w) {
     const lm_quant_ops *ops = lm_quant_ops_get(w->dtype);
     if (!ops || !ops->vec_dot_tile) return LM_GEMM_MIN_TOKENS;

@@ -67,16 +67,18 @@ struct lm_session {
 };
 
 lm_model *lm_model_retain(lm_model *m);
-/* Forward pass for n tokens at positions s->pos.., writing logits of the last. */
-lm_status lm_forward(lm_session *s, const int32_t *tokens, int32_t n);
-/* One token for each of n distinct sessions of one model, at each one's position,
- * in one pass with ws's activation buffers (ws->n_batch >= n, ws->n_ctx >= every
- * session's). Every token's logits go to logits[t * n_vocab]. Rows come out
- * bit-identical to evaluating each session alone (no GEMM). */
-/* Tokens of several sessions in one pass: token t goes to seq[t] at position
- * pos[t]. Logits for the n_out rows out_rows[] only, into logits[n_out][n_vocab]. */
+/* Forward pass for n tokens at positions s->pos.., writing logits of the last.
+ * prompt: they are (part of) a prompt of two or more tokens, whose products go
+ * through the integer panels (model.c's mm); false for a decode token. */
+lm_status lm_forward(lm_session *s, const int32_t *tokens, int32_t n, bool prompt);
+/* Tokens of several sessions of one model in one pass with ws's activation
+ * buffers (ws->n_batch >= n, ws->n_ctx >= every session's): token t goes to
+ * seq[t] at position pos[t]; prompt[t] (NULL: all false) as lm_forward's
+ * prompt. Logits for the n_out rows out_rows[] only, into
+ * logits[n_out][n_vocab]. Each row comes out bit-identical to the same token
+ * through lm_forward with the same prompt flag (no GEMM). */
 lm_status lm_forward_multi(lm_session *ws, lm_session *const *seq, const int32_t *pos, const int32_t *tokens, int32_t n,
-                           const int32_t *out_rows, int32_t n_out, float *logits);
+                           const bool *prompt, const int32_t *out_rows, int32_t n_out, float *logits);
 /* Longest forward pass (lm_session_params.n_batch is capped to it). */
 #define LM_MAX_BATCH 4096
 /* Y[n][out] = X[n][in] @ W^T for W of shape [out][in]; qbuf holds the quantized X. */

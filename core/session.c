@@ -115,7 +115,7 @@ lm_status lm_session_eval(lm_session *s, const int32_t *tokens, int32_t n) {
     lm_status st = LM_OK;
     for (int32_t i = 0; i < n && st == LM_OK; i += s->n_batch) {
         int32_t chunk = n - i < s->n_batch ? n - i : s->n_batch;
-        st = lm_forward(s, tokens + i, chunk);
+        st = lm_forward(s, tokens + i, chunk, n >= 2);
         if (st == LM_OK) {
             memcpy(s->tokens + s->pos, tokens + i, (size_t)chunk * sizeof *tokens);
             s->pos += chunk;
@@ -151,8 +151,12 @@ lm_status lm_session_eval_batch(lm_session *const *sessions, const int32_t *toke
     const size_t V = (size_t)m->hp.n_vocab;
     const int32_t chunk_max = ws->n_batch;
     int32_t *pos = malloc(2 * (size_t)(n < chunk_max ? n : chunk_max) * sizeof *pos);
-    if (!pos) return lm_err("eval_batch: out of memory");
+    bool *prompt = malloc((size_t)n * sizeof *prompt);
+    if (!pos || !prompt) { free(pos); free(prompt); return lm_err("eval_batch: out of memory"); }
     int32_t *out_rows = pos + (n < chunk_max ? n : chunk_max);
+    /* a session's adjacent entries are a prompt chunk, however the passes cut them */
+    for (int32_t t = 0; t < n; t++)
+        prompt[t] = (t > 0 && sessions[t - 1] == sessions[t]) || (t + 1 < n && sessions[t + 1] == sessions[t]);
     pthread_mutex_lock(&m->eval_mu);
     lm_status st = LM_OK;
     for (int32_t i = 0; i < n && st == LM_OK; i += chunk_max) {
@@ -171,7 +175,7 @@ lm_status lm_session_eval_batch(lm_session *const *sessions, const int32_t *toke
             m->batch_logits = b;
             m->batch_logits_cap = need;
         }
-        st = lm_forward_multi(ws, seq, pos, tokens + i, c, out_rows, n_out, m->batch_logits);
+        st = lm_forward_multi(ws, seq, pos, tokens + i, c, prompt + i, out_rows, n_out, m->batch_logits);
         if (st != LM_OK) break;
         for (int32_t t = 0; t < c; t++) seq[t]->tokens[seq[t]->pos++] = tokens[i + t];
         for (int32_t k = 0; k < n_out; k++)
@@ -179,6 +183,7 @@ lm_status lm_session_eval_batch(lm_session *const *sessions, const int32_t *toke
     }
     pthread_mutex_unlock(&m->eval_mu);
     free(pos);
+    free(prompt);
     return st;
 }
 

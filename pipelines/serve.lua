@@ -307,15 +307,27 @@ local function sampler_for(job, c)
   return lumen.sampler.from_config(s)
 end
 
+--- How many of a prompt's `left` tokens to evaluate now, given room for n:
+-- never one token of a longer prompt, and never leave one behind. The engine
+-- takes a prompt's tokens through the integer panels and a lone token through
+-- the decode kernels (lm_forward), so a prompt cut into pieces gives the bits
+-- `lumen generate` gives only when no piece is a single token.
+local function whole_pieces(n, left)
+  if n < left and n < 2 then n = 2 end
+  if left - n == 1 then n = left end
+  return n
+end
+
 --- Prompt tokens for this turn. With no stream running, every admitted prompt
 -- is evaluated at once, each on its own (the prefill GEMM for a long one, as
 -- `lumen generate` does: the fastest first token). With streams running, up to
 -- prefill_chunk prompt tokens ride along in the next decode step's forward
 -- pass (see decode_step): the weights are read once for both, and a long
 -- prompt, spread over several steps, never stalls the running streams. That
--- takes the integer tile kernels (model info `tiled`); on other weights (the
--- K-quants) a riding prompt token costs more than one through the GEMM, so
--- there a prompt goes alone, in pieces of prefill_chunk, between the steps.
+-- takes the integer tile kernels for the decode tokens (model info `tiled`);
+-- on other weights (e.g. the K-quants without VNNI) a riding prompt token costs
+-- more than one through the GEMM, so there a prompt goes alone, in pieces of
+-- prefill_chunk, between the steps.
 function Server:prefill_step(running)
   self.riding = {}
   if running == 0 then
@@ -341,15 +353,15 @@ function Server:prefill_step(running)
       table.remove(self.prefilling, i)
     elseif job.entry.info.tiled then
       if ride_budget <= 0 then break end
-      local n = math.min(ride_budget, left)
+      local n = whole_pieces(math.min(ride_budget, left), left)
       self.riding[#self.riding + 1] = { job = job, n = n }
       ride_budget = ride_budget - n
       i = i + 1
     else
       -- cut only at multiples of prefill_chunk (the pieces `lumen generate`
       -- cuts a prompt into): one that does not fit this turn waits for the next
-      local n = math.min(chunk, left)
-      if n > alone_budget then break end
+      local n = whole_pieces(math.min(chunk, left), left)
+      if n > alone_budget + 1 then break end
       job.seqs[1].slot.session:eval_raw(job.prompt_buf + job.prefilled, n)
       alone_budget = alone_budget - n
       if n < left then i = i + 1 end -- a finished prompt leaves the list
@@ -617,4 +629,5 @@ function M.run(o)
 end
 
 M._merge_config = merge_config
+M._whole_pieces = whole_pieces
 return M

@@ -159,6 +159,7 @@ typedef struct {
     const int32_t *pos;
     int32_t n;
     bool gemm;                /* matrix products may use the prefill GEMM */
+    const bool *prompt;       /* per token: part of a prompt of two or more (NULL: none is) */
 } batch;
 
 typedef struct {
@@ -192,20 +193,29 @@ static void attn_rows(void *vctx, int ith, int nth) {
     }
 }
 
-/* A prompt batch from lm_matmul_gemm_min tokens on goes through the integer
- * panels where the weight has them, else through oneDNN's GEMM; single tokens,
- * decode batches (whose rows must come out exactly as they would one at a
- * time), shorter prompts and any GEMM that oneDNN refuses go through the
- * quantized dot products and their tiles. */
+/* Tokens of a prompt (of two or more) go through the integer panels where the
+ * weight has them; decode tokens (and one-token prompts) through the quantized
+ * dot products and their tiles, so each comes out the same whatever else is in
+ * its pass: a prompt token as in `lumen generate`'s prefill, a decode token as
+ * alone. A batch with both takes each run of one kind in turn. On weights
+ * without panels, a prompt batch of lm_matmul_gemm_min tokens goes through
+ * oneDNN's GEMM, and everything else (and any GEMM oneDNN refuses) through the
+ * quantized dots. */
 static void mm(const batch *b, const lm_tensor *w, const float *x, float *y) {
     lm_session *s = b->ws;
-    if (b->gemm && b->n >= lm_matmul_gemm_min(w) && lm_matmul_has_panel(w)) {
-        lm_matmul_panel(s->model->pool, w, x, b->n, y, s->qbuf);
+    lm_pool *pool = s->model->pool;
+    if (b->prompt && lm_matmul_has_panel(w)) {
+        const int64_t in = w->shape[1], out = w->shape[0];
+        for (int32_t t0 = 0, t1; t0 < b->n; t0 = t1) {
+            for (t1 = t0 + 1; t1 < b->n && b->prompt[t1] == b->prompt[t0]; t1++) {}
+            if (b->prompt[t0]) lm_matmul_panel(pool, w, x + t0 * in, t1 - t0, y + t0 * out, s->qbuf);
+            else lm_matmul(pool, w, x + t0 * in, t1 - t0, y + t0 * out, s->qbuf);
+        }
         return;
     }
     if (b->gemm && b->n >= lm_matmul_gemm_min(w) && s->wbuf &&
-        lm_matmul_gemm(s->model->pool, w, x, b->n, y, s->wbuf) == LM_OK) return;
-    lm_matmul(s->model->pool, w, x, b->n, y, s->qbuf);
+        lm_matmul_gemm(pool, w, x, b->n, y, s->wbuf) == LM_OK) return;
+    lm_matmul(pool, w, x, b->n, y, s->qbuf);
 }
 
 /* The per-token work between the matrix products (norms, RoPE, the KV cache
@@ -322,18 +332,19 @@ static lm_status forward(const batch *b, const int32_t *tokens, const int32_t *o
     return LM_OK;
 }
 
-lm_status lm_forward(lm_session *s, const int32_t *tokens, int32_t n) {
+lm_status lm_forward(lm_session *s, const int32_t *tokens, int32_t n, bool prompt) {
     lm_session *seq[LM_MAX_BATCH];
     int32_t pos[LM_MAX_BATCH];
+    bool is_prompt[LM_MAX_BATCH];
     if (n > LM_MAX_BATCH) return lm_err("eval: a forward pass takes at most %d tokens", LM_MAX_BATCH);
-    for (int32_t t = 0; t < n; t++) { seq[t] = s; pos[t] = s->pos + t; }
-    batch b = {.ws = s, .seq = seq, .pos = pos, .n = n, .gemm = true};
+    for (int32_t t = 0; t < n; t++) { seq[t] = s; pos[t] = s->pos + t; is_prompt[t] = prompt; }
+    batch b = {.ws = s, .seq = seq, .pos = pos, .n = n, .gemm = true, .prompt = prompt ? is_prompt : NULL};
     return forward(&b, tokens, NULL, 0, NULL);
 }
 
 lm_status lm_forward_multi(lm_session *ws, lm_session *const *seq, const int32_t *pos, const int32_t *tokens, int32_t n,
-                           const int32_t *out_rows, int32_t n_out, float *logits) {
+                           const bool *prompt, const int32_t *out_rows, int32_t n_out, float *logits) {
     if (n > LM_MAX_BATCH) return lm_err("eval: a forward pass takes at most %d tokens", LM_MAX_BATCH);
-    batch b = {.ws = ws, .seq = seq, .pos = pos, .n = n, .gemm = false};
+    batch b = {.ws = ws, .seq = seq, .pos = pos, .n = n, .gemm = false, .prompt = prompt};
     return forward(&b, tokens, out_rows, n_out, logits);
 }

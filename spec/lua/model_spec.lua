@@ -74,8 +74,10 @@ describe("a session", function()
     s:eval(toks)
     local first = s:logits():to_table()
     s:eval(model:tokenize(" six seven"))
-    s:rewind(#toks - 1)
-    s:eval(toks[#toks])
+    -- two tokens again: prompt tokens, as they were (a lone token would go
+    -- through the decode kernels)
+    s:rewind(#toks - 2)
+    s:eval({ toks[#toks - 1], toks[#toks] })
     local again = s:logits():to_table()
     for i = 1, #first, 997 do assert.equal(first[i], again[i]) end
     assert.equal(#toks, s:pos())
@@ -133,7 +135,7 @@ describe("a session", function()
     assert.same(alone[2]:tokens(), batched[2]:tokens())
   end)
 
-  it("rides a prompt chunk along with decode tokens, exactly as one token at a time", function()
+  it("rides a prompt chunk along with decode tokens, exactly as the prompt evaluated whole", function()
     local V = model:info().n_vocab
     local function same(a, b, what)
       local pa, pb = a:logits_ptr(), b:logits_ptr()
@@ -159,15 +161,42 @@ describe("a session", function()
     b1:eval(toks[1])
     for i = 1, #prompt do a1:eval(prompt[i]) end
     c1:eval(toks[#toks])
-    a2:eval(prompt) -- a short prompt evaluated whole goes through the same integer kernels
-    same(a1, a, "prompt chunk")
-    same(a1, a2, "prompt evaluated whole")
+    a2:eval(prompt) -- as `lumen generate` evaluates a prompt
+    same(a2, a, "prompt chunk")
     same(b1, b, "decode before the chunk")
     same(c1, c, "decode after the chunk")
+    -- fed one token at a time the prompt goes through the decode kernels: the
+    -- same to float rounding (bit for bit where there are no integer panels)
+    local pa, p1 = a:logits_ptr(), a1:logits_ptr()
+    local worst = 0
+    for v = 0, V - 1 do worst = math.max(worst, math.abs(pa[v] - p1[v])) end
+    assert.truthy(worst < 1, "prompt one token at a time: max |logit diff| " .. worst)
+    assert.equal(a1:logits():argmax(), a:logits():argmax())
     -- and the next step is a plain decode batch
     lumen.model.eval_batch({ a, b, c }, { 13, 14, 15 })
-    a1:eval(13) b1:eval(14) c1:eval(15)
-    same(a1, a, "next step a") same(b1, b, "next step b") same(c1, c, "next step c")
+    a2:eval(13) b1:eval(14) c1:eval(15)
+    same(a2, a, "next step a") same(b1, b, "next step b") same(c1, c, "next step c")
+  end)
+
+  it("gives a prompt the same bits in pieces of two or more as evaluated whole", function()
+    local V = model:info().n_vocab
+    local prompt = model:tokenize("Bread rises because yeast turns sugar into gas and alcohol while it proves")
+    assert.is_true(#prompt >= 12)
+    local whole, pieces, other = model:session{ ctx = 64 }, model:session{ ctx = 64 }, model:session{ ctx = 64 }
+    whole:eval(prompt)
+    other:eval(model:tokenize("Hello"))
+    local at = 0
+    for _, n in ipairs{ 3, 2, 5, #prompt - 10 } do
+      local sessions, toks = { other }, { other:logits():argmax() - 1 }
+      for i = at + 1, at + n do sessions[#sessions + 1], toks[#toks + 1] = pieces, prompt[i] end
+      lumen.model.eval_batch(sessions, toks)
+      at = at + n
+    end
+    local a, b = whole:logits_ptr(), pieces:logits_ptr()
+    for v = 0, V - 1 do
+      if a[v] ~= b[v] then error(string.format("logit %d %.9g ~= %.9g", v, a[v], b[v])) end
+    end
+    assert.same(whole:tokens(), pieces:tokens())
   end)
 
   it("refuses a bad batch with a clear error", function()
