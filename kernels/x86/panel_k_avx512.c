@@ -21,6 +21,22 @@
 
 enum { KT = 8 }; /* tokens per call at most: 8 int and 8 float sums + 8 weight registers */
 
+/* sum[c] += (float)isum[c] * (w * d of token c's block i), or -= (neg), per token */
+static inline __attribute__((always_inline)) void scale_add(const int T, __m256 *sum, const __m256i *isum, __m256 w,
+                                                           const char *yb, size_t y_stride, int64_t i, const int neg) {
+#pragma GCC unroll 8
+    for (int c = 0; c < T; c++) {
+        const block_q8_K *y = (const block_q8_K *)(yb + c * y_stride) + i;
+        const __m256 f = _mm256_cvtepi32_ps(isum[c]), p = _mm256_mul_ps(w, _mm256_set1_ps(y->d));
+        sum[c] = neg ? _mm256_fnmadd_ps(f, p, sum[c]) : _mm256_fmadd_ps(f, p, sum[c]);
+    }
+}
+
+static inline __attribute__((always_inline)) void store_sums(const int T, float *s, size_t s_stride, const __m256 *sum) {
+#pragma GCC unroll 8
+    for (int c = 0; c < T; c++) _mm256_storeu_ps(s + c * s_stride, sum[c]);
+}
+
 /* Q4_K, and Q5_K (q5: the fifth bits from qh; the same scales and mins) */
 static inline __attribute__((always_inline)) void panel_q45_K(const int T, int64_t n, float *s, size_t s_stride,
                                                               const char *xb, size_t x_stride, const char *yb,
@@ -71,12 +87,9 @@ static inline __attribute__((always_inline)) void panel_q45_K(const int T, int64
                 isum[c] = _mm256_add_epi32(isum[c], _mm256_mullo_epi32(acc, scv));
             }
         }
+        scale_add(T, sum, isum, dw, yb, y_stride, i, 0);
 #pragma GCC unroll 8
-        for (int c = 0; c < T; c++) {
-            const block_q8_K *y = (const block_q8_K *)(yb + c * y_stride) + i;
-            sum[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[c]), _mm256_mul_ps(dw, _mm256_set1_ps(y->d)), sum[c]);
-            isum[c] = _mm256_setzero_si256();
-        }
+        for (int c = 0; c < T; c++) isum[c] = _mm256_setzero_si256();
         /* the mins: sum over the 16 bsums of min(k / 2) * bsum(k) */
         for (int j = 0; j < 8; j++) {
             const __m256i mv = _mm256_load_si256((const __m256i *)mp[j]);
@@ -86,14 +99,9 @@ static inline __attribute__((always_inline)) void panel_q45_K(const int T, int64
                 isum[c] = _mm256_dpwssd_epi32(isum[c], mv, _mm256_set1_epi32(lm_load32(y->bsums + 2 * j)));
             }
         }
-#pragma GCC unroll 8
-        for (int c = 0; c < T; c++) {
-            const block_q8_K *y = (const block_q8_K *)(yb + c * y_stride) + i;
-            sum[c] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(isum[c]), _mm256_mul_ps(dminw, _mm256_set1_ps(y->d)), sum[c]);
-        }
+        scale_add(T, sum, isum, dminw, yb, y_stride, i, 1);
     }
-#pragma GCC unroll 8
-    for (int c = 0; c < T; c++) _mm256_storeu_ps(s + c * s_stride, sum[c]);
+    store_sums(T, s, s_stride, sum);
 }
 
 static inline __attribute__((always_inline)) void panel_q6_K(const int T, int64_t n, float *s, size_t s_stride,
@@ -153,14 +161,9 @@ static inline __attribute__((always_inline)) void panel_q6_K(const int T, int64_
                 isum[c] = _mm256_add_epi32(isum[c], _mm256_add_epi32(_mm256_mullo_epi32(a0, sa), _mm256_mullo_epi32(a1, sb)));
             }
         }
-#pragma GCC unroll 8
-        for (int c = 0; c < T; c++) {
-            const block_q8_K *y = (const block_q8_K *)(yb + c * y_stride) + i;
-            sum[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[c]), _mm256_mul_ps(dw, _mm256_set1_ps(y->d)), sum[c]);
-        }
+        scale_add(T, sum, isum, dw, yb, y_stride, i, 0);
     }
-#pragma GCC unroll 8
-    for (int c = 0; c < T; c++) _mm256_storeu_ps(s + c * s_stride, sum[c]);
+    store_sums(T, s, s_stride, sum);
 }
 
 static inline __attribute__((always_inline)) void panel_q4_K(const int T, int64_t n, float *s, size_t s_stride,
