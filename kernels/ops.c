@@ -171,14 +171,21 @@ void lm_attend_f16(float *out, const float *q, const uint16_t *k, const uint16_t
                    int64_t stride, int head_dim, int32_t t0, int32_t t1, float scale,
                    float *scores) {
     float max = -INFINITY;
-    const int vec = head_dim & ~7;
+    const int vec = head_dim & ~7, vec32 = head_dim & ~31;
     for (int32_t t = t0; t < t1; t++) {
         const uint16_t *kt = k + (int64_t)t * stride;
-        __m256 acc = _mm256_setzero_ps();
+        /* four independent sums: one chain of FMAs would wait on each one */
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
         int i = 0;
+        for (; i < vec32; i += 32) {
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kt + i))), a0);
+            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 8), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kt + i + 8))), a1);
+            a2 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 16), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kt + i + 16))), a2);
+            a3 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 24), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kt + i + 24))), a3);
+        }
         for (; i < vec; i += 8)
-            acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kt + i))), acc);
-        float s = hsum256(acc);
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kt + i))), a0);
+        float s = hsum256(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
         for (; i < head_dim; i++) s += q[i] * _cvtsh_ss(kt[i]);
         s *= scale;
         scores[t] = s;
@@ -187,14 +194,30 @@ void lm_attend_f16(float *out, const float *q, const uint16_t *k, const uint16_t
     double sum = 0.0;
     for (int32_t t = t0; t < t1; t++) { scores[t] = expf(scores[t] - max); sum += scores[t]; }
     const float inv = (float)(1.0 / sum);
-    memset(out, 0, (size_t)head_dim * sizeof *out);
-    for (int32_t t = t0; t < t1; t++) {
-        const uint16_t *vt = v + (int64_t)t * stride;
-        const float p = scores[t] * inv;
-        const __m256 pv = _mm256_set1_ps(p);
-        int i = 0;
-        for (; i < vec; i += 8)
-            _mm256_storeu_ps(out + i, _mm256_fmadd_ps(pv, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(vt + i))), _mm256_loadu_ps(out + i)));
-        for (; i < head_dim; i++) out[i] += p * _cvtsh_ss(vt[i]);
+    for (int32_t t = t0; t < t1; t++) scores[t] *= inv;
+    /* the weighted sum of V in registers, 64 dimensions at a time (each output
+     * still sums over t in order) */
+    for (int d0 = 0; d0 < vec; d0 += 64) {
+        const int nv = (vec - d0 < 64 ? vec - d0 : 64) / 8;
+        __m256 acc[8];
+        for (int j = 0; j < 8; j++) acc[j] = _mm256_setzero_ps();
+        for (int32_t t = t0; t < t1; t++) {
+            const uint16_t *vt = v + (int64_t)t * stride + d0;
+            const __m256 pv = _mm256_set1_ps(scores[t]);
+            if (nv == 8) {
+#pragma GCC unroll 8
+                for (int j = 0; j < 8; j++)
+                    acc[j] = _mm256_fmadd_ps(pv, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(vt + 8 * j))), acc[j]);
+            } else {
+                for (int j = 0; j < nv; j++)
+                    acc[j] = _mm256_fmadd_ps(pv, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(vt + 8 * j))), acc[j]);
+            }
+        }
+        for (int j = 0; j < nv; j++) _mm256_storeu_ps(out + d0 + 8 * j, acc[j]);
+    }
+    for (int i = vec; i < head_dim; i++) {
+        float o = 0;
+        for (int32_t t = t0; t < t1; t++) o += scores[t] * _cvtsh_ss(v[(int64_t)t * stride + i]);
+        out[i] = o;
     }
 }

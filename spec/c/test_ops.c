@@ -98,12 +98,12 @@ static void test_softmax_act(void) {
     CHECK(lm_argmax(a, 4) == 1, "argmax takes the first maximum");
 }
 
-static void test_attention(void) {
-    enum { HD = 64, T = 50, STRIDE = 3 * HD };
-    uint64_t r = 3;
+static void attention_case(const int HD) {
+    enum { T = 50, MAXHD = 256 + 12, STRIDE = 3 * MAXHD };
+    uint64_t r = 3 + (uint64_t)HD;
     static uint16_t k[T * STRIDE], v[T * STRIDE];
     static float kf[T * STRIDE], vf[T * STRIDE];
-    float q[HD], out[HD], scores[T];
+    float q[MAXHD], out[MAXHD], scores[T];
     for (int i = 0; i < T * STRIDE; i++) { kf[i] = tu_randf(&r, -1, 1); vf[i] = tu_randf(&r, -1, 1); }
     lm_f32_to_f16_row(kf, k, T * STRIDE);
     lm_f32_to_f16_row(vf, v, T * STRIDE);
@@ -112,7 +112,7 @@ static void test_attention(void) {
     for (int i = 0; i < HD; i++) q[i] = tu_randf(&r, -1, 1);
     const int t0 = 5, t1 = 41;
     const float scale = 0.125f;
-    double sc[T], mx = -1e30, sum = 0, ref[HD] = {0};
+    double sc[T], mx = -1e30, sum = 0, ref[MAXHD] = {0};
     for (int t = t0; t < t1; t++) {
         double d = 0;
         for (int i = 0; i < HD; i++) d += (double)q[i] * kf[t * STRIDE + HD + i];
@@ -124,7 +124,13 @@ static void test_attention(void) {
     lm_attend_f16(out, q, k + HD, v + HD, STRIDE, HD, t0, t1, scale, scores);
     double err = 0;
     for (int i = 0; i < HD; i++) err = fmax(err, fabs(out[i] - ref[i]));
-    CHECK(err < 1e-5, "attention over a window of the fp16 cache: error %g", err);
+    CHECK(err < 1e-5, "attention over a window of the fp16 cache (head_dim %d): error %g", HD, err);
+}
+
+/* head sizes of the models (64, 128, 256) and ones that leave 8-wide and scalar tails */
+static void test_attention(void) {
+    static const int hds[] = {64, 128, 256, 8, 40, 72, 100, 256 + 12};
+    for (size_t i = 0; i < sizeof hds / sizeof *hds; i++) attention_case(hds[i]);
 }
 
 static atomic_int hits[4];
