@@ -23,12 +23,27 @@ typedef struct {
     lm_panel_aux *aux; /* panels: per activation block, n x in / 32 */
 } mm_job;
 
+/* each activation row to the weight's vec_dot type (and, for panels, its
+ * per-block data) */
 static void quantize_rows(void *vctx, int ith, int nth) {
     mm_job *j = vctx;
     int64_t lo, hi;
     lm_pool_split(j->n, 1, ith, nth, &lo, &hi);
-    for (int64_t t = lo; t < hi; t++)
-        lm_quant_ops_get(j->ops->vec_dot_type)->from_float(j->x + t * j->in, j->xq + t * j->x_row, j->in);
+    const lm_quant_ops *q = lm_quant_ops_get(j->ops->vec_dot_type);
+    for (int64_t t = lo; t < hi; t++) {
+        q->from_float(j->x + t * j->in, j->xq + t * j->x_row, j->in);
+        if (j->aux) lm_panel_prep(j->wt, j->xq + t * j->x_row, j->aux + t * (j->in / 32), j->in);
+    }
+}
+
+static mm_job mm_job_for(const lm_tensor *w, const float *x, int64_t n, float *y) {
+    const lm_quant_ops *ops = lm_quant_ops_get(w->dtype);
+    mm_job j = {
+        .ops = ops, .w = w->data, .w_row = (size_t)w->stride[0],
+        .out = w->shape[0], .in = w->shape[1], .n = n, .x = x, .y = y, .wt = w->dtype,
+    };
+    j.x_row = lm_dtype_row_size(ops->vec_dot_type, j.in);
+    return j;
 }
 
 /* Rows ahead to prefetch: the hardware prefetchers of the machines measured
@@ -102,13 +117,8 @@ size_t lm_matmul_qbuf_size(const lm_tensor *w, int64_t n) {
 }
 
 void lm_matmul(lm_pool *pool, const lm_tensor *w, const float *x, int64_t n, float *y, void *qbuf) {
-    const lm_quant_ops *ops = lm_quant_ops_get(w->dtype);
-    mm_job j = {
-        .ops = ops, .w = w->data, .w_row = (size_t)w->stride[0],
-        .out = w->shape[0], .in = w->shape[1], .n = n, .x = x, .y = y,
-    };
-    j.x_row = lm_dtype_row_size(ops->vec_dot_type, j.in);
-    if (ops->vec_dot_type == LM_F32) {
+    mm_job j = mm_job_for(w, x, n, y);
+    if (j.ops->vec_dot_type == LM_F32) {
         j.xq = (char *)x;
     } else {
         j.xq = qbuf;
@@ -122,17 +132,6 @@ void lm_matmul(lm_pool *pool, const lm_tensor *w, const float *x, int64_t n, flo
  * while every token of the prompt passes them, 8 rows by up to 16 tokens a
  * call; rows beyond a multiple of 8 go through vec_dot. */
 #define PANEL_CHUNK 64
-
-static void panel_quantize_rows(void *vctx, int ith, int nth) {
-    mm_job *j = vctx;
-    int64_t lo, hi;
-    lm_pool_split(j->n, 1, ith, nth, &lo, &hi);
-    const lm_quant_ops *q = lm_quant_ops_get(j->ops->vec_dot_type);
-    for (int64_t t = lo; t < hi; t++) {
-        q->from_float(j->x + t * j->in, j->xq + t * j->x_row, j->in);
-        lm_panel_prep(j->wt, j->xq + t * j->x_row, j->aux + t * (j->in / 32), j->in);
-    }
-}
 
 static void panel_rows(void *vctx, int ith, int nth) {
     mm_job *j = vctx;
@@ -159,15 +158,11 @@ bool lm_matmul_has_panel(const lm_tensor *w) {
 }
 
 void lm_matmul_panel(lm_pool *pool, const lm_tensor *w, const float *x, int64_t n, float *y, void *qbuf) {
-    const lm_quant_ops *ops = lm_quant_ops_get(w->dtype);
-    mm_job j = {
-        .ops = ops, .w = w->data, .w_row = (size_t)w->stride[0],
-        .out = w->shape[0], .in = w->shape[1], .n = n, .x = x, .y = y, .wt = w->dtype,
-    };
-    j.x_row = lm_dtype_row_size(ops->vec_dot_type, j.in);
+    mm_job j = mm_job_for(w, x, n, y);
     j.xq = qbuf;
-    j.aux = (lm_panel_aux *)((char *)qbuf + qrows_size(ops, w, n));
-    lm_pool_run(pool, panel_quantize_rows, &j);
+    j.aux = (lm_panel_aux *)((char *)qbuf + qrows_size(j.ops, w, n));
+    if (n >= 4) lm_pool_run(pool, quantize_rows, &j);
+    else quantize_rows(&j, 0, 1);
     lm_pool_run(pool, panel_rows, &j);
 }
 

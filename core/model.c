@@ -132,9 +132,9 @@ void lm_model_get_info(const lm_model *m, lm_model_info *o) {
     o->file_type = m->file_type;
     o->tiled = m->hp.n_layer > 0;
     for (int il = 0; il < m->hp.n_layer && o->tiled; il++) {
-        const lm_layer *l = &m->layers[il];
-        const lm_tensor *w[] = {l->wq, l->wk, l->wv, l->wo, l->w_gate, l->w_up, l->w_down};
-        for (size_t i = 0; i < sizeof w / sizeof *w && o->tiled; i++) {
+        const lm_tensor *w[LM_LAYER_MATRICES];
+        lm_layer_matrices(&m->layers[il], w);
+        for (int i = 0; i < LM_LAYER_MATRICES && o->tiled; i++) {
             const lm_quant_ops *ops = lm_quant_ops_get(w[i]->dtype);
             o->tiled = ops && ops->vec_dot_tile;
         }

@@ -36,6 +36,12 @@ typedef struct lm_layer {
     lm_tensor *post_ffn_norm;                /* gemma3 (optional) */
 } lm_layer;
 
+/* The matrices of a layer that go through the matrix products, in one list. */
+#define LM_LAYER_MATRICES 7
+static inline void lm_layer_matrices(const lm_layer *l, const lm_tensor *w[LM_LAYER_MATRICES]) {
+    w[0] = l->wq; w[1] = l->wk; w[2] = l->wv; w[3] = l->wo; w[4] = l->w_gate; w[5] = l->w_up; w[6] = l->w_down;
+}
+
 struct lm_model {
     atomic_int refcount;      /* the user's handle + one per live session */
     lm_hparams hp;
@@ -69,7 +75,7 @@ struct lm_session {
 lm_model *lm_model_retain(lm_model *m);
 /* Forward pass for n tokens at positions s->pos.., writing logits of the last.
  * prompt: they are (part of) a prompt of two or more tokens, whose products go
- * through the integer panels (model.c's mm); false for a decode token. */
+ * through the integer panels (arch/llama.c's mm); false for a decode token. */
 lm_status lm_forward(lm_session *s, const int32_t *tokens, int32_t n, bool prompt);
 /* Tokens of several sessions of one model in one pass with ws's activation
  * buffers (ws->n_batch >= n, ws->n_ctx >= every session's): token t goes to

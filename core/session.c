@@ -52,34 +52,22 @@ lm_session *lm_session_new(lm_model *m, const lm_session_params *params) {
     if (ok) s->scores = alloc((size_t)lm_pool_size(m->pool) * n_ctx * sizeof(float), "attention scores", &ok);
     if (ok) s->logits = alloc((size_t)hp->n_vocab * sizeof(float), "logits", &ok);
     if (ok) s->tokens = alloc((size_t)n_ctx * sizeof(int32_t), "token history", &ok);
-    if (ok) {
-        /* the widest activation row any matmul quantizes, times the batch */
-        size_t q = lm_matmul_qbuf_size(m->output, n_batch);
-        for (int64_t il = 0; il < hp->n_layer; il++) {
-            const lm_layer *l = &m->layers[il];
-            const lm_tensor *ws[] = {l->wq, l->wk, l->wv, l->wo, l->w_gate, l->w_up, l->w_down};
-            for (size_t i = 0; i < sizeof ws / sizeof *ws; i++) {
-                size_t need = lm_matmul_qbuf_size(ws[i], n_batch);
-                if (need > q) q = need;
-            }
+    /* q: the widest activation row any matmul quantizes, times the batch;
+     * w: the largest layer matrix without integer panels, dequantized for a
+     * prefill GEMM (none when they all have panels) */
+    size_t q = lm_matmul_qbuf_size(m->output, n_batch), w = 0;
+    for (int64_t il = 0; il < hp->n_layer; il++) {
+        const lm_tensor *ws[LM_LAYER_MATRICES];
+        lm_layer_matrices(&m->layers[il], ws);
+        for (int i = 0; i < LM_LAYER_MATRICES; i++) {
+            size_t need = lm_matmul_qbuf_size(ws[i], n_batch), e = (size_t)ws[i]->shape[0] * (size_t)ws[i]->shape[1];
+            if (need > q) q = need;
+            if (!lm_matmul_has_panel(ws[i]) && e > w) w = e;
         }
-        s->qbuf_size = q;
-        s->qbuf = alloc(q, "quantized activations", &ok);
     }
-    if (ok && n_batch >= LM_GEMM_MIN_TOKENS) {
-        /* the largest layer matrix without integer panels, dequantized for a
-         * prefill GEMM (none when they all have panels) */
-        size_t w = 0;
-        for (int64_t il = 0; il < hp->n_layer; il++) {
-            const lm_layer *l = &m->layers[il];
-            const lm_tensor *ws[] = {l->wq, l->wk, l->wv, l->wo, l->w_gate, l->w_up, l->w_down};
-            for (size_t i = 0; i < sizeof ws / sizeof *ws; i++) {
-                size_t e = (size_t)ws[i]->shape[0] * (size_t)ws[i]->shape[1];
-                if (!lm_matmul_has_panel(ws[i]) && e > w) w = e;
-            }
-        }
-        if (w) s->wbuf = alloc(w * sizeof(float), "prefill weights", &ok);
-    }
+    s->qbuf_size = q;
+    if (ok) s->qbuf = alloc(q, "quantized activations", &ok);
+    if (ok && n_batch >= LM_GEMM_MIN_TOKENS && w) s->wbuf = alloc(w * sizeof(float), "prefill weights", &ok);
     if (!ok) { lm_session_free(s); return NULL; }
     memset(s->logits, 0, (size_t)hp->n_vocab * sizeof(float));
     return s;
@@ -150,10 +138,11 @@ lm_status lm_session_eval_batch(lm_session *const *sessions, const int32_t *toke
     lm_model *m = ws->model;
     const size_t V = (size_t)m->hp.n_vocab;
     const int32_t chunk_max = ws->n_batch;
-    int32_t *pos = malloc(2 * (size_t)(n < chunk_max ? n : chunk_max) * sizeof *pos);
-    bool *prompt = malloc((size_t)n * sizeof *prompt);
-    if (!pos || !prompt) { free(pos); free(prompt); return lm_err("eval_batch: out of memory"); }
-    int32_t *out_rows = pos + (n < chunk_max ? n : chunk_max);
+    const size_t c_max = (size_t)(n < chunk_max ? n : chunk_max);
+    int32_t *pos = malloc(2 * c_max * sizeof *pos + (size_t)n * sizeof(bool));
+    if (!pos) return lm_err("eval_batch: out of memory");
+    int32_t *out_rows = pos + c_max;
+    bool *prompt = (bool *)(out_rows + c_max);
     /* a session's adjacent entries are a prompt chunk, however the passes cut them */
     for (int32_t t = 0; t < n; t++)
         prompt[t] = (t > 0 && sessions[t - 1] == sessions[t]) || (t + 1 < n && sessions[t + 1] == sessions[t]);
@@ -183,7 +172,6 @@ lm_status lm_session_eval_batch(lm_session *const *sessions, const int32_t *toke
     }
     pthread_mutex_unlock(&m->eval_mu);
     free(pos);
-    free(prompt);
     return st;
 }
 

@@ -173,11 +173,8 @@ void lm_panel_q6_K_ref(LM_PANEL_ARGS) {
     panel_ref_k(LM_Q6_K, n, nt, s, s_stride, x, x_stride, y, y_stride);
 }
 
-#define REF(NAME, T)                                                                                         \
-    void NAME(int64_t n, int nt, float *s, size_t s_stride, const void *x, size_t x_stride, const void *y,   \
-              size_t y_stride, const lm_panel_aux *aux, size_t aux_stride) {                                \
-        panel_ref(T, n, nt, s, s_stride, x, x_stride, y, y_stride, aux, aux_stride);                         \
-    }
+#define REF(NAME, T) \
+    void NAME(LM_PANEL_ARGS) { panel_ref(T, n, nt, s, s_stride, x, x_stride, y, y_stride, aux, aux_stride); }
 REF(lm_panel_q4_0_ref, LM_Q4_0)
 REF(lm_panel_q4_1_ref, LM_Q4_1)
 REF(lm_panel_q5_0_ref, LM_Q5_0)

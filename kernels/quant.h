@@ -27,8 +27,8 @@ typedef void (*lm_vec_dot_fn)(int64_t n, float *restrict s, const void *restrict
 typedef void (*lm_vec_dot_tile_fn)(int64_t n, float *restrict s, size_t s_stride, const void *restrict x, size_t x_stride,
                                    const void *restrict y, size_t y_stride);
 
-/* Panels: the prefill product where no result has to match a single-row one
- * (where the f32 GEMM would otherwise run). 8 weight rows (LM_PANEL_ROWS)
+/* Panels: the product for prompt tokens (core/arch/llama.c mm), whose results
+ * need not match the single-row kernel's, only each other's. 8 weight rows (LM_PANEL_ROWS)
  * against up to LM_PANEL_TOKENS tokens; the weight blocks are unpacked and
  * transposed in registers so each vpdpbusd lane is one weight row and the
  * activation bytes come as broadcast operands: one int32 per (row, token,
@@ -44,9 +44,9 @@ typedef void (*lm_vec_dot_tile_fn)(int64_t n, float *restrict s, size_t s_stride
  * its scale d, and -bias * sum(q) (the weights go in shifted up by bias to be
  * vpdpbusd's unsigned side) or, for Q8_1 activations, s = d * sum(q) */
 typedef struct { float d; union { int32_t c; float s; }; } lm_panel_aux;
-typedef void (*lm_panel_fn)(int64_t n, int nt, float *restrict s, size_t s_stride, const void *restrict x,
-                            size_t x_stride, const void *restrict y, size_t y_stride, const lm_panel_aux *aux,
-                            size_t aux_stride);
+#define LM_PANEL_ARGS int64_t n, int nt, float *restrict s, size_t s_stride, const void *restrict x, size_t x_stride, \
+                      const void *restrict y, size_t y_stride, const lm_panel_aux *aux, size_t aux_stride
+typedef void (*lm_panel_fn)(LM_PANEL_ARGS);
 /* aux[0 .. n / 32) for one activation row y of the weight dtype w's vec_dot_type */
 void lm_panel_prep(lm_dtype w, const void *y, lm_panel_aux *aux, int64_t n);
 

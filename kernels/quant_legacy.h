@@ -33,15 +33,14 @@ void lm_vec_dot_tile_q8_0_q8_0_vnni(int64_t n, float *s, size_t s_stride, const 
 void lm_vec_dot_tile_q4_0_q8_0_vnni(int64_t n, float *s, size_t s_stride, const void *x, size_t x_stride, const void *y, size_t y_stride);
 void lm_vec_dot_tile_q5_0_q8_0_vnni(int64_t n, float *s, size_t s_stride, const void *x, size_t x_stride, const void *y, size_t y_stride);
 /* panels (quant.h): scalar references (kernels/panel.c) and VNNI (x86/panel_avx512.c) */
-#define LM_PANEL_ARGS int64_t n, int nt, float *s, size_t s_stride, const void *x, size_t x_stride, const void *y, size_t y_stride, const lm_panel_aux *aux, size_t aux_stride
 void lm_panel_q4_0_ref(LM_PANEL_ARGS);
 void lm_panel_q4_1_ref(LM_PANEL_ARGS);
 void lm_panel_q5_0_ref(LM_PANEL_ARGS);
 void lm_panel_q8_0_ref(LM_PANEL_ARGS);
-void lm_panel_q4_0_vnni(int64_t n, int nt, float *s, size_t s_stride, const void *x, size_t x_stride, const void *y, size_t y_stride, const lm_panel_aux *aux, size_t aux_stride);
-void lm_panel_q4_1_vnni(int64_t n, int nt, float *s, size_t s_stride, const void *x, size_t x_stride, const void *y, size_t y_stride, const lm_panel_aux *aux, size_t aux_stride);
-void lm_panel_q5_0_vnni(int64_t n, int nt, float *s, size_t s_stride, const void *x, size_t x_stride, const void *y, size_t y_stride, const lm_panel_aux *aux, size_t aux_stride);
-void lm_panel_q8_0_vnni(int64_t n, int nt, float *s, size_t s_stride, const void *x, size_t x_stride, const void *y, size_t y_stride, const lm_panel_aux *aux, size_t aux_stride);
+void lm_panel_q4_0_vnni(LM_PANEL_ARGS);
+void lm_panel_q4_1_vnni(LM_PANEL_ARGS);
+void lm_panel_q5_0_vnni(LM_PANEL_ARGS);
+void lm_panel_q8_0_vnni(LM_PANEL_ARGS);
 #define LM_TILE_ROWS_AVX2 2
 #define LM_TILE_ROWS_VNNI 4
 void lm_quantize_q8_0_avx2(const float *x, void *y, int64_t n);

@@ -319,8 +319,8 @@ local function whole_pieces(n, left)
 end
 
 --- Prompt tokens for this turn. With no stream running, every admitted prompt
--- is evaluated at once, each on its own (the prefill GEMM for a long one, as
--- `lumen generate` does: the fastest first token). With streams running, up to
+-- is evaluated at once, each on its own, as `lumen generate` does (the fastest
+-- first token). With streams running, up to
 -- prefill_chunk prompt tokens ride along in the next decode step's forward
 -- pass (see decode_step): the weights are read once for both, and a long
 -- prompt, spread over several steps, never stalls the running streams. That

@@ -50,29 +50,21 @@ static inline __attribute__((always_inline)) void panel(const int T, int64_t n, 
     for (int c = 0; c < T; c++) _mm256_storeu_ps(s + c * s_stride, sum[c]);
 }
 
-/* token counts below 16 go in power-of-two pieces */
-#define PANEL(NAME, BLOCK, Q41, UNPACK)                                                                        \
-    void NAME(int64_t n, int nt, float *s, size_t s_stride, const void *x, size_t x_stride, const void *y,   \
-              size_t y_stride, const lm_panel_aux *aux, size_t aux_stride) {                                \
-        int c = 0;                                                                                            \
-        for (; c + 16 <= nt; c += 16)                                                                         \
-            panel(16, n, s + c * s_stride, s_stride, x, x_stride, BLOCK, (const char *)y + c * y_stride,     \
-                  y_stride, aux + c * aux_stride, aux_stride, Q41, UNPACK);                                   \
-        for (int T = 8; T >= 1; T /= 2)                                                                       \
-            if (nt - c >= T) {                                                                                \
-                switch (T) {                                                                                  \
-                case 8: panel(8, n, s + c * s_stride, s_stride, x, x_stride, BLOCK,                          \
-                              (const char *)y + c * y_stride, y_stride, aux + c * aux_stride, aux_stride, Q41, UNPACK); break; \
-                case 4: panel(4, n, s + c * s_stride, s_stride, x, x_stride, BLOCK,                          \
-                              (const char *)y + c * y_stride, y_stride, aux + c * aux_stride, aux_stride, Q41, UNPACK); break; \
-                case 2: panel(2, n, s + c * s_stride, s_stride, x, x_stride, BLOCK,                          \
-                              (const char *)y + c * y_stride, y_stride, aux + c * aux_stride, aux_stride, Q41, UNPACK); break; \
-                default: panel(1, n, s + c * s_stride, s_stride, x, x_stride, BLOCK,                         \
-                               (const char *)y + c * y_stride, y_stride, aux + c * aux_stride, aux_stride, Q41, UNPACK); break; \
-                }                                                                                             \
-                c += T;                                                                                       \
-            }                                                                                                 \
-    }
+/* up to 16 tokens a pass, the rest in power-of-two pieces */
+#define PANEL_AT(T) panel(T, n, s + c * s_stride, s_stride, x, x_stride, block, (const char *)y + c * y_stride, \
+                          y_stride, aux + c * aux_stride, aux_stride, q41, unpack)
+static inline __attribute__((always_inline)) void panel_tokens(LM_PANEL_ARGS, size_t block, const int q41,
+                                                               __m256i (*unpack)(const char *)) {
+    int c = 0;
+    for (; c + 16 <= nt; c += 16) PANEL_AT(16);
+    if (nt - c >= 8) { PANEL_AT(8); c += 8; }
+    if (nt - c >= 4) { PANEL_AT(4); c += 4; }
+    if (nt - c >= 2) { PANEL_AT(2); c += 2; }
+    if (nt - c >= 1) PANEL_AT(1);
+}
+
+#define PANEL(NAME, BLOCK, Q41, UNPACK) \
+    void NAME(LM_PANEL_ARGS) { panel_tokens(n, nt, s, s_stride, x, x_stride, y, y_stride, aux, aux_stride, BLOCK, Q41, UNPACK); }
 
 PANEL(lm_panel_q4_0_vnni, sizeof(block_q4_0), 0, unpack_q4_0)
 PANEL(lm_panel_q4_1_vnni, sizeof(block_q4_1), 1, unpack_q4_1)

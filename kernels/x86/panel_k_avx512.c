@@ -179,8 +179,7 @@ static inline __attribute__((always_inline)) void panel_q5_K(const int T, int64_
 
 /* up to 8 tokens a pass, the rest in power-of-two pieces */
 #define PANEL_K(NAME, BODY)                                                                                   \
-    void NAME(int64_t n, int nt, float *s, size_t s_stride, const void *x, size_t x_stride, const void *y,   \
-              size_t y_stride, const lm_panel_aux *aux, size_t aux_stride) {                                \
+    void NAME(LM_PANEL_ARGS) {                                                                                \
         (void)aux, (void)aux_stride;                                                                          \
         const char *yb = y;                                                                                   \
         int c = 0;                                                                                            \
