@@ -130,13 +130,14 @@ void lm_model_get_info(const lm_model *m, lm_model_info *o) {
     o->bos_token = lm_tokenizer_bos(m->tok);
     o->eos_token = lm_tokenizer_eos(m->tok);
     o->file_type = m->file_type;
-    o->tiled = m->hp.n_layer > 0;
-    for (int il = 0; il < m->hp.n_layer && o->tiled; il++) {
+    o->tiled = o->panels = m->hp.n_layer > 0;
+    for (int il = 0; il < m->hp.n_layer; il++) {
         const lm_tensor *w[LM_LAYER_MATRICES];
         lm_layer_matrices(&m->layers[il], w);
-        for (int i = 0; i < LM_LAYER_MATRICES && o->tiled; i++) {
+        for (int i = 0; i < LM_LAYER_MATRICES; i++) {
             const lm_quant_ops *ops = lm_quant_ops_get(w[i]->dtype);
-            o->tiled = ops && ops->vec_dot_tile;
+            o->tiled = o->tiled && ops && ops->vec_dot_tile;
+            o->panels = o->panels && lm_matmul_panel_decode(w[i]);
         }
     }
 }

@@ -96,8 +96,10 @@ size_t lm_matmul_qbuf_size(const lm_tensor *w, int64_t n);
 #define LM_GEMM_MIN_TOKENS 16
 int64_t lm_matmul_gemm_min(const lm_tensor *w);
 lm_status lm_matmul_gemm(lm_pool *pool, const lm_tensor *w, const float *x, int64_t n, float *y, float *wbuf);
-/* The integer panels (kernels/quant.h) in the GEMM's place, for weights that have them. */
+/* The integer panels (kernels/quant.h) in the GEMM's place, for weights that
+ * have them; lm_matmul_panel_decode: decode tokens too (lm_quant_entry). */
 bool lm_matmul_has_panel(const lm_tensor *w);
+bool lm_matmul_panel_decode(const lm_tensor *w);
 void lm_matmul_panel(lm_pool *pool, const lm_tensor *w, const float *x, int64_t n, float *y, void *qbuf);
 /* y[m][n] (row stride ldy) = a[m][k] * w[n][k]^T through oneDNN, single-threaded
  * in the calling thread (core/tensor_ops.c). */

@@ -161,20 +161,20 @@ static void panel_ref_k(lm_dtype t, int64_t n, int nt, float *s, size_t s_stride
 }
 
 void lm_panel_q4_K_ref(LM_PANEL_ARGS) {
-    (void)aux, (void)aux_stride;
+    (void)aux, (void)aux_stride, (void)pf;
     panel_ref_k(LM_Q4_K, n, nt, s, s_stride, x, x_stride, y, y_stride);
 }
 void lm_panel_q5_K_ref(LM_PANEL_ARGS) {
-    (void)aux, (void)aux_stride;
+    (void)aux, (void)aux_stride, (void)pf;
     panel_ref_k(LM_Q5_K, n, nt, s, s_stride, x, x_stride, y, y_stride);
 }
 void lm_panel_q6_K_ref(LM_PANEL_ARGS) {
-    (void)aux, (void)aux_stride;
+    (void)aux, (void)aux_stride, (void)pf;
     panel_ref_k(LM_Q6_K, n, nt, s, s_stride, x, x_stride, y, y_stride);
 }
 
 #define REF(NAME, T) \
-    void NAME(LM_PANEL_ARGS) { panel_ref(T, n, nt, s, s_stride, x, x_stride, y, y_stride, aux, aux_stride); }
+    void NAME(LM_PANEL_ARGS) { (void)pf; panel_ref(T, n, nt, s, s_stride, x, x_stride, y, y_stride, aux, aux_stride); }
 REF(lm_panel_q4_0_ref, LM_Q4_0)
 REF(lm_panel_q4_1_ref, LM_Q4_1)
 REF(lm_panel_q5_0_ref, LM_Q5_0)

@@ -47,6 +47,7 @@ static void init(void) {
             }
             if (!o->from_float && e->from_float[i]) o->from_float = e->from_float[i];
             if (!o->panel && i > LM_ISA_SCALAR) o->panel = e->panel[i];
+            o->panel_decode = o->panel && e->panel_decode;
         }
     }
 }

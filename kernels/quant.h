@@ -27,8 +27,10 @@ typedef void (*lm_vec_dot_fn)(int64_t n, float *restrict s, const void *restrict
 typedef void (*lm_vec_dot_tile_fn)(int64_t n, float *restrict s, size_t s_stride, const void *restrict x, size_t x_stride,
                                    const void *restrict y, size_t y_stride);
 
-/* Panels: the product for prompt tokens (core/arch/llama.c mm), whose results
- * need not match the single-row kernel's, only each other's. 8 weight rows (LM_PANEL_ROWS)
+/* Panels: the product for every token of a weight that has them (core/arch/llama.c
+ * mm), whose results need not match the single-row kernel's, only each other's
+ * (a token's result does not depend on the other tokens of the call, or on
+ * their number). 8 weight rows (LM_PANEL_ROWS)
  * against up to LM_PANEL_TOKENS tokens; the weight blocks are unpacked and
  * transposed in registers so each vpdpbusd lane is one weight row and the
  * activation bytes come as broadcast operands: one int32 per (row, token,
@@ -37,7 +39,11 @@ typedef void (*lm_vec_dot_tile_fn)(int64_t n, float *restrict s, size_t s_stride
  * plus fma(m, s_y, sum) for Q4_1; K-quants sum a super-block's scaled sub-block
  * dots in int32 first (kernels/x86/panel_k_avx512.c). The scalar references
  * (kernels/panel.c) do exactly that, so every variant gives the same bits.
- * s[t * s_stride + r] for r < 8, t < nt. */
+ * s[t * s_stride + r] for r < 8, t < nt. pf: NULL, or 8 rows (x_stride apart)
+ * to prefetch, a few cache lines per block in the first token pass: the next
+ * rows of a product that streams its weights from memory (a decode step),
+ * where prefetching them all at once stalls and the hardware prefetcher does
+ * not follow the panel's 8 interleaved rows. */
 #define LM_PANEL_ROWS 8
 #define LM_PANEL_TOKENS 16
 /* what a legacy panel reads of each activation block, prepared once per product:
@@ -45,7 +51,7 @@ typedef void (*lm_vec_dot_tile_fn)(int64_t n, float *restrict s, size_t s_stride
  * vpdpbusd's unsigned side) or, for Q8_1 activations, s = d * sum(q) */
 typedef struct { float d; union { int32_t c; float s; }; } lm_panel_aux;
 #define LM_PANEL_ARGS int64_t n, int nt, float *restrict s, size_t s_stride, const void *restrict x, size_t x_stride, \
-                      const void *restrict y, size_t y_stride, const lm_panel_aux *aux, size_t aux_stride
+                      const void *restrict y, size_t y_stride, const lm_panel_aux *aux, size_t aux_stride, const void *pf
 typedef void (*lm_panel_fn)(LM_PANEL_ARGS);
 /* aux[0 .. n / 32) for one activation row y of the weight dtype w's vec_dot_type */
 void lm_panel_prep(lm_dtype w, const void *y, lm_panel_aux *aux, int64_t n);
@@ -59,6 +65,12 @@ typedef struct lm_quant_entry {
                                                       highest ISA at or below its own that has one */
     int tile_rows[LM_ISA_COUNT];               /* weight rows per vec_dot_tile call */
     lm_panel_fn panel[LM_ISA_COUNT];           /* optional; [LM_ISA_SCALAR] is the reference */
+    bool panel_decode; /* the SIMD panel at one token streams the weights as fast as vec_dot
+                          does, so decode tokens go through it too (core/arch/llama.c mm).
+                          Measured on Zen 4, SmolLM2 and Gemma 3 decode: Q4_0, Q4_1 and Q5_0
+                          as fast or faster; Q8_0 10-16% slower (its 8 interleaved rows of 34-byte
+                          blocks), the K-quants' panels 2.6x slower at one token (their per
+                          super-block scale transposes) */
 } lm_quant_entry;
 
 /* The chosen functions for the running CPU. */
@@ -70,6 +82,7 @@ typedef struct lm_quant_ops {
     lm_vec_dot_tile_fn vec_dot_tile; /* NULL: vec_dot per row and token */
     int tile_rows;
     lm_panel_fn panel; /* NULL: none in SIMD on this CPU */
+    bool panel_decode; /* panel, and every token goes through it (lm_quant_entry) */
 } lm_quant_ops;
 
 void lm_kernels_init(void);

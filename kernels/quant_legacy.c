@@ -276,21 +276,21 @@ static void dot_q8_0(int64_t n, float *s, const void *vx, const void *vy) {
 }
 
 void lm_quant_register_legacy(lm_quant_entry t[LM_DTYPE_COUNT]) {
-    t[LM_F32] = (lm_quant_entry){LM_F32, f32_to_float, {f32_from_float}, {dot_f32}, {NULL}, {0}, {NULL}};
-    t[LM_F16] = (lm_quant_entry){LM_F32, f16_to_float, {f16_from_float}, {dot_f16}, {NULL}, {0}, {NULL}};
-    t[LM_BF16] = (lm_quant_entry){LM_F32, bf16_to_float, {bf16_from_float}, {dot_bf16}, {NULL}, {0}, {NULL}};
+    t[LM_F32] = (lm_quant_entry){LM_F32, f32_to_float, {f32_from_float}, {dot_f32}, {NULL}, {0}, {NULL}, false};
+    t[LM_F16] = (lm_quant_entry){LM_F32, f16_to_float, {f16_from_float}, {dot_f16}, {NULL}, {0}, {NULL}, false};
+    t[LM_BF16] = (lm_quant_entry){LM_F32, bf16_to_float, {bf16_from_float}, {dot_bf16}, {NULL}, {0}, {NULL}, false};
     t[LM_Q4_0] = (lm_quant_entry){LM_Q8_0, deq_q4_0, {quant_q4_0}, {dot_q4_0, lm_vec_dot_q4_0_q8_0_avx2},
                                    {NULL, NULL, lm_vec_dot_tile_q4_0_q8_0_vnni}, {0, 0, LM_TILE_ROWS_VNNI},
-                                   {lm_panel_q4_0_ref, NULL, lm_panel_q4_0_vnni}};
+                                   {lm_panel_q4_0_ref, NULL, lm_panel_q4_0_vnni}, true};
     t[LM_Q4_1] = (lm_quant_entry){LM_Q8_1, deq_q4_1, {quant_q4_1}, {dot_q4_1, lm_vec_dot_q4_1_q8_1_avx2},
                                    {NULL, lm_vec_dot_tile_q4_1_q8_1_avx2, lm_vec_dot_tile_q4_1_q8_1_vnni},
-                                   {0, LM_TILE_ROWS_AVX2, LM_TILE_ROWS_VNNI}, {lm_panel_q4_1_ref, NULL, lm_panel_q4_1_vnni}};
+                                   {0, LM_TILE_ROWS_AVX2, LM_TILE_ROWS_VNNI}, {lm_panel_q4_1_ref, NULL, lm_panel_q4_1_vnni}, true};
     t[LM_Q5_0] = (lm_quant_entry){LM_Q8_0, deq_q5_0, {quant_q5_0}, {dot_q5_0, lm_vec_dot_q5_0_q8_0_avx2},
                                    {NULL, NULL, lm_vec_dot_tile_q5_0_q8_0_vnni}, {0, 0, LM_TILE_ROWS_VNNI},
-                                   {lm_panel_q5_0_ref, NULL, lm_panel_q5_0_vnni}};
-    t[LM_Q5_1] = (lm_quant_entry){LM_Q8_1, deq_q5_1, {quant_q5_1}, {dot_q5_1}, {NULL}, {0}, {NULL}};
+                                   {lm_panel_q5_0_ref, NULL, lm_panel_q5_0_vnni}, true};
+    t[LM_Q5_1] = (lm_quant_entry){LM_Q8_1, deq_q5_1, {quant_q5_1}, {dot_q5_1}, {NULL}, {0}, {NULL}, false};
     t[LM_Q8_0] = (lm_quant_entry){LM_Q8_0, deq_q8_0, {quant_q8_0, lm_quantize_q8_0_avx2}, {dot_q8_0, lm_vec_dot_q8_0_q8_0_avx2},
                                    {NULL, lm_vec_dot_tile_q8_0_q8_0_avx2, lm_vec_dot_tile_q8_0_q8_0_vnni},
-                                   {0, LM_TILE_ROWS_AVX2, LM_TILE_ROWS_VNNI}, {lm_panel_q8_0_ref, NULL, lm_panel_q8_0_vnni}};
-    t[LM_Q8_1] = (lm_quant_entry){LM_Q8_1, deq_q8_1, {quant_q8_1, lm_quantize_q8_1_avx2}, {NULL}, {NULL}, {0}, {NULL}};
+                                   {0, LM_TILE_ROWS_AVX2, LM_TILE_ROWS_VNNI}, {lm_panel_q8_0_ref, NULL, lm_panel_q8_0_vnni}, false};
+    t[LM_Q8_1] = (lm_quant_entry){LM_Q8_1, deq_q8_1, {quant_q8_1, lm_quantize_q8_1_avx2}, {NULL}, {NULL}, {0}, {NULL}, false};
 }

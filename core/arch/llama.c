@@ -194,16 +194,23 @@ static void attn_rows(void *vctx, int ith, int nth) {
 }
 
 /* Tokens of a prompt (of two or more) go through the integer panels where the
- * weight has them; decode tokens (and one-token prompts) through the quantized
- * dot products and their tiles, so each comes out the same whatever else is in
- * its pass: a prompt token as in `lumen generate`'s prefill, a decode token as
- * alone. A batch with both takes each run of one kind in turn. On weights
- * without panels, a prompt batch of lm_matmul_gemm_min tokens goes through
- * oneDNN's GEMM, and everything else (and any GEMM oneDNN refuses) through the
- * quantized dots. */
+ * weight has them, and so do decode tokens where the panel at one token is as
+ * fast as the single-row kernel (lm_matmul_panel_decode: Q4_0, Q4_1, Q5_0);
+ * other decode tokens (and one-token prompts) through the quantized dot
+ * products and their tiles. Either way each comes out the same whatever else
+ * is in its pass: a prompt token as in `lumen generate`'s prefill, a decode
+ * token as alone. A batch with both takes each run of one kind in turn. On
+ * weights without panels, a prompt batch of lm_matmul_gemm_min tokens goes
+ * through oneDNN's GEMM, and everything else (and any GEMM oneDNN refuses)
+ * through the quantized dots. */
 static void mm(const batch *b, const lm_tensor *w, const float *x, float *y) {
     lm_session *s = b->ws;
     lm_pool *pool = s->model->pool;
+    const bool all = lm_matmul_panel_decode(w);
+    if (all) {
+        lm_matmul_panel(pool, w, x, b->n, y, s->qbuf);
+        return;
+    }
     if (b->prompt && lm_matmul_has_panel(w)) {
         const int64_t in = w->shape[1], out = w->shape[0];
         for (int32_t t0 = 0, t1; t0 < b->n; t0 = t1) {

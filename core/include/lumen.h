@@ -121,6 +121,9 @@ typedef struct lm_model_info {
     bool tiled;   /* every layer matrix has integer tile kernels here: a few tokens of
                      several sessions in one pass (lm_session_eval_batch) cost little
                      more per token than a prompt through the GEMM */
+    bool panels;  /* every layer matrix takes every token, prompt or decode, through the
+                     integer panels here (Q4_0/Q4_1/Q5_0 weights, AVX-512 VNNI): a prompt
+                     at once or one token at a time gives the same bits */
 } lm_model_info;
 
 lm_model *lm_model_load(const char *path, const lm_model_params *params);

@@ -20,7 +20,7 @@
 static inline __attribute__((always_inline)) void panel(const int T, int64_t n, float *s, size_t s_stride,
                                                         const char *xb, size_t x_stride, size_t x_block,
                                                         const char *yb, size_t y_stride, const lm_panel_aux *aux,
-                                                        size_t aux_stride, const int q41,
+                                                        size_t aux_stride, const void *pfp, const int q41,
                                                         __m256i (*unpack)(const char *)) {
     const size_t y_block = q41 ? sizeof(block_q8_1) : sizeof(block_q8_0);
     const size_t qs_off = q41 ? offsetof(block_q8_1, qs) : offsetof(block_q8_0, qs);
@@ -28,8 +28,10 @@ static inline __attribute__((always_inline)) void panel(const int T, int64_t n, 
     __m256 sum[LM_PANEL_TOKENS];
 #pragma GCC unroll 16
     for (int c = 0; c < T; c++) sum[c] = _mm256_setzero_ps();
+    const lm_pf pf = lm_pf_init(pfp, x_stride, n / QK);
     for (int64_t i = 0; i < n / QK; i++) {
         __m256i r[8], w[8];
+        lm_pf_block(&pf, i);
 #pragma GCC unroll 8
         for (int k = 0; k < 8; k++) r[k] = unpack(xb + k * x_stride + i * x_block);
         lm_transpose8(r, w);
@@ -52,7 +54,7 @@ static inline __attribute__((always_inline)) void panel(const int T, int64_t n, 
 
 /* up to 16 tokens a pass, the rest in power-of-two pieces */
 #define PANEL_AT(T) panel(T, n, s + c * s_stride, s_stride, x, x_stride, block, (const char *)y + c * y_stride, \
-                          y_stride, aux + c * aux_stride, aux_stride, q41, unpack)
+                          y_stride, aux + c * aux_stride, aux_stride, c == 0 ? pf : NULL, q41, unpack)
 static inline __attribute__((always_inline)) void panel_tokens(LM_PANEL_ARGS, size_t block, const int q41,
                                                                __m256i (*unpack)(const char *)) {
     int c = 0;
@@ -64,7 +66,7 @@ static inline __attribute__((always_inline)) void panel_tokens(LM_PANEL_ARGS, si
 }
 
 #define PANEL(NAME, BLOCK, Q41, UNPACK) \
-    void NAME(LM_PANEL_ARGS) { panel_tokens(n, nt, s, s_stride, x, x_stride, y, y_stride, aux, aux_stride, BLOCK, Q41, UNPACK); }
+    void NAME(LM_PANEL_ARGS) { panel_tokens(n, nt, s, s_stride, x, x_stride, y, y_stride, aux, aux_stride, pf, BLOCK, Q41, UNPACK); }
 
 PANEL(lm_panel_q4_0_vnni, sizeof(block_q4_0), 0, unpack_q4_0)
 PANEL(lm_panel_q4_1_vnni, sizeof(block_q4_1), 1, unpack_q4_1)

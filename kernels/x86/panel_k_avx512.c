@@ -40,15 +40,17 @@ static inline __attribute__((always_inline)) void store_sums(const int T, float 
 /* Q4_K, and Q5_K (q5: the fifth bits from qh; the same scales and mins) */
 static inline __attribute__((always_inline)) void panel_q45_K(const int T, int64_t n, float *s, size_t s_stride,
                                                               const char *xb, size_t x_stride, const char *yb,
-                                                              size_t y_stride, const int q5) {
+                                                              size_t y_stride, const void *pfp, const int q5) {
     const size_t bs = q5 ? sizeof(block_q5_K) : sizeof(block_q4_K);
     const size_t qs_off = q5 ? offsetof(block_q5_K, qs) : offsetof(block_q4_K, qs);
     const __m256i offs = lm_row_offsets(x_stride), m4 = _mm256_set1_epi8(0x0F), m1 = _mm256_set1_epi8(1);
     __m256 sum[KT];
 #pragma GCC unroll 8
     for (int c = 0; c < T; c++) sum[c] = _mm256_setzero_ps();
+    const lm_pf pf = lm_pf_init(pfp, x_stride, n / QK_K);
     for (int64_t i = 0; i < n / QK_K; i++) {
         const char *xi = xb + i * bs;
+        lm_pf_block(&pf, i);
         /* the rows' 6-bit scales and mins: sc[j] lanes = rows; mp[j] = min j in both int16 halves */
         uint8_t sm[8][16];
         int32_t sc[8][8] __attribute__((aligned(32))), mp[8][8] __attribute__((aligned(32)));
@@ -106,13 +108,15 @@ static inline __attribute__((always_inline)) void panel_q45_K(const int T, int64
 
 static inline __attribute__((always_inline)) void panel_q6_K(const int T, int64_t n, float *s, size_t s_stride,
                                                              const char *xb, size_t x_stride, const char *yb,
-                                                             size_t y_stride) {
+                                                             size_t y_stride, const void *pfp) {
     const __m256i offs = lm_row_offsets(x_stride), m4 = _mm256_set1_epi8(0x0F), m3 = _mm256_set1_epi8(3);
     __m256 sum[KT];
 #pragma GCC unroll 8
     for (int c = 0; c < T; c++) sum[c] = _mm256_setzero_ps();
+    const lm_pf pf = lm_pf_init(pfp, x_stride, n / QK_K);
     for (int64_t i = 0; i < n / QK_K; i++) {
         const char *xi = xb + i * sizeof(block_q6_K);
+        lm_pf_block(&pf, i);
         /* sc[k] lanes = rows: the signed scale of each 16; off[p] = -32 * scales 2p, 2p+1 as int16 */
         int32_t sc[16][8] __attribute__((aligned(32))), off[8][8] __attribute__((aligned(32)));
         for (int r = 0; r < 8; r++) {
@@ -168,25 +172,26 @@ static inline __attribute__((always_inline)) void panel_q6_K(const int T, int64_
 
 static inline __attribute__((always_inline)) void panel_q4_K(const int T, int64_t n, float *s, size_t s_stride,
                                                              const char *xb, size_t x_stride, const char *yb,
-                                                             size_t y_stride) {
-    panel_q45_K(T, n, s, s_stride, xb, x_stride, yb, y_stride, 0);
+                                                             size_t y_stride, const void *pfp) {
+    panel_q45_K(T, n, s, s_stride, xb, x_stride, yb, y_stride, pfp, 0);
 }
 static inline __attribute__((always_inline)) void panel_q5_K(const int T, int64_t n, float *s, size_t s_stride,
                                                              const char *xb, size_t x_stride, const char *yb,
-                                                             size_t y_stride) {
-    panel_q45_K(T, n, s, s_stride, xb, x_stride, yb, y_stride, 1);
+                                                             size_t y_stride, const void *pfp) {
+    panel_q45_K(T, n, s, s_stride, xb, x_stride, yb, y_stride, pfp, 1);
 }
 
-/* up to 8 tokens a pass, the rest in power-of-two pieces */
-#define PANEL_K(NAME, BODY)                                                                                   \
-    void NAME(LM_PANEL_ARGS) {                                                                                \
-        (void)aux, (void)aux_stride;                                                                          \
-        const char *yb = y;                                                                                   \
-        int c = 0;                                                                                            \
-        for (; c + 8 <= nt; c += 8) BODY(8, n, s + c * s_stride, s_stride, x, x_stride, yb + c * y_stride, y_stride); \
-        if (nt - c >= 4) { BODY(4, n, s + c * s_stride, s_stride, x, x_stride, yb + c * y_stride, y_stride); c += 4; } \
-        if (nt - c >= 2) { BODY(2, n, s + c * s_stride, s_stride, x, x_stride, yb + c * y_stride, y_stride); c += 2; } \
-        if (nt - c >= 1) BODY(1, n, s + c * s_stride, s_stride, x, x_stride, yb + c * y_stride, y_stride);      \
+/* up to 8 tokens a pass, the rest in power-of-two pieces; the first pass prefetches */
+#define PANEL_K_AT(BODY, T) BODY(T, n, s + c * s_stride, s_stride, x, x_stride, yb + c * y_stride, y_stride, c == 0 ? pf : NULL)
+#define PANEL_K(NAME, BODY)                                               \
+    void NAME(LM_PANEL_ARGS) {                                            \
+        (void)aux, (void)aux_stride;                                      \
+        const char *yb = y;                                               \
+        int c = 0;                                                        \
+        for (; c + 8 <= nt; c += 8) PANEL_K_AT(BODY, 8);                  \
+        if (nt - c >= 4) { PANEL_K_AT(BODY, 4); c += 4; }                 \
+        if (nt - c >= 2) { PANEL_K_AT(BODY, 2); c += 2; }                 \
+        if (nt - c >= 1) PANEL_K_AT(BODY, 1);                             \
     }
 
 PANEL_K(lm_panel_q4_K_vnni, panel_q4_K)

@@ -35,6 +35,19 @@ static inline int32_t lm_load32(const void *p) {
     return v;
 }
 
+/* The panels' prefetch (quant.h): 8 rows x_stride apart from pf, spread over
+ * the nb blocks of a pass; block i takes its share of the cache lines. */
+typedef struct { const char *p; int64_t step, end; } lm_pf;
+static inline lm_pf lm_pf_init(const void *pf, size_t x_stride, int64_t nb) {
+    const int64_t lines = (int64_t)((8 * x_stride + 63) / 64);
+    return (lm_pf){(const char *)pf, (lines + nb - 1) / nb, lines};
+}
+static inline __attribute__((always_inline)) void lm_pf_block(const lm_pf *f, int64_t i) {
+    if (!f->p) return;
+    const int64_t l1 = (i + 1) * f->step < f->end ? (i + 1) * f->step : f->end;
+    for (int64_t l = i * f->step; l < l1; l++) _mm_prefetch(f->p + 64 * l, _MM_HINT_T0);
+}
+
 /* byte offsets of 8 rows x_stride apart, for the gathers */
 static inline __m256i lm_row_offsets(size_t x_stride) {
     return _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32((int)x_stride));

@@ -49,7 +49,7 @@ function Model:info()
     chat_template = str(i.chat_template), n_params = tonumber(i.n_params),
     file_size = tonumber(i.file_size), n_vocab = i.n_vocab, n_ctx_train = i.n_ctx_train,
     n_embd = i.n_embd, n_layer = i.n_layer, n_head = i.n_head, n_head_kv = i.n_head_kv,
-    head_dim = i.head_dim, n_ff = i.n_ff, tiled = i.tiled,
+    head_dim = i.head_dim, n_ff = i.n_ff, tiled = i.tiled, panels = i.panels,
     bos_token = i.bos_token >= 0 and i.bos_token or nil,
     eos_token = i.eos_token >= 0 and i.eos_token or nil,
     bos_text = i.bos_token >= 0 and self:piece(i.bos_token, true) or nil,

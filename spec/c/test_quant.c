@@ -193,7 +193,8 @@ static void test_tile(void) {
 /* Every panel variant against the scalar reference, bit for bit, and the
  * reference against the dot product of the dequantized rows: 8 weight rows
  * (one all zeros, one with huge scales) times 1..33 activation rows (one of
- * them zeros), at odd strides; nothing written outside the outputs. */
+ * them zeros), at odd strides, with and without a prefetch pointer; nothing
+ * written outside the outputs. */
 static void test_panel(void) {
     static const int64_t lens[] = {32, 64, 256, 576, 1536, 2048, 4096 + 32};
     static const int nts[] = {1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 33};
@@ -227,7 +228,7 @@ static void test_panel(void) {
             const size_t ss = R + 5;
             float ref[MAXT * (R + 5)], s[MAXT * (R + 5)];
             for (size_t k = 0; k < sizeof ref / sizeof *ref; k++) ref[k] = -7.0f;
-            e->panel[LM_ISA_SCALAR](n, MAXT, ref, ss, qw, wrow, qa, arow, aux, nb + 1);
+            e->panel[LM_ISA_SCALAR](n, MAXT, ref, ss, qw, wrow, qa, arow, aux, nb + 1, NULL);
             for (int c = 0; c < MAXT; c++)
                 for (int k = 0; k < R; k++) {
                     double exact = 0, mag = 0;
@@ -246,7 +247,8 @@ static void test_panel(void) {
                 for (size_t q = 0; q < sizeof nts / sizeof *nts; q++) {
                     const int nt = nts[q];
                     for (size_t k = 0; k < sizeof s / sizeof *s; k++) s[k] = -7.0f;
-                    e->panel[isa](n, nt, s, ss, qw, wrow, qa, arow, aux, nb + 1);
+                    /* with and without the prefetch of (here, the same) 8 rows: the same bits */
+                    e->panel[isa](n, nt, s, ss, qw, wrow, qa, arow, aux, nb + 1, q % 2 ? qw : NULL);
                     for (int c = 0; c < MAXT; c++)
                         for (size_t k = 0; k < ss; k++) {
                             const float want = c < nt && k < R ? ref[c * ss + k] : -7.0f;
