@@ -308,10 +308,12 @@ local function sampler_for(job, c)
 end
 
 --- How many of a prompt's `left` tokens to evaluate now, given room for n:
--- never one token of a longer prompt, and never leave one behind. The engine
--- takes a prompt's tokens through the integer panels and a lone token through
--- the decode kernels (lm_forward), so a prompt cut into pieces gives the bits
--- `lumen generate` gives only when no piece is a single token.
+-- never one token of a longer prompt, and never leave one behind. On weights
+-- whose decode tokens skip the integer panels (Q8_0, the K-quants; not
+-- info.panels) the engine takes a prompt's tokens through the panels and a
+-- lone token through the decode kernels (lm_forward), so a prompt cut into
+-- pieces gives the bits `lumen generate` gives only when no piece is a single
+-- token. On info.panels weights any cut gives them; the rule costs nothing there.
 local function whole_pieces(n, left)
   if n < left and n < 2 then n = 2 end
   if left - n == 1 then n = left end

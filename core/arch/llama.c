@@ -206,8 +206,7 @@ static void attn_rows(void *vctx, int ith, int nth) {
 static void mm(const batch *b, const lm_tensor *w, const float *x, float *y) {
     lm_session *s = b->ws;
     lm_pool *pool = s->model->pool;
-    const bool all = lm_matmul_panel_decode(w);
-    if (all) {
+    if (lm_matmul_panel_decode(w)) {
         lm_matmul_panel(pool, w, x, b->n, y, s->qbuf);
         return;
     }

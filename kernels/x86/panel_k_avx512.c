@@ -32,6 +32,19 @@ static inline __attribute__((always_inline)) void scale_add(const int T, __m256 
     }
 }
 
+/* isum[c] += sum over j of tab[j] (8 rows' int16 pairs) x token c's bsums 2j, 2j + 1 */
+static inline __attribute__((always_inline)) void add_bsums(const int T, __m256i *isum, const int32_t tab[8][8],
+                                                           const char *yb, size_t y_stride, int64_t i) {
+    for (int j = 0; j < 8; j++) {
+        const __m256i tv = _mm256_load_si256((const __m256i *)tab[j]);
+#pragma GCC unroll 8
+        for (int c = 0; c < T; c++) {
+            const block_q8_K *y = (const block_q8_K *)(yb + c * y_stride) + i;
+            isum[c] = _mm256_dpwssd_epi32(isum[c], tv, _mm256_set1_epi32(lm_load32(y->bsums + 2 * j)));
+        }
+    }
+}
+
 static inline __attribute__((always_inline)) void store_sums(const int T, float *s, size_t s_stride, const __m256 *sum) {
 #pragma GCC unroll 8
     for (int c = 0; c < T; c++) _mm256_storeu_ps(s + c * s_stride, sum[c]);
@@ -93,14 +106,7 @@ static inline __attribute__((always_inline)) void panel_q45_K(const int T, int64
 #pragma GCC unroll 8
         for (int c = 0; c < T; c++) isum[c] = _mm256_setzero_si256();
         /* the mins: sum over the 16 bsums of min(k / 2) * bsum(k) */
-        for (int j = 0; j < 8; j++) {
-            const __m256i mv = _mm256_load_si256((const __m256i *)mp[j]);
-#pragma GCC unroll 8
-            for (int c = 0; c < T; c++) {
-                const block_q8_K *y = (const block_q8_K *)(yb + c * y_stride) + i;
-                isum[c] = _mm256_dpwssd_epi32(isum[c], mv, _mm256_set1_epi32(lm_load32(y->bsums + 2 * j)));
-            }
-        }
+        add_bsums(T, isum, mp, yb, y_stride, i);
         scale_add(T, sum, isum, dminw, yb, y_stride, i, 1);
     }
     store_sums(T, s, s_stride, sum);
@@ -130,14 +136,7 @@ static inline __attribute__((always_inline)) void panel_q6_K(const int T, int64_
         __m256i isum[KT];
 #pragma GCC unroll 8
         for (int c = 0; c < T; c++) isum[c] = _mm256_setzero_si256();
-        for (int p = 0; p < 8; p++) {
-            const __m256i ov = _mm256_load_si256((const __m256i *)off[p]);
-#pragma GCC unroll 8
-            for (int c = 0; c < T; c++) {
-                const block_q8_K *y = (const block_q8_K *)(yb + c * y_stride) + i;
-                isum[c] = _mm256_dpwssd_epi32(isum[c], ov, _mm256_set1_epi32(lm_load32(y->bsums + 2 * p)));
-            }
-        }
+        add_bsums(T, isum, off, yb, y_stride, i);
         for (int q = 0; q < 8; q++) {
             /* weights 32q .. 32q + 31 (unpack_q6_K's order), quants 0..63 */
             const int h = q / 4, cc = q % 4;
