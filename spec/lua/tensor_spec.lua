@@ -544,12 +544,18 @@ describe("lumen.tensor", function()
       end
       churn()  -- let the allocator and the GC reach their steady state
       churn()
-      local before = rss_bytes()
-      churn()
-      churn()
-      local grown = rss_bytes() - before
-      -- a leak of each round's tensors would be over 20 MB (2 x 10,000 x 1 KB+);
-      -- 8 MB leaves room for allocator noise left by earlier specs in the process
+      -- a leak of each round's tensors would be over 20 MB (2 x 10,000 x 1 KB+)
+      -- in every attempt; 8 MB leaves room for allocator noise left by earlier
+      -- specs in the process, which one attempt in about ten exceeded (9.2 MB),
+      -- so the least growth of three attempts is the one judged
+      local grown = math.huge
+      for _ = 1, 3 do
+        local before = rss_bytes()
+        churn()
+        churn()
+        grown = math.min(grown, rss_bytes() - before)
+        if grown < 8 * 1024 * 1024 then break end
+      end
       assert.is_true(grown < 8 * 1024 * 1024, ("RSS grew by %.1f MB"):format(grown / 2 ^ 20))
     end)
   end)
