@@ -20,11 +20,13 @@ typedef struct {
     char *xq;
     float *y;
     lm_dtype wt;
-    lm_panel_aux *aux; /* panels: per activation block, n x in / 32 */
+    char *pk;      /* panels: the activations packed (quant.h), in passes of 16 tokens */
+    size_t pk_rec; /* bytes of one packed block */
+    int64_t pk_nb; /* packed blocks per token */
 } mm_job;
 
-/* each activation row to the weight's vec_dot type (and, for panels, its
- * per-block data) */
+/* each activation row to the weight's vec_dot type (and, for panels, packed:
+ * the LM_PANEL_TOKENS tokens of a pass block after block, side by side) */
 static void quantize_rows(void *vctx, int ith, int nth) {
     mm_job *j = vctx;
     int64_t lo, hi;
@@ -32,7 +34,12 @@ static void quantize_rows(void *vctx, int ith, int nth) {
     const lm_quant_ops *q = lm_quant_ops_get(j->ops->vec_dot_type);
     for (int64_t t = lo; t < hi; t++) {
         q->from_float(j->x + t * j->in, j->xq + t * j->x_row, j->in);
-        if (j->aux) lm_panel_prep(j->wt, j->xq + t * j->x_row, j->aux + t * (j->in / 32), j->in);
+        if (j->pk) {
+            const int64_t p = t / LM_PANEL_TOKENS * LM_PANEL_TOKENS;
+            const int64_t np = j->n - p < LM_PANEL_TOKENS ? j->n - p : LM_PANEL_TOKENS;
+            lm_panel_pack(j->wt, j->xq + t * j->x_row, j->pk + (size_t)(p * j->pk_nb + (t - p)) * j->pk_rec,
+                          (size_t)np * j->pk_rec, j->in);
+        }
     }
 }
 
@@ -104,7 +111,7 @@ int64_t lm_matmul_gemm_min(const lm_tensor *w) {
     return w->dtype == LM_Q8_0 ? 64 : 160;
 }
 
-/* the quantized rows, then (64-byte aligned) the panels' per-block data */
+/* the quantized rows, then (64-byte aligned) the panels' packed activations */
 static size_t qrows_size(const lm_quant_ops *ops, const lm_tensor *w, int64_t n) {
     return (lm_dtype_row_size(ops->vec_dot_type, w->shape[1]) * (size_t)n + 63) & ~(size_t)63;
 }
@@ -112,7 +119,7 @@ static size_t qrows_size(const lm_quant_ops *ops, const lm_tensor *w, int64_t n)
 size_t lm_matmul_qbuf_size(const lm_tensor *w, int64_t n) {
     const lm_quant_ops *ops = lm_quant_ops_get(w->dtype);
     size_t q = qrows_size(ops, w, n);
-    if (ops->panel) q += (size_t)n * (size_t)(w->shape[1] / 32) * sizeof(lm_panel_aux);
+    if (ops->panel) q += (size_t)n * (size_t)(w->shape[1] / lm_dtype_block_size(ops->vec_dot_type)) * lm_panel_record(w->dtype);
     return q;
 }
 
@@ -140,7 +147,7 @@ void lm_matmul(lm_pool *pool, const lm_tensor *w, const float *x, int64_t n, flo
 
 static void panel_rows(void *vctx, int ith, int nth) {
     mm_job *j = vctx;
-    const int64_t nb = j->in / 32, rp = j->out / LM_PANEL_ROWS * LM_PANEL_ROWS;
+    const int64_t rp = j->out / LM_PANEL_ROWS * LM_PANEL_ROWS;
     int64_t lo, hi;
     lm_pool_split(j->out, LM_PANEL_ROWS, ith, nth, &lo, &hi);
     for (int64_t r0 = lo; r0 < hi; r0 += PANEL_CHUNK) {
@@ -150,7 +157,7 @@ static void panel_rows(void *vctx, int ith, int nth) {
             for (int64_t r = r0; r < rt; r += LM_PANEL_ROWS) {
                 const char *pf = t == 0 && r + PANEL_PREFETCH + LM_PANEL_ROWS <= hi ? j->w + (r + PANEL_PREFETCH) * j->w_row : NULL;
                 j->ops->panel(j->in, nt, j->y + t * j->out + r, (size_t)j->out, j->w + r * j->w_row, j->w_row,
-                              j->xq + t * j->x_row, j->x_row, j->aux + t * nb, (size_t)nb, pf);
+                              j->pk + (size_t)(t * j->pk_nb) * j->pk_rec, (size_t)nt * j->pk_rec, pf);
             }
         }
         for (int64_t r = rt > r0 ? rt : r0; r < r1; r++)
@@ -171,7 +178,9 @@ bool lm_matmul_panel_decode(const lm_tensor *w) {
 void lm_matmul_panel(lm_pool *pool, const lm_tensor *w, const float *x, int64_t n, float *y, void *qbuf) {
     mm_job j = mm_job_for(w, x, n, y);
     j.xq = qbuf;
-    j.aux = (lm_panel_aux *)((char *)qbuf + qrows_size(j.ops, w, n));
+    j.pk = (char *)qbuf + qrows_size(j.ops, w, n);
+    j.pk_rec = lm_panel_record(w->dtype);
+    j.pk_nb = j.in / lm_dtype_block_size(j.ops->vec_dot_type);
     if (n >= 4) lm_pool_run(pool, quantize_rows, &j);
     else quantize_rows(&j, 0, 1);
     lm_pool_run(pool, panel_rows, &j);

@@ -22,19 +22,35 @@ static int panel_bias(lm_dtype w) {
     }
 }
 
-void lm_panel_prep(lm_dtype w, const void *y, lm_panel_aux *aux, int64_t n) {
-    if (w == LM_Q4_K || w == LM_Q5_K || w == LM_Q6_K) return; /* Q8_K blocks carry what those panels read */
-    if (w == LM_Q4_1) {
-        const block_q8_1 *b = y;
-        for (int64_t i = 0; i < n / QK; i++) aux[i] = (lm_panel_aux){.d = F16(b[i].d), .s = F16(b[i].s)};
+size_t lm_panel_record(lm_dtype w) {
+    return w == LM_Q4_K || w == LM_Q5_K || w == LM_Q6_K ? sizeof(block_q8_K) : sizeof(lm_panel_block);
+}
+
+void lm_panel_pack(lm_dtype w, const void *yq, void *dst, size_t y_stride, int64_t n) {
+    char *o = dst;
+    if (w == LM_Q4_K || w == LM_Q5_K || w == LM_Q6_K) { /* Q8_K blocks carry what those panels read */
+        for (int64_t i = 0; i < n / QK_K; i++) memcpy(o + i * y_stride, (const block_q8_K *)yq + i, sizeof(block_q8_K));
         return;
     }
-    const block_q8_0 *b = y;
+    if (w == LM_Q4_1) {
+        const block_q8_1 *b = yq;
+        for (int64_t i = 0; i < n / QK; i++) {
+            lm_panel_block *p = (lm_panel_block *)(o + i * y_stride);
+            p->d = F16(b[i].d);
+            p->s = F16(b[i].s);
+            memcpy(p->qs, b[i].qs, QK);
+        }
+        return;
+    }
+    const block_q8_0 *b = yq;
     const int bias = panel_bias(w);
     for (int64_t i = 0; i < n / QK; i++) {
+        lm_panel_block *p = (lm_panel_block *)(o + i * y_stride);
         int32_t sum = 0;
         for (int k = 0; k < QK; k++) sum += b[i].qs[k];
-        aux[i] = (lm_panel_aux){.d = F16(b[i].d), .c = -bias * sum};
+        p->d = F16(b[i].d);
+        p->c = -bias * sum;
+        memcpy(p->qs, b[i].qs, QK);
     }
 }
 
@@ -77,9 +93,7 @@ static void weights(lm_dtype t, const char *row, int64_t i, int q[QK], float *d,
 }
 
 static void panel_ref(lm_dtype t, int64_t n, int nt, float *s, size_t s_stride, const char *x, size_t x_stride,
-                      const char *y, size_t y_stride, const lm_panel_aux *aux, size_t aux_stride) {
-    const size_t qs_off = t == LM_Q4_1 ? offsetof(block_q8_1, qs) : offsetof(block_q8_0, qs);
-    const size_t y_block = t == LM_Q4_1 ? sizeof(block_q8_1) : sizeof(block_q8_0);
+                      const char *y, size_t y_stride) {
     for (int r = 0; r < LM_PANEL_ROWS; r++)
         for (int c = 0; c < nt; c++) {
             float sum = 0;
@@ -87,10 +101,10 @@ static void panel_ref(lm_dtype t, int64_t n, int nt, float *s, size_t s_stride, 
                 int q[QK];
                 float d, m;
                 weights(t, x + r * x_stride, i, q, &d, &m);
-                const int8_t *qy = (const int8_t *)(y + c * y_stride + i * y_block + qs_off);
-                const lm_panel_aux *a = aux + c * aux_stride + i;
-                int32_t dot = 0;
-                for (int k = 0; k < QK; k++) dot += q[k] * qy[k];
+                const lm_panel_block *a = (const lm_panel_block *)(y + i * y_stride) + c;
+                /* the packed -bias * sum(q) and the shifted weights, as the SIMD panels */
+                int32_t dot = t == LM_Q4_1 ? 0 : a->c;
+                for (int k = 0; k < QK; k++) dot += (q[k] + panel_bias(t)) * a->qs[k];
                 sum = fmaf((float)dot, d * a->d, sum);
                 if (t == LM_Q4_1) sum = fmaf(m, a->s, sum);
             }
@@ -108,7 +122,7 @@ static void panel_ref_k(lm_dtype t, int64_t n, int nt, float *s, size_t s_stride
         for (int c = 0; c < nt; c++) {
             float sum = 0;
             for (int64_t i = 0; i < n / QK_K; i++) {
-                const block_q8_K *a = (const block_q8_K *)(y + c * y_stride) + i;
+                const block_q8_K *a = (const block_q8_K *)(y + i * y_stride) + c;
                 int q[QK_K];
                 int32_t isum = 0;
                 if (t == LM_Q4_K || t == LM_Q5_K) {
@@ -161,20 +175,20 @@ static void panel_ref_k(lm_dtype t, int64_t n, int nt, float *s, size_t s_stride
 }
 
 void lm_panel_q4_K_ref(LM_PANEL_ARGS) {
-    (void)aux, (void)aux_stride, (void)pf;
+    (void)pf;
     panel_ref_k(LM_Q4_K, n, nt, s, s_stride, x, x_stride, y, y_stride);
 }
 void lm_panel_q5_K_ref(LM_PANEL_ARGS) {
-    (void)aux, (void)aux_stride, (void)pf;
+    (void)pf;
     panel_ref_k(LM_Q5_K, n, nt, s, s_stride, x, x_stride, y, y_stride);
 }
 void lm_panel_q6_K_ref(LM_PANEL_ARGS) {
-    (void)aux, (void)aux_stride, (void)pf;
+    (void)pf;
     panel_ref_k(LM_Q6_K, n, nt, s, s_stride, x, x_stride, y, y_stride);
 }
 
 #define REF(NAME, T) \
-    void NAME(LM_PANEL_ARGS) { (void)pf; panel_ref(T, n, nt, s, s_stride, x, x_stride, y, y_stride, aux, aux_stride); }
+    void NAME(LM_PANEL_ARGS) { (void)pf; panel_ref(T, n, nt, s, s_stride, x, x_stride, y, y_stride); }
 REF(lm_panel_q4_0_ref, LM_Q4_0)
 REF(lm_panel_q4_1_ref, LM_Q4_1)
 REF(lm_panel_q5_0_ref, LM_Q5_0)

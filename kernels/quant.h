@@ -46,15 +46,22 @@ typedef void (*lm_vec_dot_tile_fn)(int64_t n, float *restrict s, size_t s_stride
  * not follow the panel's 8 interleaved rows. */
 #define LM_PANEL_ROWS 8
 #define LM_PANEL_TOKENS 16
-/* what a legacy panel reads of each activation block, prepared once per product:
- * its scale d, and -bias * sum(q) (the weights go in shifted up by bias to be
- * vpdpbusd's unsigned side) or, for Q8_1 activations, s = d * sum(q) */
-typedef struct { float d; union { int32_t c; float s; }; } lm_panel_aux;
+/* The panels' activations, packed once per product (lm_panel_pack) so that a
+ * pass reads every token from one pointer at fixed offsets: block i of token c
+ * is the record at y + i * y_stride + c * lm_panel_record(w) (the tokens of a
+ * pass side by side, block after block). A legacy panel's record: the block's
+ * scale d; -bias * sum(q) (the weights go in shifted up by bias to be
+ * vpdpbusd's unsigned side) or, for Q8_1 activations, s = d * sum(q); the 32
+ * quants. The K-quants' record is the Q8_K block itself. */
+typedef struct { float d; union { int32_t c; float s; }; int8_t qs[32]; } lm_panel_block;
 #define LM_PANEL_ARGS int64_t n, int nt, float *restrict s, size_t s_stride, const void *restrict x, size_t x_stride, \
-                      const void *restrict y, size_t y_stride, const lm_panel_aux *aux, size_t aux_stride, const void *pf
+                      const void *restrict y, size_t y_stride, const void *pf
 typedef void (*lm_panel_fn)(LM_PANEL_ARGS);
-/* aux[0 .. n / 32) for one activation row y of the weight dtype w's vec_dot_type */
-void lm_panel_prep(lm_dtype w, const void *y, lm_panel_aux *aux, int64_t n);
+/* bytes of one packed activation block for the panels of weight dtype w */
+size_t lm_panel_record(lm_dtype w);
+/* the n / block activations of one row yq (w's vec_dot_type) as panel records
+ * at dst + i * y_stride */
+void lm_panel_pack(lm_dtype w, const void *yq, void *dst, size_t y_stride, int64_t n);
 
 typedef struct lm_quant_entry {
     lm_dtype vec_dot_type;

@@ -16,14 +16,11 @@
 #include <string.h>
 
 /* q41: Q4_1 weights against Q8_1 activations (no shift; the min term);
- * otherwise Q8_0 activations and sums starting from aux's c. */
+ * otherwise Q8_0 activations and sums starting from the record's c. */
 static inline __attribute__((always_inline)) void panel(const int T, int64_t n, float *s, size_t s_stride,
                                                         const char *xb, size_t x_stride, size_t x_block,
-                                                        const char *yb, size_t y_stride, const lm_panel_aux *aux,
-                                                        size_t aux_stride, const void *pfp, const int q41,
+                                                        const char *yb, size_t y_stride, const void *pfp, const int q41,
                                                         __m256i (*unpack)(const char *)) {
-    const size_t y_block = q41 ? sizeof(block_q8_1) : sizeof(block_q8_0);
-    const size_t qs_off = q41 ? offsetof(block_q8_1, qs) : offsetof(block_q8_0, qs);
     const __m256i offs = lm_row_offsets(x_stride);
     __m256 sum[LM_PANEL_TOKENS];
 #pragma GCC unroll 16
@@ -39,11 +36,11 @@ static inline __attribute__((always_inline)) void panel(const int T, int64_t n, 
         const __m256 dw = lm_f16_lo(g), mw = q41 ? lm_f16_hi(g) : _mm256_setzero_ps();
 #pragma GCC unroll 16
         for (int c = 0; c < T; c++) {
-            const lm_panel_aux *a = aux + c * aux_stride + i;
-            const int8_t *qy = (const int8_t *)(yb + c * y_stride + i * y_block + qs_off);
+            /* every token's record at a fixed offset from one pointer (quant.h) */
+            const lm_panel_block *a = (const lm_panel_block *)(yb + i * y_stride) + c;
             __m256i acc = q41 ? _mm256_setzero_si256() : _mm256_set1_epi32(a->c);
 #pragma GCC unroll 8
-            for (int j = 0; j < 8; j++) acc = _mm256_dpbusd_epi32(acc, w[j], _mm256_set1_epi32(lm_load32(qy + 4 * j)));
+            for (int j = 0; j < 8; j++) acc = _mm256_dpbusd_epi32(acc, w[j], _mm256_set1_epi32(lm_load32(a->qs + 4 * j)));
             sum[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc), _mm256_mul_ps(dw, _mm256_set1_ps(a->d)), sum[c]);
             if (q41) sum[c] = _mm256_fmadd_ps(mw, _mm256_set1_ps(a->s), sum[c]);
         }
@@ -53,8 +50,8 @@ static inline __attribute__((always_inline)) void panel(const int T, int64_t n, 
 }
 
 /* up to 16 tokens a pass, the rest in power-of-two pieces */
-#define PANEL_AT(T) panel(T, n, s + c * s_stride, s_stride, x, x_stride, block, (const char *)y + c * y_stride, \
-                          y_stride, aux + c * aux_stride, aux_stride, c == 0 ? pf : NULL, q41, unpack)
+#define PANEL_AT(T) panel(T, n, s + c * s_stride, s_stride, x, x_stride, block, \
+                          (const char *)y + c * sizeof(lm_panel_block), y_stride, c == 0 ? pf : NULL, q41, unpack)
 static inline __attribute__((always_inline)) void panel_tokens(LM_PANEL_ARGS, size_t block, const int q41,
                                                                __m256i (*unpack)(const char *)) {
     int c = 0;
@@ -66,7 +63,7 @@ static inline __attribute__((always_inline)) void panel_tokens(LM_PANEL_ARGS, si
 }
 
 #define PANEL(NAME, BLOCK, Q41, UNPACK) \
-    void NAME(LM_PANEL_ARGS) { panel_tokens(n, nt, s, s_stride, x, x_stride, y, y_stride, aux, aux_stride, pf, BLOCK, Q41, UNPACK); }
+    void NAME(LM_PANEL_ARGS) { panel_tokens(n, nt, s, s_stride, x, x_stride, y, y_stride, pf, BLOCK, Q41, UNPACK); }
 
 PANEL(lm_panel_q4_0_vnni, sizeof(block_q4_0), 0, unpack_q4_0)
 PANEL(lm_panel_q4_1_vnni, sizeof(block_q4_1), 1, unpack_q4_1)

@@ -26,7 +26,7 @@ static inline __attribute__((always_inline)) void scale_add(const int T, __m256 
                                                            const char *yb, size_t y_stride, int64_t i, const int neg) {
 #pragma GCC unroll 8
     for (int c = 0; c < T; c++) {
-        const block_q8_K *y = (const block_q8_K *)(yb + c * y_stride) + i;
+        const block_q8_K *y = (const block_q8_K *)(yb + i * y_stride) + c;
         const __m256 f = _mm256_cvtepi32_ps(isum[c]), p = _mm256_mul_ps(w, _mm256_set1_ps(y->d));
         sum[c] = neg ? _mm256_fnmadd_ps(f, p, sum[c]) : _mm256_fmadd_ps(f, p, sum[c]);
     }
@@ -39,7 +39,7 @@ static inline __attribute__((always_inline)) void add_bsums(const int T, __m256i
         const __m256i tv = _mm256_load_si256((const __m256i *)tab[j]);
 #pragma GCC unroll 8
         for (int c = 0; c < T; c++) {
-            const block_q8_K *y = (const block_q8_K *)(yb + c * y_stride) + i;
+            const block_q8_K *y = (const block_q8_K *)(yb + i * y_stride) + c;
             isum[c] = _mm256_dpwssd_epi32(isum[c], tv, _mm256_set1_epi32(lm_load32(y->bsums + 2 * j)));
         }
     }
@@ -94,7 +94,7 @@ static inline __attribute__((always_inline)) void panel_q45_K(const int T, int64
             const __m256i scv = _mm256_load_si256((const __m256i *)sc[j]);
 #pragma GCC unroll 8
             for (int c = 0; c < T; c++) {
-                const block_q8_K *y = (const block_q8_K *)(yb + c * y_stride) + i;
+                const block_q8_K *y = (const block_q8_K *)(yb + i * y_stride) + c;
                 __m256i acc = _mm256_setzero_si256();
 #pragma GCC unroll 8
                 for (int l = 0; l < 8; l++)
@@ -154,7 +154,7 @@ static inline __attribute__((always_inline)) void panel_q6_K(const int T, int64_
             const __m256i sa = _mm256_load_si256((const __m256i *)sc[2 * q]), sb = _mm256_load_si256((const __m256i *)sc[2 * q + 1]);
 #pragma GCC unroll 8
             for (int c = 0; c < T; c++) {
-                const block_q8_K *y = (const block_q8_K *)(yb + c * y_stride) + i;
+                const block_q8_K *y = (const block_q8_K *)(yb + i * y_stride) + c;
                 __m256i a0 = _mm256_setzero_si256(), a1 = _mm256_setzero_si256();
 #pragma GCC unroll 4
                 for (int l = 0; l < 4; l++) {
@@ -181,10 +181,9 @@ static inline __attribute__((always_inline)) void panel_q5_K(const int T, int64_
 }
 
 /* up to 8 tokens a pass, the rest in power-of-two pieces; the first pass prefetches */
-#define PANEL_K_AT(BODY, T) BODY(T, n, s + c * s_stride, s_stride, x, x_stride, yb + c * y_stride, y_stride, c == 0 ? pf : NULL)
+#define PANEL_K_AT(BODY, T) BODY(T, n, s + c * s_stride, s_stride, x, x_stride, yb + c * sizeof(block_q8_K), y_stride, c == 0 ? pf : NULL)
 #define PANEL_K(NAME, BODY)                                               \
     void NAME(LM_PANEL_ARGS) {                                            \
-        (void)aux, (void)aux_stride;                                      \
         const char *yb = y;                                               \
         int c = 0;                                                        \
         for (; c + 8 <= nt; c += 8) PANEL_K_AT(BODY, 8);                  \

@@ -206,12 +206,15 @@ static void test_panel(void) {
         if (!e || !e->panel[LM_ISA_SCALAR]) continue;
         const lm_quant_entry *act = lm_quant_entry_get(e->vec_dot_type);
         for (size_t l = 0; l < sizeof lens / sizeof *lens; l++) {
-            const int64_t n = lens[l], nb = n / 32;
+            const int64_t n = lens[l];
             if (n % lm_dtype_block_size(t)) continue;
             size_t wrow = lm_dtype_row_size(t, n) + 6, arow = lm_dtype_row_size(e->vec_dot_type, n) + 12;
             float *x = malloc(n * sizeof *x), *dw = malloc(R * n * sizeof *dw), *da = malloc(MAXT * n * sizeof *da);
             char *qw = malloc(R * wrow), *qa = malloc(MAXT * arow);
-            lm_panel_aux *aux = malloc(MAXT * (nb + 1) * sizeof *aux);
+            /* the packed activations: the tokens side by side, block after block, with a gap */
+            const size_t rec = lm_panel_record((lm_dtype)t), ystr = MAXT * rec + 12;
+            const int64_t npk = n / lm_dtype_block_size(e->vec_dot_type);
+            char *pk = malloc(npk * ystr);
             for (int k = 0; k < R; k++) {
                 fill(x, n, &r, k == 1 ? 5000.0f : 3.0f);
                 if (k == R - 1) memset(x, 0, n * sizeof *x);
@@ -223,12 +226,12 @@ static void test_panel(void) {
                 if (c == 3) memset(x, 0, n * sizeof *x);
                 act->from_float[LM_ISA_SCALAR](x, qa + c * arow, n);
                 act->to_float(qa + c * arow, da + c * n, n);
-                lm_panel_prep((lm_dtype)t, qa + c * arow, aux + c * (nb + 1), n);
+                lm_panel_pack((lm_dtype)t, qa + c * arow, pk + c * rec, ystr, n);
             }
             const size_t ss = R + 5;
             float ref[MAXT * (R + 5)], s[MAXT * (R + 5)];
             for (size_t k = 0; k < sizeof ref / sizeof *ref; k++) ref[k] = -7.0f;
-            e->panel[LM_ISA_SCALAR](n, MAXT, ref, ss, qw, wrow, qa, arow, aux, nb + 1, NULL);
+            e->panel[LM_ISA_SCALAR](n, MAXT, ref, ss, qw, wrow, pk, ystr, NULL);
             for (int c = 0; c < MAXT; c++)
                 for (int k = 0; k < R; k++) {
                     double exact = 0, mag = 0;
@@ -248,7 +251,7 @@ static void test_panel(void) {
                     const int nt = nts[q];
                     for (size_t k = 0; k < sizeof s / sizeof *s; k++) s[k] = -7.0f;
                     /* with and without the prefetch of (here, the same) 8 rows: the same bits */
-                    e->panel[isa](n, nt, s, ss, qw, wrow, qa, arow, aux, nb + 1, q % 2 ? qw : NULL);
+                    e->panel[isa](n, nt, s, ss, qw, wrow, pk, ystr, q % 2 ? qw : NULL);
                     for (int c = 0; c < MAXT; c++)
                         for (size_t k = 0; k < ss; k++) {
                             const float want = c < nt && k < R ? ref[c * ss + k] : -7.0f;
@@ -259,7 +262,7 @@ static void test_panel(void) {
                     ran++;
                 }
             }
-            free(x); free(dw); free(da); free(qw); free(qa); free(aux);
+            free(x); free(dw); free(da); free(qw); free(qa); free(pk);
         }
     }
     printf("panel variants checked: %d (reference outputs %d)\n", ran, refs);
