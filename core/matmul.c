@@ -136,14 +136,15 @@ void lm_matmul(lm_pool *pool, const lm_tensor *w, const float *x, int64_t n, flo
 }
 
 /* Panels (quant.h): each thread takes its rows in chunks that stay in cache
- * while every token of the batch passes them, 8 rows by up to 16 tokens a
- * call; rows beyond a multiple of 8 go through vec_dot. The first token pass
- * prefetches the rows PANEL_PREFETCH ahead (within the thread's share): a
- * decode step streams the weights from memory once, and the hardware
- * prefetcher does not follow 8 interleaved rows (SmolLM2 decode on one thread:
- * 66-75 tok/s without, ~105 with, the single-row kernel ~100). */
+ * while every token of the batch passes them, 16 rows by up to 16 tokens a
+ * call; rows beyond a multiple of 16 go through vec_dot. The first token pass
+ * prefetches the next panel's rows (within the thread's share): a decode step
+ * streams the weights from memory once, and the hardware prefetcher does not
+ * follow interleaved rows (SmolLM2 decode on one thread, 8-row panels: 66-75
+ * tok/s without, ~105 with, the single-row kernel ~100). Two panels ahead
+ * was no faster. */
 #define PANEL_CHUNK 64
-#define PANEL_PREFETCH 16
+#define PANEL_PREFETCH LM_PANEL_ROWS
 
 static void panel_rows(void *vctx, int ith, int nth) {
     mm_job *j = vctx;

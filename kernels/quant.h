@@ -30,7 +30,7 @@ typedef void (*lm_vec_dot_tile_fn)(int64_t n, float *restrict s, size_t s_stride
 /* Panels: the product for every token of a weight that has them (core/arch/llama.c
  * mm), whose results need not match the single-row kernel's, only each other's
  * (a token's result does not depend on the other tokens of the call, or on
- * their number). 8 weight rows (LM_PANEL_ROWS)
+ * their number). 16 weight rows (LM_PANEL_ROWS)
  * against up to LM_PANEL_TOKENS tokens; the weight blocks are unpacked and
  * transposed in registers so each vpdpbusd lane is one weight row and the
  * activation bytes come as broadcast operands: one int32 per (row, token,
@@ -39,12 +39,12 @@ typedef void (*lm_vec_dot_tile_fn)(int64_t n, float *restrict s, size_t s_stride
  * plus fma(m, s_y, sum) for Q4_1; K-quants sum a super-block's scaled sub-block
  * dots in int32 first (kernels/x86/panel_k_avx512.c). The scalar references
  * (kernels/panel.c) do exactly that, so every variant gives the same bits.
- * s[t * s_stride + r] for r < 8, t < nt. pf: NULL, or 8 rows (x_stride apart)
+ * s[t * s_stride + r] for r < 16, t < nt. pf: NULL, or 16 rows (x_stride apart)
  * to prefetch, a few cache lines per block in the first token pass: the next
  * rows of a product that streams its weights from memory (a decode step),
  * where prefetching them all at once stalls and the hardware prefetcher does
- * not follow the panel's 8 interleaved rows. */
-#define LM_PANEL_ROWS 8
+ * not follow the panel's interleaved rows. */
+#define LM_PANEL_ROWS 16
 #define LM_PANEL_TOKENS 16
 /* The panels' activations, packed once per product (lm_panel_pack) so that a
  * pass reads every token from one pointer at fixed offsets: block i of token c
@@ -73,10 +73,10 @@ typedef struct lm_quant_entry {
     int tile_rows[LM_ISA_COUNT];               /* weight rows per vec_dot_tile call */
     lm_panel_fn panel[LM_ISA_COUNT];           /* optional; [LM_ISA_SCALAR] is the reference */
     bool panel_decode; /* the SIMD panel at one token streams the weights as fast as vec_dot
-                          does, so decode tokens go through it too (core/arch/llama.c mm).
-                          Measured on Zen 4, SmolLM2 and Gemma 3 decode: Q4_0, Q4_1 and Q5_0
-                          as fast or faster; Q8_0 10-16% slower (its 8 interleaved rows of 34-byte
-                          blocks), the K-quants' panels 2.6x slower at one token (their per
+                          does, so decode tokens go through it too (core/arch/llama.c mm and
+                          the output matrix). Measured on Zen 4 (16-row panels, the prefetch
+                          into L1 or L2 by panel size): Q4_0, Q4_1, Q5_0 and Q8_0 as fast or
+                          faster; the K-quants' panels 2.6x slower at one token (their per
                           super-block scale transposes) */
 } lm_quant_entry;
 

@@ -291,6 +291,6 @@ void lm_quant_register_legacy(lm_quant_entry t[LM_DTYPE_COUNT]) {
     t[LM_Q5_1] = (lm_quant_entry){LM_Q8_1, deq_q5_1, {quant_q5_1}, {dot_q5_1}, {NULL}, {0}, {NULL}, false};
     t[LM_Q8_0] = (lm_quant_entry){LM_Q8_0, deq_q8_0, {quant_q8_0, lm_quantize_q8_0_avx2}, {dot_q8_0, lm_vec_dot_q8_0_q8_0_avx2},
                                    {NULL, lm_vec_dot_tile_q8_0_q8_0_avx2, lm_vec_dot_tile_q8_0_q8_0_vnni},
-                                   {0, LM_TILE_ROWS_AVX2, LM_TILE_ROWS_VNNI}, {lm_panel_q8_0_ref, NULL, lm_panel_q8_0_vnni}, false};
+                                   {0, LM_TILE_ROWS_AVX2, LM_TILE_ROWS_VNNI}, {lm_panel_q8_0_ref, NULL, lm_panel_q8_0_vnni}, true};
     t[LM_Q8_1] = (lm_quant_entry){LM_Q8_1, deq_q8_1, {quant_q8_1, lm_quantize_q8_1_avx2}, {NULL}, {NULL}, {0}, {NULL}, false};
 }

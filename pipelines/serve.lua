@@ -309,7 +309,7 @@ end
 
 --- How many of a prompt's `left` tokens to evaluate now, given room for n:
 -- never one token of a longer prompt, and never leave one behind. On weights
--- whose decode tokens skip the integer panels (Q8_0, the K-quants; not
+-- whose decode tokens skip the integer panels (the K-quants; not
 -- info.panels) the engine takes a prompt's tokens through the panels and a
 -- lone token through the decode kernels (lm_forward), so a prompt cut into
 -- pieces gives the bits `lumen generate` gives only when no piece is a single

@@ -195,7 +195,7 @@ static void attn_rows(void *vctx, int ith, int nth) {
 
 /* Tokens of a prompt (of two or more) go through the integer panels where the
  * weight has them, and so do decode tokens where the panel at one token is as
- * fast as the single-row kernel (lm_matmul_panel_decode: Q4_0, Q4_1, Q5_0);
+ * fast as the single-row kernel (lm_matmul_panel_decode: Q4_0, Q4_1, Q5_0, Q8_0);
  * other decode tokens (and one-token prompts) through the quantized dot
  * products and their tiles. Either way each comes out the same whatever else
  * is in its pass: a prompt token as in `lumen generate`'s prefill, a decode
@@ -222,6 +222,15 @@ static void mm(const batch *b, const lm_tensor *w, const float *x, float *y) {
     if (b->gemm && b->n >= lm_matmul_gemm_min(w) && s->wbuf &&
         lm_matmul_gemm(pool, w, x, b->n, y, s->wbuf) == LM_OK) return;
     lm_matmul(pool, w, x, b->n, y, s->qbuf);
+}
+
+/* The output matrix, for the rows that want logits: through the panels where
+ * its type takes every token through them (a batched decode step's logits
+ * then come at the panels' speed, each row the same bits as alone), else the
+ * quantized dots and their tiles (bit-identical to one row at a time). */
+static void logits_mm(lm_pool *pool, const lm_tensor *w, const float *x, int64_t n, float *y, void *qbuf) {
+    if (lm_matmul_panel_decode(w)) lm_matmul_panel(pool, w, x, n, y, qbuf);
+    else lm_matmul(pool, w, x, n, y, qbuf);
 }
 
 /* The per-token work between the matrix products (norms, RoPE, the KV cache
@@ -329,12 +338,12 @@ static lm_status forward(const batch *b, const int32_t *tokens, const int32_t *o
 
     if (!logits) { /* only the last token's logits are needed */
         lm_rmsnorm(s->xb, s->x + (int64_t)(n - 1) * E, F32(m->output_norm), E, hp->norm_eps);
-        lm_matmul(pool, m->output, s->xb, 1, s->logits, s->qbuf);
+        logits_mm(pool, m->output, s->xb, 1, s->logits, s->qbuf);
         return LM_OK;
     }
     for (int32_t i = 0; i < n_out; i++)
         lm_rmsnorm(s->xb + i * E, s->x + (int64_t)out_rows[i] * E, F32(m->output_norm), E, hp->norm_eps);
-    lm_matmul(pool, m->output, s->xb, n_out, logits, s->qbuf);
+    logits_mm(pool, m->output, s->xb, n_out, logits, s->qbuf);
     return LM_OK;
 }
 

@@ -1,11 +1,11 @@
-/* VNNI panels (quant.h): 8 weight rows x up to 16 tokens of a prefill product.
- * Per block, the 8 rows' 32 weights are unpacked to unsigned bytes (shifted up
- * by the format's bias) and transposed as 8 x 8 dwords, so register j holds
- * weights 4j..4j+3 of every row; each token's activation bytes 4j..4j+3 come as
- * a {1to8} broadcast, and 8 vpdpbusd leave one exact int32 dot per row, which
- * starts from -bias * sum(y) (quant.h). The block's float work is then one
- * convert, one multiply by the token's scale and one FMA for 8 rows x 32
- * weights, where the tiles (tile_legacy.h) spend it per row. */
+/* VNNI panels (quant.h): 16 weight rows x up to 16 tokens a pass.
+ * Per block, the 16 rows' 32 weights are unpacked to unsigned bytes (shifted
+ * up by the format's bias) and transposed, so zmm register j holds weights
+ * 4j..4j+3 of every row; each token's activation bytes 4j..4j+3 come as a
+ * broadcast, and 8 vpdpbusd leave one exact int32 dot per row, which starts
+ * from -bias * sum(y) (quant.h). The block's float work is then one convert,
+ * one multiply by the token's scale and one FMA for 16 rows x 32 weights,
+ * where the tiles (tile_legacy.h) spend it per row. */
 #include "quant.h"
 #include "quant_legacy.h"
 #include "panel_x86.h"
@@ -16,37 +16,49 @@
 #include <string.h>
 
 /* q41: Q4_1 weights against Q8_1 activations (no shift; the min term);
- * otherwise Q8_0 activations and sums starting from the record's c. */
+ * otherwise Q8_0 activations and sums starting from the record's c. The 16
+ * rows as two halves of 8, each transposed as 8 x 8 dwords, side by side in
+ * zmm: lane r is row r. */
 static inline __attribute__((always_inline)) void panel(const int T, int64_t n, float *s, size_t s_stride,
                                                         const char *xb, size_t x_stride, size_t x_block,
                                                         const char *yb, size_t y_stride, const void *pfp, const int q41,
                                                         __m256i (*unpack)(const char *)) {
-    const __m256i offs = lm_row_offsets(x_stride);
-    __m256 sum[LM_PANEL_TOKENS];
+    const __m512i offs = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                            _mm512_set1_epi32((int)x_stride));
+    __m512 sum[LM_PANEL_TOKENS];
 #pragma GCC unroll 16
-    for (int c = 0; c < T; c++) sum[c] = _mm256_setzero_ps();
-    const lm_pf pf = lm_pf_init(pfp, x_stride, n / QK);
+    for (int c = 0; c < T; c++) sum[c] = _mm512_setzero_ps();
+    const lm_pf pf = lm_pf_init(pfp, LM_PANEL_ROWS, x_stride, n / QK);
     for (int64_t i = 0; i < n / QK; i++) {
-        __m256i r[8], w[8];
+        __m256i r[8], lo[8], hi[8];
+        __m512i w[8];
         lm_pf_block(&pf, i);
 #pragma GCC unroll 8
         for (int k = 0; k < 8; k++) r[k] = unpack(xb + k * x_stride + i * x_block);
-        lm_transpose8(r, w);
-        const __m256i g = lm_gather_rows(xb + i * x_block, offs); /* d, and Q4_1's m next to it */
-        const __m256 dw = lm_f16_lo(g), mw = q41 ? lm_f16_hi(g) : _mm256_setzero_ps();
+        lm_transpose8(r, lo);
+#pragma GCC unroll 8
+        for (int k = 0; k < 8; k++) r[k] = unpack(xb + (k + 8) * x_stride + i * x_block);
+        lm_transpose8(r, hi);
+#pragma GCC unroll 8
+        for (int j = 0; j < 8; j++) w[j] = _mm512_inserti64x4(_mm512_castsi256_si512(lo[j]), hi[j], 1);
+        /* d, and Q4_1's m next to it, of the 16 rows */
+        const __m512i g = _mm512_i32gather_epi32(offs, xb + i * x_block, 1);
+        const __m512 dw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(g));
+        const __m512 mw = q41 ? _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(g, 16))) : _mm512_setzero_ps();
+        /* every token's record at a fixed offset from one pointer (quant.h) */
+        const lm_panel_block *y = (const lm_panel_block *)(yb + i * y_stride);
 #pragma GCC unroll 16
         for (int c = 0; c < T; c++) {
-            /* every token's record at a fixed offset from one pointer (quant.h) */
-            const lm_panel_block *a = (const lm_panel_block *)(yb + i * y_stride) + c;
-            __m256i acc = q41 ? _mm256_setzero_si256() : _mm256_set1_epi32(a->c);
+            const lm_panel_block *a = y + c;
+            __m512i acc = q41 ? _mm512_setzero_si512() : _mm512_set1_epi32(a->c);
 #pragma GCC unroll 8
-            for (int j = 0; j < 8; j++) acc = _mm256_dpbusd_epi32(acc, w[j], _mm256_set1_epi32(lm_load32(a->qs + 4 * j)));
-            sum[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc), _mm256_mul_ps(dw, _mm256_set1_ps(a->d)), sum[c]);
-            if (q41) sum[c] = _mm256_fmadd_ps(mw, _mm256_set1_ps(a->s), sum[c]);
+            for (int j = 0; j < 8; j++) acc = _mm512_dpbusd_epi32(acc, w[j], _mm512_set1_epi32(lm_load32(a->qs + 4 * j)));
+            sum[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_mul_ps(dw, _mm512_set1_ps(a->d)), sum[c]);
+            if (q41) sum[c] = _mm512_fmadd_ps(mw, _mm512_set1_ps(a->s), sum[c]);
         }
     }
 #pragma GCC unroll 16
-    for (int c = 0; c < T; c++) _mm256_storeu_ps(s + c * s_stride, sum[c]);
+    for (int c = 0; c < T; c++) _mm512_storeu_ps(s + c * s_stride, sum[c]);
 }
 
 /* up to 16 tokens a pass, the rest in power-of-two pieces */

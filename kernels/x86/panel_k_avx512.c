@@ -1,5 +1,5 @@
-/* VNNI panels of the K-quants (quant.h): 8 weight rows x up to 8 tokens of a
- * prefill product, for Q4_K, Q5_K and Q6_K against Q8_K activations.
+/* VNNI panels of the K-quants (quant.h): 16 weight rows (two halves of 8) x up
+ * to 8 tokens a pass, of a prefill product, for Q4_K, Q5_K and Q6_K against Q8_K activations.
  *
  * Per 32 weights of a super-block the 8 rows' quants are unpacked to unsigned
  * bytes and transposed (panel_x86.h) so each vpdpbusd lane is one row; the
@@ -60,7 +60,7 @@ static inline __attribute__((always_inline)) void panel_q45_K(const int T, int64
     __m256 sum[KT];
 #pragma GCC unroll 8
     for (int c = 0; c < T; c++) sum[c] = _mm256_setzero_ps();
-    const lm_pf pf = lm_pf_init(pfp, x_stride, n / QK_K);
+    const lm_pf pf = lm_pf_init(pfp, 8, x_stride, n / QK_K);
     for (int64_t i = 0; i < n / QK_K; i++) {
         const char *xi = xb + i * bs;
         lm_pf_block(&pf, i);
@@ -119,7 +119,7 @@ static inline __attribute__((always_inline)) void panel_q6_K(const int T, int64_
     __m256 sum[KT];
 #pragma GCC unroll 8
     for (int c = 0; c < T; c++) sum[c] = _mm256_setzero_ps();
-    const lm_pf pf = lm_pf_init(pfp, x_stride, n / QK_K);
+    const lm_pf pf = lm_pf_init(pfp, 8, x_stride, n / QK_K);
     for (int64_t i = 0; i < n / QK_K; i++) {
         const char *xi = xb + i * sizeof(block_q6_K);
         lm_pf_block(&pf, i);
@@ -180,16 +180,20 @@ static inline __attribute__((always_inline)) void panel_q5_K(const int T, int64_
     panel_q45_K(T, n, s, s_stride, xb, x_stride, yb, y_stride, pfp, 1);
 }
 
-/* up to 8 tokens a pass, the rest in power-of-two pieces; the first pass prefetches */
-#define PANEL_K_AT(BODY, T) BODY(T, n, s + c * s_stride, s_stride, x, x_stride, yb + c * sizeof(block_q8_K), y_stride, c == 0 ? pf : NULL)
-#define PANEL_K(NAME, BODY)                                               \
-    void NAME(LM_PANEL_ARGS) {                                            \
-        const char *yb = y;                                               \
-        int c = 0;                                                        \
-        for (; c + 8 <= nt; c += 8) PANEL_K_AT(BODY, 8);                  \
-        if (nt - c >= 4) { PANEL_K_AT(BODY, 4); c += 4; }                 \
-        if (nt - c >= 2) { PANEL_K_AT(BODY, 2); c += 2; }                 \
-        if (nt - c >= 1) PANEL_K_AT(BODY, 1);                             \
+/* the panel's 16 rows as two halves of 8; up to 8 tokens a pass, the rest in
+ * power-of-two pieces; the first pass prefetches (each half its rows) */
+#define PANEL_K_AT(BODY, T)                                                                                          \
+    for (int h = 0; h < 2; h++)                                                                                      \
+        BODY(T, n, s + c * s_stride + 8 * h, s_stride, (const char *)x + 8 * h * x_stride, x_stride,                 \
+             yb + c * sizeof(block_q8_K), y_stride, c == 0 && pf ? (const char *)pf + 8 * h * x_stride : NULL)
+#define PANEL_K(NAME, BODY)                                \
+    void NAME(LM_PANEL_ARGS) {                             \
+        const char *yb = y;                                \
+        int c = 0;                                         \
+        for (; c + 8 <= nt; c += 8) PANEL_K_AT(BODY, 8);   \
+        if (nt - c >= 4) { PANEL_K_AT(BODY, 4); c += 4; }  \
+        if (nt - c >= 2) { PANEL_K_AT(BODY, 2); c += 2; }  \
+        if (nt - c >= 1) PANEL_K_AT(BODY, 1);              \
     }
 
 PANEL_K(lm_panel_q4_K_vnni, panel_q4_K)
