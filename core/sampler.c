@@ -26,6 +26,7 @@ struct lm_sampler {
     int32_t cap;
     int32_t *counts;     /* n_vocab scratch for penalties, kept zeroed */
     float *scratch;
+    int32_t *heap;       /* n_vocab positions: the best-k selections */
     int32_t result;
     int32_t *hist;
     int32_t n_hist, cap_hist;
@@ -51,7 +52,7 @@ void lm_sampler_free(lm_sampler *s) {
     for (int32_t i = 0; i < s->n_links; i++) { free(s->links[i].bias_ids); free(s->links[i].bias); }
     free(s->links);
     free(s->c.ids); free(s->c.logits); free(s->c.probs);
-    free(s->counts); free(s->scratch); free(s->hist);
+    free(s->counts); free(s->scratch); free(s->heap); free(s->hist);
     free(s);
 }
 
@@ -194,23 +195,6 @@ static void swap(lm_candidates *c, int32_t a, int32_t b) {
     float tl = c->logits[a]; c->logits[a] = c->logits[b]; c->logits[b] = tl;
 }
 
-/* Moves the k largest logits to the front (any order): quickselect. */
-static void select_top(lm_candidates *c, int32_t k) {
-    int32_t lo = 0, hi = c->n - 1;
-    while (lo < hi) {
-        float pivot = c->logits[(lo + hi) / 2];
-        int32_t i = lo, j = hi;
-        while (i <= j) {
-            while (c->logits[i] > pivot) i++;
-            while (c->logits[j] < pivot) j--;
-            if (i <= j) { swap(c, i, j); i++; j--; }
-        }
-        if (k - 1 <= j) hi = j;
-        else if (k - 1 >= i) lo = i;
-        else break;
-    }
-}
-
 static void sort_desc(lm_candidates *c) {
     if (c->sorted) return;
     /* insertion sort for short lists, else a heap-free shell sort: no allocation */
@@ -252,6 +236,82 @@ static void drop_hopeless(lm_candidates *c) {
     for (int32_t i = 0; i < c->n; i++)
         if (c->logits[i] >= max - 60.0f) { c->ids[m] = c->ids[i]; c->logits[m] = c->logits[i]; m++; }
     c->n = m;
+}
+
+/* Candidate a goes before b: a higher logit, or the same and a lower id (sort_desc's order). */
+static inline bool before(const lm_candidates *c, int32_t a, int32_t b) {
+    return c->logits[a] > c->logits[b] || (c->logits[a] == c->logits[b] && c->ids[a] < c->ids[b]);
+}
+
+/* heap h[0..k) of positions with the last in order at the root */
+static void sift(const lm_candidates *c, int32_t *h, int32_t k, int32_t i) {
+    for (;;) {
+        int32_t w = i, l = 2 * i + 1, r = l + 1;
+        if (l < k && before(c, h[w], h[l])) w = l;
+        if (r < k && before(c, h[w], h[r])) w = r;
+        if (w == i) return;
+        int32_t t = h[i]; h[i] = h[w]; h[w] = t;
+        i = w;
+    }
+}
+
+/* The positions of the k first candidates in sort_desc's order, that order, in
+ * s->heap[0..k) (0 < k <= n); the candidates stay as they are. One pass with a
+ * heap of k: a few compares per candidate where sorting tens of thousands took
+ * milliseconds. */
+static void best_k(lm_sampler *s, int32_t k) {
+    const lm_candidates *c = &s->c;
+    int32_t *h = s->heap;
+    for (int32_t i = 0; i < k; i++) h[i] = i;
+    for (int32_t i = k / 2 - 1; i >= 0; i--) sift(c, h, k, i);
+    /* most candidates fall below the root: test 16 at a time against its logit */
+    float bar = c->logits[h[0]];
+    int32_t i = k;
+    for (; i + 16 <= c->n; i += 16) {
+        int any = 0;
+        for (int32_t j = 0; j < 16; j++) any |= c->logits[i + j] >= bar;
+        if (!any) continue;
+        for (int32_t j = i; j < i + 16; j++)
+            if (before(c, j, h[0])) { h[0] = j; sift(c, h, k, 0); bar = c->logits[h[0]]; }
+    }
+    for (; i < c->n; i++)
+        if (before(c, i, h[0])) { h[0] = i; sift(c, h, k, 0); }
+    for (int32_t m = k - 1; m > 0; m--) { /* the root (last in order) to the end */
+        int32_t t = h[0]; h[0] = h[m]; h[m] = t;
+        sift(c, h, m, 0);
+    }
+}
+
+/* Keeps just the first k of best_k's selection, sorted. */
+static void keep_best(lm_sampler *s, int32_t k) {
+    lm_candidates *c = &s->c;
+    int32_t *h = s->heap;
+    for (int32_t j = 0; j < k; j++) { s->scratch[j] = c->logits[h[j]]; h[j] = c->ids[h[j]]; }
+    memcpy(c->logits, s->scratch, (size_t)k * sizeof *c->logits);
+    memcpy(c->ids, h, (size_t)k * sizeof *c->ids);
+    c->n = k;
+    c->sorted = true;
+    c->has_probs = false;
+}
+
+/* top-p on a long unsorted list: the mass of the best candidates taken in
+ * order, from one pass over all for the normalizer and a best-k selection of
+ * up to 1024; false (nothing changed) when those do not reach p. */
+static bool top_p_selected(lm_sampler *s, float p, int32_t min_keep) {
+    lm_candidates *c = &s->c;
+    const int32_t k = c->n < 1024 ? c->n : 1024;
+    if (min_keep > k) return false;
+    float max = c->logits[0];
+    for (int32_t i = 1; i < c->n; i++) if (c->logits[i] > max) max = c->logits[i];
+    double sum = 0;
+    for (int32_t i = 0; i < c->n; i++) sum += expf(c->logits[i] - max);
+    best_k(s, k);
+    double cum = 0;
+    for (int32_t i = 0; i < k; i++) {
+        cum += (float)(expf(c->logits[s->heap[i]] - max) / sum);
+        if (cum >= p && i + 1 >= min_keep) { keep_best(s, i + 1); return true; }
+    }
+    return false;
 }
 
 static void apply_penalties(lm_sampler *s, const link *l) {
@@ -340,19 +400,39 @@ static bool run_link(lm_sampler *s, const link *l) {
         break;
     case L_TOP_K:
         if (l->i > 0 && l->i < c->n) {
-            select_top(c, l->i);
-            c->n = l->i;
-            c->sorted = false;
-            sort_desc(c);
-            c->has_probs = false;
+            if (c->sorted) {
+                c->n = l->i;
+                c->has_probs = false;
+            } else {
+                best_k(s, l->i);
+                keep_best(s, l->i);
+            }
         }
         break;
     case L_TOP_P:
-        if (l->f < 1.0f) { drop_hopeless(c); cut_cumulative(c, l->f, l->i); }
+        if (l->f < 1.0f) {
+            drop_hopeless(c);
+            if (!c->sorted && c->n > 4096 && top_p_selected(s, l->f, l->i)) break;
+            cut_cumulative(c, l->f, l->i);
+        }
         break;
     case L_MIN_P:
         if (l->f > 0) {
             drop_hopeless(c);
+            if (!c->sorted) {
+                /* only those within log(p) of the best can stay: sort just them */
+                float max = c->logits[0];
+                for (int32_t i = 1; i < c->n; i++) if (c->logits[i] > max) max = c->logits[i];
+                const float floor_logit = max + logf(l->f);
+                int32_t m = 0;
+                for (int32_t i = 0; i < c->n; i++) m += c->logits[i] >= floor_logit;
+                if (m >= l->i) {
+                    int32_t k = 0;
+                    for (int32_t i = 0; i < c->n; i++)
+                        if (c->logits[i] >= floor_logit) { c->logits[k] = c->logits[i]; c->ids[k] = c->ids[i]; k++; }
+                    c->n = k;
+                }
+            }
             sort_desc(c);
             const float floor_logit = c->logits[0] + logf(l->f);
             int32_t k = 1;
@@ -373,7 +453,15 @@ static bool run_link(lm_sampler *s, const link *l) {
     }
     case L_DIST: {
         drop_hopeless(c);
-        lm_candidates_softmax(c);
+        if (c->sorted) lm_candidates_softmax(c);
+        else { /* the draw needs no order: no sort of tens of thousands */
+            float max = c->logits[0];
+            for (int32_t i = 1; i < c->n; i++) if (c->logits[i] > max) max = c->logits[i];
+            double sum = 0;
+            for (int32_t i = 0; i < c->n; i++) { c->probs[i] = expf(c->logits[i] - max); sum += c->probs[i]; }
+            for (int32_t i = 0; i < c->n; i++) c->probs[i] = (float)(c->probs[i] / sum);
+            c->has_probs = true;
+        }
         double u = (double)(next_u64(&s->rng) >> 11) * (1.0 / 9007199254740992.0);
         int32_t pick = c->n - 1;
         for (int32_t i = 0; i < c->n; i++) {
@@ -400,9 +488,11 @@ lm_candidates *lm_sampler_begin(lm_sampler *s, const float *logits, int32_t n_vo
         if (pr) s->c.probs = pr;
         float *sc = realloc(s->scratch, (size_t)n_vocab * sizeof *sc);
         if (sc) s->scratch = sc;
+        int32_t *hp = realloc(s->heap, (size_t)n_vocab * sizeof *hp);
+        if (hp) s->heap = hp;
         int32_t *counts = calloc((size_t)n_vocab, sizeof *counts);
         if (counts) { free(s->counts); s->counts = counts; }
-        if (!ids || !lg || !pr || !sc || !counts) { lm_err("out of memory"); return NULL; }
+        if (!ids || !lg || !pr || !sc || !hp || !counts) { lm_err("out of memory"); return NULL; }
         s->cap = n_vocab;
     }
     for (int32_t i = 0; i < n_vocab; i++) s->c.ids[i] = i;

@@ -2,9 +2,54 @@
 #include "testutil.h"
 #include "lumen.h"
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define NV 1000
+#define BIG 49152 /* SmolLM2's vocabulary: the sizes where the cuts take their fast paths */
+
+static const float *g_sort_logits;
+/* sort_desc's order: logit descending, then id ascending */
+static int by_order(const void *a, const void *b) {
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    float lx = g_sort_logits[x], ly = g_sort_logits[y];
+    if (lx != ly) return lx > ly ? -1 : 1;
+    return x < y ? -1 : x > y;
+}
+
+/* The candidates a one-link chain leaves, against the same cut done by a full sort here. */
+static void check_cut(const char *what, const float *logits, int link, float f, int32_t i) {
+    static int32_t order[BIG];
+    lm_sampler *ch = lm_sampler_chain_new(1);
+    if (link == 0) lm_sampler_add_top_k(ch, i);
+    else if (link == 1) lm_sampler_add_top_p(ch, f, i);
+    else lm_sampler_add_min_p(ch, f, i);
+    lm_sampler_add_external(ch);
+    lm_candidates *cd = lm_sampler_begin(ch, logits, BIG);
+    lm_sampler_run(ch, 0);
+    for (int32_t k = 0; k < BIG; k++) order[k] = k;
+    g_sort_logits = logits;
+    qsort(order, BIG, sizeof *order, by_order);
+    int32_t want = BIG;
+    if (link == 0) want = i;
+    else if (link == 1) {
+        double sum = 0, cum = 0;
+        for (int32_t k = 0; k < BIG; k++) sum += expf(logits[order[k]] - logits[order[0]]);
+        for (int32_t k = 0; k < BIG; k++) {
+            cum += (float)(expf(logits[order[k]] - logits[order[0]]) / sum);
+            if (cum >= f && k + 1 >= i) { want = k + 1; break; }
+        }
+    } else {
+        want = 0;
+        while (want < BIG && (logits[order[want]] >= logits[order[0]] + logf(f) || want < i)) want++;
+    }
+    /* the mass summed in another order may cross p one candidate apart */
+    int ok = link == 1 ? abs(cd->n - want) <= 1 : cd->n == want;
+    int32_t n = cd->n < want ? cd->n : want;
+    for (int32_t k = 0; k < n && ok; k++) ok = cd->ids[k] == order[k] && cd->logits[k] == logits[order[k]];
+    CHECK(ok, "%s: %d candidates kept (a full sort keeps %d), in sort order", what, cd->n, want);
+    lm_sampler_free(ch);
+}
 
 int main(void) {
     float logits[NV];
@@ -97,6 +142,41 @@ int main(void) {
     int32_t nh;
     CHECK(lm_sampler_history(ch, &nh) && nh == 4, "history");
     lm_sampler_free(ch);
+
+    /* the cuts on a vocabulary of 49152, with many ties (quarter steps): the
+     * same candidates in the same order as a full sort */
+    static float big[BIG], flat[BIG];
+    for (int i = 0; i < BIG; i++) {
+        big[i] = floorf(tu_randf(&r, -10, 10) * 4) / 4;
+        flat[i] = floorf(tu_randf(&r, -1, 1) * 4) / 4;
+    }
+    big[777] = 14; big[31000] = 13.75f; big[12] = 13.75f;
+    check_cut("top-k 40", big, 0, 0, 40);
+    check_cut("top-k 1", big, 0, 0, 1);
+    check_cut("top-k 20000", big, 0, 0, 20000);
+    check_cut("top-p 0.9, peaked", big, 1, 0.9f, 1);
+    check_cut("top-p 0.9, min_keep 50", big, 1, 0.9f, 50);
+    check_cut("top-p 0.9, flat (more than 1024 needed)", flat, 1, 0.9f, 1);
+    check_cut("min-p 0.05", big, 2, 0.05f, 1);
+    check_cut("min-p 0.5, min_keep 9", big, 2, 0.5f, 9);
+    check_cut("min-p 0.9, flat", flat, 2, 0.9f, 1);
+
+    /* the draw over all 49152 (no cut, so no sort): three tokens carry all but
+     * e^-20 of the mass, in the ratio e^0 : e^-1 : e^-2 */
+    for (int i = 0; i < BIG; i++) big[i] = tu_randf(&r, -10, 0);
+    big[40000] = 20; big[5] = 19; big[49151] = 18;
+    p = lm_sampler_default_params();
+    p.temperature = 1; p.top_k = 0; p.top_p = 1; p.min_p = 0; p.seed = 11;
+    s = lm_sampler_new(&p);
+    int cnt[3] = {0}, rest = 0;
+    for (int i = 0; i < 6000; i++) {
+        int t = lm_sampler_sample(s, big, BIG);
+        if (t == 40000) cnt[0]++; else if (t == 5) cnt[1]++; else if (t == 49151) cnt[2]++; else rest++;
+    }
+    const double z = 1 + exp(-1) + exp(-2);
+    CHECK(rest == 0 && fabs(cnt[0] / 6000.0 - 1 / z) < 0.03 && fabs(cnt[1] / 6000.0 - exp(-1) / z) < 0.03 &&
+          fabs(cnt[2] / 6000.0 - exp(-2) / z) < 0.03, "unsorted draw frequencies %d %d %d (%d elsewhere)", cnt[0], cnt[1], cnt[2], rest);
+    lm_sampler_free(s);
 
     /* typical-p keeps a non-empty set and draws from it */
     p = lm_sampler_default_params();
