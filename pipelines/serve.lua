@@ -272,6 +272,33 @@ function Server:slots_busy()
   return b
 end
 
+--- How many of a prompt's first tokens a free slot's KV cache already holds
+-- (its last request left them there), at most all but the last, whose logits
+-- the first token needs. Only on weights where a token's result does not
+-- depend on how its prompt was cut or whether it was generated (info.panels):
+-- there the continuation is bit for bit what evaluating the whole prompt gives.
+local function cached_prefix(entry, slot, buf, n)
+  if not entry.info.panels then return 0 end
+  local h = slot.session.h
+  local have = math.min(C.lm_session_pos(h), n - 1)
+  local toks = C.lm_session_tokens(h)
+  local k = 0
+  while k < have and toks[k] == buf[k] do k = k + 1 end
+  return k
+end
+
+--- The free slot whose cache holds the longest start of the prompt (every
+-- chat request of a model starts with the same template and system prompt),
+-- taken off the free list, and how many tokens it holds.
+local function take_slot(entry, buf, n)
+  local best, best_k = #entry.free, -1
+  for i = #entry.free, 1, -1 do
+    local k = cached_prefix(entry, entry.free[i], buf, n)
+    if k > best_k then best, best_k = i, k end
+  end
+  return table.remove(entry.free, best), math.max(best_k, 0)
+end
+
 --- Gives queued jobs free slots, first come first served.
 function Server:admit()
   local i = 1
@@ -284,13 +311,17 @@ function Server:admit()
     elseif #entry.free >= job.n then
       table.remove(self.queue, i)
       job.seqs = {}
+      local cached = 0
       for c = 1, job.n do
-        local slot = table.remove(entry.free)
-        slot.session:rewind(0)
+        local slot, k = take_slot(entry, job.prompt_buf, job.prompt_tokens)
+        -- the first choice evaluates the prompt (the others fork from it)
+        if c == 1 then cached = k else k = 0 end
+        slot.session:rewind(k)
         job.seqs[c] = { job = job, index = c - 1, slot = slot, n_gen = 0, parts = {}, logprobs = {},
                         text = model_mod.text_stream(entry.model, job.stop) }
       end
-      job.prefilled = 0
+      job.prefilled, job.cached_tokens = cached, cached
+      self.metrics.cached_prompt_tokens = self.metrics.cached_prompt_tokens + cached
       self.prefilling[#self.prefilling + 1] = job
     else
       i = i + 1

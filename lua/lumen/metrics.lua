@@ -9,7 +9,7 @@ local TTFT_BUCKETS = { 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30 }
 function M.new()
   return setmetatable({
     requests = {},            -- "endpoint\0status" -> count
-    prompt_tokens = 0, completion_tokens = 0, disconnects = 0,
+    prompt_tokens = 0, cached_prompt_tokens = 0, completion_tokens = 0, disconnects = 0,
     ttft = { counts = {}, sum = 0, n = 0 },
     window = {},              -- recent {time, tokens} samples for the decode rate
     gauges = {},              -- name -> function() returning the value
@@ -63,6 +63,9 @@ function Metrics:render(now)
   add("# HELP lumen_prompt_tokens_total Prompt tokens evaluated.")
   add("# TYPE lumen_prompt_tokens_total counter")
   add("lumen_prompt_tokens_total " .. self.prompt_tokens)
+  add("# HELP lumen_prompt_tokens_cached_total Prompt tokens whose KV cache a slot already held (not evaluated again).")
+  add("# TYPE lumen_prompt_tokens_cached_total counter")
+  add("lumen_prompt_tokens_cached_total " .. self.cached_prompt_tokens)
   add("# HELP lumen_completion_tokens_total Tokens generated.")
   add("# TYPE lumen_completion_tokens_total counter")
   add("lumen_completion_tokens_total " .. self.completion_tokens)

@@ -240,9 +240,12 @@ end
 
 -- ---- responses ----------------------------------------------------------------
 
-function M.usage(prompt_tokens, completion_tokens)
+--- cached: prompt tokens whose KV cache the slot already held (OpenAI reports
+-- its prompt caching the same way, in prompt_tokens_details)
+function M.usage(prompt_tokens, completion_tokens, cached)
   return { prompt_tokens = prompt_tokens, completion_tokens = completion_tokens,
-           total_tokens = prompt_tokens + completion_tokens }
+           total_tokens = prompt_tokens + completion_tokens,
+           prompt_tokens_details = { cached_tokens = cached or 0 } }
 end
 
 local function bytes_of(s)
@@ -294,7 +297,7 @@ function M.response(job, choices)
   return encode({
     id = job.id, object = job.kind == "chat" and "chat.completion" or "text_completion",
     created = job.created, model = job.model_id, system_fingerprint = "lumen",
-    choices = out, usage = M.usage(job.prompt_tokens, completion_tokens),
+    choices = out, usage = M.usage(job.prompt_tokens, completion_tokens, job.cached_tokens),
   })
 end
 
@@ -322,7 +325,7 @@ function M.usage_chunk(job, completion_tokens)
   return "data: " .. encode({
     id = job.id, object = job.kind == "chat" and "chat.completion.chunk" or "text_completion",
     created = job.created, model = job.model_id, system_fingerprint = "lumen",
-    choices = EMPTY, usage = M.usage(job.prompt_tokens, completion_tokens),
+    choices = EMPTY, usage = M.usage(job.prompt_tokens, completion_tokens, job.cached_tokens),
   }) .. "\n\n"
 end
 

@@ -143,7 +143,7 @@ class TestModelsAndHealth(unittest.TestCase):
                  "lumen_decode_tokens_per_second", "lumen_time_to_first_token_seconds_bucket",
                  "lumen_time_to_first_token_seconds_sum", "lumen_time_to_first_token_seconds_count",
                  "lumen_queue_depth", "lumen_slots_busy", "lumen_kv_cache_used_tokens",
-                 "lumen_kv_cache_capacity_tokens"]
+                 "lumen_kv_cache_capacity_tokens", "lumen_prompt_tokens_cached_total"]
         before, headers = server.metrics()
         self.assertTrue(headers.get("content-type", "").startswith("text/plain"), headers)
         for name in names:
@@ -549,6 +549,28 @@ class TestGreedyEquality(unittest.TestCase):
             with self.subTest(prompt=p):
                 self.assertEqual(out, refs["generate"][p])
 
+    def test_prompt_cache(self):
+        # a slot keeps its last request's KV cache: the same prompt again (or one
+        # starting the same way: every chat starts with the template and system
+        # prompt) skips what it holds, and greedy text stays the CLI's
+        c = client()
+        m = CHAT_MESSAGES[2]
+        before = metric_sum(server.metrics()[0], "lumen_prompt_tokens_cached_total")
+        text1, r1 = chat_text(c, m, max_tokens=GREEDY_N, temperature=0)
+        text2, r2 = chat_text(c, m, max_tokens=GREEDY_N, temperature=0)
+        self.assertEqual(text1, refs["chat"][m])
+        self.assertEqual(text2, refs["chat"][m])
+        n = r2.usage.prompt_tokens
+        self.assertEqual(r1.usage.prompt_tokens, n)
+        # all but the last prompt token, whose logits the first token needs
+        self.assertEqual(r2.usage.prompt_tokens_details.cached_tokens, n - 1)
+        text3, r3 = chat_text(c, CHAT_MESSAGES[5], max_tokens=GREEDY_N, temperature=0)
+        self.assertEqual(text3, refs["chat"][CHAT_MESSAGES[5]])
+        self.assertGreater(r3.usage.prompt_tokens_details.cached_tokens, 10)  # the template's system turn
+        self.assertLess(r3.usage.prompt_tokens_details.cached_tokens, r3.usage.prompt_tokens - 1)
+        after = metric_sum(server.metrics()[0], "lumen_prompt_tokens_cached_total")
+        self.assertGreaterEqual(after - before, n - 1 + r3.usage.prompt_tokens_details.cached_tokens)
+
     def test_mixed_8_concurrent_streaming(self):
         items = [("gen", p) for p in GEN_PROMPTS[:4]] + [("chat", m) for m in CHAT_MESSAGES[:4]]
 
@@ -608,6 +630,15 @@ class GemmaWhileRunning:
         for p, out in zip(self.PROMPTS[1:], outs):
             with self.subTest(prompt=p):
                 self.assertEqual(out, self.refs[p])
+
+    def test_no_prompt_cache_on_these_weights(self):
+        # decode tokens do not take the panels here, so a cached prefix could hold
+        # other bits than a prompt evaluated whole: the cache stays off
+        c = OpenAI(base_url="http://localhost:%d/v1" % self.srv.port, api_key="x", max_retries=0, timeout=180)
+        for _ in range(2):
+            r = c.completions.create(model="gemma3", prompt=self.PROMPTS[1], max_tokens=self.N, temperature=0)
+            self.assertEqual(r.choices[0].text, self.refs[self.PROMPTS[1]])
+            self.assertEqual(r.usage.prompt_tokens_details.cached_tokens, 0)
 
 
 class TestGemmaRiding(GemmaWhileRunning, unittest.TestCase):
