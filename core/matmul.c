@@ -146,24 +146,50 @@ void lm_matmul(lm_pool *pool, const lm_tensor *w, const float *x, int64_t n, flo
 #define PANEL_CHUNK 64
 #define PANEL_PREFETCH LM_PANEL_ROWS
 
-static void panel_rows(void *vctx, int ith, int nth) {
-    mm_job *j = vctx;
-    const int64_t rp = j->out / LM_PANEL_ROWS * LM_PANEL_ROWS;
-    int64_t lo, hi;
-    lm_pool_split(j->out, LM_PANEL_ROWS, ith, nth, &lo, &hi);
+/* rows [lo, hi) of one weight (w, out rows, into y), the activations of job j */
+static void panel_range(const mm_job *j, const char *w, int64_t out, float *y, int64_t lo, int64_t hi) {
+    const int64_t rp = out / LM_PANEL_ROWS * LM_PANEL_ROWS;
     for (int64_t r0 = lo; r0 < hi; r0 += PANEL_CHUNK) {
         const int64_t r1 = r0 + PANEL_CHUNK < hi ? r0 + PANEL_CHUNK : hi, rt = r1 < rp ? r1 : rp;
         for (int64_t t = 0; t < j->n; t += LM_PANEL_TOKENS) {
             const int nt = (int)(j->n - t < LM_PANEL_TOKENS ? j->n - t : LM_PANEL_TOKENS);
             for (int64_t r = r0; r < rt; r += LM_PANEL_ROWS) {
-                const char *pf = t == 0 && r + PANEL_PREFETCH + LM_PANEL_ROWS <= hi ? j->w + (r + PANEL_PREFETCH) * j->w_row : NULL;
-                j->ops->panel(j->in, nt, j->y + t * j->out + r, (size_t)j->out, j->w + r * j->w_row, j->w_row,
+                const char *pf = t == 0 && r + PANEL_PREFETCH + LM_PANEL_ROWS <= hi ? w + (r + PANEL_PREFETCH) * j->w_row : NULL;
+                j->ops->panel(j->in, nt, y + t * out + r, (size_t)out, w + r * j->w_row, j->w_row,
                               j->pk + (size_t)(t * j->pk_nb) * j->pk_rec, (size_t)nt * j->pk_rec, pf);
             }
         }
         for (int64_t r = rt > r0 ? rt : r0; r < r1; r++)
             for (int64_t t = 0; t < j->n; t++)
-                j->ops->vec_dot(j->in, &j->y[t * j->out + r], j->w + r * j->w_row, j->xq + t * j->x_row);
+                j->ops->vec_dot(j->in, &y[t * out + r], w + r * j->w_row, j->xq + t * j->x_row);
+    }
+}
+
+static void panel_rows(void *vctx, int ith, int nth) {
+    mm_job *j = vctx;
+    int64_t lo, hi;
+    lm_pool_split(j->out, LM_PANEL_ROWS, ith, nth, &lo, &hi);
+    panel_range(j, j->w, j->out, j->y, lo, hi);
+}
+
+/* Several weights of one type and width against the same activations: their
+ * rows end to end, split over the threads as one matrix */
+typedef struct {
+    mm_job j;
+    int k;
+    const char *w[LM_PANEL_GROUP];
+    int64_t out[LM_PANEL_GROUP];
+    float *y[LM_PANEL_GROUP];
+} group_job;
+
+static void group_rows(void *vctx, int ith, int nth) {
+    group_job *g = vctx;
+    int64_t total = 0, lo, hi;
+    for (int i = 0; i < g->k; i++) total += g->out[i];
+    lm_pool_split(total, LM_PANEL_ROWS, ith, nth, &lo, &hi);
+    for (int i = 0, base = 0; i < g->k; base += (int)g->out[i], i++) {
+        const int64_t a = lo > base ? lo - base : 0, e = hi - base < g->out[i] ? hi - base : g->out[i];
+        if (a < e) panel_range(&g->j, g->w[i], g->out[i], g->y[i], a, e);
     }
 }
 
@@ -174,6 +200,25 @@ bool lm_matmul_has_panel(const lm_tensor *w) {
 
 bool lm_matmul_panel_decode(const lm_tensor *w) {
     return lm_matmul_has_panel(w) && lm_quant_ops_get(w->dtype)->panel_decode;
+}
+
+bool lm_matmul_panel_group(lm_pool *pool, const lm_tensor *const *w, int k, const float *x, int64_t n,
+                           float *const *y, void *qbuf) {
+    if (k < 1 || k > LM_PANEL_GROUP) return false;
+    for (int i = 0; i < k; i++)
+        if (!lm_matmul_has_panel(w[i]) || w[i]->dtype != w[0]->dtype || w[i]->shape[1] != w[0]->shape[1] ||
+            w[i]->stride[0] != w[0]->stride[0] || w[i]->shape[0] % LM_PANEL_ROWS)
+            return false;
+    group_job g = {.j = mm_job_for(w[0], x, n, y[0]), .k = k};
+    for (int i = 0; i < k; i++) g.w[i] = w[i]->data, g.out[i] = w[i]->shape[0], g.y[i] = y[i];
+    g.j.xq = qbuf;
+    g.j.pk = (char *)qbuf + qrows_size(g.j.ops, w[0], n);
+    g.j.pk_rec = lm_panel_record(w[0]->dtype);
+    g.j.pk_nb = g.j.in / lm_dtype_block_size(g.j.ops->vec_dot_type);
+    if (n >= 4) lm_pool_run(pool, quantize_rows, &g.j);
+    else quantize_rows(&g.j, 0, 1);
+    lm_pool_run(pool, group_rows, &g);
+    return true;
 }
 
 void lm_matmul_panel(lm_pool *pool, const lm_tensor *w, const float *x, int64_t n, float *y, void *qbuf) {

@@ -101,6 +101,13 @@ lm_status lm_matmul_gemm(lm_pool *pool, const lm_tensor *w, const float *x, int6
 bool lm_matmul_has_panel(const lm_tensor *w);
 bool lm_matmul_panel_decode(const lm_tensor *w);
 void lm_matmul_panel(lm_pool *pool, const lm_tensor *w, const float *x, int64_t n, float *y, void *qbuf);
+/* The same for up to LM_PANEL_GROUP weights of one type, width and row size
+ * (each a multiple of the panel's rows) against the same x: one quantizing
+ * pass and one pool run for all (q, k and v; gate and up), each y[i] the bits
+ * lm_matmul_panel gives. false (nothing done) when they do not qualify. */
+#define LM_PANEL_GROUP 3
+bool lm_matmul_panel_group(lm_pool *pool, const lm_tensor *const *w, int k, const float *x, int64_t n,
+                           float *const *y, void *qbuf);
 /* y[m][n] (row stride ldy) = a[m][k] * w[n][k]^T through oneDNN, single-threaded
  * in the calling thread (core/tensor_ops.c). */
 lm_status lm_sgemm_nt(const float *a, int64_t m, int64_t k, const float *w, int64_t n, float *y, int64_t ldy);

@@ -224,6 +224,16 @@ static void mm(const batch *b, const lm_tensor *w, const float *x, float *y) {
     lm_matmul(pool, w, x, b->n, y, s->qbuf);
 }
 
+/* Weights that read the same activations (q, k, v; gate, up): where they all
+ * take every token through the panels and qualify, one quantizing pass and one
+ * pool run for all of them (the same bits as one at a time); else one by one. */
+static void mm_group(const batch *b, const lm_tensor *const *w, float *const *y, int k, const float *x) {
+    bool all = true;
+    for (int i = 0; i < k; i++) all = all && lm_matmul_panel_decode(w[i]);
+    if (all && lm_matmul_panel_group(b->ws->model->pool, w, k, x, b->n, y, b->ws->qbuf)) return;
+    for (int i = 0; i < k; i++) mm(b, w[i], x, y[i]);
+}
+
 /* The output matrix, for the rows that want logits: through the panels where
  * its type takes every token through them (a batched decode step's logits
  * then come at the panels' speed, each row the same bits as alone), else the
@@ -321,16 +331,13 @@ static lm_status forward(const batch *b, const int32_t *tokens, const int32_t *o
         float rope_base = local ? hp->rope_base_local : hp->rope_base;
 
         per_token(b, l, il, ST_ATTN_NORM, rope_base);
-        mm(b, l->wq, s->xb, s->q);
-        mm(b, l->wk, s->xb, s->k);
-        mm(b, l->wv, s->xb, s->v);
+        mm_group(b, (const lm_tensor *[]){l->wq, l->wk, l->wv}, (float *[]){s->q, s->k, s->v}, 3, s->xb);
         per_token(b, l, il, ST_QK, rope_base);     /* biases, q/k norms, RoPE, into the KV cache */
         attn_job aj = {.b = b, .layer = il};
         lm_pool_run(pool, attn_rows, &aj);
         mm(b, l->wo, s->xb2, s->xb);
         per_token(b, l, il, ST_MID, rope_base);    /* post-attention norm, residual, FFN norm */
-        mm(b, l->w_gate, s->xb, s->hb);
-        mm(b, l->w_up, s->xb, s->hb2);
+        mm_group(b, (const lm_tensor *[]){l->w_gate, l->w_up}, (float *[]){s->hb, s->hb2}, 2, s->xb);
         per_token(b, l, il, ST_GATE, rope_base);   /* SiLU- or GELU-gated */
         mm(b, l->w_down, s->hb, s->xb);
         per_token(b, l, il, ST_OUT, rope_base);    /* post-FFN norm, residual */

@@ -3,6 +3,9 @@
 #include "testutil.h"
 #include "quant.h"
 #include "quant_legacy.h"
+#include "model.h"
+#include "pool.h"
+#include "tensor.h"
 
 #include <immintrin.h>
 #include <math.h>
@@ -270,8 +273,71 @@ static void test_panel(void) {
     CHECK(lm_cpu_isa() < LM_ISA_AVX512 || ran > 0, "no SIMD panel ran");
 }
 
+/* Weights of one type through lm_matmul_panel_group: the bits lm_matmul_panel
+ * gives each alone, for one token and for batches, on two threads; weights
+ * that do not share a type, a width or whole panels are refused untouched. */
+static void test_panel_group(void) {
+    enum { IN = 576, MAXN = 33 };
+    static const int64_t outs[3] = {48, 32, 16};
+    static const int ns[] = {1, 3, 5, 16, 33};
+    const lm_dtype types[] = {LM_Q4_0, LM_Q4_1, LM_Q5_0, LM_Q8_0};
+    lm_pool *pool = lm_pool_new(2);
+    uint64_t r = 5;
+    float *x = malloc(MAXN * IN * sizeof *x), *row = malloc(IN * sizeof *row);
+    fill(x, MAXN * IN, &r, 2.0f);
+    int checked = 0;
+    for (size_t ti = 0; ti < sizeof types / sizeof *types; ti++) {
+        const lm_dtype t = types[ti];
+        if (!lm_quant_ops_get(t)->panel) continue;
+        lm_tensor *w[3];
+        float *y[3], *want[3];
+        for (int i = 0; i < 3; i++) {
+            const size_t rb = lm_dtype_row_size(t, IN);
+            char *d = malloc(rb * outs[i]);
+            for (int64_t k = 0; k < outs[i]; k++) {
+                fill(row, IN, &r, 1.0f);
+                lm_quant_ops_get(t)->from_float(row, d + k * rb, IN);
+            }
+            w[i] = lm_tensor_wrap(t, 2, (int64_t[]){outs[i], IN}, d, free, d);
+            y[i] = malloc(MAXN * outs[i] * sizeof(float));
+            want[i] = malloc(MAXN * outs[i] * sizeof(float));
+        }
+        size_t qs = 0;
+        for (int i = 0; i < 3; i++) if (lm_matmul_qbuf_size(w[i], MAXN) > qs) qs = lm_matmul_qbuf_size(w[i], MAXN);
+        void *q = aligned_alloc(64, (qs + 63) & ~(size_t)63);
+        for (size_t k = 0; k < sizeof ns / sizeof *ns; k++) {
+            const int n = ns[k];
+            for (int i = 0; i < 3; i++) lm_matmul_panel(pool, w[i], x, n, want[i], q);
+            CHECK(lm_matmul_panel_group(pool, (const lm_tensor *const *)w, 3, x, n, y, q), "%s group refused", lm_dtype_name(t));
+            for (int i = 0; i < 3; i++)
+                CHECK(memcmp(y[i], want[i], n * outs[i] * sizeof(float)) == 0, "%s n=%d weight %d: group differs from alone",
+                      lm_dtype_name(t), n, i);
+            checked++;
+        }
+        for (int i = 0; i < 3; i++) { lm_tensor_free(w[i]); free(y[i]); free(want[i]); }
+        free(q);
+    }
+    /* refusals: another type, another width, rows not a multiple of the panel */
+    char *d = calloc(1, 1 << 20);
+    lm_tensor *a = lm_tensor_wrap(LM_Q4_0, 2, (int64_t[]){32, IN}, d, NULL, NULL);
+    lm_tensor *b = lm_tensor_wrap(LM_Q8_0, 2, (int64_t[]){32, IN}, d, NULL, NULL);
+    lm_tensor *c = lm_tensor_wrap(LM_Q4_0, 2, (int64_t[]){32, 2 * IN}, d, NULL, NULL);
+    lm_tensor *e = lm_tensor_wrap(LM_Q4_0, 2, (int64_t[]){40, IN}, d, NULL, NULL);
+    float *yy[2] = {NULL, NULL};
+    CHECK(!lm_matmul_panel_group(pool, (const lm_tensor *[]){a, b}, 2, x, 1, yy, NULL), "mixed types refused");
+    CHECK(!lm_matmul_panel_group(pool, (const lm_tensor *[]){a, c}, 2, x, 1, yy, NULL), "mixed widths refused");
+    CHECK(!lm_matmul_panel_group(pool, (const lm_tensor *[]){a, e}, 2, x, 1, yy, NULL), "partial panels refused");
+    CHECK(!lm_matmul_panel_group(pool, (const lm_tensor *[]){a, a, a, a}, 4, x, 1, yy, NULL), "more than LM_PANEL_GROUP refused");
+    lm_tensor_free(a); lm_tensor_free(b); lm_tensor_free(c); lm_tensor_free(e);
+    free(d); free(x); free(row);
+    lm_pool_free(pool);
+    printf("panel groups checked: %d\n", checked);
+    CHECK(lm_cpu_isa() < LM_ISA_AVX512 || checked > 0, "no panel group ran");
+}
+
 int main(void) {
     test_panel();
+    test_panel_group();
     test_tile();
     test_known_blocks();
     test_round_trips();
