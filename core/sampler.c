@@ -238,55 +238,55 @@ static void drop_hopeless(lm_candidates *c) {
     c->n = m;
 }
 
-/* Candidate a goes before b: a higher logit, or the same and a lower id (sort_desc's order). */
-static inline bool before(const lm_candidates *c, int32_t a, int32_t b) {
-    return c->logits[a] > c->logits[b] || (c->logits[a] == c->logits[b] && c->ids[a] < c->ids[b]);
+/* Entry a goes before b: a higher logit, or the same and a lower id
+ * (sort_desc's order); ids NULL: an entry's id is its position. */
+static inline bool before(const float *lg, const int32_t *ids, int32_t a, int32_t b) {
+    return lg[a] > lg[b] || (lg[a] == lg[b] && (ids ? ids[a] < ids[b] : a < b));
 }
 
 /* heap h[0..k) of positions with the last in order at the root */
-static void sift(const lm_candidates *c, int32_t *h, int32_t k, int32_t i) {
+static void sift(const float *lg, const int32_t *ids, int32_t *h, int32_t k, int32_t i) {
     for (;;) {
         int32_t w = i, l = 2 * i + 1, r = l + 1;
-        if (l < k && before(c, h[w], h[l])) w = l;
-        if (r < k && before(c, h[w], h[r])) w = r;
+        if (l < k && before(lg, ids, h[w], h[l])) w = l;
+        if (r < k && before(lg, ids, h[w], h[r])) w = r;
         if (w == i) return;
         int32_t t = h[i]; h[i] = h[w]; h[w] = t;
         i = w;
     }
 }
 
-/* The positions of the k first candidates in sort_desc's order, that order, in
- * s->heap[0..k) (0 < k <= n); the candidates stay as they are. One pass with a
- * heap of k: a few compares per candidate where sorting tens of thousands took
- * milliseconds. */
-static void best_k(lm_sampler *s, int32_t k) {
-    const lm_candidates *c = &s->c;
+/* The positions of the k first of n entries (lg, ids) in sort_desc's order, in
+ * that order, in s->heap[0..k) (0 < k <= n); the entries stay as they are. One
+ * pass with a heap of k: a few compares per entry where sorting tens of
+ * thousands took milliseconds. */
+static void best_k(lm_sampler *s, const float *lg, const int32_t *ids, int32_t n, int32_t k) {
     int32_t *h = s->heap;
     for (int32_t i = 0; i < k; i++) h[i] = i;
-    for (int32_t i = k / 2 - 1; i >= 0; i--) sift(c, h, k, i);
-    /* most candidates fall below the root: test 16 at a time against its logit */
-    float bar = c->logits[h[0]];
+    for (int32_t i = k / 2 - 1; i >= 0; i--) sift(lg, ids, h, k, i);
+    /* most entries fall below the root: test 16 at a time against its logit */
+    float bar = lg[h[0]];
     int32_t i = k;
-    for (; i + 16 <= c->n; i += 16) {
+    for (; i + 16 <= n; i += 16) {
         int any = 0;
-        for (int32_t j = 0; j < 16; j++) any |= c->logits[i + j] >= bar;
+        for (int32_t j = 0; j < 16; j++) any |= lg[i + j] >= bar;
         if (!any) continue;
         for (int32_t j = i; j < i + 16; j++)
-            if (before(c, j, h[0])) { h[0] = j; sift(c, h, k, 0); bar = c->logits[h[0]]; }
+            if (before(lg, ids, j, h[0])) { h[0] = j; sift(lg, ids, h, k, 0); bar = lg[h[0]]; }
     }
-    for (; i < c->n; i++)
-        if (before(c, i, h[0])) { h[0] = i; sift(c, h, k, 0); }
+    for (; i < n; i++)
+        if (before(lg, ids, i, h[0])) { h[0] = i; sift(lg, ids, h, k, 0); }
     for (int32_t m = k - 1; m > 0; m--) { /* the root (last in order) to the end */
         int32_t t = h[0]; h[0] = h[m]; h[m] = t;
-        sift(c, h, m, 0);
+        sift(lg, ids, h, m, 0);
     }
 }
 
-/* Keeps just the first k of best_k's selection, sorted. */
-static void keep_best(lm_sampler *s, int32_t k) {
+/* The candidates become the first k of best_k's selection from (lg, ids), sorted. */
+static void keep_best(lm_sampler *s, const float *lg, const int32_t *ids, int32_t k) {
     lm_candidates *c = &s->c;
     int32_t *h = s->heap;
-    for (int32_t j = 0; j < k; j++) { s->scratch[j] = c->logits[h[j]]; h[j] = c->ids[h[j]]; }
+    for (int32_t j = 0; j < k; j++) { s->scratch[j] = lg[h[j]]; h[j] = ids ? ids[h[j]] : h[j]; }
     memcpy(c->logits, s->scratch, (size_t)k * sizeof *c->logits);
     memcpy(c->ids, h, (size_t)k * sizeof *c->ids);
     c->n = k;
@@ -305,11 +305,11 @@ static bool top_p_selected(lm_sampler *s, float p, int32_t min_keep) {
     for (int32_t i = 1; i < c->n; i++) if (c->logits[i] > max) max = c->logits[i];
     double sum = 0;
     for (int32_t i = 0; i < c->n; i++) sum += expf(c->logits[i] - max);
-    best_k(s, k);
+    best_k(s, c->logits, c->ids, c->n, k);
     double cum = 0;
     for (int32_t i = 0; i < k; i++) {
         cum += (float)(expf(c->logits[s->heap[i]] - max) / sum);
-        if (cum >= p && i + 1 >= min_keep) { keep_best(s, i + 1); return true; }
+        if (cum >= p && i + 1 >= min_keep) { keep_best(s, c->logits, c->ids, i + 1); return true; }
     }
     return false;
 }
@@ -404,8 +404,8 @@ static bool run_link(lm_sampler *s, const link *l) {
                 c->n = l->i;
                 c->has_probs = false;
             } else {
-                best_k(s, l->i);
-                keep_best(s, l->i);
+                best_k(s, c->logits, c->ids, c->n, l->i);
+                keep_best(s, c->logits, c->ids, l->i);
             }
         }
         break;
@@ -477,8 +477,8 @@ static bool run_link(lm_sampler *s, const link *l) {
     return false;
 }
 
-lm_candidates *lm_sampler_begin(lm_sampler *s, const float *logits, int32_t n_vocab) {
-    if (!s || !logits || n_vocab <= 0) { lm_err("sampler: bad arguments"); return NULL; }
+/* room for n_vocab candidates */
+static bool ensure_cap(lm_sampler *s, int32_t n_vocab) {
     if (s->cap < n_vocab) {
         int32_t *ids = realloc(s->c.ids, (size_t)n_vocab * sizeof *ids);
         if (ids) s->c.ids = ids;
@@ -492,9 +492,15 @@ lm_candidates *lm_sampler_begin(lm_sampler *s, const float *logits, int32_t n_vo
         if (hp) s->heap = hp;
         int32_t *counts = calloc((size_t)n_vocab, sizeof *counts);
         if (counts) { free(s->counts); s->counts = counts; }
-        if (!ids || !lg || !pr || !sc || !hp || !counts) { lm_err("out of memory"); return NULL; }
+        if (!ids || !lg || !pr || !sc || !hp || !counts) { lm_err("out of memory"); return false; }
         s->cap = n_vocab;
     }
+    return true;
+}
+
+lm_candidates *lm_sampler_begin(lm_sampler *s, const float *logits, int32_t n_vocab) {
+    if (!s || !logits || n_vocab <= 0) { lm_err("sampler: bad arguments"); return NULL; }
+    if (!ensure_cap(s, n_vocab)) return NULL;
     for (int32_t i = 0; i < n_vocab; i++) s->c.ids[i] = i;
     memcpy(s->c.logits, logits, (size_t)n_vocab * sizeof *logits);
     s->c.n = s->c.n_vocab = n_vocab;
@@ -530,6 +536,19 @@ int32_t lm_sampler_sample(lm_sampler *s, const float *logits, int32_t n_vocab) {
     if (!s) { lm_err("sampler is NULL"); return -1; }
     for (int32_t i = 0; i < s->n_links; i++)
         if (s->links[i].kind == L_EXTERNAL) { lm_err("sampler: the chain has external links; use begin/run"); return -1; }
+    const link *l0 = s->n_links > 0 ? &s->links[0] : NULL;
+    if (l0 && l0->kind == L_TOP_K && l0->i > 0 && l0->i < n_vocab && logits) {
+        /* a chain that starts with top-k takes its k straight from the logits:
+         * no copy of the whole vocabulary */
+        if (!ensure_cap(s, n_vocab)) return -1;
+        best_k(s, logits, NULL, n_vocab, l0->i);
+        keep_best(s, logits, NULL, l0->i);
+        s->c.n_vocab = n_vocab;
+        s->identity = false;
+        s->result = -1;
+        lm_sampler_run(s, 1);
+        return lm_sampler_result(s);
+    }
     if (!lm_sampler_begin(s, logits, n_vocab)) return -1;
     lm_sampler_run(s, 0);
     return lm_sampler_result(s);

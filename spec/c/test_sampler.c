@@ -161,6 +161,21 @@ int main(void) {
     check_cut("min-p 0.5, min_keep 9", big, 2, 0.5f, 9);
     check_cut("min-p 0.9, flat", flat, 2, 0.9f, 1);
 
+    /* a chain that starts with top-k: lm_sampler_sample takes the k straight
+     * from the logits; the same draws as the candidates path (begin + run) */
+    p = lm_sampler_default_params();
+    p.temperature = 0.7f; p.top_k = 40; p.top_p = 0.9f; p.min_p = 0.05f; p.seed = 21;
+    lm_sampler *fast = lm_sampler_new(&p), *slow = lm_sampler_new(&p);
+    int same = 0;
+    for (int i = 0; i < 300; i++) {
+        int a1 = lm_sampler_sample(fast, big, BIG);
+        lm_sampler_begin(slow, big, BIG);
+        lm_sampler_run(slow, 0);
+        same += a1 == lm_sampler_result(slow);
+    }
+    CHECK(same == 300, "top-k first: sample and begin/run agree on %d of 300 draws", same);
+    lm_sampler_free(fast); lm_sampler_free(slow);
+
     /* the draw over all 49152 (no cut, so no sort): three tokens carry all but
      * e^-20 of the mass, in the ratio e^0 : e^-1 : e^-2 */
     for (int i = 0; i < BIG; i++) big[i] = tu_randf(&r, -10, 0);
