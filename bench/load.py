@@ -6,8 +6,9 @@ usage: scripts/test_venv.sh && spec/.venv/bin/python bench/load.py
            [--max-tokens 64] [--ctx N] [--threads N] [--out bench/out] [--strict]
 
 Starts `build/lumen serve` on 127.0.0.1 (loopback only), then:
-1. one streaming client, a few requests one after the other: its decode speed
-   (tokens after the first / time after the first) and time to first token;
+1. one streaming client, a few requests one after the other, before the load
+   and again after it: its decode speed (tokens after the first / time after
+   the first; the median of all those runs) and time to first token;
 2. `--clients` streaming clients at once for `--duration` seconds, each looping
    over chat completions of varied prompts (max_tokens 64, stream_options
    include_usage). A request started before the deadline is let finish.
@@ -86,13 +87,17 @@ def one_request(client, model, prompt, max_tokens, seed):
             "finish_reason": finish}
 
 
-def single_phase(url, model, max_tokens, runs):
+def single_phase(url, model, max_tokens, runs, seed0=0):
     client = openai.OpenAI(base_url=url, api_key="x", max_retries=0, timeout=REQUEST_TIMEOUT_S)
     one_request(client, model, "Hello!", 8, 0)  # warm-up
     results = []
     for i in range(runs):
-        r = one_request(client, model, "Write a long story about a dragon who learns to cook.", max_tokens, i)
+        r = one_request(client, model, "Write a long story about a dragon who learns to cook.", max_tokens, seed0 + i)
         results.append(r)
+    return summary(results)
+
+
+def summary(results):
     speeds = [(r["completion_tokens"] - 1) / r["decode_s"] for r in results if r["decode_s"] > 0]
     return {"runs": results,
             "decode_tokens_per_s": statistics.median(speeds) if speeds else None,
@@ -165,7 +170,9 @@ def markdown(res):
     s, l = res["single"], res["load"]
     ratio = res["ratio"]
     rows = [
-        ("single client: decode tokens/s", fmt(s["decode_tokens_per_s"]), ""),
+        ("single client: decode tokens/s (median of %d runs: before / after the load)" % len(s["runs"]),
+         "%s (%s / %s)" % (fmt(s["decode_tokens_per_s"]), fmt(s["before"]["decode_tokens_per_s"]),
+                           fmt(s["after"]["decode_tokens_per_s"])), ""),
         ("single client: time to first token", fmt(s["ttft_s"] * 1000, "%.0f ms"), ""),
         ("%d clients: aggregate decode tokens/s" % l["clients"], fmt(l["aggregate_decode_tokens_per_s"]), ""),
         ("aggregate / single", fmt(ratio, "%.2fx"), ">= %.0fx %s" % (TARGET_RATIO, "ok" if ratio and ratio >= TARGET_RATIO else "MISSED")),
@@ -192,7 +199,7 @@ def main():
     ap.add_argument("--port", type=int, default=0, help="port for the server (0: any free one)")
     ap.add_argument("--slots", type=int, default=32)
     ap.add_argument("--max-tokens", type=int, default=64)
-    ap.add_argument("--single-runs", type=int, default=3)
+    ap.add_argument("--single-runs", type=int, default=5, help="single-client requests before and again after the load")
     ap.add_argument("--ctx", type=int, help="context per slot (server default if unset)")
     ap.add_argument("--threads", type=int, help="server compute threads (server default if unset)")
     ap.add_argument("--bin", default=os.environ.get("LUMEN_BIN", os.path.join(ROOT, "build", "lumen")))
@@ -212,9 +219,15 @@ def main():
     try:
         url = srv.base_url + "/v1"
         print("load: server on %s (log %s)" % (srv.base_url, srv.log_path), file=sys.stderr)
-        single = single_phase(url, a.model, a.max_tokens, a.single_runs)
-        print("load: single client %.1f decode tokens/s" % (single["decode_tokens_per_s"] or 0), file=sys.stderr)
+        # the single stream before and after the load: this machine's speed
+        # drifts, and one short phase can land on a fast or a slow stretch
+        before = single_phase(url, a.model, a.max_tokens, a.single_runs)
+        print("load: single client %.1f decode tokens/s" % (before["decode_tokens_per_s"] or 0), file=sys.stderr)
         load = load_phase(url, a.model, a.clients, a.duration, a.max_tokens, srv.proc.pid)
+        after = single_phase(url, a.model, a.max_tokens, a.single_runs, seed0=a.single_runs)
+        single = summary(before["runs"] + after["runs"])
+        single["before"] = {k: before[k] for k in ("decode_tokens_per_s", "ttft_s")}
+        single["after"] = {k: after[k] for k in ("decode_tokens_per_s", "ttft_s")}
         metrics, _ = srv.metrics()
         alive = srv.alive()
     finally:

@@ -131,6 +131,12 @@ lm_status lm_sampler_add_logit_bias(lm_sampler *s, const int32_t *ids, const flo
 
 int32_t lm_sampler_n_links(const lm_sampler *s) { return s ? s->n_links : 0; }
 
+bool lm_sampler_has_external(const lm_sampler *s) {
+    for (int32_t i = 0; s && i < s->n_links; i++)
+        if (s->links[i].kind == L_EXTERNAL) return true;
+    return false;
+}
+
 lm_sampler *lm_sampler_new(const lm_sampler_params *params) {
     lm_sampler_params p = params ? *params : lm_sampler_default_params();
     lm_sampler *s = lm_sampler_chain_new(p.seed);

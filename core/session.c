@@ -73,6 +73,37 @@ lm_session *lm_session_new(lm_model *m, const lm_session_params *params) {
     return s;
 }
 
+typedef struct {
+    lm_sampler *const *samplers;
+    lm_session *const *sessions;
+    int32_t *out;
+    int32_t n, n_vocab;
+} sample_job;
+
+static void sample_rows(void *vctx, int ith, int nth) {
+    sample_job *j = vctx;
+    int64_t lo, hi;
+    lm_pool_split(j->n, 1, ith, nth, &lo, &hi);
+    for (int64_t i = lo; i < hi; i++) j->out[i] = lm_sampler_sample(j->samplers[i], j->sessions[i]->logits, j->n_vocab);
+}
+
+lm_status lm_sessions_sample(lm_sampler *const *samplers, lm_session *const *sessions, int32_t n, int32_t *out) {
+    if (!samplers || !sessions || !out || n <= 0) return lm_err("sample: bad arguments (n = %d)", n);
+    for (int32_t i = 0; i < n; i++) {
+        if (!samplers[i] || !sessions[i]) return lm_err("sample: entry %d has no sampler or session", i);
+        if (sessions[i]->model != sessions[0]->model) return lm_err("sample: entry %d is a session of another model", i);
+        if (lm_sampler_has_external(samplers[i])) return lm_err("sample: entry %d's chain has external links (use begin/run)", i);
+        for (int32_t k = 0; k < i; k++)
+            if (samplers[k] == samplers[i]) return lm_err("sample: entries %d and %d share a sampler", k, i);
+    }
+    sample_job j = {samplers, sessions, out, n, sessions[0]->model->hp.n_vocab};
+    if (n >= 4) lm_pool_run(sessions[0]->model->pool, sample_rows, &j);
+    else sample_rows(&j, 0, 1);
+    for (int32_t i = 0; i < n; i++)
+        if (out[i] < 0) return lm_err("sample: entry %d failed (out of memory)", i);
+    return LM_OK;
+}
+
 lm_session *lm_session_retain(lm_session *s) {
     if (s) atomic_fetch_add(&s->refcount, 1);
     return s;

@@ -130,7 +130,10 @@ function Server:load_models()
                     -- reused by every batched step (eval_batch's cdata arrays):
                     -- a token per slot plus the prompt tokens riding along
                     sessions_buf = ffi.new("lm_session*[?]", self.cfg.slots + self.cfg.prefill_chunk + 16),
-                    tokens_buf = ffi.new("int32_t[?]", self.cfg.slots + self.cfg.prefill_chunk + 16) }
+                    tokens_buf = ffi.new("int32_t[?]", self.cfg.slots + self.cfg.prefill_chunk + 16),
+                    -- and for the step's draws (lumen.sampler.sample_sessions)
+                    samplers_buf = ffi.new("lm_sampler*[?]", self.cfg.slots),
+                    drawn_buf = ffi.new("int32_t[?]", self.cfg.slots) }
     for s = 1, self.cfg.slots do
       local slot = { index = s, session = m:session{ ctx = ctx, batch = self.cfg.prefill_chunk } }
       entry.slots[s] = slot
@@ -449,13 +452,14 @@ function Server:prompt_evaluated(job, n)
   for _, seq in ipairs(job.seqs) do self:next_token(seq) end
 end
 
---- Samples the next token of a sequence from its session's logits and moves
--- it on: text out, stop checks, or queued for the next batched step.
-function Server:next_token(seq)
+--- Samples the next token of a sequence from its session's logits (or takes
+-- the one sampled with the step's others) and moves it on: text out, stop
+-- checks, or queued for the next batched step.
+function Server:next_token(seq, tok)
   local job = seq.job
   local s = seq.slot.session
   local model = job.entry.model
-  local tok = seq.sampler:sample(s)
+  tok = tok or seq.sampler:sample(s)
   seq.n_gen = seq.n_gen + 1
   if seq.n_gen == 1 and seq.index == 0 then self.metrics:observe_ttft(now() - job.arrived) end
   local lp
@@ -570,7 +574,20 @@ function Server:decode_step()
   for e, b in pairs(by_model) do
     model_mod.eval_batch(b.sessions, b.tokens, e.sessions_buf, e.tokens_buf)
     if #b.seqs > 0 then self.metrics:decoded(now(), #b.seqs) end
-    for _, seq in ipairs(b.seqs) do self:next_token(seq) end
+    -- the step's draws in one call on the model's threads (chains with Lua
+    -- links, if a pipeline made any, one by one)
+    local chains, sess, idx = {}, {}, {}
+    for i, seq in ipairs(b.seqs) do
+      if not seq.sampler.has_lua then
+        chains[#chains + 1], sess[#sess + 1], idx[#idx + 1] = seq.sampler, seq.slot.session, i
+      end
+    end
+    local drawn = {}
+    if #chains > 0 then
+      lumen.sampler.sample_sessions(chains, sess, e.drawn_buf, e.samplers_buf, e.sessions_buf)
+      for k, i in ipairs(idx) do drawn[i] = e.drawn_buf[k - 1] end
+    end
+    for i, seq in ipairs(b.seqs) do self:next_token(seq, drawn[i]) end
   end
   local riding = self.riding
   self.riding = {}

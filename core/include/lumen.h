@@ -249,6 +249,10 @@ int32_t lm_sampler_n_links(const lm_sampler *s);
 /* One call: the whole chain on a copy of logits (not modified); -1 on error, or
  * when the chain has external links (use begin/run). */
 int32_t lm_sampler_sample(lm_sampler *s, const float *logits, int32_t n_vocab);
+/* The same for n sessions of one model at once, on the model's threads:
+ * out[i] = lm_sampler_sample(samplers[i], logits of sessions[i]). Each sampler
+ * once at most (each draws from its own state); no external links. */
+lm_status lm_sessions_sample(lm_sampler *const *samplers, lm_session *const *sessions, int32_t n, int32_t *out);
 /* Step by step: load the candidates, then run links from index `from` up to the
  * next external link; returns that link's index, or lm_sampler_n_links() at the end. */
 lm_candidates *lm_sampler_begin(lm_sampler *s, const float *logits, int32_t n_vocab);

@@ -181,6 +181,25 @@ end
 
 function Chain:accept(tok) C.lm_sampler_accept(self.h, tok) end
 
+--- One token for each of n sessions (of one model) from its chain, all in one
+-- call on the model's threads: out[0 .. n) (an int32 cdata array). Chains with
+-- Lua links cannot go (sample them one by one); sbuf and hbuf, when given, are
+-- reused lm_sampler*[] / lm_session*[] arrays of at least n.
+function M.sample_sessions(chains, sessions, out, sbuf, hbuf)
+  local n = #chains
+  if n == 0 or #sessions ~= n then error("sample_sessions: " .. n .. " chains for " .. #sessions .. " sessions", 2) end
+  sbuf = sbuf or ffi.new("lm_sampler*[?]", n)
+  hbuf = hbuf or ffi.new("lm_session*[?]", n)
+  for i = 1, n do
+    local ch, s = chains[i], sessions[i]
+    if getmetatable(ch) ~= Chain then error("sample_sessions: chains[" .. i .. "] is not a sampler", 2) end
+    if ch.has_lua then error("sample_sessions: chains[" .. i .. "] has Lua links; sample it alone", 2) end
+    if type(s) ~= "table" or s.h == nil then error("sample_sessions: sessions[" .. i .. "] is not an open session", 2) end
+    sbuf[i - 1], hbuf[i - 1] = ch.h, s.h
+  end
+  if C.lm_sessions_sample(sbuf, hbuf, n, out) ~= 0 then util.c_error("sample_sessions", 2) end
+end
+
 --- Clears the history and re-seeds (same seed: the same draws again).
 function Chain:reset(seed) C.lm_sampler_reset(self.h, seed or self.seed) end
 

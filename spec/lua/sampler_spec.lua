@@ -88,4 +88,37 @@ describe("lumen.sampler", function()
     s:eval(model:tokenize("The capital of France is"))
     assert.equal(" Paris", model:piece(sampler.chain{ sampler.greedy() }:sample(s)))
   end)
+
+  it("samples many sessions at once on the model's threads, as one by one", function()
+    local model = helper.model()
+    local prompts = { "The capital of France is", "Once upon a time", "1, 2, 3,", "def main():", "Hello", "The sky is" }
+    local sessions = {}
+    for i, p in ipairs(prompts) do
+      sessions[i] = model:session{ ctx = 32 }
+      sessions[i]:eval(model:tokenize(p))
+    end
+    local function chains(seed)
+      local t = {}
+      for i = 1, #prompts do t[i] = sampler.from_config{ temperature = 0.9, top_k = 40, top_p = 0.95, seed = seed + i } end
+      return t
+    end
+    local together, alone = chains(7), chains(7)
+    local out = ffi.new("int32_t[?]", #prompts)
+    local differs = false
+    for _ = 1, 20 do
+      sampler.sample_sessions(together, sessions, out)
+      for i = 1, #prompts do
+        local t = alone[i]:sample(sessions[i])
+        assert.equal(t, out[i - 1])
+        differs = differs or out[i - 1] ~= out[0]
+      end
+    end
+    assert.is_true(differs, "the sessions drew different tokens")
+    assert.error_matches(function() sampler.sample_sessions({ together[1], together[1] }, { sessions[1], sessions[2] }, out) end,
+                         "share a sampler")
+    assert.error_matches(function() sampler.sample_sessions({ sampler.chain{ function() end, sampler.greedy() } }, { sessions[1] }, out) end,
+                         "Lua links")
+    assert.error_matches(function() sampler.sample_sessions({ together[1] }, { sessions[1], sessions[2] }, out) end, "chains for")
+    for _, s in ipairs(sessions) do s:close() end
+  end)
 end)
