@@ -45,7 +45,7 @@ typedef void (*lm_vec_dot_tile_fn)(int64_t n, float *restrict s, size_t s_stride
  * where prefetching them all at once stalls and the hardware prefetcher does
  * not follow the panel's interleaved rows. */
 #define LM_PANEL_ROWS 16
-#define LM_PANEL_TOKENS 16
+#define LM_PANEL_TOKENS 32
 /* The panels' activations, packed once per product (lm_panel_pack) so that a
  * pass reads every token from one pointer at fixed offsets: block i of token c
  * is the record at y + i * y_stride + c * lm_panel_record(w) (the tokens of a

@@ -19,15 +19,19 @@
  * otherwise Q8_0 activations and sums starting from the record's c. The 16
  * rows as two halves of 8, each transposed as 8 x 8 dwords, side by side in
  * zmm: lane r is row r. */
-static inline __attribute__((always_inline)) void panel(const int T, int64_t n, float *s, size_t s_stride,
+static inline __attribute__((always_inline)) void panel(const int T, const int T2, int64_t n, float *s, size_t s_stride,
                                                         const char *xb, size_t x_stride, size_t x_block,
                                                         const char *yb, size_t y_stride, const void *pfp, const int q41,
                                                         __m256i (*unpack)(const char *)) {
     const __m512i offs = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
                                             _mm512_set1_epi32((int)x_stride));
-    __m512 sum[LM_PANEL_TOKENS];
+    /* T2: a second group of tokens whose sums live in memory (no registers
+     * are left): it reuses the block's unpacked and transposed weights */
+    __m512 sum[16], sum2[16];
 #pragma GCC unroll 16
     for (int c = 0; c < T; c++) sum[c] = _mm512_setzero_ps();
+#pragma GCC unroll 16
+    for (int c = 0; c < T2; c++) sum2[c] = _mm512_setzero_ps();
     const lm_pf pf = lm_pf_init(pfp, LM_PANEL_ROWS, x_stride, n / QK);
     for (int64_t i = 0; i < n / QK; i++) {
         __m256i r[8], lo[8], hi[8];
@@ -56,17 +60,36 @@ static inline __attribute__((always_inline)) void panel(const int T, int64_t n, 
             sum[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_mul_ps(dw, _mm512_set1_ps(a->d)), sum[c]);
             if (q41) sum[c] = _mm512_fmadd_ps(mw, _mm512_set1_ps(a->s), sum[c]);
         }
+#pragma GCC unroll 16
+        for (int c = 0; c < T2; c++) {
+            const lm_panel_block *a = y + T + c;
+            __m512i acc = q41 ? _mm512_setzero_si512() : _mm512_set1_epi32(a->c);
+#pragma GCC unroll 8
+            for (int j = 0; j < 8; j++) acc = _mm512_dpbusd_epi32(acc, w[j], _mm512_set1_epi32(lm_load32(a->qs + 4 * j)));
+            sum2[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_mul_ps(dw, _mm512_set1_ps(a->d)), sum2[c]);
+            if (q41) sum2[c] = _mm512_fmadd_ps(mw, _mm512_set1_ps(a->s), sum2[c]);
+        }
     }
 #pragma GCC unroll 16
     for (int c = 0; c < T; c++) _mm512_storeu_ps(s + c * s_stride, sum[c]);
+#pragma GCC unroll 16
+    for (int c = 0; c < T2; c++) _mm512_storeu_ps(s + (T + c) * s_stride, sum2[c]);
 }
 
-/* up to 16 tokens a pass, the rest in power-of-two pieces */
-#define PANEL_AT(T) panel(T, n, s + c * s_stride, s_stride, x, x_stride, block, \
-                          (const char *)y + c * sizeof(lm_panel_block), y_stride, c == 0 ? pf : NULL, q41, unpack)
+/* up to 32 tokens a pass (16 in registers and up to 16 more), the rest in
+ * power-of-two pieces */
+#define PANEL_AT2(T, T2) panel(T, T2, n, s + c * s_stride, s_stride, x, x_stride, block, \
+                                  (const char *)y + c * sizeof(lm_panel_block), y_stride, c == 0 ? pf : NULL, q41, unpack)
+#define PANEL_AT(T) PANEL_AT2(T, 0)
 static inline __attribute__((always_inline)) void panel_tokens(LM_PANEL_ARGS, size_t block, const int q41,
                                                                __m256i (*unpack)(const char *)) {
     int c = 0;
+    for (; c + 32 <= nt; c += 32) PANEL_AT2(16, 16);
+    if (nt - c > 16) { /* 17..31 left: one pass, the second group's count known at run time */
+        const int t2 = nt - c - 16;
+        PANEL_AT2(16, t2);
+        return;
+    }
     for (; c + 16 <= nt; c += 16) PANEL_AT(16);
     if (nt - c >= 8) { PANEL_AT(8); c += 8; }
     if (nt - c >= 4) { PANEL_AT(4); c += 4; }

@@ -200,7 +200,7 @@ static void test_tile(void) {
  * written outside the outputs. */
 static void test_panel(void) {
     static const int64_t lens[] = {32, 64, 256, 576, 1536, 2048, 4096 + 32};
-    static const int nts[] = {1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 33};
+    static const int nts[] = {1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 24, 29, 31, 32, 33};
     enum { R = LM_PANEL_ROWS, MAXT = 33 };
     uint64_t r = 31;
     int ran = 0, refs = 0;
