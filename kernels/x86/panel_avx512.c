@@ -15,6 +15,18 @@
 #include <stddef.h>
 #include <string.h>
 
+/* One token's block against the 16 rows' transposed weights w: the exact int32
+ * dots (from the record's -bias * sum(q), or 0 for Q8_1 activations), then
+ * sum + dot * (dw * d) (+ mw * s for Q4_1), per row. */
+static inline __attribute__((always_inline)) __m512 token_block(const lm_panel_block *a, const __m512i w[8], __m512 dw,
+                                                               __m512 mw, const int q41, __m512 sum) {
+    __m512i acc = q41 ? _mm512_setzero_si512() : _mm512_set1_epi32(a->c);
+#pragma GCC unroll 8
+    for (int j = 0; j < 8; j++) acc = _mm512_dpbusd_epi32(acc, w[j], _mm512_set1_epi32(lm_load32(a->qs + 4 * j)));
+    sum = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_mul_ps(dw, _mm512_set1_ps(a->d)), sum);
+    return q41 ? _mm512_fmadd_ps(mw, _mm512_set1_ps(a->s), sum) : sum;
+}
+
 /* q41: Q4_1 weights against Q8_1 activations (no shift; the min term);
  * otherwise Q8_0 activations and sums starting from the record's c. The 16
  * rows as two halves of 8, each transposed as 8 x 8 dwords, side by side in
@@ -52,23 +64,9 @@ static inline __attribute__((always_inline)) void panel(const int T, const int T
         /* every token's record at a fixed offset from one pointer (quant.h) */
         const lm_panel_block *y = (const lm_panel_block *)(yb + i * y_stride);
 #pragma GCC unroll 16
-        for (int c = 0; c < T; c++) {
-            const lm_panel_block *a = y + c;
-            __m512i acc = q41 ? _mm512_setzero_si512() : _mm512_set1_epi32(a->c);
-#pragma GCC unroll 8
-            for (int j = 0; j < 8; j++) acc = _mm512_dpbusd_epi32(acc, w[j], _mm512_set1_epi32(lm_load32(a->qs + 4 * j)));
-            sum[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_mul_ps(dw, _mm512_set1_ps(a->d)), sum[c]);
-            if (q41) sum[c] = _mm512_fmadd_ps(mw, _mm512_set1_ps(a->s), sum[c]);
-        }
+        for (int c = 0; c < T; c++) sum[c] = token_block(y + c, w, dw, mw, q41, sum[c]);
 #pragma GCC unroll 16
-        for (int c = 0; c < T2; c++) {
-            const lm_panel_block *a = y + T + c;
-            __m512i acc = q41 ? _mm512_setzero_si512() : _mm512_set1_epi32(a->c);
-#pragma GCC unroll 8
-            for (int j = 0; j < 8; j++) acc = _mm512_dpbusd_epi32(acc, w[j], _mm512_set1_epi32(lm_load32(a->qs + 4 * j)));
-            sum2[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_mul_ps(dw, _mm512_set1_ps(a->d)), sum2[c]);
-            if (q41) sum2[c] = _mm512_fmadd_ps(mw, _mm512_set1_ps(a->s), sum2[c]);
-        }
+        for (int c = 0; c < T2; c++) sum2[c] = token_block(y + T + c, w, dw, mw, q41, sum2[c]);
     }
 #pragma GCC unroll 16
     for (int c = 0; c < T; c++) _mm512_storeu_ps(s + c * s_stride, sum[c]);
