@@ -20,7 +20,7 @@ typedef struct {
     char *xq;
     float *y;
     lm_dtype wt;
-    char *pk;      /* panels: the activations packed (quant.h), in passes of 16 tokens */
+    char *pk;      /* panels: the activations packed (quant.h), in passes of LM_PANEL_TOKENS */
     size_t pk_rec; /* bytes of one packed block */
     int64_t pk_nb; /* packed blocks per token */
 } mm_job;
@@ -136,7 +136,7 @@ void lm_matmul(lm_pool *pool, const lm_tensor *w, const float *x, int64_t n, flo
 }
 
 /* Panels (quant.h): each thread takes its rows in chunks that stay in cache
- * while every token of the batch passes them, 16 rows by up to 16 tokens a
+ * while every token of the batch passes them, 16 rows by up to 32 tokens a
  * call; rows beyond a multiple of 16 go through vec_dot. The first token pass
  * prefetches the next panel's rows (within the thread's share): a decode step
  * streams the weights from memory once, and the hardware prefetcher does not
@@ -187,7 +187,8 @@ static void group_rows(void *vctx, int ith, int nth) {
     int64_t total = 0, lo, hi;
     for (int i = 0; i < g->k; i++) total += g->out[i];
     lm_pool_split(total, LM_PANEL_ROWS, ith, nth, &lo, &hi);
-    for (int i = 0, base = 0; i < g->k; base += (int)g->out[i], i++) {
+    int64_t base = 0;
+    for (int i = 0; i < g->k; base += g->out[i], i++) {
         const int64_t a = lo > base ? lo - base : 0, e = hi - base < g->out[i] ? hi - base : g->out[i];
         if (a < e) panel_range(&g->j, g->w[i], g->out[i], g->y[i], a, e);
     }
@@ -202,26 +203,8 @@ bool lm_matmul_panel_decode(const lm_tensor *w) {
     return lm_matmul_has_panel(w) && lm_quant_ops_get(w->dtype)->panel_decode;
 }
 
-bool lm_matmul_panel_group(lm_pool *pool, const lm_tensor *const *w, int k, const float *x, int64_t n,
-                           float *const *y, void *qbuf) {
-    if (k < 1 || k > LM_PANEL_GROUP) return false;
-    for (int i = 0; i < k; i++)
-        if (!lm_matmul_has_panel(w[i]) || w[i]->dtype != w[0]->dtype || w[i]->shape[1] != w[0]->shape[1] ||
-            w[i]->stride[0] != w[0]->stride[0] || w[i]->shape[0] % LM_PANEL_ROWS)
-            return false;
-    group_job g = {.j = mm_job_for(w[0], x, n, y[0]), .k = k};
-    for (int i = 0; i < k; i++) g.w[i] = w[i]->data, g.out[i] = w[i]->shape[0], g.y[i] = y[i];
-    g.j.xq = qbuf;
-    g.j.pk = (char *)qbuf + qrows_size(g.j.ops, w[0], n);
-    g.j.pk_rec = lm_panel_record(w[0]->dtype);
-    g.j.pk_nb = g.j.in / lm_dtype_block_size(g.j.ops->vec_dot_type);
-    if (n >= 4) lm_pool_run(pool, quantize_rows, &g.j);
-    else quantize_rows(&g.j, 0, 1);
-    lm_pool_run(pool, group_rows, &g);
-    return true;
-}
-
-void lm_matmul_panel(lm_pool *pool, const lm_tensor *w, const float *x, int64_t n, float *y, void *qbuf) {
+/* A panel product's job, its activations quantized and packed into qbuf. */
+static mm_job panel_job(lm_pool *pool, const lm_tensor *w, const float *x, int64_t n, float *y, void *qbuf) {
     mm_job j = mm_job_for(w, x, n, y);
     j.xq = qbuf;
     j.pk = (char *)qbuf + qrows_size(j.ops, w, n);
@@ -229,6 +212,24 @@ void lm_matmul_panel(lm_pool *pool, const lm_tensor *w, const float *x, int64_t 
     j.pk_nb = j.in / lm_dtype_block_size(j.ops->vec_dot_type);
     if (n >= 4) lm_pool_run(pool, quantize_rows, &j);
     else quantize_rows(&j, 0, 1);
+    return j;
+}
+
+bool lm_matmul_panel_group(lm_pool *pool, const lm_tensor *const *w, int k, const float *x, int64_t n,
+                           float *const *y, void *qbuf) {
+    if (k < 1 || k > LM_PANEL_GROUP) return false;
+    for (int i = 0; i < k; i++)
+        if (!lm_matmul_has_panel(w[i]) || w[i]->dtype != w[0]->dtype || w[i]->shape[1] != w[0]->shape[1] ||
+            w[i]->stride[0] != w[0]->stride[0] || w[i]->shape[0] % LM_PANEL_ROWS)
+            return false;
+    group_job g = {.j = panel_job(pool, w[0], x, n, y[0], qbuf), .k = k};
+    for (int i = 0; i < k; i++) g.w[i] = w[i]->data, g.out[i] = w[i]->shape[0], g.y[i] = y[i];
+    lm_pool_run(pool, group_rows, &g);
+    return true;
+}
+
+void lm_matmul_panel(lm_pool *pool, const lm_tensor *w, const float *x, int64_t n, float *y, void *qbuf) {
+    mm_job j = panel_job(pool, w, x, n, y, qbuf);
     lm_pool_run(pool, panel_rows, &j);
 }
 

@@ -106,10 +106,10 @@ void lm_matmul_panel(lm_pool *pool, const lm_tensor *w, const float *x, int64_t 
  * pass and one pool run for all (q, k and v; gate and up), each y[i] the bits
  * lm_matmul_panel gives. false (nothing done) when they do not qualify. */
 #define LM_PANEL_GROUP 3
-/* the chain has a link the caller runs (core/sampler.c) */
-bool lm_sampler_has_external(const lm_sampler *s);
 bool lm_matmul_panel_group(lm_pool *pool, const lm_tensor *const *w, int k, const float *x, int64_t n,
                            float *const *y, void *qbuf);
+/* The chain has a link the caller runs (core/sampler.c). */
+bool lm_sampler_has_external(const lm_sampler *s);
 /* y[m][n] (row stride ldy) = a[m][k] * w[n][k]^T through oneDNN, single-threaded
  * in the calling thread (core/tensor_ops.c). */
 lm_status lm_sgemm_nt(const float *a, int64_t m, int64_t k, const float *w, int64_t n, float *y, int64_t ldy);

@@ -223,21 +223,31 @@ static void sort_desc(lm_candidates *c) {
     c->sorted = true;
 }
 
+static float max_logit(const lm_candidates *c) {
+    float max = c->logits[0];
+    for (int32_t i = 1; i < c->n; i++) if (c->logits[i] > max) max = c->logits[i];
+    return max;
+}
+
+/* probs = softmax of the logits in their present order (max: the largest) */
+static void softmax_probs(lm_candidates *c, float max) {
+    double sum = 0;
+    for (int32_t i = 0; i < c->n; i++) { c->probs[i] = expf(c->logits[i] - max); sum += c->probs[i]; }
+    for (int32_t i = 0; i < c->n; i++) c->probs[i] = (float)(c->probs[i] / sum);
+    c->has_probs = true;
+}
+
 void lm_candidates_softmax(lm_candidates *c) {
     if (!c || c->n <= 0) return;
     sort_desc(c);
-    double sum = 0;
-    for (int32_t i = 0; i < c->n; i++) { c->probs[i] = expf(c->logits[i] - c->logits[0]); sum += c->probs[i]; }
-    for (int32_t i = 0; i < c->n; i++) c->probs[i] = (float)(c->probs[i] / sum);
-    c->has_probs = true;
+    softmax_probs(c, c->logits[0]);
 }
 
 /* Sorting tens of thousands of candidates is most of a chain's cost; candidates
  * whose probability is under e^-60 of the best can never be drawn, so they go first. */
 static void drop_hopeless(lm_candidates *c) {
     if (c->sorted || c->n < 1024) return;
-    float max = c->logits[0];
-    for (int32_t i = 1; i < c->n; i++) if (c->logits[i] > max) max = c->logits[i];
+    const float max = max_logit(c);
     int32_t m = 0;
     for (int32_t i = 0; i < c->n; i++)
         if (c->logits[i] >= max - 60.0f) { c->ids[m] = c->ids[i]; c->logits[m] = c->logits[i]; m++; }
@@ -307,8 +317,7 @@ static bool top_p_selected(lm_sampler *s, float p, int32_t min_keep) {
     lm_candidates *c = &s->c;
     const int32_t k = c->n < 1024 ? c->n : 1024;
     if (min_keep > k) return false;
-    float max = c->logits[0];
-    for (int32_t i = 1; i < c->n; i++) if (c->logits[i] > max) max = c->logits[i];
+    const float max = max_logit(c);
     double sum = 0;
     for (int32_t i = 0; i < c->n; i++) sum += expf(c->logits[i] - max);
     best_k(s, c->logits, c->ids, c->n, k);
@@ -427,9 +436,7 @@ static bool run_link(lm_sampler *s, const link *l) {
             drop_hopeless(c);
             if (!c->sorted) {
                 /* only those within log(p) of the best can stay: sort just them */
-                float max = c->logits[0];
-                for (int32_t i = 1; i < c->n; i++) if (c->logits[i] > max) max = c->logits[i];
-                const float floor_logit = max + logf(l->f);
+                const float floor_logit = max_logit(c) + logf(l->f);
                 int32_t m = 0;
                 for (int32_t i = 0; i < c->n; i++) m += c->logits[i] >= floor_logit;
                 if (m >= l->i) {
@@ -459,15 +466,8 @@ static bool run_link(lm_sampler *s, const link *l) {
     }
     case L_DIST: {
         drop_hopeless(c);
-        if (c->sorted) lm_candidates_softmax(c);
-        else { /* the draw needs no order: no sort of tens of thousands */
-            float max = c->logits[0];
-            for (int32_t i = 1; i < c->n; i++) if (c->logits[i] > max) max = c->logits[i];
-            double sum = 0;
-            for (int32_t i = 0; i < c->n; i++) { c->probs[i] = expf(c->logits[i] - max); sum += c->probs[i]; }
-            for (int32_t i = 0; i < c->n; i++) c->probs[i] = (float)(c->probs[i] / sum);
-            c->has_probs = true;
-        }
+        /* the draw needs no order: a list nothing sorted is not sorted for it */
+        softmax_probs(c, c->sorted ? c->logits[0] : max_logit(c));
         double u = (double)(next_u64(&s->rng) >> 11) * (1.0 / 9007199254740992.0);
         int32_t pick = c->n - 1;
         for (int32_t i = 0; i < c->n; i++) {

@@ -96,9 +96,13 @@ lm_status lm_sessions_sample(lm_sampler *const *samplers, lm_session *const *ses
         for (int32_t k = 0; k < i; k++)
             if (samplers[k] == samplers[i]) return lm_err("sample: entries %d and %d share a sampler", k, i);
     }
-    sample_job j = {samplers, sessions, out, n, sessions[0]->model->hp.n_vocab};
-    if (n >= 4) lm_pool_run(sessions[0]->model->pool, sample_rows, &j);
+    lm_model *m = sessions[0]->model;
+    sample_job j = {samplers, sessions, out, n, m->hp.n_vocab};
+    /* the pool runs one region at a time: not beside another thread's eval */
+    pthread_mutex_lock(&m->eval_mu);
+    if (n >= 4) lm_pool_run(m->pool, sample_rows, &j);
     else sample_rows(&j, 0, 1);
+    pthread_mutex_unlock(&m->eval_mu);
     for (int32_t i = 0; i < n; i++)
         if (out[i] < 0) return lm_err("sample: entry %d failed (out of memory)", i);
     return LM_OK;

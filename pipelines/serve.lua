@@ -314,12 +314,12 @@ function Server:admit()
     elseif #entry.free >= job.n then
       table.remove(self.queue, i)
       job.seqs = {}
-      local cached = 0
+      -- the first choice evaluates the prompt, in the slot that holds most of
+      -- it; the others fork from it (prompt_evaluated), so any free slot does
+      local first, cached = take_slot(entry, job.prompt_buf, job.prompt_tokens)
       for c = 1, job.n do
-        local slot, k = take_slot(entry, job.prompt_buf, job.prompt_tokens)
-        -- the first choice evaluates the prompt (the others fork from it)
-        if c == 1 then cached = k else k = 0 end
-        slot.session:rewind(k)
+        local slot = c == 1 and first or table.remove(entry.free)
+        slot.session:rewind(c == 1 and cached or 0)
         job.seqs[c] = { job = job, index = c - 1, slot = slot, n_gen = 0, parts = {}, logprobs = {},
                         text = model_mod.text_stream(entry.model, job.stop) }
       end

@@ -122,7 +122,7 @@ typedef struct lm_model_info {
                      several sessions in one pass (lm_session_eval_batch) cost little
                      more per token than a prompt through the GEMM */
     bool panels;  /* every layer matrix takes every token, prompt or decode, through the
-                     integer panels here (Q4_0/Q4_1/Q5_0 weights, AVX-512 VNNI): a prompt
+                     integer panels here (Q4_0/Q4_1/Q5_0/Q8_0 weights, AVX-512 VNNI): a prompt
                      at once or one token at a time gives the same bits */
 } lm_model_info;
 
