@@ -1,4 +1,5 @@
 #include "ops.h"
+#include "quant.h" /* lm_cpu_isa */
 
 #include <immintrin.h>
 #include <math.h>
@@ -220,4 +221,15 @@ void lm_attend_f16(float *out, const float *q, const uint16_t *k, const uint16_t
         for (int32_t t = t0; t < t1; t++) o += scores[t] * _cvtsh_ss(v[(int64_t)t * stride + i]);
         out[i] = o;
     }
+}
+
+void lm_attend_group_f16(float *out, const float *q, int nq, const uint16_t *k, const uint16_t *v,
+                         int64_t stride, int head_dim, int32_t t0, int32_t t1, float scale, float *scores) {
+    if (t1 <= t0) return;
+    if (head_dim % 16 == 0 && head_dim <= LM_ATTEND_MAX_HD && lm_cpu_isa() >= LM_ISA_AVX512) {
+        lm_attend_group_f16_avx512(out, q, nq, k, v, stride, head_dim, t0, t1, scale, scores);
+        return;
+    }
+    for (int j = 0; j < nq; j++)
+        lm_attend_f16(out + (int64_t)j * head_dim, q + (int64_t)j * head_dim, k, v, stride, head_dim, t0, t1, scale, scores);
 }

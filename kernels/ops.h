@@ -39,4 +39,18 @@ void lm_attend_f16(float *out, const float *q, const uint16_t *k, const uint16_t
                    int64_t stride, int head_dim, int32_t t0, int32_t t1, float scale,
                    float *scores);
 
+/* The nq query heads that share one kv head (consecutive in q and out,
+ * head_dim apart), each as lm_attend_f16 computes it: K and V rows are read
+ * once for the group. scores needs lm_attend_scores(nq, t1 - t0) floats. A
+ * head's result does not depend on nq (the same bits alone or in a group);
+ * it may differ from lm_attend_f16's in the last bits (another kernel: AVX-512
+ * where the CPU has it and head_dim is a multiple of 16 up to
+ * LM_ATTEND_MAX_HD, else lm_attend_f16 head by head). */
+#define LM_ATTEND_MAX_HD 256
+void lm_attend_group_f16(float *out, const float *q, int nq, const uint16_t *k, const uint16_t *v,
+                         int64_t stride, int head_dim, int32_t t0, int32_t t1, float scale, float *scores);
+static inline int64_t lm_attend_scores(int nq, int64_t n) { return (int64_t)nq * ((n + 15) & ~(int64_t)15); }
+void lm_attend_group_f16_avx512(float *out, const float *q, int nq, const uint16_t *k, const uint16_t *v,
+                                int64_t stride, int head_dim, int32_t t0, int32_t t1, float scale, float *scores);
+
 #endif

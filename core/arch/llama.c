@@ -167,7 +167,38 @@ typedef struct {
     int layer;
 } attn_job;
 
-/* Each (token, head) pair is one task; tokens see their sequence's cache up to their own position. */
+/* The positions token t attends to: [*t0, pos + 1) of its sequence's cache. */
+static int32_t attn_span(const batch *b, const lm_hparams *hp, bool local, int32_t t, int32_t *t0) {
+    int32_t pos = b->pos[t];
+    *t0 = local && pos + 1 > hp->sliding_window ? pos + 1 - hp->sliding_window : 0;
+    return pos + 1 - *t0;
+}
+
+/* The cache rows token t will read, all kv heads, to L2: one contiguous run
+ * per K and V that the hardware prefetcher, left alone, would only find in
+ * pieces (the kernel reads a kv head's part of each row). Asked for while the
+ * token before it computes; worth it between sequences of a batched step
+ * (a prompt's next token reads the rows this one just read). */
+static void prefetch_kv(const batch *b, const lm_hparams *hp, bool local, int layer, int32_t t) {
+    int32_t t0;
+    const int32_t n = attn_span(b, hp, local, t, &t0);
+    const lm_session *sq = b->seq[t];
+    const int64_t off = ((int64_t)layer * sq->n_ctx + t0) * sq->kv_dim;
+    const char *k = (const char *)(sq->k_cache + off), *v = (const char *)(sq->v_cache + off);
+    const int64_t bytes = (int64_t)n * sq->kv_dim * (int64_t)sizeof(uint16_t);
+    for (int64_t o = 0; o < bytes; o += 64) {
+        __builtin_prefetch(k + o, 0, 2);
+        __builtin_prefetch(v + o, 0, 2);
+    }
+}
+
+/* A task is one token's query heads that share a kv head (K and V rows read
+ * once for them), or, when there are too few such tasks to keep every thread
+ * busy (a one-token decode), one query head: a head's result is the same bits
+ * either way (lm_attend_group_f16). Threads take consecutive tasks of equal
+ * total cost, the positions read plus a fixed part, not equal counts: a
+ * prompt's late tokens read many more positions than its early ones, and the
+ * sequences of a batched step have different lengths. */
 static void attn_rows(void *vctx, int ith, int nth) {
     attn_job *j = vctx;
     const batch *b = j->b;
@@ -175,21 +206,34 @@ static void attn_rows(void *vctx, int ith, int nth) {
     const lm_hparams *hp = &ws->model->hp;
     const int HD = hp->head_dim, group = hp->n_head / hp->n_head_kv;
     const int64_t QD = (int64_t)hp->n_head * HD;
-    bool local = hp->sliding_window > 0 && hp->swa_period > 0 && (j->layer + 1) % hp->swa_period != 0;
-    float *scores = ws->scores + (int64_t)ith * ws->n_ctx;
-    int64_t lo, hi;
-    lm_pool_split((int64_t)b->n * hp->n_head, 1, ith, nth, &lo, &hi);
-    for (int64_t task = lo; task < hi; task++) {
-        int32_t t = (int32_t)(task / hp->n_head);
-        int h = (int)(task % hp->n_head);
+    const bool local = hp->sliding_window > 0 && hp->swa_period > 0 && (j->layer + 1) % hp->swa_period != 0;
+    float *scores = ws->scores + (int64_t)ith * lm_attend_scores(group, ws->n_ctx);
+    const int per = (int64_t)b->n * hp->n_head_kv >= 4 * nth ? group : 1; /* query heads per task */
+    const int tasks = hp->n_head / per;                                  /* per token */
+    enum { FIXED = 32 };
+    int64_t total = 0;
+    for (int32_t t = 0; t < b->n; t++) {
+        int32_t t0;
+        total += (int64_t)tasks * (attn_span(b, hp, local, t, &t0) + FIXED);
+    }
+    const int64_t lo = total * ith / nth, hi = total * (ith + 1) / nth;
+    int64_t at = 0;
+    for (int32_t t = 0; t < b->n && at < hi; t++) {
+        int32_t t0;
+        const int64_t cost = attn_span(b, hp, local, t, &t0) + FIXED;
+        if (at + cost * tasks <= lo) { at += cost * tasks; continue; }
         const lm_session *sq = b->seq[t];
         const uint16_t *kc = sq->k_cache + (int64_t)j->layer * sq->n_ctx * sq->kv_dim;
         const uint16_t *vc = sq->v_cache + (int64_t)j->layer * sq->n_ctx * sq->kv_dim;
-        int32_t pos = b->pos[t];
-        int32_t t0 = local && pos + 1 > hp->sliding_window ? pos + 1 - hp->sliding_window : 0;
-        int64_t kvo = (int64_t)(h / group) * HD;
-        lm_attend_f16(ws->xb2 + t * QD + (int64_t)h * HD, ws->q + t * QD + (int64_t)h * HD,
-                      kc + kvo, vc + kvo, sq->kv_dim, HD, t0, pos + 1, hp->attn_scale, scores);
+        if (t + 1 < b->n && b->seq[t + 1] != sq && at + cost * tasks < hi)
+            prefetch_kv(b, hp, local, j->layer, t + 1); /* this thread's next token, another sequence */
+        for (int task = 0; task < tasks; task++, at += cost) {
+            if (at < lo || at >= hi) continue; /* a task is its first cost unit's thread's */
+            const int h = task * per;
+            const int64_t kvo = (int64_t)(h / group) * HD;
+            lm_attend_group_f16(ws->xb2 + t * QD + (int64_t)h * HD, ws->q + t * QD + (int64_t)h * HD, per,
+                                kc + kvo, vc + kvo, sq->kv_dim, HD, t0, b->pos[t] + 1, hp->attn_scale, scores);
+        }
     }
 }
 

@@ -133,6 +133,60 @@ static void test_attention(void) {
     for (size_t i = 0; i < sizeof hds / sizeof *hds; i++) attention_case(hds[i]);
 }
 
+/* The grouped kernel: each head of a group against the double-precision
+ * definition, and the same bits as that head computed alone (the server's
+ * batched steps group heads, a one-token decode does not); out may be q. */
+static void attention_group_case(int HD, int nq, int t0, int t1) {
+    enum { T = 300, MAXHD = 256 + 12, NQ = 8, STRIDE = MAXHD + 16 };
+    static uint16_t k[T * STRIDE], v[T * STRIDE];
+    static float kf[T * STRIDE], vf[T * STRIDE], scores[NQ * (T + 16)];
+    static float q[NQ * MAXHD], out[NQ * MAXHD], one[MAXHD], inplace[NQ * MAXHD];
+    uint64_t r = 7 + (uint64_t)HD * 31 + (uint64_t)t1;
+    for (int i = 0; i < T * STRIDE; i++) { kf[i] = tu_randf(&r, -1, 1); vf[i] = tu_randf(&r, -1, 1); }
+    lm_f32_to_f16_row(kf, k, T * STRIDE);
+    lm_f32_to_f16_row(vf, v, T * STRIDE);
+    lm_f16_to_f32_row(k, kf, T * STRIDE);
+    lm_f16_to_f32_row(v, vf, T * STRIDE);
+    for (int i = 0; i < nq * HD; i++) q[i] = tu_randf(&r, -2, 2);
+    memset(out, 0, sizeof out);
+    const float scale = 1.0f / sqrtf((float)HD);
+    lm_attend_group_f16(out, q, nq, k + 3, v + 3, STRIDE, HD, t0, t1, scale, scores);
+    memcpy(inplace, q, sizeof(float) * nq * HD);
+    lm_attend_group_f16(inplace, inplace, nq, k + 3, v + 3, STRIDE, HD, t0, t1, scale, scores);
+    double err = 0;
+    int same = 1;
+    for (int j = 0; j < nq; j++) {
+        static double sc[T];
+        double mx = -1e30, sum = 0;
+        for (int t = t0; t < t1; t++) {
+            double d = 0;
+            for (int i = 0; i < HD; i++) d += (double)q[j * HD + i] * kf[t * STRIDE + 3 + i];
+            sc[t] = d * scale;
+            if (sc[t] > mx) mx = sc[t];
+        }
+        for (int t = t0; t < t1; t++) { sc[t] = exp(sc[t] - mx); sum += sc[t]; }
+        for (int i = 0; i < HD; i++) {
+            double ref = 0;
+            for (int t = t0; t < t1; t++) ref += sc[t] / sum * vf[t * STRIDE + 3 + i];
+            err = fmax(err, fabs(out[j * HD + i] - ref));
+        }
+        lm_attend_group_f16(one, q + j * HD, 1, k + 3, v + 3, STRIDE, HD, t0, t1, scale, scores);
+        same = same && !memcmp(one, out + j * HD, sizeof(float) * HD) && !memcmp(inplace + j * HD, out + j * HD, sizeof(float) * HD);
+    }
+    CHECK(err < 2e-5, "grouped attention, head_dim %d, %d heads, positions [%d, %d): error %g", HD, nq, t0, t1, err);
+    CHECK(same, "grouped attention, head_dim %d, %d heads, positions [%d, %d): a head alone or in place gives other bits", HD, nq, t0, t1);
+}
+
+static void test_attention_group(void) {
+    static const int hds[] = {64, 128, 256, 16, 80, 72, 40};
+    static const int nqs[] = {1, 3, 4, 5, 8};
+    static const int spans[][2] = {{0, 1}, {0, 15}, {2, 18}, {0, 17}, {5, 41}, {0, 300}, {100, 283}};
+    for (size_t a = 0; a < sizeof hds / sizeof *hds; a++)
+        for (size_t b = 0; b < sizeof nqs / sizeof *nqs; b++)
+            for (size_t c = 0; c < sizeof spans / sizeof *spans; c++)
+                attention_group_case(hds[a], nqs[b], spans[c][0], spans[c][1]);
+}
+
 static atomic_int hits[4];
 static void count(void *ctx, int ith, int nth) { (void)ctx; atomic_fetch_add(&hits[ith], 1); CHECK(nth == 2, "nth"); }
 static void sum_part(void *ctx, int ith, int nth) {
@@ -162,6 +216,7 @@ int main(void) {
     test_rope();
     test_softmax_act();
     test_attention();
+    test_attention_group();
     test_pool();
     return tu_finish("ops");
 }

@@ -1,0 +1,153 @@
+/* Attention over the fp16 KV cache for the query heads that share one KV head
+ * (ops.h: lm_attend_group_f16), in zmm. A batched decode step spends its
+ * attention here: 32 sequences x 30 layers x 3 KV heads of SmolLM2 each read
+ * ~100 cached positions, and the one-head-at-a-time kernel (ops.c) converted
+ * every K and V row once per query head, summed each score across lanes on its
+ * own and took expf one score at a time.
+ *
+ * Here each K row is converted once for the group; 16 positions' scores come
+ * out of 16 accumulators in one transposing reduction; the softmax is a
+ * vector exp; each V row is converted once and feeds up to 4 heads' sums.
+ * Every head's arithmetic is the same sequence of operations whatever the
+ * group size (1 to any), so a head's output does not depend on which heads it
+ * was computed with (test_ops checks this bit for bit). head_dim must be a
+ * multiple of 16 and at most LM_ATTEND_MAX_HD (ops.c falls back otherwise). */
+#include "../ops.h"
+
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+
+/* e^x for 16 floats: ops.c's exp8 (Cephes' polynomial) in zmm */
+static inline __m512 exp16(__m512 x) {
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+    return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
+}
+
+/* lane i of the result = the sum of the 16 lanes of a[i] (a fixed tree of
+ * unpacks and shuffles: 45 instructions for 16 sums) */
+static inline __attribute__((always_inline)) __m512 hsum16(const __m512 a[16]) {
+    __m512 b[8], c[4], e[2];
+    for (int i = 0; i < 8; i++) /* per 128-bit lane: [a0+a2, b0+b2, a1+a3, b1+b3] */
+        b[i] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]), _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]));
+    for (int i = 0; i < 4; i++) /* per lane: the lane's sums of 4 consecutive vectors */
+        c[i] = _mm512_add_ps(_mm512_shuffle_ps(b[2 * i], b[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                             _mm512_shuffle_ps(b[2 * i], b[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+    for (int i = 0; i < 2; i++)
+        e[i] = _mm512_add_ps(_mm512_shuffle_f32x4(c[2 * i], c[2 * i + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                             _mm512_shuffle_f32x4(c[2 * i], c[2 * i + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(e[0], e[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_f32x4(e[0], e[1], _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+/* The weighted sum of V for nb (1..4) heads over dims [d0, d0 + 16 * nv), nv
+ * 1..4: each V row converted once, each head's sum over positions in order. */
+static inline __attribute__((always_inline)) void v_block(float *out, int hd, const uint16_t *v, int64_t stride,
+                                                          int32_t n, const float *scores, int64_t ns,
+                                                          const float *inv, int nb, int d0, int nv) {
+    __m512 acc[4][4];
+    for (int j = 0; j < nb; j++)
+        for (int c = 0; c < nv; c++) acc[j][c] = _mm512_setzero_ps();
+    for (int32_t t = 0; t < n; t++) {
+        const uint16_t *vt = v + (int64_t)t * stride + d0;
+        __m512 vr[4];
+        for (int c = 0; c < nv; c++) vr[c] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(vt + 16 * c)));
+        for (int j = 0; j < nb; j++) {
+            const __m512 p = _mm512_set1_ps(scores[j * ns + t]);
+            for (int c = 0; c < nv; c++) acc[j][c] = _mm512_fmadd_ps(p, vr[c], acc[j][c]);
+        }
+    }
+    for (int j = 0; j < nb; j++)
+        for (int c = 0; c < nv; c++)
+            _mm512_storeu_ps(out + (int64_t)j * hd + d0 + 16 * c, _mm512_mul_ps(acc[j][c], _mm512_set1_ps(inv[j])));
+}
+
+void lm_attend_group_f16_avx512(float *out, const float *q, int nq, const uint16_t *k, const uint16_t *v,
+                                int64_t stride, int hd, int32_t t0, int32_t t1, float scale, float *scores) {
+    const int32_t n = t1 - t0;
+    const int nc = hd / 16;
+    const int64_t ns = ((int64_t)n + 15) & ~(int64_t)15; /* head j's scores at scores + j * ns */
+    k += (int64_t)t0 * stride;
+    v += (int64_t)t0 * stride;
+    _Alignas(64) float kf[16 * LM_ATTEND_MAX_HD];
+    const __m512 vscale = _mm512_set1_ps(scale);
+    /* the cache is read from memory (a batched step's sequences together
+     * outgrow L3) in short strided runs the hardware prefetcher barely starts
+     * on: ask for the V rows now, to L2, for after the scores, and for each
+     * block's K rows while the previous block is scored */
+    const int lines = (hd * 2 + 63) / 64;
+    for (int32_t t = 0; t < n; t++)
+        for (int c = 0; c < lines; c++) _mm_prefetch((const char *)(v + (int64_t)t * stride) + 64 * c, _MM_HINT_T1);
+
+    /* scores: 16 positions at a time, their K rows converted once for all heads */
+    for (int32_t b = 0; b < n; b += 16) {
+        const int m = n - b < 16 ? n - b : 16;
+        for (int r = 16; r < 32 && b + r < n; r++)
+            for (int c = 0; c < lines; c++) _mm_prefetch((const char *)(k + (int64_t)(b + r) * stride) + 64 * c, _MM_HINT_T0);
+        for (int r = 0; r < 16; r++) {
+            const uint16_t *kt = k + (int64_t)(b + r) * stride;
+            for (int c = 0; c < nc; c++)
+                _mm512_store_ps(kf + r * hd + 16 * c, r < m ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(kt + 16 * c)))
+                                                            : _mm512_setzero_ps());
+        }
+        for (int j = 0; j < nq; j++) {
+            const float *qj = q + (int64_t)j * hd;
+            __m512 acc[16];
+            for (int r = 0; r < 16; r++) acc[r] = _mm512_setzero_ps();
+            for (int c = 0; c < nc; c++) {
+                const __m512 qc = _mm512_loadu_ps(qj + 16 * c);
+                for (int r = 0; r < 16; r++) acc[r] = _mm512_fmadd_ps(qc, _mm512_load_ps(kf + r * hd + 16 * c), acc[r]);
+            }
+            _mm512_storeu_ps(scores + j * ns + b, _mm512_mul_ps(hsum16(acc), vscale));
+        }
+    }
+
+    /* softmax numerators in place; 1 / their sum per head */
+    float inv[4];
+    for (int j0 = 0; j0 < nq; j0 += 4) {
+        const int nb = nq - j0 < 4 ? nq - j0 : 4;
+        for (int j = 0; j < nb; j++) {
+            float *s = scores + (j0 + j) * ns;
+            __m512 mx = _mm512_set1_ps(-INFINITY);
+            for (int32_t b = 0; b < n; b += 16) {
+                const __mmask16 live = n - b >= 16 ? 0xffff : (__mmask16)((1u << (n - b)) - 1);
+                mx = _mm512_mask_max_ps(mx, live, mx, _mm512_loadu_ps(s + b));
+            }
+            const __m512 vmax = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
+            __m512 sum = _mm512_setzero_ps();
+            for (int32_t b = 0; b < n; b += 16) {
+                const __mmask16 live = n - b >= 16 ? 0xffff : (__mmask16)((1u << (n - b)) - 1);
+                const __m512 e = exp16(_mm512_sub_ps(_mm512_loadu_ps(s + b), vmax));
+                _mm512_storeu_ps(s + b, e);
+                sum = _mm512_mask_add_ps(sum, live, sum, e);
+            }
+            inv[j] = 1.0f / _mm512_reduce_add_ps(sum);
+        }
+        /* then the heads' weighted sums of V, 64 dimensions at a time (q is
+         * read completely above, so out may be q) */
+        float *oj = out + (int64_t)j0 * hd;
+        const float *sj = scores + j0 * ns;
+        for (int d0 = 0; d0 < hd; d0 += 64) {
+            const int nv = hd - d0 >= 64 ? 4 : (hd - d0) / 16;
+            switch (nv == 4 ? nb : 0) {
+            case 1: v_block(oj, hd, v, stride, n, sj, ns, inv, 1, d0, 4); break;
+            case 2: v_block(oj, hd, v, stride, n, sj, ns, inv, 2, d0, 4); break;
+            case 3: v_block(oj, hd, v, stride, n, sj, ns, inv, 3, d0, 4); break;
+            case 4: v_block(oj, hd, v, stride, n, sj, ns, inv, 4, d0, 4); break;
+            default: v_block(oj, hd, v, stride, n, sj, ns, inv, nb, d0, nv); break;
+            }
+        }
+    }
+}
