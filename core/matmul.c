@@ -23,6 +23,7 @@ typedef struct {
     char *pk;      /* panels: the activations packed (quant.h), in passes of LM_PANEL_TOKENS */
     size_t pk_rec; /* bytes of one packed block */
     int64_t pk_nb; /* packed blocks per token */
+    lm_pool_queue q; /* the region's work, handed out (lm_pool_run_dynamic) */
 } mm_job;
 
 /* each activation row to the weight's vec_dot type (and, for panels, packed:
@@ -30,8 +31,9 @@ typedef struct {
 static void quantize_rows(void *vctx, int ith, int nth) {
     mm_job *j = vctx;
     int64_t lo, hi;
-    lm_pool_split(j->n, 1, ith, nth, &lo, &hi);
+    (void)ith;
     const lm_quant_ops *q = lm_quant_ops_get(j->ops->vec_dot_type);
+    while (lm_pool_take(&j->q, j->n, 1, nth, &lo, &hi))
     for (int64_t t = lo; t < hi; t++) {
         q->from_float(j->x + t * j->in, j->xq + t * j->x_row, j->in);
         if (j->pk) {
@@ -129,7 +131,8 @@ void lm_matmul(lm_pool *pool, const lm_tensor *w, const float *x, int64_t n, flo
         j.xq = (char *)x;
     } else {
         j.xq = qbuf;
-        if (n >= 4) lm_pool_run(pool, quantize_rows, &j);
+        lm_pool_queue_init(&j.q);
+        if (n >= 4) lm_pool_run_dynamic(pool, quantize_rows, &j);
         else quantize_rows(&j, 0, 1);
     }
     lm_pool_run(pool, mm_rows, &j);
@@ -154,7 +157,7 @@ static void panel_range(const mm_job *j, const char *w, int64_t out, float *y, i
         for (int64_t t = 0; t < j->n; t += LM_PANEL_TOKENS) {
             const int nt = (int)(j->n - t < LM_PANEL_TOKENS ? j->n - t : LM_PANEL_TOKENS);
             for (int64_t r = r0; r < rt; r += LM_PANEL_ROWS) {
-                const char *pf = t == 0 && r + PANEL_PREFETCH + LM_PANEL_ROWS <= hi ? w + (r + PANEL_PREFETCH) * j->w_row : NULL;
+                const char *pf = t == 0 && r + PANEL_PREFETCH + LM_PANEL_ROWS <= rp ? w + (r + PANEL_PREFETCH) * j->w_row : NULL;
                 j->ops->panel(j->in, nt, y + t * out + r, (size_t)out, w + r * j->w_row, j->w_row,
                               j->pk + (size_t)(t * j->pk_nb) * j->pk_rec, (size_t)nt * j->pk_rec, pf);
             }
@@ -168,8 +171,8 @@ static void panel_range(const mm_job *j, const char *w, int64_t out, float *y, i
 static void panel_rows(void *vctx, int ith, int nth) {
     mm_job *j = vctx;
     int64_t lo, hi;
-    lm_pool_split(j->out, LM_PANEL_ROWS, ith, nth, &lo, &hi);
-    panel_range(j, j->w, j->out, j->y, lo, hi);
+    (void)ith;
+    while (lm_pool_take(&j->q, j->out, LM_PANEL_ROWS, nth, &lo, &hi)) panel_range(j, j->w, j->out, j->y, lo, hi);
 }
 
 /* Several weights of one type and width against the same activations: their
@@ -185,12 +188,14 @@ typedef struct {
 static void group_rows(void *vctx, int ith, int nth) {
     group_job *g = vctx;
     int64_t total = 0, lo, hi;
+    (void)ith;
     for (int i = 0; i < g->k; i++) total += g->out[i];
-    lm_pool_split(total, LM_PANEL_ROWS, ith, nth, &lo, &hi);
-    int64_t base = 0;
-    for (int i = 0; i < g->k; base += g->out[i], i++) {
-        const int64_t a = lo > base ? lo - base : 0, e = hi - base < g->out[i] ? hi - base : g->out[i];
-        if (a < e) panel_range(&g->j, g->w[i], g->out[i], g->y[i], a, e);
+    while (lm_pool_take(&g->j.q, total, LM_PANEL_ROWS, nth, &lo, &hi)) {
+        int64_t base = 0;
+        for (int i = 0; i < g->k; base += g->out[i], i++) {
+            const int64_t a = lo > base ? lo - base : 0, e = hi - base < g->out[i] ? hi - base : g->out[i];
+            if (a < e) panel_range(&g->j, g->w[i], g->out[i], g->y[i], a, e);
+        }
     }
 }
 
@@ -210,8 +215,10 @@ static mm_job panel_job(lm_pool *pool, const lm_tensor *w, const float *x, int64
     j.pk = (char *)qbuf + qrows_size(j.ops, w, n);
     j.pk_rec = lm_panel_record(w->dtype);
     j.pk_nb = j.in / lm_dtype_block_size(j.ops->vec_dot_type);
-    if (n >= 4) lm_pool_run(pool, quantize_rows, &j);
+    lm_pool_queue_init(&j.q);
+    if (n >= 4) lm_pool_run_dynamic(pool, quantize_rows, &j);
     else quantize_rows(&j, 0, 1);
+    lm_pool_queue_init(&j.q);
     return j;
 }
 
@@ -224,13 +231,15 @@ bool lm_matmul_panel_group(lm_pool *pool, const lm_tensor *const *w, int k, cons
             return false;
     group_job g = {.j = panel_job(pool, w[0], x, n, y[0], qbuf), .k = k};
     for (int i = 0; i < k; i++) g.w[i] = w[i]->data, g.out[i] = w[i]->shape[0], g.y[i] = y[i];
-    lm_pool_run(pool, group_rows, &g);
+    lm_pool_queue_init(&g.j.q);
+    lm_pool_run_dynamic(pool, group_rows, &g);
     return true;
 }
 
 void lm_matmul_panel(lm_pool *pool, const lm_tensor *w, const float *x, int64_t n, float *y, void *qbuf) {
     mm_job j = panel_job(pool, w, x, n, y, qbuf);
-    lm_pool_run(pool, panel_rows, &j);
+    lm_pool_queue_init(&j.q);
+    lm_pool_run_dynamic(pool, panel_rows, &j);
 }
 
 /* Each thread dequantizes its share of the weight rows and multiplies the batch

@@ -33,12 +33,14 @@ struct lm_pool {
     pthread_t *threads;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    atomic_uint gen;        /* bumped once per region */
+    atomic_uint gen;        /* advanced by 2 per region; bit 0 set for a dynamic one */
     atomic_int pending;     /* workers still running the current region */
     atomic_int sleepers;
     atomic_bool quit;
     lm_pool_fn fn;
     void *ctx;
+    atomic_uint open;       /* that region's gen while it is open, else 0 */
+    atomic_int inside;      /* workers inside it */
 };
 
 typedef struct { lm_pool *p; int ith; } worker_arg;
@@ -63,10 +65,21 @@ static void *worker(void *varg) {
             atomic_fetch_sub(&p->sleepers, 1);
             pthread_mutex_unlock(&p->mu);
         }
-        seen = g;
         if (atomic_load(&p->quit)) return NULL;
-        p->fn(p->ctx, ith, p->n);
-        atomic_fetch_sub_explicit(&p->pending, 1, memory_order_release);
+        seen = g;
+        /* The kind comes with g itself: a dynamic region may have ended, and
+         * the next one's fn and ctx be being written, while this worker was
+         * away (a fixed region cannot end without it). */
+        if (g & 1) {
+            /* join only while it is open: main closes it, then waits for
+             * `inside` to drop, so fn and ctx stay valid while we are in */
+            atomic_fetch_add(&p->inside, 1);
+            if (atomic_load(&p->open) == g) p->fn(p->ctx, ith, p->n);
+            atomic_fetch_sub_explicit(&p->inside, 1, memory_order_release);
+        } else {
+            p->fn(p->ctx, ith, p->n);
+            atomic_fetch_sub_explicit(&p->pending, 1, memory_order_release);
+        }
     }
 }
 
@@ -108,7 +121,7 @@ void lm_pool_free(lm_pool *p) {
     if (!p) return;
     pthread_mutex_lock(&p->mu);
     atomic_store(&p->quit, true);
-    atomic_fetch_add(&p->gen, 1);
+    atomic_fetch_add(&p->gen, 2);
     pthread_cond_broadcast(&p->cv);
     pthread_mutex_unlock(&p->mu);
     for (int i = 1; i < p->n; i++) pthread_join(p->threads[i], NULL);
@@ -125,13 +138,36 @@ void lm_pool_run(lm_pool *p, lm_pool_fn fn, void *ctx) {
     p->fn = fn;
     p->ctx = ctx;
     atomic_store_explicit(&p->pending, p->n - 1, memory_order_relaxed);
+    const unsigned g = (atomic_load_explicit(&p->gen, memory_order_relaxed) + 2) & ~1u;
     /* The mutex orders the bump against a worker that is about to sleep. */
     pthread_mutex_lock(&p->mu);
-    atomic_fetch_add_explicit(&p->gen, 1, memory_order_release);
+    atomic_store_explicit(&p->gen, g, memory_order_release);
     pthread_mutex_unlock(&p->mu);
     wake_all(p);
     fn(ctx, 0, p->n);
     for (int spins = 0; atomic_load_explicit(&p->pending, memory_order_acquire) > 0; spins++) {
+        if (spins < SPIN_ITERS) _mm_pause();
+        else sched_yield();
+    }
+}
+
+/* Every thread that arrives while the region is open runs fn; the caller
+ * runs it at once, and when its fn returns (all work taken) the region
+ * closes: a worker still on its way finds it closed and skips it, and the
+ * caller waits only for the workers inside, which finish the pieces they took. */
+void lm_pool_run_dynamic(lm_pool *p, lm_pool_fn fn, void *ctx) {
+    if (!p || p->n == 1) { fn(ctx, 0, 1); return; }
+    p->fn = fn;
+    p->ctx = ctx;
+    const unsigned g = ((atomic_load_explicit(&p->gen, memory_order_relaxed) + 2) & ~1u) | 1u;
+    atomic_store(&p->open, g);
+    pthread_mutex_lock(&p->mu);
+    atomic_store_explicit(&p->gen, g, memory_order_release);
+    pthread_mutex_unlock(&p->mu);
+    wake_all(p);
+    fn(ctx, 0, p->n);
+    atomic_store(&p->open, 0);
+    for (int spins = 0; atomic_load_explicit(&p->inside, memory_order_acquire) > 0; spins++) {
         if (spins < SPIN_ITERS) _mm_pause();
         else sched_yield();
     }
@@ -146,4 +182,21 @@ void lm_pool_split(int64_t n, int64_t align, int ith, int nth, int64_t *lo, int6
     a *= align; b *= align;
     *lo = a < n ? a : n;
     *hi = b < n ? b : n;
+}
+
+bool lm_pool_take(lm_pool_queue *q, int64_t n, int64_t align, int nth, int64_t *lo, int64_t *hi) {
+    if (align < 1) align = 1;
+    if (nth < 1) nth = 1;
+    long long cur = atomic_load_explicit(&q->next, memory_order_relaxed);
+    for (;;) {
+        if (cur >= n) return false;
+        int64_t size = (n - cur) / (2 * (int64_t)nth);
+        size = size < align ? align : (size + align - 1) / align * align;
+        const int64_t end = n - cur > size ? cur + size : n;
+        if (atomic_compare_exchange_weak_explicit(&q->next, &cur, end, memory_order_relaxed, memory_order_relaxed)) {
+            *lo = cur;
+            *hi = end;
+            return true;
+        }
+    }
 }

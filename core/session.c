@@ -80,13 +80,15 @@ typedef struct {
     lm_session *const *sessions;
     int32_t *out;
     int32_t n, n_vocab;
+    lm_pool_queue q;
 } sample_job;
 
 static void sample_rows(void *vctx, int ith, int nth) {
     sample_job *j = vctx;
     int64_t lo, hi;
-    lm_pool_split(j->n, 1, ith, nth, &lo, &hi);
-    for (int64_t i = lo; i < hi; i++) j->out[i] = lm_sampler_sample(j->samplers[i], j->sessions[i]->logits, j->n_vocab);
+    (void)ith;
+    while (lm_pool_take(&j->q, j->n, 1, nth, &lo, &hi))
+        for (int64_t i = lo; i < hi; i++) j->out[i] = lm_sampler_sample(j->samplers[i], j->sessions[i]->logits, j->n_vocab);
 }
 
 lm_status lm_sessions_sample(lm_sampler *const *samplers, lm_session *const *sessions, int32_t n, int32_t *out) {
@@ -99,10 +101,11 @@ lm_status lm_sessions_sample(lm_sampler *const *samplers, lm_session *const *ses
             if (samplers[k] == samplers[i]) return lm_err("sample: entries %d and %d share a sampler", k, i);
     }
     lm_model *m = sessions[0]->model;
-    sample_job j = {samplers, sessions, out, n, m->hp.n_vocab};
+    sample_job j = {.samplers = samplers, .sessions = sessions, .out = out, .n = n, .n_vocab = m->hp.n_vocab};
+    lm_pool_queue_init(&j.q);
     /* the pool runs one region at a time: not beside another thread's eval */
     pthread_mutex_lock(&m->eval_mu);
-    if (n >= 4) lm_pool_run(m->pool, sample_rows, &j);
+    if (n >= 4) lm_pool_run_dynamic(m->pool, sample_rows, &j);
     else sample_rows(&j, 0, 1);
     pthread_mutex_unlock(&m->eval_mu);
     for (int32_t i = 0; i < n; i++)

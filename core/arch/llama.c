@@ -165,6 +165,7 @@ typedef struct {
 typedef struct {
     const batch *b;
     int layer;
+    lm_pool_queue q;
 } attn_job;
 
 /* The positions token t attends to: [*t0, pos + 1) of its sequence's cache. */
@@ -195,10 +196,10 @@ static void prefetch_kv(const batch *b, const lm_hparams *hp, bool local, int la
 /* A task is one token's query heads that share a kv head (K and V rows read
  * once for them), or, when there are too few such tasks to keep every thread
  * busy (a one-token decode), one query head: a head's result is the same bits
- * either way (lm_attend_group_f16). Threads take consecutive tasks of equal
- * total cost, the positions read plus a fixed part, not equal counts: a
- * prompt's late tokens read many more positions than its early ones, and the
- * sequences of a batched step have different lengths. */
+ * either way (lm_attend_group_f16). The threads take tasks as they go
+ * (lm_pool_run_dynamic): their costs differ (a prompt's late tokens read many
+ * more positions than its early ones, a batched step's sequences have
+ * different lengths), and a thread that is late does not hold the others. */
 static void attn_rows(void *vctx, int ith, int nth) {
     attn_job *j = vctx;
     const batch *b = j->b;
@@ -210,26 +211,18 @@ static void attn_rows(void *vctx, int ith, int nth) {
     float *scores = ws->scores + (int64_t)ith * lm_attend_scores(group, ws->n_ctx);
     const int per = (int64_t)b->n * hp->n_head_kv >= 4 * nth ? group : 1; /* query heads per task */
     const int tasks = hp->n_head / per;                                  /* per token */
-    enum { FIXED = 32 };
-    int64_t total = 0;
-    for (int32_t t = 0; t < b->n; t++) {
-        int32_t t0;
-        total += (int64_t)tasks * (attn_span(b, hp, local, t, &t0) + FIXED);
-    }
-    const int64_t lo = total * ith / nth, hi = total * (ith + 1) / nth;
-    int64_t at = 0;
-    for (int32_t t = 0; t < b->n && at < hi; t++) {
-        int32_t t0;
-        const int64_t cost = attn_span(b, hp, local, t, &t0) + FIXED;
-        if (at + cost * tasks <= lo) { at += cost * tasks; continue; }
-        const lm_session *sq = b->seq[t];
-        const uint16_t *kc = sq->k_cache + (int64_t)j->layer * sq->n_ctx * sq->kv_dim;
-        const uint16_t *vc = sq->v_cache + (int64_t)j->layer * sq->n_ctx * sq->kv_dim;
-        if (t + 1 < b->n && b->seq[t + 1] != sq && at + cost * tasks < hi)
-            prefetch_kv(b, hp, local, j->layer, t + 1); /* this thread's next token, another sequence */
-        for (int task = 0; task < tasks; task++, at += cost) {
-            if (at < lo || at >= hi) continue; /* a task is its first cost unit's thread's */
-            const int h = task * per;
+    int64_t lo, hi;
+    while (lm_pool_take(&j->q, (int64_t)b->n * tasks, 1, nth, &lo, &hi)) {
+        for (int64_t u = lo; u < hi; u++) {
+            const int32_t t = (int32_t)(u / tasks);
+            const int task = (int)(u % tasks), h = task * per;
+            const lm_session *sq = b->seq[t];
+            if (task == 0 && t + 1 < b->n && b->seq[t + 1] != sq && u + tasks < hi)
+                prefetch_kv(b, hp, local, j->layer, t + 1); /* this piece's next token, another sequence */
+            int32_t t0;
+            attn_span(b, hp, local, t, &t0);
+            const uint16_t *kc = sq->k_cache + (int64_t)j->layer * sq->n_ctx * sq->kv_dim;
+            const uint16_t *vc = sq->v_cache + (int64_t)j->layer * sq->n_ctx * sq->kv_dim;
             const int64_t kvo = (int64_t)(h / group) * HD;
             lm_attend_group_f16(ws->xb2 + t * QD + (int64_t)h * HD, ws->q + t * QD + (int64_t)h * HD, per,
                                 kc + kvo, vc + kvo, sq->kv_dim, HD, t0, b->pos[t] + 1, hp->attn_scale, scores);
@@ -291,7 +284,7 @@ static void logits_mm(lm_pool *pool, const lm_tensor *w, const float *x, int64_t
  * store, the gated activation, residual adds), split over the pool by tokens
  * for a prompt batch; each token's arithmetic is the same whoever runs it. */
 enum { ST_ATTN_NORM, ST_QK, ST_MID, ST_GATE, ST_OUT };
-typedef struct { const batch *b; const lm_layer *l; int il, stage; float rope_base; } tok_job;
+typedef struct { const batch *b; const lm_layer *l; int il, stage; float rope_base; lm_pool_queue q; } tok_job;
 
 static void tok_stage(const tok_job *j, int32_t t0, int32_t t1) {
     const batch *b = j->b;
@@ -340,15 +333,16 @@ static void tok_stage(const tok_job *j, int32_t t0, int32_t t1) {
 static void tok_rows(void *vctx, int ith, int nth) {
     tok_job *j = vctx;
     int64_t lo, hi;
-    lm_pool_split(j->b->n, 1, ith, nth, &lo, &hi);
-    tok_stage(j, (int32_t)lo, (int32_t)hi);
+    (void)ith;
+    while (lm_pool_take(&j->q, j->b->n, 1, nth, &lo, &hi)) tok_stage(j, (int32_t)lo, (int32_t)hi);
 }
 
 /* Runs one stage for every token: on the pool for a prompt batch, inline for a
  * few tokens (a decode step), where waking the workers costs more than it saves. */
 static void per_token(const batch *b, const lm_layer *l, int il, int stage, float rope_base) {
-    tok_job j = {b, l, il, stage, rope_base};
-    if (b->n >= 8) lm_pool_run(b->ws->model->pool, tok_rows, &j);
+    tok_job j = {.b = b, .l = l, .il = il, .stage = stage, .rope_base = rope_base};
+    lm_pool_queue_init(&j.q);
+    if (b->n >= 8) lm_pool_run_dynamic(b->ws->model->pool, tok_rows, &j);
     else tok_stage(&j, 0, b->n);
 }
 
@@ -378,7 +372,8 @@ static lm_status forward(const batch *b, const int32_t *tokens, const int32_t *o
         mm_group(b, (const lm_tensor *[]){l->wq, l->wk, l->wv}, (float *[]){s->q, s->k, s->v}, 3, s->xb);
         per_token(b, l, il, ST_QK, rope_base);     /* biases, q/k norms, RoPE, into the KV cache */
         attn_job aj = {.b = b, .layer = il};
-        lm_pool_run(pool, attn_rows, &aj);
+        lm_pool_queue_init(&aj.q);
+        lm_pool_run_dynamic(pool, attn_rows, &aj);
         mm(b, l->wo, s->xb2, s->xb);
         per_token(b, l, il, ST_MID, rope_base);    /* post-attention norm, residual, FFN norm */
         mm_group(b, (const lm_tensor *[]){l->w_gate, l->w_up}, (float *[]){s->hb, s->hb2}, 2, s->xb);

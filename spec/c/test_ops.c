@@ -188,6 +188,7 @@ static void test_attention_group(void) {
 }
 
 static atomic_int hits[4];
+static void count3(void *ctx, int ith, int nth) { (void)ctx; atomic_fetch_add(&hits[ith], 1); CHECK(nth == 3, "nth"); }
 static void count(void *ctx, int ith, int nth) { (void)ctx; atomic_fetch_add(&hits[ith], 1); CHECK(nth == 2, "nth"); }
 static void sum_part(void *ctx, int ith, int nth) {
     int64_t lo, hi;
@@ -211,6 +212,53 @@ static void test_pool(void) {
     lm_pool_free(p);
 }
 
+/* Dynamic regions back to back, mixed with fixed ones, on more threads than
+ * cores (so workers arrive late, after a region closed, or while the next is
+ * being set up): every item is done once, fn never runs for a region that has
+ * returned, and the workers do take part. */
+typedef struct { lm_pool_queue q; int64_t n; int region; atomic_int marks[64]; } dyn_job;
+static atomic_int current_region = -1, stale_calls, worker_items;
+static void dyn_items(void *vctx, int ith, int nth) {
+    dyn_job *j = vctx;
+    if (atomic_load(&current_region) != j->region) atomic_fetch_add(&stale_calls, 1);
+    int64_t lo, hi;
+    while (lm_pool_take(&j->q, j->n, 1, nth, &lo, &hi))
+        for (int64_t i = lo; i < hi; i++) {
+            atomic_fetch_add(&j->marks[i], 1);
+            if (ith > 0) atomic_fetch_add(&worker_items, 1);
+        }
+}
+
+static void test_pool_dynamic(void) {
+    lm_pool *p = lm_pool_new(3);
+    int bad = 0;
+    memset(hits, 0, sizeof hits);
+    for (int r = 0; r < 20000; r++) {
+        if (r % 7 == 3) { lm_pool_run(p, count3, NULL); continue; }
+        dyn_job j = {.n = 1 + r % 64, .region = r};
+        lm_pool_queue_init(&j.q);
+        for (int i = 0; i < 64; i++) atomic_init(&j.marks[i], 0);
+        atomic_store(&current_region, r);
+        lm_pool_run_dynamic(p, dyn_items, &j);
+        atomic_store(&current_region, -1);
+        for (int i = 0; i < 64; i++) bad += atomic_load(&j.marks[i]) != (i < j.n);
+    }
+    CHECK(bad == 0, "dynamic regions: %d items done other than once", bad);
+    CHECK(atomic_load(&stale_calls) == 0, "dynamic regions: fn ran %d times for a region that had returned", atomic_load(&stale_calls));
+    CHECK(atomic_load(&worker_items) > 0, "dynamic regions: the workers took no items");
+    CHECK(hits[0] == 2857 && hits[1] == 2857 && hits[2] == 2857, "fixed regions among them run once per thread (%d, %d, %d)", hits[0], hits[1], hits[2]);
+    int64_t lo, hi, at = 0, pieces = 0;
+    lm_pool_queue q;
+    lm_pool_queue_init(&q);
+    while (lm_pool_take(&q, 1000, 16, 2, &lo, &hi)) {
+        bad += lo != at || hi <= lo || (hi != 1000 && (hi - lo) % 16);
+        at = hi;
+        pieces++;
+    }
+    CHECK(!bad && at == 1000 && pieces > 4 && pieces < 40, "pieces cover [0, n) in order, aligned, shrinking (%lld pieces)", (long long)pieces);
+    lm_pool_free(p);
+}
+
 int main(void) {
     test_rmsnorm();
     test_rope();
@@ -218,5 +266,6 @@ int main(void) {
     test_attention();
     test_attention_group();
     test_pool();
+    test_pool_dynamic();
     return tu_finish("ops");
 }
