@@ -33,14 +33,15 @@ static void quantize_rows(void *vctx, int ith, int nth) {
     int64_t lo, hi;
     (void)ith;
     const lm_quant_ops *q = lm_quant_ops_get(j->ops->vec_dot_type);
-    while (lm_pool_take(&j->q, j->n, 1, nth, &lo, &hi))
-    for (int64_t t = lo; t < hi; t++) {
-        q->from_float(j->x + t * j->in, j->xq + t * j->x_row, j->in);
-        if (j->pk) {
-            const int64_t p = t / LM_PANEL_TOKENS * LM_PANEL_TOKENS;
-            const int64_t np = j->n - p < LM_PANEL_TOKENS ? j->n - p : LM_PANEL_TOKENS;
-            lm_panel_pack(j->wt, j->xq + t * j->x_row, j->pk + (size_t)(p * j->pk_nb + (t - p)) * j->pk_rec,
-                          (size_t)np * j->pk_rec, j->in);
+    while (lm_pool_take(&j->q, j->n, 1, nth, &lo, &hi)) {
+        for (int64_t t = lo; t < hi; t++) {
+            q->from_float(j->x + t * j->in, j->xq + t * j->x_row, j->in);
+            if (j->pk) {
+                const int64_t p = t / LM_PANEL_TOKENS * LM_PANEL_TOKENS;
+                const int64_t np = j->n - p < LM_PANEL_TOKENS ? j->n - p : LM_PANEL_TOKENS;
+                lm_panel_pack(j->wt, j->xq + t * j->x_row, j->pk + (size_t)(p * j->pk_nb + (t - p)) * j->pk_rec,
+                              (size_t)np * j->pk_rec, j->in);
+            }
         }
     }
 }
@@ -131,9 +132,7 @@ void lm_matmul(lm_pool *pool, const lm_tensor *w, const float *x, int64_t n, flo
         j.xq = (char *)x;
     } else {
         j.xq = qbuf;
-        lm_pool_queue_init(&j.q);
-        if (n >= 4) lm_pool_run_dynamic(pool, quantize_rows, &j);
-        else quantize_rows(&j, 0, 1);
+        lm_pool_run_dynamic(n >= 4 ? pool : NULL, quantize_rows, &j, &j.q);
     }
     lm_pool_run(pool, mm_rows, &j);
 }
@@ -215,10 +214,7 @@ static mm_job panel_job(lm_pool *pool, const lm_tensor *w, const float *x, int64
     j.pk = (char *)qbuf + qrows_size(j.ops, w, n);
     j.pk_rec = lm_panel_record(w->dtype);
     j.pk_nb = j.in / lm_dtype_block_size(j.ops->vec_dot_type);
-    lm_pool_queue_init(&j.q);
-    if (n >= 4) lm_pool_run_dynamic(pool, quantize_rows, &j);
-    else quantize_rows(&j, 0, 1);
-    lm_pool_queue_init(&j.q);
+    lm_pool_run_dynamic(n >= 4 ? pool : NULL, quantize_rows, &j, &j.q);
     return j;
 }
 
@@ -231,15 +227,13 @@ bool lm_matmul_panel_group(lm_pool *pool, const lm_tensor *const *w, int k, cons
             return false;
     group_job g = {.j = panel_job(pool, w[0], x, n, y[0], qbuf), .k = k};
     for (int i = 0; i < k; i++) g.w[i] = w[i]->data, g.out[i] = w[i]->shape[0], g.y[i] = y[i];
-    lm_pool_queue_init(&g.j.q);
-    lm_pool_run_dynamic(pool, group_rows, &g);
+    lm_pool_run_dynamic(pool, group_rows, &g, &g.j.q);
     return true;
 }
 
 void lm_matmul_panel(lm_pool *pool, const lm_tensor *w, const float *x, int64_t n, float *y, void *qbuf) {
     mm_job j = panel_job(pool, w, x, n, y, qbuf);
-    lm_pool_queue_init(&j.q);
-    lm_pool_run_dynamic(pool, panel_rows, &j);
+    lm_pool_run_dynamic(pool, panel_rows, &j, &j.q);
 }
 
 /* Each thread dequantizes its share of the weight rows and multiplies the batch

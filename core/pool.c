@@ -133,44 +133,50 @@ void lm_pool_free(lm_pool *p) {
 
 int lm_pool_size(const lm_pool *p) { return p ? p->n : 1; }
 
-void lm_pool_run(lm_pool *p, lm_pool_fn fn, void *ctx) {
-    if (!p || p->n == 1) { fn(ctx, 0, 1); return; }
+/* Publishes region gen g (fn, ctx written before it); the mutex orders the
+ * bump against a worker that is about to sleep. */
+static void start(lm_pool *p, lm_pool_fn fn, void *ctx, unsigned g) {
     p->fn = fn;
     p->ctx = ctx;
-    atomic_store_explicit(&p->pending, p->n - 1, memory_order_relaxed);
-    const unsigned g = (atomic_load_explicit(&p->gen, memory_order_relaxed) + 2) & ~1u;
-    /* The mutex orders the bump against a worker that is about to sleep. */
     pthread_mutex_lock(&p->mu);
     atomic_store_explicit(&p->gen, g, memory_order_release);
     pthread_mutex_unlock(&p->mu);
     wake_all(p);
-    fn(ctx, 0, p->n);
-    for (int spins = 0; atomic_load_explicit(&p->pending, memory_order_acquire) > 0; spins++) {
+}
+
+static void wait_zero(atomic_int *c) {
+    for (int spins = 0; atomic_load_explicit(c, memory_order_acquire) > 0; spins++) {
         if (spins < SPIN_ITERS) _mm_pause();
         else sched_yield();
     }
+}
+
+/* the next region's gen: even for a fixed one, odd for a dynamic one */
+static unsigned next_gen(lm_pool *p, unsigned kind) {
+    return ((atomic_load_explicit(&p->gen, memory_order_relaxed) + 2) & ~1u) | kind;
+}
+
+void lm_pool_run(lm_pool *p, lm_pool_fn fn, void *ctx) {
+    if (!p || p->n == 1) { fn(ctx, 0, 1); return; }
+    atomic_store_explicit(&p->pending, p->n - 1, memory_order_relaxed);
+    start(p, fn, ctx, next_gen(p, 0));
+    fn(ctx, 0, p->n);
+    wait_zero(&p->pending);
 }
 
 /* Every thread that arrives while the region is open runs fn; the caller
  * runs it at once, and when its fn returns (all work taken) the region
  * closes: a worker still on its way finds it closed and skips it, and the
  * caller waits only for the workers inside, which finish the pieces they took. */
-void lm_pool_run_dynamic(lm_pool *p, lm_pool_fn fn, void *ctx) {
+void lm_pool_run_dynamic(lm_pool *p, lm_pool_fn fn, void *ctx, lm_pool_queue *q) {
+    atomic_store_explicit(&q->next, 0, memory_order_relaxed);
     if (!p || p->n == 1) { fn(ctx, 0, 1); return; }
-    p->fn = fn;
-    p->ctx = ctx;
-    const unsigned g = ((atomic_load_explicit(&p->gen, memory_order_relaxed) + 2) & ~1u) | 1u;
+    const unsigned g = next_gen(p, 1);
     atomic_store(&p->open, g);
-    pthread_mutex_lock(&p->mu);
-    atomic_store_explicit(&p->gen, g, memory_order_release);
-    pthread_mutex_unlock(&p->mu);
-    wake_all(p);
+    start(p, fn, ctx, g);
     fn(ctx, 0, p->n);
     atomic_store(&p->open, 0);
-    for (int spins = 0; atomic_load_explicit(&p->inside, memory_order_acquire) > 0; spins++) {
-        if (spins < SPIN_ITERS) _mm_pause();
-        else sched_yield();
-    }
+    wait_zero(&p->inside);
 }
 
 void lm_pool_split(int64_t n, int64_t align, int ith, int nth, int64_t *lo, int64_t *hi) {

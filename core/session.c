@@ -102,11 +102,9 @@ lm_status lm_sessions_sample(lm_sampler *const *samplers, lm_session *const *ses
     }
     lm_model *m = sessions[0]->model;
     sample_job j = {.samplers = samplers, .sessions = sessions, .out = out, .n = n, .n_vocab = m->hp.n_vocab};
-    lm_pool_queue_init(&j.q);
     /* the pool runs one region at a time: not beside another thread's eval */
     pthread_mutex_lock(&m->eval_mu);
-    if (n >= 4) lm_pool_run_dynamic(m->pool, sample_rows, &j);
-    else sample_rows(&j, 0, 1);
+    lm_pool_run_dynamic(n >= 4 ? m->pool : NULL, sample_rows, &j, &j.q);
     pthread_mutex_unlock(&m->eval_mu);
     for (int32_t i = 0; i < n; i++)
         if (out[i] < 0) return lm_err("sample: entry %d failed (out of memory)", i);

@@ -341,8 +341,7 @@ static void tok_rows(void *vctx, int ith, int nth) {
  * few tokens (a decode step), where waking the workers costs more than it saves. */
 static void per_token(const batch *b, const lm_layer *l, int il, int stage, float rope_base) {
     tok_job j = {.b = b, .l = l, .il = il, .stage = stage, .rope_base = rope_base};
-    lm_pool_queue_init(&j.q);
-    if (b->n >= 8) lm_pool_run_dynamic(b->ws->model->pool, tok_rows, &j);
+    if (b->n >= 8) lm_pool_run_dynamic(b->ws->model->pool, tok_rows, &j, &j.q);
     else tok_stage(&j, 0, b->n);
 }
 
@@ -372,8 +371,7 @@ static lm_status forward(const batch *b, const int32_t *tokens, const int32_t *o
         mm_group(b, (const lm_tensor *[]){l->wq, l->wk, l->wv}, (float *[]){s->q, s->k, s->v}, 3, s->xb);
         per_token(b, l, il, ST_QK, rope_base);     /* biases, q/k norms, RoPE, into the KV cache */
         attn_job aj = {.b = b, .layer = il};
-        lm_pool_queue_init(&aj.q);
-        lm_pool_run_dynamic(pool, attn_rows, &aj);
+        lm_pool_run_dynamic(pool, attn_rows, &aj, &aj.q);
         mm(b, l->wo, s->xb2, s->xb);
         per_token(b, l, il, ST_MID, rope_base);    /* post-attention norm, residual, FFN norm */
         mm_group(b, (const lm_tensor *[]){l->w_gate, l->w_up}, (float *[]){s->hb, s->hb2}, 2, s->xb);

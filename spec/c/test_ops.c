@@ -236,10 +236,9 @@ static void test_pool_dynamic(void) {
     for (int r = 0; r < 20000; r++) {
         if (r % 7 == 3) { lm_pool_run(p, count3, NULL); continue; }
         dyn_job j = {.n = 1 + r % 64, .region = r};
-        lm_pool_queue_init(&j.q);
         for (int i = 0; i < 64; i++) atomic_init(&j.marks[i], 0);
         atomic_store(&current_region, r);
-        lm_pool_run_dynamic(p, dyn_items, &j);
+        lm_pool_run_dynamic(p, dyn_items, &j, &j.q);
         atomic_store(&current_region, -1);
         for (int i = 0; i < 64; i++) bad += atomic_load(&j.marks[i]) != (i < j.n);
     }
@@ -248,8 +247,7 @@ static void test_pool_dynamic(void) {
     CHECK(atomic_load(&worker_items) > 0, "dynamic regions: the workers took no items");
     CHECK(hits[0] == 2857 && hits[1] == 2857 && hits[2] == 2857, "fixed regions among them run once per thread (%d, %d, %d)", hits[0], hits[1], hits[2]);
     int64_t lo, hi, at = 0, pieces = 0;
-    lm_pool_queue q;
-    lm_pool_queue_init(&q);
+    lm_pool_queue q = {0};
     while (lm_pool_take(&q, 1000, 16, 2, &lo, &hi)) {
         bad += lo != at || hi <= lo || (hi != 1000 && (hi - lo) % 16);
         at = hi;
