@@ -45,6 +45,7 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+#include <linux/tcp.h>  /* struct tcp_info with tcpi_bytes_acked (glibc's lacks it) */
 
 enum {
     POLL_MS = 100,                           /* how often a waiting thread checks its socket */
@@ -64,7 +65,7 @@ struct hreq {
     hreq *next;                               /* h->queue or h->taken */
     struct MHD_Connection *conn;
     int fd;                                   /* the client socket, polled for EOF while waiting */
-    char *method, *path, *query, *auth, *ctype;
+    char *method, *path, *query, *auth, *ctype, *remote;
     char *body;
     size_t body_len, body_cap;
     uint64_t discarded;                       /* bytes dropped after the body went over the limit */
@@ -79,6 +80,8 @@ struct hreq {
     int status;
     char *sbuf;                               /* unsent stream bytes are sbuf[s_off, s_len) */
     size_t s_off, s_len, s_cap;
+    uint64_t s_acked;                         /* the client's acknowledged bytes (TCP_INFO), last seen */
+    int64_t s_progress_ms;                    /* when they last grew, or nothing was waiting */
 };
 
 struct lm_http {
@@ -143,6 +146,33 @@ static int cond_init(pthread_cond_t *c) {
 
 /* True when the peer closed its side or the socket failed. A client that only
  * half-closes after sending its request is treated as gone too, as nginx does. */
+static int64_t now_ms(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
+/* A stream whose client has acknowledged none of the bytes waiting for it for the idle
+ * timeout is not reading (stalled or hostile): it counts as gone, so its sequence stops
+ * instead of generating into buffers nobody reads. MHD's own timeout does not see this:
+ * the kernel's send buffer takes a long answer whole. Called under h->mu. */
+static void check_stalled(lm_http *h, hreq *r) {
+    if (!r->streaming || r->dead || r->fd < 0) return;
+    struct tcp_info ti;
+    socklen_t len = sizeof ti;
+    memset(&ti, 0, sizeof ti);
+    if (getsockopt(r->fd, IPPROTO_TCP, TCP_INFO, &ti, &len) != 0) return;
+    bool waiting = r->s_len > r->s_off || ti.tcpi_notsent_bytes > 0 || ti.tcpi_unacked > 0;
+    int64_t now = now_ms();
+    if (!waiting || ti.tcpi_bytes_acked != r->s_acked || !r->s_progress_ms) {
+        r->s_acked = ti.tcpi_bytes_acked;
+        r->s_progress_ms = now;
+    } else if (now - r->s_progress_ms > (int64_t)h->timeout_s * 1000) {
+        r->dead = true;
+        pthread_cond_broadcast(&r->cond);
+    }
+}
+
 static bool peer_gone(int fd) {
     if (fd < 0) return false;
     struct pollfd p = {.fd = fd, .events = POLLIN | POLLRDHUP};
@@ -168,6 +198,7 @@ static void unref(hreq *r) {
     free(r->path);
     free(r->query);
     free(r->auth);
+    free(r->remote);
     free(r->ctype);
     free(r->body);
     free(r->sbuf);
@@ -272,6 +303,18 @@ static enum MHD_Result reply_too_large(lm_http *h, hreq *r) {
     return reply_now(r->conn, MHD_HTTP_CONTENT_TOO_LARGE, json_error(msg, "invalid_request_error", "body_too_large"));
 }
 
+/* The client's address as text ("127.0.0.1", "::1"), for the access log. */
+static char *client_address(struct MHD_Connection *conn) {
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    char buf[INET6_ADDRSTRLEN] = "-";
+    const struct sockaddr *sa = ci ? ci->client_addr : NULL;
+    if (sa && sa->sa_family == AF_INET)
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, buf, sizeof buf);
+    else if (sa && sa->sa_family == AF_INET6)
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, buf, sizeof buf);
+    return dup_str(buf);
+}
+
 /* First call: the headers are in. Copies what the consumer sees; rejects a declared
  * Content-Length over the limit before any of the body is read. */
 static enum MHD_Result begin(lm_http *h, hreq *r, const char *method) {
@@ -283,7 +326,8 @@ static enum MHD_Result begin(lm_http *h, hreq *r, const char *method) {
     r->method = dup_str(method);
     r->auth = dup_str(auth);
     r->ctype = dup_str(ctype);
-    if (!r->method || !r->auth || !r->ctype) return MHD_NO;
+    r->remote = client_address(r->conn);
+    if (!r->method || !r->auth || !r->ctype || !r->remote) return MHD_NO;
     const char *cl = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
     if (cl) {
         /* MHD has already rejected a malformed value; this only compares sizes. */
@@ -600,6 +644,7 @@ int lm_http_next(lm_http *h, lm_http_request *out, int32_t timeout_ms) {
     *out = (lm_http_request){
         .id = r->id, .method = r->method, .path = r->path, .query = r->query,
         .authorization = r->auth, .content_type = r->ctype, .body = r->body, .body_len = (int64_t)r->body_len,
+        .remote = r->remote,
     };
     pthread_mutex_unlock(&h->mu);
     return 1;
@@ -611,6 +656,7 @@ bool lm_http_alive(lm_http *h, int64_t id) {
     if (!h) return false;
     pthread_mutex_lock(&h->mu);
     hreq *r = find_taken(h, id, NULL);
+    if (r) check_stalled(h, r);
     bool alive = r && !r->dead;
     if (r && !alive) finish(h, id);
     pthread_mutex_unlock(&h->mu);
@@ -775,6 +821,7 @@ lm_status lm_http_stream_write(lm_http *h, int64_t id, const char *data, int64_t
         pthread_mutex_unlock(&h->mu);
         return st;
     }
+    check_stalled(h, r);
     if (r->dead) {
         finish(h, id);
         st = lm_err("%s: client disconnected", fn);

@@ -148,6 +148,11 @@ int64_t lm_tokenize(const lm_model *m, const char *text, size_t len, int32_t *ou
     return lm_tokenizer_encode(m->tok, text ? text : "", len, out, cap, add_special, parse_special);
 }
 
+int64_t lm_escape_special(const lm_model *m, const char *text, size_t len, char *out, int64_t cap) {
+    if (!m || (!text && len)) { lm_err("escape_special: model or text is NULL"); return INT64_MIN; }
+    return lm_tokenizer_escape(m->tok, text ? text : "", len, out, cap);
+}
+
 int32_t lm_token_to_piece(const lm_model *m, int32_t token, char *buf, int32_t cap, bool render_special) {
     if (!m) { lm_err("token_to_piece: model is NULL"); return INT32_MIN; }
     return lm_tokenizer_piece(m->tok, token, buf, cap, render_special);

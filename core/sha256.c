@@ -77,6 +77,14 @@ void lm_sha256_hex(const void *data, size_t len, char *hex) {
     final_hex(&c, hex);
 }
 
+bool lm_ct_equal(const void *a, const void *b, size_t n) {
+    /* volatile: the compiler may not turn the loop into an early-exit memcmp */
+    const volatile uint8_t *x = a, *y = b;
+    uint8_t d = 0;
+    for (size_t i = 0; i < n; i++) d |= (uint8_t)(x[i] ^ y[i]);
+    return d == 0;
+}
+
 lm_status lm_sha256_file(const char *path, char *hex) {
     if (!path || !hex) return lm_err("sha256: path or output is NULL");
     FILE *f = fopen(path, "rb");

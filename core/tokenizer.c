@@ -246,6 +246,27 @@ lm_tokenizer *lm_tokenizer_from_gguf(const lm_gguf *g) {
         }
     }
 
+    /* End of generation: eos, eot, and the end-of-turn tokens llama.cpp recognizes by text
+     * (llama-vocab.cpp, 0.3.36). As there, such a token is a control token whatever the file
+     * says: a user-defined one would be cut out of plain text (Gemma 3's "</s>"), where
+     * llama.cpp keeps it as text unless special tokens are parsed. Also as there, "</s>"
+     * stays a normal token where the vocabulary has gemma4's or plamo's own end marker. */
+    static const char *eog_text[] = {"<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>",
+                                     "<|flush|>", "<|calls|>", "<end_of_turn>", "<|endoftext|>", "</s>",
+                                     "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]", "<|end_of_text|>",
+                                     "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>",
+                                     "<\xef\xbd\x9c" "end\xe2\x96\x81" "of\xe2\x96\x81" "sentence\xef\xbd\x9c>", "[e~[", NULL};
+    bool s_is_normal = hmap_get(&t->vocab, "<|tool_response>", 16) >= 0 || hmap_get(&t->vocab, "<|plamo:eos|>", 13) >= 0;
+    if (t->eos >= 0) t->eog[t->eos] = true;
+    if (t->eot >= 0) t->eog[t->eot] = true;
+    for (int i = 0; eog_text[i]; i++) {
+        if (s_is_normal && !strcmp(eog_text[i], "</s>")) continue;
+        int32_t id = hmap_get(&t->vocab, eog_text[i], (uint32_t)strlen(eog_text[i]));
+        if (id < 0) continue;
+        t->eog[id] = true;
+        if (t->tok[id].type != T_UNUSED) t->tok[id].type = T_CONTROL;
+    }
+
     /* special tokens for the partition: control, user-defined and unknown, longest first */
     t->special = malloc(n * sizeof *t->special);
     if (!t->special) { lm_err("out of memory"); goto fail; }
@@ -257,15 +278,6 @@ lm_tokenizer *lm_tokenizer_from_gguf(const lm_gguf *g) {
     int32_t *fit = realloc(t->special, (size_t)(t->n_special ? t->n_special : 1) * sizeof *t->special);
     if (fit) t->special = fit;
 
-    /* end of generation: eos, eot, and the end-of-turn tokens llama.cpp recognizes by text */
-    static const char *eog_text[] = {"<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>",
-                                     "<EOT>", "_<EOT>", "<|end_of_text|>", "<end_of_utterance>", "<|return|>", NULL};
-    if (t->eos >= 0) t->eog[t->eos] = true;
-    if (t->eot >= 0) t->eog[t->eot] = true;
-    for (int i = 0; eog_text[i]; i++) {
-        int32_t id = hmap_get(&t->vocab, eog_text[i], (uint32_t)strlen(eog_text[i]));
-        if (id >= 0 && t->tok[id].type == T_CONTROL) t->eog[id] = true;
-    }
     return t;
 fail:
     lm_err_prefix("tokenizer");
@@ -681,12 +693,24 @@ int64_t lm_tokenizer_encode(const lm_tokenizer *t, const char *text, size_t len,
     frag *f = len ? partition(t, text, len, parse_special, &nf) : NULL;
     if (len && !f) ok = false;
     bool prev_special = true; /* SPM: a raw fragment at the start or after a special token gets the space prefix */
+    char *clean = NULL;       /* a raw fragment without its LM_SPECIAL_BREAK bytes */
     for (size_t i = 0; ok && i < nf; i++) {
         if (f[i].id >= 0) { ok = push_id(&ids, f[i].id); prev_special = true; continue; }
-        ok = t->spm ? spm_fragment(t, text + f[i].start, f[i].len, prev_special && t->add_space_prefix, &ids)
-                    : bpe_fragment(t, text + f[i].start, f[i].len, &ids);
+        const char *s = text + f[i].start;
+        size_t n = f[i].len;
+        if (parse_special && memchr(s, LM_SPECIAL_BREAK, n)) {
+            char *c = realloc(clean, n);
+            if (!c) { ok = false; break; }
+            clean = c;
+            size_t k = 0;
+            for (size_t j = 0; j < n; j++) if ((unsigned char)s[j] != LM_SPECIAL_BREAK) clean[k++] = s[j];
+            s = clean, n = k;
+            if (!n) continue;
+        }
+        ok = t->spm ? spm_fragment(t, s, n, prev_special && t->add_space_prefix, &ids) : bpe_fragment(t, s, n, &ids);
         prev_special = false;
     }
+    free(clean);
     free(f);
     if (ok && add_special && t->add_eos && t->eos >= 0) ok = push_id(&ids, t->eos);
     if (!ok) { free(ids.ids); lm_err("tokenize: out of memory"); return INT64_MIN; }
@@ -695,6 +719,45 @@ int64_t lm_tokenizer_encode(const lm_tokenizer *t, const char *text, size_t len,
     if (n) memcpy(out, ids.ids, (size_t)n * sizeof *out);
     free(ids.ids);
     return n;
+}
+
+int64_t lm_tokenizer_escape(const lm_tokenizer *t, const char *text, size_t len, char *out, int64_t cap) {
+    if (!t || (!text && len)) { lm_err("escape_special: bad arguments"); return INT64_MIN; }
+    if (cap < 0) { lm_err("escape_special: negative capacity"); return INT64_MIN; }
+    /* brk[i]: a break byte goes before text[i] (brk[len]: after the last byte) */
+    unsigned char *brk = calloc(len + 1, 1);
+    if (!brk) { lm_err("escape_special: out of memory"); return INT64_MIN; }
+    for (int32_t k = 0; k < t->n_special; k++) {
+        const vtoken *v = &t->tok[t->special[k]];
+        if (v->type == T_USER || v->len < 2) continue; /* cut from plain text too; nothing to break */
+        const char *sp = TEXT(t, v);
+        size_t L = v->len;
+        /* every occurrence: a break between each two of its bytes, so that neither it nor a
+         * shorter special token inside it matches */
+        for (const char *p = text, *end = text + len; (size_t)(end - p) >= L;) {
+            const char *hit = memmem(p, (size_t)(end - p), sp, L);
+            if (!hit) break;
+            memset(brk + (hit - text) + 1, 1, L - 1);
+            p = hit + 1;
+        }
+        /* the text's ends: a special token could start in the text and end in what follows it
+         * (or the other way round) once the text is put into a template */
+        for (size_t m = 1; m < L && m <= len; m++) {
+            if (!brk[len] && !memcmp(text + len - m, sp, m)) brk[len] = 1;
+            if (!brk[0] && !memcmp(text, sp + L - m, m)) brk[0] = 1;
+        }
+    }
+    int64_t need = (int64_t)len;
+    for (size_t i = 0; i <= len; i++) need += brk[i];
+    if (need > cap) { free(brk); return -need; }
+    int64_t k = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (brk[i]) out[k++] = (char)LM_SPECIAL_BREAK;
+        out[k++] = text[i];
+    }
+    if (brk[len]) out[k++] = (char)LM_SPECIAL_BREAK;
+    free(brk);
+    return k;
 }
 
 /* Bytes of a token into sb. */

@@ -23,6 +23,8 @@ int32_t lm_tokenizer_lookup(const lm_tokenizer *t, const char *text, size_t len)
  * parse_special: text like "<|im_start|>" becomes the special token instead of plain text. */
 int64_t lm_tokenizer_encode(const lm_tokenizer *t, const char *text, size_t len, int32_t *out,
                             int64_t cap, bool add_special, bool parse_special);
+/* lm_escape_special (lumen.h). */
+int64_t lm_tokenizer_escape(const lm_tokenizer *t, const char *text, size_t len, char *out, int64_t cap);
 int32_t lm_tokenizer_piece(const lm_tokenizer *t, int32_t tok, char *buf, int32_t cap,
                            bool render_special);
 int64_t lm_tokenizer_decode(const lm_tokenizer *t, const int32_t *toks, int64_t n, char *buf,

@@ -19,6 +19,7 @@ local lumen = require "lumen"
 local chat = require "lumen.chat"
 local openai = require "lumen.openai"
 local metrics_mod = require "lumen.metrics"
+local limits_mod = require "lumen.limits"
 local model_mod = require "lumen.model"
 local util = require "lumen.util"
 
@@ -30,7 +31,8 @@ local fail = openai.fail
 
 local DEFAULTS = {
   host = "127.0.0.1", port = 8080, models = nil, slots = 8, ctx = 2048, queue_limit = 64,
-  max_body_bytes = 1048576, prefill_chunk = 256, threads = 0, api_keys = {},
+  max_body_bytes = 1048576, prefill_chunk = 256, threads = 0, api_keys = {}, api_key_file = nil,
+  limits = {}, access_log = true, log_prompts = false,
   timeouts = { idle_s = 30, request_s = 600 },
 }
 
@@ -43,7 +45,8 @@ local function merge_config(path, o)
     if type(y) ~= "table" then error(path .. ": expected a mapping of server settings", 0) end
     local known = { host = "string", port = "number", models = "table", slots = "number", ctx = "number",
                     queue_limit = "number", max_body_bytes = "number", prefill_chunk = "number",
-                    threads = "number", api_keys = "table", timeouts = "table" }
+                    threads = "number", api_keys = "table", timeouts = "table", api_key_file = "string",
+                    limits = "table", access_log = "boolean", log_prompts = "boolean" }
     for k, v in pairs(y) do
       if not known[k] then error(string.format("%s: unknown setting '%s'", path, tostring(k)), 0) end
       if type(v) ~= known[k] then error(string.format("%s: '%s' must be a %s", path, k, known[k] == "table" and "list or mapping" or known[k]), 0) end
@@ -59,8 +62,7 @@ local function merge_config(path, o)
     end
   end
   for k, v in pairs(o.serve) do
-    if k == "api_keys" then for _, key in ipairs(v) do cfg.api_keys[#cfg.api_keys + 1] = key end
-    elseif k == "idle_s" then cfg.timeouts.idle_s = v
+    if k == "idle_s" then cfg.timeouts.idle_s = v
     else cfg[k] = v end
   end
   if o.model then cfg.models = { o.model } end
@@ -81,7 +83,20 @@ local function merge_config(path, o)
   for i, k in ipairs(cfg.api_keys) do
     if type(k) ~= "string" or k == "" then error("server setting 'api_keys': item " .. i .. " must be a non-empty string", 0) end
   end
+  cfg.limits = limits_mod.check_limits(cfg.limits, "server setting 'limits'")
   return cfg
+end
+
+--- Every key the server accepts: server.yaml's api_keys, the api_key_file, and
+-- LUMEN_API_KEYS from the environment (never the command line).
+local function gather_keys(cfg, env)
+  local keys = {}
+  for _, k in ipairs(cfg.api_keys) do keys[#keys + 1] = { key = k } end
+  if cfg.api_key_file then
+    for _, k in ipairs(limits_mod.read_keys_file(cfg.api_key_file)) do keys[#keys + 1] = k end
+  end
+  for _, k in ipairs(limits_mod.env_keys(env)) do keys[#keys + 1] = k end
+  return keys
 end
 
 -- ---- logprobs --------------------------------------------------------------------
@@ -152,19 +167,34 @@ function Server:respond(req_id, status, body, headers, endpoint, content_type)
 end
 
 function Server:respond_error(req_id, e, endpoint)
-  local headers
-  if e.status == 429 then headers = "Retry-After: " .. (e.retry_after or 1) .. "\r\n" end
-  if e.status == 401 then headers = "WWW-Authenticate: Bearer\r\n" end
-  self:respond(req_id, e.status, openai.error_body(e), headers, endpoint)
+  local headers = e.headers or ""
+  if e.status == 429 or e.status == 503 then headers = headers .. "Retry-After: " .. (e.retry_after or 1) .. "\r\n" end
+  if e.status == 401 then headers = headers .. "WWW-Authenticate: Bearer\r\n" end
+  self:respond(req_id, e.status, openai.error_body(e), headers ~= "" and headers or nil, endpoint)
 end
 
-function Server:authorized(auth)
-  if #self.cfg.api_keys == 0 then return true end
-  local key = auth:match("^[Bb]earer%s+(.-)%s*$")
-  if not key then return false end
-  for _, k in ipairs(self.cfg.api_keys) do if k == key then return true end end
-  return false
+--- One line per answered request on stderr: when, who (address, key name),
+-- what, the status, tokens and times; the prompt only with log_prompts.
+function Server:access(a, status, job)
+  if not self.cfg.access_log then return end
+  local t = now()
+  local parts = { os.date("!%Y-%m-%dT%H:%M:%SZ"), a.remote or "-", "key=" .. (a.ident and a.ident.name or "-"),
+                  a.method, a.path, tostring(status), string.format("%.0fms", (t - a.arrived) * 1000) }
+  if job then
+    parts[#parts + 1] = "model=" .. tostring(job.model_id)
+    parts[#parts + 1] = "prompt=" .. tostring(job.prompt_tokens or 0)
+    parts[#parts + 1] = "completion=" .. tostring(job.completion_tokens or 0)
+    if job.ttft then parts[#parts + 1] = string.format("ttft=%.0fms", job.ttft * 1000) end
+    if job.stream then parts[#parts + 1] = "stream" end
+    if job.end_reason then parts[#parts + 1] = "end=" .. job.end_reason end
+    if self.cfg.log_prompts then
+      local p = job.kind == "chat" and openai.encode(job.messages) or openai.encode(job.prompt)
+      parts[#parts + 1] = "prompt_text=" .. p
+    end
+  end
+  io.stderr:write(table.concat(parts, " "), "\n")
 end
+
 
 local ENDPOINTS = {
   ["/v1/chat/completions"] = { method = "POST", name = "chat" },
@@ -181,24 +211,30 @@ function Server:handle(r)
   if path:sub(-1) == "/" and #path > 1 then path = path:sub(1, -2) end
   local ep = ENDPOINTS[path] or (path:match("^/v1/models/[^/]+$") and { method = "GET", name = "model" })
   local name = ep and ep.name or "unknown"
+  local a = { remote = ffi.string(r.remote), method = method, path = path, arrived = now() }
+  local status = 200
   local ok, err = pcall(function()
     if not ep then fail(404, "unknown endpoint " .. method .. " " .. path, nil, "unknown_url", "invalid_request_error") end
     if method ~= ep.method then fail(405, string.format("%s takes %s, not %s", path, ep.method, method), nil, "method_not_allowed") end
-    if not ep.open and not self:authorized(ffi.string(r.authorization)) then
-      fail(401, "missing or invalid API key: send 'Authorization: Bearer KEY'", nil, "invalid_api_key")
+    if not ep.open then
+      a.ident = self.gate:identify(ffi.string(r.authorization))
+      if not a.ident then fail(401, "missing or invalid API key: send 'Authorization: Bearer KEY'", nil, "invalid_api_key") end
     end
+    local limit_headers = a.ident and self.gate:headers(a.ident, a.arrived) or ""
+    limit_headers = limit_headers ~= "" and limit_headers or nil
     if name == "health" then
       local body = openai.encode({ status = self.draining and "draining" or "ok", models = self.model_ids,
                                    slots_busy = self:slots_busy(), queue = #self.queue })
-      return self:respond(r.id, self.draining and 503 or 200, body, nil, name)
+      status = self.draining and 503 or 200
+      return self:respond(r.id, status, body, nil, name)
     elseif name == "metrics" then
       return self:respond(r.id, 200, self.metrics:render(now()), nil, name, "text/plain; version=0.0.4")
     elseif name == "models" then
-      return self:respond(r.id, 200, openai.models_list(self.model_ids, self.started), nil, name)
+      return self:respond(r.id, 200, openai.models_list(self.model_ids, self.started), limit_headers, name)
     elseif name == "model" then
       local id = path:match("^/v1/models/(.+)$")
       if not self.models[id] then fail(404, "model '" .. id .. "' does not exist", "model", "model_not_found") end
-      return self:respond(r.id, 200, openai.encode({ id = id, object = "model", created = self.started, owned_by = "lumen" }), nil, name)
+      return self:respond(r.id, 200, openai.encode({ id = id, object = "model", created = self.started, owned_by = "lumen" }), limit_headers, name)
     end
     if self.draining then fail(503, "the server is shutting down", nil, "server_shutting_down", "server_error") end
     local body = openai.decode(ffi.string(r.body, r.body_len), function(s) return C.lm_utf8_valid(s, #s) end)
@@ -210,7 +246,9 @@ function Server:handle(r)
     local entry = self.models[model_id]
     if not entry then fail(404, "model '" .. model_id .. "' does not exist (available: " .. table.concat(self.model_ids, ", ") .. ")", "model", "model_not_found") end
     local job = name == "chat" and openai.chat_request(body, entry.sampling) or openai.completion_request(body, entry.sampling)
+    job.access = a
     self:submit(r, job, entry, name)
+    status = nil -- answered when the job ends
   end)
   if not ok then
     if not openai.is_error(err) then
@@ -218,7 +256,10 @@ function Server:handle(r)
       err = setmetatable({ status = 500, message = "internal error: " .. tostring(err), type = "server_error" }, openai.ApiError)
     end
     self:respond_error(r.id, err, name)
+    status = err.status
   end
+  -- probes (/health, /metrics) stay out of the access log
+  if status and not (ep and ep.open) then self:access(a, status) end
 end
 
 --- Tokenizes a validated request, checks it fits, and queues it.
@@ -259,13 +300,16 @@ function Server:submit(r, job, entry, endpoint)
                              type = "rate_limit_error", code = "rate_limit_exceeded", retry_after = 1 }, openai.ApiError)
     error(e, 0)
   end
+  -- the key's limits come last: a request refused for anything else costs it nothing
+  self.gate:admit(job.access.ident, job.access.arrived, n)
+  job.ident = job.access.ident
   job.req_id, job.entry, job.endpoint = r.id, entry, endpoint
   job.prompt_buf, job.prompt_tokens = buf, n
   job.max_tokens = job.max_tokens or (entry.ctx - n)
   job.id = job_id(job.kind == "chat" and "chatcmpl-" or "cmpl-")
   job.created = os.time()
   job.model_id = entry.id
-  job.arrived = now()
+  job.arrived = job.access.arrived
   self.queue[#self.queue + 1] = job
 end
 
@@ -311,6 +355,15 @@ function Server:admit()
     if not C.lm_http_alive(self.http, job.req_id) then
       table.remove(self.queue, i)
       self.metrics.disconnects = self.metrics.disconnects + 1
+      self:release(job, 499)
+    elseif now() - job.arrived > self.cfg.timeouts.request_s then
+      -- the request's deadline passed before a slot came free
+      table.remove(self.queue, i)
+      local e = setmetatable({ status = 503, type = "server_error", code = "timeout", retry_after = 1,
+                               message = string.format("no slot came free within the server's request timeout of %g s; retry later",
+                                                       self.cfg.timeouts.request_s) }, openai.ApiError)
+      self:respond_error(job.req_id, e, job.endpoint)
+      self:release(job, 503)
     elseif #entry.free >= job.n then
       table.remove(self.queue, i)
       job.seqs = {}
@@ -409,7 +462,7 @@ end
 --- A prompt whose client left: its slots go back at once.
 function Server:prompt_gone(job)
   if C.lm_http_alive(self.http, job.req_id) then return false end
-  self:release(job)
+  self:release(job, 499)
   self.metrics.disconnects = self.metrics.disconnects + 1
   return true
 end
@@ -438,7 +491,8 @@ function Server:prompt_evaluated(job, n)
     end
   end
   if job.stream then
-    C.lm_http_stream_open(self.http, job.req_id, 200, "text/event-stream", "Cache-Control: no-cache\r\n")
+    C.lm_http_stream_open(self.http, job.req_id, 200, "text/event-stream",
+                          "Cache-Control: no-cache\r\n" .. self.gate:headers(job.ident, now()))
     self.metrics:request(job.endpoint, 200)
     if job.kind == "chat" then
       -- as OpenAI: each choice opens with its role and empty content
@@ -461,7 +515,12 @@ function Server:next_token(seq, tok)
   local model = job.entry.model
   tok = tok or seq.sampler:sample(s)
   seq.n_gen = seq.n_gen + 1
-  if seq.n_gen == 1 and seq.index == 0 then self.metrics:observe_ttft(now() - job.arrived) end
+  local t = now()
+  if seq.n_gen == 1 and seq.index == 0 then
+    job.ttft = t - job.arrived
+    self.metrics:observe_ttft(job.ttft)
+  end
+  self.gate:spend(job.ident, t, 1)
   local lp
   if job.logprobs then
     local logprob, top = logprobs_of(model, s, tok, job.top_logprobs)
@@ -472,7 +531,7 @@ function Server:next_token(seq, tok)
   local text, stopped = seq.text:push(tok)
   if stopped then return self:finish_seq(seq, "stop", lp) end
   -- max_tokens, a full context or the request's time limit: "length"
-  if seq.n_gen >= job.max_tokens or s:pos() >= s:ctx() or now() - job.arrived > self.cfg.timeouts.request_s then
+  if seq.n_gen >= job.max_tokens or s:pos() >= s:ctx() or t - job.arrived > self.cfg.timeouts.request_s then
     seq.pending_text = text
     return self:finish_seq(seq, "length", lp)
   end
@@ -521,15 +580,21 @@ function Server:finish_job(job)
     for i, seq in ipairs(job.seqs) do
       choices[i] = { text = table.concat(seq.parts), finish = seq.finish, n_gen = seq.n_gen, logprobs = seq.logprobs }
     end
-    self:respond(job.req_id, 200, openai.response(job, choices), nil, job.endpoint)
+    local h = self.gate:headers(job.ident, now())
+    self:respond(job.req_id, 200, openai.response(job, choices), h ~= "" and h or nil, job.endpoint)
   end
-  self:release(job)
+  self:release(job, job.gone and 499 or 200)
 end
 
---- Slots back to the free list (their KV cache is simply overwritten later).
-function Server:release(job)
+--- The end of a job however it ends (answered, its client gone, timed out):
+-- slots back to the free list (their KV cache is simply overwritten later),
+-- its place under the key's concurrency limit back, one access log line.
+function Server:release(job, status)
   if job.released then return end
   job.released = true
+  if job.ident then self.gate:release(job.ident) end
+  if status == 499 then job.end_reason = "client_gone" end
+  self:access(job.access, status or 499, job)
   for _, seq in ipairs(job.seqs or {}) do
     seq.done = true
     local free = job.entry.free
@@ -549,7 +614,7 @@ function Server:decode_step()
     if job.gone or not C.lm_http_alive(self.http, job.req_id) then
       if not job.released then
         self.metrics.disconnects = self.metrics.disconnects + 1
-        self:release(job)
+        self:release(job, 499)
       end
     elseif not seq.done then
       local e = job.entry
@@ -640,7 +705,8 @@ function M.run(o)
   local cfg = merge_config(o.config, o)
   math.randomseed(os.time() + math.floor(now() * 1000) % 100000)
   local self = setmetatable({ cfg = cfg, queue = {}, prefilling = {}, decoding = {}, riding = {},
-                              metrics = metrics_mod.new(), started = os.time() }, Server)
+                              metrics = metrics_mod.new(), started = os.time(),
+                              gate = limits_mod.new(gather_keys(cfg, os.getenv("LUMEN_API_KEYS")), cfg.limits) }, Server)
   self:load_models()
   local mt = self.metrics
   mt:gauge("lumen_queue_depth", "Requests waiting for a slot.", function() return #self.queue end)
@@ -669,7 +735,8 @@ function M.run(o)
     assert(os.rename(tmp, o.port_file))
   end
   self:log("lumen serve: listening on http://%s:%d/v1 (%s; %d slots per model, queue %d%s)", cfg.host, port,
-           table.concat(self.model_ids, ", "), cfg.slots, cfg.queue_limit, #cfg.api_keys > 0 and ", API keys required" or "")
+           table.concat(self.model_ids, ", "), cfg.slots, cfg.queue_limit,
+           self.gate:required() and string.format(", %d API keys required", #self.gate.keys) or "")
   local ok, err = pcall(self.run, self)
   C.lm_http_stop(h, 5000)
   self.http = nil
@@ -679,5 +746,6 @@ function M.run(o)
 end
 
 M._merge_config = merge_config
+M._gather_keys = gather_keys
 M._whole_pieces = whole_pieces
 return M

@@ -132,9 +132,20 @@ void lm_model_get_info(const lm_model *model, lm_model_info *out);
 
 /* ---- tokenizer (owned by the model) -------------------------------------- */
 /* Writes up to cap ids; returns the number of tokens, or -(needed) when cap is too
- * small (nothing is lost: call again with a larger buffer), or INT64_MIN on error. */
+ * small (nothing is lost: call again with a larger buffer), or INT64_MIN on error.
+ * parse_special: the text of a control token ("<|im_end|>") becomes that token, and the
+ * byte LM_SPECIAL_BREAK is dropped (it never occurs in UTF-8); user-defined tokens are
+ * cut out of the text either way, as llama.cpp does. */
 int64_t lm_tokenize(const lm_model *model, const char *text, size_t len, int32_t *out,
                     int64_t cap, bool add_special, bool parse_special);
+/* Untrusted text (a chat message's content) on its way into a prompt that is tokenized
+ * with parse_special: a copy with LM_SPECIAL_BREAK inside every control token's text in
+ * it, and at either end where a control token could begin or end across that end, so
+ * that the prompt's tokens for it are the tokens of the text alone without special
+ * parsing. Same return convention as lm_tokenize (bytes). */
+enum { LM_SPECIAL_BREAK = 0xFF };
+int64_t lm_escape_special(const lm_model *model, const char *text, size_t len, char *out,
+                          int64_t cap);
 /* Bytes of one token (may be part of a UTF-8 character). Returns the length, or
  * -(needed) when cap is too small, or INT32_MIN for an id out of range. */
 int32_t lm_token_to_piece(const lm_model *model, int32_t token, char *buf, int32_t cap,
@@ -284,6 +295,9 @@ lm_status lm_sha256_file(const char *path, char *hex_out);
 lm_status lm_file_info(const char *path, int64_t *size, int64_t *mtime);
 /* SHA-256 of a buffer, same output form. */
 void lm_sha256_hex(const void *data, size_t len, char *hex_out);
+/* a[0..n) == b[0..n), in time that depends on n only (for secrets: compare the SHA-256
+ * digests of a presented API key and of each known key, so no length leaks either). */
+bool lm_ct_equal(const void *a, const void *b, size_t n);
 
 /* ---- YAML documents (libyaml) ------------------------------------------------
  * A parsed document is a flat array of nodes; node 0 is the root. Scalars keep
@@ -326,7 +340,9 @@ typedef struct lm_http_params {
     const char *host;          /* address to bind, e.g. "127.0.0.1" (NULL: 127.0.0.1); "0.0.0.0", "::1" allowed */
     int32_t port;              /* 0: any free port (see lm_http_port) */
     int64_t max_body_bytes;    /* <= 0: 1 MiB. Larger bodies get 413 + OpenAI-style JSON error from C and never reach lm_http_next */
-    int32_t timeout_s;         /* idle timeout for a connection (slow clients) <= 0: 30 */
+    int32_t timeout_s;         /* idle timeout (slow clients) <= 0: 30: a connection that sends nothing
+                                  while its request is read, or a stream whose client takes none of
+                                  its waiting bytes for this long, is closed */
     int32_t max_connections;   /* <= 0: 256 */
 } lm_http_params;
 typedef struct lm_http_request {
@@ -336,6 +352,7 @@ typedef struct lm_http_request {
     const char *content_type;  /* or "" */
     const char *body;          /* the raw body bytes (NUL-terminated for convenience, may contain NULs) */
     int64_t body_len;
+    const char *remote;        /* the client's address ("127.0.0.1", "::1") */
 } lm_http_request;   /* strings stay valid until the request is finished (respond, or stream_close) */
 
 /* Binds and starts serving. NULL + message (e.g. "cannot bind 127.0.0.1:8080: Address already in use"). */

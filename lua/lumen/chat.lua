@@ -12,7 +12,27 @@ Conv.__index = Conv
 
 local compiled = setmetatable({}, { __mode = "k" })
 
---- Renders messages ({role=, content=}...) with the model's chat template.
+--- Messages as the template sees them. Their text (content, names, tool
+-- results: every string but a role) is untrusted: a control token's text in it
+-- ("<|im_end|>") must stay text when the rendered prompt is tokenized with
+-- special tokens parsed, or a user could close their turn and write the
+-- system's. Model:escape_special marks it so; ordinary text is unchanged. A
+-- model's registry entry may say `special_in_content: true` for trusted local
+-- use, where message text may carry control tokens on purpose.
+local function escaped(model, messages)
+  if model.entry and model.entry.special_in_content == true then return messages end
+  local function esc(v, key)
+    if type(v) == "string" then return key == "role" and v or model:escape_special(v) end
+    if type(v) ~= "table" then return v end
+    local t = {}
+    for k, x in pairs(v) do t[k] = esc(x, k) end
+    return setmetatable(t, getmetatable(v))
+  end
+  return esc(messages)
+end
+
+--- Renders messages ({role=, content=}...) with the model's chat template,
+-- for tokenizing with special tokens parsed (message text stays text).
 function M.render(model, messages, add_generation_prompt)
   local info = model._info or model:info()
   model._info = info
@@ -28,7 +48,7 @@ function M.render(model, messages, add_generation_prompt)
     compiled[model] = f
   end
   return f{
-    messages = messages,
+    messages = escaped(model, messages),
     add_generation_prompt = add_generation_prompt ~= false,
     bos_token = info.bos_text or "",
     eos_token = info.eos_text or "",

@@ -120,8 +120,10 @@ usage: lumen serve [options]
   --slots N          concurrent sequences per model (default 8)
   -c, --ctx N        context tokens per slot (default 2048)
   --queue N          requests that may wait for a slot before 429 (default 64)
-  --api-key KEY      require 'Authorization: Bearer KEY' (repeatable)
-  --idle-timeout S   drop connections idle this long (default 30)
+  --api-key-file F   require 'Authorization: Bearer KEY' with a key from F: one per line,
+                     or a .yaml list of {key, name, limits} (also: LUMEN_API_KEYS=k1,k2)
+  --idle-timeout S   drop connections idle this long, and streams whose client
+                     reads nothing for this long (default 30)
   -t, --threads N    compute threads (default: all cores)
 SIGTERM or Ctrl-C: stop taking requests, finish the running ones, exit 0.
 ]]
@@ -143,7 +145,11 @@ function commands.serve(argv)
     elseif a == "--slots" then o.serve.slots = int_arg(a, take(), 1, 256)
     elseif a == "-c" or a == "--ctx" then o.ctx = int_arg(a, take(), 16, 2 ^ 20)
     elseif a == "--queue" then o.serve.queue_limit = int_arg(a, take(), 0, 100000)
-    elseif a == "--api-key" then o.serve.api_keys = o.serve.api_keys or {}; table.insert(o.serve.api_keys, take())
+    elseif a == "--api-key-file" then o.serve.api_key_file = take()
+    elseif a == "--api-key" then
+      -- a key on the command line shows in `ps` to every user of the machine
+      usage_error("serve: --api-key would show the key to every user of this machine (ps); "
+                  .. "put it in a file (--api-key-file FILE, one key per line) or in LUMEN_API_KEYS")
     elseif a == "--idle-timeout" then o.serve.idle_s = int_arg(a, take(), 1, 86400)
     elseif a == "-t" or a == "--threads" then o.threads = int_arg(a, take(), 1, 256)
     else usage_error("serve: unknown option '" .. a .. "' (try: lumen serve --help)") end

@@ -84,6 +84,23 @@ function Model:tokenize(text, opts)
   return out
 end
 
+--- Untrusted text (a message's content) made safe to put into a prompt that is
+-- tokenized with parse_special: its control-token look-alikes become plain text
+-- (lm_escape_special). Plain text without them comes back unchanged.
+function Model:escape_special(text)
+  util.check_type("escape_special", "text", text, "string")
+  local cap = #text + 8
+  local buf = ffi.new("char[?]", cap)
+  local n = C.lm_escape_special(self.h, text, #text, buf, cap)
+  if n < 0 then
+    if n == -9223372036854775807LL - 1 then util.c_error("escape_special") end
+    cap = tonumber(-n)
+    buf = ffi.new("char[?]", cap)
+    n = C.lm_escape_special(self.h, text, #text, buf, cap)
+  end
+  return ffi.string(buf, tonumber(n))
+end
+
 --- The bytes of one token (render_special: show control tokens' text).
 function Model:piece(token, render_special)
   util.check_type("piece", "token", token, "number")

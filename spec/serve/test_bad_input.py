@@ -6,7 +6,7 @@ leaks a slot, and afterwards a normal request still succeeds.
 Three servers, one after the other:
 - the main one: --ctx 256 (for context_length_exceeded), --slots 4, and a config
   file with timeouts.idle_s = 2 (for the slow-client cases);
-- one with --api-key (401s);
+- one with API keys from a key file and LUMEN_API_KEYS (401s);
 - one with --slots 1 --queue 1 (429 with Retry-After).
 
 Decisions the contract left open, taken here:
@@ -606,13 +606,40 @@ for _case in CASES:
 
 
 class TestApiKeys(unittest.TestCase, ErrorChecks):
+    """One key from a key file (one key per line, a comment), one from LUMEN_API_KEYS."""
     KEYS = ("sekrit-one", "sekrit-two")
     srv = None
 
     @classmethod
     def setUpClass(cls):
-        cls.srv = Server("-m", MODEL, "--slots", "2", "--api-key", cls.KEYS[0], "--api-key", cls.KEYS[1],
-                         api_key=cls.KEYS[0], name="api-key").start()
+        import os
+        import tempfile
+        cls.keydir = tempfile.mkdtemp(prefix="lumen-keys-")
+        cls.keyfile = os.path.join(cls.keydir, "keys")
+        with open(cls.keyfile, "w") as f:
+            f.write("# the team's key\n%s\n\n" % cls.KEYS[0])
+        cls.srv = Server("-m", MODEL, "--slots", "2", "--api-key-file", cls.keyfile,
+                         env={"LUMEN_API_KEYS": cls.KEYS[1]}, api_key=cls.KEYS[0], name="api-key").start()
+
+    def test_key_on_command_line_refused(self):
+        """A key in argv shows in `ps`: refused, with the way to do it instead."""
+        import subprocess
+        from serve_harness import BIN
+        p = subprocess.run([BIN, "serve", "-m", MODEL, "--port", "0", "--api-key", "sekrit-cli"],
+                           capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        self.assertEqual(p.returncode, 2, p.stderr)
+        self.assertIn("--api-key-file", p.stderr)
+        self.assertIn("LUMEN_API_KEYS", p.stderr)
+        self.assertNotIn("listening", p.stderr)
+
+    def test_missing_key_file(self):
+        import subprocess
+        from serve_harness import BIN
+        p = subprocess.run([BIN, "serve", "-m", MODEL, "--port", "0", "--api-key-file", "/nonexistent/keys"],
+                           capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn("/nonexistent/keys", p.stderr)
+        self.assertNotIn("listening", p.stderr)
 
     @classmethod
     def tearDownClass(cls):
