@@ -33,13 +33,14 @@ local DEFAULTS = {
   host = "127.0.0.1", port = 8080, models = nil, slots = 8, ctx = 2048, queue_limit = 64,
   max_body_bytes = 1048576, prefill_chunk = 256, threads = 0, api_keys = {}, api_key_file = nil,
   limits = {}, access_log = true, log_prompts = false,
-  timeouts = { idle_s = 30, request_s = 600 },
+  timeouts = { idle_s = 30, request_s = 600, queue_s = 120 },
 }
 
 local function merge_config(path, o)
   local cfg = {}
   for k, v in pairs(DEFAULTS) do cfg[k] = v end
-  cfg.timeouts = { idle_s = DEFAULTS.timeouts.idle_s, request_s = DEFAULTS.timeouts.request_s }
+  cfg.timeouts = {}
+  for k, v in pairs(DEFAULTS.timeouts) do cfg.timeouts[k] = v end
   if path then
     local y = require("lumen.yaml").load_file(path)
     if type(y) ~= "table" then error(path .. ": expected a mapping of server settings", 0) end
@@ -356,12 +357,12 @@ function Server:admit()
       table.remove(self.queue, i)
       self.metrics.disconnects = self.metrics.disconnects + 1
       self:release(job, 499)
-    elseif now() - job.arrived > self.cfg.timeouts.request_s then
-      -- the request's deadline passed before a slot came free
+    elseif now() - job.arrived > math.min(self.cfg.timeouts.queue_s, self.cfg.timeouts.request_s) then
+      -- no slot came free in time: the client hears so instead of waiting on
       table.remove(self.queue, i)
       local e = setmetatable({ status = 503, type = "server_error", code = "timeout", retry_after = 1,
-                               message = string.format("no slot came free within the server's request timeout of %g s; retry later",
-                                                       self.cfg.timeouts.request_s) }, openai.ApiError)
+                               message = string.format("no slot came free within %g s (the server's timeouts.queue_s); retry later",
+                                                       math.min(self.cfg.timeouts.queue_s, self.cfg.timeouts.request_s)) }, openai.ApiError)
       self:respond_error(job.req_id, e, job.endpoint)
       self:release(job, 503)
     elseif #entry.free >= job.n then
