@@ -299,6 +299,17 @@ void lm_sha256_hex(const void *data, size_t len, char *hex_out);
  * digests of a presented API key and of each known key, so no length leaks either). */
 bool lm_ct_equal(const void *a, const void *b, size_t n);
 
+/* ---- document readers (RAG ingest) -------------------------------------------------- */
+/* The visible text of an HTML page (libxml2's forgiving HTML parser): the title, then text
+ * in document order with script/style/head skipped, white space runs folded, block elements
+ * (p, div, li, h1..h6, tr, ...) ending paragraphs ("\n\n"). *out is malloc'd and
+ * NUL-terminated (free with lm_free). */
+lm_status lm_html_to_text(const char *html, size_t len, char **out, size_t *out_len);
+/* Regular files under dir, recursively (links not followed), as paths relative to dir,
+ * sorted, each NUL-terminated, back to back in *out (free with lm_free). */
+lm_status lm_list_files(const char *dir, char **out, size_t *out_len, int64_t *n_files);
+void lm_free(void *p);
+
 /* ---- YAML documents (libyaml) ------------------------------------------------
  * A parsed document is a flat array of nodes; node 0 is the root. Scalars keep
  * their text (plain scalars are typed by the caller: lua/lumen/yaml.lua). Aliases

@@ -12,6 +12,9 @@ commands:
   run SCRIPT.lua [args]        run a Lua script with require "lumen" available
   serve [options]              OpenAI-compatible HTTP server (configs/server.yaml; see lumen serve --help)
   models                       list the models of configs/models.yaml and their state
+  rag index DIR --db FILE      index a folder (.txt .md .html .pdf) into a retrieval store
+  rag search QUERY --db FILE   the best chunks for a query (-k N, --json, --mode hybrid|vector|bm25)
+  rag ask QUESTION --db FILE   answer from the indexed documents, then list the sources
   bench [-m MODEL] [--pp N] [-n N] [-r RUNS] [-t T]   prefill/decode speed as JSON (see bench/run.py)
   quantize IN OUT TYPE         requantize a GGUF file's weights (q4_0 q4_1 q5_0 q5_1 q8_0 q4_k q5_k q6_k f16 bf16 f32)
   version                      print the version
@@ -160,6 +163,83 @@ function commands.serve(argv)
     if require("lumen.util").file_exists(def) then o.config = def end
   end
   return require("serve").run(o)
+end
+
+local RAG_USAGE = [[
+usage: lumen rag index DIR --db FILE [--embed-model M] [--chunk-tokens N] [--overlap N] [--vectors f32|i8]
+       lumen rag search QUERY --db FILE [-k N] [--json] [--mode hybrid|vector|bm25]
+       lumen rag ask QUESTION --db FILE [-m CHAT_MODEL] [-k N] [-n N] [--temp T]
+  index    re-embeds only changed files, drops deleted ones, reports and skips unreadable
+           ones; a killed run leaves the store consistent and the next run finishes it.
+           --embed-model: an embedding model alias or path (default minilm, recorded in the store)
+           --chunk-tokens (default 200), --overlap (default 32): chunk size and overlap in tokens
+  search   -k results (default 5); --mode: how to rank (default hybrid: vectors and BM25 fused);
+           --vector-weight W, --bm25-weight W: their weights in the fusion (default 1, 1)
+  ask      streams the answer, then the sources it drew on ([n] marks the ones it cited)
+]]
+
+function commands.rag(argv)
+  local sub = argv[2]
+  if sub == nil or sub == "-h" or sub == "--help" then io.write(RAG_USAGE) return sub and 0 or 2 end
+  local o = { k = 5, words = {}, sampling = {} }
+  local i = 3
+  while i <= #argv do
+    local a, v = argv[i], argv[i + 1]
+    local function take() if v == nil then usage_error(a .. " needs a value") end i = i + 1 return v end
+    if a == "-h" or a == "--help" then io.write(RAG_USAGE) return 0
+    elseif a == "--db" then o.db = take()
+    elseif a == "-k" then o.k = int_arg(a, take(), 1, 1000)
+    elseif a == "--json" then o.json = true
+    elseif a == "--mode" then
+      o.mode = take()
+      if o.mode ~= "hybrid" and o.mode ~= "vector" and o.mode ~= "bm25" then usage_error("--mode must be hybrid, vector or bm25") end
+    elseif a == "--vector-weight" then o.vector_weight = num_arg(a, take(), 0, 1000)
+    elseif a == "--bm25-weight" then o.bm25_weight = num_arg(a, take(), 0, 1000)
+    elseif a == "--embed-model" then o.embed_model = take()
+    elseif a == "--chunk-tokens" then o.max_tokens = int_arg(a, take(), 8, 100000)
+    elseif a == "--overlap" then o.overlap = int_arg(a, take(), 0, 100000)
+    elseif a == "--vectors" then
+      o.vectors = take()
+      if o.vectors ~= "f32" and o.vectors ~= "i8" then usage_error("--vectors must be f32 or i8") end
+    elseif a == "-m" or a == "--model" then o.model = take()
+    elseif a == "-n" or a == "--n-predict" then o.n_predict = int_arg(a, take(), 1, 2 ^ 20)
+    elseif a == "--temp" then o.sampling.temperature = num_arg(a, take(), 0, 100)
+    elseif a == "-t" or a == "--threads" then o.threads = int_arg(a, take(), 1, 256)
+    elseif a:sub(1, 1) == "-" and #a > 1 then usage_error("rag: unknown option '" .. a .. "' (try: lumen rag --help)")
+    else o.words[#o.words + 1] = a end
+    i = i + 1
+  end
+  if not o.db then usage_error("rag " .. sub .. " needs --db FILE") end
+  if #o.words ~= 1 then usage_error("rag " .. sub .. " takes one " .. (sub == "index" and "folder" or "quoted text")) end
+  local rag = require "rag"
+  if sub == "index" then
+    local r = require("lumen.ingest").index(o.words[1], o.db, { embed_model = o.embed_model, vectors = o.vectors,
+      max_tokens = o.max_tokens, overlap = o.overlap, threads = o.threads })
+    io.stderr:write(string.format("indexed %d of %d files (%d unchanged, %d removed, %d skipped): %d chunks in %.1f s; the store holds %d documents, %d chunks\n",
+      r.indexed, r.files, r.unchanged, r.removed, r.failed, r.chunks, r.seconds, r.documents, r.total_chunks))
+    return 0
+  elseif sub == "search" then
+    local hits = rag.search(o.db, o.words[1], o)
+    local cjson = require "cjson"
+    for rank, h in ipairs(hits) do
+      if o.json then
+        io.write(cjson.encode({ rank = rank, path = h.path, score = h.score, chunk = h.id, text = h.text }), "\n")
+      else
+        io.write(string.format("%d. %s (%.4f)\n   %s\n", rank, h.path, h.score, (h.text:gsub("%s+", " "))))
+      end
+    end
+    return 0
+  elseif sub == "ask" then
+    local sampler = next(o.sampling) and require("lumen.sampler").from_config(o.sampling) or nil
+    local _, sources = rag.ask(o.db, o.words[1], { model = o.model, k = o.k, mode = o.mode, max_tokens = o.n_predict,
+      threads = o.threads, sampler = sampler, on_piece = function(p) io.write(p) io.stdout:flush() end })
+    io.write("\n\nSources:\n")
+    for _, src in ipairs(sources) do
+      io.write(string.format("[%d]%s %s\n", src.n, src.cited and "" or " (not cited)", src.path))
+    end
+    return 0
+  end
+  usage_error("unknown rag command '" .. sub .. "' (index, search or ask)")
 end
 
 function commands.models()
