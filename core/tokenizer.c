@@ -9,6 +9,7 @@
 #include "tokenizer.h"
 #include "error.h"
 #include "unicode.h"
+#include "wordpiece.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,6 +27,7 @@ typedef struct { uint32_t off, len; float score; int32_t type; } vtoken;
 #define TEXT(t, v) ((t)->text + (v)->off)
 
 struct lm_tokenizer {
+    lm_wordpiece *wp;    /* BERT's WordPiece (wordpiece.c): every call goes there */
     bool spm;
     pre_kind pre;
     bool ignore_merges, add_bos, add_eos, add_space_prefix;
@@ -148,6 +150,7 @@ static int cmp_special(const void *a, const void *b, void *ctx) {
 
 void lm_tokenizer_free(lm_tokenizer *t) {
     if (!t) return;
+    lm_wordpiece_free(t->wp);
     free(t->tok);
     free(t->text);
     free(t->vocab.slots);
@@ -168,9 +171,14 @@ lm_tokenizer *lm_tokenizer_from_gguf(const lm_gguf *g) {
         lm_gguf_get_str_arr(g, "tokenizer.ggml.tokens", &toks, &n))
         goto fail;
     if (n == 0 || n > (1u << 24)) { lm_err("tokenizer: %llu tokens is not a plausible vocabulary", (unsigned long long)n); goto fail; }
+    if (lm_gguf_str_eq(model, "bert")) {
+        t->wp = lm_wordpiece_from_gguf(g);
+        if (!t->wp) goto fail;
+        return t;
+    }
     if (lm_gguf_str_eq(model, "llama")) t->spm = true;
     else if (!lm_gguf_str_eq(model, "gpt2")) {
-        lm_err("tokenizer model '%.*s' is not supported (supported: gpt2 byte-level BPE, llama SentencePiece)", (int)model.len, model.ptr);
+        lm_err("tokenizer model '%.*s' is not supported (supported: gpt2 byte-level BPE, llama SentencePiece, bert WordPiece)", (int)model.len, model.ptr);
         goto fail;
     }
     t->n = (int32_t)n;
@@ -273,11 +281,22 @@ fail:
     return NULL;
 }
 
-int32_t lm_tokenizer_n_vocab(const lm_tokenizer *t) { return t->n; }
-int32_t lm_tokenizer_bos(const lm_tokenizer *t) { return t->bos; }
-int32_t lm_tokenizer_eos(const lm_tokenizer *t) { return t->eos; }
-bool lm_tokenizer_is_eog(const lm_tokenizer *t, int32_t id) { return id >= 0 && id < t->n && t->eog[id]; }
-int32_t lm_tokenizer_lookup(const lm_tokenizer *t, const char *s, size_t n) { return hmap_get(&t->vocab, s, (uint32_t)n); }
+lm_tokenizer *lm_tokenizer_from_hf(const char *dir) {
+    lm_tokenizer *t = calloc(1, sizeof *t);
+    if (!t) { lm_err("out of memory"); return NULL; }
+    t->wp = lm_wordpiece_from_hf(dir);
+    if (!t->wp) { free(t); return NULL; }
+    return t;
+}
+
+/* WordPiece: [CLS] and [SEP] stand where BOS and EOS would */
+int32_t lm_tokenizer_n_vocab(const lm_tokenizer *t) { return t->wp ? lm_wordpiece_n_vocab(t->wp) : t->n; }
+int32_t lm_tokenizer_bos(const lm_tokenizer *t) { return t->wp ? lm_wordpiece_cls(t->wp) : t->bos; }
+int32_t lm_tokenizer_eos(const lm_tokenizer *t) { return t->wp ? lm_wordpiece_sep(t->wp) : t->eos; }
+bool lm_tokenizer_is_eog(const lm_tokenizer *t, int32_t id) { return !t->wp && id >= 0 && id < t->n && t->eog[id]; }
+int32_t lm_tokenizer_lookup(const lm_tokenizer *t, const char *s, size_t n) {
+    return t->wp ? lm_wordpiece_lookup(t->wp, s, n) : hmap_get(&t->vocab, s, (uint32_t)n);
+}
 
 /* ---- pre-tokenization (code point offsets of words) ------------------------------------ */
 
@@ -674,6 +693,7 @@ int64_t lm_tokenizer_encode(const lm_tokenizer *t, const char *text, size_t len,
                             bool add_special, bool parse_special) {
     if (!t || (!text && len)) { lm_err("tokenize: bad arguments"); return INT64_MIN; }
     if (cap < 0) { lm_err("tokenize: negative capacity"); return INT64_MIN; }
+    if (t->wp) return lm_wordpiece_encode(t->wp, text, len, out, cap, add_special, parse_special);
     idbuf ids = {0};
     bool ok = true;
     if (add_special && t->add_bos && t->bos >= 0) ok = push_id(&ids, t->bos);
@@ -727,6 +747,7 @@ static bool piece(const lm_tokenizer *t, int32_t id, bool render_special, sbuf *
 }
 
 int32_t lm_tokenizer_piece(const lm_tokenizer *t, int32_t tok, char *buf, int32_t cap, bool render_special) {
+    if (t && t->wp) return lm_wordpiece_piece(t->wp, tok, buf, cap, render_special);
     if (!t || tok < 0 || tok >= t->n) { lm_err("token id %d is outside the vocabulary [0, %d)", tok, t ? t->n : 0); return INT32_MIN; }
     sbuf sb = {0};
     if (!piece(t, tok, render_special, &sb)) { free(sb.s); lm_err("out of memory"); return INT32_MIN; }
@@ -740,6 +761,7 @@ int32_t lm_tokenizer_piece(const lm_tokenizer *t, int32_t tok, char *buf, int32_
 int64_t lm_tokenizer_decode(const lm_tokenizer *t, const int32_t *toks, int64_t n, char *buf, int64_t cap,
                             bool render_special) {
     if (!t || (!toks && n) || n < 0) { lm_err("detokenize: bad arguments"); return INT64_MIN; }
+    if (t->wp) return lm_wordpiece_decode(t->wp, toks, n, buf, cap, render_special);
     sbuf sb = {0};
     for (int64_t i = 0; i < n; i++) {
         if (toks[i] < 0 || toks[i] >= t->n) { free(sb.s); lm_err("detokenize: token %d at index %lld is outside the vocabulary", toks[i], (long long)i); return INT64_MIN; }

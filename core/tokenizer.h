@@ -1,6 +1,8 @@
 /* Tokenizers read from GGUF metadata: byte-level BPE (tokenizer.ggml.model =
  * "gpt2", with the pre-tokenizer that tokenizer.ggml.pre names) and
- * SentencePiece (tokenizer.ggml.model = "llama"). Results match llama.cpp's. */
+ * SentencePiece (tokenizer.ggml.model = "llama"), and BERT's WordPiece
+ * (tokenizer.ggml.model = "bert", or a model directory; wordpiece.c).
+ * Results match llama.cpp's (WordPiece: Hugging Face tokenizers'). */
 #ifndef LM_TOKENIZER_H
 #define LM_TOKENIZER_H
 
@@ -10,6 +12,8 @@ typedef struct lm_tokenizer lm_tokenizer;
 
 /* NULL + lm_err on a missing/invalid tokenizer. Copies what it needs: g may be closed after. */
 lm_tokenizer *lm_tokenizer_from_gguf(const lm_gguf *g);
+/* A Hugging Face model directory's WordPiece tokenizer (tokenizer.json or vocab.txt). */
+lm_tokenizer *lm_tokenizer_from_hf(const char *dir);
 void lm_tokenizer_free(lm_tokenizer *t);
 
 int32_t lm_tokenizer_n_vocab(const lm_tokenizer *t);
