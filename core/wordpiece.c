@@ -270,7 +270,7 @@ lm_wordpiece *lm_wordpiece_from_gguf(const lm_gguf *g) {
     w = build((int32_t)n, (const char *const *)texts, lens);
     if (!w) goto done;
     for (uint64_t i = 0; i < nty && i < n; i++) w->special[i] = types[i] == 3; /* control */
-    w->cls = gguf_id(g, "tokenizer.ggml.cls_token_id", w->n);
+    w->cls = gguf_id(g, "tokenizer.ggml.bos_token_id", w->n);   /* llama.cpp's BERT: [CLS] is BOS */
     w->sep = gguf_id(g, "tokenizer.ggml.seperator_token_id", w->n);
     w->unk = gguf_id(g, "tokenizer.ggml.unknown_token_id", w->n);
     if (find_specials(w, lm_gguf_name(g))) { lm_wordpiece_free(w); w = NULL; }
