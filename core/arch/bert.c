@@ -273,7 +273,40 @@ typedef struct {
     atomic_int failed;
 } pass;
 
-static inline float gelu_erf(float v) { return 0.5f * v * (1.0f + erff(v * 0.70710678118654752f)); }
+/* erf as a rational function on [-4, 4] (Eigen's fast erf; max abs error
+ * 4.2e-7 against erf, checked over [-10, 10]): no call, so the bias + GELU
+ * loop vectorizes (glibc's erff took 10% of a pass). */
+static inline float erf_fast(float x) {
+    x = x < -4.f ? -4.f : x > 4.f ? 4.f : x;
+    const float x2 = x * x;
+    float p = -2.72614225801306e-10f;
+    p = p * x2 + 2.77068142495902e-08f;
+    p = p * x2 + -2.10102402082508e-06f;
+    p = p * x2 + -5.69250639462346e-05f;
+    p = p * x2 + -7.34990630326855e-04f;
+    p = p * x2 + -2.95459980854025e-03f;
+    p = p * x2 + -1.60960333262415e-02f;
+    float q = -1.45660718464996e-05f;
+    q = q * x2 + -2.13374055278905e-04f;
+    q = q * x2 + -1.68282697438203e-03f;
+    q = q * x2 + -7.37332916720468e-03f;
+    q = q * x2 + -1.42647390514189e-02f;
+    return x * p / q;
+}
+
+static inline float gelu_erf(float v) { return 0.5f * v * (1.0f + erf_fast(v * 0.70710678118654752f)); }
+
+/* A dot product in 16 lanes (a float sum in order does not vectorize). */
+static inline float dot_lanes(const float *a, const float *b, int64_t n) {
+    float acc[16] = {0};
+    int64_t c = 0;
+    for (; c + 16 <= n; c += 16)
+        for (int l = 0; l < 16; l++) acc[l] += a[c + l] * b[c + l];
+    float s = 0;
+    for (int l = 0; l < 16; l++) s += acc[l];
+    for (; c < n; c++) s += a[c] * b[c];
+    return s;
+}
 
 /* Each thread a slice of the output columns: its weight rows through oneDNN,
  * then bias (and GELU) on the slice while it is in cache. */
@@ -287,7 +320,7 @@ static void linear_cols(void *ctx, int ith, int nth) {
         return;
     }
     for (int64_t t = 0; t < p->T; t++) {
-        float *y = p->out + t * p->n;
+        float *restrict y = p->out + t * p->n;
         for (int64_t c = lo; c < hi; c++) y[c] += p->bias[c];
         if (p->gelu) for (int64_t c = lo; c < hi; c++) y[c] = gelu_erf(y[c]);
     }
@@ -352,19 +385,17 @@ static void attn_tasks(void *ctx, int ith, int nth) {
                 const float *q = base + i * QKV + h * HD;
                 float mx = -INFINITY;
                 for (int64_t j = 0; j < L; j++) {
-                    const float *k = base + j * QKV + E + h * HD;
-                    float d = 0;
-                    for (int64_t c = 0; c < HD; c++) d += q[c] * k[c];
-                    sc[j] = d * hp->attn_scale;
+                    sc[j] = dot_lanes(q, base + j * QKV + E + h * HD, HD) * hp->attn_scale;
                     if (sc[j] > mx) mx = sc[j];
                 }
                 float sum = 0;
                 for (int64_t j = 0; j < L; j++) { sc[j] = expf(sc[j] - mx); sum += sc[j]; }
                 const float inv = 1.0f / sum;
-                float *out = p->att + (o + i) * E + h * HD;
+                float *restrict out = p->att + (o + i) * E + h * HD;
                 for (int64_t c = 0; c < HD; c++) out[c] = 0;
                 for (int64_t j = 0; j < L; j++) {
-                    const float *v = base + j * QKV + 2 * E + h * HD, pj = sc[j] * inv;
+                    const float *restrict v = base + j * QKV + 2 * E + h * HD;
+                    const float pj = sc[j] * inv;
                     for (int64_t c = 0; c < HD; c++) out[c] += pj * v[c];
                 }
             }
