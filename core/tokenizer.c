@@ -87,8 +87,7 @@ static int32_t hmap_get(const hmap *m, const char *s, uint32_t n) {
 
 /* ---- growable outputs ------------------------------------------------------------------ */
 
-typedef struct { int32_t *ids; int64_t n, cap; } idbuf;
-static bool push_id(idbuf *b, int32_t id) {
+bool lm_idbuf_push(lm_idbuf *b, int32_t id) {
     if (b->n == b->cap) {
         int64_t cap = b->cap ? b->cap * 2 : 64;
         int32_t *p = realloc(b->ids, (size_t)cap * sizeof *p);
@@ -481,10 +480,10 @@ static bool bpe_rank(const lm_tokenizer *t, bpe_scratch *sc, const char *w, cons
 }
 
 /* word: the byte-level encoded text of one pre-token. */
-static bool bpe_word(const lm_tokenizer *t, bpe_scratch *sc, const char *w, size_t n, idbuf *out) {
+static bool bpe_word(const lm_tokenizer *t, bpe_scratch *sc, const char *w, size_t n, lm_idbuf *out) {
     if (t->ignore_merges) {
         int32_t id = hmap_get(&t->vocab, w, (uint32_t)n);
-        if (id >= 0) return push_id(out, id);
+        if (id >= 0) return lm_idbuf_push(out, id);
     }
     size_t ns = 0;
     if (sc->cap < n) {
@@ -533,20 +532,20 @@ static bool bpe_word(const lm_tokenizer *t, bpe_scratch *sc, const char *w, size
         const sym *s = &sc->s[i];
         if (!s->len) continue;
         int32_t id = hmap_get(&t->vocab, w + s->start, s->len);
-        if (id >= 0) { if (!push_id(out, id)) return false; continue; }
+        if (id >= 0) { if (!lm_idbuf_push(out, id)) return false; continue; }
         /* not in the vocabulary: one token per byte stand-in */
         for (uint32_t k = 0; k < s->len;) {
             size_t j = s->start + k;
             lm_utf8_decode(w, s->start + s->len, &j);
             int32_t bid = hmap_get(&t->vocab, w + s->start + k, (uint32_t)(j - s->start - k));
-            if (bid >= 0 && !push_id(out, bid)) return false;
+            if (bid >= 0 && !lm_idbuf_push(out, bid)) return false;
             k = (uint32_t)(j - s->start);
         }
     }
     return true;
 }
 
-static bool bpe_fragment(const lm_tokenizer *t, const char *text, size_t len, idbuf *out) {
+static bool bpe_fragment(const lm_tokenizer *t, const char *text, size_t len, lm_idbuf *out) {
     cps c = {malloc((len + 1) * sizeof(uint32_t)), 0};
     cuts w = {0};
     sbuf word = {0};
@@ -576,9 +575,9 @@ static bool bpe_fragment(const lm_tokenizer *t, const char *text, size_t len, id
 
 typedef struct { float score; int32_t left; uint32_t len; } spm_bigram;
 
-static bool spm_resegment(const lm_tokenizer *t, const char *s, uint32_t n, idbuf *out, int depth) {
+static bool spm_resegment(const lm_tokenizer *t, const char *s, uint32_t n, lm_idbuf *out, int depth) {
     int32_t id = hmap_get(&t->vocab, s, n);
-    if (id >= 0) return push_id(out, id);
+    if (id >= 0) return lm_idbuf_push(out, id);
     /* split where a merge could have joined two vocabulary pieces (first such split) */
     if (depth < 64) {
         for (uint32_t k = 1; k < n; k++) {
@@ -590,12 +589,12 @@ static bool spm_resegment(const lm_tokenizer *t, const char *s, uint32_t n, idbu
     for (uint32_t k = 0; k < n; k++) {
         int32_t b = t->byte_tok[(unsigned char)s[k]];
         if (b < 0) b = t->unk;
-        if (b >= 0 && !push_id(out, b)) return false;
+        if (b >= 0 && !lm_idbuf_push(out, b)) return false;
     }
     return true;
 }
 
-static bool spm_fragment(const lm_tokenizer *t, const char *text, size_t len, bool prefix, idbuf *out) {
+static bool spm_fragment(const lm_tokenizer *t, const char *text, size_t len, bool prefix, lm_idbuf *out) {
     sbuf s = {0};
     bool ok = true;
     if (prefix) ok = push_bytes(&s, "\xe2\x96\x81", 3);
@@ -694,27 +693,31 @@ int64_t lm_tokenizer_encode(const lm_tokenizer *t, const char *text, size_t len,
     if (!t || (!text && len)) { lm_err("tokenize: bad arguments"); return INT64_MIN; }
     if (cap < 0) { lm_err("tokenize: negative capacity"); return INT64_MIN; }
     if (t->wp) return lm_wordpiece_encode(t->wp, text, len, out, cap, add_special, parse_special);
-    idbuf ids = {0};
+    lm_idbuf ids = {0};
     bool ok = true;
-    if (add_special && t->add_bos && t->bos >= 0) ok = push_id(&ids, t->bos);
+    if (add_special && t->add_bos && t->bos >= 0) ok = lm_idbuf_push(&ids, t->bos);
     size_t nf = 0;
     frag *f = len ? partition(t, text, len, parse_special, &nf) : NULL;
     if (len && !f) ok = false;
     bool prev_special = true; /* SPM: a raw fragment at the start or after a special token gets the space prefix */
     for (size_t i = 0; ok && i < nf; i++) {
-        if (f[i].id >= 0) { ok = push_id(&ids, f[i].id); prev_special = true; continue; }
+        if (f[i].id >= 0) { ok = lm_idbuf_push(&ids, f[i].id); prev_special = true; continue; }
         ok = t->spm ? spm_fragment(t, text + f[i].start, f[i].len, prev_special && t->add_space_prefix, &ids)
                     : bpe_fragment(t, text + f[i].start, f[i].len, &ids);
         prev_special = false;
     }
     free(f);
-    if (ok && add_special && t->add_eos && t->eos >= 0) ok = push_id(&ids, t->eos);
-    if (!ok) { free(ids.ids); lm_err("tokenize: out of memory"); return INT64_MIN; }
-    int64_t n = ids.n;
-    if (n > cap) { free(ids.ids); return -n; }
-    if (n) memcpy(out, ids.ids, (size_t)n * sizeof *out);
-    free(ids.ids);
-    return n;
+    if (ok && add_special && t->add_eos && t->eos >= 0) ok = lm_idbuf_push(&ids, t->eos);
+    return lm_idbuf_finish(&ids, ok, out, cap);
+}
+
+int64_t lm_idbuf_finish(lm_idbuf *b, bool ok, int32_t *out, int64_t cap) {
+    int64_t n = b->n;
+    if (!ok) lm_err("tokenize: out of memory");
+    else if (n <= cap && n) memcpy(out, b->ids, (size_t)n * sizeof *out);
+    free(b->ids);
+    *b = (lm_idbuf){0};
+    return !ok ? INT64_MIN : n > cap ? -n : n;
 }
 
 /* Bytes of a token into sb. */

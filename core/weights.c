@@ -161,23 +161,29 @@ uint64_t lm_weights_file_size(const lm_weights *w) {
     return w->format == LM_WEIGHTS_GGUF ? lm_gguf_size(w->gguf) : lm_safetensors_size(w->st);
 }
 
-lm_status lm_weights_int(const lm_weights *w, const char *key, int64_t *out, bool required, int64_t def) {
-    if (w->format == LM_WEIGHTS_GGUF) {
-        if (!lm_gguf_find(w->gguf, key)) {
-            if (required) return lm_err("%s: missing key '%s'", w->path, key);
-            *out = def;
-            return LM_OK;
-        }
-        uint64_t v;
-        if (lm_gguf_get_u64(w->gguf, key, &v)) return LM_ERR;
-        if (v > (1ull << 40)) return lm_err("%s: key '%s' = %llu is out of range", w->path, key, (unsigned long long)v);
-        *out = (int64_t)v;
-        return LM_OK;
+/* Whether key is there: 1, or 0 when absent and not required (the caller
+ * takes its default), or LM_ERR naming the file when absent and required.
+ * *j: the config.json value of a Hugging Face directory. */
+static int key_present(const lm_weights *w, const char *key, bool required, const cJSON **j) {
+    bool there;
+    if (w->format == LM_WEIGHTS_GGUF) there = lm_gguf_find(w->gguf, key) != NULL;
+    else {
+        *j = cJSON_GetObjectItemCaseSensitive(w->config, key);
+        there = *j && !cJSON_IsNull(*j);
     }
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(w->config, key);
-    if (!v || cJSON_IsNull(v)) {
-        if (required) return lm_err("%s: missing key '%s'", w->config_path, key);
-        *out = def;
+    if (!there && required) return lm_err("%s: missing key '%s'", w->format == LM_WEIGHTS_GGUF ? w->path : w->config_path, key);
+    return there;
+}
+
+lm_status lm_weights_int(const lm_weights *w, const char *key, int64_t *out, bool required, int64_t def) {
+    const cJSON *v = NULL;
+    int there = key_present(w, key, required, &v);
+    if (there <= 0) { *out = def; return there; }
+    if (w->format == LM_WEIGHTS_GGUF) {
+        uint64_t u;
+        if (lm_gguf_get_u64(w->gguf, key, &u)) return LM_ERR;
+        if (u > (1ull << 40)) return lm_err("%s: key '%s' = %llu is out of range", w->path, key, (unsigned long long)u);
+        *out = (int64_t)u;
         return LM_OK;
     }
     if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) || fabs(v->valuedouble) > 1e12)
@@ -187,21 +193,13 @@ lm_status lm_weights_int(const lm_weights *w, const char *key, int64_t *out, boo
 }
 
 lm_status lm_weights_float(const lm_weights *w, const char *key, double *out, bool required, double def) {
+    const cJSON *v = NULL;
+    int there = key_present(w, key, required, &v);
+    if (there <= 0) { *out = def; return there; }
     if (w->format == LM_WEIGHTS_GGUF) {
-        if (!lm_gguf_find(w->gguf, key)) {
-            if (required) return lm_err("%s: missing key '%s'", w->path, key);
-            *out = def;
-            return LM_OK;
-        }
         float f;
         if (lm_gguf_get_f32(w->gguf, key, &f)) return LM_ERR;
         *out = f;
-        return LM_OK;
-    }
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(w->config, key);
-    if (!v || cJSON_IsNull(v)) {
-        if (required) return lm_err("%s: missing key '%s'", w->config_path, key);
-        *out = def;
         return LM_OK;
     }
     if (!cJSON_IsNumber(v)) return lm_err("%s: key '%s' is not a number", w->config_path, key);

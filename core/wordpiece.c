@@ -2,6 +2,7 @@
  * BertPreTokenizer and WordPiece model, so the ids match sentence-transformers'. */
 #define _GNU_SOURCE
 #include "wordpiece.h"
+#include "tokenizer.h"
 #include "error.h"
 #include "unicode.h"
 #include "weights.h"
@@ -282,19 +283,7 @@ done:
 
 /* ---- encoding ------------------------------------------------------------------- */
 
-typedef struct { int32_t *v; int64_t n, cap; } ids;
 typedef struct { uint32_t *v; size_t n, cap; } cps;
-
-static bool push_id(ids *b, int32_t id) {
-    if (b->n == b->cap) {
-        int64_t cap = b->cap ? 2 * b->cap : 64;
-        int32_t *v = realloc(b->v, (size_t)cap * sizeof *v);
-        if (!v) return false;
-        b->v = v; b->cap = cap;
-    }
-    b->v[b->n++] = id;
-    return true;
-}
 
 static bool push_cp(cps *b, uint32_t c) {
     if (b->n == b->cap) {
@@ -362,8 +351,8 @@ static bool normalize(const lm_wordpiece *w, const char *s, size_t n, cps *out) 
 }
 
 /* One word (code points) into ids: longest match first, or [UNK]. */
-static bool word_ids(const lm_wordpiece *w, const uint32_t *c, size_t n, ids *out) {
-    if (n > (size_t)w->max_chars) return push_id(out, w->unk);
+static bool word_ids(const lm_wordpiece *w, const uint32_t *c, size_t n, lm_idbuf *out) {
+    if (n > (size_t)w->max_chars) return lm_idbuf_push(out, w->unk);
     char buf[4 * MAX_WORD], cand[2 + 4 * MAX_WORD];
     size_t boff[MAX_WORD + 1];
     boff[0] = 0;
@@ -379,15 +368,15 @@ static bool word_ids(const lm_wordpiece *w, const uint32_t *c, size_t n, ids *ou
             else { memcpy(cand + 2, buf + boff[start], len); id = lm_wordpiece_lookup(w, cand, len + 2); }
             if (id >= 0) break;
         }
-        if (id < 0) { out->n = mark; return push_id(out, w->unk); }
-        if (!push_id(out, id)) return false;
+        if (id < 0) { out->n = mark; return lm_idbuf_push(out, w->unk); }
+        if (!lm_idbuf_push(out, id)) return false;
         start = end;
     }
     return true;
 }
 
 /* BertPreTokenizer: split at whitespace, punctuation characters alone */
-static bool text_ids(const lm_wordpiece *w, const char *s, size_t n, ids *out) {
+static bool text_ids(const lm_wordpiece *w, const char *s, size_t n, lm_idbuf *out) {
     cps c = {0};
     bool ok = normalize(w, s, n, &c);
     size_t start = 0;
@@ -415,8 +404,8 @@ static int32_t special_at(const lm_wordpiece *w, const char *s, size_t n, size_t
 int64_t lm_wordpiece_encode(const lm_wordpiece *w, const char *text, size_t len, int32_t *out, int64_t cap,
                             bool add_special, bool parse_special) {
     if (!w || (!text && len) || cap < 0) { lm_err("tokenize: bad arguments"); return INT64_MIN; }
-    ids b = {0};
-    bool ok = !add_special || push_id(&b, w->cls);
+    lm_idbuf b = {0};
+    bool ok = !add_special || lm_idbuf_push(&b, w->cls);
     size_t from = 0;
     for (size_t i = 0; ok && i <= len; i++) {
         size_t sl = 0;
@@ -425,16 +414,11 @@ int64_t lm_wordpiece_encode(const lm_wordpiece *w, const char *text, size_t len,
         if (i < len && parse_special && text[i] == '[') sp = special_at(w, text + i, len - i, &sl);
         if (i < len && sp < 0) continue;
         if (i > from) ok = text_ids(w, text + from, i - from, &b);
-        if (ok && sp >= 0) { ok = push_id(&b, sp); i += sl - 1; }
+        if (ok && sp >= 0) { ok = lm_idbuf_push(&b, sp); i += sl - 1; }
         from = i + 1;
     }
-    if (ok && add_special) ok = push_id(&b, w->sep);
-    if (!ok) { free(b.v); lm_err("tokenize: out of memory"); return INT64_MIN; }
-    int64_t n = b.n;
-    if (n > cap) { free(b.v); return -n; }
-    if (n) memcpy(out, b.v, (size_t)n * sizeof *out);
-    free(b.v);
-    return n;
+    if (ok && add_special) ok = lm_idbuf_push(&b, w->sep);
+    return lm_idbuf_finish(&b, ok, out, cap);
 }
 
 /* ---- pieces and decoding ---------------------------------------------------------- */
