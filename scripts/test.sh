@@ -9,6 +9,9 @@ LUMEN_CMAKE_ARGS="-DLUMEN_WERROR=ON" scripts/setup.sh
 # the agreement test also checks Gemma 3 (the gemma3 architecture, a SentencePiece vocabulary)
 PY=python3; $PY -c "import yaml" 2>/dev/null || PY=/usr/bin/python3
 $PY scripts/fetch_model.py gemma3
+# the embedding specs: all-MiniLM-L6-v2 as shipped and as a GGUF (bert_to_gguf.py needs gguf from PyPI)
+bench/setup_embed_venv.sh
+bench/.venv-embed/bin/python scripts/fetch_model.py minilm minilm-gguf
 # the server specs talk to `lumen serve` through the official openai client (spec/.venv)
 scripts/test_venv.sh
 

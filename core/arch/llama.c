@@ -4,7 +4,7 @@
  * (norm, q/k/v, rope, attention over the KV cache, output, residual, norm,
  * gated FFN, residual) -> final norm -> logits of the last token. The family
  * members differ only in the switches of lm_hparams and optional tensors. */
-#include "../model.h"
+#include "arch.h"
 #include "../error.h"
 #include "ops.h"
 #include "quant.h"
@@ -63,7 +63,8 @@ static lm_status bind(loader *L, lm_tensor **out, const char *name, int64_t rows
     return *out ? LM_OK : LM_ERR;
 }
 
-lm_status lm_llama_load(lm_model *m) {
+static lm_status llama_load(lm_model *m) {
+    if (!m->gguf) return lm_err("%s: the %s family is read from GGUF files only", m->path, m->arch_name);
     loader L = {.m = m};
     lm_hparams *hp = &m->hp;
     snprintf(L.prefix, sizeof L.prefix, "%s", m->arch_name);
@@ -149,18 +150,8 @@ lm_status lm_llama_load(lm_model *m) {
 
 #define F32(t) ((const float *)(t)->data)
 
-/* One forward pass: n tokens, token t at position pos[t] of sequence seq[t]
- * (its KV cache). A prompt chunk is one sequence at consecutive positions; a
- * batched decode step is one token of each of several sequences. Activations
- * live in the workspace session ws. */
-typedef struct {
-    lm_session *ws;
-    lm_session *const *seq;
-    const int32_t *pos;
-    int32_t n;
-    bool gemm;                /* matrix products may use the prefill GEMM */
-    const bool *prompt;       /* per token: part of a prompt of two or more (NULL: none is) */
-} batch;
+/* A batch of tokens of sessions (model.h) */
+typedef lm_batch batch;
 
 typedef struct {
     const batch *b;
@@ -391,19 +382,24 @@ static lm_status forward(const batch *b, const int32_t *tokens, const int32_t *o
     return LM_OK;
 }
 
-lm_status lm_forward(lm_session *s, const int32_t *tokens, int32_t n, bool prompt) {
-    lm_session *seq[LM_MAX_BATCH];
-    int32_t pos[LM_MAX_BATCH];
-    bool is_prompt[LM_MAX_BATCH];
-    if (n > LM_MAX_BATCH) return lm_err("eval: a forward pass takes at most %d tokens", LM_MAX_BATCH);
-    for (int32_t t = 0; t < n; t++) { seq[t] = s; pos[t] = s->pos + t; is_prompt[t] = prompt; }
-    batch b = {.ws = s, .seq = seq, .pos = pos, .n = n, .gemm = true, .prompt = prompt ? is_prompt : NULL};
-    return forward(&b, tokens, NULL, 0, NULL);
+static void llama_unload(lm_model *m) {
+    if (m->layers) {
+        for (int i = 0; i < m->hp.n_layer; i++) {
+            lm_tensor **t = (lm_tensor **)&m->layers[i];
+            for (size_t k = 0; k < sizeof(lm_layer) / sizeof(lm_tensor *); k++) lm_tensor_free(t[k]);
+        }
+        free(m->layers);
+        m->layers = NULL;
+    }
+    lm_tensor_free(m->tok_embd);
+    lm_tensor_free(m->output_norm);
+    lm_tensor_free(m->output);
+    m->tok_embd = m->output_norm = m->output = NULL;
 }
 
-lm_status lm_forward_multi(lm_session *ws, lm_session *const *seq, const int32_t *pos, const int32_t *tokens, int32_t n,
-                           const bool *prompt, const int32_t *out_rows, int32_t n_out, float *logits) {
-    if (n > LM_MAX_BATCH) return lm_err("eval: a forward pass takes at most %d tokens", LM_MAX_BATCH);
-    batch b = {.ws = ws, .seq = seq, .pos = pos, .n = n, .gemm = false, .prompt = prompt};
-    return forward(&b, tokens, out_rows, n_out, logits);
-}
+static const char *const llama_names[] = {"llama", "qwen2", "qwen3", "gemma3", NULL};
+
+/* Sessions size their own activation buffers (session.c): no workspace here. */
+const lm_arch_ops lm_arch_llama = {
+    .family = "llama", .names = llama_names, .load = llama_load, .unload = llama_unload, .forward = forward,
+};

@@ -124,11 +124,48 @@ typedef struct lm_model_info {
     bool panels;  /* every layer matrix takes every token, prompt or decode, through the
                      integer panels here (Q4_0/Q4_1/Q5_0/Q8_0 weights, AVX-512 VNNI): a prompt
                      at once or one token at a time gives the same bits */
+    const char *family;  /* the architecture family that runs it: "llama", "bert" */
+    bool encoder;        /* an embedding model: lm_embed_*, no sessions */
+    int32_t max_tokens;  /* encoders: the longest input in tokens, [CLS] and [SEP] included
+                            (sentence-transformers' max_seq_length where the model has one) */
+    int32_t pooling;     /* encoders: the model's own lm_pooling */
+    bool normalize;      /* encoders: the model's own L2 normalization */
 } lm_model_info;
 
 lm_model *lm_model_load(const char *path, const lm_model_params *params);
 void lm_model_free(lm_model *model);
 void lm_model_get_info(const lm_model *model, lm_model_info *out);
+
+/* A model is a GGUF file or a Hugging Face model directory (config.json,
+ * model.safetensors, tokenizer.json or vocab.txt); lm_model_load tells them
+ * apart by whether path is a directory. */
+
+/* ---- embeddings (encoder models: the BERT family) ----------------------------
+ * Many texts in one forward pass: their tokens are packed back to back (no
+ * padding) and each attends to its own tokens only. Pooling numbers are
+ * llama.cpp's (bert.pooling_type). */
+typedef enum lm_pooling { LM_POOLING_NONE = 0, LM_POOLING_MEAN = 1, LM_POOLING_CLS = 2 } lm_pooling;
+
+typedef struct lm_embed_params {
+    int32_t pooling;     /* lm_pooling; -1: the model's own (1_Pooling/config.json, bert.pooling_type) */
+    int32_t normalize;   /* 1: L2-normalize, 0: not, -1: as the model says */
+    int32_t max_tokens;  /* <= 0: the model's max_tokens; larger is capped to it */
+    bool truncate;       /* texts longer than max_tokens: cut (keeping [SEP]) when true, else an
+                            error naming the text and the limit */
+} lm_embed_params;
+
+lm_embed_params lm_embed_default_params(void);   /* the model's own settings, truncate on */
+/* Embeddings of n texts (texts[i] of lens[i] bytes, UTF-8) into out[n][n_embd].
+ * Each text is tokenized as the model's tokenizer does ([CLS] text [SEP]);
+ * n_tokens (may be NULL) receives how many tokens each one took after
+ * truncation (for usage accounting). */
+lm_status lm_embed_texts(lm_model *model, const char *const *texts, const size_t *lens, int32_t n,
+                         const lm_embed_params *params, float *out, int32_t *n_tokens);
+/* The same from token ids: sequence i is tokens[offsets[i] .. offsets[i+1]),
+ * complete with its special tokens. A sequence longer than max_tokens is an
+ * error naming it and the limit (or, with truncate, cut keeping its last token). */
+lm_status lm_embed_tokens(lm_model *model, const int32_t *tokens, const int64_t *offsets, int32_t n,
+                          const lm_embed_params *params, float *out);
 
 /* ---- tokenizer (owned by the model) -------------------------------------- */
 /* Writes up to cap ids; returns the number of tokens, or -(needed) when cap is too

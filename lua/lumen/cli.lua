@@ -9,6 +9,7 @@ usage: lumen <command> [options]
 commands:
   chat [options] [TEXT]        chat with a model: one reply to TEXT, or a REPL without TEXT
   generate -p TEXT [options]   continue TEXT (no chat template)
+  embed [-m MODEL] [-p TEXT]   embeddings of texts (one per line on stdin) as JSON lines (see lumen embed --help)
   run SCRIPT.lua [args]        run a Lua script with require "lumen" available
   serve [options]              OpenAI-compatible HTTP server (configs/server.yaml; see lumen serve --help)
   models                       list the models of configs/models.yaml and their state
@@ -240,6 +241,47 @@ function commands.rag(argv)
     return 0
   end
   usage_error("unknown rag command '" .. sub .. "' (index, search or ask)")
+end
+
+local EMBED_USAGE = [[
+usage: lumen embed [options] < texts.txt
+Embeddings of texts, one per line on stdin (or -p TEXT, repeatable), written as
+JSON lines {"index": i, "embedding": [...]} in input order.
+  -m, --model NAME|PATH  an embedding model: alias (minilm, minilm-gguf), a Hugging Face
+                         directory (config.json, model.safetensors, tokenizer.json) or a .gguf
+  -p, --prompt TEXT      a text to embed (repeatable; then stdin is not read)
+  --pooling mean|cls     override the model's pooling (1_Pooling/config.json, bert.pooling_type)
+  --no-normalize         no L2 normalization (default: as the model says)
+  --max-tokens N         cut texts at N tokens ([CLS] and [SEP] included; default and limit: the model's)
+  --no-truncate          a text longer than that is an error naming the limit, instead of being cut
+  --batch N              texts per call (default 256; all of them go through one forward pass
+                         per 4096 tokens)
+  -t, --threads N        compute threads (default: all cores)
+  --stats                texts/s and tokens/s on stderr
+]]
+
+function commands.embed(argv)
+  local o = { prompts = {}, batch = 256, stats = false }
+  local i = 2
+  while i <= #argv do
+    local a, v = argv[i], argv[i + 1]
+    local function take() if v == nil then usage_error(a .. " needs a value") end i = i + 1 return v end
+    if a == "-h" or a == "--help" then io.write(EMBED_USAGE) return 0
+    elseif a == "-m" or a == "--model" then o.model = take()
+    elseif a == "-p" or a == "--prompt" then o.prompts[#o.prompts + 1] = take()
+    elseif a == "--pooling" then
+      o.pooling = take()
+      if o.pooling ~= "mean" and o.pooling ~= "cls" then usage_error("--pooling: '" .. o.pooling .. "' is not mean or cls") end
+    elseif a == "--no-normalize" then o.normalize = false
+    elseif a == "--max-tokens" then o.max_tokens = int_arg(a, take(), 2, 2 ^ 20)
+    elseif a == "--no-truncate" then o.truncate = false
+    elseif a == "--batch" then o.batch = int_arg(a, take(), 1, 2 ^ 20)
+    elseif a == "-t" or a == "--threads" then o.threads = int_arg(a, take(), 1, 256)
+    elseif a == "--stats" then o.stats = true
+    else usage_error("embed: unknown option '" .. a .. "' (try: lumen embed --help)") end
+    i = i + 1
+  end
+  return require("embed").run(o)
 end
 
 function commands.models()

@@ -97,7 +97,8 @@ function config.resolve(name)
   for _, dir in ipairs(config.model_dirs()) do
     local p = dir .. "/" .. entry.file
     if util.file_exists(p) then
-      if entry.sha256 then config.verify(p, entry.sha256) end
+      -- a directory-shaped model pins one of its files (model.safetensors)
+      if entry.sha256 then config.verify(entry.pin_member and (p .. "/" .. entry.pin_member) or p, entry.sha256) end
       return { path = p, alias = name, entry = entry }
     end
   end

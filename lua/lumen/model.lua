@@ -50,6 +50,11 @@ function Model:info()
     file_size = tonumber(i.file_size), n_vocab = i.n_vocab, n_ctx_train = i.n_ctx_train,
     n_embd = i.n_embd, n_layer = i.n_layer, n_head = i.n_head, n_head_kv = i.n_head_kv,
     head_dim = i.head_dim, n_ff = i.n_ff, tiled = i.tiled, panels = i.panels,
+    family = str(i.family), encoder = i.encoder,
+    -- encoders: the longest input in tokens ([CLS] and [SEP] included), pooling, normalization
+    max_tokens = i.encoder and i.max_tokens or nil,
+    pooling = i.encoder and (i.pooling == C.LM_POOLING_CLS and "cls" or "mean") or nil,
+    normalize = i.encoder and i.normalize or nil,
     bos_token = i.bos_token >= 0 and i.bos_token or nil,
     eos_token = i.eos_token >= 0 and i.eos_token or nil,
     bos_text = i.bos_token >= 0 and self:piece(i.bos_token, true) or nil,
@@ -146,6 +151,71 @@ function Model:weight(name)
   local t = C.lm_model_weight(self.h, name)
   if t == nil then util.c_error() end
   return tensor.own(t)
+end
+
+local POOLING = { mean = C.LM_POOLING_MEAN, cls = C.LM_POOLING_CLS }
+
+local function embed_params(opts)
+  local p = C.lm_embed_default_params()
+  if opts.pooling ~= nil then
+    p.pooling = POOLING[opts.pooling] or error("embed: pooling must be \"mean\" or \"cls\", got " .. tostring(opts.pooling), 3)
+  end
+  if opts.normalize ~= nil then p.normalize = opts.normalize and 1 or 0 end
+  if opts.max_tokens ~= nil then util.check_int("embed", "opts.max_tokens", opts.max_tokens, 1, 2 ^ 30); p.max_tokens = opts.max_tokens end
+  if opts.truncate ~= nil then p.truncate = opts.truncate and true or false end
+  return p
+end
+
+--- Embeddings of an encoder model, all inputs in one call (one forward pass per
+-- few thousand tokens). inputs: a list of strings, or of token-id lists (each
+-- complete with [CLS] ... [SEP], e.g. from model:tokenize(text, {add_special = true})),
+-- or one string. opts: pooling ("mean" | "cls"), normalize (bool), max_tokens,
+-- truncate (default true: longer inputs are cut; false: an error naming the
+-- input and the limit, model:info().max_tokens).
+-- Returns an [n, dim] f32 tensor in C memory and, for strings, the token count
+-- of each input after truncation (a Lua list, for usage accounting).
+function Model:embed(inputs, opts)
+  util.check_type("embed", "opts", opts, "table", true)
+  if type(inputs) == "string" then inputs = { inputs } end
+  util.check_type("embed", "inputs", inputs, "table")
+  local params = embed_params(opts or {})
+  local tensor = require "lumen.tensor"
+  local n = #inputs
+  local info = ffi.new("lm_model_info")
+  C.lm_model_get_info(self.h, info)
+  if not info.encoder then error("embed: " .. tostring(self.path) .. " is not an embedding model (" .. ffi.string(info.arch) .. ")", 2) end
+  local out = tensor.new({ math.max(n, 1), info.n_embd })
+  if n == 0 then return tensor.own(C.lm_tensor_slice(out, 0, 0, 0)), {} end
+  if type(inputs[1]) == "string" then
+    local texts, lens = ffi.new("const char*[?]", n), ffi.new("size_t[?]", n)
+    local counts_c = ffi.new("int32_t[?]", n)
+    for i = 1, n do
+      local t = inputs[i]
+      if type(t) ~= "string" then error("embed: inputs[" .. i .. "] is a " .. type(t) .. ", not a string", 2) end
+      texts[i - 1], lens[i - 1] = t, #t
+    end
+    if C.lm_embed_texts(self.h, texts, lens, n, params, C.lm_tensor_data(out), counts_c) ~= 0 then util.c_error() end
+    local counts = {}
+    for i = 1, n do counts[i] = counts_c[i - 1] end
+    return out, counts
+  end
+  local total = 0
+  for i = 1, n do
+    local t = inputs[i]
+    if type(t) ~= "table" then error("embed: inputs[" .. i .. "] is a " .. type(t) .. ", not a string or a token list", 2) end
+    total = total + #t
+  end
+  local toks, off = ffi.new("int32_t[?]", math.max(total, 1)), ffi.new("int64_t[?]", n + 1)
+  local k = 0
+  for i = 1, n do
+    local t = inputs[i]
+    for j = 1, #t do toks[k] = t[j]; k = k + 1 end
+    off[i] = k
+  end
+  if C.lm_embed_tokens(self.h, toks, off, n, params, C.lm_tensor_data(out)) ~= 0 then util.c_error() end
+  local counts = {}
+  for i = 1, n do counts[i] = math.min(#inputs[i], params.max_tokens > 0 and params.max_tokens or info.max_tokens) end
+  return out, counts
 end
 
 --- A new session. opts: ctx (context tokens), batch (tokens per forward pass).

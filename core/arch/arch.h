@@ -1,0 +1,35 @@
+/* The architecture registry: one ops table per model family, looked up by the
+ * file's architecture name (GGUF general.architecture, or config.json's
+ * model_type for a Hugging Face directory). A new family is one file under
+ * core/arch/ that defines its table, plus one line in registry.c. */
+#ifndef LM_ARCH_H
+#define LM_ARCH_H
+
+#include "../model.h"
+
+typedef struct lm_arch_ops {
+    const char *family;              /* "llama", "bert" */
+    const char *const *names;        /* the architecture names it loads, NULL-terminated */
+    bool encoder;                    /* no sessions: embeddings through encode */
+    /* Reads the hyperparameters into m->hp and binds the weights (m->weights). */
+    lm_status (*load)(lm_model *m);
+    /* Frees what load made (m->layers, m->arch_state); safe after a failed load. */
+    void (*unload)(lm_model *m);
+    /* Decoders: one forward pass over a batch of tokens of sessions (lm_forward's
+     * and lm_forward_multi's contract, in model.h). */
+    lm_status (*forward)(const lm_batch *b, const int32_t *tokens, const int32_t *out_rows, int32_t n_out, float *logits);
+    /* Encoders: n_seq sequences, their tokens back to back (sequence i is
+     * tokens[offsets[i] .. offsets[i+1]), each within hp.n_ctx_train) in one
+     * pass; out[n_seq][hp.n_embd] the pooled (and, per how, normalized)
+     * embeddings. ws: workspace(m, offsets[n_seq]) bytes, 64-byte aligned. */
+    lm_status (*encode)(lm_model *m, const int32_t *tokens, const int64_t *offsets, int32_t n_seq,
+                        const lm_embed_params *how, float *out, void *ws);
+    size_t (*workspace)(const lm_model *m, int64_t n_tokens);
+} lm_arch_ops;
+
+/* The family that loads architecture `name`, or NULL. */
+const lm_arch_ops *lm_arch_find(const char *name);
+/* "llama, qwen2, ..., bert": every name the registry knows, for messages. */
+const char *lm_arch_known(void);
+
+#endif
