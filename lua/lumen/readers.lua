@@ -37,14 +37,16 @@ function M.read(path, kind)
   kind = kind or M.kind(path)
   if not kind then error(path .. ": unsupported file type (txt, md, html, pdf)", 0) end
   if kind == "pdf" then
-    -- pdftotext prints its errors and exits non-zero on a damaged file
+    -- pdftotext prints its errors and exits non-zero on a damaged file; the shell
+    -- appends its status (LuaJIT's popen:close does not report it)
     local errf = os.tmpname()
-    local p = io.popen("pdftotext -q -enc UTF-8 " .. shell_quote(path) .. " - 2>" .. shell_quote(errf), "r")
-    local s = p:read("*a")
-    local ok, _, code = p:close()
+    local p = io.popen("pdftotext -q -enc UTF-8 " .. shell_quote(path) .. " - 2>" .. shell_quote(errf) .. "; printf '\\n%d' $?", "r")
+    local out = p:read("*a")
+    p:close()
     local err = util.read_file(errf) or ""
     os.remove(errf)
-    if not ok or (code and code ~= 0) then
+    local s, code = out:match("^(.*)\n(%d+)$")
+    if code ~= "0" then
       error(string.format("%s: not a readable PDF (pdftotext exit %s%s)", path, tostring(code),
                           err ~= "" and (": " .. err:gsub("%s+$", "")) or ""), 0)
     end
