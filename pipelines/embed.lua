@@ -2,10 +2,11 @@
 -- JSON lines {"index": i, "embedding": [...]}; speed on stderr with --stats.
 local M = {}
 
+local util = require "lumen.util"
+
 local function json_line(i, t, row, dim)
-  local parts = {}
-  for j = 1, dim do parts[j] = string.format("%.7g", t:get(row, j)) end
-  return string.format('{"index":%d,"embedding":[%s]}\n', i, table.concat(parts, ","))
+  local p = t:data() + (row - 1) * dim
+  return string.format('{"index":%d,"embedding":%s}\n', i, util.f32_json(p, dim))
 end
 
 function M.run(o)

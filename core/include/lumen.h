@@ -336,6 +336,14 @@ void lm_sha256_hex(const void *data, size_t len, char *hex_out);
  * digests of a presented API key and of each known key, so no length leaks either). */
 bool lm_ct_equal(const void *a, const void *b, size_t n);
 
+/* ---- float rows as text (embeddings in JSON answers) ----------------------------------- */
+/* x[0..n) as a JSON array ("[0.0123,-0.5]", each number in the shortest form that reads
+ * back to the same float; NaN/Inf as null). Returns the bytes written, or -(needed) when
+ * cap is too small (nothing written then), or INT64_MIN on bad arguments. */
+int64_t lm_f32_to_json(const float *x, int64_t n, char *out, int64_t cap);
+/* Standard base64 (with padding) of data[0..n); same return convention. */
+int64_t lm_base64_encode(const void *data, int64_t n, char *out, int64_t cap);
+
 /* ---- document readers (RAG ingest) -------------------------------------------------- */
 /* The visible text of an HTML page (libxml2's forgiving HTML parser): the title, then text
  * in document order with script/style/head skipped, white space runs folded, block elements

@@ -335,4 +335,75 @@ function M.models_list(models, created)
   return encode({ object = "list", data = arr(data) })
 end
 
+-- ---- /v1/embeddings -----------------------------------------------------------------
+
+local MAX_EMBED_INPUTS = 2048
+
+local function token_list(t, where)
+  if #t == 0 then fail(400, where .. " is an empty token list", "input", "invalid_value") end
+  for j, v in ipairs(t) do
+    if type(v) ~= "number" or v ~= math.floor(v) or v < 0 or v > 2 ^ 31 - 1 then
+      fail(400, string.format("%s[%d] is not a token id", where, j - 1), "input", "invalid_value")
+    end
+  end
+  return t
+end
+
+--- Validates an embeddings request into {inputs (strings, or token lists),
+-- format ("float" | "base64"), dimensions}. OpenAI's shapes: input is a
+-- string, an array of strings, an array of token ids, or an array of those.
+function M.embeddings_request(body)
+  if not is_object(body) then fail(400, "the body must be a JSON object", nil, "invalid_type") end
+  local input = body.input
+  if not present(input) then fail(400, "'input' is required", "input", "missing_required_parameter") end
+  local inputs
+  if type(input) == "string" then
+    inputs = { input }
+  elseif is_array(input) and #input > 0 then
+    if type(input[1]) == "number" then
+      inputs = { token_list(input, "'input'") }
+    else
+      inputs = {}
+      for i, v in ipairs(input) do
+        if type(v) == "string" then inputs[i] = v
+        elseif is_array(v) then inputs[i] = token_list(v, string.format("'input'[%d]", i - 1))
+        else fail(400, string.format("'input'[%d] must be a string or an array of token ids", i - 1), "input", "invalid_type") end
+        if type(inputs[i]) ~= type(inputs[1]) then
+          fail(400, "'input' mixes strings and token arrays", "input", "invalid_value")
+        end
+      end
+    end
+  else
+    fail(400, "'input' must be a string, an array of strings or an array of token ids (non-empty)", "input", "invalid_type")
+  end
+  for i, v in ipairs(inputs) do
+    if v == "" then fail(400, string.format("'input'[%d] is an empty string", i - 1), "input", "invalid_value") end
+  end
+  if #inputs > MAX_EMBED_INPUTS then
+    fail(400, string.format("'input' has %d items; at most %d per request", #inputs, MAX_EMBED_INPUTS), "input", "invalid_value")
+  end
+  local format = present(body.encoding_format) and body.encoding_format or "float"
+  if format ~= "float" and format ~= "base64" then
+    fail(400, "'encoding_format' must be \"float\" or \"base64\"", "encoding_format", "invalid_value")
+  end
+  local dims = number(body, "dimensions", 1, 2 ^ 31 - 1, true)
+  if present(body.user) and type(body.user) ~= "string" then fail(400, "'user' must be a string", "user", "invalid_type") end
+  return { kind = "embeddings", inputs = inputs, format = format, dimensions = dims }
+end
+
+--- The answer: rows of an [n, dim] f32 tensor, each as a JSON array or base64
+-- (built in C), in OpenAI's list shape with usage.
+function M.embeddings_response(model_id, t, n, dim, format, prompt_tokens)
+  local util = require "lumen.util"
+  local base = t:data()
+  local rows = {}
+  for i = 1, n do
+    local p = base + (i - 1) * dim
+    local e = format == "base64" and ('"' .. util.base64(p, dim * 4) .. '"') or util.f32_json(p, dim)
+    rows[i] = string.format('{"object":"embedding","index":%d,"embedding":%s}', i - 1, e)
+  end
+  return string.format('{"object":"list","data":[%s],"model":%s,"usage":{"prompt_tokens":%d,"total_tokens":%d}}',
+                       table.concat(rows, ","), cjson.encode(model_id), prompt_tokens, prompt_tokens)
+end
+
 return M

@@ -48,6 +48,25 @@ function util.utf8_sanitize(s)
   return ffi.string(san_buf, C.lm_utf8_sanitize(s, n, san_buf))
 end
 
+-- one growing buffer for the two encoders below
+local enc_buf, enc_cap = nil, 0
+local function encode_with(f, ptr, n, guess)
+  if enc_cap < guess then enc_cap = math.max(guess, 4096); enc_buf = ffi.new("char[?]", enc_cap) end
+  local k = f(ptr, n, enc_buf, enc_cap)
+  if k < 0 then
+    if k == -9223372036854775807LL - 1 then util.c_error(nil, 2) end
+    enc_cap = tonumber(-k); enc_buf = ffi.new("char[?]", enc_cap)
+    k = f(ptr, n, enc_buf, enc_cap)
+  end
+  return ffi.string(enc_buf, k)
+end
+
+--- n floats at ptr as a JSON array (in C: no element crosses into Lua).
+function util.f32_json(ptr, n) return encode_with(C.lm_f32_to_json, ptr, n, 2 + n * 17) end
+
+--- base64 of n bytes at ptr (OpenAI's base64 embeddings: the floats' bytes).
+function util.base64(ptr, n) return encode_with(C.lm_base64_encode, ptr, n, (n + 2) / 3 * 4 + 4) end
+
 --- Reads a whole file, or nil + message.
 function util.read_file(path)
   local f, err = io.open(path, "rb")
