@@ -150,16 +150,26 @@ function Server:load_models()
                     -- and for the step's draws (lumen.sampler.sample_sessions)
                     samplers_buf = ffi.new("lm_sampler*[?]", self.cfg.slots),
                     drawn_buf = ffi.new("int32_t[?]", self.cfg.slots) }
-    for s = 1, self.cfg.slots do
+    -- an embedding model answers /v1/embeddings at once: no sessions, no slots
+    entry.encoder = info.encoder
+    for s = 1, info.encoder and 0 or self.cfg.slots do
       local slot = { index = s, session = m:session{ ctx = ctx, batch = self.cfg.prefill_chunk } }
       entry.slots[s] = slot
       entry.free[#entry.free + 1] = slot
     end
     self.models[id] = entry
     self.model_ids[#self.model_ids + 1] = id
-    self:log("model %s: %s, %d slots of %d tokens", id, info.name or "", self.cfg.slots, ctx)
+    if info.encoder then
+      self:log("model %s: %s, embeddings of %d dims, up to %d tokens an input", id, info.name or "", info.n_embd, info.max_tokens)
+    else
+      self:log("model %s: %s, %d slots of %d tokens", id, info.name or "", self.cfg.slots, ctx)
+    end
   end
-  self.default_model = self.model_ids[1]
+  for _, id in ipairs(self.model_ids) do
+    local e = self.models[id]
+    if e.encoder then self.default_encoder = self.default_encoder or id
+    else self.default_model = self.default_model or id end
+  end
 end
 
 function Server:respond(req_id, status, body, headers, endpoint, content_type)
@@ -200,6 +210,7 @@ end
 local ENDPOINTS = {
   ["/v1/chat/completions"] = { method = "POST", name = "chat" },
   ["/v1/completions"] = { method = "POST", name = "completions" },
+  ["/v1/embeddings"] = { method = "POST", name = "embeddings" },
   ["/v1/models"] = { method = "GET", name = "models" },
   ["/health"] = { method = "GET", name = "health", open = true },
   ["/metrics"] = { method = "GET", name = "metrics", open = true },
@@ -243,9 +254,18 @@ function Server:handle(r)
     if model_id ~= nil and model_id ~= openai.json.null and type(model_id) ~= "string" then
       fail(400, "'model' must be a string", "model", "invalid_type")
     end
-    if type(model_id) ~= "string" then model_id = self.default_model end
+    if type(model_id) ~= "string" then model_id = name == "embeddings" and self.default_encoder or self.default_model end
+    if not model_id then fail(400, "this server has no embedding model (serve one with -m minilm)", "model", "model_not_found") end
     local entry = self.models[model_id]
     if not entry then fail(404, "model '" .. model_id .. "' does not exist (available: " .. table.concat(self.model_ids, ", ") .. ")", "model", "model_not_found") end
+    if (name == "embeddings") ~= (entry.encoder == true) then
+      fail(400, string.format("model '%s' %s", model_id, entry.encoder and "is an embedding model: use /v1/embeddings"
+                                                  or "does not make embeddings: use an embedding model"), "model", "invalid_value")
+    end
+    if name == "embeddings" then
+      status = self:embeddings(r, openai.embeddings_request(body), entry, a)
+      return
+    end
     local job = name == "chat" and openai.chat_request(body, entry.sampling) or openai.completion_request(body, entry.sampling)
     job.access = a
     self:submit(r, job, entry, name)
@@ -261,6 +281,34 @@ function Server:handle(r)
   end
   -- probes (/health, /metrics) stay out of the access log
   if status and not (ep and ep.open) then self:access(a, status) end
+end
+
+--- /v1/embeddings, answered at once on this thread (one batched forward pass
+-- per few thousand tokens). Too long an input is refused, naming the limit.
+function Server:embeddings(r, job, entry, a)
+  local info = entry.info
+  if job.dimensions and job.dimensions ~= info.n_embd then
+    fail(400, string.format("model '%s' makes embeddings of %d dimensions and cannot shorten them ('dimensions' %d)",
+                            entry.id, info.n_embd, job.dimensions), "dimensions", "invalid_value")
+  end
+  local ok, t, counts = pcall(entry.model.embed, entry.model, job.inputs, { truncate = false })
+  if not ok then
+    local msg = tostring(t):gsub("^embed: ", "")
+    if msg:find("at most", 1, true) or msg:find("limit", 1, true) or msg:find("longer", 1, true) then
+      fail(400, string.format("%s (model '%s' takes at most %d tokens an input)", msg, entry.id, info.max_tokens),
+           "input", "context_length_exceeded")
+    end
+    fail(400, msg, "input", "invalid_value")
+  end
+  local used = 0
+  for _, c in ipairs(counts) do used = used + c end
+  self.gate:admit(a.ident, a.arrived, used)
+  self.gate:release(a.ident)
+  local h = self.gate:headers(a.ident, now())
+  self:respond(r.id, 200, openai.embeddings_response(entry.id, t, #job.inputs, info.n_embd, job.format, used),
+               h ~= "" and h or nil, "embeddings")
+  self.metrics.prompt_tokens = self.metrics.prompt_tokens + used
+  return 200
 end
 
 --- Tokenizes a validated request, checks it fits, and queues it.
