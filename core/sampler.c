@@ -3,6 +3,9 @@
 #include "error.h"
 
 #include <math.h>
+
+/* s->result when the links masked every token: lm_sampler_result reports it */
+enum { NO_TOKEN = -2 };
 #include <stdlib.h>
 #include <string.h>
 
@@ -461,13 +464,16 @@ static bool run_link(lm_sampler *s, const link *l) {
         int32_t best = 0;
         for (int32_t i = 1; i < c->n; i++)
             if (c->logits[i] > c->logits[best] || (c->logits[i] == c->logits[best] && c->ids[i] < c->ids[best])) best = i;
-        s->result = c->ids[best];
+        /* the best is -inf or NaN: the links masked every token */
+        s->result = c->n > 0 && c->logits[best] > -INFINITY ? c->ids[best] : NO_TOKEN;
         return true;
     }
     case L_DIST: {
         drop_hopeless(c);
+        const float top = c->n > 0 ? (c->sorted ? c->logits[0] : max_logit(c)) : -INFINITY;
+        if (!(top > -INFINITY)) { s->result = NO_TOKEN; return true; } /* every token masked */
         /* the draw needs no order: a list nothing sorted is not sorted for it */
-        softmax_probs(c, c->sorted ? c->logits[0] : max_logit(c));
+        softmax_probs(c, top);
         double u = (double)(next_u64(&s->rng) >> 11) * (1.0 / 9007199254740992.0);
         int32_t pick = c->n - 1;
         for (int32_t i = 0; i < c->n; i++) {
@@ -530,10 +536,14 @@ void lm_sampler_set_result(lm_sampler *s, int32_t token) { if (s) s->result = to
 
 int32_t lm_sampler_result(lm_sampler *s) {
     if (!s) return -1;
-    if (s->result < 0 && s->c.n > 0) { /* no terminal link: the best remaining */
+    if (s->result == -1 && s->c.n > 0) { /* no terminal link: the best remaining */
         int32_t best = 0;
         for (int32_t i = 1; i < s->c.n; i++) if (s->c.logits[i] > s->c.logits[best]) best = i;
-        s->result = s->c.ids[best];
+        s->result = s->c.logits[best] > -INFINITY ? s->c.ids[best] : NO_TOKEN;
+    }
+    if (s->result == NO_TOKEN || (s->result < 0 && s->c.n == 0)) {
+        lm_err("sampler: the chain's links left no token with a finite logit (every token was masked)");
+        return -1;
     }
     return s->result;
 }

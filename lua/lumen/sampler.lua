@@ -176,7 +176,9 @@ function Chain:sample(src, n_vocab)
     if c.n < 1 then error("sampler: a Lua link removed every candidate", 2) end
     i = C.lm_sampler_run(h, i + 1)
   end
-  return C.lm_sampler_result(h)
+  local t = C.lm_sampler_result(h)
+  if t < 0 then util.c_error("sample", 2) end
+  return t
 end
 
 function Chain:accept(tok) C.lm_sampler_accept(self.h, tok) end

@@ -122,3 +122,29 @@ describe("lumen.sampler", function()
     for _, s in ipairs(sessions) do s:close() end
   end)
 end)
+
+describe("a chain that masks every token", function()
+  local lumen = require "lumen"
+  local ffi = require "ffi"
+  local logits = ffi.new("float[8]", { 1, 2, 3, 4, 5, 6, 7, 8 })
+  local function mask_all(c) for i = 0, c.n - 1 do c.logits[i] = -math.huge end end
+
+  it("raises a clear error instead of returning a token", function()
+    for _, tail in ipairs{ { lumen.sampler.greedy() }, { lumen.sampler.temperature(0.8), lumen.sampler.dist() }, {} } do
+      local links = { mask_all }
+      for _, l in ipairs(tail) do links[#links + 1] = l end
+      links.seed = 1
+      local chain = lumen.sampler.chain(links)
+      local ok, err = pcall(chain.sample, chain, logits, 8)
+      assert.is_false(ok)
+      assert.truthy(tostring(err):find("finite logit"), tostring(err))
+    end
+  end)
+
+  it("still samples when one token is left", function()
+    local chain = lumen.sampler.chain{ function(c) for i = 0, c.n - 2 do c.logits[i] = -math.huge end end,
+                                       lumen.sampler.dist(), seed = 3 }
+    local t = chain:sample(logits, 8)
+    assert.is_number(t)
+  end)
+end)
