@@ -2,6 +2,14 @@
 # Installs what lumen needs from Debian, builds it into build/, fetches the default
 # model into the cache (linked as models/) and checks its sha256. Safe to run again.
 set -euo pipefail
+case "${1:-}" in -h|--help) cat <<'EOF'
+usage: scripts/setup.sh [ALIAS...]
+Installs the Debian packages lumen needs (apt-get, as root or with sudo), builds it into build/
+(LUMEN_BUILD_TYPE, default Release; LUMEN_CMAKE_ARGS for more cmake flags), and fetches the
+models named (default: the registry's default) into the model cache, checking their sha256.
+Safe to run again.
+EOF
+  exit 0 ;; esac
 cd "$(dirname "$0")/.."
 
 PKGS=(build-essential cmake pkg-config luajit libluajit-5.1-dev libdnnl-dev libyaml-dev

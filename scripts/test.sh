@@ -3,6 +3,13 @@
 # test: the C unit tests, Lua specs and server specs through ctest, once in the Release build and once more built
 # with AddressSanitizer/UBSan. Ends with ctest's summary line.
 set -euo pipefail
+case "${1:-}" in -h|--help) cat <<'EOF'
+usage: scripts/test.sh
+Runs scripts/setup.sh, fetches what the tests need (Gemma 3, MiniLM, the openai client in
+spec/.venv), then every test through ctest: once in the Release build and once more built with
+AddressSanitizer and UBSan. Ends with ctest's summary line; exit status 0 when all passed.
+EOF
+  exit 0 ;; esac
 cd "$(dirname "$0")/.."
 
 LUMEN_CMAKE_ARGS="-DLUMEN_WERROR=ON" scripts/setup.sh

@@ -33,18 +33,38 @@ end
 
 --- Renders messages ({role=, content=}...) with the model's chat template,
 -- for tokenizing with special tokens parsed (message text stays text).
+-- built-in templates a registry entry may name (chat_template: chatml)
+local BUILTIN = {
+  chatml = "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
+        .. "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}",
+}
+
+--- The model's chat template: its registry entry's `chat_template` (a built-in
+-- name or a .jinja file, relative to the source tree), else the file's own.
+-- A model with neither is refused for chat, never given a foreign format.
+function M.template_source(model)
+  local info = model._info or model:info()
+  model._info = info
+  local named = model.entry and model.entry.chat_template
+  if named then
+    if BUILTIN[named] then return BUILTIN[named] end
+    local path = named:sub(1, 1) == "/" and named or (util.root() .. "/" .. named)
+    local src, err = util.read_file(path)
+    if not src then error(string.format("configs/models.yaml: chat_template '%s' of model '%s': %s", named, tostring(model.alias), tostring(err)), 0) end
+    return src
+  end
+  if info.chat_template and info.chat_template ~= "" then return info.chat_template end
+  error(string.format("model '%s' has no chat template (a base model?): use `lumen generate -p TEXT`, or name one " ..
+                      "for its alias in configs/models.yaml (chat_template: chatml, or a .jinja file)",
+                      model.alias or model.path), 0)
+end
+
 function M.render(model, messages, add_generation_prompt)
   local info = model._info or model:info()
   model._info = info
-  local src = info.chat_template
-  if not src or src == "" then
-    -- no template in the file: ChatML, which most instruction-tuned models know
-    src = "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
-       .. "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-  end
   local f = compiled[model]
   if not f then
-    f = template.compile(src)
+    f = template.compile(M.template_source(model))
     compiled[model] = f
   end
   return f{
@@ -103,17 +123,33 @@ function Conv:say(text, on_piece)
   util.check_type("say", "text", text, "string")
   local model, s = self.model, self.session
   self.messages[#self.messages + 1] = { role = "user", content = text }
-  local prompt = M.render(model, self.messages, true)
-  local buf, n = model:_encode(prompt, false, true)
+  -- room for a reply: when the conversation would leave less, its oldest turns
+  -- go (the system prompt stays), and the caller hears how many (stats.dropped)
+  local reserve = math.min(self.max_tokens, math.floor(s:ctx() / 4))
+  local dropped = 0
+  local prompt, buf, n
+  while true do
+    prompt = M.render(model, self.messages, true)
+    buf, n = model:_encode(prompt, false, true)
+    if n + reserve <= s:ctx() then break end
+    local first = (self.messages[1].role == "system") and 2 or 1
+    if first >= #self.messages then break end -- only the new message is left
+    table.remove(self.messages, first)
+    if self.messages[first] and self.messages[first].role == "assistant" and first < #self.messages then
+      table.remove(self.messages, first)
+    end
+    dropped = dropped + 1
+  end
   -- reuse the longest prefix already in the KV cache
   local have = s:pos()
   local toks = require("lumen.ffi").lm_session_tokens(s.h)
   local keep = 0
   while keep < have and keep < n and toks[keep] == buf[keep] do keep = keep + 1 end
   if keep == n then keep = n - 1 end -- the last prompt token must be evaluated for fresh logits
-  if n > s:ctx() then
+  if n >= s:ctx() then
     table.remove(self.messages)
-    error(string.format("the conversation (%d tokens) no longer fits the context of %d tokens; /reset to start over", n, s:ctx()), 2)
+    error(string.format("the conversation (%d tokens) does not fit the context of %d tokens%s", n, s:ctx(),
+                        #self.messages <= 1 and " (the message alone; a larger -c?)" or "; /reset to start over"), 2)
   end
   s:rewind(keep)
   local sampler = self.sampler or require("lumen.sampler").from_config(model.entry and model.entry.sampling)
@@ -136,7 +172,7 @@ function Conv:say(text, on_piece)
   return reply, {
     prompt_tokens = n - keep, prompt_s = t1 - t0, tokens = r.tokens,
     decode_s = t2 - (t_first or t2), ttft_s = (t_first or t2) - t0, reason = r.reason,
-    cached_tokens = keep,
+    cached_tokens = keep, dropped = dropped, context_full = r.reason == "length" and s:pos() >= s:ctx(),
   }
 end
 

@@ -23,13 +23,70 @@ options:
   -m, --model NAME|PATH    model alias from configs/models.yaml or a .gguf path (default: the registry's default)
   -p, --prompt TEXT        prompt (generate)
   -n, --n-predict N        max tokens to generate (default 256)
-  -t, --threads N          compute threads (default: all cores)
+  -t, --threads N          compute threads (default 0: all cores)
   -c, --ctx N              context size in tokens
-  --temp T                 temperature, 0 = greedy     --seed S          sampling seed
+  --temp T                 temperature, 0 = greedy     --seed S   sampling seed (default: new each run)
   --top-k K  --top-p P  --min-p P  --repeat-penalty R
   -s, --system TEXT        system prompt (chat)
   --no-stats               do not print speed statistics to stderr
+  --debug                  errors with their source position; `lumen run`: a traceback
+Every command takes --help. The chat REPL takes /help, /reset, /system TEXT, /stats, /quit.
 ]]
+
+-- --debug anywhere: errors keep their source position and `lumen run` prints a traceback
+local DEBUG = false
+for i = #args, 1, -1 do
+  if args[i] == "--debug" then DEBUG = true; table.remove(args, i) end
+end
+
+local HELP = {
+  chat = [[
+usage: lumen chat [options] [TEXT]
+One reply to TEXT (TEXT "-": read it from stdin), or a REPL without TEXT.
+  -m, --model NAME|PATH   model alias or .gguf path (default: the registry's default)
+  -s, --system TEXT       system prompt
+  -n, --n-predict N       max tokens of a reply (default 256)
+  -c, --ctx N             context in tokens (default: min(4096, the model's))
+  -t, --threads N         compute threads (default 0: all cores)
+  --temp T --top-k K --top-p P --min-p P --repeat-penalty R   sampling (default: the model's in configs/models.yaml)
+  --seed S                sampling seed (default: a new one each run)
+  --no-stats              no speed statistics on stderr
+REPL commands: /help, /reset (forget the conversation), /system TEXT (new system prompt, resets),
+/stats (toggle speed statistics), /quit or Ctrl-D. A line starting with // sends the text after one /.
+When the conversation outgrows the context, the oldest turns are dropped (the system prompt stays).
+]],
+  generate = [[
+usage: lumen generate -p TEXT [options]
+Continues TEXT (no chat template); -p - reads the prompt from stdin.
+  -m, --model NAME|PATH   model alias or .gguf path (default: the registry's default)
+  -n, --n-predict N       tokens to generate, at least 1 (default 256)
+  -c, --ctx N             context in tokens (default: prompt + N, up to the model's)
+  -t, --threads N         compute threads (default 0: all cores)
+  --temp T --top-k K --top-p P --min-p P --repeat-penalty R   sampling (default: the model's in configs/models.yaml)
+  --seed S                sampling seed (default: a new one each run)
+  --no-stats              no speed statistics on stderr
+]],
+  bench = [[
+usage: lumen bench [-m MODEL] [--pp N] [-n N] [-r RUNS] [-t THREADS]
+Prefill (--pp tokens, default 512) and decode (-n tokens, default 128) speed as JSON, median of -r runs (default 3).
+]],
+  quantize = [[
+usage: lumen quantize IN.gguf OUT.gguf TYPE [-t THREADS]
+Requantizes a GGUF file's weights to TYPE: q4_0 q4_1 q5_0 q5_1 q8_0 q4_k q5_k q6_k f16 bf16 f32.
+Norms and biases stay f32; OUT appears only when complete.
+]],
+  models = [[
+usage: lumen models
+The models of configs/models.yaml: where each file is, and whether it is verified against its pinned sha256.
+]],
+  run = [[
+usage: lumen run SCRIPT.lua [args]
+Runs a Lua script with require "lumen" available; its arguments are in `arg` and `...`.
+An error in the script prints one line (with --debug: a traceback) and exits 1.
+Environment: LUMEN_ROOT (the source tree), LUMEN_MODELS (the model cache), LUMEN_ISA (scalar|avx2: cap the kernels).
+]],
+  version = "usage: lumen version\n",
+}
 
 local UsageError = {}
 UsageError.__index = UsageError
@@ -58,10 +115,16 @@ local function parse(argv, first)
   while i <= #argv do
     local a, v = argv[i], argv[i + 1]
     local function take() if v == nil then usage_error(a .. " needs a value") end i = i + 1 return v end
-    if a == "-m" or a == "--model" then o.model = take()
+    if a == "-h" or a == "--help" then o.help = true
+    elseif a == "-m" or a == "--model" then o.model = take()
     elseif a == "-p" or a == "--prompt" then o.prompt = take()
-    elseif a == "-n" or a == "--n-predict" then o.n_predict = int_arg(a, take(), 0, 2 ^ 20)
-    elseif a == "-t" or a == "--threads" then o.threads = int_arg(a, take(), 1, 256)
+    elseif a == "-n" or a == "--n-predict" then
+      o.n_predict = int_arg(a, take(), 0, 2 ^ 20)
+      if o.n_predict == 0 then usage_error(a .. " 0 would generate nothing: give at least 1") end
+    elseif a == "-t" or a == "--threads" then
+      -- 0 = all cores, as in configs/server.yaml
+      o.threads = int_arg(a, take(), 0, 256)
+      if o.threads == 0 then o.threads = nil end
     elseif a == "-c" or a == "--ctx" then o.ctx = int_arg(a, take(), 1, 2 ^ 24)
     elseif a == "--temp" then o.sampling.temperature = num_arg(a, take(), 0, 100)
     elseif a == "--top-k" then o.sampling.top_k = int_arg(a, take(), 0, 2 ^ 31 - 1)
@@ -83,22 +146,35 @@ end
 
 local commands = {}
 
+-- "-" for a text: read it from stdin
+local function stdin_if_dash(v)
+  if v ~= "-" then return v end
+  local s = io.stdin:read("*a") or ""
+  return (s:gsub("\n$", ""))
+end
+
 function commands.generate(argv)
   local o = parse(argv, 2)
+  if o.help then io.write(HELP.generate) return 0 end
   if #o.words > 0 then usage_error("unexpected argument '" .. o.words[1] .. "'") end
-  if not o.prompt then usage_error("generate needs a prompt: -p TEXT") end
+  if not o.prompt then usage_error("generate needs a prompt: -p TEXT (or -p - to read it from stdin)") end
+  if o.system then usage_error("generate has no system prompt (-s is for chat); put it in the prompt") end
+  o.prompt = stdin_if_dash(o.prompt)
   return require("generate").run(o)
 end
 
 function commands.chat(argv)
   local o = parse(argv, 2)
+  if o.help then io.write(HELP.chat) return 0 end
   if #o.words > 1 then usage_error("chat takes one message; quote it: lumen chat \"TEXT\"") end
-  o.message = o.words[1]
+  if o.prompt then usage_error("chat takes its message as an argument, not -p: lumen chat \"TEXT\"") end
+  o.message = o.words[1] and stdin_if_dash(o.words[1])
   return require("chat").run(o)
 end
 
 function commands.run(argv)
   local script = argv[2]
+  if script == "-h" or script == "--help" then io.write(HELP.run) return 0 end
   if not script then usage_error("run needs a script: lumen run SCRIPT.lua [args]") end
   local f, err = loadfile(script)
   if not f then usage_error(err) end
@@ -106,9 +182,9 @@ function commands.run(argv)
   for i = 3, #argv do sargs[#sargs + 1] = argv[i] end
   _G.arg = sargs
   -- errors inside the script are the script's: traceback and exit 1 (the host does that)
-  local ok, res = xpcall(f, debug.traceback, unpack(sargs))
+  local ok, res = xpcall(f, DEBUG and debug.traceback or function(e) return e end, unpack(sargs))
   if not ok then
-    io.stderr:write("lumen: error: ", tostring(res), "\n")
+    io.stderr:write("lumen: error: ", tostring(res), DEBUG and "" or "\n(lumen --debug run ... shows where)", "\n")
     return 1
   end
   return type(res) == "number" and res or 0
@@ -284,7 +360,8 @@ function commands.embed(argv)
   return require("embed").run(o)
 end
 
-function commands.models()
+function commands.models(argv)
+  if argv[2] == "-h" or argv[2] == "--help" then io.write(HELP.models) return 0 end
   local config = require "lumen.config"
   local reg = config.registry()
   local names = {}
@@ -292,25 +369,29 @@ function commands.models()
   table.sort(names)
   for _, name in ipairs(names) do
     local e = reg.models[name]
-    local where = "not fetched (scripts/fetch_model.py " .. name .. ")"
-    for _, dir in ipairs(config.model_dirs()) do
-      local p = dir .. "/" .. tostring(e.file)
-      if require("lumen.util").file_exists(p) then where = p break end
-    end
-    io.write(string.format("%-12s %s%s\n    %s\n", name, e.description or e.file or "",
-      name == reg.default and " (default)" or "", where))
+    local st = config.state(name)
+    local what = ({
+      verified = "verified",
+      unverified = "fetched (no sha256 pinned)",
+      corrupt = "CORRUPT: sha256 differs from the pin; fetch again: rm '" .. tostring(st.path) .. "' && scripts/fetch_model.py " .. name,
+      missing = "not fetched: scripts/fetch_model.py " .. name,
+    })[st.state]
+    io.write(string.format("%-12s %s%s\n    %s%s\n", name, e.description or e.file or "",
+      name == reg.default and " (default)" or "", st.path and (st.path .. ": ") or "", what))
   end
   return 0
 end
 
 function commands.bench(argv)
   local o = parse(argv, 2)
+  if o.help then io.write(HELP.bench) return 0 end
   if #o.words > 0 then usage_error("unexpected argument '" .. o.words[1] .. "'") end
   return require("bench").run(o)
 end
 
 function commands.quantize(argv)
   local o = parse(argv, 2)
+  if o.help then io.write(HELP.quantize) return 0 end
   local inp, out, ty = o.words[1], o.words[2], o.words[3]
   if not (inp and out and ty) or o.words[4] then usage_error("usage: lumen quantize IN.gguf OUT.gguf TYPE") end
   local C = require "lumen.ffi"
@@ -326,7 +407,8 @@ function commands.quantize(argv)
   return 0
 end
 
-function commands.version()
+function commands.version(argv)
+  if argv[2] == "-h" or argv[2] == "--help" then io.write(HELP.version) return 0 end
   io.write("lumen ", require("lumen").version, "\n")
   return 0
 end
@@ -348,6 +430,9 @@ if getmetatable(res) == UsageError then
   return 2
 end
 -- Errors raised by lumen's modules on bad input (a missing or corrupt model, a
--- YAML error, a context overflow) are the user's to fix: one line, exit 2.
-io.stderr:write("lumen: error: ", tostring(res), "\n")
+-- YAML error, a context overflow) are the user's to fix: one line, exit 2,
+-- without the Lua source position the error carries (--debug keeps it).
+local msg = tostring(res)
+if not DEBUG then msg = msg:gsub("^[^%s:]+%.lua:%d+: ", "") end
+io.stderr:write("lumen: error: ", msg, "\n")
 return 2

@@ -70,11 +70,32 @@ function config.verify(path, want)
   end
   local got = config.sha256(path)
   if got ~= want then
-    error(string.format("refusing to load '%s': its sha256 is %s but configs/models.yaml pins %s", path, got, want), 0)
+    error(string.format("refusing to load '%s': its sha256 is %s but configs/models.yaml pins %s " ..
+                        "(a damaged or replaced file: delete it and fetch it again with scripts/fetch_model.py)", path, got, want), 0)
   end
   local f = io.open(stamp, "wb")
   if f then f:write(id, " ", got, "\n") f:close() end
   return true
+end
+
+-- The entry's file (or folder) in the first model directory that has it, and
+-- the file its sha256 pins (a directory-shaped model pins one of its files).
+local function locate(entry)
+  for _, dir in ipairs(config.model_dirs()) do
+    local p = dir .. "/" .. tostring(entry.file)
+    if util.file_exists(p) then return p, entry.pin_member and (p .. "/" .. entry.pin_member) or p end
+  end
+end
+
+--- An alias's file and its state: "verified" (its sha256 matches the pin),
+-- "unverified" (no pin), "corrupt" (it does not match) or "missing".
+function config.state(name)
+  local entry = config.registry().models[name]
+  if not entry then error("unknown model '" .. tostring(name) .. "'", 2) end
+  local p, pinned = locate(entry)
+  if not p then return { state = "missing" } end
+  if not entry.sha256 then return { state = "unverified", path = p } end
+  return { state = pcall(config.verify, pinned, entry.sha256) and "verified" or "corrupt", path = p }
 end
 
 --- Resolves a model name (alias, file name or path) to {path=, alias=, entry=}.
@@ -94,13 +115,10 @@ function config.resolve(name)
     table.sort(known)
     error(string.format("unknown model '%s' (aliases: %s; or give a path to a .gguf file)", name, table.concat(known, ", ")), 2)
   end
-  for _, dir in ipairs(config.model_dirs()) do
-    local p = dir .. "/" .. entry.file
-    if util.file_exists(p) then
-      -- a directory-shaped model pins one of its files (model.safetensors)
-      if entry.sha256 then config.verify(entry.pin_member and (p .. "/" .. entry.pin_member) or p, entry.sha256) end
-      return { path = p, alias = name, entry = entry }
-    end
+  local p, pinned = locate(entry)
+  if p then
+    if entry.sha256 then config.verify(pinned, entry.sha256) end
+    return { path = p, alias = name, entry = entry }
   end
   error(string.format("model '%s' (%s) is not in the model cache; fetch it with: scripts/fetch_model.py %s", name, entry.file, name), 2)
 end

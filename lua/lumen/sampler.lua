@@ -69,7 +69,7 @@ local adders = {
 --- Builds a chain from links (array part) and options (seed).
 function M.chain(spec)
   util.check_type("sampler.chain", "spec", spec, "table")
-  local seed = spec.seed or os.time()
+  local seed = spec.seed or util.random_seed()
   util.check_type("sampler.chain", "seed", seed, "number")
   local h = C.lm_sampler_chain_new(seed)
   if h == nil then util.c_error("sampler") end
@@ -107,7 +107,7 @@ function M.from_config(cfg)
       p[k] = v
     end
   end
-  local seed = cfg.seed or os.time()
+  local seed = cfg.seed or util.random_seed()
   p.seed = seed
   if cfg.logit_bias ~= nil then
     -- the same chain as lm_sampler_new builds, behind a logit-bias link

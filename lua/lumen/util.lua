@@ -67,6 +67,18 @@ function util.f32_json(ptr, n) return encode_with(C.lm_f32_to_json, ptr, n, 2 + 
 --- base64 of n bytes at ptr (OpenAI's base64 embeddings: the floats' bytes).
 function util.base64(ptr, n) return encode_with(C.lm_base64_encode, ptr, n, (n + 2) / 3 * 4 + 4) end
 
+--- A seed for sampling when none is given: new each run (os.time() would repeat
+-- within a second), from the kernel's random source.
+function util.random_seed()
+  local f = io.open("/dev/urandom", "rb")
+  local b = f and f:read(6)
+  if f then f:close() end
+  if not b or #b < 6 then return os.time() end
+  local v = 0
+  for i = 1, 6 do v = v * 256 + b:byte(i) end
+  return v -- < 2^48: exact in a double
+end
+
 --- Reads a whole file, or nil + message.
 function util.read_file(path)
   local f, err = io.open(path, "rb")
