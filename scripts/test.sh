@@ -5,8 +5,8 @@
 set -euo pipefail
 case "${1:-}" in -h|--help) cat <<'EOF'
 usage: scripts/test.sh
-Runs scripts/setup.sh, fetches what the tests need (Gemma 3, MiniLM, the openai client in
-spec/.venv), then every test through ctest: once in the Release build and once more built with
+Runs scripts/setup.sh, fetches what the tests need (Gemma 3, MiniLM, the openai and ollama
+clients and selenium in spec/.venv, Debian's chromium), then every test through ctest: once in the Release build and once more built with
 AddressSanitizer and UBSan. Ends with ctest's summary line; exit status 0 when all passed.
 EOF
   exit 0 ;; esac
@@ -19,7 +19,15 @@ $PY scripts/fetch_model.py gemma3
 # the embedding specs: all-MiniLM-L6-v2 as shipped and as a GGUF (bert_to_gguf.py needs gguf from PyPI)
 bench/setup_embed_venv.sh
 bench/.venv-embed/bin/python scripts/fetch_model.py minilm minilm-gguf
-# the server specs talk to `lumen serve` through the official openai client (spec/.venv)
+# the server specs talk to `lumen serve` through the official openai and ollama clients,
+# and drive the web chat page in Debian's headless Chromium (spec/.venv has selenium)
+for p in chromium chromium-driver; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed"; then
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium chromium-driver >/dev/null
+    break
+  fi
+done
 scripts/test_venv.sh
 
 jobs=$(nproc)
