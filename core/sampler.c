@@ -1,12 +1,13 @@
 /* Sampler chains: links applied in order to the candidates (see lumen.h). */
 #include "lumen.h"
 #include "error.h"
+#include "grammar.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-typedef enum { L_GREEDY, L_DIST, L_TEMP, L_TOP_K, L_TOP_P, L_MIN_P, L_TYPICAL, L_PENALTIES, L_BIAS, L_EXTERNAL } link_kind;
+typedef enum { L_GREEDY, L_DIST, L_TEMP, L_TOP_K, L_TOP_P, L_MIN_P, L_TYPICAL, L_PENALTIES, L_BIAS, L_EXTERNAL, L_GRAMMAR } link_kind;
 
 typedef struct {
     link_kind kind;
@@ -16,6 +17,7 @@ typedef struct {
     int32_t *bias_ids;
     float *bias;
     int32_t n_bias;
+    lm_matcher *m;      /* grammar */
 } link;
 
 struct lm_sampler {
@@ -31,6 +33,7 @@ struct lm_sampler {
     int32_t *hist;
     int32_t n_hist, cap_hist;
     bool identity;       /* candidates still in id order, all present */
+    bool sampled;        /* a sample since the last reset: accepted tokens reach the grammar links */
 };
 
 lm_sampler_params lm_sampler_default_params(void) {
@@ -49,7 +52,7 @@ lm_sampler *lm_sampler_chain_new(uint64_t seed) {
 
 void lm_sampler_free(lm_sampler *s) {
     if (!s) return;
-    for (int32_t i = 0; i < s->n_links; i++) { free(s->links[i].bias_ids); free(s->links[i].bias); }
+    for (int32_t i = 0; i < s->n_links; i++) { free(s->links[i].bias_ids); free(s->links[i].bias); lm_matcher_free(s->links[i].m); }
     free(s->links);
     free(s->c.ids); free(s->c.logits); free(s->c.probs);
     free(s->counts); free(s->scratch); free(s->heap); free(s->hist);
@@ -129,6 +132,22 @@ lm_status lm_sampler_add_logit_bias(lm_sampler *s, const int32_t *ids, const flo
     return LM_OK;
 }
 
+lm_status lm_sampler_add_grammar(lm_sampler *s, lm_grammar *g, lm_token_trie *t) {
+    if (!s) return lm_err("sampler is NULL");
+    lm_matcher *m = lm_matcher_new(g, t);
+    if (!m) return LM_ERR;
+    link *l = add(s, L_GRAMMAR);
+    if (!l) { lm_matcher_free(m); return LM_ERR; }
+    l->m = m;
+    return LM_OK;
+}
+
+lm_matcher *lm_sampler_matcher(lm_sampler *s) {
+    for (int32_t i = 0; s && i < s->n_links; i++)
+        if (s->links[i].kind == L_GRAMMAR) return s->links[i].m;
+    return NULL;
+}
+
 int32_t lm_sampler_n_links(const lm_sampler *s) { return s ? s->n_links : 0; }
 
 bool lm_sampler_has_external(const lm_sampler *s) {
@@ -173,6 +192,9 @@ void lm_sampler_accept(lm_sampler *s, int32_t token) {
         s->cap_hist = cap;
     }
     s->hist[s->n_hist++] = token;
+    if (s->sampled) /* an error leaves the matcher FAILED, which its status reports */
+        for (int32_t i = 0; i < s->n_links; i++)
+            if (s->links[i].kind == L_GRAMMAR) lm_matcher_accept(s->links[i].m, token);
 }
 
 const int32_t *lm_sampler_history(const lm_sampler *s, int32_t *n) {
@@ -185,6 +207,8 @@ void lm_sampler_reset(lm_sampler *s, uint64_t seed) {
     s->n_hist = 0;
     s->rng = seed;
     s->result = -1;
+    s->sampled = false;
+    for (int32_t i = 0; i < s->n_links; i++) lm_matcher_reset(s->links[i].m);
 }
 
 /* ---- links ------------------------------------------------------------------------ */
@@ -241,6 +265,23 @@ void lm_candidates_softmax(lm_candidates *c) {
     if (!c || c->n <= 0) return;
     sort_desc(c);
     softmax_probs(c, c->logits[0]);
+}
+
+int32_t lm_candidates_keep(lm_candidates *c, const uint32_t *bits) {
+    if (!c || !bits) return 0;
+    int32_t k = 0;
+    for (int32_t i = 0; i < c->n; i++) {
+        int32_t id = c->ids[i];
+        if (id >= 0 && id < c->n_vocab && (bits[id >> 5] >> (id & 31) & 1)) {
+            c->ids[k] = id;
+            c->logits[k] = c->logits[i];
+            if (c->has_probs) c->probs[k] = c->probs[i];
+            k++;
+        }
+    }
+    if (k != c->n) c->has_probs = false; /* no longer sums to one */
+    c->n = k;
+    return k;
 }
 
 /* Sorting tens of thousands of candidates is most of a chain's cost; candidates
@@ -477,6 +518,11 @@ static bool run_link(lm_sampler *s, const link *l) {
         s->result = c->ids[pick];
         return true;
     }
+    case L_GRAMMAR: {
+        int32_t tok = lm_matcher_apply(l->m, c);
+        if (tok >= 0) { s->result = tok; return true; }
+        break;
+    }
     case L_EXTERNAL: break;
     }
     s->identity = false;
@@ -513,6 +559,7 @@ lm_candidates *lm_sampler_begin(lm_sampler *s, const float *logits, int32_t n_vo
     s->c.sorted = s->c.has_probs = false;
     s->identity = true;
     s->result = -1;
+    s->sampled = true;
     return &s->c;
 }
 
@@ -552,6 +599,7 @@ int32_t lm_sampler_sample(lm_sampler *s, const float *logits, int32_t n_vocab) {
         s->c.n_vocab = n_vocab;
         s->identity = false;
         s->result = -1;
+        s->sampled = true;
         lm_sampler_run(s, 1);
         return lm_sampler_result(s);
     }
