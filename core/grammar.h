@@ -46,5 +46,9 @@ static inline bool lm_gclass_match(const struct lm_grammar *g, int32_t k, uint32
  * returns the token when it is the only one allowed, else -1 (-1 with c->n == 0
  * and a message when none fits). */
 int32_t lm_matcher_apply(lm_matcher *m, lm_candidates *c);
+/* Whether one token may come next (its bytes walked from the current state). */
+bool lm_matcher_allows(lm_matcher *m, int32_t token);
+/* Whether the current state's mask is already known (then applying it is cheap). */
+bool lm_matcher_mask_cached(const lm_matcher *m);
 
 #endif

@@ -639,6 +639,27 @@ lm_status lm_matcher_accept_text(lm_matcher *m, const char *s, size_t n) {
     return LM_OK;
 }
 
+bool lm_matcher_allows(lm_matcher *m, int32_t token) {
+    if (!m->t || token < 0 || token >= m->t->n_vocab) return false;
+    if (m->failed || m->ended) return m->t->kind[token] == TOK_EOG;
+    if (m->t->kind[token] == TOK_EOG) return has_empty(m, m->cur);
+    if (m->t->kind[token] == TOK_NEVER) return false;
+    const char *p = m->t->pieces + m->t->piece_off[token];
+    int64_t n = grammar_len(m->t, token);
+    int32_t d = m->cur, nr = m->cur_n;
+    uint32_t v = m->cur_v;
+    uint8_t c = nr > 0;
+    for (int64_t i = 0; i < n; i++)
+        if (!byte_step(m, (uint8_t)p[i], &d, &v, &nr, &c)) return false;
+    return nr == 0 || state_partial_ok(m, d, v, nr);
+}
+
+bool lm_matcher_mask_cached(const lm_matcher *m) {
+    int32_t d = m->failed || m->ended ? 0 : m->cur;
+    uint64_t key = (uint64_t)(uint32_t)d << 32 | (uint64_t)(uint32_t)(d ? m->cur_n : 0) << 28 | (d ? m->cur_v : 0);
+    return map_get(&m->mask_map, key) >= 0;
+}
+
 int32_t lm_matcher_apply(lm_matcher *m, lm_candidates *c) {
     int32_t n_allowed;
     const uint32_t *bits = lm_matcher_allowed(m, &n_allowed);

@@ -563,11 +563,36 @@ lm_candidates *lm_sampler_begin(lm_sampler *s, const float *logits, int32_t n_vo
     return &s->c;
 }
 
+/* A grammar link followed by top-k (or greedy: k = 1) needs only the k best
+ * allowed candidates, which are the first k allowed in logit order: test the
+ * best few hundred tokens one by one (a walk of a few bytes each) instead of
+ * building the mask of the whole vocabulary, which a state seen for the first
+ * time costs (every position of a string with a maxLength is a new state).
+ * false: not enough of them are allowed; the caller applies the whole mask. */
+static bool grammar_top_k(lm_sampler *s, lm_matcher *m, int32_t k) {
+    lm_candidates *c = &s->c;
+    int32_t look = k * 8 < 512 ? 512 : k * 8;
+    if (c->n <= look || lm_matcher_mask_cached(m)) return false;
+    best_k(s, c->logits, c->ids, c->n, look);
+    int32_t kept = 0;
+    for (int32_t j = 0; j < look && kept < k; j++)
+        if (lm_matcher_allows(m, c->ids[s->heap[j]])) s->heap[kept++] = s->heap[j];
+    if (kept < k) return false;
+    keep_best(s, c->logits, c->ids, k);
+    s->identity = false;
+    return true;
+}
+
 int32_t lm_sampler_run(lm_sampler *s, int32_t from) {
     if (!s) return 0;
     for (int32_t i = from < 0 ? 0 : from; i < s->n_links; i++) {
         if (s->result >= 0) return s->n_links;
         if (s->links[i].kind == L_EXTERNAL) return i; /* the caller runs it, then run(i + 1) */
+        if (s->links[i].kind == L_GRAMMAR && i + 1 < s->n_links && s->c.n > 0) {
+            const link *next = &s->links[i + 1];
+            int32_t k = next->kind == L_GREEDY ? 1 : next->kind == L_TOP_K ? next->i : 0;
+            if (k > 0 && grammar_top_k(s, s->links[i].m, k)) continue;
+        }
         if (run_link(s, &s->links[i])) return s->n_links;
     }
     return s->n_links;

@@ -178,6 +178,33 @@ static void with_model(void) {
     CHECK(lm_matcher_status(lm_sampler_matcher(s)) == LM_GRAMMAR_FAILED, "a bad token fails the matcher");
     int32_t tok = lm_sampler_sample(s, logits, info.n_vocab);
     CHECK(tok >= 0 && lm_token_is_eog(model, tok), "after a failure only end tokens (%d)", tok);
+
+    /* grammar + top-k: the k best allowed from testing the best tokens one by one
+     * equal the whole mask then top-k (a link between them stops the shortcut) */
+    {
+        lm_grammar *gj = compile(JSONG);
+        lm_sampler *fast = lm_sampler_chain_new(1), *full = lm_sampler_chain_new(1);
+        lm_sampler_add_grammar(fast, gj, t); lm_sampler_add_top_k(fast, 40); lm_sampler_add_external(fast);
+        lm_sampler_add_grammar(full, gj, t); lm_sampler_add_external(full); lm_sampler_add_top_k(full, 40); lm_sampler_add_external(full);
+        const char *text = "{\"name\": \"a long string value";
+        int same = 0, cases = 0;
+        for (int rep = 0; rep < 30; rep++) {
+            for (int32_t i = 0; i < info.n_vocab; i++) logits[i] = tu_randf(&r, -3, 3);
+            lm_matcher_reset(lm_sampler_matcher(fast)); lm_matcher_reset(lm_sampler_matcher(full));
+            size_t upto = (size_t)rep % strlen(text);
+            lm_matcher_accept_text(lm_sampler_matcher(fast), text, upto);
+            lm_matcher_accept_text(lm_sampler_matcher(full), text, upto);
+            lm_candidates *a = lm_sampler_begin(fast, logits, info.n_vocab);
+            lm_sampler_run(fast, 0);
+            lm_candidates *b = lm_sampler_begin(full, logits, info.n_vocab);
+            int32_t at = lm_sampler_run(full, 0);
+            lm_sampler_run(full, at + 1);
+            cases++;
+            same += a->n == b->n && !memcmp(a->ids, b->ids, (size_t)a->n * sizeof *a->ids);
+        }
+        CHECK(same == cases, "top-k of the allowed by the shortcut equals mask then top-k (%d of %d)", same, cases);
+        lm_sampler_free(fast); lm_sampler_free(full); lm_grammar_free(gj);
+    }
     free(logits);
     lm_sampler_free(s);
     lm_grammar_free(g);
