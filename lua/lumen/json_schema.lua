@@ -511,6 +511,8 @@ local STRING_KEYS = { type = true, minLength = true, maxLength = true, pattern =
 local NUMBER_KEYS = { type = true, minimum = true, maximum = true, exclusiveMinimum = true, exclusiveMaximum = true, nullable = true, enum = true, const = true }
 local OBJECT_KEYS = { type = true, properties = true, required = true, additionalProperties = true, minProperties = true, maxProperties = true, nullable = true, enum = true, const = true }
 local ARRAY_KEYS = { type = true, items = true, prefixItems = true, minItems = true, maxItems = true, uniqueItems = true, nullable = true, enum = true, const = true }
+local KEYS_OF = { string = STRING_KEYS, integer = NUMBER_KEYS, number = NUMBER_KEYS, object = OBJECT_KEYS, array = ARRAY_KEYS,
+                  boolean = { type = true, nullable = true }, null = { type = true } }
 local FORMATS = { date = "date", ["date-time"] = "date-time", time = "time", uuid = "uuid", email = "email" }
 
 local function num(v, name, path)
@@ -559,17 +561,23 @@ function Conv:number_rule(s, path, integer)
     if xhi then b = math.min(b or math.huge, math.ceil(xhi) - 1) end
     return int_range(a, b) .. " ws"
   end
-  if xlo or xhi or (lo and (lo < 0 or lo ~= math.floor(lo))) or (hi and (hi < 0 or hi ~= math.floor(hi))) then
-    refuse("number bounds at %s: only minimum/maximum with integer values >= 0 are supported (use type integer)", at(path))
+  if xlo or xhi or (lo and lo ~= math.floor(lo)) or (hi and hi ~= math.floor(hi)) then
+    refuse("number bounds at %s: only minimum/maximum with integer values are supported", at(path))
   end
-  local a = lo or 0
-  if hi and hi < a then refuse("maximum below minimum at %s", at(path)) end
+  if lo and hi and hi < lo then refuse("maximum below minimum at %s", at(path)) end
   local frac = '("." [0-9]{1,16})?'
-  if hi then
-    local whole = hi > a and "(" .. int_range(a, hi - 1) .. " " .. frac .. ") | " or ""
-    return "(" .. whole .. string.format('"%d"', hi) .. ' ("." "0"{1,16})?) ws'
+  -- magnitudes in [a, b] (b nil: unbounded): an integer part below b with any
+  -- fraction, or b itself with a zero fraction
+  local function mag(a, b)
+    if not b then return "(" .. nonneg_range(a, nil) .. ") " .. frac end
+    local exact = string.format('"%d" ("." "0"{1,16})?', b)
+    if b == a then return exact end
+    return "((" .. nonneg_range(a, b - 1) .. ") " .. frac .. " | " .. exact .. ")"
   end
-  return "(" .. int_range(a, nil) .. " " .. frac .. ") ws"
+  local alts = {}
+  if not lo or lo < 0 then alts[#alts + 1] = '"-" ' .. mag((hi and hi < 0) and -hi or 0, lo and -lo or nil) end
+  if not hi or hi >= 0 then alts[#alts + 1] = mag(math.max(lo or 0, 0), hi) end
+  return "(" .. table.concat(alts, " | ") .. ") ws"
 end
 
 function Conv:literal_rule(values, path)
@@ -632,7 +640,11 @@ function Conv:object_rule(s, path, hint)
   for _, k in ipairs(keys_in_order(props, req)) do
     declared[#declared + 1] = k
     local v = self:visit(props[k], path .. "/properties/" .. k, (hint and hint .. "-" or "") .. k)
-    items[#items + 1] = { kind = req[k] and "req" or "opt", body = lit(to_json(k)) .. ' ws ":" ws ' .. v }
+    if v then
+      items[#items + 1] = { kind = req[k] and "req" or "opt", body = lit(to_json(k)) .. ' ws ":" ws ' .. v }
+    elseif req[k] then
+      return nil -- a required property cut off by the recursion depth
+    end
     if req[k] then n_req = n_req + 1 end
   end
   for k in pairs(req) do
@@ -645,7 +657,7 @@ function Conv:object_rule(s, path, hint)
   local has_extra = ap == true or type(ap) == "table"
   if has_extra then
     local value = ap == true and self:prim("value") or self:visit(ap, path .. "/additionalProperties", (hint or "obj") .. "-extra")
-    items[#items + 1] = { kind = "extra", body = self:key_not_in(declared) .. ' ws ":" ws ' .. value }
+    if value then items[#items + 1] = { kind = "extra", body = self:key_not_in(declared) .. ' ws ":" ws ' .. value } end
   end
   local minp, maxp = num(s.minProperties, "minProperties", path), num(s.maxProperties, "maxProperties", path)
   if minp and minp > n_req then refuse("minProperties above the number of required properties at %s is not supported", at(path)) end
@@ -685,7 +697,9 @@ function Conv:array_rule(s, path, hint)
     if s.prefixItems and s.items ~= nil and s.items ~= false then refuse("prefixItems with items at %s is not supported", at(path)) end
     local parts = {}
     for i, sub in ipairs(tuple) do
-      parts[#parts + 1] = (i > 1 and '"," ws ' or "") .. self:visit(sub, path .. "/prefixItems/" .. (i - 1), (hint or "tuple") .. "-" .. i)
+      local v = self:visit(sub, path .. "/prefixItems/" .. (i - 1), (hint or "tuple") .. "-" .. i)
+      if not v then return nil end
+      parts[#parts + 1] = (i > 1 and '"," ws ' or "") .. v
     end
     if minn > #tuple then refuse("minItems above the tuple's length at %s", at(path)) end
     -- a tuple may stop early when minItems allows it
@@ -696,7 +710,11 @@ function Conv:array_rule(s, path, hint)
     end
     return '"[" ws ' .. body .. ' "]" ws'
   end
-  local item = (s.items == nil or s.items == true) and self:prim("value") or self:visit(s.items, path .. "/items", (hint or "arr") .. "-item")
+  local item = (s.items == nil or s.items == true) and self:prim("value") or s.items ~= false and self:visit(s.items, path .. "/items", (hint or "arr") .. "-item")
+  if not item and s.items ~= false then
+    if minn > 0 then return nil end
+    return '"[" ws "]" ws'
+  end
   if s.items == false then
     if minn > 0 then refuse("items false with minItems at %s", at(path)) end
     return '"[" ws "]" ws'
@@ -752,22 +770,32 @@ function Conv:visit(s, path, hint)
   if self.depth > 64 then refuse("schemas nested more than 64 deep at %s", at(path)) end
   local out = self:visit_inner(s, path, hint)
   self.depth = self.depth - 1
-  if s.nullable == true then out = "(" .. out .. " | " .. self:prim("null") .. ")" end
+  if s.nullable == true then out = out and "(" .. out .. " | " .. self:prim("null") .. ")" or self:prim("null") end
   return out
 end
 
 function Conv:visit_inner(s, path, hint)
   if s["$ref"] ~= nil then
     self:check_keywords(s, path, { ["$ref"] = true })
+    -- a definition that refers to itself is unrolled max_depth levels deep: below
+    -- that its recursive branches are cut (an optional property, an array item, an
+    -- anyOf branch), so a small model cannot nest until it runs out of tokens
     local target, name = self:resolve(s["$ref"], path)
-    local rule = self.ref_rules[target]
-    if not rule then
-      rule = self:fresh(name)
-      self.ref_rules[target] = rule
+    local d = self.active[target] or 0
+    if d >= self.max_depth then return nil end
+    self.ref_rules[target] = self.ref_rules[target] or {}
+    local rule = self.ref_rules[target][d]
+    if rule == nil then
+      rule = self:fresh(d == 0 and name or name .. "-d" .. d)
+      self.ref_rules[target][d] = rule
       self:add(rule, "") -- placeholder: recursion finds the name
-      self.rules[rule] = self:visit(target, s["$ref"], name)
+      self.active[target] = d + 1
+      local body = self:visit(target, s["$ref"], name)
+      self.active[target] = d
+      if body == nil then self.rules[rule] = nil; self.ref_rules[target][d] = false; return nil end
+      self.rules[rule] = body
     end
-    return rule
+    return rule or nil
   end
   for _, kw in ipairs({ "anyOf", "oneOf" }) do
     if s[kw] ~= nil then
@@ -775,7 +803,8 @@ function Conv:visit_inner(s, path, hint)
       self:check_keywords(s, path, known)
       if type(s[kw]) ~= "table" or #s[kw] == 0 then refuse("%s at %s must be a non-empty list", kw, at(path)) end
       local alts = {}
-      for i, sub in ipairs(s[kw]) do alts[i] = self:visit(sub, path .. "/" .. kw .. "/" .. (i - 1), (hint or kw) .. "-" .. i) end
+      for i, sub in ipairs(s[kw]) do alts[#alts + 1] = self:visit(sub, path .. "/" .. kw .. "/" .. (i - 1), (hint or kw) .. "-" .. i) end
+      if #alts == 0 then return nil end
       return "(" .. table.concat(alts, " | ") .. ")"
     end
   end
@@ -791,14 +820,21 @@ function Conv:visit_inner(s, path, hint)
   end
   local t = s.type
   if type(t) == "table" then
+    if #t == 0 then refuse("empty type list at %s", at(path)) end
     local alts = {}
-    for i, one in ipairs(t) do
+    for _, one in ipairs(t) do
+      -- each type takes only its own keywords (maxLength applies to strings only)
+      local own = KEYS_OF[one] or {}
       local copy = {}
-      for k, v in pairs(s) do copy[k] = v end
+      for k, v in pairs(s) do
+        local foreign = false
+        for other, keys in pairs(KEYS_OF) do if other ~= one and keys[k] and not own[k] then foreign = true end end
+        if not foreign then copy[k] = v end
+      end
       copy.type = one
-      alts[i] = self:visit_inner(copy, path, hint)
+      alts[#alts + 1] = self:visit_inner(copy, path, hint)
     end
-    if #alts == 0 then refuse("empty type list at %s", at(path)) end
+    if #alts == 0 then return nil end
     return "(" .. table.concat(alts, " | ") .. ")"
   end
   if t == nil then
@@ -829,12 +865,15 @@ function M.to_gbnf(schema, opts)
     schema, err = M.decode(schema)
     if schema == nil then return nil, "json schema: " .. err end
   end
-  local c = setmetatable({ rules = {}, names = {}, reserved = { root = true }, ref_rules = {}, root = schema, depth = 0 }, Conv)
+  local c = setmetatable({ rules = {}, names = {}, reserved = { root = true }, ref_rules = {}, active = {}, root = schema,
+                           depth = 0, max_depth = opts.max_depth or 6 }, Conv)
   local ok, res = pcall(function()
     if type(schema) == "table" and schema.type == "object" and next(schema, nil) == "type" and next(schema, "type") == nil then
       return c:prim("object") -- any JSON object
     end
-    return c:visit(schema, "", nil)
+    local r = c:visit(schema, "", nil)
+    if r == nil then refuse("the schema has no value within %d levels of recursion", c.max_depth) end
+    return r
   end)
   if not ok then
     if type(res) == "table" and res.msg then return nil, res.msg end
@@ -842,7 +881,7 @@ function M.to_gbnf(schema, opts)
   end
   if opts.compact then c.rules.ws = '""' end
   local lines = { "root ::= " .. res }
-  for _, name in ipairs(c.names) do lines[#lines + 1] = name .. " ::= " .. c.rules[name] end
+  for _, name in ipairs(c.names) do if c.rules[name] then lines[#lines + 1] = name .. " ::= " .. c.rules[name] end end
   return table.concat(lines, "\n") .. "\n"
 end
 
