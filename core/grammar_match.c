@@ -11,6 +11,7 @@
  * seen again (every character inside a JSON string) costs a lookup. Bytes are
  * decoded to code points as llama.cpp's grammar does (decode_utf8 with a
  * partial sequence carried between tokens), so the allowed sets agree. */
+#define _GNU_SOURCE  /* qsort_r */
 #include "grammar.h"
 #include "error.h"
 
@@ -32,14 +33,20 @@ struct lm_token_trie {
     int64_t *piece_off;      /* token t's bytes: pieces[piece_off[t] .. piece_off[t+1]) */
     char *pieces;
     uint8_t *kind;
+    int32_t *eog;            /* the end-of-generation tokens */
+    int32_t n_eog;
 };
 
-static const char *g_sort_pieces;
-static const int64_t *g_sort_off;
-static int by_piece(const void *a, const void *b) {
+/* the order of tokens by their pieces (ctx: the trie), then by id */
+static int by_piece(const void *a, const void *b, void *ctx) {
+    const struct lm_token_trie *t = ctx;
     int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
-    int64_t lx = g_sort_off[x + 1] - g_sort_off[x], ly = g_sort_off[y + 1] - g_sort_off[y];
-    int c = memcmp(g_sort_pieces + g_sort_off[x], g_sort_pieces + g_sort_off[y], (size_t)(lx < ly ? lx : ly));
+    const int64_t *off = t->piece_off;
+    int64_t lx = off[x + 1] - off[x], ly = off[y + 1] - off[y];
+    const char *zx = memchr(t->pieces + off[x], 0, (size_t)lx), *zy = memchr(t->pieces + off[y], 0, (size_t)ly);
+    if (zx) lx = zx - (t->pieces + off[x]);
+    if (zy) ly = zy - (t->pieces + off[y]);
+    int c = memcmp(t->pieces + off[x], t->pieces + off[y], (size_t)(lx < ly ? lx : ly));
     if (c) return c;
     if (lx != ly) return lx < ly ? -1 : 1;
     return x < y ? -1 : x > y;
@@ -48,7 +55,7 @@ static int by_piece(const void *a, const void *b) {
 void lm_token_trie_free(lm_token_trie *t) {
     if (!t || atomic_fetch_sub(&t->refs, 1) != 1) return;
     free(t->byte); free(t->depth); free(t->skip); free(t->tok_first); free(t->toks);
-    free(t->piece_off); free(t->pieces); free(t->kind);
+    free(t->piece_off); free(t->pieces); free(t->kind); free(t->eog);
     free(t);
 }
 
@@ -109,10 +116,12 @@ lm_token_trie *lm_token_trie_new(const lm_model *model) {
         int64_t n = grammar_len(t, i);
         t->kind[i] = lm_token_is_eog(model, i) ? TOK_EOG : n == 0 ? TOK_NEVER : TOK_TRIE;
         if (t->kind[i] == TOK_TRIE) { order[m++] = i; total += n; if (n > t->max_depth) t->max_depth = (int32_t)n; }
+        t->n_eog += t->kind[i] == TOK_EOG;
     }
-    g_sort_pieces = t->pieces; /* build time only, under the caller's thread */
-    g_sort_off = t->piece_off;
-    qsort(order, (size_t)m, sizeof *order, by_piece);
+    t->eog = malloc((size_t)(t->n_eog ? t->n_eog : 1) * sizeof *t->eog);
+    if (!t->eog) goto oom;
+    for (int32_t i = 0, k = 0; i < nv; i++) if (t->kind[i] == TOK_EOG) t->eog[k++] = i;
+    qsort_r(order, (size_t)m, sizeof *order, by_piece, t);
     t->byte = malloc((size_t)(total + 1));
     t->depth = malloc((size_t)(total + 1) * sizeof *t->depth);
     t->skip = malloc((size_t)(total + 1) * sizeof *t->skip);
@@ -496,8 +505,7 @@ static int32_t compute_mask(lm_matcher *m, int32_t d, uint32_t val, int32_t nrem
         i++;
     }
     if (has_empty(m, d))
-        for (int32_t tok = 0; tok < t->n_vocab; tok++)
-            if (t->kind[tok] == TOK_EOG) { bits[tok >> 5] |= 1u << (tok & 31); count++; }
+        for (int32_t k = 0; k < t->n_eog; k++) { bits[t->eog[k] >> 5] |= 1u << (t->eog[k] & 31); count++; }
     return count;
 }
 
@@ -588,8 +596,7 @@ const uint32_t *lm_matcher_allowed(lm_matcher *m, int32_t *n_allowed) {
         if (d == 0) { /* failed or ended: only an end token, so generation stops */
             memset(bits, 0, (size_t)m->n_words * sizeof *bits);
             m->mask_count[slot] = 0;
-            for (int32_t tok = 0; tok < m->t->n_vocab; tok++)
-                if (m->t->kind[tok] == TOK_EOG) { bits[tok >> 5] |= 1u << (tok & 31); m->mask_count[slot]++; }
+            for (int32_t k = 0; k < m->t->n_eog; k++) { bits[m->t->eog[k] >> 5] |= 1u << (m->t->eog[k] & 31); m->mask_count[slot]++; }
         } else {
             m->mask_count[slot] = compute_mask(m, d, v, nr, bits);
         }
