@@ -39,6 +39,14 @@ M.null = null
 
 -- ---- JSON text with key order -------------------------------------------------
 
+-- the UTF-8 bytes of code point cp
+local function utf8_char(cp)
+  if cp < 0x80 then return string.char(cp) end
+  if cp < 0x800 then return string.char(0xC0 + math.floor(cp / 64), 0x80 + cp % 64) end
+  if cp < 0x10000 then return string.char(0xE0 + math.floor(cp / 4096), 0x80 + math.floor(cp / 64) % 64, 0x80 + cp % 64) end
+  return string.char(0xF0 + math.floor(cp / 262144), 0x80 + math.floor(cp / 4096) % 64, 0x80 + math.floor(cp / 64) % 64, 0x80 + cp % 64)
+end
+
 local order_of = setmetatable({}, { __mode = "k" })  -- object table -> its keys in order
 
 --- Decodes JSON text (objects remember their key order); nil, message on error.
@@ -48,12 +56,6 @@ function M.decode(text)
   local function ws() pos = text:find("[^ \t\r\n]", pos) or #text + 1 end
   local value
   local escapes = { ['"'] = '"', ["\\"] = "\\", ["/"] = "/", b = "\b", f = "\f", n = "\n", r = "\r", t = "\t" }
-  local function utf8(cp)
-    if cp < 0x80 then return string.char(cp) end
-    if cp < 0x800 then return string.char(0xC0 + math.floor(cp / 64), 0x80 + cp % 64) end
-    if cp < 0x10000 then return string.char(0xE0 + math.floor(cp / 4096), 0x80 + math.floor(cp / 64) % 64, 0x80 + cp % 64) end
-    return string.char(0xF0 + math.floor(cp / 262144), 0x80 + math.floor(cp / 4096) % 64, 0x80 + math.floor(cp / 64) % 64, 0x80 + cp % 64)
-  end
   local function str()
     pos = pos + 1
     local out = {}
@@ -70,7 +72,7 @@ function M.decode(text)
             local lo = tonumber(text:sub(pos + 2, pos + 5), 16)
             if lo and lo >= 0xDC00 and lo < 0xE000 then cp = 0x10000 + (cp - 0xD800) * 1024 + (lo - 0xDC00); pos = pos + 6 end
           end
-          out[#out + 1] = utf8(cp)
+          out[#out + 1] = utf8_char(cp)
         else
           out[#out + 1] = escapes[e] or fail("bad escape")
           pos = pos + 2
@@ -335,13 +337,6 @@ local function read_cp(s, pos)
   local cp = n == 1 and b or b % (2 ^ (7 - n))
   for i = 1, n - 1 do cp = cp * 64 + (s:byte(pos + i) or 0x80) % 64 end
   return cp, pos + n
-end
-
-local function utf8_char(cp)
-  if cp < 0x80 then return string.char(cp) end
-  if cp < 0x800 then return string.char(0xC0 + math.floor(cp / 64), 0x80 + cp % 64) end
-  if cp < 0x10000 then return string.char(0xE0 + math.floor(cp / 4096), 0x80 + math.floor(cp / 64) % 64, 0x80 + cp % 64) end
-  return string.char(0xF0 + math.floor(cp / 262144), 0x80 + math.floor(cp / 4096) % 64, 0x80 + math.floor(cp / 64) % 64, 0x80 + cp % 64)
 end
 
 local function class_cp(cp)
@@ -688,7 +683,7 @@ end
 
 function Conv:array_rule(s, path, hint)
   local minn, maxn = num(s.minItems, "minItems", path) or 0, num(s.maxItems, "maxItems", path)
-  if s.uniqueItems == true then refuse("uniqueItems at %s is not supported", at(path)) end
+  if s.uniqueItems == true then refuse("unsupported keyword 'uniqueItems' at %s (items cannot be kept distinct)", at(path)) end
   if maxn and maxn < minn then refuse("maxItems below minItems at %s", at(path)) end
   if minn > 1000 or (maxn and maxn > 1000) then refuse("minItems/maxItems above 1000 at %s are not supported", at(path)) end
   self:prim("ws")

@@ -232,8 +232,49 @@ static void with_model(void) {
     lm_model_free(model);
 }
 
+/* mutated grammars and random text: an error message or a grammar, never a crash */
+static void robustness(void) {
+    uint64_t r = 11;
+    size_t n = strlen(JSONG);
+    char *buf = malloc(n + 1);
+    int compiled = 0, refused = 0, named = 0;
+    for (int it = 0; it < 3000; it++) {
+        memcpy(buf, JSONG, n + 1);
+        size_t len = n;
+        int edits = 1 + (int)(tu_rand(&r) % 4);
+        for (int e = 0; e < edits; e++) {
+            if (len == 0) break;
+            size_t at = (size_t)(tu_rand(&r) % len);
+            switch (tu_rand(&r) % 3) {
+            case 0: buf[at] = "()[]{}\"|*+?:=-#\n ax0^."[tu_rand(&r) % 24]; break;
+            case 1: buf[at] = (char)(tu_rand(&r) & 0xff); break;
+            default: len = at; break;
+            }
+        }
+        lm_grammar *g = lm_grammar_new(buf, len, NULL);
+        if (!g) { refused++; named += !strncmp(lm_last_error(), "grammar", 7); continue; }
+        compiled++;
+        lm_matcher *m = lm_matcher_new(g, NULL);
+        char text[32];
+        for (int k = 0; k < 32; k++) text[k] = "{}[]\",: 0123abc\\u\xc3\xa9"[tu_rand(&r) % 24];
+        for (int k = 0; m && k < 32; k++) if (lm_matcher_accept_text(m, text + k, 1) != LM_OK) break;
+        lm_matcher_status(m);
+        lm_matcher_free(m);
+        lm_grammar_free(g);
+    }
+    free(buf);
+    CHECK(named == refused && compiled + refused == 3000, "3000 mutated grammars: %d compiled, %d refused with a message", compiled, refused);
+    CHECK(!lm_grammar_new(NULL, 0, NULL) && !lm_matcher_new(NULL, NULL) && !lm_token_trie_new(NULL)
+          && lm_sampler_add_grammar(NULL, NULL, NULL) == LM_ERR && !lm_sampler_matcher(NULL)
+          && lm_matcher_status(NULL) == LM_GRAMMAR_FAILED && !lm_matcher_allowed(NULL, NULL), "NULL arguments are errors");
+    lm_sampler *s = lm_sampler_chain_new(1);
+    CHECK(lm_sampler_add_grammar(s, NULL, NULL) == LM_ERR && lm_sampler_n_links(s) == 0, "a chain refuses a NULL grammar");
+    lm_sampler_free(s);
+}
+
 int main(void) {
     errors();
+    robustness();
     text();
     with_model();
     return tu_finish("grammar");
