@@ -197,14 +197,14 @@ end
 local PRIMITIVES = {
   ws = [[| " " | "\n" [ ]{0,12}]],
   char = [=[[^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" ([0-9a-cA-CefEF] [0-9a-fA-F]{3} | [dD] [0-7] [0-9a-fA-F]{2}))]=],
-  string = [["\"" char* "\"" ws]],
+  string = [["\"" char{0,MAX_STRING} "\"" ws]],
   integer = [[("-"? ("0" | [1-9] [0-9]{0,15})) ws]],
   number = [[("-"? ("0" | [1-9] [0-9]{0,15})) ("." [0-9]{1,16})? ([eE] [-+]? [0-9]{1,3})? ws]],
   boolean = [[("true" | "false") ws]],
   null = [["null" ws]],
   value = [[object | array | string | number | boolean | null]],
-  object = [["{" ws ( string ":" ws value ("," ws string ":" ws value)* )? "}" ws]],
-  array = [["[" ws ( value ("," ws value)* )? "]" ws]],
+  object = [["{" ws ( string ":" ws value ("," ws string ":" ws value){0,MAX_KEYS} )? "}" ws]],
+  array = [["[" ws ( value ("," ws value){0,MAX_ITEMS} )? "]" ws]],
   digit2 = "[0-9]{2}",
   date = [=["\"" date-body "\"" ws]=],
   ["date-body"] = [=[[0-9]{4} "-" (("0" [13578] | "1" [02]) "-" ("0" [1-9] | [12] [0-9] | "3" [01]) | ("0" [469] | "11") "-" ("0" [1-9] | [12] [0-9] | "30") | "02-" ("0" [1-9] | "1" [0-9] | "2" [0-8]))]=],
@@ -244,9 +244,20 @@ function Conv:fresh(hint)
   return name
 end
 
+-- the bounds a schema leaves open (see to_gbnf's opts): "{0,N}", or "*" when unbounded
+function Conv:upto(what, from)
+  local n = self.limits[what]
+  from = from or 0
+  if not n then return from == 0 and "*" or string.format("{%d,}", from) end
+  return string.format("{%d,%d}", from, math.max(from, n))
+end
+
 function Conv:prim(name)
   if not self.rules[name] then
-    self:add(name, PRIMITIVES[name])
+    local body = PRIMITIVES[name]:gsub("{0,MAX_(%u+)}", function(w)
+      return self:upto(({ STRING = "string", KEYS = "keys", ITEMS = "items" })[w])
+    end)
+    self:add(name, body)
     for _, d in ipairs(DEPS[name] or {}) do self:prim(d) end
   end
   return name
@@ -534,7 +545,8 @@ function Conv:string_rule(s, path)
     if maxl and maxl < minl then refuse("maxLength below minLength at %s", at(path)) end
     if minl > 2000 or (maxl and maxl > 2000) then refuse("string lengths above 2000 at %s are not supported", at(path)) end
     self:prim("char"); self:prim("ws")
-    return '"\\"" char{' .. math.floor(minl) .. "," .. (maxl and math.floor(maxl) or "") .. '} "\\"" ws'
+    local count = maxl and "{" .. math.floor(minl) .. "," .. math.floor(maxl) .. "}" or self:upto("string", math.floor(minl))
+    return '"\\"" char' .. count .. ' "\\"" ws'
   end
   return self:prim("string")
 end
@@ -608,7 +620,7 @@ function Conv:key_not_in(words)
       alts[#alts + 1] = lit(j) .. " " .. rule(node.kids[ch])
     end
     local others = #excl > 0 and "[^" .. table.concat(excl) .. UNSAFE_CLASS .. "]" or RAW_ANY
-    alts[#alts + 1] = "(" .. others .. ' | "\\\\" (["\\\\/bfnrt] | "u" [0-9a-fA-F]{4})) char*'
+    alts[#alts + 1] = "(" .. others .. ' | "\\\\" (["\\\\/bfnrt] | "u" [0-9a-fA-F]{4})) char' .. self:upto("string")
     if not node.word then alts[#alts + 1] = '""' end
     self:add(name, table.concat(alts, " | "))
     return name
@@ -672,8 +684,8 @@ function Conv:object_rule(s, path, hint)
       t = '("," ws ' .. it.body .. ")? " .. T[i + 1]
       f = it.body .. " " .. T[i + 1] .. " | " .. F[i + 1]
     else
-      t = '("," ws ' .. it.body .. ")* " .. T[i + 1]
-      f = it.body .. ' ("," ws ' .. it.body .. ")* " .. T[i + 1] .. " | " .. F[i + 1]
+      t = '("," ws ' .. it.body .. ")" .. self:upto("keys") .. " " .. T[i + 1]
+      f = it.body .. ' ("," ws ' .. it.body .. ")" .. self:upto("keys") .. " " .. T[i + 1] .. " | " .. F[i + 1]
     end
     T[i] = self:add(base .. "-t" .. i, t)
     F[i] = self:add(base .. "-f" .. i, f)
@@ -720,7 +732,7 @@ function Conv:array_rule(s, path, hint)
   if maxn then
     rest = maxn <= 1 and "" or string.format('("," ws %s){%d,%d}', name, math.max(minn - 1, 0), maxn - 1)
   else
-    rest = string.format('("," ws %s){%d,}', name, math.max(minn - 1, 0))
+    rest = string.format('("," ws %s)', name) .. self:upto("items", math.max(minn - 1, 0))
   end
   if maxn == 0 then return '"[" ws "]" ws' end
   local body = name .. (rest ~= "" and " " .. rest or "")
@@ -851,7 +863,11 @@ function Conv:visit_inner(s, path, hint)
 end
 
 --- schema -> GBNF text, or nil and the message naming what is refused.
--- opts.compact: no whitespace between tokens (a faster, shorter output).
+-- opts: compact (no whitespace between tokens); bounds for what a schema leaves
+-- unbounded, so that a model cannot run past its token budget inside one string
+-- or list (a schema's own maxLength / maxItems win; false lifts a bound):
+-- max_string (characters, default 256), max_items (default 64), max_keys
+-- (additional properties, default 32), max_depth (recursive $refs, default 6).
 function M.to_gbnf(schema, opts)
   opts = opts or {}
   if schema == "json_object" or schema == nil and opts.json_object then schema = { type = "object" } end
@@ -860,8 +876,11 @@ function M.to_gbnf(schema, opts)
     schema, err = M.decode(schema)
     if schema == nil then return nil, "json schema: " .. err end
   end
+  local function limit(v, default) if v == false then return nil end return v or default end
   local c = setmetatable({ rules = {}, names = {}, reserved = { root = true }, ref_rules = {}, active = {}, root = schema,
-                           depth = 0, max_depth = opts.max_depth or 6 }, Conv)
+                           depth = 0, max_depth = opts.max_depth or 6,
+                           limits = { string = limit(opts.max_string, 256), items = limit(opts.max_items, 64),
+                                      keys = limit(opts.max_keys, 32) } }, Conv)
   local ok, res = pcall(function()
     if type(schema) == "table" and schema.type == "object" and next(schema, nil) == "type" and next(schema, "type") == nil then
       return c:prim("object") -- any JSON object
