@@ -9,7 +9,7 @@ local lumen = { version = ffi.string(C.lm_version()) }
 local lazy = {
   model = "lumen.model", tensor = "lumen.tensor", sampler = "lumen.sampler",
   template = "lumen.template", yaml = "lumen.yaml", config = "lumen.config",
-  chat = "lumen.chat", util = "lumen.util", grammar = "lumen.grammar", json_schema = "lumen.json_schema",
+  chat = "lumen.chat", util = "lumen.util", grammar = "lumen.grammar", json_schema = "lumen.json_schema", json_text = "lumen.json_text",
 }
 
 return setmetatable(lumen, {
