@@ -146,7 +146,28 @@ function Conv:upto(what, from)
   return string.format("{%d,%d}", from, math.max(from, n))
 end
 
+-- Any JSON value / object / array, nested at most max_depth levels (the levels
+-- are rules value, value-2, ... whose innermost holds scalars only).
+function Conv:generic()
+  if self.rules.value then return end
+  for _, p in ipairs({ "string", "number", "boolean", "null", "ws" }) do self:prim(p) end
+  local D = self.max_depth
+  local function lv(name, k) return k == 1 and name or name .. "-" .. k end
+  for k = 1, D do
+    local scalars = "string | number | boolean | null"
+    if k == D then
+      self:add(lv("value", k), scalars)
+    else
+      local v = lv("value", k + 1)
+      self:add(lv("value", k), lv("object", k) .. " | " .. lv("array", k) .. " | " .. scalars)
+      self:add(lv("object", k), '"{" ws ( string ":" ws ' .. v .. ' ("," ws string ":" ws ' .. v .. ")" .. self:upto("keys") .. ' )? "}" ws')
+      self:add(lv("array", k), '"[" ws ( ' .. v .. ' ("," ws ' .. v .. ")" .. self:upto("items") .. ' )? "]" ws')
+    end
+  end
+end
+
 function Conv:prim(name)
+  if name == "value" or name == "object" or name == "array" then self:generic(); return name end
   if not self.rules[name] then
     local body = PRIMITIVES[name]:gsub("{0,MAX_(%u+)}", function(w)
       return self:upto(({ STRING = "string", KEYS = "keys", ITEMS = "items" })[w])
@@ -367,14 +388,18 @@ function Conv:pattern(re, path)
   local function quantified()
     local a = atom()
     local q = re:sub(pos, pos)
+    -- unbounded repetitions get the string bound (opts.max_string), as strings do
     if q == "*" or q == "+" or q == "?" then
       pos = pos + 1
       if re:sub(pos, pos) == "?" or re:sub(pos, pos) == "+" then pos = pos + 1 end -- lazy/possessive: same language
-      return a .. q
+      if q == "?" then return a .. q end
+      return a .. self:upto("string", q == "+" and 1 or 0)
     elseif q == "{" then
       local body = re:match("^{(%d*,?%d*)}", pos)
       if not body or body == "" or body:sub(1, 1) == "," then bad("bad {m,n}") end
       pos = pos + #body + 2
+      local m = body:match("^(%d+),$")
+      if m then return a .. self:upto("string", tonumber(m)) end
       return a .. "{" .. body .. "}"
     end
     return a
@@ -401,7 +426,8 @@ function Conv:pattern(re, path)
   if anchored_end then pos = pos + 1 end
   if pos <= #re then bad("unexpected '" .. re:sub(pos, pos) .. "' at offset " .. (pos - 1)) end
   self:prim("char")
-  local pre, post = anchored_start and "" or "char* ", anchored_end and "" or " char*"
+  local any = "char" .. self:upto("string")
+  local pre, post = anchored_start and "" or any .. " ", anchored_end and "" or " " .. any
   return '"\\"" ' .. pre .. "(" .. body .. ")" .. post .. ' "\\"" ws'
 end
 
