@@ -19,7 +19,8 @@
 -- Chains without Lua links cost one C call per token.
 --
 -- Constrained output: put sampler.grammar(gbnf) or sampler.json_schema(schema)
--- first in the chain (the cuts after it see the constrained distribution); the
+-- before the cuts (top-k, top-p...: they then see the constrained distribution;
+-- right before top-k it needs only the k best allowed tokens); the
 -- link needs the model's tokens: {model = model} in its options or the chain's
 -- (sampler.chain{..., model = model}). chain:status() is then "open",
 -- "may_end", "complete" (stop: only an end token may come) or "failed".
@@ -147,15 +148,14 @@ function M.from_config(cfg)
   local seed = cfg.seed or os.time()
   p.seed = seed
   if cfg.logit_bias ~= nil or cfg.grammar ~= nil then
-    -- the same chain as lm_sampler_new builds, behind a grammar and a logit-bias link
-    -- (cfg.grammar: a link from sampler.grammar / sampler.json_schema, with its model)
+    -- the same chain as lm_sampler_new builds, behind a logit-bias link, with the
+    -- grammar (cfg.grammar: a link from sampler.grammar / sampler.json_schema, with
+    -- its model) just before the cuts: masking and editing logits commute, and a
+    -- grammar right before top-k needs only the k best allowed tokens
     local links = { seed = seed }
     local function add(l) links[#links + 1] = l end
-    if cfg.grammar ~= nil then
-      if type(cfg.grammar) ~= "table" or cfg.grammar.kind ~= "grammar" then
-        error("sampler.from_config: grammar must be a link from sampler.grammar or sampler.json_schema", 2)
-      end
-      add(cfg.grammar)
+    if cfg.grammar ~= nil and (type(cfg.grammar) ~= "table" or cfg.grammar.kind ~= "grammar") then
+      error("sampler.from_config: grammar must be a link from sampler.grammar or sampler.json_schema", 2)
     end
     if cfg.logit_bias ~= nil then
       util.check_type("sampler.from_config", "logit_bias", cfg.logit_bias, "table")
@@ -165,6 +165,7 @@ function M.from_config(cfg)
       add(M.penalties{ last_n = p.penalty_last_n, repeat_penalty = p.repeat_penalty,
                        frequency = p.frequency_penalty, presence = p.presence_penalty })
     end
+    if cfg.grammar ~= nil then add(cfg.grammar) end
     if not (p.temperature > 0) then
       add(M.greedy())
     else
