@@ -318,9 +318,11 @@ lm_status lm_matcher_accept(lm_matcher *m, int32_t token);
 lm_status lm_matcher_accept_text(lm_matcher *m, const char *s, size_t n);
 lm_grammar_status lm_matcher_status(const lm_matcher *m);
 
-/* A chain link that keeps only the candidates the grammar allows (put it first:
- * top-k/top-p then cut the constrained distribution); when one token alone is
- * allowed it is picked without sampling. The link's matcher advances on
+/* A chain link that keeps only the candidates the grammar allows (put it before
+ * the cuts: top-k/top-p then cut the constrained distribution; right before top-k
+ * or greedy it tests only the best few hundred tokens until k fit, the same k the
+ * whole mask would leave); when one token alone is allowed it is picked without
+ * sampling. The link's matcher advances on
  * lm_sampler_accept of tokens after the chain's first sample since its reset (the
  * prompt tokens accepted before, for the penalties, do not reach it). */
 lm_status lm_sampler_add_grammar(lm_sampler *s, lm_grammar *g, lm_token_trie *t);
