@@ -1,6 +1,7 @@
 /* Sampler chains: links applied in order to the candidates (see lumen.h). */
 #include "lumen.h"
 #include "error.h"
+#include "grammar.h"
 
 #include <math.h>
 
@@ -9,7 +10,7 @@ enum { NO_TOKEN = -2 };
 #include <stdlib.h>
 #include <string.h>
 
-typedef enum { L_GREEDY, L_DIST, L_TEMP, L_TOP_K, L_TOP_P, L_MIN_P, L_TYPICAL, L_PENALTIES, L_BIAS, L_EXTERNAL } link_kind;
+typedef enum { L_GREEDY, L_DIST, L_TEMP, L_TOP_K, L_TOP_P, L_MIN_P, L_TYPICAL, L_PENALTIES, L_BIAS, L_EXTERNAL, L_GRAMMAR } link_kind;
 
 typedef struct {
     link_kind kind;
@@ -19,6 +20,7 @@ typedef struct {
     int32_t *bias_ids;
     float *bias;
     int32_t n_bias;
+    lm_matcher *m;      /* grammar */
 } link;
 
 struct lm_sampler {
@@ -34,6 +36,7 @@ struct lm_sampler {
     int32_t *hist;
     int32_t n_hist, cap_hist;
     bool identity;       /* candidates still in id order, all present */
+    bool sampled;        /* a sample since the last reset: accepted tokens reach the grammar links */
 };
 
 lm_sampler_params lm_sampler_default_params(void) {
@@ -52,7 +55,7 @@ lm_sampler *lm_sampler_chain_new(uint64_t seed) {
 
 void lm_sampler_free(lm_sampler *s) {
     if (!s) return;
-    for (int32_t i = 0; i < s->n_links; i++) { free(s->links[i].bias_ids); free(s->links[i].bias); }
+    for (int32_t i = 0; i < s->n_links; i++) { free(s->links[i].bias_ids); free(s->links[i].bias); lm_matcher_free(s->links[i].m); }
     free(s->links);
     free(s->c.ids); free(s->c.logits); free(s->c.probs);
     free(s->counts); free(s->scratch); free(s->heap); free(s->hist);
@@ -132,6 +135,22 @@ lm_status lm_sampler_add_logit_bias(lm_sampler *s, const int32_t *ids, const flo
     return LM_OK;
 }
 
+lm_status lm_sampler_add_grammar(lm_sampler *s, lm_grammar *g, lm_token_trie *t) {
+    if (!s) return lm_err("sampler is NULL");
+    lm_matcher *m = lm_matcher_new(g, t);
+    if (!m) return LM_ERR;
+    link *l = add(s, L_GRAMMAR);
+    if (!l) { lm_matcher_free(m); return LM_ERR; }
+    l->m = m;
+    return LM_OK;
+}
+
+lm_matcher *lm_sampler_matcher(lm_sampler *s) {
+    for (int32_t i = 0; s && i < s->n_links; i++)
+        if (s->links[i].kind == L_GRAMMAR) return s->links[i].m;
+    return NULL;
+}
+
 int32_t lm_sampler_n_links(const lm_sampler *s) { return s ? s->n_links : 0; }
 
 bool lm_sampler_has_external(const lm_sampler *s) {
@@ -176,6 +195,9 @@ void lm_sampler_accept(lm_sampler *s, int32_t token) {
         s->cap_hist = cap;
     }
     s->hist[s->n_hist++] = token;
+    if (s->sampled) /* an error leaves the matcher FAILED, which its status reports */
+        for (int32_t i = 0; i < s->n_links; i++)
+            if (s->links[i].kind == L_GRAMMAR) lm_matcher_accept(s->links[i].m, token);
 }
 
 const int32_t *lm_sampler_history(const lm_sampler *s, int32_t *n) {
@@ -188,6 +210,8 @@ void lm_sampler_reset(lm_sampler *s, uint64_t seed) {
     s->n_hist = 0;
     s->rng = seed;
     s->result = -1;
+    s->sampled = false;
+    for (int32_t i = 0; i < s->n_links; i++) lm_matcher_reset(s->links[i].m);
 }
 
 /* ---- links ------------------------------------------------------------------------ */
@@ -244,6 +268,23 @@ void lm_candidates_softmax(lm_candidates *c) {
     if (!c || c->n <= 0) return;
     sort_desc(c);
     softmax_probs(c, c->logits[0]);
+}
+
+int32_t lm_candidates_keep(lm_candidates *c, const uint32_t *bits) {
+    if (!c || !bits) return 0;
+    int32_t k = 0;
+    for (int32_t i = 0; i < c->n; i++) {
+        int32_t id = c->ids[i];
+        if (id >= 0 && id < c->n_vocab && (bits[id >> 5] >> (id & 31) & 1)) {
+            c->ids[k] = id;
+            c->logits[k] = c->logits[i];
+            if (c->has_probs) c->probs[k] = c->probs[i];
+            k++;
+        }
+    }
+    if (k != c->n) c->has_probs = false; /* no longer sums to one */
+    c->n = k;
+    return k;
 }
 
 /* Sorting tens of thousands of candidates is most of a chain's cost; candidates
@@ -483,6 +524,11 @@ static bool run_link(lm_sampler *s, const link *l) {
         s->result = c->ids[pick];
         return true;
     }
+    case L_GRAMMAR: {
+        int32_t tok = lm_matcher_apply(l->m, c);
+        if (tok >= 0) { s->result = tok; return true; }
+        break;
+    }
     case L_EXTERNAL: break;
     }
     s->identity = false;
@@ -519,7 +565,28 @@ lm_candidates *lm_sampler_begin(lm_sampler *s, const float *logits, int32_t n_vo
     s->c.sorted = s->c.has_probs = false;
     s->identity = true;
     s->result = -1;
+    s->sampled = true;
     return &s->c;
+}
+
+/* A grammar link followed by top-k (or greedy: k = 1) needs only the k best
+ * allowed candidates, which are the first k allowed in logit order: test the
+ * best few hundred tokens one by one (a walk of a few bytes each) instead of
+ * building the mask of the whole vocabulary, which a state seen for the first
+ * time costs (every position of a string with a maxLength is a new state).
+ * false: not enough of them are allowed; the caller applies the whole mask. */
+static bool grammar_top_k(lm_sampler *s, lm_matcher *m, int32_t k) {
+    lm_candidates *c = &s->c;
+    int32_t look = k * 8 < 512 ? 512 : k * 8;
+    if (c->n <= look || lm_matcher_mask_cached(m)) return false;
+    best_k(s, c->logits, c->ids, c->n, look);
+    int32_t kept = 0;
+    for (int32_t j = 0; j < look && kept < k; j++)
+        if (lm_matcher_allows(m, c->ids[s->heap[j]])) s->heap[kept++] = s->heap[j];
+    if (kept < k) return false;
+    keep_best(s, c->logits, c->ids, k);
+    s->identity = false;
+    return true;
 }
 
 int32_t lm_sampler_run(lm_sampler *s, int32_t from) {
@@ -527,6 +594,11 @@ int32_t lm_sampler_run(lm_sampler *s, int32_t from) {
     for (int32_t i = from < 0 ? 0 : from; i < s->n_links; i++) {
         if (s->result >= 0) return s->n_links;
         if (s->links[i].kind == L_EXTERNAL) return i; /* the caller runs it, then run(i + 1) */
+        if (s->links[i].kind == L_GRAMMAR && i + 1 < s->n_links && s->c.n > 0) {
+            const link *next = &s->links[i + 1];
+            int32_t k = next->kind == L_GREEDY ? 1 : next->kind == L_TOP_K ? next->i : 0;
+            if (k > 0 && grammar_top_k(s, s->links[i].m, k)) continue;
+        }
         if (run_link(s, &s->links[i])) return s->n_links;
     }
     return s->n_links;
@@ -562,6 +634,7 @@ int32_t lm_sampler_sample(lm_sampler *s, const float *logits, int32_t n_vocab) {
         s->c.n_vocab = n_vocab;
         s->identity = false;
         s->result = -1;
+        s->sampled = true;
         lm_sampler_run(s, 1);
         return lm_sampler_result(s);
     }

@@ -112,7 +112,7 @@ lm_status lm_sessions_sample(lm_sampler *const *samplers, lm_session *const *ses
     lm_pool_run_dynamic(n >= 4 ? m->pool : NULL, sample_rows, &j, &j.q);
     pthread_mutex_unlock(&m->eval_mu);
     for (int32_t i = 0; i < n; i++)
-        if (out[i] < 0) return lm_err("sample: entry %d failed: its links left no token with a finite logit, or out of memory", i);
+        if (out[i] < 0) return lm_err("sample: entry %d failed: its links (a grammar, a Lua mask) left no token with a finite logit, or out of memory", i);
     return LM_OK;
 }
 

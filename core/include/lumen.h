@@ -316,6 +316,67 @@ const int32_t *lm_sampler_history(const lm_sampler *s, int32_t *n);
 void lm_sampler_reset(lm_sampler *s, uint64_t seed);
 /* Sorts the candidates by logit (descending) and fills probs: for external links. */
 void lm_candidates_softmax(lm_candidates *c);
+/* Drops the candidates whose token's bit is clear in bits (n_vocab bits, token t
+ * at bits[t / 32] >> (t % 32)); keeps their order; returns how many are left. */
+int32_t lm_candidates_keep(lm_candidates *c, const uint32_t *bits);
+
+/* ---- grammars: constrained output ---------------------------------------------
+ * A grammar in llama.cpp's GBNF notation, compiled once (no model needed: this is
+ * also the validator; errors read "grammar:LINE:COL: problem"). A token trie holds a
+ * model's token pieces for the masks; build it once per model and share it. A
+ * matcher is one parse state: which tokens may come next (EOG tokens only where
+ * the grammar may end), and accepting a token advances it. Grammars and tries are
+ * immutable and reference counted (free drops one reference); a matcher belongs
+ * to one thread at a time. */
+typedef struct lm_grammar lm_grammar;
+typedef struct lm_token_trie lm_token_trie;
+typedef struct lm_matcher lm_matcher;
+typedef enum lm_grammar_status {
+    LM_GRAMMAR_OPEN = 0,      /* the text so far needs more to be complete */
+    LM_GRAMMAR_MAY_END = 1,   /* complete, and it may also go on */
+    LM_GRAMMAR_COMPLETE = 2,  /* complete and nothing can follow (or an end token was accepted): stop */
+    LM_GRAMMAR_FAILED = 3     /* a token that does not fit was accepted */
+} lm_grammar_status;
+
+/* root: the start rule's name (NULL: "root"). Refuses undefined rules and left recursion. */
+lm_grammar *lm_grammar_new(const char *gbnf, size_t len, const char *root);
+lm_grammar *lm_grammar_retain(lm_grammar *g);
+void lm_grammar_free(lm_grammar *g);
+
+lm_token_trie *lm_token_trie_new(const lm_model *model);
+lm_token_trie *lm_token_trie_retain(lm_token_trie *t);
+void lm_token_trie_free(lm_token_trie *t);
+int32_t lm_token_trie_n_vocab(const lm_token_trie *t);
+/* Sets the bit of every token whose piece is a non-empty prefix of s[0..n) (bits:
+ * n_vocab bits, not cleared first); returns how many bits it set. For constraints
+ * written in Lua: the tokens that can start a known continuation. */
+int32_t lm_token_trie_mark_prefixes(const lm_token_trie *t, const char *s, size_t n, uint32_t *bits);
+
+/* t may be NULL for a matcher of text only (lm_matcher_accept_text, status). */
+lm_matcher *lm_matcher_new(lm_grammar *g, lm_token_trie *t);
+void lm_matcher_free(lm_matcher *m);
+void lm_matcher_reset(lm_matcher *m);
+/* The tokens allowed next as n_vocab bits (valid until the next call on m) and
+ * their number; NULL on error. Cached per parse state: a state seen before costs a lookup. */
+const uint32_t *lm_matcher_allowed(lm_matcher *m, int32_t *n_allowed);
+/* Advances by a token (an EOG token ends the grammar where it may end). A token
+ * that does not fit: LM_ERR, and the matcher is FAILED until reset. */
+lm_status lm_matcher_accept(lm_matcher *m, int32_t token);
+/* Advances by text (bytes); LM_ERR (nothing changed) when it does not fit. */
+lm_status lm_matcher_accept_text(lm_matcher *m, const char *s, size_t n);
+lm_grammar_status lm_matcher_status(const lm_matcher *m);
+
+/* A chain link that keeps only the candidates the grammar allows (put it before
+ * the cuts: top-k/top-p then cut the constrained distribution; right before top-k
+ * or greedy it tests only the best few hundred tokens until k fit, the same k the
+ * whole mask would leave); when one token alone is allowed it is picked without
+ * sampling. The link's matcher advances on
+ * lm_sampler_accept of tokens after the chain's first sample since its reset (the
+ * prompt tokens accepted before, for the penalties, do not reach it). */
+lm_status lm_sampler_add_grammar(lm_sampler *s, lm_grammar *g, lm_token_trie *t);
+/* The matcher of the chain's first grammar link (owned by the chain), or NULL:
+ * lm_matcher_status tells the caller when to stop. */
+lm_matcher *lm_sampler_matcher(lm_sampler *s);
 
 /* ---- tools ------------------------------------------------------------------------ */
 /* Writes a copy of the GGUF model `in` to `out` with every 2-D weight matrix

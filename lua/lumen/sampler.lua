@@ -17,9 +17,17 @@
 -- tail, or return a token id to pick it. ctx.history (int32 pointer) and
 -- ctx.n_history are the accepted tokens; ctx.session is the session sampled.
 -- Chains without Lua links cost one C call per token.
+--
+-- Constrained output: put sampler.grammar(gbnf) or sampler.json_schema(schema)
+-- before the cuts (top-k, top-p...: they then see the constrained distribution;
+-- right before top-k it needs only the k best allowed tokens); the
+-- link needs the model's tokens: {model = model} in its options or the chain's
+-- (sampler.chain{..., model = model}). chain:status() is then "open",
+-- "may_end", "complete" (stop: only an end token may come) or "failed".
 local ffi = require "ffi"
 local C = require "lumen.ffi"
 local util = require "lumen.util"
+local grammar = require "lumen.grammar"
 
 local M = {}
 local Chain = {}
@@ -45,6 +53,31 @@ function M.logit_bias(bias)
   return link("logit_bias", { bias })
 end
 
+--- A grammar link: GBNF text (llama.cpp's notation) or a compiled grammar
+-- (lumen.grammar.compile). opts: model (else the chain's), root (start rule).
+-- Raises the grammar's error ("grammar:LINE:COL: ...").
+function M.grammar(gbnf, opts)
+  opts = opts or {}
+  util.check_type("sampler.grammar", "opts", opts, "table")
+  local g = gbnf
+  if type(gbnf) == "string" then
+    local err
+    g, err = grammar.compile(gbnf, opts.root)
+    if not g then error(err, 2) end
+  elseif type(gbnf) ~= "cdata" then
+    error("sampler.grammar: expected GBNF text or a compiled grammar, got " .. type(gbnf), 2)
+  end
+  return link("grammar", { g, opts.model })
+end
+
+--- A grammar link from a JSON Schema (a Lua table; "json_object": any object).
+-- opts as for sampler.grammar. Raises the converter's error for what it refuses.
+function M.json_schema(schema, opts)
+  local gbnf, err = grammar.from_schema(schema, opts)
+  if not gbnf then error(err, 2) end
+  return M.grammar(gbnf, opts)
+end
+
 local adders = {
   greedy = function(h) return C.lm_sampler_add_greedy(h) end,
   dist = function(h) return C.lm_sampler_add_dist(h) end,
@@ -53,6 +86,11 @@ local adders = {
   top_p = function(h, a) return C.lm_sampler_add_top_p(h, a[1], a[2]) end,
   min_p = function(h, a) return C.lm_sampler_add_min_p(h, a[1], a[2]) end,
   typical = function(h, a) return C.lm_sampler_add_typical(h, a[1], a[2]) end,
+  grammar = function(h, a, spec)
+    local model = a[2] or spec.model
+    if not model then error("sampler.grammar: the link needs the model: sampler.grammar(gbnf, {model = m}) or sampler.chain{..., model = m}", 4) end
+    return C.lm_sampler_add_grammar(h, a[1], grammar.trie(model))
+  end,
   penalties = function(h, a) return C.lm_sampler_add_penalties(h, a[1], a[2], a[3], a[4]) end,
   logit_bias = function(h, a)
     local ids, vals, n = {}, {}, 0
@@ -80,7 +118,7 @@ function M.chain(spec)
       if C.lm_sampler_add_external(h) ~= 0 then util.c_error("sampler") end
       self.lua[C.lm_sampler_n_links(h) - 1] = l
     elseif type(l) == "table" and adders[l.kind] then
-      if adders[l.kind](h, l.args) ~= 0 then util.c_error("sampler link " .. i .. " (" .. l.kind .. ")", 2) end
+      if adders[l.kind](h, l.args, spec) ~= 0 then util.c_error("sampler link " .. i .. " (" .. l.kind .. ")", 2) end
     else
       error("sampler.chain: link " .. i .. " is neither a sampler link nor a function", 2)
     end
@@ -109,15 +147,25 @@ function M.from_config(cfg)
   end
   local seed = cfg.seed or util.random_seed()
   p.seed = seed
-  if cfg.logit_bias ~= nil then
-    -- the same chain as lm_sampler_new builds, behind a logit-bias link
-    util.check_type("sampler.from_config", "logit_bias", cfg.logit_bias, "table")
-    local links = { M.logit_bias(cfg.logit_bias), seed = seed }
+  if cfg.logit_bias ~= nil or cfg.grammar ~= nil then
+    -- the same chain as lm_sampler_new builds, behind a logit-bias link, with the
+    -- grammar (cfg.grammar: a link from sampler.grammar / sampler.json_schema, with
+    -- its model) just before the cuts: masking and editing logits commute, and a
+    -- grammar right before top-k needs only the k best allowed tokens
+    local links = { seed = seed }
     local function add(l) links[#links + 1] = l end
+    if cfg.grammar ~= nil and (type(cfg.grammar) ~= "table" or cfg.grammar.kind ~= "grammar") then
+      error("sampler.from_config: grammar must be a link from sampler.grammar or sampler.json_schema", 2)
+    end
+    if cfg.logit_bias ~= nil then
+      util.check_type("sampler.from_config", "logit_bias", cfg.logit_bias, "table")
+      add(M.logit_bias(cfg.logit_bias))
+    end
     if p.repeat_penalty ~= 1 or p.frequency_penalty ~= 0 or p.presence_penalty ~= 0 then
       add(M.penalties{ last_n = p.penalty_last_n, repeat_penalty = p.repeat_penalty,
                        frequency = p.frequency_penalty, presence = p.presence_penalty })
     end
+    if cfg.grammar ~= nil then add(cfg.grammar) end
     if not (p.temperature > 0) then
       add(M.greedy())
     else
@@ -182,6 +230,13 @@ function Chain:sample(src, n_vocab)
 end
 
 function Chain:accept(tok) C.lm_sampler_accept(self.h, tok) end
+
+--- The first grammar link's state: "open", "may_end", "complete", "failed"; nil without one.
+function Chain:status()
+  local m = C.lm_sampler_matcher(self.h)
+  if m == nil then return nil end
+  return grammar.STATUS[tonumber(C.lm_matcher_status(m))]
+end
 
 --- One token for each of n sessions (of one model) from its chain, all in one
 -- call on the model's threads: out[0 .. n) (an int32 cdata array). Chains with
