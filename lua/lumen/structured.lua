@@ -131,7 +131,8 @@ function M.tools_spec(tools, choice, only, parallel)
     end
   end
   local one = #branches == 1 and branches[1] or { anyOf = branches }
-  local schema = parallel and { type = "array", items = one, minItems = 1 } or one
+  -- at most 8 calls at once: a small model repeating a call would otherwise run to its token budget
+  local schema = parallel and { type = "array", items = one, minItems = 1, maxItems = 8 } or one
   local call = as_rule(schema_gbnf(schema, "tools"), "call")
   local gbnf
   if choice == "auto" then
