@@ -165,7 +165,7 @@ local function common(body, defaults)
   return r
 end
 
-local ROLES = { system = "system", developer = "system", user = "user", assistant = "assistant" }
+local ROLES = { system = "system", developer = "system", user = "user", assistant = "assistant", tool = "tool" }
 
 local function content_text(m, i)
   local c = m.content
@@ -199,9 +199,26 @@ function M.chat_request(body, defaults)
     if type(m.role) ~= "string" then fail(400, string.format("messages[%d] needs a 'role' string", i - 1), "messages", "invalid_value") end
     local role = ROLES[m.role]
     if not role then
-      fail(400, string.format("messages[%d] has role '%s'; supported: system, developer, user, assistant", i - 1, m.role), "messages", "invalid_value")
+      fail(400, string.format("messages[%d] has role '%s'; supported: system, developer, user, assistant, tool", i - 1, m.role), "messages", "invalid_value")
     end
-    out[i] = { role = role, content = content_text(m, i) }
+    local content = content_text(m, i)
+    if role == "assistant" and present(m.tool_calls) then
+      -- the model's earlier calls, in the JSON form it was asked to write them in
+      -- (lua/lumen/structured.lua): what it said then is what it sees now
+      if not is_array(m.tool_calls) then fail(400, string.format("messages[%d].tool_calls must be an array", i - 1), "messages", "invalid_type") end
+      local calls = {}
+      for j, c in ipairs(m.tool_calls) do
+        local f = type(c) == "table" and c["function"]
+        if type(f) ~= "table" or type(f.name) ~= "string" or type(f.arguments) ~= "string" then
+          fail(400, string.format("messages[%d].tool_calls[%d] needs function.name and function.arguments (JSON text)", i - 1, j - 1), "messages", "invalid_value")
+        end
+        local ok, args = pcall(cjson.decode, f.arguments)
+        if not ok then fail(400, string.format("messages[%d].tool_calls[%d].function.arguments is not JSON", i - 1, j - 1), "messages", "invalid_value") end
+        calls[j] = { name = f.name, arguments = args }
+      end
+      content = encode(#calls == 1 and calls[1] or calls)
+    end
+    out[i] = { role = role, content = content }
   end
   r.messages = out
   local lp = boolean(body, "logprobs")
@@ -289,6 +306,10 @@ function M.response(job, choices)
       out[i] = { index = i - 1, message = { role = "assistant", content = c.text },
                  logprobs = job.logprobs and { content = arr(c.logprobs) } or null,
                  finish_reason = c.finish }
+      if c.tool_calls then
+        out[i].message = { role = "assistant", content = null, tool_calls = c.tool_calls }
+        out[i].finish_reason = "tool_calls"
+      end
     else
       out[i] = { index = i - 1, text = c.text, finish_reason = c.finish,
                  logprobs = job.logprobs and legacy_logprobs(c.logprobs) or null }
@@ -318,6 +339,23 @@ function M.chunk(job, index, text, finish, logprobs, first)
     id = job.id, object = job.kind == "chat" and "chat.completion.chunk" or "text_completion",
     created = job.created, model = job.model_id, system_fingerprint = "lumen", choices = { choice },
   }) .. "\n\n"
+end
+
+--- A streamed answer that turned out to be tool calls: one chunk per call
+-- (id, name and the whole arguments: clients join deltas by index), then the
+-- finish reason.
+function M.tool_call_chunks(job, index, calls)
+  local out = {}
+  for j, c in ipairs(calls) do
+    local delta = { tool_calls = { { index = j - 1, id = c.id, type = "function",
+                                     ["function"] = { name = c["function"].name, arguments = c["function"].arguments } } } }
+    if j == 1 then delta.role = "assistant" end
+    out[#out + 1] = "data: " .. encode({ id = job.id, object = "chat.completion.chunk", created = job.created,
+      model = job.model_id, system_fingerprint = "lumen",
+      choices = { { index = index, delta = delta, finish_reason = null, logprobs = null } } }) .. "\n\n"
+  end
+  out[#out + 1] = M.chunk(job, index, nil, "tool_calls", nil, false)
+  return table.concat(out)
 end
 
 --- The closing usage chunk (stream_options.include_usage): choices is [].
