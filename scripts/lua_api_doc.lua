@@ -46,6 +46,8 @@ function M.parse(path)
   local ret = src:match("\nreturn%s+([%w_]+)%s*$")
   if ret then public[ret] = true end
   for t in src:gmatch("__index%s*=%s*([%w_]+)") do public[t] = true end
+  -- a class declared `local X = {} -- internal: ...` is the module's own business
+  for t in src:gmatch("\nlocal ([%w_]+) = {} %-%- internal") do public[t] = nil end
   local fns = {}
   for i, l in ipairs(lines) do
     local owner, sep, fname, args = l:match("^function ([%w_]+)([%.:])([%w_]+)%s*(%b())")
@@ -54,14 +56,14 @@ function M.parse(path)
       sep = "."
     end
     if owner and public[owner] and not fname:match("^_") then
-      local doc = {}
+      local doc, documented = {}, false
       local j = i - 1
       while j >= 1 and lines[j]:match("^%s*%-%-") do
         table.insert(doc, 1, (lines[j]:gsub("^%s*%-%-%-? ?", "")))
+        documented = documented or lines[j]:match("^%s*%-%-%-") ~= nil
         j = j - 1
       end
-      fns[#fns + 1] = { owner = owner, sep = sep, name = fname, args = args, doc = doc, line = i,
-                        documented = #doc > 0 and lines[i - #doc]:match("^%s*%-%-%-") ~= nil }
+      fns[#fns + 1] = { owner = owner, sep = sep, name = fname, args = args, doc = doc, line = i, documented = documented }
     end
   end
   return { name = name, path = path, header = header, functions = fns }

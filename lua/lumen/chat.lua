@@ -31,8 +31,6 @@ local function escaped(model, messages)
   return esc(messages)
 end
 
---- Renders messages ({role=, content=}...) with the model's chat template,
--- for tokenizing with special tokens parsed (message text stays text).
 -- built-in templates a registry entry may name (chat_template: chatml)
 local BUILTIN = {
   chatml = "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
@@ -59,6 +57,8 @@ function M.template_source(model)
                       model.alias or model.path), 0)
 end
 
+--- Renders messages ({role=, content=}...) with the model's chat template,
+-- for tokenizing with special tokens parsed (message text stays text).
 function M.render(model, messages, add_generation_prompt)
   local info = model._info or model:info()
   model._info = info
@@ -90,6 +90,7 @@ function M.conversation(model, opts)
   return self
 end
 
+--- Forgets the conversation; the system prompt stays.
 function Conv:reset()
   self.messages = {}
   if self.system and self.system ~= "" then
@@ -97,6 +98,7 @@ function Conv:reset()
   end
 end
 
+--- A new system prompt (nil or "" removes it) for the turns that follow.
 function Conv:set_system(text)
   self.system = text
   if self.messages[1] and self.messages[1].role == "system" then

@@ -66,6 +66,8 @@ local function split_long(text, u, count, max, out)
   if r <= e then split_long(text, { s = r, e = e, para = false }, count, max, out) end
 end
 
+--- Chunks of text: count(s) gives the tokens of s; opts: max_tokens (200),
+-- overlap (32). Returns {text, byte_start, byte_end, tok_start, tok_end}...
 function M.split(text, count, opts)
   opts = opts or {}
   local max = opts.max_tokens or 200

@@ -25,6 +25,7 @@ function config.load(name_or_path)
   return doc, path
 end
 
+--- The model registry (configs/models.yaml) as a table: default, models.
 function config.registry()
   local reg, path = config.load("models")
   path = path or (util.root() .. "/configs/models.yaml")

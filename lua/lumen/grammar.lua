@@ -78,12 +78,15 @@ function Matcher:accept(tok)
   return true
 end
 
+--- Advances by the bytes of s (no model needed); false and the message when they do not fit.
 function Matcher:accept_text(s)
   if C.lm_matcher_accept_text(self.h, s, #s) ~= 0 then return false, util.last_error() end
   return true
 end
 
+--- "open", "may_end", "complete" or "failed".
 function Matcher:status() return STATUS[tonumber(C.lm_matcher_status(self.h))] end
+--- Back to the grammar's start.
 function Matcher:reset() C.lm_matcher_reset(self.h) end
 
 --- Whether the whole text s is a complete string of grammar g (compiled or GBNF).

@@ -118,7 +118,7 @@ local DEPS = {
 
 -- ---- the converter ----------------------------------------------------------------
 
-local Conv = {}
+local Conv = {} -- internal: the converter's state
 Conv.__index = Conv
 
 local function refuse(fmt, ...) error({ msg = "json schema: " .. string.format(fmt, ...) }) end

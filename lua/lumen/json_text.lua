@@ -14,7 +14,7 @@ do
 end
 M.null = null
 
--- the UTF-8 bytes of code point cp
+--- The UTF-8 bytes of code point cp.
 function M.utf8_char(cp)
   if cp < 0x80 then return string.char(cp) end
   if cp < 0x800 then return string.char(0xC0 + math.floor(cp / 64), 0x80 + cp % 64) end
@@ -24,8 +24,10 @@ end
 
 local order_of = setmetatable({}, { __mode = "k" })  -- object table -> its keys in order
 
+--- The keys of an object decoded by this module, in the order the text gave them (or nil).
 function M.order(t) return order_of[t] end
 
+--- Records the key order of object t (as decode does), for to_gbnf and encoders.
 function M.set_order(t, keys) order_of[t] = keys end
 
 --- Decodes JSON text (objects remember their key order); nil, message on error.

@@ -109,6 +109,7 @@ function M.new(keys, defaults)
   return self
 end
 
+--- Whether requests need an API key (some key is configured).
 function Gate:required() return #self.keys > 0 end
 
 --- The identity an Authorization header stands for, or nil (no or wrong key).
@@ -212,6 +213,7 @@ function Gate:spend(id, now, n)
   end
 end
 
+--- The end of an admitted request: its concurrent place goes back.
 function Gate:release(id) id.active = math.max(0, id.active - 1) end
 
 M._duration = duration

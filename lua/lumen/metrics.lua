@@ -6,6 +6,7 @@ Metrics.__index = Metrics
 
 local TTFT_BUCKETS = { 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30 }
 
+--- Empty counters, histogram and gauges.
 function M.new()
   return setmetatable({
     requests = {},            -- "endpoint\0status" -> count
@@ -16,11 +17,13 @@ function M.new()
   }, Metrics)
 end
 
+--- Counts one answered request by endpoint and HTTP status.
 function Metrics:request(endpoint, status)
   local k = endpoint .. "\0" .. status
   self.requests[k] = (self.requests[k] or 0) + 1
 end
 
+--- One time to first token, into the histogram.
 function Metrics:observe_ttft(seconds)
   local h = self.ttft
   for i, le in ipairs(TTFT_BUCKETS) do
@@ -37,6 +40,7 @@ function Metrics:decoded(now, tokens)
   while #w > 0 and w[1][1] < now - 10 do table.remove(w, 1) end
 end
 
+--- Decoded tokens per second over the last 10 s.
 function Metrics:decode_rate(now)
   local w, sum = self.window, 0
   while #w > 0 and w[1][1] < now - 10 do table.remove(w, 1) end
@@ -48,6 +52,7 @@ end
 
 local function esc(v) return (tostring(v):gsub("[\\\"\n]", { ["\\"] = "\\\\", ['"'] = '\\"', ["\n"] = "\\n" })) end
 
+--- The Prometheus text exposition of everything.
 function Metrics:render(now)
   local o = {}
   local function add(s) o[#o + 1] = s end
@@ -96,6 +101,7 @@ function Metrics:render(now)
   return table.concat(o, "\n") .. "\n"
 end
 
+--- A gauge: name, help text and a function that reads its value at render time.
 function Metrics:gauge(name, help, fn) self.gauges[name] = { help = help, fn = fn } end
 
 return M

@@ -191,6 +191,7 @@ function M.embed_response(model_id, t, n, dim, prompt_tokens, seconds)
                        json.encode(model_id), table.concat(rows, ","), ns(seconds), prompt_tokens)
 end
 
+--- GET /api/version's answer.
 function M.version() return openai.encode({ version = M.VERSION }) end
 
 return M

@@ -33,6 +33,7 @@ function M.fail(status, message, param, code, kind)
 end
 local fail = M.fail
 
+--- Whether e is an ApiError (from fail) rather than a bug.
 function M.is_error(e) return getmetatable(e) == ApiError end
 
 --- The error body OpenAI clients parse.
@@ -367,6 +368,7 @@ function M.usage_chunk(job, completion_tokens)
   }) .. "\n\n"
 end
 
+--- GET /v1/models's answer for the model ids served.
 function M.models_list(models, created)
   local data = {}
   for i, id in ipairs(models) do data[i] = { id = id, object = "model", created = created, owned_by = "lumen" } end

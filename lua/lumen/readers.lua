@@ -24,6 +24,7 @@ local function check_text(path, s)
   return s
 end
 
+--- The visible text of an HTML page (lm_html_to_text, libxml2).
 function M.html_to_text(html)
   local out, len = ffi.new("char*[1]"), ffi.new("size_t[1]")
   if C.lm_html_to_text(html, #html, out, len) ~= 0 then util.c_error("html") end

@@ -62,6 +62,7 @@ function M.open(path, opts)
   return self
 end
 
+--- Closes the database.
 function Store:close() self.db:close() end
 
 --- The indexed documents: path -> {id, hash, size}.
@@ -71,6 +72,7 @@ function Store:documents()
   return out
 end
 
+--- How many documents and chunks the store holds.
 function Store:counts()
   local d = self.db:one("SELECT count(*) AS n FROM documents").n
   local c = self.db:one("SELECT count(*) AS n FROM chunks").n
@@ -115,6 +117,7 @@ function Store:put_document(path, hash, size, meta, chunks, vectors, dim)
   self.matrix = nil
 end
 
+--- Drops a document with its chunks, vectors and FTS entries (one transaction).
 function Store:remove_document(path)
   self.db:tx(function() self.db:run("DELETE FROM documents WHERE path = ?", path) end)
   self.matrix = nil

@@ -1494,7 +1494,7 @@ end
 -- with, block, break, continue. Expressions: const, name, list, dict, getattr, getitem, slice, call, filter,
 -- test, not, neg, bin, compare, and, or, concat, condexpr.
 ---------------------------------------------------------------------------------------------------------------
-local P = {}
+local P = {} -- internal: the template parser
 P.__index = P
 
 local function tokdesc(t)
@@ -2037,7 +2037,7 @@ local function uses_name(x, name)
   return false
 end
 
-local Gen = {}
+local Gen = {} -- internal: the Lua code generator
 Gen.__index = Gen
 
 function Gen:emit(code)

@@ -288,6 +288,7 @@ function methods.shape(t)
   return out
 end
 
+--- The number of dimensions.
 function methods.ndim(t)
   check(t, "ndim")
   return layout(t).ndim
@@ -310,11 +311,13 @@ function methods.dtype(t)
   return dtype_name(layout(t).dtype)
 end
 
+--- The number of elements.
 function methods.numel(t)
   check(t, "numel")
   return tonumber(C.lm_tensor_numel(t))
 end
 
+--- Whether the elements lie in row-major order without gaps.
 function methods.is_contiguous(t)
   check(t, "is_contiguous")
   return C.lm_tensor_is_contiguous(t)
@@ -510,9 +513,13 @@ local function binary(op, fname, a, b, level)
   return own(r)
 end
 
+--- Element-wise a + b into a new f32 tensor (b: a tensor of the same shape, or a number).
 function methods.add(a, b) check(a, "add") local r = binary(OP.add, "add", a, b, 2) return r end
+--- Element-wise a - b (b: a tensor of the same shape, or a number).
 function methods.sub(a, b) check(a, "sub") local r = binary(OP.sub, "sub", a, b, 2) return r end
+--- Element-wise a * b (b: a tensor of the same shape, or a number).
 function methods.mul(a, b) check(a, "mul") local r = binary(OP.mul, "mul", a, b, 2) return r end
+--- Element-wise a / b (b: a tensor of the same shape, or a number).
 function methods.div(a, b) check(a, "div") local r = binary(OP.div, "div", a, b, 2) return r end
 
 --- a * s for a number s.

@@ -35,9 +35,9 @@ function util.utf8_complete_len(s)
   return tonumber(C.lm_utf8_complete_len(s, #s))
 end
 
+local san_buf, san_cap = nil, 0
 --- s with every ill-formed UTF-8 part (a stray byte of a byte-level token, a
 -- character cut short) replaced by U+FFFD: generated text on its way into JSON.
-local san_buf, san_cap = nil, 0
 function util.utf8_sanitize(s)
   local n = #s
   if C.lm_utf8_valid(s, n) then return s end
@@ -88,12 +88,14 @@ function util.read_file(path)
   return s
 end
 
+--- Whether path can be opened for reading.
 function util.file_exists(path)
   local f = io.open(path, "rb")
   if f then f:close() return true end
   return false
 end
 
+--- The source tree: LUMEN_ROOT, or where this file lies.
 function util.root()
   local r = os.getenv("LUMEN_ROOT")
   if r and r ~= "" then return r end
