@@ -10,10 +10,13 @@ local M = {}
 
 M.KINDS = { txt = "text", text = "text", md = "text", markdown = "text", html = "html", htm = "html", pdf = "pdf" }
 
---- The kind of a path by its extension, or nil for files ingest skips.
+--- The kind of a path by its extension, or nil for files ingest skips. A name
+-- without an extension (README, LICENSE, GPL-3, Apache-2.0) is read as text.
 function M.kind(path)
-  local ext = path:match("%.([%w]+)$")
-  return ext and M.KINDS[ext:lower()]
+  local name = path:match("([^/]+)$") or path
+  local ext = name:match("%.(%a[%w]*)$")
+  if not ext then return "text" end
+  return M.KINDS[ext:lower()]
 end
 
 local function shell_quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
