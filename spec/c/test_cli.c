@@ -65,12 +65,13 @@ int main(void) {
         CHECK(0, "default model not runnable: %s", out);
     }
 
-    /* lumen run: a script's error comes with a traceback and status 1; a C error
+    /* lumen --debug run: a script's error comes with a traceback and status 1 (without
+     * --debug: one line, spec/serve/test_cli_user.py); a C error
      * reaches Lua as a Lua error with the C message */
     f = fopen("/tmp/lumen_bad_script.lua", "w");
     fputs("local function inner() error('boom from the script') end\ninner()\n", f);
     fclose(f);
-    CHECK(run("run /tmp/lumen_bad_script.lua") == 1 && strstr(out, "boom from the script") && strstr(out, "stack traceback"), "script error: %s", out);
+    CHECK(run("--debug run /tmp/lumen_bad_script.lua") == 1 && strstr(out, "boom from the script") && strstr(out, "stack traceback"), "script error: %s", out);
     f = fopen("/tmp/lumen_c_error.lua", "w");
     fputs("local ok, err = pcall(require('lumen').model.load, '/tmp/lumen_notgguf.gguf')\n"
           "print(ok, err)\nreturn ok and 3 or 0\n", f);
