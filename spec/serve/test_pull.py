@@ -25,6 +25,8 @@ MODEL_PATH = os.path.join(os.path.expanduser("~/.cache/lumen/models"), MODEL_FIL
 MODEL_SHA = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 MODEL_SIZE = 98362432
 CHUNK = 1 << 20
+# the name it gets here: no model folder searched (~/.cache/lumen/models, models/) has it
+NAME = "pull-test-SmolLM2.Q4_1.gguf"
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -130,7 +132,7 @@ class TestPull(unittest.TestCase):
     def tearDown(self):
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def registry(self, sha, file=MODEL_FILE, path="/files/" + MODEL_FILE):
+    def registry(self, sha, file=NAME, path="/files/" + NAME):
         self.reg = os.path.join(self.dir, "models.yaml")
         with open(self.reg, "w") as f:
             f.write("default: tiny\nmodels:\n  tiny:\n    description: SmolLM2 over HTTP\n"
@@ -154,11 +156,11 @@ class TestPull(unittest.TestCase):
         r = self.pull("tiny")
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("(sha256 ok)", r.stdout)
-        self.assertEqual(self.cached(), [MODEL_FILE, MODEL_FILE + ".sha256"])  # no .partial left
-        self.assertEqual(os.path.getsize(os.path.join(self.cache, MODEL_FILE)), MODEL_SIZE)
-        self.assertEqual(self.srv.requests, [("/files/" + MODEL_FILE, None)])
+        self.assertEqual(self.cached(), [NAME, NAME + ".sha256"])  # no .partial left
+        self.assertEqual(os.path.getsize(os.path.join(self.cache, NAME)), MODEL_SIZE)
+        self.assertEqual(self.srv.requests, [("/files/" + NAME, None)])
         r = lumen("models", env=env)
-        self.assertRegex(r.stdout, r"tiny .*\n.*%s: verified" % re.escape(MODEL_FILE))
+        self.assertRegex(r.stdout, r"tiny .*\n.*%s: verified" % re.escape(NAME))
         r = self.pull("tiny")  # a second pull finds it
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("already there, sha256 ok", r.stdout)
@@ -172,17 +174,17 @@ class TestPull(unittest.TestCase):
         self.assertEqual(r.returncode, 1, r.stderr)
         self.assertIn(self.base, r.stderr)
         self.assertIn("next run continues", r.stderr)
-        partial = os.path.join(self.cache, MODEL_FILE + ".partial")
+        partial = os.path.join(self.cache, NAME + ".partial")
         self.assertEqual(os.path.getsize(partial), 30000000)
-        self.assertFalse(os.path.exists(os.path.join(self.cache, MODEL_FILE)))
+        self.assertFalse(os.path.exists(os.path.join(self.cache, NAME)))
         r = lumen("models", env=self.env())
         self.assertIn("30.0 MB of an interrupted pull): lumen pull tiny continues", r.stdout)
         r = self.pull("tiny")
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("continuing", r.stderr)
         self.assertIn("(sha256 ok)", r.stdout)
-        self.assertEqual(self.srv.requests[-1], ("/files/" + MODEL_FILE, "bytes=30000000-"))
-        self.assertEqual(self.cached(), [MODEL_FILE, MODEL_FILE + ".sha256"])
+        self.assertEqual(self.srv.requests[-1], ("/files/" + NAME, "bytes=30000000-"))
+        self.assertEqual(self.cached(), [NAME, NAME + ".sha256"])
 
     def test_server_ignoring_range_starts_again_from_zero(self):
         self.srv.drop_after = 20000000
@@ -193,7 +195,7 @@ class TestPull(unittest.TestCase):
         self.assertEqual(self.srv.requests[-1][1], "bytes=20000000-")  # asked, answered 200
         self.assertIn("whole file again", r.stderr)
         self.assertIn("(sha256 ok)", r.stdout)
-        self.assertEqual(os.path.getsize(os.path.join(self.cache, MODEL_FILE)), MODEL_SIZE)
+        self.assertEqual(os.path.getsize(os.path.join(self.cache, NAME)), MODEL_SIZE)
 
     def test_wrong_checksum_is_refused_and_kept_aside(self):
         self.registry("0" * 64)
@@ -201,7 +203,7 @@ class TestPull(unittest.TestCase):
         self.assertEqual(r.returncode, 3, r.stderr)
         self.assertIn(MODEL_SHA, r.stderr)           # what it got
         self.assertIn("nothing entered the model cache", r.stderr)
-        self.assertEqual(self.cached(), [MODEL_FILE + ".corrupt"])
+        self.assertEqual(self.cached(), [NAME + ".corrupt"])
         # the next pull does not continue from the refused bytes
         r = self.pull("tiny")
         self.assertEqual(r.returncode, 3)
@@ -239,7 +241,7 @@ class TestPull(unittest.TestCase):
         self.assertEqual(self.cached(), ["model.gguf", "other.gguf.corrupt"])
 
     def test_registry_url_gets_the_aliases_pin(self):
-        r = self.pull(self.base + "/files/" + MODEL_FILE)
+        r = self.pull(self.base + "/files/" + NAME)
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("tiny: ", r.stdout)
         self.assertIn("(sha256 ok)", r.stdout)
