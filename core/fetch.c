@@ -3,7 +3,10 @@
  * The bytes go to a partial file that a later run continues: a model is 100 MB to
  * several GB, and a dropped connection should cost only what was not yet received.
  * The file is hashed as it grows (the bytes already there are hashed once at the
- * start), so the caller checks the pin without reading the file again. Moving the
+ * start), so the caller checks the pin without reading the file again. The server's
+ * ETag (or Last-Modified) of the file is kept in PARTIAL.etag and sent as If-Range
+ * when continuing: a file changed upstream comes whole (200) instead of being spliced
+ * onto old bytes, which matters most for a URL without a pin. Moving the
  * file into place is the caller's, after that check: nothing here decides that a
  * download is good. */
 #include "lumen.h"
@@ -42,6 +45,10 @@ typedef struct {
     bool restart;           /* begin again from zero: the server's range does not fit */
     bool cancelled;
     double t0, last_report;
+    /* If-Range: the validator of the bytes kept, and the one of the response */
+    char validator_path[4096];
+    char if_range[256];
+    char etag[256], last_modified[128];
 } fetch_state;
 
 static double now_s(void) {
@@ -88,6 +95,14 @@ static lm_status start_over(fetch_state *st) {
     return LM_OK;
 }
 
+/* A header value, or "" when it does not fit (a cut validator would never match). */
+static void copy_value(char *dst, size_t cap, const char *v) {
+    size_t n = strlen(v);
+    if (n >= cap) n = 0;
+    memcpy(dst, v, n);
+    dst[n] = 0;
+}
+
 static size_t on_header(char *buf, size_t size, size_t n, void *ud) {
     fetch_state *st = ud;
     size_t len = size * n;
@@ -103,6 +118,7 @@ static size_t on_header(char *buf, size_t size, size_t n, void *ud) {
         st->status = sp ? atoi(sp + 1) : 0;
         snprintf(st->reason, sizeof st->reason, "%s", r ? r + 1 : "");
         st->cr_start = st->cr_total = st->content_length = -1;
+        st->etag[0] = st->last_modified[0] = 0;
         st->body_started = false;
     } else if (strncasecmp(line, "content-range:", 14) == 0) {
         const char *v = line + 14;
@@ -111,10 +127,37 @@ static size_t on_header(char *buf, size_t size, size_t n, void *ud) {
         if (sscanf(v, "bytes %lld-%lld/%lld", &a, &b, &t) == 3) { st->cr_start = a; st->cr_total = t; }
         else if (sscanf(v, "bytes %lld-%lld", &a, &b) == 2) st->cr_start = a;
         else if (sscanf(v, "bytes */%lld", &t) == 1) st->cr_total = t;
+    } else if (strncasecmp(line, "etag:", 5) == 0) {
+        const char *v = line + 5;
+        while (*v == ' ' || *v == '\t') v++;
+        if (strncmp(v, "W/", 2) != 0) copy_value(st->etag, sizeof st->etag, v);  /* If-Range takes strong ones only */
+    } else if (strncasecmp(line, "last-modified:", 14) == 0) {
+        const char *v = line + 14;
+        while (*v == ' ' || *v == '\t') v++;
+        copy_value(st->last_modified, sizeof st->last_modified, v);
     } else if (strncasecmp(line, "content-length:", 15) == 0) {
         st->content_length = strtoll(line + 15, NULL, 10);
     }
     return len;
+}
+
+/* Remembers what identifies the file now being written, for If-Range next time. */
+static void save_validator(fetch_state *st) {
+    const char *v = st->etag[0] ? st->etag : st->last_modified;
+    if (!*v) { unlink(st->validator_path); return; }
+    FILE *f = fopen(st->validator_path, "w");
+    if (!f) return;  /* then the next run asks without If-Range, as for an older partial file */
+    fprintf(f, "%s\n", v);
+    fclose(f);
+}
+
+static void load_validator(fetch_state *st) {
+    st->if_range[0] = 0;
+    FILE *f = fopen(st->validator_path, "r");
+    if (!f) return;
+    if (!fgets(st->if_range, sizeof st->if_range, f)) st->if_range[0] = 0;
+    fclose(f);
+    st->if_range[strcspn(st->if_range, "\r\n")] = 0;
 }
 
 /* The first body byte of the final response: decide what the bytes are. */
@@ -123,6 +166,7 @@ static lm_status begin_body(fetch_state *st) {
         /* the whole file: the server ignored the Range request (or none was sent) */
         if (st->bytes > 0 && start_over(st) != LM_OK) return LM_ERR;
         st->total = st->content_length;
+        save_validator(st);
     } else if (st->status == 206) {
         if (st->cr_start != st->bytes) {
             st->restart = true;
@@ -199,7 +243,8 @@ static lm_status transfer(fetch_state *st) {
     const lm_fetch_params *p = st->p;
     CURL *c = curl_easy_init();
     if (!c) return lm_err("%s: cannot start libcurl", st->url);
-    char errbuf[CURL_ERROR_SIZE] = "", range[32], agent[32];
+    char errbuf[CURL_ERROR_SIZE] = "", range[32], agent[32], if_range[300];
+    struct curl_slist *headers = NULL;
     st->status = 0;
     st->reason[0] = 0;
     st->body_started = st->failed = st->restart = st->cancelled = false;
@@ -227,12 +272,19 @@ static lm_status transfer(fetch_state *st) {
         /* CURLOPT_RANGE, not RESUME_FROM: curl would fail on a 200; we start over instead */
         snprintf(range, sizeof range, "%lld-", (long long)st->bytes);
         curl_easy_setopt(c, CURLOPT_RANGE, range);
+        load_validator(st);
+        if (st->if_range[0]) {
+            snprintf(if_range, sizeof if_range, "If-Range: %s", st->if_range);
+            headers = curl_slist_append(NULL, if_range);
+            curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers);
+        }
     }
     st->t0 = st->last_report = now_s();
     CURLcode res = curl_easy_perform(c);
     long code = 0;
     curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &code);
     curl_easy_cleanup(c);
+    curl_slist_free_all(headers);
 
     if (st->restart && st->bytes > 0) return LM_OK;
     if (st->failed || st->restart) return LM_ERR;
@@ -311,6 +363,7 @@ lm_status lm_fetch_file(const char *url, const char *partial_path, const lm_fetc
     lm_fetch_params defaults = {0};
     fetch_state st = {.url = url, .path = partial_path, .p = params ? params : &defaults, .fd = fd};
     st.expected = st.p->expected_size > 0 ? st.p->expected_size : -1;
+    snprintf(st.validator_path, sizeof st.validator_path, "%s.etag", partial_path);
     lm_sha256_init(&st.sha);
     struct stat sb;
     lm_status rc = LM_OK;
@@ -333,6 +386,7 @@ lm_status lm_fetch_file(const char *url, const char *partial_path, const lm_fetc
     }
     if (rc == LM_OK) report(&st);
     if (rc == LM_OK && fsync(fd) != 0) rc = lm_err("cannot write '%s': %s", partial_path, strerror(errno));
+    if (rc == LM_OK || st.bytes == 0) unlink(st.validator_path);
     if (rc != LM_OK && st.bytes == 0) unlink(partial_path);  /* nothing to continue from: no litter */
     close(fd);
     if (rc != LM_OK) {

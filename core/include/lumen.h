@@ -340,8 +340,10 @@ bool lm_ct_equal(const void *a, const void *b, size_t n);
  * lm_fetch_file downloads an http:// or https:// URL into partial_path. Bytes already in
  * partial_path (an earlier, interrupted run) are kept and the rest is asked for with a Range
  * request; a server that ignores it (200) or answers with another range makes the file start
- * again from zero, and the old bytes are dropped only once the new body begins. Redirects
- * are followed (http and https only). The file is hashed as it is written, so
+ * again from zero, and the old bytes are dropped only once the new body begins. The file's
+ * ETag (or Last-Modified) is kept in PARTIAL.etag and sent as If-Range when continuing, so
+ * a file changed upstream comes whole rather than spliced onto old bytes (the .etag file
+ * is removed on success). Redirects are followed (http and https only). The file is hashed as it is written, so
  * out->sha256 is the whole file's without reading it again. On any failure the bytes
  * received stay in partial_path for the next run, and the message names the URL (and the
  * HTTP status: "HTTP 404 Not Found"). Moving the file into place is the caller's: after

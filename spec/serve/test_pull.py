@@ -30,8 +30,9 @@ NAME = "pull-test-SmolLM2.Q4_1.gguf"
 
 
 class Handler(BaseHTTPRequestHandler):
-    """GET /files/NAME: the model (Range: bytes=N- honoured unless server.ignore_range;
-    server.drop_after cuts the connection after that many body bytes, once);
+    """GET /files/NAME: the model (Range: bytes=N- honoured unless server.ignore_range,
+    or unless If-Range differs from the ETag, server.etag; server.drop_after cuts the
+    connection after that many body bytes, once);
     /redirect/NAME: 302 to /files/NAME; /status/CODE/NAME: that status;
     /stall/NAME: headers and 1000 bytes, then nothing."""
     protocol_version = "HTTP/1.1"
@@ -42,6 +43,7 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         srv = self.server
         srv.requests.append((self.path, self.headers.get("Range")))
+        srv.if_ranges.append(self.headers.get("If-Range"))
         parts = self.path.split("?")[0].strip("/").split("/")
         kind = parts[0]
         if kind == "redirect":
@@ -69,7 +71,8 @@ class Handler(BaseHTTPRequestHandler):
             return
         start = 0
         rng = self.headers.get("Range")
-        if rng and not srv.ignore_range:
+        if_range = self.headers.get("If-Range")
+        if rng and not srv.ignore_range and if_range in (None, srv.etag):
             m = re.match(r"bytes=(\d+)-$", rng)
             start = int(m.group(1))
             if start >= len(data):
@@ -84,6 +87,7 @@ class Handler(BaseHTTPRequestHandler):
             self.send_response(200)
         self.send_header("Content-Length", str(len(data) - start))
         self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("ETag", srv.etag)
         self.end_headers()
         drop, srv.drop_after = srv.drop_after, None
         end = len(data) if drop is None else start + drop
@@ -109,7 +113,7 @@ class TestPull(unittest.TestCase):
             data = f.read()
         srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         srv.daemon_threads = True
-        srv.data, srv.requests, srv.drop_after, srv.ignore_range = data, [], None, False
+        srv.data, srv.requests, srv.if_ranges, srv.drop_after, srv.ignore_range = data, [], [], None, False
         srv.release = threading.Event()
         cls.srv = srv
         cls.base = "http://127.0.0.1:%d" % srv.server_address[1]
@@ -126,7 +130,8 @@ class TestPull(unittest.TestCase):
         self.dir = tempfile.mkdtemp(prefix="lumen-pull-")
         self.cache = os.path.join(self.dir, "models")
         self.srv.requests.clear()
-        self.srv.drop_after, self.srv.ignore_range = None, False
+        self.srv.if_ranges.clear()
+        self.srv.drop_after, self.srv.ignore_range, self.srv.etag = None, False, '"v1"'
         self.registry(MODEL_SHA)
 
     def tearDown(self):
@@ -184,6 +189,7 @@ class TestPull(unittest.TestCase):
         self.assertIn("continuing", r.stderr)
         self.assertIn("(sha256 ok)", r.stdout)
         self.assertEqual(self.srv.requests[-1], ("/files/" + NAME, "bytes=30000000-"))
+        self.assertEqual(self.srv.if_ranges[-1], '"v1"')  # only if the file is still the one begun
         self.assertEqual(self.cached(), [NAME, NAME + ".sha256"])
 
     def test_server_ignoring_range_starts_again_from_zero(self):
@@ -196,6 +202,18 @@ class TestPull(unittest.TestCase):
         self.assertIn("whole file again", r.stderr)
         self.assertIn("(sha256 ok)", r.stdout)
         self.assertEqual(os.path.getsize(os.path.join(self.cache, NAME)), MODEL_SIZE)
+
+    def test_file_changed_upstream_starts_again_from_zero(self):
+        self.srv.drop_after = 10000000
+        self.assertEqual(self.pull("tiny").returncode, 1)
+        self.assertEqual(self.cached(), [NAME + ".partial", NAME + ".partial.etag"])
+        self.srv.etag = '"v2"'
+        r = self.pull("tiny")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(self.srv.requests[-1][1], "bytes=10000000-")
+        self.assertEqual(self.srv.if_ranges[-1], '"v1"')
+        self.assertIn("whole file again", r.stderr)
+        self.assertEqual(self.cached(), [NAME, NAME + ".sha256"])
 
     def test_wrong_checksum_is_refused_and_kept_aside(self):
         self.registry("0" * 64)
