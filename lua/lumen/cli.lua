@@ -129,13 +129,26 @@ local function num_arg(opt, v, lo, hi)
   return n
 end
 
+--- The words of argv from index first on: `for a, take in options(argv, 2) do`, where
+-- take() consumes and returns the option's value (a usage error when there is none).
+local function options(argv, first)
+  local i = first - 1
+  local function take()
+    local a, v = argv[i], argv[i + 1]
+    if v == nil then usage_error(a .. " needs a value") end
+    i = i + 1
+    return v
+  end
+  return function()
+    i = i + 1
+    if argv[i] ~= nil then return argv[i], take end
+  end
+end
+
 --- Parses generation options; positional words are collected in o.words.
 local function parse(argv, first)
   local o = { sampling = {}, words = {}, n_predict = 256, stats = true }
-  local i = first
-  while i <= #argv do
-    local a, v = argv[i], argv[i + 1]
-    local function take() if v == nil then usage_error(a .. " needs a value") end i = i + 1 return v end
+  for a, take in options(argv, first) do
     if a == "-h" or a == "--help" then o.help = true
     elseif a == "-m" or a == "--model" then o.model = take()
     elseif a == "-p" or a == "--prompt" then o.prompt = take()
@@ -160,7 +173,6 @@ local function parse(argv, first)
     elseif a == "--stats" then o.stats = true
     elseif a:sub(1, 1) == "-" and #a > 1 then usage_error("unknown option '" .. a .. "' (try: lumen --help)")
     else o.words[#o.words + 1] = a end
-    i = i + 1
   end
   return o
 end
@@ -231,10 +243,7 @@ SIGTERM or Ctrl-C: stop taking requests, finish the running ones, exit 0.
 
 function commands.serve(argv)
   local o = { serve = {} }
-  local i = 2
-  while i <= #argv do
-    local a, v = argv[i], argv[i + 1]
-    local function take() if v == nil then usage_error(a .. " needs a value") end i = i + 1 return v end
+  for a, take in options(argv, 2) do
     if a == "-h" or a == "--help" then io.write(SERVE_USAGE) return 0
     elseif a == "--config" then o.config = take()
     elseif a == "--host" then o.serve.host = take()
@@ -254,7 +263,6 @@ function commands.serve(argv)
     elseif a == "--idle-timeout" then o.serve.idle_s = int_arg(a, take(), 1, 86400)
     elseif a == "-t" or a == "--threads" then o.threads = int_arg(a, take(), 1, 256)
     else usage_error("serve: unknown option '" .. a .. "' (try: lumen serve --help)") end
-    i = i + 1
   end
   if not o.config then
     local def = require("lumen.util").root() .. "/configs/server.yaml"
@@ -280,10 +288,7 @@ function commands.rag(argv)
   local sub = argv[2]
   if sub == nil or sub == "-h" or sub == "--help" then io.write(RAG_USAGE) return sub and 0 or 2 end
   local o = { k = 5, words = {}, sampling = {} }
-  local i = 3
-  while i <= #argv do
-    local a, v = argv[i], argv[i + 1]
-    local function take() if v == nil then usage_error(a .. " needs a value") end i = i + 1 return v end
+  for a, take in options(argv, 3) do
     if a == "-h" or a == "--help" then io.write(RAG_USAGE) return 0
     elseif a == "--db" then o.db = take()
     elseif a == "-k" then o.k = int_arg(a, take(), 1, 1000)
@@ -305,7 +310,6 @@ function commands.rag(argv)
     elseif a == "-t" or a == "--threads" then o.threads = int_arg(a, take(), 1, 256)
     elseif a:sub(1, 1) == "-" and #a > 1 then usage_error("rag: unknown option '" .. a .. "' (try: lumen rag --help)")
     else o.words[#o.words + 1] = a end
-    i = i + 1
   end
   if not o.db then usage_error("rag " .. sub .. " needs --db FILE") end
   if #o.words ~= 1 then usage_error("rag " .. sub .. " takes one " .. (sub == "index" and "folder" or "quoted text")) end
@@ -359,10 +363,7 @@ JSON lines {"index": i, "embedding": [...]} in input order.
 
 function commands.embed(argv)
   local o = { prompts = {}, batch = 256, stats = false }
-  local i = 2
-  while i <= #argv do
-    local a, v = argv[i], argv[i + 1]
-    local function take() if v == nil then usage_error(a .. " needs a value") end i = i + 1 return v end
+  for a, take in options(argv, 2) do
     if a == "-h" or a == "--help" then io.write(EMBED_USAGE) return 0
     elseif a == "-m" or a == "--model" then o.model = take()
     elseif a == "-p" or a == "--prompt" then o.prompts[#o.prompts + 1] = take()
@@ -376,17 +377,13 @@ function commands.embed(argv)
     elseif a == "-t" or a == "--threads" then o.threads = int_arg(a, take(), 1, 256)
     elseif a == "--stats" then o.stats = true
     else usage_error("embed: unknown option '" .. a .. "' (try: lumen embed --help)") end
-    i = i + 1
   end
   return require("embed").run(o)
 end
 
 function commands.pull(argv)
   local o = { words = {} }
-  local i = 2
-  while i <= #argv do
-    local a, v = argv[i], argv[i + 1]
-    local function take() if v == nil then usage_error(a .. " needs a value") end i = i + 1 return v end
+  for a, take in options(argv, 2) do
     if a == "-h" or a == "--help" then io.write(HELP.pull) return 0
     elseif a == "--sha256" then
       o.sha256 = take()
@@ -396,7 +393,6 @@ function commands.pull(argv)
     elseif a == "-q" or a == "--quiet" then o.quiet = true
     elseif a:sub(1, 1) == "-" and #a > 1 then usage_error("pull: unknown option '" .. a .. "' (try: lumen pull --help)")
     else o.words[#o.words + 1] = a end
-    i = i + 1
   end
   if #o.words ~= 1 then usage_error("pull takes one model alias or URL (try: lumen pull --help)") end
   local pull = require "lumen.pull"
