@@ -418,7 +418,7 @@ function commands.pull(argv)
   if r.already then
     io.write(string.format("%s: %s (already there%s)\n", name, r.path, r.pinned and ", sha256 ok" or ""))
   else
-    if r.restarted then say("the server sent the whole file again (it ignored the Range request)") end
+    if r.restarted then say("the server sent the whole file again (it ignored the Range request, or the file changed since the last run)") end
     local got, secs = r.size - (r.resumed_from or 0), now() - t0
     say(string.format("%.1f MB in %.1f s (%.1f MB/s)%s", got / 1e6, secs, got / 1e6 / math.max(secs, 1e-3),
       (r.resumed_from or 0) > 0 and string.format(", after %.1f MB of an earlier run", r.resumed_from / 1e6) or ""))
