@@ -382,7 +382,7 @@ lm_status lm_fetch_file(const char *url, const char *partial_path, const lm_fetc
             if (rc == LM_OK) rc = transfer(&st);
             if (rc == LM_OK && st.restart) rc = lm_err("%s: the server's answers to Range requests do not fit the file", url);
         }
-        out->http_status = (int32_t)st.status;
+        out->http_status = st.status == 416 ? 0 : (int32_t)st.status;  /* 416: it was all there */
     }
     if (rc == LM_OK) report(&st);
     if (rc == LM_OK && fsync(fd) != 0) rc = lm_err("cannot write '%s': %s", partial_path, strerror(errno));
