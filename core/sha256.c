@@ -1,14 +1,13 @@
 /* SHA-256 (FIPS 180-4), for checking model files against their pinned hashes. */
 #include "lumen.h"
 #include "error.h"
+#include "sha256.h"
 
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-
-typedef struct { uint32_t h[8]; uint64_t len; uint8_t buf[64]; size_t n; } sha256_ctx;
 
 static const uint32_t K[64] = {
     0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
@@ -22,7 +21,7 @@ static const uint32_t K[64] = {
 
 #define ROR(x, n) (((x) >> (n)) | ((x) << (32 - (n))))
 
-static void block(sha256_ctx *c, const uint8_t *p) {
+static void block(lm_sha256_ctx *c, const uint8_t *p) {
     uint32_t w[64], a, b, d, e, f, g, h, cc;
     for (int i = 0; i < 16; i++) w[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16 | (uint32_t)p[4 * i + 2] << 8 | p[4 * i + 3];
     for (int i = 16; i < 64; i++) {
@@ -39,14 +38,15 @@ static void block(sha256_ctx *c, const uint8_t *p) {
     c->h[0] += a; c->h[1] += b; c->h[2] += cc; c->h[3] += d; c->h[4] += e; c->h[5] += f; c->h[6] += g; c->h[7] += h;
 }
 
-static void init(sha256_ctx *c) {
+void lm_sha256_init(lm_sha256_ctx *c) {
     static const uint32_t h0[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
     memcpy(c->h, h0, sizeof h0);
     c->len = 0;
     c->n = 0;
 }
 
-static void update(sha256_ctx *c, const uint8_t *p, size_t n) {
+void lm_sha256_update(lm_sha256_ctx *c, const void *data, size_t n) {
+    const uint8_t *p = data;
     c->len += n;
     if (c->n) {
         size_t take = 64 - c->n < n ? 64 - c->n : n;
@@ -59,22 +59,22 @@ static void update(sha256_ctx *c, const uint8_t *p, size_t n) {
     c->n += n;
 }
 
-static void final_hex(sha256_ctx *c, char *hex) {
+void lm_sha256_final_hex(lm_sha256_ctx *c, char *hex) {
     uint64_t bits = c->len * 8;
     uint8_t pad = 0x80, zero = 0, lenb[8];
-    update(c, &pad, 1);
-    while (c->n != 56) update(c, &zero, 1);
+    lm_sha256_update(c, &pad, 1);
+    while (c->n != 56) lm_sha256_update(c, &zero, 1);
     for (int i = 0; i < 8; i++) lenb[i] = (uint8_t)(bits >> (56 - 8 * i));
-    update(c, lenb, 8);
+    lm_sha256_update(c, lenb, 8);
     for (int i = 0; i < 8; i++) sprintf(hex + 8 * i, "%08x", c->h[i]);
     hex[64] = 0;
 }
 
 void lm_sha256_hex(const void *data, size_t len, char *hex) {
-    sha256_ctx c;
-    init(&c);
-    update(&c, data, len);
-    final_hex(&c, hex);
+    lm_sha256_ctx c;
+    lm_sha256_init(&c);
+    lm_sha256_update(&c, data, len);
+    lm_sha256_final_hex(&c, hex);
 }
 
 bool lm_ct_equal(const void *a, const void *b, size_t n) {
@@ -89,17 +89,17 @@ lm_status lm_sha256_file(const char *path, char *hex) {
     if (!path || !hex) return lm_err("sha256: path or output is NULL");
     FILE *f = fopen(path, "rb");
     if (!f) return lm_err("cannot open '%s': %s", path, strerror(errno));
-    sha256_ctx c;
-    init(&c);
+    lm_sha256_ctx c;
+    lm_sha256_init(&c);
     size_t cap = 1 << 20, n;
     uint8_t *buf = malloc(cap);
     if (!buf) { fclose(f); return lm_err("out of memory"); }
-    while ((n = fread(buf, 1, cap, f)) > 0) update(&c, buf, n);
+    while ((n = fread(buf, 1, cap, f)) > 0) lm_sha256_update(&c, buf, n);
     bool err = ferror(f);
     free(buf);
     fclose(f);
     if (err) return lm_err("error reading '%s'", path);
-    final_hex(&c, hex);
+    lm_sha256_final_hex(&c, hex);
     return LM_OK;
 }
 

