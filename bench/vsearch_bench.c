@@ -1,0 +1,114 @@
+/* Exact vector search latency: lm_vec_topk over a store of random unit
+ * vectors (default 1,000,000 x 384, all-MiniLM-L6-v2's width), f32 and int8,
+ * on 1 and 2 threads. The four configurations take turns query by query, so
+ * drift on a shared machine hits them alike; p50/p95 over the timed queries
+ * after a few warm ones, and the read bandwidth the p50 implies (the store's
+ * bytes / p50). Also the int8 store's recall@k against f32's.
+ *
+ *   build/lumen_vsearch_bench [rows] [dim] [queries] [k]
+ * LUMEN_ISA=scalar|avx2 caps the kernels as everywhere. */
+#include "lumen.h"
+#include "quant.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static uint64_t g_rng = 0x9e3779b97f4a7c15ull;
+static double gauss(void) { /* Box-Muller over xorshift64* */
+    double u[2];
+    for (int i = 0; i < 2; i++) {
+        g_rng ^= g_rng >> 12, g_rng ^= g_rng << 25, g_rng ^= g_rng >> 27;
+        u[i] = ((g_rng * 0x2545F4914F6CDD1Dull) >> 11) * (1.0 / 9007199254740992.0);
+    }
+    return sqrt(-2.0 * log(u[0] + 1e-300)) * cos(6.283185307179586 * u[1]);
+}
+
+static void unit(float *v, int32_t dim) {
+    double ss = 0;
+    for (int32_t j = 0; j < dim; j++) v[j] = (float)gauss(), ss += (double)v[j] * v[j];
+    const float inv = (float)(1.0 / sqrt(ss));
+    for (int32_t j = 0; j < dim; j++) v[j] *= inv;
+}
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    const double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+int main(int argc, char **argv) {
+    const int64_t n = argc > 1 ? atoll(argv[1]) : 1000000;
+    const int32_t dim = argc > 2 ? atoi(argv[2]) : 384;
+    const int nq = argc > 3 ? atoi(argv[3]) : 60;
+    const int32_t k = argc > 4 ? atoi(argv[4]) : 10;
+    const int warm = 3;
+    if (n <= 0 || dim <= 0 || nq <= 0 || k <= 0) {
+        fprintf(stderr, "usage: %s [rows] [dim] [queries] [k]\n", argv[0]);
+        return 2;
+    }
+    float *x = malloc(sizeof(float) * (size_t)n * dim), *scales = malloc(sizeof(float) * (size_t)n);
+    int8_t *x8 = malloc((size_t)n * dim);
+    float *q = malloc(sizeof(float) * (size_t)dim * (nq + warm));
+    int64_t *ids = malloc(sizeof(int64_t) * k * 2);
+    float *sc = malloc(sizeof(float) * k);
+    double *lat[4];
+    for (int c = 0; c < 4; c++) lat[c] = malloc(sizeof(double) * nq);
+    if (!x || !scales || !x8 || !q || !ids || !sc) {
+        fprintf(stderr, "out of memory\n");
+        return 1;
+    }
+    for (int64_t i = 0; i < n; i++) unit(x + i * dim, dim);
+    for (int i = 0; i < nq + warm; i++) unit(q + (int64_t)i * dim, dim);
+    if (lm_vec_quantize_i8(x, n, dim, x8, scales) != LM_OK) {
+        fprintf(stderr, "%s\n", lm_last_error());
+        return 1;
+    }
+
+    static const struct { int dtype; int32_t threads; const char *name; } cfg[4] = {
+        {LM_F32, 1, "f32 1 thread "}, {LM_F32, 2, "f32 2 threads"},
+        {LM_I8, 1, "i8  1 thread "}, {LM_I8, 2, "i8  2 threads"}};
+    double recall = 0;
+    for (int i = 0; i < nq + warm; i++) {
+        const float *qi = q + (int64_t)i * dim;
+        for (int c = 0; c < 4; c++) {
+            const void *rows = cfg[c].dtype == LM_F32 ? (const void *)x : (const void *)x8;
+            int64_t *out = ids + (cfg[c].dtype == LM_F32 ? 0 : k);
+            const double t0 = now();
+            const int64_t got = lm_vec_topk(rows, cfg[c].dtype, scales, n, dim, qi, k, cfg[c].threads, out, sc);
+            const double t = now() - t0;
+            if (got != (k < n ? k : n)) {
+                fprintf(stderr, "lm_vec_topk: %s\n", lm_last_error());
+                return 1;
+            }
+            if (i >= warm) lat[c][i - warm] = t;
+        }
+        if (i >= warm) { /* int8's top-k against f32's */
+            int same = 0;
+            for (int a = 0; a < k; a++)
+                for (int b = 0; b < k; b++) same += ids[a] == ids[k + b];
+            recall += (double)same / k;
+        }
+    }
+
+    printf("%lld x %d, k = %d, %d queries (after %d warm), kernels: %s\n", (long long)n, dim, k, nq, warm,
+           lm_isa_name(lm_cpu_isa()));
+    for (int c = 0; c < 4; c++) {
+        qsort(lat[c], nq, sizeof(double), cmp_double);
+        const double p50 = lat[c][nq / 2], p95 = lat[c][(int)ceil(0.95 * nq) - 1];
+        const double bytes = (double)n * dim * (cfg[c].dtype == LM_F32 ? 4 : 1) + (cfg[c].dtype == LM_I8 ? 4.0 * n : 0);
+        printf("%s  p50 %7.2f ms  p95 %7.2f ms  min %7.2f ms  %5.1f GB/s at p50\n", cfg[c].name, p50 * 1e3,
+               p95 * 1e3, lat[c][0] * 1e3, bytes / p50 * 1e-9);
+    }
+    printf("i8 recall@%d against f32: %.4f\n", k, recall / nq);
+    free(x), free(scales), free(x8), free(q), free(ids), free(sc);
+    for (int c = 0; c < 4; c++) free(lat[c]);
+    return 0;
+}

@@ -1,0 +1,222 @@
+/* Exact top-k vector search: the scalar reference scores (the order in
+ * vsearch.h), the selection, the threads and the dispatch. Built with
+ * -ffp-contract=off so that the compiler fuses nothing the order does not say;
+ * the fused multiply-adds it does say are explicit fmaf calls. */
+#include "vsearch.h"
+
+#include "error.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* ---- scalar reference scores ---------------------------------------------- */
+
+static inline float dot_f32(const float *x, const float *q, int32_t dim) {
+    float p[16] = {0};
+    for (int32_t b = 0; b < dim; b += 16)
+        for (int j = 0; j < 16; j++) {
+            const int32_t i = b + j;
+            p[j] = fmaf(i < dim ? q[i] : 0.0f, i < dim ? x[i] : 0.0f, p[j]);
+        }
+    return lm_vsearch_reduce16(p);
+}
+
+static inline float dot_i8(const int8_t *x, const float *q, int32_t dim) {
+    float p[16] = {0};
+    for (int32_t b = 0; b < dim; b += 16)
+        for (int j = 0; j < 16; j++) {
+            const int32_t i = b + j;
+            p[j] = fmaf(i < dim ? q[i] : 0.0f, i < dim ? (float)x[i] : 0.0f, p[j]);
+        }
+    return lm_vsearch_reduce16(p);
+}
+
+static void scores_f32_scalar(const void *rows, const float *scales, int64_t n, int32_t dim, const float *q,
+                              float *out) {
+    (void)scales;
+    const float *x = rows;
+    for (int64_t i = 0; i < n; i++) out[i] = dot_f32(x + i * dim, q, dim);
+}
+
+static void scores_i8_scalar(const void *rows, const float *scales, int64_t n, int32_t dim, const float *q,
+                             float *out) {
+    const int8_t *x = rows;
+    for (int64_t i = 0; i < n; i++) out[i] = scales[i] * dot_i8(x + i * dim, q, dim);
+}
+
+/* ---- dispatch --------------------------------------------------------------- */
+
+lm_vsearch_fn lm_vsearch_kernel(int dtype, lm_isa isa) {
+    static const lm_vsearch_fn f32[LM_ISA_COUNT] = {scores_f32_scalar, lm_vsearch_f32_avx2, lm_vsearch_f32_avx512};
+    static const lm_vsearch_fn i8[LM_ISA_COUNT] = {scores_i8_scalar, lm_vsearch_i8_avx2, lm_vsearch_i8_avx512};
+    if ((int)isa < 0 || isa >= LM_ISA_COUNT) return NULL;
+    return dtype == LM_F32 ? f32[isa] : dtype == LM_I8 ? i8[isa] : NULL;
+}
+
+/* the best kernel the CPU runs (lm_cpu_isa honours LUMEN_ISA) */
+static lm_vsearch_fn pick(int dtype) {
+    for (int isa = lm_cpu_isa(); isa >= 0; isa--) {
+        lm_vsearch_fn f = lm_vsearch_kernel(dtype, (lm_isa)isa);
+        if (f) return f;
+    }
+    return NULL;
+}
+
+/* ---- selection: a heap of the k best, worst at the root ---------------------- */
+
+typedef struct { float s; int64_t id; } hit;
+
+/* The one total order on (score, row): higher score first, then lower row;
+ * NaN below everything. Any split of the rows keeps the same k best. */
+static inline int better(float a, int64_t ia, float b, int64_t ib) {
+    if (a > b) return 1;
+    if (a < b) return 0;
+    if (a == b) return ia < ib;
+    if (isnan(a) && isnan(b)) return ia < ib;
+    return isnan(b);
+}
+
+typedef struct { hit *h; int64_t len, cap; } heap;
+
+static void sift_down(heap *hp, int64_t i) {
+    hit *h = hp->h;
+    const hit x = h[i];
+    for (;;) {
+        int64_t c = 2 * i + 1;
+        if (c >= hp->len) break;
+        if (c + 1 < hp->len && better(h[c].s, h[c].id, h[c + 1].s, h[c + 1].id)) c++; /* the worse child */
+        if (!better(x.s, x.id, h[c].s, h[c].id)) break;
+        h[i] = h[c];
+        i = c;
+    }
+    h[i] = x;
+}
+
+static inline void offer(heap *hp, float s, int64_t id) {
+    hit *h = hp->h;
+    if (hp->len < hp->cap) {
+        int64_t i = hp->len++;
+        while (i > 0) { /* sift up: a parent is never worse than its children */
+            const int64_t p = (i - 1) / 2;
+            if (!better(h[p].s, h[p].id, s, id)) break;
+            h[i] = h[p];
+            i = p;
+        }
+        h[i] = (hit){s, id};
+    } else if (better(s, id, h[0].s, h[0].id)) {
+        h[0] = (hit){s, id};
+        sift_down(hp, 0);
+    }
+}
+
+/* ---- scanning, one thread's share ------------------------------------------- */
+
+/* rows scored per kernel call: a few KB of scores, reused from L1 */
+#define SCAN_BLOCK 512
+
+typedef struct {
+    lm_vsearch_fn fn;
+    const char *rows;
+    size_t row_bytes;
+    const float *scales, *q;
+    int32_t dim;
+    int64_t lo, hi;
+    heap hp;
+} scan_job;
+
+static void *scan(void *arg) {
+    scan_job *j = arg;
+    float buf[SCAN_BLOCK];
+    for (int64_t b = j->lo; b < j->hi; b += SCAN_BLOCK) {
+        const int64_t m = j->hi - b < SCAN_BLOCK ? j->hi - b : SCAN_BLOCK;
+        j->fn(j->rows + (size_t)b * j->row_bytes, j->scales ? j->scales + b : NULL, m, j->dim, j->q, buf);
+        for (int64_t i = 0; i < m; i++) offer(&j->hp, buf[i], b + i);
+    }
+    return NULL;
+}
+
+/* Below this many elements a thread's share is not worth creating it (~50 us,
+ * about 1M elements scored). */
+#define MIN_WORK_PER_THREAD ((int64_t)1 << 20)
+#define MAX_THREADS 64
+
+int64_t lm_vec_topk(const void *rows, int dtype, const float *scales, int64_t n, int32_t dim, const float *query,
+                    int32_t k, int32_t n_threads, int64_t *ids, float *scores) {
+    if (dtype != LM_F32 && dtype != LM_I8) return lm_err("lm_vec_topk: dtype %d is not LM_F32 or LM_I8", dtype);
+    if (n < 0) return lm_err("lm_vec_topk: n = %lld rows", (long long)n);
+    if (dim <= 0) return lm_err("lm_vec_topk: dim = %d (must be >= 1)", dim);
+    if (k < 0) return lm_err("lm_vec_topk: k = %d", k);
+    if (!query) return lm_err("lm_vec_topk: query is NULL");
+    if (n > 0 && !rows) return lm_err("lm_vec_topk: rows is NULL");
+    if (n > 0 && dtype == LM_I8 && !scales) return lm_err("lm_vec_topk: scales is NULL (LM_I8 rows)");
+    if (k > 0 && (!ids || !scores)) return lm_err("lm_vec_topk: %s is NULL", ids ? "scores" : "ids");
+    if (n > INT64_MAX / dim) return lm_err("lm_vec_topk: n * dim overflows");
+    const int64_t kk = k < n ? k : n;
+    if (kk == 0) return 0;
+
+    int64_t nt = n_threads > 0 ? n_threads : sysconf(_SC_NPROCESSORS_ONLN);
+    const int64_t by_work = n * dim / MIN_WORK_PER_THREAD;
+    if (nt > by_work) nt = by_work;
+    if (nt > MAX_THREADS) nt = MAX_THREADS;
+    if (nt < 1) nt = 1;
+
+    scan_job jobs[MAX_THREADS];
+    hit *store = malloc(sizeof(hit) * (size_t)(kk * (nt + 1)));
+    if (!store) return lm_err("lm_vec_topk: out of memory for %lld hits", (long long)(kk * (nt + 1)));
+    const size_t row_bytes = (size_t)dim * (dtype == LM_F32 ? sizeof(float) : 1);
+    const lm_vsearch_fn fn = pick(dtype);
+    for (int64_t t = 0; t < nt; t++) {
+        const int64_t lo = n * t / nt, hi = n * (t + 1) / nt;
+        jobs[t] = (scan_job){fn, rows, row_bytes, dtype == LM_I8 ? scales : NULL, query, dim, lo, hi,
+                             {store + t * kk, 0, hi - lo < kk ? hi - lo : kk}};
+    }
+    /* the caller scans share 0; a thread that cannot be created leaves its share to the caller too */
+    pthread_t tid[MAX_THREADS];
+    int started[MAX_THREADS] = {0};
+    for (int64_t t = 1; t < nt; t++) started[t] = pthread_create(&tid[t], NULL, scan, &jobs[t]) == 0;
+    scan(&jobs[0]);
+    for (int64_t t = 1; t < nt; t++) {
+        if (started[t]) pthread_join(tid[t], NULL);
+        else scan(&jobs[t]);
+    }
+
+    heap all = {store + nt * kk, 0, kk};
+    for (int64_t t = 0; t < nt; t++)
+        for (int64_t i = 0; i < jobs[t].hp.len; i++) offer(&all, jobs[t].hp.h[i].s, jobs[t].hp.h[i].id);
+    /* popping the root gives the worst first: fill from the back */
+    for (int64_t i = kk - 1; i >= 0; i--) {
+        ids[i] = all.h[0].id;
+        scores[i] = all.h[0].s;
+        all.h[0] = all.h[--all.len];
+        sift_down(&all, 0);
+    }
+    free(store);
+    return kk;
+}
+
+/* ---- int8 storage ------------------------------------------------------------ */
+
+lm_status lm_vec_quantize_i8(const float *x, int64_t n, int32_t dim, int8_t *out, float *scales) {
+    if (!x || !out || !scales) return lm_err("lm_vec_quantize_i8: %s is NULL", !x ? "x" : !out ? "out" : "scales");
+    if (n < 0) return lm_err("lm_vec_quantize_i8: n = %lld rows", (long long)n);
+    if (dim <= 0) return lm_err("lm_vec_quantize_i8: dim = %d (must be >= 1)", dim);
+    for (int64_t i = 0; i < n; i++) {
+        const float *r = x + i * dim;
+        float amax = 0.0f;
+        for (int32_t j = 0; j < dim; j++) {
+            if (!isfinite(r[j])) return lm_err("lm_vec_quantize_i8: row %lld, element %d is %g", (long long)i, j, r[j]);
+            amax = fmaxf(amax, fabsf(r[j]));
+        }
+        const float s = amax / 127.0f;
+        scales[i] = s;
+        for (int32_t j = 0; j < dim; j++) {
+            /* x / s rather than x * (127 / amax): the stated bound is against s itself */
+            const float v = s > 0.0f ? nearbyintf(r[j] / s) : 0.0f;
+            out[i * dim + j] = (int8_t)(v > 127.0f ? 127 : v < -127.0f ? -127 : v);
+        }
+    }
+    return LM_OK;
+}
