@@ -17,18 +17,20 @@
 #include <time.h>
 
 static uint64_t g_rng = 0x9e3779b97f4a7c15ull;
-static double gauss(void) { /* Box-Muller over xorshift64* */
-    double u[2];
-    for (int i = 0; i < 2; i++) {
-        g_rng ^= g_rng >> 12, g_rng ^= g_rng << 25, g_rng ^= g_rng >> 27;
-        u[i] = ((g_rng * 0x2545F4914F6CDD1Dull) >> 11) * (1.0 / 9007199254740992.0);
-    }
-    return sqrt(-2.0 * log(u[0] + 1e-300)) * cos(6.283185307179586 * u[1]);
+static double uniform(void) { /* xorshift64*, in (0, 1] */
+    g_rng ^= g_rng >> 12, g_rng ^= g_rng << 25, g_rng ^= g_rng >> 27;
+    return ((g_rng * 0x2545F4914F6CDD1Dull >> 11) + 1) * (1.0 / 9007199254740992.0);
 }
 
+/* a uniformly random direction: normalized Gaussians (Box-Muller, both outputs) */
 static void unit(float *v, int32_t dim) {
     double ss = 0;
-    for (int32_t j = 0; j < dim; j++) v[j] = (float)gauss(), ss += (double)v[j] * v[j];
+    for (int32_t j = 0; j < dim; j += 2) {
+        const double r = sqrt(-2.0 * log(uniform())), a = 6.283185307179586 * uniform();
+        v[j] = (float)(r * cos(a));
+        if (j + 1 < dim) v[j + 1] = (float)(r * sin(a));
+    }
+    for (int32_t j = 0; j < dim; j++) ss += (double)v[j] * v[j];
     const float inv = (float)(1.0 / sqrt(ss));
     for (int32_t j = 0; j < dim; j++) v[j] *= inv;
 }

@@ -14,55 +14,30 @@
 
 /* ---- scalar reference scores ---------------------------------------------- */
 
-static inline float dot_f32(const float *x, const float *q, int32_t dim) {
-    float p[16] = {0};
-    for (int32_t b = 0; b < dim; b += 16)
-        for (int j = 0; j < 16; j++) {
-            const int32_t i = b + j;
-            p[j] = fmaf(i < dim ? q[i] : 0.0f, i < dim ? x[i] : 0.0f, p[j]);
-        }
-    return lm_vsearch_reduce16(p);
+/* element i of a row as a float, 0 past the end (the padding of the last block) */
+static inline float elem(int dtype, const void *row, int32_t i, int32_t dim) {
+    if (i >= dim) return 0.0f;
+    return dtype == LM_I8 ? (float)((const int8_t *)row)[i] : ((const float *)row)[i];
 }
 
-static inline float dot_i8(const int8_t *x, const float *q, int32_t dim) {
-    float p[16] = {0};
-    for (int32_t b = 0; b < dim; b += 16)
-        for (int j = 0; j < 16; j++) {
-            const int32_t i = b + j;
-            p[j] = fmaf(i < dim ? q[i] : 0.0f, i < dim ? (float)x[i] : 0.0f, p[j]);
-        }
-    return lm_vsearch_reduce16(p);
-}
-
-static void scores_f32_scalar(const void *rows, const float *scales, int64_t n, int32_t dim, const float *q,
-                              float *out) {
-    (void)scales;
-    const float *x = rows;
-    for (int64_t i = 0; i < n; i++) out[i] = dot_f32(x + i * dim, q, dim);
-}
-
-static void scores_i8_scalar(const void *rows, const float *scales, int64_t n, int32_t dim, const float *q,
-                             float *out) {
-    const int8_t *x = rows;
-    for (int64_t i = 0; i < n; i++) out[i] = scales[i] * dot_i8(x + i * dim, q, dim);
+static void scores_scalar(int dtype, const void *rows, const float *scales, int64_t n, int32_t dim, const float *q,
+                          float *out) {
+    const size_t row_bytes = (size_t)dim * (dtype == LM_I8 ? 1 : sizeof(float));
+    for (int64_t r = 0; r < n; r++) {
+        const void *row = (const char *)rows + (size_t)r * row_bytes;
+        float p[16] = {0};
+        for (int32_t b = 0; b < dim; b += 16)
+            for (int j = 0; j < 16; j++) p[j] = fmaf(b + j < dim ? q[b + j] : 0.0f, elem(dtype, row, b + j, dim), p[j]);
+        const float d = lm_vsearch_reduce16(p);
+        out[r] = dtype == LM_I8 ? scales[r] * d : d;
+    }
 }
 
 /* ---- dispatch --------------------------------------------------------------- */
 
-lm_vsearch_fn lm_vsearch_kernel(int dtype, lm_isa isa) {
-    static const lm_vsearch_fn f32[LM_ISA_COUNT] = {scores_f32_scalar, lm_vsearch_f32_avx2, lm_vsearch_f32_avx512};
-    static const lm_vsearch_fn i8[LM_ISA_COUNT] = {scores_i8_scalar, lm_vsearch_i8_avx2, lm_vsearch_i8_avx512};
-    if ((int)isa < 0 || isa >= LM_ISA_COUNT) return NULL;
-    return dtype == LM_F32 ? f32[isa] : dtype == LM_I8 ? i8[isa] : NULL;
-}
-
-/* the best kernel the CPU runs (lm_cpu_isa honours LUMEN_ISA) */
-static lm_vsearch_fn pick(int dtype) {
-    for (int isa = lm_cpu_isa(); isa >= 0; isa--) {
-        lm_vsearch_fn f = lm_vsearch_kernel(dtype, (lm_isa)isa);
-        if (f) return f;
-    }
-    return NULL;
+lm_vsearch_fn lm_vsearch_kernel(lm_isa isa) {
+    static const lm_vsearch_fn table[LM_ISA_COUNT] = {scores_scalar, lm_vsearch_scores_avx2, lm_vsearch_scores_avx512};
+    return (int)isa >= 0 && isa < LM_ISA_COUNT ? table[isa] : NULL;
 }
 
 /* ---- selection: a heap of the k best, worst at the root ---------------------- */
@@ -119,6 +94,7 @@ static inline void offer(heap *hp, float s, int64_t id) {
 
 typedef struct {
     lm_vsearch_fn fn;
+    int dtype;
     const char *rows;
     size_t row_bytes;
     const float *scales, *q;
@@ -132,7 +108,7 @@ static void *scan(void *arg) {
     float buf[SCAN_BLOCK];
     for (int64_t b = j->lo; b < j->hi; b += SCAN_BLOCK) {
         const int64_t m = j->hi - b < SCAN_BLOCK ? j->hi - b : SCAN_BLOCK;
-        j->fn(j->rows + (size_t)b * j->row_bytes, j->scales ? j->scales + b : NULL, m, j->dim, j->q, buf);
+        j->fn(j->dtype, j->rows + (size_t)b * j->row_bytes, j->scales ? j->scales + b : NULL, m, j->dim, j->q, buf);
         for (int64_t i = 0; i < m; i++) offer(&j->hp, buf[i], b + i);
     }
     return NULL;
@@ -167,10 +143,10 @@ int64_t lm_vec_topk(const void *rows, int dtype, const float *scales, int64_t n,
     hit *store = malloc(sizeof(hit) * (size_t)(kk * (nt + 1)));
     if (!store) return lm_err("lm_vec_topk: out of memory for %lld hits", (long long)(kk * (nt + 1)));
     const size_t row_bytes = (size_t)dim * (dtype == LM_F32 ? sizeof(float) : 1);
-    const lm_vsearch_fn fn = pick(dtype);
+    const lm_vsearch_fn fn = lm_vsearch_kernel(lm_cpu_isa()); /* LUMEN_ISA caps it */
     for (int64_t t = 0; t < nt; t++) {
         const int64_t lo = n * t / nt, hi = n * (t + 1) / nt;
-        jobs[t] = (scan_job){fn, rows, row_bytes, dtype == LM_I8 ? scales : NULL, query, dim, lo, hi,
+        jobs[t] = (scan_job){fn, dtype, rows, row_bytes, dtype == LM_I8 ? scales : NULL, query, dim, lo, hi,
                              {store + t * kk, 0, hi - lo < kk ? hi - lo : kk}};
     }
     /* the caller scans share 0; a thread that cannot be created leaves its share to the caller too */

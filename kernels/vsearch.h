@@ -20,13 +20,13 @@
 
 #include <stdint.h>
 
-/* out[i] = score of row i for i < n. rows: n * dim floats (LM_F32) or int8s
- * (LM_I8, with scales[n]; scales unused for LM_F32). */
-typedef void (*lm_vsearch_fn)(const void *rows, const float *scales, int64_t n, int32_t dim, const float *q,
-                              float *out);
+/* out[i] = score of row i for i < n. rows: n * dim floats (dtype LM_F32) or
+ * int8s (LM_I8, with scales[n]; scales unused for LM_F32). */
+typedef void (*lm_vsearch_fn)(int dtype, const void *rows, const float *scales, int64_t n, int32_t dim,
+                              const float *q, float *out);
 
-/* The kernel of exactly this ISA for dtype (LM_F32 or LM_I8), NULL if there is none. */
-lm_vsearch_fn lm_vsearch_kernel(int dtype, lm_isa isa);
+/* The kernel of exactly this ISA, NULL if there is none. */
+lm_vsearch_fn lm_vsearch_kernel(lm_isa isa);
 
 /* The sixteen partial sums reduced in the order above. */
 static inline float lm_vsearch_reduce16(const float p[16]) {
@@ -35,9 +35,9 @@ static inline float lm_vsearch_reduce16(const float p[16]) {
     return (s[0] + s[1]) + (s[2] + s[3]);
 }
 
-void lm_vsearch_f32_avx2(const void *rows, const float *scales, int64_t n, int32_t dim, const float *q, float *out);
-void lm_vsearch_i8_avx2(const void *rows, const float *scales, int64_t n, int32_t dim, const float *q, float *out);
-void lm_vsearch_f32_avx512(const void *rows, const float *scales, int64_t n, int32_t dim, const float *q, float *out);
-void lm_vsearch_i8_avx512(const void *rows, const float *scales, int64_t n, int32_t dim, const float *q, float *out);
+void lm_vsearch_scores_avx2(int dtype, const void *rows, const float *scales, int64_t n, int32_t dim, const float *q,
+                            float *out);
+void lm_vsearch_scores_avx512(int dtype, const void *rows, const float *scales, int64_t n, int32_t dim,
+                              const float *q, float *out);
 
 #endif

@@ -51,11 +51,8 @@ static inline __attribute__((always_inline)) void scores(const void *rows, const
     }
 }
 
-void lm_vsearch_f32_avx512(const void *rows, const float *scales, int64_t n, int32_t dim, const float *q, float *out) {
-    (void)scales;
-    scores(rows, NULL, n, dim, q, out, 0);
-}
-
-void lm_vsearch_i8_avx512(const void *rows, const float *scales, int64_t n, int32_t dim, const float *q, float *out) {
-    scores(rows, scales, n, dim, q, out, 1);
+void lm_vsearch_scores_avx512(int dtype, const void *rows, const float *scales, int64_t n, int32_t dim,
+                            const float *q, float *out) {
+    if (dtype == LM_I8) scores(rows, scales, n, dim, q, out, 1);
+    else scores(rows, NULL, n, dim, q, out, 0);
 }

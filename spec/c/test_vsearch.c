@@ -23,12 +23,12 @@ static void fill_i8(uint64_t *r, int8_t *x, int64_t n, int lo, int hi) {
 /* every kernel this CPU runs gives the scalar reference's bits */
 static void check_kernels(int dtype, const void *rows, const float *scales, int64_t n, int32_t dim, const float *q,
                           float *ref, float *got) {
-    lm_vsearch_kernel(dtype, LM_ISA_SCALAR)(rows, scales, n, dim, q, ref);
+    lm_vsearch_kernel(LM_ISA_SCALAR)(dtype, rows, scales, n, dim, q, ref);
     for (int isa = LM_ISA_AVX2; isa <= (int)lm_cpu_isa(); isa++) {
-        lm_vsearch_fn f = lm_vsearch_kernel(dtype, (lm_isa)isa);
+        lm_vsearch_fn f = lm_vsearch_kernel((lm_isa)isa);
         if (!f) continue;
         for (int64_t i = 0; i < n; i++) got[i] = -12345.0f;
-        f(rows, scales, n, dim, q, got);
+        f(dtype, rows, scales, n, dim, q, got);
         int64_t bad = -1;
         for (int64_t i = 0; i < n && bad < 0; i++)
             if (memcmp(&ref[i], &got[i], sizeof(float))) bad = i;
@@ -61,7 +61,7 @@ static void test_kernels_match_scalar(void) {
     /* the stated order is a dot product: near the double-precision one */
     const int32_t dim = 384;
     fill(&r, x, 100 * dim, -1, 1);
-    lm_vsearch_kernel(LM_F32, LM_ISA_SCALAR)(x, NULL, 100, dim, q, ref);
+    lm_vsearch_kernel(LM_ISA_SCALAR)(LM_F32, x, NULL, 100, dim, q, ref);
     double worst = 0;
     for (int i = 0; i < 100; i++) {
         double d = 0;
@@ -88,7 +88,7 @@ static void check_topk(int dtype, const void *rows, const float *scales, int64_t
                        int32_t n_threads, const char *what) {
     float *ref = malloc(sizeof(float) * (n + 1));
     int64_t *order = malloc(sizeof(int64_t) * (n + 1));
-    lm_vsearch_kernel(dtype, LM_ISA_SCALAR)(rows, scales, n, dim, q, ref);
+    lm_vsearch_kernel(LM_ISA_SCALAR)(dtype, rows, scales, n, dim, q, ref);
     for (int64_t i = 0; i < n; i++) order[i] = i;
     g_sort_scores = ref;
     qsort(order, (size_t)n, sizeof(int64_t), by_rank);
