@@ -3,7 +3,10 @@
  * on 1 and 2 threads. The four configurations take turns query by query, so
  * drift on a shared machine hits them alike; p50/p95 over the timed queries
  * after a few warm ones, and the read bandwidth the p50 implies (the store's
- * bytes / p50). Also the int8 store's recall@k against f32's.
+ * bytes / p50). Beside them, the same turns time a plain read of each
+ * store (64-bit integer sums, no scoring) on 1 and 2 threads: the memory's
+ * ceiling at that moment. Also the int8 store's recall@k against f32's, and
+ * the load average (the machine is shared: say what else ran).
  *
  *   build/lumen_vsearch_bench [rows] [dim] [queries] [k]
  * LUMEN_ISA=scalar|avx2 caps the kernels as everywhere. */
@@ -11,6 +14,7 @@
 #include "quant.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,6 +45,31 @@ static double now(void) {
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+typedef struct { const uint64_t *p; int64_t n; uint64_t sum; } read_job;
+
+static void *read_part(void *arg) {
+    read_job *j = arg;
+    uint64_t s = 0;
+    for (int64_t i = 0; i < j->n; i++) s += j->p[i];
+    j->sum = s;
+    return NULL;
+}
+
+/* reads bytes [0, len) on nt threads (1 or 2); the sum keeps the reads live */
+static uint64_t read_all(const void *p, int64_t len, int nt) {
+    read_job jobs[2] = {{0}};
+    const int64_t words = len / 8;
+    nt = nt == 2 ? 2 : 1;
+    for (int t = 0; t < nt; t++)
+        jobs[t] = (read_job){(const uint64_t *)p + words * t / nt, words * (t + 1) / nt - words * t / nt, 0};
+    pthread_t tid;
+    const int two = nt == 2 && pthread_create(&tid, NULL, read_part, &jobs[1]) == 0;
+    read_part(&jobs[0]);
+    if (two) pthread_join(tid, NULL);
+    else if (nt == 2) read_part(&jobs[1]);
+    return jobs[0].sum + (nt == 2 ? jobs[1].sum : 0);
+}
+
 static int cmp_double(const void *a, const void *b) {
     const double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);
@@ -61,8 +90,8 @@ int main(int argc, char **argv) {
     float *q = malloc(sizeof(float) * (size_t)dim * (nq + warm));
     int64_t *ids = malloc(sizeof(int64_t) * k * 2);
     float *sc = malloc(sizeof(float) * k);
-    double *lat[4];
-    for (int c = 0; c < 4; c++) lat[c] = malloc(sizeof(double) * nq);
+    double *lat[8];
+    for (int c = 0; c < 8; c++) lat[c] = malloc(sizeof(double) * nq);
     if (!x || !scales || !x8 || !q || !ids || !sc) {
         fprintf(stderr, "out of memory\n");
         return 1;
@@ -74,12 +103,22 @@ int main(int argc, char **argv) {
         return 1;
     }
 
-    static const struct { int dtype; int32_t threads; const char *name; } cfg[4] = {
-        {LM_F32, 1, "f32 1 thread "}, {LM_F32, 2, "f32 2 threads"},
-        {LM_I8, 1, "i8  1 thread "}, {LM_I8, 2, "i8  2 threads"}};
-    double recall = 0;
+    static const struct { int dtype; int32_t threads; const char *name; } cfg[8] = {
+        {LM_F32, 1, "f32 1 thread"}, {LM_F32, 2, "f32 2 threads"},
+        {LM_I8, 1, "i8 1 thread"}, {LM_I8, 2, "i8 2 threads"},
+        {LM_F32, -1, "read f32 1 th."}, {LM_F32, -2, "read f32 2 th."},
+        {LM_I8, -1, "read i8 1 th."}, {LM_I8, -2, "read i8 2 th."}};
+    double recall = 0, load[2][3];
+    uint64_t sink = 0;
+    getloadavg(load[0], 3);
     for (int i = 0; i < nq + warm; i++) {
         const float *qi = q + (int64_t)i * dim;
+        for (int c = 4; c < 8; c++) {
+            const double t0 = now();
+            if (cfg[c].dtype == LM_F32) sink += read_all(x, (int64_t)n * dim * (int64_t)sizeof(float), -cfg[c].threads);
+            else sink += read_all(x8, (int64_t)n * dim, -cfg[c].threads) + read_all(scales, 4 * n, -cfg[c].threads);
+            if (i >= warm) lat[c][i - warm] = now() - t0;
+        }
         for (int c = 0; c < 4; c++) {
             const void *rows = cfg[c].dtype == LM_F32 ? (const void *)x : (const void *)x8;
             int64_t *out = ids + (cfg[c].dtype == LM_F32 ? 0 : k);
@@ -100,17 +139,19 @@ int main(int argc, char **argv) {
         }
     }
 
-    printf("%lld x %d, k = %d, %d queries (after %d warm), kernels: %s\n", (long long)n, dim, k, nq, warm,
-           lm_isa_name(lm_cpu_isa()));
-    for (int c = 0; c < 4; c++) {
+    getloadavg(load[1], 3);
+    printf("%lld x %d, k = %d, %d queries (after %d warm), kernels: %s, load average %.1f -> %.1f (checksum %llx)\n",
+           (long long)n, dim, k, nq, warm, lm_isa_name(lm_cpu_isa()), load[0][0], load[1][0],
+           (unsigned long long)(sink & 0xff));
+    for (int c = 0; c < 8; c++) {
         qsort(lat[c], nq, sizeof(double), cmp_double);
         const double p50 = lat[c][nq / 2], p95 = lat[c][(int)ceil(0.95 * nq) - 1];
-        const double bytes = (double)n * dim * (cfg[c].dtype == LM_F32 ? 4 : 1) + (cfg[c].dtype == LM_I8 ? 4.0 * n : 0);
-        printf("%s  p50 %7.2f ms  p95 %7.2f ms  min %7.2f ms  %5.1f GB/s at p50\n", cfg[c].name, p50 * 1e3,
+        const double bytes = (double)n * dim * (cfg[c].dtype == LM_I8 ? 1 : 4) + (cfg[c].dtype == LM_I8 ? 4.0 * n : 0);
+        printf("%-14s  p50 %7.2f ms  p95 %7.2f ms  min %7.2f ms  %5.1f GB/s at p50\n", cfg[c].name, p50 * 1e3,
                p95 * 1e3, lat[c][0] * 1e3, bytes / p50 * 1e-9);
     }
     printf("i8 recall@%d against f32: %.4f\n", k, recall / nq);
     free(x), free(scales), free(x8), free(q), free(ids), free(sc);
-    for (int c = 0; c < 4; c++) free(lat[c]);
+    for (int c = 0; c < 8; c++) free(lat[c]);
     return 0;
 }

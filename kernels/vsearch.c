@@ -5,6 +5,7 @@
 #include "vsearch.h"
 
 #include "error.h"
+#include "pool.h" /* lm_pool_take */
 
 #include <math.h>
 #include <pthread.h>
@@ -87,11 +88,26 @@ static inline void offer(heap *hp, float s, int64_t id) {
     }
 }
 
-/* ---- scanning, one thread's share ------------------------------------------- */
+/* ---- scanning, shared between threads --------------------------------------- */
 
 /* rows scored per kernel call: a few KB of scores, reused from L1 */
 #define SCAN_BLOCK 512
+/* Below this many elements a thread's share is not worth creating it: a
+ * thread costs tens of microseconds, 1M elements take a few hundred to read.
+ * Also the smallest piece of work handed out. */
+#define MIN_WORK_PER_THREAD ((int64_t)1 << 20)
+#define MAX_THREADS 64
 
+/* One search, shared by the caller and the threads it creates. The rows are
+ * handed out in shrinking pieces (lm_pool_take) rather than split up front:
+ * on a machine whose cores are busy (five engineers' builds, a server's
+ * decode) a new thread often waits milliseconds for a core, and with a fixed
+ * split the caller would wait for it; here the caller takes what is left, and
+ * waits only for pieces a thread has taken. Each participant keeps its own
+ * heap; whichever rows it scored, the merge under the one total order gives
+ * the same k. The threads are detached and the last one out frees the search,
+ * so a thread that starts after the caller returned finds no work and no
+ * dangling memory. */
 typedef struct {
     lm_vsearch_fn fn;
     int dtype;
@@ -99,25 +115,52 @@ typedef struct {
     size_t row_bytes;
     const float *scales, *q;
     int32_t dim;
-    int64_t lo, hi;
-    heap hp;
-} scan_job;
+    int64_t n, align;
+    int nt;
+    lm_pool_queue queue;
+    pthread_mutex_t mu;
+    pthread_cond_t done;
+    int joined, finished, refs; /* under mu: participants so far (the caller is 0), those finished, holders */
+    heap *heaps;                /* one per participant, kk hits each */
+    hit *store;
+} search;
 
-static void *scan(void *arg) {
-    scan_job *j = arg;
+static void scan(search *s, heap *hp) {
     float buf[SCAN_BLOCK];
-    for (int64_t b = j->lo; b < j->hi; b += SCAN_BLOCK) {
-        const int64_t m = j->hi - b < SCAN_BLOCK ? j->hi - b : SCAN_BLOCK;
-        j->fn(j->dtype, j->rows + (size_t)b * j->row_bytes, j->scales ? j->scales + b : NULL, m, j->dim, j->q, buf);
-        for (int64_t i = 0; i < m; i++) offer(&j->hp, buf[i], b + i);
-    }
-    return NULL;
+    int64_t lo, hi;
+    while (lm_pool_take(&s->queue, s->n, s->align, s->nt, &lo, &hi))
+        for (int64_t b = lo; b < hi; b += SCAN_BLOCK) {
+            const int64_t m = hi - b < SCAN_BLOCK ? hi - b : SCAN_BLOCK;
+            s->fn(s->dtype, s->rows + (size_t)b * s->row_bytes, s->scales ? s->scales + b : NULL, m, s->dim, s->q, buf);
+            for (int64_t i = 0; i < m; i++) offer(hp, buf[i], b + i);
+        }
 }
 
-/* Below this many elements a thread's share is not worth creating it (~50 us,
- * about 1M elements scored). */
-#define MIN_WORK_PER_THREAD ((int64_t)1 << 20)
-#define MAX_THREADS 64
+static void release(search *s) {
+    pthread_mutex_lock(&s->mu);
+    const int last = --s->refs == 0;
+    pthread_mutex_unlock(&s->mu);
+    if (!last) return;
+    pthread_mutex_destroy(&s->mu);
+    pthread_cond_destroy(&s->done);
+    free(s->store);
+    free(s->heaps);
+    free(s);
+}
+
+static void *worker(void *arg) {
+    search *s = arg;
+    pthread_mutex_lock(&s->mu);
+    heap *hp = &s->heaps[s->joined++];
+    pthread_mutex_unlock(&s->mu);
+    scan(s, hp);
+    pthread_mutex_lock(&s->mu);
+    s->finished++;
+    pthread_cond_signal(&s->done);
+    pthread_mutex_unlock(&s->mu);
+    release(s);
+    return NULL;
+}
 
 int64_t lm_vec_topk(const void *rows, int dtype, const float *scales, int64_t n, int32_t dim, const float *query,
                     int32_t k, int32_t n_threads, int64_t *ids, float *scores) {
@@ -139,29 +182,44 @@ int64_t lm_vec_topk(const void *rows, int dtype, const float *scales, int64_t n,
     if (nt > MAX_THREADS) nt = MAX_THREADS;
     if (nt < 1) nt = 1;
 
-    scan_job jobs[MAX_THREADS];
+    search *s = calloc(1, sizeof *s);
     hit *store = malloc(sizeof(hit) * (size_t)(kk * (nt + 1)));
-    if (!store) return lm_err("lm_vec_topk: out of memory for %lld hits", (long long)(kk * (nt + 1)));
-    const size_t row_bytes = (size_t)dim * (dtype == LM_F32 ? sizeof(float) : 1);
-    const lm_vsearch_fn fn = lm_vsearch_kernel(lm_cpu_isa()); /* LUMEN_ISA caps it */
-    for (int64_t t = 0; t < nt; t++) {
-        const int64_t lo = n * t / nt, hi = n * (t + 1) / nt;
-        jobs[t] = (scan_job){fn, dtype, rows, row_bytes, dtype == LM_I8 ? scales : NULL, query, dim, lo, hi,
-                             {store + t * kk, 0, hi - lo < kk ? hi - lo : kk}};
+    heap *heaps = malloc(sizeof(heap) * (size_t)nt);
+    if (!s || !store || !heaps) {
+        free(s), free(store), free(heaps);
+        return lm_err("lm_vec_topk: out of memory for %lld hits", (long long)(kk * (nt + 1)));
     }
-    /* the caller scans share 0; a thread that cannot be created leaves its share to the caller too */
-    pthread_t tid[MAX_THREADS];
-    int started[MAX_THREADS] = {0};
-    for (int64_t t = 1; t < nt; t++) started[t] = pthread_create(&tid[t], NULL, scan, &jobs[t]) == 0;
-    scan(&jobs[0]);
+    *s = (search){.fn = lm_vsearch_kernel(lm_cpu_isa()), /* LUMEN_ISA caps it */
+                  .dtype = dtype, .rows = rows, .row_bytes = (size_t)dim * (dtype == LM_F32 ? sizeof(float) : 1),
+                  .scales = dtype == LM_I8 ? scales : NULL, .q = query, .dim = dim, .n = n,
+                  .align = (MIN_WORK_PER_THREAD + dim - 1) / dim, .nt = (int)nt, .joined = 1, .refs = 1,
+                  .heaps = heaps, .store = store};
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->done, NULL);
+    for (int64_t t = 0; t < nt; t++) heaps[t] = (heap){store + t * kk, 0, kk};
+    /* a thread that cannot be created leaves its work to the others */
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
     for (int64_t t = 1; t < nt; t++) {
-        if (started[t]) pthread_join(tid[t], NULL);
-        else scan(&jobs[t]);
+        pthread_t tid;
+        pthread_mutex_lock(&s->mu);
+        s->refs++;
+        pthread_mutex_unlock(&s->mu);
+        if (pthread_create(&tid, &attr, worker, s)) release(s);
     }
+    pthread_attr_destroy(&attr);
+    scan(s, &heaps[0]);
+    /* the queue is empty: wait for the pieces taken by threads that joined;
+     * one joining from now on takes nothing and leaves its heap empty */
+    pthread_mutex_lock(&s->mu);
+    while (s->finished < s->joined - 1) pthread_cond_wait(&s->done, &s->mu);
+    const int joined = s->joined;
+    pthread_mutex_unlock(&s->mu);
 
     heap all = {store + nt * kk, 0, kk};
-    for (int64_t t = 0; t < nt; t++)
-        for (int64_t i = 0; i < jobs[t].hp.len; i++) offer(&all, jobs[t].hp.h[i].s, jobs[t].hp.h[i].id);
+    for (int t = 0; t < joined; t++)
+        for (int64_t i = 0; i < heaps[t].len; i++) offer(&all, heaps[t].h[i].s, heaps[t].h[i].id);
     /* popping the root gives the worst first: fill from the back */
     for (int64_t i = kk - 1; i >= 0; i--) {
         ids[i] = all.h[0].id;
@@ -169,7 +227,7 @@ int64_t lm_vec_topk(const void *rows, int dtype, const float *scales, int64_t n,
         all.h[0] = all.h[--all.len];
         sift_down(&all, 0);
     }
-    free(store);
+    release(s);
     return kk;
 }
 

@@ -307,7 +307,8 @@ int64_t lm_vec_topk(const void *rows, int dtype, const float *scales, int64_t n,
                     const float *query, int32_t k, int32_t n_threads, int64_t *ids, float *scores);
 /* n rows of dim floats to int8, one scale per row (max|x| / 127, rounding to nearest), for lm_vec_topk.
  * out[i * dim + j] = round_to_nearest_even(x[i * dim + j] / scales[i]) (an all-zero row: scale 0,
- * quants 0), so |x - scales[i] * out| <= scales[i] / 2 (to float rounding). Fails (-1, lm_last_error())
+ * quants 0), so |x - scales[i] * out| <= scales[i] / 2 (to float rounding; coarser for rows whose
+ * max|x| is below ~1e-36, where the scale is subnormal). Fails (-1, lm_last_error())
  * on NULL pointers, n < 0, dim <= 0 or a row with an infinite or NaN element. */
 lm_status lm_vec_quantize_i8(const float *x, int64_t n, int32_t dim, int8_t *out, float *scales);
 
