@@ -296,13 +296,14 @@ lm_status lm_quantize_file(const char *in, const char *out, int dtype, int n_thr
 /* Scores every row against query (inner product: cosine for L2-normalized rows) and keeps
  * the k best, best first (ties: the lower row first). rows: n rows of dim elements, contiguous,
  * dtype LM_F32 (float) or LM_I8 (int8_t; row i's score is scales[i] * dot(query, row_i)).
- * ids[k] / scores[k] receive them; returns how many were written (min(k, n)), or -1 with
+ * ids[k] / scores[k] receive them (ids: 0-based row numbers); returns how many were written (min(k, n)), or -1 with
  * lm_last_error() on bad arguments. n_threads <= 0: all cores.
  * Arguments: n >= 0, dim >= 1, k >= 0; query never NULL; rows (and scales for LM_I8) may be
  * NULL only when n == 0, ids and scores only when k == 0. A NaN score ranks below every
  * other score. Small stores (n * dim under ~1M elements per thread) are scored on the
- * calling thread; larger ones are split across up to n_threads threads created for the call.
- * Thread-safe: calls may run concurrently on the same rows. */
+ * calling thread; for larger ones up to n_threads - 1 threads are created for the call and
+ * share the rows with the caller (results do not depend on the number). Nothing is kept
+ * between calls; calls may run concurrently on the same rows. */
 int64_t lm_vec_topk(const void *rows, int dtype, const float *scales, int64_t n, int32_t dim,
                     const float *query, int32_t k, int32_t n_threads, int64_t *ids, float *scores);
 /* n rows of dim floats to int8, one scale per row (max|x| / 127, rounding to nearest), for lm_vec_topk.
