@@ -5,7 +5,9 @@
  * after a few warm ones, and the read bandwidth the p50 implies (the store's
  * bytes / p50). Beside them, the same turns time a plain read of each
  * store (64-bit integer sums, no scoring) on 1 and 2 threads: the memory's
- * ceiling at that moment. Also the int8 store's recall@k against f32's, and
+ * ceiling at that moment. "cpu" is the process's CPU time per query (all
+ * its threads): on a shared machine, what a query costs on the cores while
+ * the wall time also counts the waits for one. Also the int8 store's recall@k against f32's, and
  * the load average (the machine is shared: say what else ran).
  *
  *   build/lumen_vsearch_bench [rows] [dim] [queries] [k]
@@ -39,11 +41,12 @@ static void unit(float *v, int32_t dim) {
     for (int32_t j = 0; j < dim; j++) v[j] *= inv;
 }
 
-static double now(void) {
+static double clock_s(clockid_t id) {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(id, &ts);
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
+static double now(void) { return clock_s(CLOCK_MONOTONIC); }
 
 typedef struct { const uint64_t *p; int64_t n; uint64_t sum; } read_job;
 
@@ -90,8 +93,8 @@ int main(int argc, char **argv) {
     float *q = malloc(sizeof(float) * (size_t)dim * (nq + warm));
     int64_t *ids = malloc(sizeof(int64_t) * k * 2);
     float *sc = malloc(sizeof(float) * k);
-    double *lat[8];
-    for (int c = 0; c < 8; c++) lat[c] = malloc(sizeof(double) * nq);
+    double *lat[8], *cpu[8];
+    for (int c = 0; c < 8; c++) lat[c] = malloc(sizeof(double) * nq), cpu[c] = malloc(sizeof(double) * nq);
     if (!x || !scales || !x8 || !q || !ids || !sc) {
         fprintf(stderr, "out of memory\n");
         return 1;
@@ -114,22 +117,22 @@ int main(int argc, char **argv) {
     for (int i = 0; i < nq + warm; i++) {
         const float *qi = q + (int64_t)i * dim;
         for (int c = 4; c < 8; c++) {
-            const double t0 = now();
+            const double t0 = now(), c0 = clock_s(CLOCK_PROCESS_CPUTIME_ID);
             if (cfg[c].dtype == LM_F32) sink += read_all(x, (int64_t)n * dim * (int64_t)sizeof(float), -cfg[c].threads);
             else sink += read_all(x8, (int64_t)n * dim, -cfg[c].threads) + read_all(scales, 4 * n, -cfg[c].threads);
-            if (i >= warm) lat[c][i - warm] = now() - t0;
+            if (i >= warm) lat[c][i - warm] = now() - t0, cpu[c][i - warm] = clock_s(CLOCK_PROCESS_CPUTIME_ID) - c0;
         }
         for (int c = 0; c < 4; c++) {
             const void *rows = cfg[c].dtype == LM_F32 ? (const void *)x : (const void *)x8;
             int64_t *out = ids + (cfg[c].dtype == LM_F32 ? 0 : k);
-            const double t0 = now();
+            const double t0 = now(), c0 = clock_s(CLOCK_PROCESS_CPUTIME_ID);
             const int64_t got = lm_vec_topk(rows, cfg[c].dtype, scales, n, dim, qi, k, cfg[c].threads, out, sc);
-            const double t = now() - t0;
+            const double t = now() - t0, tc = clock_s(CLOCK_PROCESS_CPUTIME_ID) - c0;
             if (got != (k < n ? k : n)) {
                 fprintf(stderr, "lm_vec_topk: %s\n", lm_last_error());
                 return 1;
             }
-            if (i >= warm) lat[c][i - warm] = t;
+            if (i >= warm) lat[c][i - warm] = t, cpu[c][i - warm] = tc;
         }
         if (i >= warm) { /* int8's top-k against f32's */
             int same = 0;
@@ -145,13 +148,14 @@ int main(int argc, char **argv) {
            (unsigned long long)(sink & 0xff));
     for (int c = 0; c < 8; c++) {
         qsort(lat[c], nq, sizeof(double), cmp_double);
+        qsort(cpu[c], nq, sizeof(double), cmp_double);
         const double p50 = lat[c][nq / 2], p95 = lat[c][(int)ceil(0.95 * nq) - 1];
         const double bytes = (double)n * dim * (cfg[c].dtype == LM_I8 ? 1 : 4) + (cfg[c].dtype == LM_I8 ? 4.0 * n : 0);
-        printf("%-14s  p50 %7.2f ms  p95 %7.2f ms  min %7.2f ms  %5.1f GB/s at p50\n", cfg[c].name, p50 * 1e3,
-               p95 * 1e3, lat[c][0] * 1e3, bytes / p50 * 1e-9);
+        printf("%-14s  p50 %7.2f ms  p95 %7.2f ms  min %7.2f ms  %5.1f GB/s at p50  cpu p50 %7.2f ms\n", cfg[c].name,
+               p50 * 1e3, p95 * 1e3, lat[c][0] * 1e3, bytes / p50 * 1e-9, cpu[c][nq / 2] * 1e3);
     }
     printf("i8 recall@%d against f32: %.4f\n", k, recall / nq);
     free(x), free(scales), free(x8), free(q), free(ids), free(sc);
-    for (int c = 0; c < 8; c++) free(lat[c]);
+    for (int c = 0; c < 8; c++) free(lat[c]), free(cpu[c]);
     return 0;
 }
