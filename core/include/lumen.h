@@ -386,6 +386,31 @@ lm_matcher *lm_sampler_matcher(lm_sampler *s);
  * The output appears under its name only when complete. */
 lm_status lm_quantize_file(const char *in, const char *out, int dtype, int n_threads);
 
+/* ---- exact vector search -----------------------------------------------------------
+ * Brute-force top-k by inner product over an embedding store (the RAG store's chunk
+ * vectors): every row is scored, nothing is approximate. Scores come from one fixed
+ * summation order (kernels/vsearch.h), the same bits on every CPU kernel and any
+ * number of threads. */
+/* Scores every row against query (inner product: cosine for L2-normalized rows) and keeps
+ * the k best, best first (ties: the lower row first). rows: n rows of dim elements, contiguous,
+ * dtype LM_F32 (float) or LM_I8 (int8_t; row i's score is scales[i] * dot(query, row_i)).
+ * ids[k] / scores[k] receive them (ids: 0-based row numbers); returns how many were written (min(k, n)), or -1 with
+ * lm_last_error() on bad arguments. n_threads <= 0: all cores.
+ * Arguments: n >= 0, dim >= 1, k >= 0; query never NULL; rows (and scales for LM_I8) may be
+ * NULL only when n == 0, ids and scores only when k == 0. A NaN score ranks below every
+ * other score. Small stores (n * dim under ~1M elements per thread) are scored on the
+ * calling thread; for larger ones up to n_threads - 1 threads are created for the call and
+ * share the rows with the caller (results do not depend on the number). Nothing is kept
+ * between calls; calls may run concurrently on the same rows. */
+int64_t lm_vec_topk(const void *rows, int dtype, const float *scales, int64_t n, int32_t dim,
+                    const float *query, int32_t k, int32_t n_threads, int64_t *ids, float *scores);
+/* n rows of dim floats to int8, one scale per row (max|x| / 127, rounding to nearest), for lm_vec_topk.
+ * out[i * dim + j] = round_to_nearest_even(x[i * dim + j] / scales[i]) (an all-zero row: scale 0,
+ * quants 0), so |x - scales[i] * out| <= scales[i] / 2 (to float rounding; coarser for rows whose
+ * max|x| is below ~1e-36, where the scale is subnormal). Fails (-1, lm_last_error())
+ * on NULL pointers, n < 0, dim <= 0 or a row with an infinite or NaN element. */
+lm_status lm_vec_quantize_i8(const float *x, int64_t n, int32_t dim, int8_t *out, float *scales);
+
 /* ---- files ----------------------------------------------------------------------- */
 /* SHA-256 of a whole file as 64 lowercase hex digits (+ NUL) in hex_out[65]. */
 lm_status lm_sha256_file(const char *path, char *hex_out);
