@@ -117,7 +117,7 @@ class TestRag(unittest.TestCase):
 
     def test_search_finds_the_document(self):
         cases = [("the kestrel hunts voles", "page.html"), ("zanzibar widget output", "report.pdf"),
-                 ("Mozilla Public License covered software", "MPL-2.0")]
+                 ("Incompatible With Secondary Licenses notice", "MPL-2.0")]
         for mode in ("hybrid", "vector", "bm25"):
             for query, want in cases:
                 r = lumen("rag", "search", query, "--db", self.db, "-k", "3", "--json", "--mode", mode)
