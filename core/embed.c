@@ -81,9 +81,9 @@ lm_status lm_embed_tokens(lm_model *m, const int32_t *tokens, const int64_t *off
     int32_t *packed = malloc((size_t)offsets[n] * sizeof *packed);
     int64_t *off = malloc(((size_t)n + 1) * sizeof *off);
     lm_status st = packed && off ? LM_OK : lm_err("out of memory");
+    if (off) off[0] = 0;
     for (int32_t i = 0; st == LM_OK && i < n; i++) {
         int64_t len = offsets[i + 1] - offsets[i], keep = len > how.max_tokens ? how.max_tokens : len;
-        off[0] = 0;
         memcpy(packed + off[i], tokens + offsets[i], (size_t)(keep - 1) * sizeof *packed);
         packed[off[i] + keep - 1] = tokens[offsets[i + 1] - 1];
         off[i + 1] = off[i] + keep;

@@ -23,6 +23,8 @@ struct lm_wordpiece {
     uint32_t *off, *len;  /* by id */
     int32_t *sorted;      /* ids ordered by text, for lookup by binary search */
     bool *special;        /* by id: [CLS], [SEP], [PAD], ... (matched in text with parse_special) */
+    int32_t *specials;    /* their ids, for matching */
+    int32_t n_specials;
     int32_t cls, sep, unk;
     bool lowercase, strip_accents, chinese, clean;
     int32_t max_chars;    /* longer words are [UNK] */
@@ -30,7 +32,7 @@ struct lm_wordpiece {
 
 void lm_wordpiece_free(lm_wordpiece *w) {
     if (!w) return;
-    free(w->text); free(w->off); free(w->len); free(w->sorted); free(w->special);
+    free(w->text); free(w->off); free(w->len); free(w->sorted); free(w->special); free(w->specials);
     free(w);
 }
 
@@ -109,6 +111,10 @@ static lm_status find_specials(lm_wordpiece *w, const char *src) {
     if (w->cls < 0 || w->sep < 0 || w->unk < 0 || w->cls >= w->n || w->sep >= w->n || w->unk >= w->n)
         return lm_err("%s: the vocabulary lacks [CLS], [SEP] or [UNK]", src);
     w->special[w->cls] = w->special[w->sep] = w->special[w->unk] = true;
+    w->specials = malloc((size_t)w->n * sizeof *w->specials);
+    if (!w->specials) return lm_err("out of memory");
+    for (int32_t id = 0; id < w->n; id++)
+        if (w->special[id] && w->len[id]) w->specials[w->n_specials++] = id;
     return LM_OK;
 }
 
@@ -394,8 +400,9 @@ static bool text_ids(const lm_wordpiece *w, const char *s, size_t n, lm_idbuf *o
 /* The special token whose text starts at s[0..n), longest first; -1 if none. */
 static int32_t special_at(const lm_wordpiece *w, const char *s, size_t n, size_t *len) {
     int32_t best = -1;
-    for (int32_t id = 0; id < w->n; id++) {
-        if (!w->special[id] || !w->len[id] || w->len[id] > n || (best >= 0 && w->len[id] <= *len)) continue;
+    for (int32_t k = 0; k < w->n_specials; k++) {
+        const int32_t id = w->specials[k];
+        if (w->len[id] > n || (best >= 0 && w->len[id] <= *len)) continue;
         if (!memcmp(s, w->text + w->off[id], w->len[id])) { best = id; *len = w->len[id]; }
     }
     return best;

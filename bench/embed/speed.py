@@ -28,9 +28,9 @@ def params():
     p = orig(); p.n_seq_max = 64; return p
 L.llama_context_default_params = params
 from llama_cpp import Llama
-path, file, batch, seconds, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
+path, file, batch, seconds, threads, nb = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
 texts = open(file, encoding="utf-8").read().split("\n")[:-1]
-m = Llama(model_path=path, embedding=True, verbose=False, n_ctx=4096, n_batch=4096, n_ubatch=4096,
+m = Llama(model_path=path, embedding=True, verbose=False, n_ctx=nb, n_batch=nb, n_ubatch=nb,
           n_threads=threads, n_threads_batch=threads)
 def run(k):
     part = [texts[(k * batch + i) % len(texts)] for i in range(batch)]
@@ -70,6 +70,9 @@ def main():
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batches", default="1,32,256")
+    # llama.cpp's n_batch = n_ubatch = n_ctx: the tokens of one pass. Its BERT attends over the whole
+    # pass with a mask, so smaller passes were faster here (batch 32: 50 texts/s at 512, 17 at 4096)
+    ap.add_argument("--llama-batch", type=int, default=512)
     a = ap.parse_args()
     hf = os.path.join(CACHE, "all-MiniLM-L6-v2")
     gg = os.path.join(CACHE, "all-MiniLM-L6-v2.f32.gguf")
@@ -79,7 +82,7 @@ def main():
         r = {"lumen": [], "lumen_gguf": [], "llama.cpp": []}
         for _ in range(a.runs):
             r["lumen"].append(run([lumen, "run", "bench/embed/lumen_speed.lua", hf, SENTENCES, str(b), str(a.seconds), str(a.threads)]))
-            r["llama.cpp"].append(run([sys.executable, "-c", LLAMA, gg, SENTENCES, str(b), str(a.seconds), str(a.threads)]))
+            r["llama.cpp"].append(run([sys.executable, "-c", LLAMA, gg, SENTENCES, str(b), str(a.seconds), str(a.threads), str(a.llama_batch)]))
             r["lumen_gguf"].append(run([lumen, "run", "bench/embed/lumen_speed.lua", gg, SENTENCES, str(b), str(a.seconds), str(a.threads)]))
         res[b] = {k: statistics.median(v) for k, v in r.items()}
         res[b]["runs"] = r

@@ -156,9 +156,11 @@ typedef struct lm_embed_params {
 
 lm_embed_params lm_embed_default_params(void);   /* the model's own settings, truncate on */
 /* Embeddings of n texts (texts[i] of lens[i] bytes, UTF-8) into out[n][n_embd].
- * Each text is tokenized as the model's tokenizer does ([CLS] text [SEP]);
- * n_tokens (may be NULL) receives how many tokens each one took after
- * truncation (for usage accounting). */
+ * Each text is tokenized as the model's tokenizer does ([CLS] text [SEP];
+ * literal special tokens such as "[SEP]" count as those, as in Hugging Face's
+ * tokenizers); n_tokens (may be NULL) receives how many tokens each one took
+ * after truncation (for usage accounting). Errors name the text by its
+ * 0-based index. Thread-safe (one pass at a time per model). */
 lm_status lm_embed_texts(lm_model *model, const char *const *texts, const size_t *lens, int32_t n,
                          const lm_embed_params *params, float *out, int32_t *n_tokens);
 /* The same from token ids: sequence i is tokens[offsets[i] .. offsets[i+1]),
