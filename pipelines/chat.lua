@@ -3,13 +3,6 @@
 -- prompt and reset), /stats (toggle speed statistics), /quit or Ctrl-D to leave.
 local M = {}
 
-local function sampling_of(model, o)
-  local s = {}
-  for k, v in pairs(model.entry and model.entry.sampling or {}) do s[k] = v end
-  for k, v in pairs(o.sampling or {}) do s[k] = v end
-  return s
-end
-
 function M.run(o)
   local lumen = require "lumen"
   local chat = require "lumen.chat"
@@ -19,7 +12,7 @@ function M.run(o)
     system = o.system,
     ctx = o.ctx or math.min(4096, info.n_ctx_train),
     max_tokens = o.n_predict,
-    sampler = lumen.sampler.from_config(sampling_of(model, o)),
+    sampler = lumen.sampler.for_model(model, o.sampling),
   })
   local function write(piece) io.write(piece) io.flush() end
 

@@ -106,17 +106,13 @@ function Conv:say(text, on_piece)
   local prompt = M.render(model, self.messages, true)
   local buf, n = model:_encode(prompt, false, true)
   -- reuse the longest prefix already in the KV cache
-  local have = s:pos()
-  local toks = require("lumen.ffi").lm_session_tokens(s.h)
-  local keep = 0
-  while keep < have and keep < n and toks[keep] == buf[keep] do keep = keep + 1 end
-  if keep == n then keep = n - 1 end -- the last prompt token must be evaluated for fresh logits
+  local keep = s:common_prefix(buf, n)
   if n > s:ctx() then
     table.remove(self.messages)
     error(string.format("the conversation (%d tokens) no longer fits the context of %d tokens; /reset to start over", n, s:ctx()), 2)
   end
   s:rewind(keep)
-  local sampler = self.sampler or require("lumen.sampler").from_config(model.entry and model.entry.sampling)
+  local sampler = self.sampler or require("lumen.sampler").for_model(model)
   self.sampler = sampler
   sampler:reset()
   local t0 = now()

@@ -9,6 +9,7 @@ cjson.encode_max_depth(64)
 cjson.encode_number_precision(10)
 
 local utf8_sanitize = require("lumen.util").utf8_sanitize
+local merge_settings = require("lumen.util").merge_settings
 
 local M = { json = cjson }
 
@@ -110,8 +111,7 @@ local function common(body, defaults)
   r.n = number(body, "n", 1, 8, true) or 1
   r.seed = number(body, "seed", -2 ^ 63, 2 ^ 63, true)
 
-  local s = {}
-  for k, v in pairs(defaults or {}) do s[k] = v end
+  local s = merge_settings(defaults)
   local t = number(body, "temperature", 0, 2)
   if t then s.temperature = t end
   local p = number(body, "top_p", 0, 1)

@@ -70,4 +70,20 @@ function util.root()
   return src:sub(1, 1) == "@" and src:sub(2):match("^(.*)/lua/lumen/[^/]*$") or "."
 end
 
+--- Sampling settings merged: a new table with every layer's fields, later
+-- layers winning (a model's registry defaults, then a command line's or a
+-- request's settings). Layers may be nil. The one place where they merge
+-- (lumen.sampler.merge, openai.lua's requests, generate, chat, the scheduler).
+function util.merge_settings(...)
+  local out = {}
+  for i = 1, select("#", ...) do
+    local layer = select(i, ...)
+    if layer ~= nil then
+      if type(layer) ~= "table" then error("merge_settings: layer " .. i .. " must be a table, got " .. type(layer), 2) end
+      for k, v in pairs(layer) do out[k] = v end
+    end
+  end
+  return out
+end
+
 return util
