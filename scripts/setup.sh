@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PKGS=(build-essential cmake pkg-config luajit libluajit-5.1-dev libdnnl-dev libyaml-dev
-      libmicrohttpd-dev lua-cjson lua-busted python3 python3-pip python3-venv python3-yaml unzip)
+      libmicrohttpd-dev libsqlite3-dev lua-cjson lua-busted python3 python3-pip python3-venv python3-yaml unzip)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

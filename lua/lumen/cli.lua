@@ -11,6 +11,7 @@ commands:
   generate -p TEXT [options]   continue TEXT (no chat template)
   run SCRIPT.lua [args]        run a Lua script with require "lumen" available
   serve [options]              OpenAI-compatible HTTP server (configs/server.yaml; see lumen serve --help)
+  batch IN.jsonl -o OUT.jsonl  run an OpenAI Batch API file locally, resumably (see lumen batch --help)
   models                       list the models of configs/models.yaml and their state
   bench [-m MODEL] [--pp N] [-n N] [-r RUNS] [-t T]   prefill/decode speed as JSON (see bench/run.py)
   quantize IN OUT TYPE         requantize a GGUF file's weights (q4_0 q4_1 q5_0 q5_1 q8_0 q4_k q5_k q6_k f16 bf16 f32)
@@ -160,6 +161,50 @@ function commands.serve(argv)
     if require("lumen.util").file_exists(def) then o.config = def end
   end
   return require("serve").run(o)
+end
+
+local BATCH_USAGE = [[
+usage: lumen batch IN.jsonl -o OUT.jsonl [options]
+  IN.jsonl              OpenAI Batch API input: one {custom_id, method, url, body} per line;
+                        url /v1/chat/completions or /v1/completions
+  -o, --output FILE     output (OpenAI's batch output format), written whole at the end;
+                        progress is journaled in FILE.journal (SQLite): rerun the same
+                        command after a crash or kill and it carries on
+  -m, --model NAME      model alias or .gguf path (default: the registry's default)
+  --slots N             sequences decoded together (default 32)
+  -c, --ctx N           context tokens per sequence (default 2048)
+  -t, --threads N       compute threads (default: all cores)
+  --restart             forget the journal (needed when the input or model changed)
+  --max-line-bytes N    longer input lines become error entries (default 8388608)
+  --progress MODE       bar | json | none (default: bar on a terminal, else a JSON line every 5 s)
+]]
+
+function commands.batch(argv)
+  local o = { slots = 32, ctx = 2048, max_line_bytes = 8 * 1048576 }
+  local i = 2
+  while i <= #argv do
+    local a, v = argv[i], argv[i + 1]
+    local function take() if v == nil then usage_error(a .. " needs a value") end i = i + 1 return v end
+    if a == "-h" or a == "--help" then io.write(BATCH_USAGE) return 0
+    elseif a == "-o" or a == "--output" then o.output = take()
+    elseif a == "-m" or a == "--model" then o.model = take()
+    elseif a == "--slots" then o.slots = int_arg(a, take(), 1, 256)
+    elseif a == "-c" or a == "--ctx" then o.ctx = int_arg(a, take(), 16, 2 ^ 20)
+    elseif a == "-t" or a == "--threads" then o.threads = int_arg(a, take(), 1, 256)
+    elseif a == "--restart" then o.restart = true
+    elseif a == "--max-line-bytes" then o.max_line_bytes = int_arg(a, take(), 16, 2 ^ 31 - 1)
+    elseif a == "--progress" then
+      o.progress = take()
+      if o.progress ~= "bar" and o.progress ~= "json" and o.progress ~= "none" then usage_error("--progress: bar, json or none, not '" .. o.progress .. "'") end
+    elseif a:sub(1, 1) == "-" and #a > 1 then usage_error("batch: unknown option '" .. a .. "' (try: lumen batch --help)")
+    elseif o.input then usage_error("batch takes one input file; got '" .. o.input .. "' and '" .. a .. "'")
+    else o.input = a end
+    i = i + 1
+  end
+  if not o.input then usage_error("batch needs an input file: lumen batch IN.jsonl -o OUT.jsonl") end
+  if not o.output then usage_error("batch needs an output file: -o OUT.jsonl") end
+  if o.output == o.input then usage_error("batch: the output must be another file than the input") end
+  return require("batch").run(o)
 end
 
 function commands.models()

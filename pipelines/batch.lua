@@ -1,0 +1,440 @@
+--- `lumen batch IN.jsonl -o OUT.jsonl`: OpenAI Batch API files, run locally.
+--
+-- Each input line is one request {custom_id, method: "POST", url, body}; url
+-- /v1/chat/completions or /v1/completions (bodies validated by lua/lumen/openai.lua,
+-- as the server does). All requests go through lumen.scheduler together, so
+-- they share batched forward passes (--slots at a time).
+--
+-- Nothing is lost: every finished request's output line is committed to a
+-- SQLite journal (WAL) beside the output, OUT.jsonl.journal, with the input's
+-- identity (sha256, size, model). OUT.jsonl is written only from the journal,
+-- at the end, whole (a temporary file, fsync, rename): after a kill at any
+-- moment the same command carries on without recomputing what was committed,
+-- and no output line is ever torn or written twice. A changed input is
+-- refused unless --restart.
+--
+-- Lines the runner cannot take (not JSON, too long, no custom_id, a
+-- custom_id already used by an earlier line, a wrong method or url) get an
+-- entry with response null and error {code, message, line}; a duplicate's
+-- entry has custom_id null, so every custom_id appears exactly once. A body
+-- the endpoint rejects gets response {status_code: 4xx, body: {error}}, as
+-- from the server. Empty lines are skipped.
+local ffi = require "ffi"
+local C = require "lumen.ffi"
+local lumen = require "lumen"
+local openai = require "lumen.openai"
+local scheduler = require "lumen.scheduler"
+local sqlite = require "lumen.sqlite"
+local util = require "lumen.util"
+local now = require("lumen.chat").now
+
+pcall(ffi.cdef, [[
+int open(const char *path, int flags, ...);
+int close(int fd);
+int fsync(int fd);
+ssize_t write(int fd, const void *buf, size_t n);
+int isatty(int fd);
+char *strerror(int errnum);
+]])
+
+local M = {}
+local O_WRONLY, O_CREAT, O_TRUNC, O_RDONLY = 1, 64, 512, 0
+
+local ENDPOINTS = { ["/v1/chat/completions"] = "chat", ["/v1/completions"] = "completions" }
+local REFUSED = { ["/v1/embeddings"] = "lumen batch does not run /v1/embeddings requests yet" }
+
+--- Lines of a file, each at most cap bytes: an iterator of (number, text) or
+-- (number, nil) for a line longer than cap, which is skipped without being
+-- held in memory. Blocks of 64 KiB; a trailing "\r" is the caller's.
+function M.lines(f, cap)
+  local buf, at = "", 1
+  local parts, plen, over = {}, 0, false
+  local n = 0
+  return function()
+    while true do
+      local nl = buf:find("\n", at, true)
+      if nl then
+        local piece = buf:sub(at, nl - 1)
+        at = nl + 1
+        n = n + 1
+        if over or plen + #piece > cap then
+          parts, plen, over = {}, 0, false
+          return n, nil
+        end
+        local line = plen > 0 and (table.concat(parts) .. piece) or piece
+        parts, plen = {}, 0
+        return n, line
+      end
+      local tail = buf:sub(at)
+      if not over and #tail > 0 then
+        if plen + #tail > cap then
+          over, parts, plen = true, {}, 0
+        else
+          parts[#parts + 1], plen = tail, plen + #tail
+        end
+      end
+      buf, at = f:read(65536), 1
+      if not buf then
+        buf = ""
+        if over or plen > 0 then
+          n = n + 1
+          local was_over, line = over, table.concat(parts)
+          parts, plen, over = {}, 0, false
+          return n, (not was_over) and line or nil
+        end
+        return nil
+      end
+    end
+  end
+end
+
+local function random_id(prefix)
+  local t = {}
+  for i = 1, 24 do t[i] = string.char(("abcdefghijklmnopqrstuvwxyz0123456789"):byte(math.random(36))) end
+  return prefix .. table.concat(t)
+end
+
+local enc = openai.encode
+
+--- One output line: the response (status, body JSON text) or an error.
+local function output_line(custom_id, status, body, err)
+  local cid = custom_id ~= nil and enc(custom_id) or "null"
+  local head = '{"id":' .. enc(random_id("batch_req_")) .. ',"custom_id":' .. cid
+  if err then return head .. ',"response":null,"error":' .. enc(err) .. "}" end
+  return head .. ',"response":{"status_code":' .. status .. ',"request_id":' .. enc(random_id("req_"))
+         .. ',"body":' .. body .. '},"error":null}'
+end
+
+-- ---- the journal -------------------------------------------------------------------
+
+local Journal = {}
+Journal.__index = Journal
+
+--- Opens OUT.journal, checks (or, fresh or with restart, records) the input's
+-- identity, and returns it with done[line] = custom_id (false for an entry
+-- without one) for every committed line.
+local function open_journal(path, identity, restart, in_path)
+  local db = sqlite.open(path)
+  db:exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")
+  db:exec([[CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+            CREATE TABLE IF NOT EXISTS items (line INTEGER PRIMARY KEY, custom_id TEXT,
+                                              ok INTEGER NOT NULL, tokens INTEGER NOT NULL, output TEXT NOT NULL);]])
+  local get = db:prepare("SELECT value FROM meta WHERE key = ?")
+  local put = db:prepare("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)")
+  local stored = {}
+  for k in pairs(identity) do
+    local r = get:first(k)
+    stored[k] = r and r[1]
+  end
+  local fresh = next(stored) == nil
+  if not fresh and not restart then
+    for k, v in pairs(identity) do
+      if stored[k] ~= v then
+        db:close()
+        error(string.format("%s: the journal %s was started for another %s (%s, now %s); rerun with --restart to start over",
+                            in_path, path, k == "model" and "model" or "input file", tostring(stored[k]), v), 0)
+      end
+    end
+  end
+  if fresh or restart then
+    db:exec("BEGIN; DELETE FROM items; DELETE FROM meta;")
+    for k, v in pairs(identity) do put:run(k, v) end
+    db:exec("COMMIT;")
+  end
+  local done, tokens, failed = {}, 0, 0
+  for r in db:prepare("SELECT line, custom_id, ok, tokens FROM items"):rows() do
+    done[r[1]] = r[2] or false
+    tokens = tokens + r[4]
+    if r[3] == 0 then failed = failed + 1 end
+  end
+  local self = setmetatable({ db = db, path = path, pending = {}, done = done,
+                              insert = db:prepare("INSERT OR REPLACE INTO items (line, custom_id, ok, tokens, output) VALUES (?, ?, ?, ?, ?)") }, Journal)
+  return self, tokens, failed
+end
+
+--- An entry to commit with the next flush.
+function Journal:add(line, custom_id, ok, tokens, output)
+  self.pending[#self.pending + 1] = { line, custom_id, ok and 1 or 0, tokens, output }
+end
+
+--- Commits the pending entries in one transaction (WAL: durable once the
+-- process has returned from COMMIT, whatever kills it afterwards).
+function Journal:flush()
+  if #self.pending == 0 then return end
+  self.db:exec("BEGIN IMMEDIATE;")
+  for _, e in ipairs(self.pending) do self.insert:run(e[1], e[2], e[3], e[4], e[5]) end
+  self.db:exec("COMMIT;")
+  self.pending = {}
+end
+
+--- Writes every committed line, in input order, to out: a temporary file,
+-- fsync, rename, fsync of the folder. Returns the number of lines.
+function Journal:write_output(out)
+  local tmp = out .. ".tmp"
+  local fd = ffi.C.open(tmp, O_WRONLY + O_CREAT + O_TRUNC, ffi.cast("int", 420))
+  if fd < 0 then error(string.format("%s: cannot write: %s", tmp, ffi.string(ffi.C.strerror(ffi.errno()))), 0) end
+  local chunk, size, n = {}, 0, 0
+  local function drain()
+    local s = table.concat(chunk)
+    local off = 0
+    while off < #s do
+      local w = ffi.C.write(fd, ffi.cast("const char *", s) + off, #s - off)
+      if w < 0 then
+        local e = ffi.string(ffi.C.strerror(ffi.errno()))
+        ffi.C.close(fd)
+        error(string.format("%s: write failed: %s", tmp, e), 0)
+      end
+      off = off + tonumber(w)
+    end
+    chunk, size = {}, 0
+  end
+  for r in self.db:prepare("SELECT output FROM items ORDER BY line"):rows() do
+    chunk[#chunk + 1] = r[1]
+    chunk[#chunk + 1] = "\n"
+    size, n = size + #r[1] + 1, n + 1
+    if size > 1048576 then drain() end
+  end
+  drain()
+  if ffi.C.fsync(fd) ~= 0 then
+    ffi.C.close(fd)
+    error(string.format("%s: fsync failed: %s", tmp, ffi.string(ffi.C.strerror(ffi.errno()))), 0)
+  end
+  ffi.C.close(fd)
+  local ok, err = os.rename(tmp, out)
+  if not ok then error(string.format("%s: cannot rename to %s: %s", tmp, out, tostring(err)), 0) end
+  local dir = out:match("^(.*)/[^/]*$") or "."
+  local dfd = ffi.C.open(dir == "" and "/" or dir, O_RDONLY)
+  if dfd >= 0 then ffi.C.fsync(dfd) ffi.C.close(dfd) end
+  return n
+end
+
+-- ---- progress ------------------------------------------------------------------------
+
+local Progress = {}
+Progress.__index = Progress
+
+local function clock(s)
+  if not s or s ~= s or s == math.huge then return "--:--" end
+  s = math.floor(s + 0.5)
+  if s >= 3600 then return string.format("%d:%02d:%02d", s / 3600, (s % 3600) / 60, s % 60) end
+  return string.format("%d:%02d", s / 60, s % 60)
+end
+
+local function new_progress(total, done, failed, mode)
+  local tty = mode == "bar" or (mode == nil and ffi.C.isatty(2) == 1)
+  return setmetatable({ total = total, done = done, failed = failed, resumed = done, tokens = 0,
+                        t0 = now(), t_shown = 0, tty = tty, quiet = mode == "none" }, Progress)
+end
+
+function Progress:rate() local dt = now() - self.t0 return dt > 0 and self.tokens / dt or 0 end
+
+function Progress:eta()
+  local new, dt = self.done - self.resumed, now() - self.t0
+  if new <= 0 then return nil end
+  return (self.total - self.done) * dt / new
+end
+
+function Progress:show(force)
+  if self.quiet then return end
+  local t = now()
+  if not force and t - self.t_shown < (self.tty and 0.25 or 5) then return end
+  self.t_shown = t
+  if self.tty then
+    local width = 30
+    local fill = self.total > 0 and math.floor(width * self.done / self.total) or width
+    io.stderr:write(string.format("\r[%s%s] %d/%d done, %d failed, %.1f tok/s, ETA %s ",
+                                  string.rep("#", fill), string.rep(".", width - fill), self.done, self.total,
+                                  self.failed, self:rate(), clock(self:eta())))
+  else
+    io.stderr:write(openai.encode({ progress = { done = self.done, total = self.total, failed = self.failed,
+                                                 tokens = self.tokens, tokens_per_s = math.floor(self:rate() * 10 + 0.5) / 10,
+                                                 eta_s = self:eta() and math.floor(self:eta() + 0.5) or openai.json.null } }), "\n")
+  end
+  io.stderr:flush()
+end
+
+-- ---- the run -----------------------------------------------------------------------
+
+--- The file sink: a finished job's answer becomes its journal entry.
+local FileSink = {}
+FileSink.__index = FileSink
+function FileSink.alive() return true end
+function FileSink.started() return true end
+function FileSink.piece() return true end
+function FileSink:finished(job)
+  self.run:finish(self.line, self.custom_id, true, job.completion_tokens or 0,
+                  output_line(self.custom_id, 200, openai.response(job, scheduler.choices(job))))
+end
+function FileSink:cancelled(_, reason)
+  self.run:finish(self.line, self.custom_id, false, 0,
+                  output_line(self.custom_id, nil, nil, { code = "cancelled", message = "the request was cancelled (" .. reason .. ")" }))
+end
+
+local Run = {}
+Run.__index = Run
+
+function Run:finish(line, custom_id, ok, tokens, output)
+  self.journal:add(line, custom_id, ok, tokens, output)
+  self.inflight = self.inflight - (self.submitted[line] and 1 or 0)
+  self.submitted[line] = nil
+  local p = self.progress
+  p.done, p.tokens = p.done + 1, p.tokens + tokens
+  if not ok then p.failed = p.failed + 1 end
+  self.tokens = self.tokens + tokens
+end
+
+--- A line that is no request: an error entry (custom_id nil when it has none
+-- of its own).
+function Run:refuse(line, custom_id, code, message)
+  self:finish(line, custom_id, false, 0, output_line(custom_id, nil, nil,
+              { code = code, message = string.format("%s line %d: %s", self.in_path, line, message), line = line }))
+end
+
+--- One input line: refused, answered with an API error, or submitted.
+function Run:take(line, text)
+  if text == nil then
+    return self:refuse(line, nil, "line_too_long", string.format("longer than %d bytes (--max-line-bytes)", self.max_line))
+  end
+  local ok, req = pcall(openai.decode, text, function(s) return C.lm_utf8_valid(s, #s) end)
+  if not ok then
+    return self:refuse(line, nil, "invalid_json", openai.is_error(req) and req.message:gsub("request body", "line") or tostring(req))
+  end
+  local cid = req.custom_id
+  if type(cid) ~= "string" or cid == "" then
+    return self:refuse(line, nil, "missing_custom_id", "'custom_id' must be a non-empty string")
+  end
+  if self.seen[cid] then
+    return self:refuse(line, nil, "duplicate_custom_id",
+                       string.format("custom_id %s was already used on line %d; this line is not run", enc(cid), self.seen[cid]))
+  end
+  self.seen[cid] = line
+  if req.method ~= "POST" then
+    return self:refuse(line, cid, "invalid_method", "'method' must be \"POST\", got " .. enc(req.method == nil and openai.json.null or req.method))
+  end
+  local url = type(req.url) == "string" and req.url:gsub("/$", "") or nil
+  local kind = url and ENDPOINTS[url]
+  if not kind then
+    if url and REFUSED[url] then return self:refuse(line, cid, "unsupported_url", REFUSED[url]) end
+    return self:refuse(line, cid, "invalid_url", "'url' must be /v1/chat/completions or /v1/completions, got "
+                       .. enc(req.url == nil and openai.json.null or req.url))
+  end
+  local entry = self.entry
+  local okj, job = pcall(function()
+    local body = req.body
+    if type(body) ~= "table" or openai.is_array(body) and next(body) ~= nil then
+      openai.fail(400, "'body' must be a JSON object", "body", "invalid_type")
+    end
+    local m = body.model
+    if m ~= nil and m ~= openai.json.null and m ~= entry.id then
+      openai.fail(404, string.format("model %s is not the one this batch runs (%s)", enc(m), entry.id), "model", "model_not_found")
+    end
+    if body.stream == true then openai.fail(400, "'stream' is not supported in a batch", "stream", "unsupported_parameter") end
+    local j = kind == "chat" and openai.chat_request(body, entry.sampling) or openai.completion_request(body, entry.sampling)
+    return scheduler.prepare(entry, j)
+  end)
+  if not okj then
+    if not openai.is_error(job) then error(job, 0) end
+    return self:finish(line, cid, false, 0, output_line(cid, job.status, openai.error_body(job)))
+  end
+  job.id = random_id(kind == "chat" and "chatcmpl-" or "cmpl-")
+  job.created, job.model_id, job.collect = os.time(), entry.id, true
+  self.submitted[line] = true
+  self.inflight = self.inflight + 1
+  self.sched:submit(job, setmetatable({ run = self, line = line, custom_id = cid }, FileSink))
+end
+
+--- Non-empty lines of the input (for the progress total).
+local function count_lines(path)
+  local f = assert(io.open(path, "rb"))
+  local n = 0
+  for _, text in M.lines(f, 1) do
+    if text ~= "" and text ~= "\r" then n = n + 1 end
+  end
+  f:close()
+  return n
+end
+
+local function check_writable(out)
+  local f = io.open(out, "r+b")
+  if f then f:close()
+  else
+    local g = io.open(out, "rb")
+    if g then g:close() error(out .. ": the output exists but cannot be written", 0) end
+  end
+  local tmp = out .. ".tmp"
+  local t, err = io.open(tmp, "wb")
+  if not t then error(string.format("%s: cannot write the output there: %s", out, tostring(err)), 0) end
+  t:close()
+  os.remove(tmp)
+end
+
+--- o: input, output, model, slots, ctx, threads, restart, max_line_bytes, progress ("bar" | "json" | "none" | nil: bar on a TTY).
+function M.run(o)
+  local in_path, out = o.input, o.output
+  math.randomseed(os.time() + math.floor(now() * 1000) % 100000)
+  local f, err = io.open(in_path, "rb")
+  if not f then error(string.format("%s: cannot read the input: %s", in_path, tostring(err):gsub("^[^:]*: ", "")), 0) end
+  local size = f:seek("end")
+  f:close()
+  if not size then error(in_path .. ": cannot read the input (is it a folder?)", 0) end
+  check_writable(out)
+  local total = count_lines(in_path)
+  if total == 0 then error(in_path .. ": no requests in the input (it is empty)", 0) end
+  local hex = ffi.new("char[65]")
+  if C.lm_sha256_file(in_path, hex) ~= 0 then error(util.last_error(), 0) end
+
+  local t_start = now()
+  local model = lumen.model.load(o.model, { threads = o.threads })
+  local id = model.alias or (o.model or ""):match("([^/]+)%.gguf$") or o.model or "model"
+  local journal, old_tokens, old_failed = open_journal(out .. ".journal",
+      { input_sha256 = ffi.string(hex), input_size = tostring(size), model = id }, o.restart, in_path)
+  local n_done = 0
+  for _ in pairs(journal.done) do n_done = n_done + 1 end
+  local sched = scheduler.new{ slots = o.slots, prefill_chunk = 256 }
+  local entry = sched:add_model(id, model, o.ctx)
+  local run = setmetatable({ journal = journal, sched = sched, entry = entry, in_path = in_path, seen = {},
+                             submitted = {}, inflight = 0, tokens = 0, max_line = o.max_line_bytes,
+                             progress = new_progress(total, n_done, old_failed, o.progress) }, Run)
+  if n_done > 0 then
+    io.stderr:write(string.format("lumen batch: resuming: %d of %d requests already done (journal %s)\n", n_done, total, journal.path))
+  end
+
+  f = assert(io.open(in_path, "rb"))
+  local next_line = M.lines(f, o.max_line_bytes)
+  local more = true
+  local t0 = now()
+  while true do
+    -- keep the scheduler's queue a little deeper than its slots
+    while more and run.inflight < 2 * o.slots and #journal.pending < 1000 do
+      local line, text = next_line()
+      if not line then more = false break end
+      if text then text = text:gsub("\r$", "") end
+      local prev = journal.done[line]
+      if prev ~= nil then
+        -- committed before: only its custom_id matters now (for duplicates)
+        if prev then run.seen[prev] = run.seen[prev] or line end
+      elseif text ~= "" then
+        run:take(line, text)
+      end
+    end
+    if not more and sched:idle() then break end
+    if not sched:idle() then sched:step() end
+    journal:flush()
+    run.progress:show()
+  end
+  journal:flush()
+  f:close()
+  local dt = now() - t0
+  run.progress:show(true)
+  if run.progress.tty then io.stderr:write("\n") end
+  local lines = journal:write_output(out)
+  journal.db:close()
+  io.stderr:write(openai.encode({ summary = {
+    requests = lines, failed = run.progress.failed, resumed = n_done, tokens = run.tokens + old_tokens,
+    tokens_this_run = run.tokens, wall_s = math.floor(dt * 100 + 0.5) / 100,
+    tokens_per_s = dt > 0 and math.floor(run.tokens / dt * 10 + 0.5) / 10 or 0,
+    total_s = math.floor((now() - t_start) * 100 + 0.5) / 100, output = out } }), "\n")
+  return 0
+end
+
+return M
