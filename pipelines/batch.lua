@@ -88,12 +88,7 @@ function M.lines(f, cap)
   end
 end
 
-local function random_id(prefix)
-  local t = {}
-  for i = 1, 24 do t[i] = string.char(("abcdefghijklmnopqrstuvwxyz0123456789"):byte(math.random(36))) end
-  return prefix .. table.concat(t)
-end
-
+local random_id = util.random_id
 local enc = openai.encode
 
 --- One output line: the response (status, body JSON text) or an error.
@@ -324,12 +319,8 @@ function Run:take(line, text)
     if type(body) ~= "table" or openai.is_array(body) and next(body) ~= nil then
       openai.fail(400, "'body' must be a JSON object", "body", "invalid_type")
     end
-    local m = body.model
-    if m ~= nil and m ~= openai.json.null and m ~= entry.id then
-      openai.fail(404, string.format("model %s is not the one this batch runs (%s)", enc(m), entry.id), "model", "model_not_found")
-    end
     if body.stream == true then openai.fail(400, "'stream' is not supported in a batch", "stream", "unsupported_parameter") end
-    local j = kind == "chat" and openai.chat_request(body, entry.sampling) or openai.completion_request(body, entry.sampling)
+    local _, j = openai.generation_request(kind, body, self.sched.models, { entry.id })
     return scheduler.prepare(entry, j)
   end)
   if not okj then

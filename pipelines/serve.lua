@@ -103,12 +103,6 @@ local Server = {}
 Server.__index = Server
 local HttpSink
 
-local function job_id(prefix)
-  local t = {}
-  for i = 1, 24 do t[i] = string.char(("abcdefghijklmnopqrstuvwxyz0123456789"):byte(math.random(36))) end
-  return prefix .. table.concat(t)
-end
-
 function Server:log(fmt, ...)
   io.stderr:write(os.date("%H:%M:%S "), string.format(fmt, ...), "\n")
 end
@@ -207,16 +201,9 @@ function Server:handle(r)
     end
     if self.draining then fail(503, "the server is shutting down", nil, "server_shutting_down", "server_error") end
     local body = openai.decode(ffi.string(r.body, r.body_len), function(s) return C.lm_utf8_valid(s, #s) end)
-    local model_id = body.model
-    if model_id ~= nil and model_id ~= openai.json.null and type(model_id) ~= "string" then
-      fail(400, "'model' must be a string", "model", "invalid_type")
-    end
-    if type(model_id) ~= "string" then model_id = self.default_model end
-    local entry = self.models[model_id]
-    if not entry then fail(404, "model '" .. model_id .. "' does not exist (available: " .. table.concat(self.model_ids, ", ") .. ")", "model", "model_not_found") end
-    local job = name == "chat" and openai.chat_request(body, entry.sampling) or openai.completion_request(body, entry.sampling)
+    local model_id, job = openai.generation_request(name, body, self.models, self.model_ids)
     job.access = a
-    self:submit(r, job, entry, name)
+    self:submit(r, job, self.models[model_id], name)
     status = nil -- answered when the job ends
   end)
   if not ok then
@@ -319,7 +306,7 @@ function Server:submit(r, job, entry, endpoint)
   self.gate:admit(job.access.ident, job.access.arrived, job.prompt_tokens)
   job.ident = job.access.ident
   job.req_id, job.endpoint = r.id, endpoint
-  job.id = job_id(job.kind == "chat" and "chatcmpl-" or "cmpl-")
+  job.id = util.random_id(job.kind == "chat" and "chatcmpl-" or "cmpl-")
   job.created = os.time()
   job.model_id = entry.id
   job.arrived = job.access.arrived

@@ -238,6 +238,20 @@ function M.completion_request(body, defaults)
   return r
 end
 
+--- A generation request's body -> the id of the model it names (or the first
+-- of ids, the default) and the job: chat ("chat") or completions. models maps
+-- each id in ids to {sampling = the model's defaults}.
+function M.generation_request(kind, body, models, ids)
+  local id = body.model
+  if present(id) and type(id) ~= "string" then fail(400, "'model' must be a string", "model", "invalid_type") end
+  if type(id) ~= "string" then id = ids[1] end
+  local m = models[id]
+  if not m then
+    fail(404, "model '" .. id .. "' does not exist (available: " .. table.concat(ids, ", ") .. ")", "model", "model_not_found")
+  end
+  return id, kind == "chat" and M.chat_request(body, m.sampling) or M.completion_request(body, m.sampling)
+end
+
 -- ---- responses ----------------------------------------------------------------
 
 --- cached: prompt tokens whose KV cache the slot already held (OpenAI reports

@@ -86,4 +86,12 @@ function util.merge_settings(...)
   return out
 end
 
+--- prefix .. 24 random characters of [a-z0-9] (math.random; response and
+-- request ids, as OpenAI's "chatcmpl-...", "batch_req_...").
+function util.random_id(prefix)
+  local t = {}
+  for i = 1, 24 do t[i] = string.char(("abcdefghijklmnopqrstuvwxyz0123456789"):byte(math.random(36))) end
+  return prefix .. table.concat(t)
+end
+
 return util
