@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <sys/stat.h>
 
 typedef struct { uint32_t h[8]; uint64_t len; uint8_t buf[64]; size_t n; } sha256_ctx;
@@ -109,4 +110,55 @@ lm_status lm_file_info(const char *path, int64_t *size, int64_t *mtime) {
     if (size) *size = (int64_t)st.st_size;
     if (mtime) *mtime = (int64_t)st.st_mtime;
     return LM_OK;
+}
+
+static int cmp_names(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+int64_t lm_dir_files(const char *path, char *out, size_t cap) {
+    if (!path) { lm_err("dir_files: path is NULL"); return -1; }
+    DIR *d = opendir(path);
+    if (!d) { lm_err("cannot open the folder '%s': %s", path, strerror(errno)); return -1; }
+    char **names = NULL;
+    size_t n = 0, room = 0;
+    int64_t total = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.') continue;
+        size_t plen = strlen(path), nlen = strlen(e->d_name);
+        char *full = malloc(plen + nlen + 2);
+        if (!full) break;
+        memcpy(full, path, plen);
+        full[plen] = '/';
+        memcpy(full + plen + 1, e->d_name, nlen + 1);
+        struct stat st;
+        int regular = stat(full, &st) == 0 && S_ISREG(st.st_mode);
+        free(full);
+        if (!regular) continue;
+        if (n == room) {
+            room = room ? room * 2 : 64;
+            char **grown = realloc(names, room * sizeof *names);
+            if (!grown) break;
+            names = grown;
+        }
+        if (!(names[n] = strdup(e->d_name))) break;
+        total += (int64_t)nlen + 1;
+        n++;
+    }
+    closedir(d);
+    if (e != NULL) {
+        for (size_t i = 0; i < n; i++) free(names[i]);
+        free(names);
+        lm_err("dir_files: out of memory listing '%s'", path);
+        return -1;
+    }
+    if (n) qsort(names, n, sizeof *names, cmp_names);
+    size_t at = 0;
+    for (size_t i = 0; i < n; i++) {
+        size_t len = strlen(names[i]) + 1;
+        if (out && at + len <= cap) memcpy(out + at, names[i], len);
+        at += len;
+        free(names[i]);
+    }
+    free(names);
+    return total;
 }

@@ -19,6 +19,10 @@
 -- entry has custom_id null, so every custom_id appears exactly once. A body
 -- the endpoint rejects gets response {status_code: 4xx, body: {error}}, as
 -- from the server. Empty lines are skipped.
+--
+-- `lumen batch FOLDER --pipeline SCRIPT.lua -o OUT.jsonl`: each document of
+-- the folder becomes one request, made by the pipeline script (see
+-- pipeline_source); the same journal, resumption and output format.
 local ffi = require "ffi"
 local C = require "lumen.ffi"
 local lumen = require "lumen"
@@ -285,7 +289,7 @@ function Run:refuse(line, custom_id, code, message)
               { code = code, message = string.format("%s line %d: %s", self.in_path, line, message), line = line }))
 end
 
---- One input line: refused, answered with an API error, or submitted.
+--- One input line: not JSON, or a request.
 function Run:take(line, text)
   if text == nil then
     return self:refuse(line, nil, "line_too_long", string.format("longer than %d bytes (--max-line-bytes)", self.max_line))
@@ -294,6 +298,12 @@ function Run:take(line, text)
   if not ok then
     return self:refuse(line, nil, "invalid_json", openai.is_error(req) and req.message:gsub("request body", "line") or tostring(req))
   end
+  return self:take_request(line, req)
+end
+
+--- One request {custom_id, method, url, body} (an input line's, or one a
+-- pipeline made from a document): refused, answered with an API error, or submitted.
+function Run:take_request(line, req)
   local cid = req.custom_id
   if type(cid) ~= "string" or cid == "" then
     return self:refuse(line, nil, "missing_custom_id", "'custom_id' must be a non-empty string")
@@ -334,6 +344,67 @@ function Run:take(line, text)
   self.sched:submit(job, setmetatable({ run = self, line = line, custom_id = cid }, FileSink))
 end
 
+--- A folder of documents and a Lua pipeline: the pipeline script returns a
+-- table {url = "/v1/chat/completions" (default) or "/v1/completions",
+-- request = function(doc) -> the request body}, doc = {name, path, text, size}.
+-- Each regular file of the folder (sorted by name; not hidden ones) is one
+-- request, its custom_id the file name. Returns the source (an iterator of
+-- index, nil, request-or-nil, error), the number of documents, and the
+-- identity of the whole (sha256 of every file's name, size and sha256, and the
+-- pipeline script's).
+local function pipeline_source(dir, script, max_bytes)
+  local chunk, err = loadfile(script)
+  if not chunk then error(script .. ": " .. tostring(err), 0) end
+  local okp, p = pcall(chunk)
+  if not okp then error(script .. ": " .. tostring(p), 0) end
+  if type(p) ~= "table" or type(p.request) ~= "function" then
+    error(script .. ": a pipeline returns a table with request = function(doc) -> request body", 0)
+  end
+  local url = p.url or "/v1/chat/completions"
+  if not ENDPOINTS[url] then error(script .. ": url must be /v1/chat/completions or /v1/completions, got " .. tostring(url), 0) end
+  local need = C.lm_dir_files(dir, nil, 0)
+  if need < 0 then error(util.last_error(), 0) end
+  local buf = ffi.new("char[?]", tonumber(need) + 1)
+  need = C.lm_dir_files(dir, buf, tonumber(need) + 1)
+  if need < 0 then error(util.last_error(), 0) end
+  local names, at = {}, 0
+  while at < need do
+    local name = ffi.string(buf + at)
+    names[#names + 1] = name
+    at = at + #name + 1
+  end
+  local hex, size = ffi.new("char[65]"), ffi.new("int64_t[1]")
+  local manifest, total = {}, 0
+  for _, name in ipairs(names) do
+    local path = dir .. "/" .. name
+    if C.lm_sha256_file(path, hex) ~= 0 or C.lm_file_info(path, size, nil) ~= 0 then error(util.last_error(), 0) end
+    manifest[#manifest + 1] = name .. "\0" .. tostring(size[0]) .. "\0" .. ffi.string(hex)
+    total = total + tonumber(size[0])
+  end
+  if C.lm_sha256_file(script, hex) ~= 0 then error(util.last_error(), 0) end
+  manifest[#manifest + 1] = "pipeline\0" .. ffi.string(hex)
+  local m = table.concat(manifest, "\n")
+  C.lm_sha256_hex(m, #m, hex)
+  local i = 0
+  local function next_doc(done)
+    i = i + 1
+    local name = names[i]
+    if not name then return nil end
+    if done[i] ~= nil then return i, "" end -- committed before: not read again
+    local path = dir .. "/" .. name
+    local f, ferr = io.open(path, "rb")
+    if not f then return i, nil, nil, { "unreadable_document", tostring(ferr), name } end
+    local text = f:read(max_bytes + 1) or ""
+    f:close()
+    if #text > max_bytes then return i, nil, nil, { "document_too_large", string.format("%s is longer than %d bytes (--max-line-bytes)", name, max_bytes), name } end
+    local okr, body = pcall(p.request, { name = name, path = path, text = text, size = #text })
+    if not okr then return i, nil, nil, { "pipeline_error", script .. ": " .. tostring(body), name } end
+    if type(body) ~= "table" then return i, nil, nil, { "pipeline_error", script .. ": request(doc) returned " .. type(body) .. ", not a body table", name } end
+    return i, nil, { custom_id = name, method = "POST", url = url, body = body }
+  end
+  return next_doc, #names, ffi.string(hex), total
+end
+
 --- Non-empty lines of the input (for the progress total).
 local function count_lines(path)
   local f = assert(io.open(path, "rb"))
@@ -363,22 +434,31 @@ end
 function M.run(o)
   local in_path, out = o.input, o.output
   math.randomseed(os.time() + math.floor(now() * 1000) % 100000)
-  local f, err = io.open(in_path, "rb")
-  if not f then error(string.format("%s: cannot read the input: %s", in_path, tostring(err):gsub("^[^:]*: ", "")), 0) end
-  local size = f:seek("end")
-  f:close()
-  if not size then error(in_path .. ": cannot read the input (is it a folder?)", 0) end
-  check_writable(out)
-  local total = count_lines(in_path)
-  if total == 0 then error(in_path .. ": no requests in the input (it is empty)", 0) end
-  local hex = ffi.new("char[65]")
-  if C.lm_sha256_file(in_path, hex) ~= 0 then error(util.last_error(), 0) end
+  local f, err, size, total, digest, next_item
+  if o.pipeline then
+    check_writable(out)
+    next_item, total, digest, size = pipeline_source(in_path, o.pipeline, o.max_line_bytes)
+    if total == 0 then error(in_path .. ": no documents in the folder", 0) end
+  else
+    if C.lm_dir_files(in_path, nil, 0) >= 0 then error(in_path .. ": is a folder; a folder of documents needs --pipeline SCRIPT.lua", 0) end
+    f, err = io.open(in_path, "rb")
+    if not f then error(string.format("%s: cannot read the input: %s", in_path, tostring(err):gsub("^[^:]*: ", "")), 0) end
+    size = f:seek("end")
+    f:close()
+    if not size then error(in_path .. ": cannot read the input", 0) end
+    check_writable(out)
+    total = count_lines(in_path)
+    if total == 0 then error(in_path .. ": no requests in the input (it is empty)", 0) end
+    local hex = ffi.new("char[65]")
+    if C.lm_sha256_file(in_path, hex) ~= 0 then error(util.last_error(), 0) end
+    digest = ffi.string(hex)
+  end
 
   local t_start = now()
   local model = lumen.model.load(o.model, { threads = o.threads })
   local id = model.alias or (o.model or ""):match("([^/]+)%.gguf$") or o.model or "model"
   local journal, old_tokens, old_failed = open_journal(out .. ".journal",
-      { input_sha256 = ffi.string(hex), input_size = tostring(size), model = id }, o.restart, in_path)
+      { input_sha256 = digest, input_size = tostring(size), model = id }, o.restart, in_path)
   local n_done = 0
   for _ in pairs(journal.done) do n_done = n_done + 1 end
   local sched = scheduler.new{ slots = o.slots, prefill_chunk = 256 }
@@ -390,20 +470,27 @@ function M.run(o)
     io.stderr:write(string.format("lumen batch: resuming: %d of %d requests already done (journal %s)\n", n_done, total, journal.path))
   end
 
-  f = assert(io.open(in_path, "rb"))
-  local next_line = M.lines(f, o.max_line_bytes)
+  if not o.pipeline then
+    f = assert(io.open(in_path, "rb"))
+    next_item = M.lines(f, o.max_line_bytes)
+  end
   local more = true
   local t0 = now()
   while true do
     -- keep the scheduler's queue a little deeper than its slots
     while more and run.inflight < 2 * o.slots and #journal.pending < 1000 do
-      local line, text = next_line()
+      local line, text, req, bad = next_item(journal.done)
       if not line then more = false break end
       if text then text = text:gsub("\r$", "") end
       local prev = journal.done[line]
       if prev ~= nil then
         -- committed before: only its custom_id matters now (for duplicates)
         if prev then run.seen[prev] = run.seen[prev] or line end
+      elseif bad then
+        run.seen[bad[3]] = line
+        run:finish(line, bad[3], false, 0, output_line(bad[3], nil, nil, { code = bad[1], message = bad[2], line = line }))
+      elseif req then
+        run:take_request(line, req)
       elseif text ~= "" then
         run:take(line, text)
       end
@@ -414,7 +501,7 @@ function M.run(o)
     run.progress:show()
   end
   journal:flush()
-  f:close()
+  if f then f:close() end
   local dt = now() - t0
   run.progress:show(true)
   if run.progress.tty then io.stderr:write("\n") end

@@ -293,6 +293,11 @@ lm_status lm_quantize_file(const char *in, const char *out, int dtype, int n_thr
 lm_status lm_sha256_file(const char *path, char *hex_out);
 /* Size in bytes and modification time (seconds) of a file. */
 lm_status lm_file_info(const char *path, int64_t *size, int64_t *mtime);
+/* The regular files directly in a folder (not hidden ones, not subfolders), sorted
+ * by name (bytewise), each name followed by a NUL, into out[0 .. cap). Returns the
+ * bytes all names take (call again with a larger buffer when that exceeds cap),
+ * or -1 with lm_last_error() naming the folder. */
+int64_t lm_dir_files(const char *path, char *out, size_t cap);
 /* SHA-256 of a buffer, same output form. */
 void lm_sha256_hex(const void *data, size_t len, char *hex_out);
 /* a[0..n) == b[0..n), in time that depends on n only (for secrets: compare the SHA-256

@@ -165,8 +165,12 @@ end
 
 local BATCH_USAGE = [[
 usage: lumen batch IN.jsonl -o OUT.jsonl [options]
+       lumen batch FOLDER --pipeline SCRIPT.lua -o OUT.jsonl [options]
   IN.jsonl              OpenAI Batch API input: one {custom_id, method, url, body} per line;
                         url /v1/chat/completions or /v1/completions
+  --pipeline SCRIPT     the input is a folder: each file in it is one request, whose body
+                        SCRIPT makes (it returns {url = ..., request = function(doc) -> body},
+                        doc = {name, path, text, size}); custom_id = the file name
   -o, --output FILE     output (OpenAI's batch output format), written whole at the end;
                         progress is journaled in FILE.journal (SQLite): rerun the same
                         command after a crash or kill and it carries on
@@ -192,6 +196,7 @@ function commands.batch(argv)
     elseif a == "-c" or a == "--ctx" then o.ctx = int_arg(a, take(), 16, 2 ^ 20)
     elseif a == "-t" or a == "--threads" then o.threads = int_arg(a, take(), 1, 256)
     elseif a == "--restart" then o.restart = true
+    elseif a == "--pipeline" then o.pipeline = take()
     elseif a == "--max-line-bytes" then o.max_line_bytes = int_arg(a, take(), 16, 2 ^ 31 - 1)
     elseif a == "--progress" then
       o.progress = take()

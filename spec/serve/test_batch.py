@@ -294,5 +294,67 @@ class TestBadInput(unittest.TestCase):
             self.assertIn(b"lumen: error:", p.stderr)
 
 
+PIPELINE = """
+return {
+  url = "/v1/completions",
+  request = function(doc)
+    if doc.name == "bad.txt" then error("this pipeline refuses bad.txt") end
+    return { prompt = "Title: " .. doc.name .. "\\n" .. doc.text, max_tokens = 4, temperature = 0 }
+  end,
+}
+"""
+
+
+class TestDocumentPipeline(unittest.TestCase):
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="lumen-batch-docs-")
+        self.docs = os.path.join(self.dir, "docs")
+        os.mkdir(self.docs)
+        os.mkdir(os.path.join(self.docs, "subfolder"))
+        for name, text in [("a.txt", "The moon is bright."), ("b.md", "# Bread\nFlour and water."),
+                           ("bad.txt", "x"), (".hidden", "not a document")]:
+            with open(os.path.join(self.docs, name), "w") as f:
+                f.write(text)
+        self.script = os.path.join(self.dir, "pipe.lua")
+        with open(self.script, "w") as f:
+            f.write(PIPELINE)
+        self.out = os.path.join(self.dir, "out.jsonl")
+
+    def run_pipe(self, *extra, check=True):
+        p = subprocess.run([BIN, "batch", self.docs, "--pipeline", self.script, "-o", self.out,
+                            "--progress", "none", *extra], cwd=ROOT, capture_output=True, timeout=RUN_TIMEOUT_S)
+        if check and p.returncode != 0:
+            raise AssertionError(p.stderr.decode(errors="replace")[-3000:])
+        return p
+
+    def test_each_document_is_one_request_named_by_its_file(self):
+        self.run_pipe()
+        entries = read_output(self.out)
+        self.assertEqual([e["custom_id"] for e in entries], ["a.txt", "b.md", "bad.txt"])
+        self.assertEqual(entries[0]["response"]["status_code"], 200)
+        self.assertEqual(entries[0]["response"]["body"]["object"], "text_completion")
+        self.assertEqual(entries[2]["error"]["code"], "pipeline_error")
+        self.assertIn("refuses bad.txt", entries[2]["error"]["message"])
+        # resumable as a file job: a rerun recomputes nothing, a changed document is refused
+        p = self.run_pipe()
+        self.assertEqual(json.loads(p.stderr.decode().strip().splitlines()[-1])["summary"]["tokens_this_run"], 0)
+        with open(os.path.join(self.docs, "a.txt"), "a") as f:
+            f.write(" And round.")
+        p = self.run_pipe(check=False)
+        self.assertEqual(p.returncode, 2)
+        self.assertIn(b"--restart", p.stderr)
+        self.run_pipe("--restart")
+
+    def test_a_folder_without_a_pipeline_or_a_broken_pipeline_is_refused(self):
+        p = subprocess.run([BIN, "batch", self.docs, "-o", self.out], cwd=ROOT, capture_output=True, timeout=60)
+        self.assertEqual(p.returncode, 2)
+        self.assertIn(b"--pipeline", p.stderr)
+        with open(self.script, "w") as f:
+            f.write("return 42")
+        p = self.run_pipe(check=False)
+        self.assertEqual(p.returncode, 2)
+        self.assertIn(b"request = function(doc)", p.stderr)
+
+
 if __name__ == "__main__":
     unittest.main()
