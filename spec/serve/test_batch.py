@@ -147,6 +147,14 @@ class TestCrashSafety(unittest.TestCase):
         print("\nkills (target committed, committed at kill, had finished): %s; reference run %.1f s"
               % (kills, self.ref_s))
 
+    def test_greedy_completions_equal_lumen_generate(self):
+        for r in [x for x in self.rows if x["url"] == "/v1/completions"][:2]:
+            b = r["body"]
+            p = subprocess.run([BIN, "generate", "-p", b["prompt"], "-n", str(b["max_tokens"]), "--temp", "0",
+                                "--no-stats"], cwd=ROOT, capture_output=True, timeout=120, check=True)
+            text = self.ref[r["custom_id"]]["response"]["body"]["choices"][0]["text"]
+            self.assertEqual(p.stdout.decode(), b["prompt"] + text + "\n", r["custom_id"])
+
     def test_changed_input_is_refused_unless_restart(self):
         d = tempfile.mkdtemp(prefix="lumen-batch-")
         inp, out = os.path.join(d, "in.jsonl"), os.path.join(d, "out.jsonl")
