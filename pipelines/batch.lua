@@ -257,16 +257,20 @@ end
 --- The file sink: a finished job's answer becomes its journal entry.
 local FileSink = {}
 FileSink.__index = FileSink
-function FileSink.alive() return true end
+function FileSink:alive() return not self.run.cancelled end
 function FileSink.started() return true end
 function FileSink.piece() return true end
 function FileSink:finished(job)
   self.run:finish(self.line, self.custom_id, true, job.completion_tokens or 0,
                   output_line(self.custom_id, 200, openai.response(job, scheduler.choices(job))))
 end
-function FileSink:cancelled(_, reason)
-  self.run:finish(self.line, self.custom_id, false, 0,
-                  output_line(self.custom_id, nil, nil, { code = "cancelled", message = "the request was cancelled (" .. reason .. ")" }))
+--- A cancelled job's request is not journaled: a resumed job runs it again.
+function FileSink:cancelled()
+  local run = self.run
+  if run.submitted[self.line] then
+    run.submitted[self.line] = nil
+    run.inflight = run.inflight - 1
+  end
 end
 
 local Run = {}
@@ -339,6 +343,7 @@ function Run:take_request(line, req)
   end
   job.id = random_id(kind == "chat" and "chatcmpl-" or "cmpl-")
   job.created, job.model_id, job.collect = os.time(), entry.id, true
+  job.priority = self.priority
   self.submitted[line] = true
   self.inflight = self.inflight + 1
   self.sched:submit(job, setmetatable({ run = self, line = line, custom_id = cid }, FileSink))
@@ -430,88 +435,128 @@ local function check_writable(out)
   os.remove(tmp)
 end
 
---- o: input, output, model, slots, ctx, threads, restart, max_line_bytes, progress ("bar" | "json" | "none" | nil: bar on a TTY).
-function M.run(o)
+--- Checks a job's input before anything is loaded: a JSONL file, or a folder
+-- with o.pipeline. Returns {total, digest, size, next_item (for pipelines)}.
+function M.check_input(o)
   local in_path, out = o.input, o.output
-  math.randomseed(os.time() + math.floor(now() * 1000) % 100000)
-  local f, err, size, total, digest, next_item
+  local src = {}
   if o.pipeline then
     check_writable(out)
-    next_item, total, digest, size = pipeline_source(in_path, o.pipeline, o.max_line_bytes)
-    if total == 0 then error(in_path .. ": no documents in the folder", 0) end
-  else
-    if C.lm_dir_files(in_path, nil, 0) >= 0 then error(in_path .. ": is a folder; a folder of documents needs --pipeline SCRIPT.lua", 0) end
-    f, err = io.open(in_path, "rb")
-    if not f then error(string.format("%s: cannot read the input: %s", in_path, tostring(err):gsub("^[^:]*: ", "")), 0) end
-    size = f:seek("end")
-    f:close()
-    if not size then error(in_path .. ": cannot read the input", 0) end
-    check_writable(out)
-    total = count_lines(in_path)
-    if total == 0 then error(in_path .. ": no requests in the input (it is empty)", 0) end
-    local hex = ffi.new("char[65]")
-    if C.lm_sha256_file(in_path, hex) ~= 0 then error(util.last_error(), 0) end
-    digest = ffi.string(hex)
+    src.next_item, src.total, src.digest, src.size = pipeline_source(in_path, o.pipeline, o.max_line_bytes)
+    if src.total == 0 then error(in_path .. ": no documents in the folder", 0) end
+    return src
   end
+  if C.lm_dir_files(in_path, nil, 0) >= 0 then error(in_path .. ": is a folder; a folder of documents needs --pipeline SCRIPT.lua", 0) end
+  local f, err = io.open(in_path, "rb")
+  if not f then error(string.format("%s: cannot read the input: %s", in_path, tostring(err):gsub("^[^:]*: ", "")), 0) end
+  src.size = f:seek("end")
+  f:close()
+  if not src.size then error(in_path .. ": cannot read the input", 0) end
+  check_writable(out)
+  src.total = count_lines(in_path)
+  if src.total == 0 then error(in_path .. ": no requests in the input (it is empty)", 0) end
+  local hex = ffi.new("char[65]")
+  if C.lm_sha256_file(in_path, hex) ~= 0 then error(util.last_error(), 0) end
+  src.digest = ffi.string(hex)
+  return src
+end
 
+--- A job over a checked input (M.check_input) for a scheduler's model entry:
+-- its journal opened (or resumed). Drive it with feed(), the scheduler's
+-- step(), commit(), until done(); then close(). o: input, output, restart,
+-- max_line_bytes, progress, priority (of its requests in the scheduler),
+-- depth (requests kept queued or running; default twice the slots).
+function M.open(o, src, sched, entry)
+  local journal, old_tokens, old_failed = open_journal(o.output .. ".journal",
+      { input_sha256 = src.digest, input_size = tostring(src.size), model = entry.id }, o.restart, o.input)
+  local n_done = 0
+  for _ in pairs(journal.done) do n_done = n_done + 1 end
+  local run = setmetatable({ journal = journal, sched = sched, entry = entry, in_path = o.input, out = o.output,
+                             seen = {}, submitted = {}, inflight = 0, tokens = 0, old_tokens = old_tokens,
+                             max_line = o.max_line_bytes, resumed = n_done, priority = o.priority or 0,
+                             depth = o.depth or 2 * #entry.slots, more = true, next_item = src.next_item,
+                             total = src.total, t0 = now(),
+                             progress = new_progress(src.total, n_done, old_failed, o.progress) }, Run)
+  if not run.next_item then
+    run.file = assert(io.open(o.input, "rb"))
+    run.next_item = M.lines(run.file, o.max_line_bytes)
+  end
+  return run
+end
+
+--- Reads input and submits requests until depth are queued or running.
+function Run:feed()
+  local journal = self.journal
+  while self.more and not self.cancelled and self.inflight < self.depth and #journal.pending < 1000 do
+    local line, text, req, bad = self.next_item(journal.done)
+    if not line then self.more = false break end
+    if text then text = text:gsub("\r$", "") end
+    local prev = journal.done[line]
+    if prev ~= nil then
+      -- committed before: only its custom_id matters now (for duplicates)
+      if prev then self.seen[prev] = self.seen[prev] or line end
+    elseif bad then
+      self.seen[bad[3]] = line
+      self:finish(line, bad[3], false, 0, output_line(bad[3], nil, nil, { code = bad[1], message = bad[2], line = line }))
+    elseif req then
+      self:take_request(line, req)
+    elseif text ~= "" then
+      self:take(line, text)
+    end
+  end
+end
+
+--- Commits what finished (one transaction) and shows progress.
+function Run:commit()
+  self.journal:flush()
+  self.progress:show()
+end
+
+--- All input read and nothing running (or cancelled and nothing running).
+function Run:done() return (not self.more or self.cancelled) and self.inflight == 0 end
+
+--- Stops taking input; running requests are dropped (not journaled) at the
+-- scheduler's next step.
+function Run:cancel() self.cancelled = true end
+
+--- Commits, writes the output from the journal, closes; returns the summary.
+function Run:close()
+  self.journal:flush()
+  if self.file then self.file:close() self.file = nil end
+  local dt = now() - self.t0
+  self.progress:show(true)
+  if self.progress.tty then io.stderr:write("\n") end
+  local lines = self.journal:write_output(self.out)
+  self.journal.db:close()
+  return { requests = lines, failed = self.progress.failed, resumed = self.resumed, tokens = self.tokens + self.old_tokens,
+           tokens_this_run = self.tokens, wall_s = math.floor(dt * 100 + 0.5) / 100,
+           tokens_per_s = dt > 0 and math.floor(self.tokens / dt * 10 + 0.5) / 10 or 0, output = self.out }
+end
+
+--- `lumen batch`. o: input, output, pipeline, model, slots, ctx, threads,
+-- restart, max_line_bytes, progress ("bar" | "json" | "none" | nil: bar on a TTY).
+function M.run(o)
+  math.randomseed(os.time() + math.floor(now() * 1000) % 100000)
+  local src = M.check_input(o)
   local t_start = now()
   local model = lumen.model.load(o.model, { threads = o.threads })
   local id = model.alias or (o.model or ""):match("([^/]+)%.gguf$") or o.model or "model"
-  local journal, old_tokens, old_failed = open_journal(out .. ".journal",
-      { input_sha256 = digest, input_size = tostring(size), model = id }, o.restart, in_path)
-  local n_done = 0
-  for _ in pairs(journal.done) do n_done = n_done + 1 end
   local sched = scheduler.new{ slots = o.slots, prefill_chunk = 256 }
   local entry = sched:add_model(id, model, o.ctx)
-  local run = setmetatable({ journal = journal, sched = sched, entry = entry, in_path = in_path, seen = {},
-                             submitted = {}, inflight = 0, tokens = 0, max_line = o.max_line_bytes,
-                             progress = new_progress(total, n_done, old_failed, o.progress) }, Run)
-  if n_done > 0 then
-    io.stderr:write(string.format("lumen batch: resuming: %d of %d requests already done (journal %s)\n", n_done, total, journal.path))
+  local run = M.open(o, src, sched, entry)
+  if run.resumed > 0 then
+    io.stderr:write(string.format("lumen batch: resuming: %d of %d requests already done (journal %s)\n",
+                                  run.resumed, run.total, run.journal.path))
   end
-
-  if not o.pipeline then
-    f = assert(io.open(in_path, "rb"))
-    next_item = M.lines(f, o.max_line_bytes)
-  end
-  local more = true
-  local t0 = now()
   while true do
-    -- keep the scheduler's queue a little deeper than its slots
-    while more and run.inflight < 2 * o.slots and #journal.pending < 1000 do
-      local line, text, req, bad = next_item(journal.done)
-      if not line then more = false break end
-      if text then text = text:gsub("\r$", "") end
-      local prev = journal.done[line]
-      if prev ~= nil then
-        -- committed before: only its custom_id matters now (for duplicates)
-        if prev then run.seen[prev] = run.seen[prev] or line end
-      elseif bad then
-        run.seen[bad[3]] = line
-        run:finish(line, bad[3], false, 0, output_line(bad[3], nil, nil, { code = bad[1], message = bad[2], line = line }))
-      elseif req then
-        run:take_request(line, req)
-      elseif text ~= "" then
-        run:take(line, text)
-      end
-    end
-    if not more and sched:idle() then break end
-    if not sched:idle() then sched:step() end
-    journal:flush()
-    run.progress:show()
+    run:feed()
+    if run:done() then break end
+    sched:step()
+    run:commit()
   end
-  journal:flush()
-  if f then f:close() end
-  local dt = now() - t0
-  run.progress:show(true)
-  if run.progress.tty then io.stderr:write("\n") end
-  local lines = journal:write_output(out)
-  journal.db:close()
-  io.stderr:write(openai.encode({ summary = {
-    requests = lines, failed = run.progress.failed, resumed = n_done, tokens = run.tokens + old_tokens,
-    tokens_this_run = run.tokens, wall_s = math.floor(dt * 100 + 0.5) / 100,
-    tokens_per_s = dt > 0 and math.floor(run.tokens / dt * 10 + 0.5) / 10 or 0,
-    total_s = math.floor((now() - t_start) * 100 + 0.5) / 100, output = out } }), "\n")
+  local summary = run:close()
+  summary.total_s = math.floor((now() - t_start) * 100 + 0.5) / 100
+  io.stderr:write(openai.encode({ summary = summary }), "\n")
   return 0
 end
 
