@@ -334,15 +334,16 @@ function Run:take_request(line, req)
       openai.fail(400, "'body' must be a JSON object", "body", "invalid_type")
     end
     if body.stream == true then openai.fail(400, "'stream' is not supported in a batch", "stream", "unsupported_parameter") end
-    local _, j = openai.generation_request(kind, body, self.sched.models, { entry.id })
-    return scheduler.prepare(entry, j)
+    -- a server's batch may name any model it serves (model_ids: the first is the default)
+    local mid, j = openai.generation_request(kind, body, self.sched.models, self.model_ids or { entry.id })
+    return scheduler.prepare(self.sched.models[mid], j)
   end)
   if not okj then
     if not openai.is_error(job) then error(job, 0) end
     return self:finish(line, cid, false, 0, output_line(cid, job.status, openai.error_body(job)))
   end
   job.id = random_id(kind == "chat" and "chatcmpl-" or "cmpl-")
-  job.created, job.model_id, job.collect = os.time(), entry.id, true
+  job.created, job.model_id, job.collect = os.time(), job.entry.id, true
   job.priority = self.priority
   self.submitted[line] = true
   self.inflight = self.inflight + 1

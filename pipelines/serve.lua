@@ -29,7 +29,7 @@ local fail = openai.fail
 local DEFAULTS = {
   host = "127.0.0.1", port = 8080, models = nil, slots = 8, ctx = 2048, queue_limit = 64,
   max_body_bytes = 1048576, prefill_chunk = 256, threads = 0, api_keys = {}, api_key_file = nil,
-  limits = {}, access_log = true, log_prompts = false,
+  limits = {}, access_log = true, log_prompts = false, data_dir = nil,
   timeouts = { idle_s = 30, request_s = 600, queue_s = 120 },
 }
 
@@ -44,7 +44,7 @@ local function merge_config(path, o)
     local known = { host = "string", port = "number", models = "table", slots = "number", ctx = "number",
                     queue_limit = "number", max_body_bytes = "number", prefill_chunk = "number",
                     threads = "number", api_keys = "table", timeouts = "table", api_key_file = "string",
-                    limits = "table", access_log = "boolean", log_prompts = "boolean" }
+                    limits = "table", access_log = "boolean", log_prompts = "boolean", data_dir = "string" }
     for k, v in pairs(y) do
       if not known[k] then error(string.format("%s: unknown setting '%s'", path, tostring(k)), 0) end
       if type(v) ~= known[k] then error(string.format("%s: '%s' must be a %s", path, k, known[k] == "table" and "list or mapping" or known[k]), 0) end
@@ -173,12 +173,14 @@ function Server:handle(r)
   local method = ffi.string(r.method)
   if path:sub(-1) == "/" and #path > 1 then path = path:sub(1, -2) end
   local ep = ENDPOINTS[path] or (path:match("^/v1/models/[^/]+$") and { method = "GET", name = "model" })
+             or (path:match("^/v1/files") and { name = "files", any_method = true })
+             or (path:match("^/v1/batches") and { name = "batches", any_method = true })
   local name = ep and ep.name or "unknown"
   local a = { remote = ffi.string(r.remote), method = method, path = path, arrived = now() }
   local status = 200
   local ok, err = pcall(function()
     if not ep then fail(404, "unknown endpoint " .. method .. " " .. path, nil, "unknown_url", "invalid_request_error") end
-    if method ~= ep.method then fail(405, string.format("%s takes %s, not %s", path, ep.method, method), nil, "method_not_allowed") end
+    if not ep.any_method and method ~= ep.method then fail(405, string.format("%s takes %s, not %s", path, ep.method, method), nil, "method_not_allowed") end
     if not ep.open then
       a.ident = self.gate:identify(ffi.string(r.authorization))
       if not a.ident then fail(401, "missing or invalid API key: send 'Authorization: Bearer KEY'", nil, "invalid_api_key") end
@@ -200,6 +202,12 @@ function Server:handle(r)
       return self:respond(r.id, 200, openai.encode({ id = id, object = "model", created = self.started, owned_by = "lumen" }), limit_headers, name)
     end
     if self.draining then fail(503, "the server is shutting down", nil, "server_shutting_down", "server_error") end
+    if ep.any_method then
+      -- /v1/files, /v1/batches: pipelines/serve_batches.lua, with a data_dir
+      if not self.store then fail(404, path .. " needs a data folder: start lumen serve with --data-dir DIR", nil, "unknown_url") end
+      local st, body, ctype = self.store:handle(method, path, r)
+      return self:respond(r.id, st, body, limit_headers, name, ctype)
+    end
     local body = openai.decode(ffi.string(r.body, r.body_len), function(s) return C.lm_utf8_valid(s, #s) end)
     local model_id, job = openai.generation_request(name, body, self.models, self.model_ids)
     job.access = a
@@ -327,8 +335,9 @@ function Server:run()
       self.draining = true
       local running, prefilling, queued = self.sched:counts()
       self:log("shutting down: finishing %d running and %d queued requests", running + prefilling, queued)
+      if self.store then self.store:drain() end
     end
-    local busy = not self.sched:idle()
+    local busy = not self.sched:idle() or (self.store ~= nil and self.store:active())
     if self.draining and not busy then break end
     -- take every request that arrived; wait only when there is nothing to compute
     local got = C.lm_http_next(self.http, req, busy and 0 or 100)
@@ -340,7 +349,9 @@ function Server:run()
       got = C.lm_http_next(self.http, req, 0)
     end
     if got < 0 then error("http: " .. util.last_error(), 0) end
+    if self.store then self.store:feed() end
     self.sched:step()
+    if self.store then self.store:commit() end
     if now() - t_last_log > 60 and busy then
       t_last_log = now()
       local running, _, queued = self.sched:counts()
@@ -357,6 +368,7 @@ function M.run(o)
                               sched = scheduler.new{ slots = cfg.slots, prefill_chunk = cfg.prefill_chunk, observer = metrics },
                               gate = limits_mod.new(gather_keys(cfg, os.getenv("LUMEN_API_KEYS")), cfg.limits) }, Server)
   self:load_models()
+  if cfg.data_dir then self.store = require("serve_batches").new(self, cfg.data_dir) end
   local mt = self.metrics
   mt:gauge("lumen_queue_depth", "Requests waiting for a slot.", function() return #self.sched.queue end)
   mt:gauge("lumen_slots_busy", "Slots generating or prefilling.", function() return self:slots_busy() end)

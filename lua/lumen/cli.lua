@@ -126,6 +126,8 @@ usage: lumen serve [options]
   --idle-timeout S   drop connections idle this long, and streams whose client
                      reads nothing for this long (default 30)
   -t, --threads N    compute threads (default: all cores)
+  --data-dir DIR     enable /v1/files and /v1/batches, stored in DIR (batches run below live
+                     requests and resume when the server starts again with the same DIR)
 SIGTERM or Ctrl-C: stop taking requests, finish the running ones, exit 0.
 ]]
 
@@ -152,6 +154,7 @@ function commands.serve(argv)
       usage_error("serve: --api-key would show the key to every user of this machine (ps); "
                   .. "put it in a file (--api-key-file FILE, one key per line) or in LUMEN_API_KEYS")
     elseif a == "--idle-timeout" then o.serve.idle_s = int_arg(a, take(), 1, 86400)
+    elseif a == "--data-dir" then o.serve.data_dir = take()
     elseif a == "-t" or a == "--threads" then o.threads = int_arg(a, take(), 1, 256)
     else usage_error("serve: unknown option '" .. a .. "' (try: lumen serve --help)") end
     i = i + 1
