@@ -305,7 +305,8 @@ function Server:submit(r, job, entry, endpoint)
   scheduler.prepare(entry, job)
   -- queued jobs have not taken their slots yet (admission runs after all of
   -- this turn's arrivals): count them against the free slots, then the queue
-  if self.sched:waiting(entry) + job.n > #entry.free + self.cfg.queue_limit then
+  -- (a batch's requests, queued at priority -1, wait behind this one: not counted)
+  if self.sched:waiting(entry, 0) + job.n > #entry.free + self.cfg.queue_limit then
     local e = setmetatable({ status = 429, message = "the server is busy: all slots are taken and the queue is full; retry shortly",
                              type = "rate_limit_error", code = "rate_limit_exceeded", retry_after = 1 }, openai.ApiError)
     error(e, 0)

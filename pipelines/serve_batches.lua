@@ -72,7 +72,7 @@ function Store:start(b)
   local f = self.get_file:first(b.input_file_id)
   if not f then error("the input file " .. b.input_file_id .. " no longer exists", 0) end
   local o = { input = f[1], output = self.dir .. "/batches/" .. b.id .. ".jsonl", max_line_bytes = 8 * 1048576,
-              progress = "none", priority = -1 }
+              progress = "none", priority = -1, depth = #self.server.sched.models[self.server.model_ids[1]].slots }
   local src = batch.check_input(o)
   local sched = self.server.sched
   local run = batch.open(o, src, sched, sched.models[self.server.model_ids[1]])

@@ -154,10 +154,13 @@ end
 --- Running sequences, prompts being evaluated, queued requests.
 function Scheduler:counts() return #self.decoding, #self.prefilling, #self.queue end
 
---- Choices still waiting for slots of a model.
-function Scheduler:waiting(entry)
+--- Choices waiting for slots of a model that a request of this priority
+-- would wait behind (those of the same or a higher priority; all without one).
+function Scheduler:waiting(entry, priority)
   local w = 0
-  for _, q in ipairs(self.queue) do if q.entry == entry then w = w + q.n end end
+  for _, q in ipairs(self.queue) do
+    if q.entry == entry and (priority == nil or q.priority >= priority) then w = w + q.n end
+  end
   return w
 end
 

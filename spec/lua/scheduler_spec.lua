@@ -107,6 +107,18 @@ describe("scheduler", function()
     assert.same({ "urgent", "r1", "r2", "r3" }, order)
   end)
 
+  it("counts waiting choices by the priority a newcomer would wait behind", function()
+    local sched, entry = new(1)
+    local log = {}
+    sched:submit(request(entry, "A."), recorder(log, "a"))
+    local low = request(entry, "B.", { n = 1 })
+    low.priority = -1
+    sched:submit(low, recorder(log, "low"))
+    assert.equal(2, sched:waiting(entry))
+    assert.equal(1, sched:waiting(entry, 0))
+    run(sched)
+  end)
+
   it("lets a prompt ride along with running sequences and still gives the lone text", function()
     local sched, entry = new(3)
     local log = {}
