@@ -21,14 +21,14 @@ local function run(B)
   for i = 1, B do
     local s = model:session{ ctx = #prompt + steps + 8 }
     s:eval(prompt)
-    sessions[i], toks[i] = s, s:logits():argmax()
+    sessions[i], toks[i] = s, s:logits():argmax() - 1 -- argmax is 1-based, token ids 0-based
   end
   local sb, tb = ffi.new("lm_session*[?]", B), ffi.new("int32_t[?]", B)
   local clock = require("lumen.chat").now
   local a = clock()
   for _ = 1, steps do
     lumen.model.eval_batch(sessions, toks, sb, tb)
-    for i = 1, B do toks[i] = sessions[i]:logits():argmax() end
+    for i = 1, B do toks[i] = sessions[i]:logits():argmax() - 1 end
   end
   local dt = clock() - a
   for i = 1, B do sessions[i]:close() end

@@ -110,3 +110,4 @@ lm_status lm_file_info(const char *path, int64_t *size, int64_t *mtime) {
     if (mtime) *mtime = (int64_t)st.st_mtime;
     return LM_OK;
 }
+

@@ -12,13 +12,6 @@ local HELP = [[
 //text         send "/text" to the model
 ]]
 
-local function sampling_of(model, o)
-  local s = {}
-  for k, v in pairs(model.entry and model.entry.sampling or {}) do s[k] = v end
-  for k, v in pairs(o.sampling or {}) do s[k] = v end
-  return s
-end
-
 function M.run(o)
   local lumen = require "lumen"
   local chat = require "lumen.chat"
@@ -28,7 +21,7 @@ function M.run(o)
     system = o.system,
     ctx = o.ctx or math.min(4096, info.n_ctx_train),
     max_tokens = o.n_predict,
-    sampler = lumen.sampler.from_config(sampling_of(model, o)),
+    sampler = lumen.sampler.for_model(model, o.sampling),
   })
   local function write(piece) io.write(piece) io.flush() end
 

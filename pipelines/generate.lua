@@ -11,10 +11,7 @@ function M.run(o)
   local ctx = o.ctx or math.min(n + o.n_predict, info.n_ctx_train)
   if n >= ctx then error(string.format("the prompt has %d tokens; it does not fit a context of %d", n, ctx), 0) end
   local session = model:session{ ctx = ctx }
-  local sampling = {}
-  for k, v in pairs(model.entry and model.entry.sampling or {}) do sampling[k] = v end
-  for k, v in pairs(o.sampling) do sampling[k] = v end
-  local sampler = lumen.sampler.from_config(sampling)
+  local sampler = lumen.sampler.for_model(model, o.sampling)
 
   io.write(o.prompt)
   io.flush()

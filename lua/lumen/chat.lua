@@ -143,18 +143,14 @@ function Conv:say(text, on_piece)
     dropped = dropped + 1
   end
   -- reuse the longest prefix already in the KV cache
-  local have = s:pos()
-  local toks = require("lumen.ffi").lm_session_tokens(s.h)
-  local keep = 0
-  while keep < have and keep < n and toks[keep] == buf[keep] do keep = keep + 1 end
-  if keep == n then keep = n - 1 end -- the last prompt token must be evaluated for fresh logits
+  local keep = s:common_prefix(buf, n)
   if n >= s:ctx() then
     table.remove(self.messages)
     error(string.format("the conversation (%d tokens) does not fit the context of %d tokens%s", n, s:ctx(),
                         #self.messages <= 1 and " (the message alone; a larger -c?)" or "; /reset to start over"), 2)
   end
   s:rewind(keep)
-  local sampler = self.sampler or require("lumen.sampler").from_config(model.entry and model.entry.sampling)
+  local sampler = self.sampler or require("lumen.sampler").for_model(model)
   self.sampler = sampler
   sampler:reset()
   local t0 = now()

@@ -12,6 +12,7 @@ commands:
   embed [-m MODEL] [-p TEXT]   embeddings of texts (one per line on stdin) as JSON lines (see lumen embed --help)
   run SCRIPT.lua [args]        run a Lua script with require "lumen" available
   serve [options]              OpenAI-compatible HTTP server (configs/server.yaml; see lumen serve --help)
+  batch IN.jsonl -o OUT.jsonl  run an OpenAI Batch API file locally, resumably (see lumen batch --help)
   models                       list the models of configs/models.yaml and their state
   pull ALIAS|URL               download a model over HTTP(S) into the model cache, checked against its pin
   rag index DIR --db FILE      index a folder (.txt .md .html .pdf) into a retrieval store
@@ -238,6 +239,8 @@ usage: lumen serve [options]
   --idle-timeout S   drop connections idle this long, and streams whose client
                      reads nothing for this long (default 30)
   -t, --threads N    compute threads (default: all cores)
+  --data-dir DIR     enable /v1/files and /v1/batches, stored in DIR (batches run below live
+                     requests and resume when the server starts again with the same DIR)
 SIGTERM or Ctrl-C: stop taking requests, finish the running ones, exit 0.
 ]]
 
@@ -261,6 +264,7 @@ function commands.serve(argv)
       usage_error("serve: --api-key would show the key to every user of this machine (ps); "
                   .. "put it in a file (--api-key-file FILE, one key per line) or in LUMEN_API_KEYS")
     elseif a == "--idle-timeout" then o.serve.idle_s = int_arg(a, take(), 1, 86400)
+    elseif a == "--data-dir" then o.serve.data_dir = take()
     elseif a == "-t" or a == "--threads" then o.threads = int_arg(a, take(), 1, 256)
     else usage_error("serve: unknown option '" .. a .. "' (try: lumen serve --help)") end
   end
@@ -430,6 +434,51 @@ function commands.pull(argv)
   end
   if not r.plan.alias then say("use it with: lumen chat -m " .. r.plan.file) end
   return 0
+end
+
+local BATCH_USAGE = [[
+usage: lumen batch IN.jsonl -o OUT.jsonl [options]
+       lumen batch FOLDER --pipeline SCRIPT.lua -o OUT.jsonl [options]
+  IN.jsonl              OpenAI Batch API input: one {custom_id, method, url, body} per line;
+                        url /v1/chat/completions or /v1/completions
+  --pipeline SCRIPT     the input is a folder: each file in it is one request, whose body
+                        SCRIPT makes (it returns {url = ..., request = function(doc) -> body},
+                        doc = {name, path, text, size}); custom_id = the file name
+  -o, --output FILE     output (OpenAI's batch output format), written whole at the end;
+                        progress is journaled in FILE.journal (SQLite): rerun the same
+                        command after a crash or kill and it carries on
+  -m, --model NAME      model alias or .gguf path (default: the registry's default)
+  --slots N             sequences decoded together (default 32)
+  -c, --ctx N           context tokens per sequence (default 2048)
+  -t, --threads N       compute threads (default: all cores)
+  --restart             forget the journal (needed when the input or model changed)
+  --max-line-bytes N    longer input lines become error entries (default 8388608)
+  --progress MODE       bar | json | none (default: bar on a terminal, else a JSON line every 5 s)
+]]
+
+function commands.batch(argv)
+  local o = { slots = 32, ctx = 2048, max_line_bytes = 8 * 1048576 }
+  for a, take in options(argv, 2) do
+    if a == "-h" or a == "--help" then io.write(BATCH_USAGE) return 0
+    elseif a == "-o" or a == "--output" then o.output = take()
+    elseif a == "-m" or a == "--model" then o.model = take()
+    elseif a == "--slots" then o.slots = int_arg(a, take(), 1, 256)
+    elseif a == "-c" or a == "--ctx" then o.ctx = int_arg(a, take(), 16, 2 ^ 20)
+    elseif a == "-t" or a == "--threads" then o.threads = int_arg(a, take(), 1, 256)
+    elseif a == "--restart" then o.restart = true
+    elseif a == "--pipeline" then o.pipeline = take()
+    elseif a == "--max-line-bytes" then o.max_line_bytes = int_arg(a, take(), 16, 2 ^ 31 - 1)
+    elseif a == "--progress" then
+      o.progress = take()
+      if o.progress ~= "bar" and o.progress ~= "json" and o.progress ~= "none" then usage_error("--progress: bar, json or none, not '" .. o.progress .. "'") end
+    elseif a:sub(1, 1) == "-" and #a > 1 then usage_error("batch: unknown option '" .. a .. "' (try: lumen batch --help)")
+    elseif o.input then usage_error("batch takes one input file; got '" .. o.input .. "' and '" .. a .. "'")
+    else o.input = a end
+  end
+  if not o.input then usage_error("batch needs an input file: lumen batch IN.jsonl -o OUT.jsonl") end
+  if not o.output then usage_error("batch needs an output file: -o OUT.jsonl") end
+  if o.output == o.input then usage_error("batch: the output must be another file than the input") end
+  return require("batch").run(o)
 end
 
 function commands.models(argv)

@@ -40,6 +40,11 @@ function Metrics:decoded(now, tokens)
   while #w > 0 and w[1][1] < now - 10 do table.remove(w, 1) end
 end
 
+-- lumen.scheduler's observer events
+function Metrics:prompt_evaluated(n) self.prompt_tokens = self.prompt_tokens + n end
+function Metrics:prompt_cached(n) self.cached_prompt_tokens = self.cached_prompt_tokens + n end
+function Metrics:disconnected() self.disconnects = self.disconnects + 1 end
+
 --- Decoded tokens per second over the last 10 s.
 function Metrics:decode_rate(now)
   local w, sum = self.window, 0

@@ -318,6 +318,18 @@ function Session:tokens()
   return out
 end
 
+--- How many of the n tokens at buf (int32 cdata) the context already holds at
+-- its start, at most n - 1: the last prompt token is always evaluated again,
+-- for fresh logits. The one prefix rule of chat turns and server slots.
+function Session:common_prefix(buf, n)
+  check_open(self, "common_prefix")
+  local have = math.min(C.lm_session_pos(self.h), n - 1)
+  local toks = C.lm_session_tokens(self.h)
+  local k = 0
+  while k < have and toks[k] == buf[k] do k = k + 1 end
+  return k
+end
+
 --- Keeps the first n tokens and forgets the rest. Re-evaluating then gives the
 -- same logits as the first time.
 function Session:rewind(n)
@@ -364,7 +376,7 @@ function Session:generate(opts)
   check_open(self, "generate")
   util.check_type("generate", "opts", opts, "table")
   local model = self.model
-  local sampler = opts.sampler or require("lumen.sampler").from_config(model.entry and model.entry.sampling)
+  local sampler = opts.sampler or require("lumen.sampler").for_model(model)
   local max_tokens = opts.max_tokens or 256
   util.check_int("generate", "max_tokens", max_tokens, 0, 1e9)
   local stops = opts.stop or {}
@@ -405,10 +417,8 @@ function Session:generate(opts)
       local tok = sampler:sample(self)
       result.tokens = result.tokens + 1
       if opts.on_token then opts.on_token(tok) end
-      if model:is_eog(tok) then return finish("eog") end
-      sampler:accept(tok)
-      local emit, stopped = text:push(tok)
-      if stopped then return finish("stop") end
+      local emit, ended = M.token_step(model, sampler, text, tok)
+      if ended then return finish(ended) end
       local room = self:ctx() - self:pos()
       if result.tokens < max_tokens then
         if room <= 0 then return finish("context") end
@@ -419,6 +429,18 @@ function Session:generate(opts)
     end
     return nil
   end
+end
+
+--- What every generated token goes through, here and in lumen.scheduler: an
+-- end-of-generation token ends the text ("eog"); otherwise the sampler
+-- remembers it and the text stream takes it, which may hit a stop string
+-- ("stop"). Returns the text made final (maybe "") and nil, or "" and why it ended.
+function M.token_step(model, sampler, text, tok)
+  if model:is_eog(tok) then return "", "eog" end
+  sampler:accept(tok)
+  local emit, stopped = text:push(tok)
+  if stopped then return "", "stop" end
+  return emit, nil
 end
 
 --- Token ids -> text as it becomes final: holds back an incomplete UTF-8

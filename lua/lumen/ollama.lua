@@ -71,7 +71,8 @@ local function with_repeat_penalty(job, v)
   return job
 end
 
---- POST /api/chat -> an OpenAI chat job (kind "chat", api "ollama").
+--- POST /api/chat -> an OpenAI chat job (kind "chat", api "ollama") and the
+-- OpenAI-shaped body it was validated from (for response_format).
 function M.chat_request(body, defaults)
   local b = common(body, {})
   if not present(body.messages) then fail(400, "'messages' is required", "messages", "missing_required_parameter") end
@@ -86,7 +87,7 @@ function M.chat_request(body, defaults)
   b.repeat_penalty = nil
   local job = with_repeat_penalty(openai.chat_request(b, defaults), rp)
   job.api = "ollama"
-  return job
+  return job, b
 end
 
 --- POST /api/generate -> a completion job (raw) or a chat job (the model's
@@ -113,7 +114,7 @@ function M.generate_request(body, defaults)
     job = openai.chat_request(b, defaults)
   end
   job.api, job.ollama_endpoint = "ollama", "generate"
-  return with_repeat_penalty(job, rp)
+  return with_repeat_penalty(job, rp), b
 end
 
 --- POST /api/embed -> an embeddings job; answered by M.embed_response.

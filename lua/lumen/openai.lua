@@ -9,6 +9,7 @@ cjson.encode_max_depth(64)
 cjson.encode_number_precision(10)
 
 local utf8_sanitize = require("lumen.util").utf8_sanitize
+local merge_settings = require("lumen.util").merge_settings
 
 local M = { json = cjson }
 
@@ -111,8 +112,7 @@ local function common(body, defaults)
   r.n = number(body, "n", 1, 8, true) or 1
   r.seed = number(body, "seed", -2 ^ 63, 2 ^ 63, true)
 
-  local s = {}
-  for k, v in pairs(defaults or {}) do s[k] = v end
+  local s = merge_settings(defaults)
   local t = number(body, "temperature", 0, 2)
   if t then s.temperature = t end
   local p = number(body, "top_p", 0, 1)
@@ -254,6 +254,20 @@ function M.completion_request(body, defaults)
   local bo = number(body, "best_of", 1, 8, true)
   if bo and bo ~= r.n then fail(400, "'best_of' other than n is not supported", "best_of", "unsupported_parameter") end
   return r
+end
+
+--- A generation request's body -> the id of the model it names (or the first
+-- of ids, the default) and the job: chat ("chat") or completions. models maps
+-- each id in ids to {sampling = the model's defaults}.
+function M.generation_request(kind, body, models, ids)
+  local id = body.model
+  if present(id) and type(id) ~= "string" then fail(400, "'model' must be a string", "model", "invalid_type") end
+  if type(id) ~= "string" then id = ids[1] end
+  local m = models[id]
+  if not m then
+    fail(404, "model '" .. id .. "' does not exist (available: " .. table.concat(ids, ", ") .. ")", "model", "model_not_found")
+  end
+  return id, kind == "chat" and M.chat_request(body, m.sampling) or M.completion_request(body, m.sampling)
 end
 
 -- ---- responses ----------------------------------------------------------------

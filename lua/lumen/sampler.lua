@@ -186,6 +186,15 @@ end
 
 function M.default() return M.from_config(nil) end
 
+--- Sampling settings merged (lumen.util.merge_settings: the one place where
+-- the model's defaults and a command line's or request's settings merge).
+M.merge = util.merge_settings
+
+--- A chain from a model's registry defaults with overrides on top.
+function M.for_model(model, overrides)
+  return M.from_config(M.merge(model.entry and model.entry.sampling, overrides))
+end
+
 --- Picks a token from a session's logits (or a float pointer and n_vocab).
 function Chain:sample(src, n_vocab)
   local logits

@@ -46,6 +46,8 @@ if not ok then error("lumen.sqlite: cannot load libsqlite3 (apt-get install libs
 local M = {}
 local DB = {}
 DB.__index = DB
+local Stmt = {}
+Stmt.__index = Stmt
 
 local SQLITE_OK, SQLITE_ROW, SQLITE_DONE = 0, 100, 101
 local OPEN_READWRITE, OPEN_CREATE, OPEN_READONLY = 0x2, 0x4, 0x1
@@ -137,13 +139,13 @@ function DB:run(sql, ...)
   return lib.sqlite3_changes(self.h), tonumber(lib.sqlite3_last_insert_rowid(self.h))
 end
 
---- Iterates over a query's rows, each a table keyed by column name.
-function DB:rows(sql, ...)
+-- rows of a statement: keyed by column name, or (positional) an array
+local function rows(self, sql, positional, ...)
   local st = prepare(self, sql)
   bind(self, st, ...)
   local nc = lib.sqlite3_column_count(st)
   local names = {}
-  for i = 0, nc - 1 do names[i] = ffi.string(lib.sqlite3_column_name(st, i)) end
+  for i = 0, nc - 1 do names[i] = positional and (i + 1) or ffi.string(lib.sqlite3_column_name(st, i)) end
   return function()
     local rc = lib.sqlite3_step(st)
     if rc == SQLITE_ROW then
@@ -157,6 +159,9 @@ function DB:rows(sql, ...)
     return nil
   end
 end
+
+--- Iterates over a query's rows, each a table keyed by column name.
+function DB:rows(sql, ...) return rows(self, sql, false, ...) end
 
 --- The first row of a query, or nil.
 function DB:one(sql, ...)
@@ -176,6 +181,23 @@ function DB:tx(f)
   error(err, 0)
 end
 
+--- A statement to run again and again: stmt:run(...), stmt:rows(...) and
+-- stmt:first(...), whose rows are arrays of the columns in order.
+function DB:prepare(sql)
+  prepare(self, sql) -- errors now, not at first use
+  return setmetatable({ db = self, sql = sql }, Stmt)
+end
+
+function Stmt:run(...) return self.db:run(self.sql, ...) end
+function Stmt:rows(...) return rows(self.db, self.sql, true, ...) end
+function Stmt:first(...)
+  local it = self:rows(...)
+  local row = it()
+  if row then while it() do end end
+  return row
+end
+
+--- Closes the database (its statements first).
 function DB:close()
   for _, st in pairs(self.stmts) do lib.sqlite3_finalize(st) end
   self.stmts = {}

@@ -95,12 +95,45 @@ function util.file_exists(path)
   return false
 end
 
+--- Whether path is a folder.
+function util.is_dir(path)
+  local f = io.open(path, "rb")
+  if not f then return false end
+  local ok, _, code = f:read(1)
+  f:close()
+  return ok == nil and code == 21 -- EISDIR: reading a folder fails so
+end
+
 --- The source tree: LUMEN_ROOT, or where this file lies.
 function util.root()
   local r = os.getenv("LUMEN_ROOT")
   if r and r ~= "" then return r end
   local src = debug.getinfo(1, "S").source
   return src:sub(1, 1) == "@" and src:sub(2):match("^(.*)/lua/lumen/[^/]*$") or "."
+end
+
+--- Sampling settings merged: a new table with every layer's fields, later
+-- layers winning (a model's registry defaults, then a command line's or a
+-- request's settings). Layers may be nil. The one place where they merge
+-- (lumen.sampler.merge, openai.lua's requests, generate, chat, the scheduler).
+function util.merge_settings(...)
+  local out = {}
+  for i = 1, select("#", ...) do
+    local layer = select(i, ...)
+    if layer ~= nil then
+      if type(layer) ~= "table" then error("merge_settings: layer " .. i .. " must be a table, got " .. type(layer), 2) end
+      for k, v in pairs(layer) do out[k] = v end
+    end
+  end
+  return out
+end
+
+--- prefix .. 24 random characters of [a-z0-9] (math.random; response and
+-- request ids, as OpenAI's "chatcmpl-...", "batch_req_...").
+function util.random_id(prefix)
+  local t = {}
+  for i = 1, 24 do t[i] = string.char(("abcdefghijklmnopqrstuvwxyz0123456789"):byte(math.random(36))) end
+  return prefix .. table.concat(t)
 end
 
 return util
