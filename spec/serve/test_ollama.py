@@ -40,13 +40,15 @@ class TestOllama(unittest.TestCase):
         self.assertEqual(r.message.role, "assistant")
         self.assertTrue(r.message.content)
         self.assertGreater(r.prompt_eval_count, 10)
-        self.assertEqual(r.eval_count, 16)
-        self.assertEqual(r.done_reason, "length")
         self.assertGreater(r.total_duration, 0)
-        # the same text as the OpenAI endpoint, greedy
+        # the same text, token count and end as the OpenAI endpoint, greedy
         st, _, body = srv.post_json("/v1/chat/completions", {"model": "smollm2", "messages": MSG, "temperature": 0,
                                                              "max_tokens": 16})
-        self.assertEqual(json.loads(body)["choices"][0]["message"]["content"], r.message.content)
+        o = json.loads(body)
+        self.assertEqual(o["choices"][0]["message"]["content"], r.message.content)
+        self.assertEqual(o["usage"]["completion_tokens"], r.eval_count)
+        self.assertEqual(o["usage"]["prompt_tokens"], r.prompt_eval_count)
+        self.assertEqual(o["choices"][0]["finish_reason"], r.done_reason)
 
     def test_chat_stream(self):
         parts = list(client().chat(model="smollm2:latest", messages=MSG, options=GREEDY, stream=True))
@@ -55,7 +57,10 @@ class TestOllama(unittest.TestCase):
         text = "".join(p.message.content for p in parts)
         whole = client().chat(model="smollm2", messages=MSG, options=GREEDY).message.content
         self.assertEqual(text, whole)
-        self.assertEqual(parts[-1].eval_count, 16)
+        self.assertEqual(parts[-1].eval_count, client().chat(model="smollm2", messages=MSG, options=GREEDY).eval_count)
+        r = client().chat(model="smollm2", messages=[{"role": "user", "content": "Count from 1 to 100."}],
+                          options={"temperature": 0, "num_predict": 5})
+        self.assertEqual((r.eval_count, r.done_reason), (5, "length"))
 
     def test_generate(self):
         raw = client().generate(model="smollm2", prompt="The capital of France is", raw=True,
