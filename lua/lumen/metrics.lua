@@ -41,8 +41,11 @@ function Metrics:decoded(now, tokens)
 end
 
 -- lumen.scheduler's observer events
+--- Scheduler observer: n prompt tokens evaluated.
 function Metrics:prompt_evaluated(n) self.prompt_tokens = self.prompt_tokens + n end
+--- Scheduler observer: n prompt tokens found in a slot's cache.
 function Metrics:prompt_cached(n) self.cached_prompt_tokens = self.cached_prompt_tokens + n end
+--- Scheduler observer: a client left before its answer was complete.
 function Metrics:disconnected() self.disconnects = self.disconnects + 1 end
 
 --- Decoded tokens per second over the last 10 s.

@@ -137,6 +137,7 @@ function Model:detokenize(tokens, render_special)
   return ffi.string(buf, tonumber(k))
 end
 
+--- Whether token ends generation (eos, eot, <|im_end|>, <end_of_turn>, ...).
 function Model:is_eog(token) return C.lm_token_is_eog(self.h, token) end
 
 --- Id of the token whose text is exactly s, or nil.
@@ -307,7 +308,9 @@ end
 --- Pointer to the n_vocab logits (float*), for samplers; valid until the next eval.
 function Session:logits_ptr() check_open(self, "logits") return C.lm_session_logits(self.h) end
 
+--- Tokens in the context.
 function Session:pos() check_open(self, "pos") return C.lm_session_pos(self.h) end
+--- The context size in tokens.
 function Session:ctx() check_open(self, "ctx") return C.lm_session_n_ctx(self.h) end
 
 --- The tokens in the context, as a Lua array.
@@ -346,12 +349,14 @@ function Session:fork()
   return M._wrap_session(self.model, ffi.gc(h, C.lm_session_free))
 end
 
+--- Writes the context (tokens and KV cache) to a file.
 function Session:save(path)
   check_open(self, "save")
   util.check_type("save", "path", path, "string")
   if C.lm_session_save(self.h, path) ~= 0 then util.c_error() end
 end
 
+--- Reads a context written by save (same model and context size).
 function Session:load(path)
   check_open(self, "load")
   util.check_type("load", "path", path, "string")
@@ -451,12 +456,15 @@ end
 local TextStream = {}
 TextStream.__index = TextStream
 
+--- Turns tokens into text as they come: whole UTF-8 characters only, and
+-- nothing of a stop string (stops: strings). See TextStream:push / flush.
 function M.text_stream(model, stops)
   local max_stop = 0
   for _, s in ipairs(stops or {}) do if #s > max_stop then max_stop = #s end end
   return setmetatable({ model = model, stops = stops or {}, pending = "" }, TextStream)
 end
 
+--- Adds a token; returns the text now final and whether a stop string ended it.
 function TextStream:push(tok)
   local pending = self.pending .. self.model:piece(tok)
   -- a stop string ends the text before it
@@ -483,6 +491,7 @@ function TextStream:push(tok)
   return emit:sub(1, ok), false
 end
 
+--- What is held back, at the end of generation.
 function TextStream:flush()
   local out = self.pending
   self.pending = ""

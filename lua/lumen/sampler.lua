@@ -35,6 +35,9 @@ Chain.__index = Chain
 
 local function link(kind, args) return { kind = kind, args = args } end
 
+--- Links of a chain: greedy (the best token), dist (a draw from the
+-- distribution), temperature(t), top_k(k), top_p(p, min_keep), min_p(p,
+-- min_keep), typical(p, min_keep).
 function M.greedy() return link("greedy", {}) end
 function M.dist() return link("dist", {}) end
 function M.temperature(t) util.check_type("temperature", "t", t, "number") return link("temperature", { t }) end
@@ -184,6 +187,7 @@ function M.from_config(cfg)
   return setmetatable({ h = h, lua = {}, has_lua = false, seed = seed, n_links = C.lm_sampler_n_links(h), ctx = {} }, Chain)
 end
 
+--- The default chain (from_config with no settings).
 function M.default() return M.from_config(nil) end
 
 --- Sampling settings merged (lumen.util.merge_settings: the one place where
@@ -238,6 +242,7 @@ function Chain:sample(src, n_vocab)
   return t
 end
 
+--- Records a generated token (for the penalties' history and a grammar's state).
 function Chain:accept(tok) C.lm_sampler_accept(self.h, tok) end
 
 --- The first grammar link's state: "open", "may_end", "complete", "failed"; nil without one.
@@ -269,6 +274,7 @@ end
 --- Clears the history and re-seeds (same seed: the same draws again).
 function Chain:reset(seed) C.lm_sampler_reset(self.h, seed or self.seed) end
 
+--- The accepted tokens, as a Lua array.
 function Chain:history()
   local n = ffi.new("int32_t[1]")
   local p = C.lm_sampler_history(self.h, n)

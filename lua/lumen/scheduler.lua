@@ -164,12 +164,14 @@ function Scheduler:waiting(entry, priority)
   return w
 end
 
+--- Slots generating or prefilling, all models.
 function Scheduler:slots_busy()
   local b = 0
   for _, e in pairs(self.models) do b = b + #e.slots - #e.free end
   return b
 end
 
+--- Tokens held in the KV caches of busy slots.
 function Scheduler:kv_used()
   local used = 0
   for _, e in pairs(self.models) do
@@ -418,6 +420,7 @@ function Scheduler:next_token(seq, tok)
   self.decoding[#self.decoding + 1] = seq
 end
 
+--- (internal) Text of a choice to its job's sink, UTF-8 only.
 function Scheduler:emit(seq, text, finish, lp)
   local job = seq.job
   -- JSON carries UTF-8 only: a stray byte token or a character cut short by
@@ -428,6 +431,7 @@ function Scheduler:emit(seq, text, finish, lp)
   if job.sink:piece(seq, text, finish, lp) == false then job.gone = true end
 end
 
+--- (internal) A choice ends with a finish reason; the job ends with its last.
 function Scheduler:finish_seq(seq, reason, lp)
   local job = seq.job
   local rest = (seq.pending_text or "") .. seq.text:flush()

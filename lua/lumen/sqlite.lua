@@ -72,6 +72,7 @@ function M.open(path, opts)
   return self
 end
 
+--- Raises SQLite's last error, naming the database file.
 function DB:fail(what, level)
   error(string.format("%s: %s: %s", self.path, what, ffi.string(lib.sqlite3_errmsg(self.h))), (level or 1) + 1)
 end
