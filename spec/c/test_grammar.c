@@ -233,6 +233,8 @@ static void with_model(void) {
 }
 
 /* mutated grammars and random text: an error message or a grammar, never a crash */
+static const char PUNCT[] = "()[]{}\"|*+?:=-#\n ax0^.";
+static const char TEXT_CHARS[] = "{}[]\",: 0123abc\\u\xc3\xa9";
 static void robustness(void) {
     uint64_t r = 11;
     size_t n = strlen(JSONG);
@@ -246,7 +248,7 @@ static void robustness(void) {
             if (len == 0) break;
             size_t at = (size_t)(tu_rand(&r) % len);
             switch (tu_rand(&r) % 3) {
-            case 0: buf[at] = "()[]{}\"|*+?:=-#\n ax0^."[tu_rand(&r) % 24]; break;
+            case 0: buf[at] = PUNCT[tu_rand(&r) % (sizeof PUNCT - 1)]; break;
             case 1: buf[at] = (char)(tu_rand(&r) & 0xff); break;
             default: len = at; break;
             }
@@ -256,7 +258,7 @@ static void robustness(void) {
         compiled++;
         lm_matcher *m = lm_matcher_new(g, NULL);
         char text[32];
-        for (int k = 0; k < 32; k++) text[k] = "{}[]\",: 0123abc\\u\xc3\xa9"[tu_rand(&r) % 24];
+        for (int k = 0; k < 32; k++) text[k] = TEXT_CHARS[tu_rand(&r) % (sizeof TEXT_CHARS - 1)];
         for (int k = 0; m && k < 32; k++) if (lm_matcher_accept_text(m, text + k, 1) != LM_OK) break;
         lm_matcher_status(m);
         lm_matcher_free(m);
