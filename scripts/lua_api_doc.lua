@@ -21,7 +21,12 @@ local function modules(root)
   -- cli.lua is the `lumen` command's implementation, ffi.lua the binding: not API
   for line in p:lines() do if not line:match("/cli%.lua$") and not line:match("/ffi%.lua$") then out[#out + 1] = line end end
   p:close()
-  table.sort(out)
+  -- lumen itself (init.lua) first, then the modules by name
+  table.sort(out, function(x, y)
+    local xi, yi = x:match("/init%.lua$") ~= nil, y:match("/init%.lua$") ~= nil
+    if xi ~= yi then return xi end
+    return x < y
+  end)
   return out
 end
 

@@ -1,6 +1,13 @@
 --- lumen: `local lumen = require "lumen"`.
 -- Submodules load on first use: lumen.model, lumen.tensor, lumen.sampler,
 -- lumen.template, lumen.yaml, lumen.config, lumen.chat, lumen.grammar, lumen.json_schema.
+--
+-- Environment variables (lumen, its scripts and the examples read these):
+-- LUMEN_ROOT (the source tree; found from the binary otherwise), LUMEN_MODELS
+-- (the model cache, before ~/.cache/lumen/models), LUMEN_REGISTRY (another
+-- models.yaml), LUMEN_ISA (scalar | avx2: cap the kernels the CPU would get),
+-- LUMEN_API_KEYS (lumen serve's keys, comma-separated), LUMEN_LIB (the shared
+-- library plain luajit binds), LUMEN_ASAN (the sanitizer build's test runs).
 local ffi = require "ffi"
 local C = require "lumen.ffi"
 

@@ -35,15 +35,19 @@ Chain.__index = Chain
 
 local function link(kind, args) return { kind = kind, args = args } end
 
---- Links of a chain: greedy (the best token), dist (a draw from the
--- distribution), temperature(t), top_k(k), top_p(p, min_keep), min_p(p,
--- min_keep), typical(p, min_keep).
+--- A link: the best token (ties: the lower id).
 function M.greedy() return link("greedy", {}) end
+--- A link: a draw from the distribution the links before left.
 function M.dist() return link("dist", {}) end
+--- A link: logits divided by t (0: greedy).
 function M.temperature(t) util.check_type("temperature", "t", t, "number") return link("temperature", { t }) end
+--- A link: the k best tokens.
 function M.top_k(k) util.check_type("top_k", "k", k, "number") return link("top_k", { k }) end
+--- A link: the smallest set of best tokens whose probability reaches p.
 function M.top_p(p, min_keep) util.check_type("top_p", "p", p, "number") return link("top_p", { p, min_keep or 1 }) end
+--- A link: tokens at least p times as likely as the best.
 function M.min_p(p, min_keep) util.check_type("min_p", "p", p, "number") return link("min_p", { p, min_keep or 1 }) end
+--- A link: locally typical sampling (p: the mass kept).
 function M.typical(p, min_keep) util.check_type("typical", "p", p, "number") return link("typical", { p, min_keep or 1 }) end
 --- opts: repeat_penalty (1 = off), frequency, presence, last_n (-1: all history; default 64)
 function M.penalties(opts)

@@ -189,8 +189,11 @@ function DB:prepare(sql)
   return setmetatable({ db = self, sql = sql }, Stmt)
 end
 
+--- Runs the statement (see DB:run).
 function Stmt:run(...) return self.db:run(self.sql, ...) end
+--- Its rows, each an array of the columns in order.
 function Stmt:rows(...) return rows(self.db, self.sql, true, ...) end
+--- Its first row (an array), or nil.
 function Stmt:first(...)
   local it = self:rows(...)
   local row = it()
