@@ -11,6 +11,7 @@ typedef struct lm_arch_ops {
     const char *family;              /* "llama", "bert" */
     const char *const *names;        /* the architecture names it loads, NULL-terminated */
     bool encoder;                    /* no sessions: embeddings through encode */
+    bool vision;                     /* a vision projector (arch/clip.c): no tokenizer, no sessions */
     /* Reads the hyperparameters into m->hp and binds the weights (m->weights). */
     lm_status (*load)(lm_model *m);
     /* Frees what load made (m->layers, m->arch_state); safe after a failed load. */

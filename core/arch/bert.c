@@ -247,7 +247,7 @@ static lm_status bert_load(lm_model *m) {
 static size_t ws_floats(const lm_model *m, int64_t T, int64_t *scores_per_thread) {
     const lm_hparams *hp = &m->hp;
     const int64_t L = hp->n_ctx_train;   /* a long text's head: Q, K, V^T, out, then L x L scores */
-    *scores_per_thread = (4 * L * hp->head_dim + L * L + 15) & ~(int64_t)15;
+    *scores_per_thread = (lm_attend_head_scratch(L, hp->head_dim) + 15) & ~(int64_t)15;
     return (size_t)(T * (6 * (int64_t)hp->n_embd + hp->n_ff) + lm_pool_size(m->pool) * *scores_per_thread);
 }
 
@@ -383,32 +383,8 @@ static void per_token(lm_pool *pool, pass *p, int stage) {
     lm_pool_run_dynamic(p->T >= 16 ? pool : NULL, token_rows, p, &p->q);
 }
 
-/* One head of a long text through two GEMMs: S = Q K^T, softmax by rows,
- * out = S V. The head's q, k and v columns are copied out contiguous first
- * (V transposed), so oneDNN reads plain row-major matrices. */
+/* Long texts' heads go through two GEMMs (lm_attend_head_gemm). */
 #define ATTN_GEMM_MIN 32
-
-static bool attn_head_gemm(const pass *p, const float *base, int64_t L, int64_t h, float *out, int64_t ldo, float *scr) {
-    const lm_hparams *hp = &p->m->hp;
-    const int64_t E = hp->n_embd, HD = hp->head_dim, QKV = 3 * E;
-    float *Q = scr, *K = Q + L * HD, *Vt = K + L * HD, *O = Vt + HD * L, *S = O + L * HD;
-    for (int64_t i = 0; i < L; i++) {
-        const float *r = base + i * QKV + h * HD;
-        memcpy(Q + i * HD, r, (size_t)HD * sizeof(float));
-        memcpy(K + i * HD, r + E, (size_t)HD * sizeof(float));
-        for (int64_t c = 0; c < HD; c++) Vt[c * L + i] = r[2 * E + c];
-    }
-    if (lm_sgemm_nt(Q, L, HD, K, L, S, L) != LM_OK) return false;
-    for (int64_t i = 0; i < L; i++) {
-        float *row = S + i * L, mx = -INFINITY, sum = 0;
-        for (int64_t j = 0; j < L; j++) { row[j] *= hp->attn_scale; if (row[j] > mx) mx = row[j]; }
-        for (int64_t j = 0; j < L; j++) { row[j] = expf(row[j] - mx); sum += row[j]; }
-        lm_scale(row, 1.0f / sum, L);
-    }
-    if (lm_sgemm_nt(S, L, L, Vt, HD, O, HD) != LM_OK) return false;
-    for (int64_t i = 0; i < L; i++) memcpy(out + i * ldo, O + i * HD, (size_t)HD * sizeof(float));
-    return true;
-}
 
 /* Attention: a task is one head of one text; its queries attend to that text's
  * keys only (the padding mask of a padded batch, without the padding). Short
@@ -424,7 +400,9 @@ static void attn_tasks(void *ctx, int ith, int nth) {
             const int64_t s = task / H, h = task % H, o = p->off[s], L = p->off[s + 1] - o;
             const float *base = p->qkv + o * QKV;
             if (L >= ATTN_GEMM_MIN) {
-                if (!attn_head_gemm(p, base, L, h, p->att + o * E + h * HD, E, sc)) atomic_store(&p->failed, 1);
+                if (!lm_attend_head_gemm(base + h * HD, base + E + h * HD, base + 2 * E + h * HD, QKV, L, HD,
+                                         hp->attn_scale, p->att + o * E + h * HD, E, sc))
+                    atomic_store(&p->failed, 1);
                 continue;
             }
             for (int64_t i = 0; i < L; i++) {
