@@ -132,6 +132,22 @@ void lm_session_free(lm_session *s) {
     free(s);
 }
 
+/* n tokens, or n rows of embeddings (recorded in the history as ids from h), in
+ * passes of n_batch. */
+static lm_status eval_run(lm_session *s, const int32_t *tokens, const float *rows, int32_t n, uint64_t h) {
+    const int64_t E = s->model->hp.n_embd;
+    pthread_mutex_lock(&s->model->eval_mu);
+    lm_status st = LM_OK;
+    for (int32_t i = 0; i < n && st == LM_OK; i += s->n_batch) {
+        int32_t chunk = n - i < s->n_batch ? n - i : s->n_batch;
+        st = tokens ? lm_forward(s, tokens + i, chunk, n >= 2) : lm_forward_embd(s, rows + (int64_t)i * E, chunk, n >= 2);
+        for (int32_t j = 0; st == LM_OK && j < chunk; j++)
+            s->tokens[s->pos++] = tokens ? tokens[i + j] : -1 - (int32_t)((h + (uint64_t)(i + j)) % (1u << 30));
+    }
+    pthread_mutex_unlock(&s->model->eval_mu);
+    return st;
+}
+
 lm_status lm_session_eval(lm_session *s, const int32_t *tokens, int32_t n) {
     if (!s) return lm_err("eval: session is NULL");
     if (n <= 0) return lm_err("eval: need at least one token (got %d)", n);
@@ -143,18 +159,7 @@ lm_status lm_session_eval(lm_session *s, const int32_t *tokens, int32_t n) {
     for (int32_t i = 0; i < n; i++)
         if (tokens[i] < 0 || tokens[i] >= n_vocab)
             return lm_err("eval: token %d at index %d is outside the vocabulary [0, %d)", tokens[i], i, n_vocab);
-    pthread_mutex_lock(&s->model->eval_mu);
-    lm_status st = LM_OK;
-    for (int32_t i = 0; i < n && st == LM_OK; i += s->n_batch) {
-        int32_t chunk = n - i < s->n_batch ? n - i : s->n_batch;
-        st = lm_forward(s, tokens + i, chunk, n >= 2);
-        if (st == LM_OK) {
-            memcpy(s->tokens + s->pos, tokens + i, (size_t)chunk * sizeof *tokens);
-            s->pos += chunk;
-        }
-    }
-    pthread_mutex_unlock(&s->model->eval_mu);
-    return st;
+    return eval_run(s, tokens, NULL, n, 0);
 }
 
 /* FNV-1a over the rows' bits, 64 bits at a time: equal rows give equal ids. */
@@ -172,18 +177,7 @@ lm_status lm_session_eval_embd(lm_session *s, const float *rows, int32_t n) {
     if (n > s->n_ctx - s->pos)
         return lm_err("eval_embd: context full: %d rows at position %d exceed the session's context of %d positions",
                       n, s->pos, s->n_ctx);
-    const int64_t E = s->model->hp.n_embd;
-    const uint64_t h = rows_hash(rows, (size_t)n * E);
-    pthread_mutex_lock(&s->model->eval_mu);
-    lm_status st = LM_OK;
-    for (int32_t i = 0; i < n && st == LM_OK; i += s->n_batch) {
-        int32_t chunk = n - i < s->n_batch ? n - i : s->n_batch;
-        st = lm_forward_embd(s, rows + (int64_t)i * E, chunk, n >= 2);
-        for (int32_t j = 0; st == LM_OK && j < chunk; j++)
-            s->tokens[s->pos++] = -1 - (int32_t)((h + (uint64_t)(i + j)) % (1u << 30));
-    }
-    pthread_mutex_unlock(&s->model->eval_mu);
-    return st;
+    return eval_run(s, NULL, rows, n, rows_hash(rows, (size_t)n * s->model->hp.n_embd));
 }
 
 lm_status lm_session_eval_batch(lm_session *const *sessions, const int32_t *tokens, int32_t n) {

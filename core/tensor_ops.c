@@ -433,12 +433,7 @@ bool lm_attend_head_gemm(const float *q, const float *k, const float *v, int64_t
         for (int64_t c = 0; c < HD; c++) Vt[c * L + i] = v[i * ld + c];
     }
     if (lm_sgemm_nt(Q, L, HD, K, L, S, L) != LM_OK) return false;
-    for (int64_t i = 0; i < L; i++) {
-        float *row = S + i * L, mx = -INFINITY, sum = 0;
-        for (int64_t j = 0; j < L; j++) { row[j] *= scale; if (row[j] > mx) mx = row[j]; }
-        for (int64_t j = 0; j < L; j++) { row[j] = expf(row[j] - mx); sum += row[j]; }
-        lm_scale(row, 1.0f / sum, L);
-    }
+    for (int64_t i = 0; i < L; i++) lm_softmax_scaled(S + i * L, L, scale);
     if (lm_sgemm_nt(S, L, L, Vt, HD, O, HD) != LM_OK) return false;
     for (int64_t i = 0; i < L; i++) memcpy(out + i * ldo, O + i * HD, (size_t)HD * sizeof(float));
     return true;

@@ -28,6 +28,16 @@ typedef struct lm_arch_ops {
     size_t (*workspace)(const lm_model *m, int64_t n_tokens);
 } lm_arch_ops;
 
+/* Buffers a family makes at load (weights widened to f32, fused matrices),
+ * freed together (arch/owned.c). */
+typedef struct lm_owned { void **p; int n; } lm_owned;
+void *lm_owned_alloc(lm_owned *o, size_t bytes);   /* 64-byte aligned; NULL when out of memory */
+void lm_owned_free(lm_owned *o);
+/* t's numel elements as f32: in place when the file holds aligned f32, else
+ * widened (f16, bf16) into a buffer of o. Errors name path and name. */
+lm_status lm_owned_f32(lm_owned *o, const lm_weights_tensor *t, int64_t numel, const char *path, const char *name,
+                       const float **out);
+
 /* The family that loads architecture `name`, or NULL. */
 const lm_arch_ops *lm_arch_find(const char *name);
 /* "llama, qwen2, ..., bert": every name the registry knows, for messages. */

@@ -32,23 +32,13 @@ typedef struct {
     const float *tok, *pos, *type, *ln_w, *ln_b;
     bert_layer *l;
     float eps;
-    void **owned;                      /* widened or fused copies */
-    int n_owned;
+    lm_owned owned;                    /* widened or fused copies */
 } bert;
 
 /* ---- loading ------------------------------------------------------------------ */
 
 /* The names of a tensor in a GGUF (llama.cpp's) and in a Hugging Face checkpoint. */
 typedef struct { const char *gguf, *hf; } tname;
-
-static void *own(bert *b, size_t bytes) {
-    void **o = realloc(b->owned, (size_t)(b->n_owned + 1) * sizeof *o);
-    if (!o) return NULL;
-    b->owned = o;
-    void *p = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
-    if (p) b->owned[b->n_owned++] = p;
-    return p;
-}
 
 /* f32 data of tensor n (layer il) of shape [rows][cols] (cols 0: a vector):
  * in place when the file holds aligned f32, else widened into a copy. */
@@ -72,16 +62,7 @@ static lm_status get(bert *b, lm_model *m, tname n, int il, int64_t rows, int64_
         return lm_err("%s: tensor '%s' has %d dims (%lld x %lld), expected [%lld%s%lld]", w->path, name, t.ndim,
                       (long long)t.shape[0], (long long)(t.ndim > 1 ? t.shape[1] : 1), (long long)rows,
                       cols ? ", " : "", (long long)(cols ? cols : 0));
-    if (t.dtype == LM_F32 && ((uintptr_t)t.data & 3) == 0) { *out = t.data; return LM_OK; }
-    const lm_quant_ops *ops = lm_quant_ops_get(t.dtype);
-    if (!ops || !ops->to_float || lm_dtype_block_size(t.dtype) != 1)
-        return lm_err("%s: tensor '%s' is %s; the BERT family reads f32, f16 or bf16", w->path, name, lm_dtype_name(t.dtype));
-    float *f = own(b, (size_t)want_n * sizeof(float));
-    if (!f) return lm_err("out of memory");
-    if (t.dtype == LM_F32) memcpy(f, t.data, (size_t)want_n * sizeof(float));
-    else ops->to_float(t.data, f, want_n);
-    *out = f;
-    return LM_OK;
+    return lm_owned_f32(&b->owned, &t, want_n, w->path, name, out);
 }
 
 static lm_status key_int(lm_model *m, const char *gguf, const char *hf, int32_t *out, bool required, int32_t def) {
@@ -147,8 +128,7 @@ static lm_status load_gguf_config(lm_model *m) {
 static void bert_unload(lm_model *m) {
     bert *b = m->arch_state;
     if (!b) return;
-    for (int i = 0; i < b->n_owned; i++) free(b->owned[i]);
-    free(b->owned);
+    lm_owned_free(&b->owned);
     free(b->l);
     free(b);
     m->arch_state = NULL;
@@ -225,7 +205,8 @@ static lm_status bert_load(lm_model *m) {
             get(b, m, (tname){"blk.%d.layer_output_norm.bias", "encoder.layer.%d.output.LayerNorm.bias"}, i, E, 0, &l->ln2_b))
             return LM_ERR;
         /* one GEMM for q, k and v: their rows end to end */
-        float *wqkv = own(b, (size_t)(3 * E * E) * sizeof(float)), *bqkv = own(b, (size_t)(3 * E) * sizeof(float));
+        float *wqkv = lm_owned_alloc(&b->owned, (size_t)(3 * E * E) * sizeof(float)),
+              *bqkv = lm_owned_alloc(&b->owned, (size_t)(3 * E) * sizeof(float));
         if (!wqkv || !bqkv) return lm_err("out of memory");
         memcpy(wqkv, q, (size_t)(E * E) * sizeof(float));
         memcpy(wqkv + E * E, k, (size_t)(E * E) * sizeof(float));

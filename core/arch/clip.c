@@ -34,20 +34,10 @@ typedef struct {
     const float *patch_w, *patch_b, *pos, *post_w, *post_b, *fc;
     vit_layer *l;
     float *gelu;                       /* 65536 entries: GELU at each fp16 value, rounded to fp16 */
-    void **owned;
-    int n_owned;
+    lm_owned owned;                    /* widened or fused copies, the GELU table */
 } vit;
 
 /* ---- loading ------------------------------------------------------------------ */
-
-static void *own(vit *v, size_t bytes) {
-    void **o = realloc(v->owned, (size_t)(v->n_owned + 1) * sizeof *o);
-    if (!o) return NULL;
-    v->owned = o;
-    void *p = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
-    if (p) v->owned[v->n_owned++] = p;
-    return p;
-}
 
 /* f32 data of tensor `name` with `rows` outermost and rows * cols elements:
  * in place when the file holds aligned f32, else widened into a copy. */
@@ -59,16 +49,7 @@ static lm_status get(vit *v, const lm_model *m, const char *name, int64_t rows, 
     if (t.shape[0] != rows || numel != rows * cols)
         return lm_err("%s: tensor '%s' has %lld elements (%lld outermost), expected [%lld, %lld]", m->path, name,
                       (long long)numel, (long long)t.shape[0], (long long)rows, (long long)cols);
-    if (t.dtype == LM_F32 && ((uintptr_t)t.data & 3) == 0) { *out = t.data; return LM_OK; }
-    const lm_quant_ops *ops = lm_quant_ops_get(t.dtype);
-    if (!ops || !ops->to_float)
-        return lm_err("%s: tensor '%s' is %s, which lumen cannot widen to f32", m->path, name, lm_dtype_name(t.dtype));
-    float *f = own(v, (size_t)numel * sizeof(float));
-    if (!f) return lm_err("out of memory");
-    if (t.dtype == LM_F32) memcpy(f, t.data, (size_t)numel * sizeof(float));
-    else ops->to_float(t.data, f, numel);
-    *out = f;
-    return LM_OK;
+    return lm_owned_f32(&v->owned, &t, numel, m->path, name, out);
 }
 
 static lm_status key(const lm_model *m, const char *name, int32_t *out, bool required, int32_t def) {
@@ -100,8 +81,7 @@ static float f16_round(float x) { return _cvtsh_ss(_cvtss_sh(x, _MM_FROUND_TO_NE
 static void clip_unload(lm_model *m) {
     vit *v = m->arch_state;
     if (!v) return;
-    for (int i = 0; i < v->n_owned; i++) free(v->owned[i]);
-    free(v->owned);
+    lm_owned_free(&v->owned);
     free(v->l);
     free(v);
     m->arch_state = NULL;
@@ -144,6 +124,9 @@ static lm_status clip_load(lm_model *m) {
         return lm_err("%s: hyperparameters out of range (image %d, patch %d, width %d, heads %d, ff %d, layers %d, "
                       "scale factor %d, projection %d, longest edge %d)", m->path, v->image, v->patch, E, hp->n_head,
                       hp->n_ff, hp->n_layer, v->scale, v->proj_dim, v->longest);
+    if (v->longest / v->image > 32)
+        return lm_err("%s: preproc_image_size %d would cut an image into more than 32 x 32 tiles of %d", m->path,
+                      v->longest, v->image);
     v->side = v->image / v->patch;
     if (v->side % v->scale)
         return lm_err("%s: %d patches a side is not a multiple of the scale factor %d", m->path, v->side, v->scale);
@@ -182,7 +165,8 @@ static lm_status clip_load(lm_model *m) {
             get(v, m, n[15], E, 1, &l->bdown))
             return LM_ERR;
         /* one GEMM for q, k and v: their rows end to end */
-        float *wqkv = own(v, (size_t)3 * E * E * sizeof(float)), *bqkv = own(v, (size_t)3 * E * sizeof(float));
+        float *wqkv = lm_owned_alloc(&v->owned, (size_t)3 * E * E * sizeof(float)),
+              *bqkv = lm_owned_alloc(&v->owned, (size_t)3 * E * sizeof(float));
         if (!wqkv || !bqkv) return lm_err("out of memory");
         const float *w3[3] = {q, k, vv}, *b3[3] = {bq, bk, bv};
         for (int j = 0; j < 3; j++) {
@@ -192,7 +176,7 @@ static lm_status clip_load(lm_model *m) {
         l->wqkv = wqkv;
         l->bqkv = bqkv;
     }
-    if (!(v->gelu = own(v, 65536 * sizeof(float)))) return lm_err("out of memory");
+    if (!(v->gelu = lm_owned_alloc(&v->owned, 65536 * sizeof(float)))) return lm_err("out of memory");
     for (uint32_t i = 0; i < 65536; i++) {
         const float x = _cvtsh_ss((unsigned short)i);
         v->gelu[i] = f16_round(0.5f * x * (1.0f + tanhf(0.79788456080286535587989211986876f * x * (1.0f + 0.044715f * x * x))));
