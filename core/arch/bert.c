@@ -248,11 +248,6 @@ typedef struct {
     int64_t scores_per_thread;
     int layer, stage;
     lm_pool_queue q;
-    /* a product y[T][n] = in[T][k] W^T + bias, GELU after when gelu */
-    const float *in, *w, *bias;
-    float *out;
-    int64_t k, n;
-    bool gelu;
     atomic_int failed;
 } pass;
 
@@ -307,26 +302,13 @@ static inline float dot_lanes(const float *a, const float *b, int64_t n) {
     return s;
 }
 
-/* Each thread a slice of the output columns: its weight rows through oneDNN,
- * then bias (and GELU) on the slice while it is in cache. */
-static void linear_cols(void *ctx, int ith, int nth) {
-    pass *p = ctx;
-    int64_t lo, hi;
-    lm_pool_split(p->n, 16, ith, nth, &lo, &hi);
-    if (lo >= hi) return;
-    if (lm_sgemm_nt(p->in, p->T, p->k, p->w + lo * p->k, hi - lo, p->out + lo, p->n) != LM_OK) {
-        atomic_store(&p->failed, 1);
-        return;
-    }
-    for (int64_t t = 0; t < p->T; t++) bias_act(p->out + t * p->n + lo, p->bias + lo, hi - lo, p->gelu);
-}
+static void bias_only(void *ctx, float *y, const float *bias, int64_t n) { (void)ctx; bias_act(y, bias, n, false); }
+static void bias_gelu(void *ctx, float *y, const float *bias, int64_t n) { (void)ctx; bias_act(y, bias, n, true); }
 
+/* y[T][n] = in[T][k] W^T + bias (then GELU), on the pool. */
 static lm_status linear(lm_pool *pool, pass *p, const float *in, int64_t k, const float *w, const float *bias, int64_t n,
                         float *out, bool gelu) {
-    p->in = in; p->k = k; p->w = w; p->bias = bias; p->n = n; p->out = out; p->gelu = gelu;
-    atomic_store(&p->failed, 0);
-    lm_pool_run(pool, linear_cols, p);
-    return atomic_load(&p->failed) ? lm_err("bert: a oneDNN matrix product failed") : LM_OK;
+    return lm_linear_f32(pool, in, p->T, k, w, bias, n, out, gelu ? bias_gelu : bias_only, NULL);
 }
 
 /* Per-token stages, the threads taking tokens as they go. */

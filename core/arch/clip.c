@@ -194,11 +194,6 @@ typedef struct {
     int64_t scores_per_thread;
     int layer, stage;
     lm_pool_queue q;
-    /* a product out[T][n] (row stride n) = in[T][k] W^T (+ bias), then the activation */
-    const float *in, *w, *bias;
-    float *out;
-    int64_t k, n;
-    bool act;
     atomic_int failed;
 } pass;
 
@@ -209,34 +204,19 @@ static inline float gelu(const vit *v, float x) {
     return v->gelu[_cvtss_sh(x, _MM_FROUND_TO_NEAREST_INT)];
 }
 
-static void linear_cols(void *ctx, int ith, int nth) {
-    pass *p = ctx;
-    int64_t lo, hi;
-    lm_pool_split(p->n, 16, ith, nth, &lo, &hi);
-    if (lo >= hi) return;
-    if (lm_sgemm_nt(p->in, p->T, p->k, p->w + lo * p->k, hi - lo, p->out + lo, p->n) != LM_OK) {
-        atomic_store(&p->failed, 1);
-        return;
-    }
-    if (!p->bias && !p->act) return;
-    for (int64_t t = 0; t < p->T; t++) {
-        float *y = p->out + t * p->n;
-        for (int64_t c = lo; c < hi; c++) {
-            float val = p->bias ? y[c] + p->bias[c] : y[c];
-            y[c] = p->act ? gelu(p->v, val) : val;
-        }
-    }
+/* y += bias, then GELU (ctx: the vit), over one row slice */
+static void bias_gelu(void *ctx, float *y, const float *bias, int64_t n) {
+    for (int64_t c = 0; c < n; c++) y[c] = gelu(ctx, y[c] + bias[c]);
+}
+
+static void bias_only(void *ctx, float *y, const float *bias, int64_t n) {
+    (void)ctx;
+    lm_add(y, bias, n);
 }
 
 static lm_status linear(lm_pool *pool, pass *p, const float *in, int64_t T, int64_t k, const float *w,
                         const float *bias, int64_t n, float *out, bool act) {
-    p->in = in; p->k = k; p->w = w; p->bias = bias; p->n = n; p->out = out; p->act = act;
-    const int64_t keep = p->T;
-    p->T = T;
-    atomic_store(&p->failed, 0);
-    lm_pool_run(pool, linear_cols, p);
-    p->T = keep;
-    return atomic_load(&p->failed) ? lm_err("clip: a oneDNN matrix product failed") : LM_OK;
+    return lm_linear_f32(pool, in, T, k, w, bias, n, out, !bias ? NULL : act ? bias_gelu : bias_only, (void *)p->v);
 }
 
 /* Per-patch stages, the threads taking patches as they go. */
