@@ -80,9 +80,11 @@ lm_model *lm_model_load(const char *path, const lm_model_params *params) {
     if (!m->name) m->name = base_name(path);
 
     if (m->arch->load(m)) goto fail;
-    m->tok = m->gguf ? lm_tokenizer_from_gguf(m->gguf) : lm_tokenizer_from_hf(path);
-    if (!m->tok) goto fail;
-    if (lm_tokenizer_n_vocab(m->tok) != m->hp.n_vocab) {
+    if (!m->arch->vision) {   /* a vision projector has no vocabulary */
+        m->tok = m->gguf ? lm_tokenizer_from_gguf(m->gguf) : lm_tokenizer_from_hf(path);
+        if (!m->tok) goto fail;
+    }
+    if (m->tok && lm_tokenizer_n_vocab(m->tok) != m->hp.n_vocab) {
         lm_err("vocabulary size mismatch: the tokenizer has %d tokens, the embedding matrix %d rows",
                lm_tokenizer_n_vocab(m->tok), m->hp.n_vocab);
         goto fail;
@@ -108,6 +110,7 @@ void lm_model_get_info(const lm_model *m, lm_model_info *o) {
     o->file_size = lm_weights_file_size(m->weights);
     o->family = m->arch->family;
     o->encoder = m->arch->encoder;
+    o->vision = m->arch->vision;
     if (o->encoder) {
         o->max_tokens = m->embed.max_tokens;
         o->pooling = m->embed.pooling;
@@ -121,8 +124,8 @@ void lm_model_get_info(const lm_model *m, lm_model_info *o) {
     o->n_head_kv = m->hp.n_head_kv;
     o->head_dim = m->hp.head_dim;
     o->n_ff = m->hp.n_ff;
-    o->bos_token = lm_tokenizer_bos(m->tok);
-    o->eos_token = lm_tokenizer_eos(m->tok);
+    o->bos_token = m->tok ? lm_tokenizer_bos(m->tok) : -1;
+    o->eos_token = m->tok ? lm_tokenizer_eos(m->tok) : -1;
     o->file_type = m->file_type;
     o->tiled = o->panels = m->hp.n_layer > 0 && m->layers;
     for (int il = 0; m->layers && il < m->hp.n_layer; il++) {
@@ -139,31 +142,33 @@ void lm_model_get_info(const lm_model *m, lm_model_info *o) {
 int64_t lm_tokenize(const lm_model *m, const char *text, size_t len, int32_t *out, int64_t cap,
                     bool add_special, bool parse_special) {
     if (!m || (!text && len)) { lm_err("tokenize: model or text is NULL"); return INT64_MIN; }
+    if (!m->tok) { lm_err("tokenize: '%s' has no tokenizer (a vision projector)", m->path); return INT64_MIN; }
     return lm_tokenizer_encode(m->tok, text ? text : "", len, out, cap, add_special, parse_special);
 }
 
 int64_t lm_escape_special(const lm_model *m, const char *text, size_t len, char *out, int64_t cap) {
     if (!m || (!text && len)) { lm_err("escape_special: model or text is NULL"); return INT64_MIN; }
+    if (!m->tok) { lm_err("escape_special: '%s' has no tokenizer (a vision projector)", m->path); return INT64_MIN; }
     return lm_tokenizer_escape(m->tok, text ? text : "", len, out, cap);
 }
 
 int32_t lm_token_to_piece(const lm_model *m, int32_t token, char *buf, int32_t cap, bool render_special) {
-    if (!m) { lm_err("token_to_piece: model is NULL"); return INT32_MIN; }
+    if (!m || !m->tok) { lm_err("token_to_piece: model is NULL or has no tokenizer"); return INT32_MIN; }
     return lm_tokenizer_piece(m->tok, token, buf, cap, render_special);
 }
 
 int64_t lm_detokenize(const lm_model *m, const int32_t *tokens, int64_t n, char *buf, int64_t cap,
                       bool render_special) {
-    if (!m) { lm_err("detokenize: model is NULL"); return INT64_MIN; }
+    if (!m || !m->tok) { lm_err("detokenize: model is NULL or has no tokenizer"); return INT64_MIN; }
     return lm_tokenizer_decode(m->tok, tokens, n, buf, cap, render_special);
 }
 
 bool lm_token_is_eog(const lm_model *m, int32_t token) {
-    return m && lm_tokenizer_is_eog(m->tok, token);
+    return m && m->tok && lm_tokenizer_is_eog(m->tok, token);
 }
 
 int32_t lm_token_lookup(const lm_model *m, const char *text) {
-    return m && text ? lm_tokenizer_lookup(m->tok, text, strlen(text)) : -1;
+    return m && m->tok && text ? lm_tokenizer_lookup(m->tok, text, strlen(text)) : -1;
 }
 
 lm_tensor *lm_model_weight(lm_model *m, const char *name) {

@@ -94,12 +94,15 @@ typedef struct lm_batch {
     int32_t n;
     bool gemm;                /* matrix products may use the prefill GEMM */
     const bool *prompt;       /* per token: part of a prompt of two or more (NULL: none is) */
+    const float *embd;        /* rows[n][n_embd] in the tokens' place (lm_session_eval_embd), or NULL */
 } lm_batch;
 
 /* Forward pass for n tokens at positions s->pos.., writing logits of the last.
  * prompt: they are (part of) a prompt of two or more tokens, whose products go
  * through the integer panels (arch/llama.c's mm); false for a decode token. */
 lm_status lm_forward(lm_session *s, const int32_t *tokens, int32_t n, bool prompt);
+/* The same with rows of embeddings (rows[n][n_embd]) in the tokens' place. */
+lm_status lm_forward_embd(lm_session *s, const float *rows, int32_t n, bool prompt);
 /* Tokens of several sessions of one model in one pass with ws's activation
  * buffers (ws->n_batch >= n, ws->n_ctx >= every session's): token t goes to
  * seq[t] at position pos[t]; prompt[t] (NULL: all false) as lm_forward's
@@ -136,5 +139,14 @@ bool lm_sampler_has_external(const lm_sampler *s);
 /* y[m][n] (row stride ldy) = a[m][k] * w[n][k]^T through oneDNN, single-threaded
  * in the calling thread (core/tensor_ops.c). */
 lm_status lm_sgemm_nt(const float *a, int64_t m, int64_t k, const float *w, int64_t n, float *y, int64_t ldy);
+/* One head of full (unmasked) attention over L positions through two GEMMs in
+ * the calling thread: S = q k^T * scale, softmax by rows, out = S v. Row i of
+ * q, k and v is at q + i * ld (HD floats: a head's columns of a fused q|k|v
+ * buffer); row i of the result goes to out + i * ldo. The head is copied out
+ * contiguous first (v transposed) so oneDNN reads plain row-major matrices.
+ * scr: lm_attend_head_scratch(L, HD) floats. false when oneDNN fails. */
+bool lm_attend_head_gemm(const float *q, const float *k, const float *v, int64_t ld, int64_t L, int64_t HD,
+                         float scale, float *out, int64_t ldo, float *scr);
+static inline int64_t lm_attend_head_scratch(int64_t L, int64_t HD) { return 4 * L * HD + L * L; }
 
 #endif

@@ -18,7 +18,8 @@ static void *alloc(size_t n, const char *what, bool *ok) {
 lm_session *lm_session_new(lm_model *m, const lm_session_params *params) {
     if (!m) { lm_err("session: model is NULL"); return NULL; }
     if (!m->arch->forward) {
-        lm_err("session: '%s' is an encoder (%s): it has no sessions; use lm_embed_texts / model:embed", m->path, m->arch_name);
+        if (m->arch->vision) lm_err("session: '%s' is a vision projector (%s): it has no sessions; use lm_vision_encode", m->path, m->arch_name);
+        else lm_err("session: '%s' is an encoder (%s): it has no sessions; use lm_embed_texts / model:embed", m->path, m->arch_name);
         return NULL;
     }
     const lm_hparams *hp = &m->hp;
@@ -131,6 +132,22 @@ void lm_session_free(lm_session *s) {
     free(s);
 }
 
+/* n tokens, or n rows of embeddings (recorded in the history as ids from h), in
+ * passes of n_batch. */
+static lm_status eval_run(lm_session *s, const int32_t *tokens, const float *rows, int32_t n, uint64_t h) {
+    const int64_t E = s->model->hp.n_embd;
+    pthread_mutex_lock(&s->model->eval_mu);
+    lm_status st = LM_OK;
+    for (int32_t i = 0; i < n && st == LM_OK; i += s->n_batch) {
+        int32_t chunk = n - i < s->n_batch ? n - i : s->n_batch;
+        st = tokens ? lm_forward(s, tokens + i, chunk, n >= 2) : lm_forward_embd(s, rows + (int64_t)i * E, chunk, n >= 2);
+        for (int32_t j = 0; st == LM_OK && j < chunk; j++)
+            s->tokens[s->pos++] = tokens ? tokens[i + j] : -1 - (int32_t)((h + (uint64_t)(i + j)) % (1u << 30));
+    }
+    pthread_mutex_unlock(&s->model->eval_mu);
+    return st;
+}
+
 lm_status lm_session_eval(lm_session *s, const int32_t *tokens, int32_t n) {
     if (!s) return lm_err("eval: session is NULL");
     if (n <= 0) return lm_err("eval: need at least one token (got %d)", n);
@@ -142,18 +159,25 @@ lm_status lm_session_eval(lm_session *s, const int32_t *tokens, int32_t n) {
     for (int32_t i = 0; i < n; i++)
         if (tokens[i] < 0 || tokens[i] >= n_vocab)
             return lm_err("eval: token %d at index %d is outside the vocabulary [0, %d)", tokens[i], i, n_vocab);
-    pthread_mutex_lock(&s->model->eval_mu);
-    lm_status st = LM_OK;
-    for (int32_t i = 0; i < n && st == LM_OK; i += s->n_batch) {
-        int32_t chunk = n - i < s->n_batch ? n - i : s->n_batch;
-        st = lm_forward(s, tokens + i, chunk, n >= 2);
-        if (st == LM_OK) {
-            memcpy(s->tokens + s->pos, tokens + i, (size_t)chunk * sizeof *tokens);
-            s->pos += chunk;
-        }
-    }
-    pthread_mutex_unlock(&s->model->eval_mu);
-    return st;
+    return eval_run(s, tokens, NULL, n, 0);
+}
+
+/* FNV-1a over the rows' bits, 64 bits at a time: equal rows give equal ids. */
+static uint64_t rows_hash(const float *rows, size_t n_floats) {
+    uint64_t h = 0xcbf29ce484222325ull;
+    const uint32_t *u = (const uint32_t *)rows;
+    for (size_t i = 0; i < n_floats; i++) { h ^= u[i]; h *= 0x100000001b3ull; }
+    return h ^ (h >> 29);
+}
+
+lm_status lm_session_eval_embd(lm_session *s, const float *rows, int32_t n) {
+    if (!s) return lm_err("eval_embd: session is NULL");
+    if (n <= 0) return lm_err("eval_embd: need at least one row (got %d)", n);
+    if (!rows) return lm_err("eval_embd: rows is NULL");
+    if (n > s->n_ctx - s->pos)
+        return lm_err("eval_embd: context full: %d rows at position %d exceed the session's context of %d positions",
+                      n, s->pos, s->n_ctx);
+    return eval_run(s, NULL, rows, n, rows_hash(rows, (size_t)n * s->model->hp.n_embd));
 }
 
 lm_status lm_session_eval_batch(lm_session *const *sessions, const int32_t *tokens, int32_t n) {
@@ -322,8 +346,8 @@ lm_status lm_session_load(lm_session *s, const char *path) {
               fread(toks, sizeof *toks, (size_t)h.pos, f) == (size_t)h.pos &&
               fread(logits, sizeof *logits, (size_t)h.n_vocab, f) == (size_t)h.n_vocab &&
               fread(kv, sizeof(uint16_t) * row, (size_t)h.n_layer * 2 * h.pos, f) == (size_t)h.n_layer * 2 * h.pos;
-    for (int32_t i = 0; ok && i < h.pos; i++)
-        if (toks[i] < 0 || toks[i] >= h.n_vocab) ok = false;
+    for (int32_t i = 0; ok && i < h.pos; i++)   /* negative: embedding rows (lm_session_eval_embd) */
+        if (toks[i] >= h.n_vocab) ok = false;
     if (ok) {
         for (int l = 0; l < h.n_layer; l++) {
             const uint16_t *kl = kv + (size_t)l * 2 * h.pos * row, *vl = kl + (size_t)h.pos * row;
@@ -349,14 +373,23 @@ lm_tensor *lm_session_logits_tensor(lm_session *s) {
     return t;
 }
 
-lm_status lm_forward(lm_session *s, const int32_t *tokens, int32_t n, bool prompt) {
+/* n tokens (or rows of embeddings) of one session at its next positions. */
+static lm_status forward_one(lm_session *s, const int32_t *tokens, const float *rows, int32_t n, bool prompt) {
     lm_session *seq[LM_MAX_BATCH];
     int32_t pos[LM_MAX_BATCH];
     bool is_prompt[LM_MAX_BATCH];
     if (n > LM_MAX_BATCH) return lm_err("eval: a forward pass takes at most %d tokens", LM_MAX_BATCH);
     for (int32_t t = 0; t < n; t++) { seq[t] = s; pos[t] = s->pos + t; is_prompt[t] = prompt; }
-    lm_batch b = {.ws = s, .seq = seq, .pos = pos, .n = n, .gemm = true, .prompt = prompt ? is_prompt : NULL};
+    lm_batch b = {.ws = s, .seq = seq, .pos = pos, .n = n, .gemm = true, .prompt = prompt ? is_prompt : NULL, .embd = rows};
     return s->model->arch->forward(&b, tokens, NULL, 0, NULL);
+}
+
+lm_status lm_forward(lm_session *s, const int32_t *tokens, int32_t n, bool prompt) {
+    return forward_one(s, tokens, NULL, n, prompt);
+}
+
+lm_status lm_forward_embd(lm_session *s, const float *rows, int32_t n, bool prompt) {
+    return forward_one(s, NULL, rows, n, prompt);
 }
 
 lm_status lm_forward_multi(lm_session *ws, lm_session *const *seq, const int32_t *pos, const int32_t *tokens, int32_t n,

@@ -6,6 +6,7 @@
  * flat index, then processed with a contiguous fast path or a strided loop.
  * Results are new contiguous F32 tensors. */
 #include "tensor.h"
+#include "model.h"
 #include "error.h"
 #include "ops.h"
 #include "quant.h"
@@ -421,6 +422,21 @@ lm_status lm_sgemm_nt(const float *a, int64_t m, int64_t k, const float *w, int6
     }
     /* w is [n][k] row-major: as a k x n matrix its strides are (1, k) */
     return run_gemm_on(t_stream, a, k, 1, w, 1, k, y, ldy, m, k, n);
+}
+
+bool lm_attend_head_gemm(const float *q, const float *k, const float *v, int64_t ld, int64_t L, int64_t HD,
+                         float scale, float *out, int64_t ldo, float *scr) {
+    float *Q = scr, *K = Q + L * HD, *Vt = K + L * HD, *O = Vt + HD * L, *S = O + L * HD;
+    for (int64_t i = 0; i < L; i++) {
+        memcpy(Q + i * HD, q + i * ld, (size_t)HD * sizeof(float));
+        memcpy(K + i * HD, k + i * ld, (size_t)HD * sizeof(float));
+        for (int64_t c = 0; c < HD; c++) Vt[c * L + i] = v[i * ld + c];
+    }
+    if (lm_sgemm_nt(Q, L, HD, K, L, S, L) != LM_OK) return false;
+    for (int64_t i = 0; i < L; i++) lm_softmax_scaled(S + i * L, L, scale);
+    if (lm_sgemm_nt(S, L, L, Vt, HD, O, HD) != LM_OK) return false;
+    for (int64_t i = 0; i < L; i++) memcpy(out + i * ldo, O + i * HD, (size_t)HD * sizeof(float));
+    return true;
 }
 
 lm_tensor *lm_tensor_matmul(const lm_tensor *a, const lm_tensor *b, bool transpose_b) {

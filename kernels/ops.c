@@ -104,6 +104,33 @@ static inline __m256 exp8(__m256 x) {
     return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
 
+void lm_softmax_scaled(float *x, int64_t n, float scale) {
+    const __m256 vs = _mm256_set1_ps(scale);
+    __m256 vmax = _mm256_set1_ps(-INFINITY);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 v = _mm256_mul_ps(_mm256_loadu_ps(x + i), vs);
+        _mm256_storeu_ps(x + i, v);
+        vmax = _mm256_max_ps(vmax, v);
+    }
+    float lanes[8], max = -INFINITY;
+    _mm256_storeu_ps(lanes, vmax);
+    for (int l = 0; l < 8; l++) if (lanes[l] > max) max = lanes[l];
+    for (int64_t j = i; j < n; j++) { x[j] *= scale; if (x[j] > max) max = x[j]; }
+    const __m256 m = _mm256_set1_ps(max);
+    __m256 vsum = _mm256_setzero_ps();
+    for (i = 0; i + 8 <= n; i += 8) {
+        const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), m));
+        _mm256_storeu_ps(x + i, e);
+        vsum = _mm256_add_ps(vsum, e);
+    }
+    _mm256_storeu_ps(lanes, vsum);
+    float sum = 0;
+    for (int l = 0; l < 8; l++) sum += lanes[l];
+    for (int64_t j = i; j < n; j++) { x[j] = expf(x[j] - max); sum += x[j]; }
+    lm_scale(x, 1.0f / sum, n);
+}
+
 /* The gated activations run over every FFN element of a prompt, so they are
  * vectorized (libm's expf/tanhf per element were 15% of Gemma's prefill);
  * the scalar formulas finish the tail and are the reference in test_ops. */

@@ -18,6 +18,8 @@ void lm_rope(float *x, int n_heads, int head_dim, int n_rot, int32_t pos, float 
              float freq_scale, lm_rope_mode mode);
 
 void lm_softmax(float *x, int64_t n);
+/* x = softmax(x * scale) with vectorized exponentials (within 2 ulp of expf): attention rows. */
+void lm_softmax_scaled(float *x, int64_t n, float scale);
 void lm_silu(float *x, int64_t n);
 void lm_gelu(float *x, int64_t n);          /* tanh approximation */
 /* x = act(x) * g, for the gated FFN. */

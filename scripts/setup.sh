@@ -14,6 +14,7 @@ cd "$(dirname "$0")/.."
 
 PKGS=(build-essential cmake pkg-config luajit libluajit-5.1-dev libdnnl-dev libyaml-dev
       libmicrohttpd-dev libcjson-dev libutf8proc-dev libxml2-dev libcurl4-openssl-dev libsqlite3-dev poppler-utils lua-cjson lua-busted
+      libjpeg62-turbo-dev libpng-dev libwebp-dev
       python3 python3-pip python3-venv python3-yaml unzip)
 missing=()
 for p in "${PKGS[@]}"; do

@@ -32,23 +32,13 @@ typedef struct {
     const float *tok, *pos, *type, *ln_w, *ln_b;
     bert_layer *l;
     float eps;
-    void **owned;                      /* widened or fused copies */
-    int n_owned;
+    lm_owned owned;                    /* widened or fused copies */
 } bert;
 
 /* ---- loading ------------------------------------------------------------------ */
 
 /* The names of a tensor in a GGUF (llama.cpp's) and in a Hugging Face checkpoint. */
 typedef struct { const char *gguf, *hf; } tname;
-
-static void *own(bert *b, size_t bytes) {
-    void **o = realloc(b->owned, (size_t)(b->n_owned + 1) * sizeof *o);
-    if (!o) return NULL;
-    b->owned = o;
-    void *p = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
-    if (p) b->owned[b->n_owned++] = p;
-    return p;
-}
 
 /* f32 data of tensor n (layer il) of shape [rows][cols] (cols 0: a vector):
  * in place when the file holds aligned f32, else widened into a copy. */
@@ -72,16 +62,7 @@ static lm_status get(bert *b, lm_model *m, tname n, int il, int64_t rows, int64_
         return lm_err("%s: tensor '%s' has %d dims (%lld x %lld), expected [%lld%s%lld]", w->path, name, t.ndim,
                       (long long)t.shape[0], (long long)(t.ndim > 1 ? t.shape[1] : 1), (long long)rows,
                       cols ? ", " : "", (long long)(cols ? cols : 0));
-    if (t.dtype == LM_F32 && ((uintptr_t)t.data & 3) == 0) { *out = t.data; return LM_OK; }
-    const lm_quant_ops *ops = lm_quant_ops_get(t.dtype);
-    if (!ops || !ops->to_float || lm_dtype_block_size(t.dtype) != 1)
-        return lm_err("%s: tensor '%s' is %s; the BERT family reads f32, f16 or bf16", w->path, name, lm_dtype_name(t.dtype));
-    float *f = own(b, (size_t)want_n * sizeof(float));
-    if (!f) return lm_err("out of memory");
-    if (t.dtype == LM_F32) memcpy(f, t.data, (size_t)want_n * sizeof(float));
-    else ops->to_float(t.data, f, want_n);
-    *out = f;
-    return LM_OK;
+    return lm_owned_f32(&b->owned, &t, want_n, w->path, name, out);
 }
 
 static lm_status key_int(lm_model *m, const char *gguf, const char *hf, int32_t *out, bool required, int32_t def) {
@@ -147,8 +128,7 @@ static lm_status load_gguf_config(lm_model *m) {
 static void bert_unload(lm_model *m) {
     bert *b = m->arch_state;
     if (!b) return;
-    for (int i = 0; i < b->n_owned; i++) free(b->owned[i]);
-    free(b->owned);
+    lm_owned_free(&b->owned);
     free(b->l);
     free(b);
     m->arch_state = NULL;
@@ -225,7 +205,8 @@ static lm_status bert_load(lm_model *m) {
             get(b, m, (tname){"blk.%d.layer_output_norm.bias", "encoder.layer.%d.output.LayerNorm.bias"}, i, E, 0, &l->ln2_b))
             return LM_ERR;
         /* one GEMM for q, k and v: their rows end to end */
-        float *wqkv = own(b, (size_t)(3 * E * E) * sizeof(float)), *bqkv = own(b, (size_t)(3 * E) * sizeof(float));
+        float *wqkv = lm_owned_alloc(&b->owned, (size_t)(3 * E * E) * sizeof(float)),
+              *bqkv = lm_owned_alloc(&b->owned, (size_t)(3 * E) * sizeof(float));
         if (!wqkv || !bqkv) return lm_err("out of memory");
         memcpy(wqkv, q, (size_t)(E * E) * sizeof(float));
         memcpy(wqkv + E * E, k, (size_t)(E * E) * sizeof(float));
@@ -247,7 +228,7 @@ static lm_status bert_load(lm_model *m) {
 static size_t ws_floats(const lm_model *m, int64_t T, int64_t *scores_per_thread) {
     const lm_hparams *hp = &m->hp;
     const int64_t L = hp->n_ctx_train;   /* a long text's head: Q, K, V^T, out, then L x L scores */
-    *scores_per_thread = (4 * L * hp->head_dim + L * L + 15) & ~(int64_t)15;
+    *scores_per_thread = (lm_attend_head_scratch(L, hp->head_dim) + 15) & ~(int64_t)15;
     return (size_t)(T * (6 * (int64_t)hp->n_embd + hp->n_ff) + lm_pool_size(m->pool) * *scores_per_thread);
 }
 
@@ -267,11 +248,6 @@ typedef struct {
     int64_t scores_per_thread;
     int layer, stage;
     lm_pool_queue q;
-    /* a product y[T][n] = in[T][k] W^T + bias, GELU after when gelu */
-    const float *in, *w, *bias;
-    float *out;
-    int64_t k, n;
-    bool gelu;
     atomic_int failed;
 } pass;
 
@@ -326,26 +302,13 @@ static inline float dot_lanes(const float *a, const float *b, int64_t n) {
     return s;
 }
 
-/* Each thread a slice of the output columns: its weight rows through oneDNN,
- * then bias (and GELU) on the slice while it is in cache. */
-static void linear_cols(void *ctx, int ith, int nth) {
-    pass *p = ctx;
-    int64_t lo, hi;
-    lm_pool_split(p->n, 16, ith, nth, &lo, &hi);
-    if (lo >= hi) return;
-    if (lm_sgemm_nt(p->in, p->T, p->k, p->w + lo * p->k, hi - lo, p->out + lo, p->n) != LM_OK) {
-        atomic_store(&p->failed, 1);
-        return;
-    }
-    for (int64_t t = 0; t < p->T; t++) bias_act(p->out + t * p->n + lo, p->bias + lo, hi - lo, p->gelu);
-}
+static void bias_only(void *ctx, float *y, const float *bias, int64_t n) { (void)ctx; bias_act(y, bias, n, false); }
+static void bias_gelu(void *ctx, float *y, const float *bias, int64_t n) { (void)ctx; bias_act(y, bias, n, true); }
 
+/* y[T][n] = in[T][k] W^T + bias (then GELU), on the pool. */
 static lm_status linear(lm_pool *pool, pass *p, const float *in, int64_t k, const float *w, const float *bias, int64_t n,
                         float *out, bool gelu) {
-    p->in = in; p->k = k; p->w = w; p->bias = bias; p->n = n; p->out = out; p->gelu = gelu;
-    atomic_store(&p->failed, 0);
-    lm_pool_run(pool, linear_cols, p);
-    return atomic_load(&p->failed) ? lm_err("bert: a oneDNN matrix product failed") : LM_OK;
+    return lm_linear_f32(pool, in, p->T, k, w, bias, n, out, gelu ? bias_gelu : bias_only, NULL);
 }
 
 /* Per-token stages, the threads taking tokens as they go. */
@@ -383,32 +346,8 @@ static void per_token(lm_pool *pool, pass *p, int stage) {
     lm_pool_run_dynamic(p->T >= 16 ? pool : NULL, token_rows, p, &p->q);
 }
 
-/* One head of a long text through two GEMMs: S = Q K^T, softmax by rows,
- * out = S V. The head's q, k and v columns are copied out contiguous first
- * (V transposed), so oneDNN reads plain row-major matrices. */
+/* Long texts' heads go through two GEMMs (lm_attend_head_gemm). */
 #define ATTN_GEMM_MIN 32
-
-static bool attn_head_gemm(const pass *p, const float *base, int64_t L, int64_t h, float *out, int64_t ldo, float *scr) {
-    const lm_hparams *hp = &p->m->hp;
-    const int64_t E = hp->n_embd, HD = hp->head_dim, QKV = 3 * E;
-    float *Q = scr, *K = Q + L * HD, *Vt = K + L * HD, *O = Vt + HD * L, *S = O + L * HD;
-    for (int64_t i = 0; i < L; i++) {
-        const float *r = base + i * QKV + h * HD;
-        memcpy(Q + i * HD, r, (size_t)HD * sizeof(float));
-        memcpy(K + i * HD, r + E, (size_t)HD * sizeof(float));
-        for (int64_t c = 0; c < HD; c++) Vt[c * L + i] = r[2 * E + c];
-    }
-    if (lm_sgemm_nt(Q, L, HD, K, L, S, L) != LM_OK) return false;
-    for (int64_t i = 0; i < L; i++) {
-        float *row = S + i * L, mx = -INFINITY, sum = 0;
-        for (int64_t j = 0; j < L; j++) { row[j] *= hp->attn_scale; if (row[j] > mx) mx = row[j]; }
-        for (int64_t j = 0; j < L; j++) { row[j] = expf(row[j] - mx); sum += row[j]; }
-        lm_scale(row, 1.0f / sum, L);
-    }
-    if (lm_sgemm_nt(S, L, L, Vt, HD, O, HD) != LM_OK) return false;
-    for (int64_t i = 0; i < L; i++) memcpy(out + i * ldo, O + i * HD, (size_t)HD * sizeof(float));
-    return true;
-}
 
 /* Attention: a task is one head of one text; its queries attend to that text's
  * keys only (the padding mask of a padded batch, without the padding). Short
@@ -424,7 +363,9 @@ static void attn_tasks(void *ctx, int ith, int nth) {
             const int64_t s = task / H, h = task % H, o = p->off[s], L = p->off[s + 1] - o;
             const float *base = p->qkv + o * QKV;
             if (L >= ATTN_GEMM_MIN) {
-                if (!attn_head_gemm(p, base, L, h, p->att + o * E + h * HD, E, sc)) atomic_store(&p->failed, 1);
+                if (!lm_attend_head_gemm(base + h * HD, base + E + h * HD, base + 2 * E + h * HD, QKV, L, HD,
+                                         hp->attn_scale, p->att + o * E + h * HD, E, sc))
+                    atomic_store(&p->failed, 1);
                 continue;
             }
             for (int64_t i = 0; i < L; i++) {

@@ -346,9 +346,10 @@ static lm_status forward(const batch *b, const int32_t *tokens, const int32_t *o
     const int32_t n = b->n;
     const int64_t E = hp->n_embd;
 
-    /* embeddings */
+    /* embeddings: looked up, or given (an image's rows, used as they are: not scaled) */
     const lm_quant_ops *eops = lm_quant_ops_get(m->tok_embd->dtype);
-    for (int32_t t = 0; t < n; t++) {
+    if (b->embd) memcpy(s->x, b->embd, (size_t)n * E * sizeof(float));
+    for (int32_t t = 0; t < n && !b->embd; t++) {
         eops->to_float((const char *)m->tok_embd->data + (int64_t)tokens[t] * m->tok_embd->stride[0], s->x + t * E, E);
         if (hp->embd_scale) lm_scale(s->x + t * E, sqrtf((float)E), E);
     }

@@ -4,11 +4,12 @@
 #include <stdio.h>
 #include <string.h>
 
-extern const lm_arch_ops lm_arch_llama, lm_arch_bert;
+extern const lm_arch_ops lm_arch_llama, lm_arch_bert, lm_arch_clip;
 
 static const lm_arch_ops *const families[] = {
     &lm_arch_llama,
     &lm_arch_bert,
+    &lm_arch_clip,
 };
 #define N_FAMILIES (sizeof families / sizeof families[0])
 

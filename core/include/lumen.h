@@ -130,6 +130,8 @@ typedef struct lm_model_info {
                             (sentence-transformers' max_seq_length where the model has one) */
     int32_t pooling;     /* encoders: the model's own lm_pooling */
     bool normalize;      /* encoders: the model's own L2 normalization */
+    bool vision;         /* a vision projector (mmproj, family "clip"): lm_vision_*, no tokenizer,
+                            no sessions; n_embd, n_layer, n_head, n_ff are its ViT's */
 } lm_model_info;
 
 lm_model *lm_model_load(const char *path, const lm_model_params *params);
@@ -168,6 +170,41 @@ lm_status lm_embed_texts(lm_model *model, const char *const *texts, const size_t
  * error naming it and the limit (or, with truncate, cut keeping its last token). */
 lm_status lm_embed_tokens(lm_model *model, const int32_t *tokens, const int64_t *offsets, int32_t n,
                           const lm_embed_params *params, float *out);
+
+/* ---- images and vision projectors -------------------------------------------
+ * An image is decoded from JPEG, PNG or WebP (told apart by their first bytes)
+ * into 8-bit RGB as Pillow's convert("RGB") leaves it (alpha dropped, gray
+ * replicated). Sizes come from the header and are refused before decoding past
+ * 16384 pixels a side or 100 Mpixel; truncated files are errors.
+ * A vision projector is llama.cpp's mmproj GGUF (general.architecture "clip",
+ * projector type idefics3: SmolVLM), loaded with lm_model_load. It turns an image
+ * into rows of the text model's embedding width: the image is cut into tiles
+ * (grid_x * grid_y, row-major, then one overview of the whole image), each tile
+ * becomes tile_tokens rows. */
+typedef struct lm_image lm_image;
+lm_image *lm_image_decode(const void *data, size_t len, const char *name); /* name: for messages */
+lm_image *lm_image_load(const char *path);
+void lm_image_free(lm_image *img);
+int32_t lm_image_width(const lm_image *img);
+int32_t lm_image_height(const lm_image *img);
+const uint8_t *lm_image_rgb(const lm_image *img);   /* height rows of width RGB pixels */
+
+typedef struct lm_vision_info {
+    int32_t image_size;      /* a tile's side in pixels */
+    int32_t patch_size, scale_factor;
+    int32_t longest_edge;    /* the image's long side is resized to this before tiling */
+    int32_t proj_dim;        /* width of the rows it makes (the text model's n_embd) */
+    int32_t tile_tokens;     /* rows per tile */
+} lm_vision_info;
+lm_status lm_vision_get_info(const lm_model *mmproj, lm_vision_info *out);
+/* An error naming both files when the projector's rows do not fit the text model. */
+lm_status lm_vision_check(const lm_model *mmproj, const lm_model *text);
+/* How img is cut: *grid_x * *grid_y tiles plus the overview. */
+lm_status lm_vision_grid(const lm_model *mmproj, const lm_image *img, int32_t *grid_x, int32_t *grid_y);
+/* The preprocessed tiles, [n_tiles][3][image_size][image_size] (for checks against llama.cpp). */
+lm_status lm_vision_preprocess(const lm_model *mmproj, const lm_image *img, float *out);
+/* The image's rows: out[(grid_x * grid_y + 1) * tile_tokens][proj_dim], tiles in the order above. */
+lm_status lm_vision_encode(lm_model *mmproj, const lm_image *img, float *out);
 
 /* ---- tokenizer (owned by the model) -------------------------------------- */
 /* Writes up to cap ids; returns the number of tokens, or -(needed) when cap is too
@@ -215,6 +252,12 @@ void lm_session_free(lm_session *s);
 /* Appends tokens to the context and runs the forward pass. Afterwards
  * lm_session_logits() holds the logits after the last token. */
 lm_status lm_session_eval(lm_session *s, const int32_t *tokens, int32_t n);
+/* Appends n rows of embeddings (rows[n][n_embd]: an image's rows from lm_vision_encode)
+ * where token ids would be looked up, and runs the forward pass. The token history
+ * records these positions as negative ids, -1 - ((H + i) mod 2^30) for row i, H a hash of
+ * all n rows: they never equal a token, and positions of different images differ, so a
+ * prefix match over lm_session_tokens reuses an image's positions only for the same rows. */
+lm_status lm_session_eval_embd(lm_session *s, const float *rows, int32_t n);
 /* View of n_vocab floats, valid until the next eval/rewind/free. */
 /* Continuous batching: appends tokens[i] to sessions[i] for every i, all in
  * one forward pass (split at the largest session's n_batch), so the weights are

@@ -9,6 +9,7 @@ usage: lumen <command> [options]
 commands:
   chat [options] [TEXT]        chat with a model: one reply to TEXT, or a REPL without TEXT
   generate -p TEXT [options]   continue TEXT (no chat template)
+  caption IMAGE... [-p TEXT]   one caption per image (JPEG, PNG, WebP) with a vision model (see lumen caption --help)
   embed [-m MODEL] [-p TEXT]   embeddings of texts (one per line on stdin) as JSON lines (see lumen embed --help)
   run SCRIPT.lua [args]        run a Lua script with require "lumen" available
   serve [options]              OpenAI-compatible HTTP server (configs/server.yaml; see lumen serve --help)
@@ -67,6 +68,22 @@ Continues TEXT (no chat template); -p - reads the prompt from stdin.
   --temp T --top-k K --top-p P --min-p P --repeat-penalty R   sampling (default: the model's in configs/models.yaml)
   --seed S                sampling seed (default: a new one each run)
   --no-stats              no speed statistics on stderr
+]],
+  caption = [[
+usage: lumen caption IMAGE... [-p PROMPT] [--mmproj FILE] [-m MODEL] [--json] [options]
+One caption per image (JPEG, PNG or WebP), with a text model and its vision projector (llama.cpp's
+mmproj GGUF, idefics3/SmolVLM). A bad image is reported (one line on stderr, or a JSON line with
+"error") and the others still go; the exit status is 1 when any failed.
+  -p, --prompt TEXT       what to ask about each image (default "Describe this image.")
+  -m, --model NAME|PATH   the text model (default: the registry's default); an alias may name its
+                          projector in configs/models.yaml (mmproj: FILE)
+  --mmproj FILE           the projector: a path, or a file name in the model cache
+  --json                  JSON lines {"image": PATH, "caption": TEXT} (or "error") on stdout
+  --no-progress           no progress bar (shown on a terminal for more than one image)
+  -n, --n-predict N       max tokens of a caption (default 64)
+  -c, --ctx N             context in tokens (default 4096)
+  -t, --threads N         compute threads (default 0: all cores)
+  --temp T ...            sampling (default greedy)     --stats   timing on stderr
 ]],
   bench = [[
 usage: lumen bench [-m MODEL] [--pp N] [-n N] [-r RUNS] [-t THREADS]
@@ -155,6 +172,7 @@ local function parse(argv, first)
     elseif a == "-p" or a == "--prompt" then o.prompt = take()
     elseif a == "-n" or a == "--n-predict" then
       o.n_predict = int_arg(a, take(), 0, 2 ^ 20)
+      o.n_predict_given = true
       if o.n_predict == 0 then usage_error(a .. " 0 would generate nothing: give at least 1") end
     elseif a == "-t" or a == "--threads" then
       -- 0 = all cores, as in configs/server.yaml
@@ -170,8 +188,8 @@ local function parse(argv, first)
     elseif a == "-s" or a == "--system" then o.system = take()
     elseif a == "--pp" then o.prompt_tokens = int_arg(a, take(), 1, 2 ^ 20)
     elseif a == "-r" or a == "--runs" then o.runs = int_arg(a, take(), 1, 1000)
-    elseif a == "--no-stats" then o.stats = false
-    elseif a == "--stats" then o.stats = true
+    elseif a == "--no-stats" then o.stats = false; o.stats_given = true
+    elseif a == "--stats" then o.stats = true; o.stats_given = true
     elseif a:sub(1, 1) == "-" and #a > 1 then usage_error("unknown option '" .. a .. "' (try: lumen --help)")
     else o.words[#o.words + 1] = a end
   end
@@ -479,6 +497,30 @@ function commands.batch(argv)
   if not o.output then usage_error("batch needs an output file: -o OUT.jsonl") end
   if o.output == o.input then usage_error("batch: the output must be another file than the input") end
   return require("batch").run(o)
+end
+
+function commands.caption(argv)
+  local rest, mmproj, json, progress = { argv[1] }, nil, false, true
+  local i = 2
+  while i <= #argv do
+    local a = argv[i]
+    if a == "--mmproj" then
+      mmproj = argv[i + 1]
+      if not mmproj then usage_error("--mmproj needs a value") end
+      i = i + 1
+    elseif a == "--json" then json = true
+    elseif a == "--no-progress" then progress = false
+    else rest[#rest + 1] = a end
+    i = i + 1
+  end
+  local o = parse(rest, 2)
+  if o.help then io.write(HELP.caption) return 0 end
+  if #o.words == 0 then usage_error("caption needs at least one image: lumen caption IMAGE... (see lumen caption --help)") end
+  if o.system then usage_error("caption has no system prompt (-s); use -p PROMPT") end
+  if not o.stats_given then o.stats = false end
+  o.images, o.mmproj, o.json, o.progress = o.words, mmproj, json, progress
+  if o.n_predict == 256 and not o.n_predict_given then o.n_predict = 64 end
+  return require("caption").run(o)
 end
 
 function commands.models(argv)

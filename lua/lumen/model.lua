@@ -294,6 +294,16 @@ function Session:eval_raw(buf, n)
   if C.lm_session_eval(self.h, buf, n) ~= 0 then util.c_error("eval") end
 end
 
+--- Appends n rows of embeddings (a float* to rows[n][n_embd], e.g. an image's
+-- rows from lumen.vision) in the place of tokens. Their history entries are
+-- negative ids unique to the rows (lm_session_eval_embd), so prefix reuse
+-- never matches across different images.
+function Session:eval_embd(rows, n)
+  check_open(self, "eval_embd")
+  if C.lm_session_eval_embd(self.h, rows, n) ~= 0 then util.c_error("eval_embd") end
+  return self:logits()
+end
+
 --- The logits tensor (zero-copy view; one object per session).
 function Session:logits()
   check_open(self, "logits")

@@ -1,0 +1,219 @@
+-- Vision: images, the idefics3 projector, image rows in a session, against llama.cpp's mtmd
+-- (spec/fixtures/vision_idefics3.txt, recorded by bench/vision/reference.py). The model
+-- files and photographs come from bench/vision/make_mmproj.py (model cache, never committed);
+-- without them the agreement specs are skipped, the bad-image specs still run.
+local lumen = require "lumen"
+local vision = require "lumen.vision"
+local ffi = require "ffi"
+local C = require "lumen.ffi"
+
+local home = os.getenv("HOME")
+local models = os.getenv("LUMEN_MODELS") or (home .. "/.cache/lumen/models")
+local images = models:gsub("/+$", ""):gsub("[^/]+$", "") .. "vision/images/"
+local root = os.getenv("LUMEN_ROOT") or "."
+local TEXT = models .. "/SmolLM2-135M-vision.Q4_1.gguf"
+local have = io.open(TEXT) and io.open(models .. "/vision-tiny-mmproj.gguf") and io.open(images .. "rocket.jpg")
+
+local function read(path) local f = assert(io.open(path, "rb")) local s = f:read("*a") f:close() return s end
+local function write(path, s) local f = assert(io.open(path, "wb")) f:write(s) f:close() end
+
+local function fixture()
+  local fx, cur = {}, nil
+  for line in io.lines(root .. "/spec/fixtures/vision_idefics3.txt") do
+    local w = {}
+    for x in line:gmatch("%S+") do w[#w + 1] = x end
+    if w[1] == "image" then cur = { name = w[2], w = tonumber(w[3]), h = tonumber(w[4]), sha = w[5], rows = {} }; fx[#fx + 1] = cur
+    elseif w[1] == "row" then
+      cur.rows[#cur.rows + 1] = { tonumber(w[4]), tonumber(w[5]), tonumber(w[6]), tonumber(w[7]), tonumber(w[8]) }
+    elseif w[1] == "seq" then cur.seq = table.concat(w, " ", 2)
+    elseif w[1] == "greedy" then cur.greedy = { unpack(w, 2) }
+    elseif w[1] == "margin" then cur.margin = { unpack(w, 2) } end
+  end
+  return fx
+end
+
+local function decode(bytes, name)
+  local img = C.lm_image_decode(bytes, #bytes, name)
+  if img == nil then return nil, ffi.string(C.lm_last_error()) end
+  return ffi.gc(img, C.lm_image_free)
+end
+
+local function rgb_sha(img)
+  local hex = ffi.new("char[65]")
+  C.lm_sha256_hex(C.lm_image_rgb(img), C.lm_image_width(img) * C.lm_image_height(img) * 3, hex)
+  return ffi.string(hex)
+end
+
+-- a PNG chunk with its CRC (crc32 of type + data), for hand-made bad files
+local function crc32(s)
+  local crc = 0xFFFFFFFF
+  for i = 1, #s do
+    crc = bit.bxor(crc, s:byte(i))
+    for _ = 1, 8 do crc = bit.band(crc, 1) ~= 0 and bit.bxor(bit.rshift(crc, 1), 0xEDB88320) or bit.rshift(crc, 1) end
+  end
+  return bit.bxor(crc, 0xFFFFFFFF)
+end
+local function be32(n) return string.char(bit.band(bit.rshift(n, 24), 255), bit.band(bit.rshift(n, 16), 255), bit.band(bit.rshift(n, 8), 255), bit.band(n, 255)) end
+local function chunk(ty, data) return be32(#data) .. ty .. data .. be32(crc32(ty .. data)) end
+local function png_header(w, h) return "\137PNG\r\n\26\n" .. chunk("IHDR", be32(w) .. be32(h) .. "\8\2\0\0\0") end
+
+describe("images", function()
+  it("refuse a text file named .png, naming it", function()
+    local img, err = decode("just some text\n", "notes.png")
+    assert.is_nil(img)
+    assert.matches("notes.png: not an image lumen reads", err, 1, true)
+  end)
+
+  it("refuse a PNG bomb from its header, before allocating", function()
+    local img, err = decode(png_header(60000, 60000) .. chunk("IDAT", "x") .. chunk("IEND", ""), "bomb.png")
+    assert.is_nil(img)
+    assert.matches("bomb.png: the PNG image is 60000x60000", err, 1, true)
+    assert.matches("decompression bomb", err, 1, true)
+    img, err = decode(png_header(16000, 7000) .. chunk("IDAT", "x") .. chunk("IEND", ""), "wide.png")   -- 112 Mpixel
+    assert.matches("100 Mpixel", err, 1, true)
+  end)
+
+  it("refuse a 0x0 image", function()
+    local img, err = decode(png_header(0, 0) .. chunk("IEND", ""), "empty.png")
+    assert.is_nil(img)
+    assert.matches("empty.png: not a readable PNG", err, 1, true)
+    img, err = decode("", "nothing.jpg")
+    assert.matches("nothing.jpg: .*empty", err)
+  end)
+
+  it("refuse a truncated JPEG and a truncated PNG", function()
+    if not have then pending("bench/vision/make_mmproj.py has not run") return end
+    local jpg = read(images .. "rocket.jpg")
+    local img, err = decode(jpg:sub(1, math.floor(#jpg / 2)), "half.jpg")
+    assert.is_nil(img)
+    assert.matches("half.jpg: the JPEG is truncated", err, 1, true)
+    local png = read(images .. "chelsea.png")
+    img, err = decode(png:sub(1, math.floor(#png / 2)), "half.png")
+    assert.is_nil(img)
+    assert.matches("half.png: not a readable PNG: the file is truncated", err, 1, true)
+  end)
+
+  it("decode a WebP as Pillow does", function()
+    local img = assert(decode(read(root .. "/spec/fixtures/vision/chelsea_120x80.webp"), "chelsea.webp"))
+    assert.equal(120, C.lm_image_width(img))
+    assert.equal(80, C.lm_image_height(img))
+    -- Pillow 12 (its own libwebp) on the same file
+    assert.equal("be6cf4ec329541fbdc60bcb83e333d7c3711e8a0f5910b9ba71f1c7cd290a6ee", rgb_sha(img))
+  end)
+
+  it("decode JPEG, PNG, grayscale and RGBA PNG to the RGB pixels Pillow gives", function()
+    if not have then pending("bench/vision/make_mmproj.py has not run") return end
+    for _, im in ipairs(fixture()) do
+      local img = assert(decode(read(images .. im.name), im.name))
+      assert.equal(im.w, C.lm_image_width(img))
+      assert.equal(im.h, C.lm_image_height(img))
+      assert.equal(im.sha, rgb_sha(img), im.name)
+    end
+  end)
+end)
+
+describe("vision projector (idefics3)", function()
+  if not have then
+    it("needs bench/vision/make_mmproj.py's files", function() pending("run /tmp/lcp36/bin/python bench/vision/make_mmproj.py") end)
+    return
+  end
+  local text, proj
+  local function load()
+    text = text or lumen.model.load(TEXT)
+    proj = proj or vision.load("vision-tiny-mmproj.gguf", text)
+    return text, proj
+  end
+
+  it("reads every hyperparameter from the file's clip.* keys", function()
+    local _, p = load()
+    assert.equal(16, p.tile_tokens)         -- (64 / 8)^2 patches / 2^2
+    assert.equal(576, p.proj_dim)
+    assert.equal(64, p.image_size)
+    assert.equal(192, p.longest_edge)
+  end)
+
+  it("refuse another projector type, naming the file", function()
+    local src = read(models .. "/vision-tiny-mmproj.gguf")
+    local path = os.tmpname() .. ".gguf"
+    local at = src:find("idefics3", src:find("clip.projector_type", 1, true), true)
+    write(path, src:sub(1, at - 1) .. "idefics2" .. src:sub(at + 8))
+    local ok, err = pcall(vision.load, path)
+    os.remove(path)
+    assert.is_false(ok)
+    assert.matches(path, err, 1, true)
+    assert.matches("projector type 'idefics2': lumen runs idefics3", err, 1, true)
+  end)
+
+  it("refuse a projector whose rows are not the text model's width, naming both files", function()
+    local ok, err = pcall(vision.load, "vision-tiny-mmproj.gguf", { h = lumen.model.load("gemma3").h })
+    assert.is_false(ok)
+    assert.matches("vision-tiny-mmproj.gguf' makes rows of 576 values", err, 1, true)
+    assert.matches("gemma-3-270m-q4_k_m.gguf' takes 640", err, 1, true)
+  end)
+
+  it("encode each test image to llama.cpp's rows (1e-3 relative) in mtmd's token layout", function()
+    local t, p = load()
+    local worst = 0
+    for _, im in ipairs(fixture()) do
+      local parts, g = p:image_parts(t, read(images .. im.name), im.name)
+      local rows = g.rows
+      assert.equal(#im.rows, rows:dim(1), im.name .. ": image positions")
+      local E, d = rows:dim(2), rows:data()
+      for r, ref in ipairs(im.rows) do
+        local s = 0
+        for j = 0, E - 1 do s = s + d[(r - 1) * E + j] ^ 2 end
+        local rel = math.abs(math.sqrt(s) - ref[1]) / ref[1]
+        for k, j in ipairs({ 0, 1, 2, E - 1 }) do rel = math.max(rel, math.abs(d[(r - 1) * E + j] - ref[k + 1]) / ref[1]) end
+        worst = math.max(worst, rel)
+      end
+      local seq = {}
+      for _, x in ipairs(t:tokenize("<|im_start|>user\n")) do seq[#seq + 1] = "t:" .. x end
+      for _, part in ipairs(parts) do
+        if part.tokens then for _, x in ipairs(part.tokens) do seq[#seq + 1] = "t:" .. x end
+        else seq[#seq + 1] = "i:" .. part.n end
+      end
+      for _, x in ipairs(t:tokenize("Describe this image.<|im_end|>\n<|im_start|>assistant\n")) do seq[#seq + 1] = "t:" .. x end
+      assert.equal(im.seq, table.concat(seq, " "), im.name .. ": layout")
+    end
+    assert.is_true(worst < 1e-3, "worst relative difference " .. worst)
+  end)
+
+  it("continue greedily as llama.cpp does: 16 tokens on 4 of 5 images, or a fork at a near-tie", function()
+    local t, p = load()
+    local same, near = 0, 0
+    for _, im in ipairs(fixture()) do
+      local s = t:session{ ctx = 1024 }
+      s:eval(t:tokenize("<|im_start|>user\n"))
+      vision.eval_parts(s, (p:image_parts(t, read(images .. im.name), im.name)))
+      s:eval(t:tokenize("Describe this image.<|im_end|>\n<|im_start|>assistant\n"))
+      local fork
+      for i = 1, #im.greedy do
+        local tok = s:logits():argmax() - 1
+        if tok ~= tonumber(im.greedy[i]) then fork = i break end
+        if t:is_eog(tok) then break end
+        s:eval(tok)
+      end
+      if not fork then same = same + 1
+      elseif tonumber(im.margin[fork]) < 0.1 then near = near + 1 end
+    end
+    assert.is_true(same >= 4 or same + near >= 4, string.format("%d identical, %d fork at a near-tie", same, near))
+  end)
+
+  it("record image positions so prefix reuse never matches across images", function()
+    local t, p = load()
+    local function history(name)
+      local s = t:session{ ctx = 1024 }
+      vision.eval_parts(s, (p:image_parts(t, read(images .. name), name)))
+      return s:tokens()
+    end
+    local a, a2, b = history("rocket.jpg"), history("rocket.jpg"), history("chelsea.png")
+    local n_neg, differ = 0, 0
+    for i = 1, #a do
+      assert.equal(a[i], a2[i])                  -- the same image: the same history (reusable)
+      if a[i] < 0 then n_neg = n_neg + 1 end
+      if b[i] and a[i] < 0 and a[i] == b[i] then differ = differ - 1 end
+    end
+    assert.equal(112, n_neg)                     -- 6 tiles + overview, 16 rows each
+    assert.equal(0, differ)                      -- no image position equals another image's
+  end)
+end)
