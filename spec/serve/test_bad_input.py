@@ -184,7 +184,7 @@ CASES = [
     # -- paths and methods
     ("unknown_path_get", "/v1/nope", None, 404, None, {"_method": "GET"}),
     ("unknown_path_post", "/v1/chat", base(), 404, None, None),
-    ("root_path", "/", None, 404, None, {"_method": "GET"}),
+    ("unknown_top_path", "/index.php", None, 404, None, {"_method": "GET"}),
     ("path_traversal", "/v1/../../etc/passwd", None, 404, None, {"_method": "GET"}),
     ("get_chat_completions", CHAT, None, 405, None, {"_method": "GET"}),
     ("put_completions", COMPL, cbase(), 405, None, {"_method": "PUT"}),
