@@ -7,7 +7,7 @@ The fixtures' logits were recorded with llama-cpp-python 0.3.16; llama.cpp 0.3.3
 (Gemma 3's "</s>" was cut out as user-defined before). The tokenizer records follow
 that version; the note line says which records came from where.
 
-usage: python bench/retokenize_fixture.py --model FILE.gguf spec/fixtures/NAME.txt
+usage: bench/setup_venv_mtmd.sh && bench/.venv-mtmd/bin/python bench/retokenize_fixture.py --model FILE.gguf spec/fixtures/NAME.txt
 """
 import argparse
 import os

@@ -19,6 +19,9 @@ $PY scripts/fetch_model.py gemma3
 # the embedding specs: all-MiniLM-L6-v2 as shipped and as a GGUF (bert_to_gguf.py needs gguf from PyPI)
 bench/setup_embed_venv.sh
 bench/.venv-embed/bin/python scripts/fetch_model.py minilm minilm-gguf
+# the vision specs: a tiny idefics3 mmproj (random weights, seeded), SmolLM2 with SmolVLM's
+# image tokens, and photographs from Debian's python3-skimage data (model cache, not committed)
+bench/.venv-embed/bin/python bench/vision/make_mmproj.py vision-tiny-mmproj.gguf
 # the server specs talk to `lumen serve` through the official openai and ollama clients,
 # and drive the web chat page in Debian's headless Chromium (spec/.venv has selenium)
 for p in chromium chromium-driver; do

@@ -9,7 +9,8 @@
 Keys and tensor names are those llama.cpp's tools/mtmd/clip.cpp reads for projector type
 idefics3 (SigLIP ViT + pixel shuffle + mm.model.fc). Weights are f32, drawn so activations
 stay O(1); the projection is scaled so image rows have the norm of SmolLM2's token rows.
-Run with the llama-cpp-python venv: /tmp/lcp36/bin/python bench/vision/make_mmproj.py
+Run with any Python that has numpy and gguf (scripts/test.sh uses bench/.venv-embed):
+  bench/.venv-embed/bin/python bench/vision/make_mmproj.py [vision-tiny-mmproj.gguf]
 """
 import glob
 import os

@@ -7,8 +7,8 @@ uses) and handed to mtmd_bitmap_init as RGB, so the comparison is of preprocessi
 projector + text model; the fixture carries a hash of those pixels so lumen's decoding is
 checked against Pillow's too. Flash attention off in the ViT (exact softmax).
 
-  /tmp/lcp36/bin/python bench/vision/reference.py            # writes the fixture
-  /tmp/lcp36/bin/python bench/vision/reference.py --bench MMPROJ IMAGE [THREADS]
+  bench/.venv-mtmd/bin/python bench/vision/reference.py            # writes the fixture
+  bench/.venv-mtmd/bin/python bench/vision/reference.py --bench MMPROJ IMAGE [THREADS]
 """
 import ctypes
 import hashlib

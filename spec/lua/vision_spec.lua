@@ -1,7 +1,7 @@
 -- Vision: images, the idefics3 projector, image rows in a session, against llama.cpp's mtmd
 -- (spec/fixtures/vision_idefics3.txt, recorded by bench/vision/reference.py). The model
 -- files and photographs come from bench/vision/make_mmproj.py (model cache, never committed);
--- without them the agreement specs are skipped, the bad-image specs still run.
+-- (scripts/test.sh writes them): without them the agreement specs fail, saying so.
 local lumen = require "lumen"
 local vision = require "lumen.vision"
 local ffi = require "ffi"
@@ -82,7 +82,7 @@ describe("images", function()
   end)
 
   it("refuse a truncated JPEG and a truncated PNG", function()
-    if not have then pending("bench/vision/make_mmproj.py has not run") return end
+    assert(have, "the vision test files are missing: run bench/.venv-embed/bin/python bench/vision/make_mmproj.py vision-tiny-mmproj.gguf")
     local jpg = read(images .. "rocket.jpg")
     local img, err = decode(jpg:sub(1, math.floor(#jpg / 2)), "half.jpg")
     assert.is_nil(img)
@@ -102,7 +102,7 @@ describe("images", function()
   end)
 
   it("decode JPEG, PNG, grayscale and RGBA PNG to the RGB pixels Pillow gives", function()
-    if not have then pending("bench/vision/make_mmproj.py has not run") return end
+    assert(have, "the vision test files are missing: run bench/.venv-embed/bin/python bench/vision/make_mmproj.py vision-tiny-mmproj.gguf")
     for _, im in ipairs(fixture()) do
       local img = assert(decode(read(images .. im.name), im.name))
       assert.equal(im.w, C.lm_image_width(img))
@@ -114,7 +114,9 @@ end)
 
 describe("vision projector (idefics3)", function()
   if not have then
-    it("needs bench/vision/make_mmproj.py's files", function() pending("run /tmp/lcp36/bin/python bench/vision/make_mmproj.py") end)
+    it("needs bench/vision/make_mmproj.py's files", function()
+      error("the vision test files are missing: run bench/.venv-embed/bin/python bench/vision/make_mmproj.py vision-tiny-mmproj.gguf")
+    end)
     return
   end
   local text, proj
