@@ -564,7 +564,9 @@ function M.run(o)
   math.randomseed(os.time() + math.floor(now() * 1000) % 100000)
   local metrics = metrics_mod.new()
   local self = setmetatable({ cfg = cfg, metrics = metrics, started = os.time(),
-                              sched = scheduler.new{ slots = cfg.slots, prefill_chunk = cfg.prefill_chunk, observer = metrics },
+                              -- with batches on (data_dir), an eighth of the slots stays free for live requests
+                              sched = scheduler.new{ slots = cfg.slots, prefill_chunk = cfg.prefill_chunk, observer = metrics,
+                                                     reserve = cfg.data_dir and math.min(cfg.slots - 1, math.max(1, math.ceil(cfg.slots / 8))) or 0 },
                               gate = limits_mod.new(gather_keys(cfg, os.getenv("LUMEN_API_KEYS")), cfg.limits) }, Server)
   self:load_models()
   if cfg.data_dir then self.store = require("serve_batches").new(self, cfg.data_dir) end

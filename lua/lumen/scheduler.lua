@@ -51,14 +51,17 @@ local NO_OBSERVER = { prompt_evaluated = noop, prompt_cached = noop, decoded = n
                       observe_ttft = noop, disconnected = noop }
 
 --- opts: slots (sessions per model), prefill_chunk (prompt tokens per pass,
--- default 256), observer.
+-- default 256), observer, reserve (slots that requests of priority < 0 leave
+-- free for the others; default 0).
 function M.new(opts)
   util.check_type("scheduler.new", "opts", opts, "table")
   util.check_int("scheduler.new", "slots", opts.slots, 1, 4096)
   local chunk = opts.prefill_chunk or 256
   util.check_int("scheduler.new", "prefill_chunk", chunk, 2, 2 ^ 20)
+  local reserve = opts.reserve or 0
+  util.check_int("scheduler.new", "reserve", reserve, 0, opts.slots - 1)
   return setmetatable({ slots = opts.slots, prefill_chunk = chunk, observer = opts.observer or NO_OBSERVER,
-                        models = {}, queue = {}, prefilling = {}, decoding = {}, riding = {} }, Scheduler)
+                        reserve = reserve, models = {}, queue = {}, prefilling = {}, decoding = {}, riding = {} }, Scheduler)
 end
 
 --- Makes a model's slots (each a session of ctx tokens); returns its entry
@@ -247,7 +250,9 @@ function Scheduler:admit()
     elseif job.queue_deadline and now() > job.queue_deadline then
       table.remove(self.queue, i)
       self:release(job, "cancelled", "queue_timeout")
-    elseif #entry.free >= job.n then
+    elseif #entry.free >= job.n + ((job.priority or 0) < 0 and self.reserve or 0) then
+      -- background work (priority < 0: a server's batches) leaves `reserve` slots free,
+      -- so an interactive request finds a slot at once instead of waiting for one to end
       table.remove(self.queue, i)
       job.seqs = {}
       -- the first choice evaluates the prompt, in the slot that holds most of
