@@ -315,7 +315,7 @@ function Server:embed(entry, inputs, a, truncate)
   for _, c in ipairs(counts) do used = used + c end
   self.gate:admit(a.ident, a.arrived, used)
   self.gate:release(a.ident)
-  self.metrics.prompt_tokens = self.metrics.prompt_tokens + used
+  self.metrics:prompt_evaluated(used)
   return t, used
 end
 

@@ -13,10 +13,12 @@ usage: bench/.venv/bin/python bench/embed/speed.py [--runs 3] [--seconds 4] [--t
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from batch_throughput import cpu_name  # noqa: E402  (one for the bench scripts)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CACHE = os.environ.get("LUMEN_MODELS") or os.path.expanduser("~/.cache/lumen/models")
@@ -68,17 +70,6 @@ while time.perf_counter() - t0 < seconds:
     run(k); n += batch; k += 1
 print(json.dumps({"texts_per_s": n / (time.perf_counter() - t0), "texts": n}))
 '''
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def run(cmd):

@@ -153,22 +153,20 @@ local function duration(s)
   return string.format("%dm%ds", math.floor(s / 60), s % 60)
 end
 
+-- the two windows OpenAI reports: its limit, the events that count, the header word
+local RATES = { { "requests_per_minute", "requests" }, { "tokens_per_minute", "tokens" } }
+
 --- x-ratelimit-* header lines for an identity ("" when it has no rate limits).
 function Gate:headers(id, now)
-  local lim, out = id.limits, {}
-  if lim.requests_per_minute > 0 then
-    local used = window_sum(id.requests, now)
-    out[#out + 1] = "x-ratelimit-limit-requests: " .. lim.requests_per_minute
-    out[#out + 1] = "x-ratelimit-remaining-requests: " .. math.max(0, lim.requests_per_minute - used)
-    out[#out + 1] = "x-ratelimit-reset-requests: " .. duration(reset_in(id.requests, now))
+  local out = {}
+  for _, r in ipairs(RATES) do
+    local limit, events = id.limits[r[1]], id[r[2]]
+    if limit > 0 then
+      out[#out + 1] = string.format("x-ratelimit-limit-%s: %d\r\nx-ratelimit-remaining-%s: %d\r\nx-ratelimit-reset-%s: %s\r\n",
+        r[2], limit, r[2], math.max(0, limit - window_sum(events, now)), r[2], duration(reset_in(events, now)))
+    end
   end
-  if lim.tokens_per_minute > 0 then
-    local used = window_sum(id.tokens, now)
-    out[#out + 1] = "x-ratelimit-limit-tokens: " .. lim.tokens_per_minute
-    out[#out + 1] = "x-ratelimit-remaining-tokens: " .. math.max(0, lim.tokens_per_minute - used)
-    out[#out + 1] = "x-ratelimit-reset-tokens: " .. duration(reset_in(id.tokens, now))
-  end
-  return #out > 0 and (table.concat(out, "\r\n") .. "\r\n") or ""
+  return table.concat(out)
 end
 
 local function refuse(self, id, now, message, wait)
