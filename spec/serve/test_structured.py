@@ -86,12 +86,15 @@ class TestStructured(unittest.TestCase):
         self.assertIn(r.choices[0].text, (" yes", " no"))
 
     def test_tool_call_required(self):
+        # one call: the grammar bounds it (a city of at most 40 characters, bounded whitespace), so
+        # 200 tokens always reach its end whatever the CPU's rounding makes the model write
         r = client().chat.completions.create(model="smollm2", temperature=0, max_tokens=200, tools=[WEATHER],
-            tool_choice="required", messages=[{"role": "user", "content": "What's the weather in Oslo?"}])
+            tool_choice="required", parallel_tool_calls=False,
+            messages=[{"role": "user", "content": "What's the weather in Oslo?"}])
         m = r.choices[0].message
         self.assertEqual(r.choices[0].finish_reason, "tool_calls")
         self.assertIsNone(m.content)
-        self.assertGreaterEqual(len(m.tool_calls), 1)
+        self.assertEqual(len(m.tool_calls), 1)
         call = m.tool_calls[0]
         self.assertTrue(call.id.startswith("call_"))
         self.assertEqual(call.function.name, "get_weather")
@@ -101,6 +104,19 @@ class TestStructured(unittest.TestCase):
             messages=[{"role": "user", "content": "What's the weather in Oslo?"}, m.model_dump(exclude_none=True),
                       {"role": "tool", "tool_call_id": call.id, "content": "Sunny, 21 C"}])
         self.assertTrue(r2.choices[0].message.content or r2.choices[0].message.tool_calls)
+
+    def test_parallel_tool_calls_bounded(self):
+        # parallel calls: a small model may repeat its call; the grammar stops it at 8 calls, which
+        # fit in 1000 tokens (each at most ~90), so the answer always ends as tool calls
+        r = client().chat.completions.create(model="smollm2", temperature=0, max_tokens=1000, tools=[WEATHER],
+            tool_choice="required", messages=[{"role": "user", "content": "What's the weather in Oslo and in Rome?"}])
+        self.assertEqual(r.choices[0].finish_reason, "tool_calls")
+        calls = r.choices[0].message.tool_calls
+        self.assertTrue(1 <= len(calls) <= 8, len(calls))
+        self.assertEqual(len({c.id for c in calls}), len(calls))
+        for c in calls:
+            self.assertEqual(c.function.name, "get_weather")
+            self.assertIsInstance(json.loads(c.function.arguments)["city"], str)
 
     def test_tool_call_streamed(self):
         calls = {}
