@@ -22,6 +22,9 @@ bench/.venv-embed/bin/python scripts/fetch_model.py minilm minilm-gguf
 # the vision specs: a tiny idefics3 mmproj (random weights, seeded), SmolLM2 with SmolVLM's
 # image tokens, and photographs from Debian's python3-skimage data (model cache, not committed)
 bench/.venv-embed/bin/python bench/vision/make_mmproj.py vision-tiny-mmproj.gguf
+# ... and that SmolLM2 widened to f32, where greedy continuations compare free of Q8 rounding
+M="${LUMEN_MODELS:-$HOME/.cache/lumen/models}"
+[ -f "$M/SmolLM2-135M-vision.f32.gguf" ] || build/lumen quantize "$M/SmolLM2-135M-vision.Q4_1.gguf" "$M/SmolLM2-135M-vision.f32.gguf" f32
 # the server specs talk to `lumen serve` through the official openai and ollama clients,
 # and drive the web chat page in Debian's headless Chromium (spec/.venv has selenium)
 for p in chromium chromium-driver; do

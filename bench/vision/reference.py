@@ -25,6 +25,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 CACHE = os.environ.get("LUMEN_MODELS") or os.path.expanduser("~/.cache/lumen/models")
 IMAGES = os.path.join(os.path.dirname(CACHE.rstrip("/")), "vision", "images")
 TEXT = os.path.join(CACHE, "SmolLM2-135M-vision.Q4_1.gguf")
+# the same weights widened to f32 (scripts/test.sh: `lumen quantize TEXT TEXT_F32 f32`): no
+# activation quantization on either side, so greedy continuations compare free of Q8 rounding
+TEXT_F32 = os.path.join(CACHE, "SmolLM2-135M-vision.f32.gguf")
 MMPROJ = os.path.join(CACHE, "vision-tiny-mmproj.gguf")
 TEST_IMAGES = ["rocket.jpg", "hubble_deep_field.jpg", "chelsea.png", "camera.png", "logo.png"]
 PROMPT_BEFORE = "<|im_start|>user\n"
@@ -38,10 +41,10 @@ def rgb(path):
     return im.convert("RGB")
 
 
-def load(threads, mmproj, flash):
+def load(threads, mmproj, flash, text=TEXT):
     llama_cpp.llama_backend_init()
     mp = llama_cpp.llama_model_default_params()
-    model = llama_cpp.llama_model_load_from_file(TEXT.encode(), mp)
+    model = llama_cpp.llama_model_load_from_file(text.encode(), mp)
     cp = llama_cpp.llama_context_default_params()
     cp.n_ctx, cp.n_batch, cp.n_ubatch = 4096, 512, 512
     cp.n_threads = cp.n_threads_batch = threads
@@ -98,6 +101,17 @@ def greedy(model, lctx, ctx, chunks):
 
 
 def record():
+    # greedy on the f32 copy first: its lines go beside each image's Q4_1 ones
+    f32 = {}
+    model, lctx, ctx = load(2, MMPROJ, False, TEXT_F32)
+    for name in TEST_IMAGES:
+        chunks, bmp = tokenize(ctx, rgb(os.path.join(IMAGES, name)))
+        f32[name] = greedy(model, lctx, ctx, chunks)[:2]
+        mtmd.mtmd_input_chunks_free(chunks)
+        mtmd.mtmd_bitmap_free(bmp)
+    mtmd.mtmd_free(ctx)
+    llama_cpp.llama_free(lctx)
+    llama_cpp.llama_model_free(model)
     model, lctx, ctx = load(2, MMPROJ, False)
     lines = ["# llama.cpp mtmd (llama-cpp-python 0.3.36) on vision-tiny-mmproj.gguf + SmolLM2-135M-vision.Q4_1.gguf,",
              "# written by bench/vision/reference.py (see bench/vision/make_mmproj.py for the files).",
@@ -106,6 +120,7 @@ def record():
              "# seq: the prompt's positions: t:ID a text token, i:N an image chunk of N rows",
              "# row CHUNK ROW L2NORM V0 V1 V2 VLAST  (image rows after the projector)",
              f"# greedy: the first {N_GEN} greedy tokens; margin: llama.cpp's top-1 minus top-2 logit at each",
+             "# greedy_f32, margin_f32: the same on SmolLM2-135M-vision.f32.gguf (the Q4_1 weights widened)",
              "# flash attention off (ViT and text model), KV cache f16, 2 threads, n_batch 512"]
     for name in TEST_IMAGES:
         img = rgb(os.path.join(IMAGES, name))
@@ -131,6 +146,8 @@ def record():
         toks, margins, _ = greedy(model, lctx, ctx, chunks)
         lines.append("greedy " + " ".join(map(str, toks)))
         lines.append("margin " + " ".join(f"{x:.4f}" for x in margins))
+        lines.append("greedy_f32 " + " ".join(map(str, f32[name][0])))
+        lines.append("margin_f32 " + " ".join(f"{x:.4f}" for x in f32[name][1]))
         mtmd.mtmd_input_chunks_free(chunks)
         mtmd.mtmd_bitmap_free(bmp)
         print(name, img.size, "chunks", k, "greedy", toks, file=sys.stderr)
