@@ -182,13 +182,23 @@ end
 
 
 --- response_format, grammar and tools (lua/lumen/structured.lua): the grammar
--- joins the job's sampling settings as a link, the tools' instructions join
--- its messages; the spec stays on the job for reading tool calls at the end.
+-- joins the job's sampling settings as a link, the tools go to the chat
+-- template (its own tool format: job.template_vars) or join the messages (a
+-- system message for lumen's JSON format); the spec stays on the job for
+-- reading tool calls at the end.
 local function structured_job(job, body, entry)
-  local spec = structured.parse(body)
+  local fmt
+  if job.kind == "chat" and type(body) == "table" and body.tools ~= nil then
+    local ok, f = pcall(chat.tool_format, entry.model)
+    fmt = ok and f or nil -- no template at all: refused when the prompt is rendered
+  end
+  local spec = structured.parse(body, fmt)
   if not spec then return end
   job.structured = spec
-  if job.kind == "chat" then job.messages = structured.with_system(spec, job.messages) end
+  if job.kind == "chat" then
+    job.messages = structured.with_system(spec, job.messages)
+    job.template_vars = spec.vars
+  end
   job.sampling.grammar = lumen.sampler.grammar(spec.gbnf, { model = entry.model })
 end
 
