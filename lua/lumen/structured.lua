@@ -211,6 +211,10 @@ function M.tool_calls(spec, text)
   return out
 end
 
+--- Whether the start of an answer shows it is text rather than tool calls
+-- (tool_choice auto): then it can be streamed as it comes.
+function M.is_text(spec, start) return tool_format.is_text(spec.format, start) end
+
 --- The messages with the tools' system message in front (joined to the
 -- request's own system message when it has one).
 function M.with_system(spec, messages)

@@ -152,7 +152,8 @@ local function read_call(fmt, text)
 end
 
 --- The calls in a finished answer of this format: {{name, arguments}...}, or
--- nil when it holds none (a text answer) or one does not parse.
+-- nil when it is text (it does not begin with a call, as the grammar has it)
+-- or a call does not parse.
 function M.read(fmt, text)
   local s = text:match("^%s*(.-)%s*$")
   if fmt.open == "" then
@@ -161,17 +162,25 @@ function M.read(fmt, text)
   end
   local open, close = fmt.open:match("^%s*(.-)%s*$"), fmt.close:match("^%s*(.-)%s*$")
   local calls, pos = {}, 1
-  while true do
+  while pos <= #s do
     local a, b = s:find(open, pos, true)
-    if not a then break end
+    if a ~= pos then return nil end
     local c, d = s:find(close, b + 1, true)
     if not c then return nil end
     local call = read_call(fmt, s:sub(b + 1, c - 1))
     if not call then return nil end
     calls[#calls + 1] = call
-    pos = d + 1
+    pos = (s:find("%S", d + 1)) or #s + 1
   end
   return #calls > 0 and calls or nil
+end
+
+--- Whether the start of an answer shows it is text, not calls (tool_choice
+-- auto): its first character, which the grammar keeps from beginning a call
+-- (fmt nil: lumen's JSON format).
+function M.is_text(fmt, start)
+  local c = start:match("^%s*(%S)")
+  return c ~= nil and not (fmt or M.JSON).not_first:find(c, 1, true)
 end
 
 return M
