@@ -5,7 +5,7 @@
 -- text in, tool calls out.
 --
 -- Tool calls take the model's chat template's own format when it has one
--- (lua/lumen/tool_format.lua: Qwen/Hermes `<tool_call>` blocks, Llama 3.x):
+-- (lua/lumen/tool_format.lua: Qwen/Hermes `<tool_call>` blocks, Llama 3.x, Mistral):
 -- the tools go to the template as its `tools`, and the answer is constrained
 -- to that syntax. Otherwise lumen's documented JSON format: the model is told
 -- the tools in a system message and a call is the whole answer, `{"name":
@@ -137,9 +137,10 @@ function M.tools_spec(tools, choice, only, parallel, fmt)
   local args = fmt and fmt.args or "arguments"
   for _, t in ipairs(tools) do
     if choice ~= "named" or t.name == only then
-      local props = { name = { const = t.name }, [args] = t.parameters }
-      json_text.set_order(props, { "name", args }) -- the name first, as every format shows a call
-      branches[#branches + 1] = { type = "object", additionalProperties = false, required = { "name", args },
+      local props, order = { name = { const = t.name }, [args] = t.parameters }, { "name", args }
+      for k, schema in pairs(tool_format.call_properties(fmt)) do props[k] = schema; order[#order + 1] = k end
+      json_text.set_order(props, order) -- the name first, as every format shows a call
+      branches[#branches + 1] = { type = "object", additionalProperties = false, required = order,
                                   properties = props }
     end
   end
@@ -205,7 +206,7 @@ function M.tool_calls(spec, text)
   if not calls then return nil end
   local out = {}
   for i, call in ipairs(calls) do
-    out[i] = { id = call_id(), type = "function",
+    out[i] = { id = type(call.id) == "string" and call.id or call_id(), type = "function",
                ["function"] = { name = call.name, arguments = openai.encode(call.arguments) } }
   end
   return out

@@ -1,11 +1,11 @@
 --- Tool calls as a model's chat template writes them. A template that takes
 -- `tools` has its own call syntax (Qwen2.5/Qwen3/Hermes: `<tool_call>\n{"name":
 -- ..., "arguments": {...}}\n</tool_call>`; Llama 3.x: a bare `{"name": ...,
--- "parameters": {...}}`); FORMATS lists the ones known, each recognised by what
--- the template's text contains. A template without one (SmolLM2's, Gemma 3's)
--- gets lumen's documented JSON format instead (lua/lumen/structured.lua):
--- the tools in a system message, a call as `{"name": ..., "arguments": {...}}`
--- or an array of them. No I/O.
+-- "parameters": {...}}`; Mistral: `[TOOL_CALLS][{..., "id": ...}]`); FORMATS
+-- lists the ones known, each recognised by what the template's text contains.
+-- A template without one (SmolLM2's, Gemma 3's) gets lumen's documented JSON
+-- format instead (lua/lumen/structured.lua): the tools in a system message, a
+-- call as `{"name": ..., "arguments": {...}}` or an array of them. No I/O.
 --
 -- Used by lumen.chat (the tools and the history's calls and results go
 -- through the template) and lumen.structured (the grammar of the answer and
@@ -19,9 +19,12 @@ local null = openai.json.null
 --- The known formats. A template is in a format when its text contains
 -- every string of `detect` (first match wins). A call is written
 -- open .. {"name": NAME, ARGS: {...}} .. close, several calls separated by
--- `sep`; `max_calls` bounds them (1: the template takes one call a turn);
--- a text answer (tool_choice auto) may not begin with a character of
--- `not_first`. To add a format: one entry.
+-- `sep`; or, with `prefix`, all calls are one JSON list after the prefix.
+-- With `id` (a length) each call carries "id": that many letters and digits,
+-- written by the model, which its tool result names. `max_calls` bounds the
+-- calls (1: the template takes one call a turn); a text answer (tool_choice
+-- auto) may not begin with a character of `not_first`. To add a format: one
+-- entry.
 M.FORMATS = {
   { name = "hermes",   -- Qwen2.5, Qwen3, QwQ, Hermes 2 Pro / 3 and the templates that copied them
     detect = { "tools", "<tool_call>", "</tool_call>" },
@@ -29,6 +32,9 @@ M.FORMATS = {
   { name = "llama3",   -- Llama 3.1, 3.2, 3.3 (custom tools; their templates refuse two calls in one turn)
     detect = { "tools", "<|start_header_id|>", '"parameters": ' },
     open = "", close = "", args = "parameters", max_calls = 1, not_first = "{" },
+  { name = "mistral",  -- Mistral Nemo, Small and Large of 2407 and later: their templates demand ids of 9 characters
+    detect = { "tools", "[TOOL_CALLS]" },
+    prefix = "[TOOL_CALLS]", args = "arguments", id = 9, max_calls = 8, not_first = "[" },
 }
 
 -- lumen's own format, for templates that have none
@@ -135,20 +141,39 @@ end
 -- given the rule `call-json` (one call's JSON object) and whether several
 -- calls may come: defines `calls`.
 function M.calls_gbnf(fmt, parallel)
+  local n = parallel and fmt.max_calls or 1
+  local more = n > 1 and string.format(" (%s call){0,%d}", lit(fmt.sep or ", "), n - 1) or ""
+  if fmt.prefix then
+    return string.format('calls ::= %s "[" call%s "]"\ncall ::= call-json\n', lit(fmt.prefix), more)
+  end
   local one = 'call ::= ' .. (fmt.open ~= "" and lit(fmt.open) .. " " or "") .. "call-json"
               .. (fmt.close ~= "" and " " .. lit(fmt.close) or "")
-  local n = parallel and fmt.max_calls or 1
-  local calls = n > 1 and string.format("calls ::= call (%s call){0,%d}", lit(fmt.sep), n - 1) or "calls ::= call"
-  return calls .. "\n" .. one .. "\n"
+  return "calls ::= call" .. more .. "\n" .. one .. "\n"
 end
 
--- one call's JSON: {"name": "...", ARGS: {...}} -> {name, arguments} or nil
-local function read_call(fmt, text)
-  local ok, v = pcall(openai.json.decode, text)
-  if not ok or type(v) ~= "table" or type(v.name) ~= "string" then return nil end
+--- The properties of one call's JSON object beyond name and arguments: the
+-- id, for a format whose calls carry one ({} otherwise).
+function M.call_properties(fmt)
+  if not (fmt and fmt.id) then return {} end
+  return { id = { type = "string", pattern = string.format("^[a-zA-Z0-9]{%d}$", fmt.id) } }
+end
+
+-- one call's JSON value: {"name": "...", ARGS: {...}} -> {name, arguments, id} or nil
+local function call_of(fmt, v)
+  if type(v) ~= "table" or type(v.name) ~= "string" then return nil end
   local args = v[fmt.args]
   if type(args) ~= "table" or (args[1] ~= nil) then return nil end
-  return { name = v.name, arguments = args }
+  local id
+  if fmt.id then
+    id = v.id
+    if type(id) ~= "string" or #id ~= fmt.id or not id:match("^%w+$") then return nil end
+  end
+  return { name = v.name, arguments = args, id = id }
+end
+
+local function read_call(fmt, text)
+  local ok, v = pcall(openai.json.decode, text)
+  return ok and call_of(fmt, v) or nil
 end
 
 --- The calls in a finished answer of this format: {{name, arguments}...}, or
@@ -156,6 +181,17 @@ end
 -- or a call does not parse.
 function M.read(fmt, text)
   local s = text:match("^%s*(.-)%s*$")
+  if fmt.prefix then
+    if s:sub(1, #fmt.prefix) ~= fmt.prefix then return nil end
+    local ok, list = pcall(openai.json.decode, s:sub(#fmt.prefix + 1))
+    if not ok or type(list) ~= "table" or list[1] == nil then return nil end
+    local calls = {}
+    for i, v in ipairs(list) do
+      calls[i] = call_of(fmt, v)
+      if not calls[i] then return nil end
+    end
+    return calls
+  end
   if fmt.open == "" then
     local c = read_call(fmt, s)
     return c and { c } or nil

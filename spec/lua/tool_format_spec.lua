@@ -39,9 +39,9 @@ local function call(name, args) return '<tool_call>\n{"name": "' .. name .. '", 
 describe("lumen.tool_format", function()
   it("knows the tool format of the templates that have one, and no other", function()
     local want = { ["qwen2.5"] = "hermes", qwen3 = "hermes", ["llama3.1"] = "llama3", ["llama3.2"] = "llama3",
-                   smollm2 = false, gemma3 = false, ["phi3.5"] = false,
-                   -- they take tools, in formats not in the table: lumen's JSON format for them
-                   ["mistral-nemo"] = false, ["deepseek-r1-distill"] = false }
+                   ["mistral-nemo"] = "mistral", smollm2 = false, gemma3 = false, ["phi3.5"] = false,
+                   -- it takes tools, in a format not in the table: lumen's JSON format for it
+                   ["deepseek-r1-distill"] = false }
     for name, fmt in pairs(want) do
       local got = tool_format.detect(read(FIXTURES .. name .. ".jinja"))
       assert.equal(fmt, got and got.name or false, name)
@@ -113,6 +113,28 @@ describe("lumen.tool_format", function()
     local calls = structured.tool_calls(spec, '{"name": "get_weather", "parameters": {"city": "Oslo"}}')
     assert.equal("get_weather", calls[1]["function"].name)
     assert.same({ city = "Oslo" }, cjson.decode(calls[1]["function"].arguments))
+  end)
+
+  it("writes Mistral's one list of calls, each with an id of 9 letters and digits that comes back as its id", function()
+    local mistral = tool_format.FORMATS[3]
+    local spec = structured.parse({ tools = { WEATHER, TIME }, tool_choice = "required" }, mistral)
+    local g = assert(grammar.compile(spec.gbnf))
+    local a = '{"name": "get_weather", "arguments": {"city": "Oslo"}, "id": "abcDEF123"}'
+    local b = '{"name": "get_time", "arguments": {}, "id": "xyz789XYZ"}'
+    assert.is_true(grammar.matches(g, "[TOOL_CALLS][" .. a .. "]"))
+    assert.is_true(grammar.matches(g, "[TOOL_CALLS][" .. a .. ", " .. b .. "]"))
+    assert.is_false(grammar.matches(g, "[TOOL_CALLS][" .. a:gsub("abcDEF123", "abcDEF12") .. "]"))
+    assert.is_false(grammar.matches(g, '[TOOL_CALLS][{"name": "get_time", "arguments": {}}]'))
+    assert.is_false(grammar.matches(g, a))
+    local calls = structured.tool_calls(spec, "[TOOL_CALLS][" .. a .. ", " .. b .. "]")
+    assert.equal(2, #calls)
+    assert.equal("abcDEF123", calls[1].id)
+    assert.equal("get_time", calls[2]["function"].name)
+    assert.equal("xyz789XYZ", calls[2].id)
+    assert.is_nil(structured.tool_calls(spec, "[TOOL_CALLS][" .. a:gsub("abcDEF123", "abc") .. "]"))
+    local auto = assert(grammar.compile(structured.parse({ tools = { WEATHER } }, mistral).gbnf))
+    assert.is_true(grammar.matches(auto, "It is sunny."))
+    assert.is_false(grammar.matches(auto, "[1, 2]"))
   end)
 
   it("reads the calls back, and nothing from text or a broken call", function()

@@ -2,7 +2,9 @@
 SmolLM2 (ChatML, the same turn markers as Qwen) served under an alias whose registry entry names Qwen2.5's chat
 template, so the tools are rendered by that template and the answer is constrained to its
 `<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>` blocks: tool_choice required, named (streamed),
-auto and none, parallel calls, and the call and its result going back through the template.
+auto and none, parallel calls, and the call and its result going back through the template. A second alias
+names Mistral Nemo's template: one `[TOOL_CALLS][...]` list whose calls carry ids of 9 characters, which the
+results must name.
 
 The assertions hold whatever the model writes where it is free to (a CPU with other rounding may make greedy
 decoding pick other words): one call is bounded by the grammar (a city of at most 40 characters, bounded
@@ -28,22 +30,26 @@ TIME = {"type": "function", "function": {"name": "get_time", "description": "The
         "parameters": {"type": "object", "properties": {"zone": {"type": "string", "maxLength": 20}}}}}
 
 
+MISTRAL = "smollm2-mistral"
+
+
 def registry(dir):
-    """A registry with SmolLM2's entry of configs/models.yaml (file, pin, sampling) under another alias, naming
-    the Qwen2.5 template."""
+    """A registry with SmolLM2's entry of configs/models.yaml (file, pin, sampling) under two other aliases,
+    naming the Qwen2.5 and the Mistral Nemo templates."""
     with open(os.path.join(ROOT, "configs", "models.yaml")) as f:
         text = f.read()
-    entry = re.search(r"^  smollm2:\n((?:    .*\n|\s*\n)+)", text, re.M).group(1)
+    entry = re.search(r"^  smollm2:\n((?:    .*\n|\s*\n)+)", text, re.M).group(1).rstrip() + "\n"
     path = os.path.join(dir, "models.yaml")
     with open(path, "w") as f:
-        f.write("default: %s\nmodels:\n  %s:\n%s    chat_template: spec/fixtures/templates/qwen2.5.jinja\n"
-                % (MODEL, MODEL, entry.rstrip() + "\n"))
+        f.write("default: %s\nmodels:\n" % MODEL)
+        for alias, template in ((MODEL, "qwen2.5"), (MISTRAL, "mistral-nemo")):
+            f.write("  %s:\n%s    chat_template: spec/fixtures/templates/%s.jinja\n" % (alias, entry, template))
     return path
 
 
 def setUpModule():
     global srv
-    srv = Server("-m", MODEL, "--slots", "4", name="tooltemplate")
+    srv = Server("-m", MODEL, "-m", MISTRAL, "--slots", "4", name="tooltemplate")
     srv.env = dict(os.environ, LUMEN_REGISTRY=registry(srv.dir))
     srv.start()
 
@@ -171,6 +177,31 @@ class TestToolTemplate(unittest.TestCase):
         self.assertTrue(r.choices[0].message.content)
         # the template's tool section (the tools, the format) is left out of the prompt
         self.assertLess(r.usage.prompt_tokens + 50, with_tools.usage.prompt_tokens)
+
+    def test_mistral_ids_go_back_with_the_results(self):
+        # Mistral's template renders a call with its id and refuses a result whose id is not 9 characters:
+        # the ids the model wrote come back as the calls' ids, and the conversation goes on with them
+        question = {"role": "user", "content": "What's the weather in Oslo?"}
+        r = ask(model=MISTRAL, max_tokens=300, tools=[WEATHER, TIME], tool_choice="required",
+                parallel_tool_calls=False, messages=[question])
+        c = r.choices[0]
+        self.assertEqual(c.finish_reason, "tool_calls", c.message.content)
+        self.assertEqual(len(c.message.tool_calls), 1)
+        results = []
+        for call in c.message.tool_calls:
+            self.assertRegex(call.id, r"^[a-zA-Z0-9]{9}$")
+            self.assertIn(call.function.name, ("get_weather", "get_time"))
+            self.assertIsInstance(json.loads(call.function.arguments), dict)
+            results.append({"role": "tool", "tool_call_id": call.id, "content": "Sunny, 21 C"})
+        history = [question, c.message.model_dump(exclude_none=True)]
+        r2 = ask(model=MISTRAL, max_tokens=20, tools=[WEATHER, TIME], parallel_tool_calls=False, messages=history + results)
+        self.assertIn(r2.choices[0].finish_reason, ("stop", "length", "tool_calls"))
+        self.assertGreater(r2.usage.prompt_tokens, r.usage.prompt_tokens)
+        # an id the template cannot take is a 400 that says why
+        import openai
+        with self.assertRaises(openai.BadRequestError) as cm:
+            ask(model=MISTRAL, max_tokens=5, messages=history + [dict(results[0], tool_call_id="call_1")])
+        self.assertIn("9", cm.exception.message)
 
     def test_bad_tools_are_refused(self):
         import openai
