@@ -8,7 +8,7 @@ results must name.
 
 The assertions hold whatever the model writes where it is free to (a CPU with other rounding may make greedy
 decoding pick other words): one call is bounded by the grammar (a city of at most 40 characters, bounded
-whitespace) well inside its max_tokens, and parallel calls stop at 8.
+whitespace: under 250 characters) inside its max_tokens of 400, and parallel calls stop at 8.
 
 Run: spec/.venv/bin/python -m unittest -v test_tool_template   (in spec/serve; ctest -L serve)
 """
@@ -82,7 +82,7 @@ class TestToolTemplate(unittest.TestCase):
 
     def test_required_call_and_its_result_going_back(self):
         question = {"role": "user", "content": "What's the weather in Oslo?"}
-        r = ask(max_tokens=200, tools=[WEATHER, TIME], tool_choice="required", parallel_tool_calls=False,
+        r = ask(max_tokens=400, tools=[WEATHER, TIME], tool_choice="required", parallel_tool_calls=False,
                 messages=[question])
         c = r.choices[0]
         self.assertEqual(c.finish_reason, "tool_calls")
@@ -96,18 +96,19 @@ class TestToolTemplate(unittest.TestCase):
         # the call and its result go back (rendered by the template as <tool_call> and <tool_response>)
         history = [question, c.message.model_dump(exclude_none=True),
                    {"role": "tool", "tool_call_id": call.id, "content": "Sunny, 21 C"}]
-        r2 = ask(max_tokens=200, tools=[WEATHER, TIME], parallel_tool_calls=False, messages=history)
+        r2 = ask(max_tokens=400, tools=[WEATHER, TIME], parallel_tool_calls=False, messages=history)
         m2 = r2.choices[0].message
         self.assertGreater(r2.usage.prompt_tokens, r.usage.prompt_tokens)
         self.assertTrue(m2.content or m2.tool_calls)
         self.assertNotIn("<tool_call>", m2.content or "")
         # the same history without the tools: the template still renders the call and its result
         r3 = ask(max_tokens=20, messages=history)
-        self.assertTrue(r3.choices[0].message.content)
+        self.assertIn(r3.choices[0].finish_reason, ("stop", "length"))
+        self.assertGreater(r3.usage.prompt_tokens, ask(max_tokens=1, messages=[question]).usage.prompt_tokens + 10)
 
     def test_named_call_streamed(self):
         calls, finish, role = {}, None, None
-        for chunk in ask(max_tokens=200, tools=[WEATHER, TIME], stream=True,
+        for chunk in ask(max_tokens=400, tools=[WEATHER, TIME], stream=True, parallel_tool_calls=False,
                          tool_choice={"type": "function", "function": {"name": "get_weather"}},
                          messages=[{"role": "user", "content": "Weather in Rome?"}]):
             if not chunk.choices:
@@ -122,15 +123,15 @@ class TestToolTemplate(unittest.TestCase):
             finish = chunk.choices[0].finish_reason or finish
         self.assertEqual(role, "assistant")
         self.assertEqual(finish, "tool_calls")
-        self.assertTrue(1 <= len(calls) <= 8, calls)
+        self.assertEqual(len(calls), 1, calls)
         for c in calls.values():
             self.assertTrue(c["id"].startswith("call_"))
             self.assertEqual(c["name"], "get_weather")
             self.assertIsInstance(json.loads(c["arguments"])["city"], str)
 
     def test_parallel_calls_bounded(self):
-        # a small model may repeat its call: the grammar stops at 8, which fit in 1000 tokens
-        r = ask(max_tokens=1000, tools=[WEATHER], tool_choice="required",
+        # a small model may repeat its call: the grammar stops at 8, which fit in 1500 tokens
+        r = ask(max_tokens=1500, tools=[WEATHER], tool_choice="required",
                 messages=[{"role": "user", "content": "What's the weather in Oslo and in Rome?"}])
         self.assertEqual(r.choices[0].finish_reason, "tool_calls")
         calls = r.choices[0].message.tool_calls
@@ -142,7 +143,7 @@ class TestToolTemplate(unittest.TestCase):
     def test_auto_answers_text_or_calls(self):
         for question in ("What's the weather in Paris?", "Write one sentence about cats."):
             for stream in (False, True):
-                kw = dict(max_tokens=300, tools=[WEATHER], parallel_tool_calls=False,
+                kw = dict(max_tokens=400, tools=[WEATHER], parallel_tool_calls=False,
                           messages=[{"role": "user", "content": question}])
                 if stream:
                     text, calls, finish, pieces = "", [], None, 0
@@ -165,16 +166,16 @@ class TestToolTemplate(unittest.TestCase):
                 else:
                     self.assertTrue(text.strip())
                     self.assertIn(finish, ("stop", "length"))
-                    if stream and len(text) > 20:
+                    if stream and len(text) > 40:
                         # text is known by its first character and streamed from there, not held to the end
-                        self.assertGreater(pieces, 2, text)
+                        self.assertGreater(pieces, 1, text)
 
     def test_none_leaves_the_tools_out(self):
         with_tools = ask(max_tokens=5, tools=[WEATHER], tool_choice="auto",
                          messages=[{"role": "user", "content": "Hi"}])
         r = ask(max_tokens=20, tools=[WEATHER], tool_choice="none", messages=[{"role": "user", "content": "Hi"}])
         self.assertIsNone(r.choices[0].message.tool_calls)
-        self.assertTrue(r.choices[0].message.content)
+        self.assertIn(r.choices[0].finish_reason, ("stop", "length"))
         # the template's tool section (the tools, the format) is left out of the prompt
         self.assertLess(r.usage.prompt_tokens + 50, with_tools.usage.prompt_tokens)
 
@@ -182,7 +183,7 @@ class TestToolTemplate(unittest.TestCase):
         # Mistral's template renders a call with its id and refuses a result whose id is not 9 characters:
         # the ids the model wrote come back as the calls' ids, and the conversation goes on with them
         question = {"role": "user", "content": "What's the weather in Oslo?"}
-        r = ask(model=MISTRAL, max_tokens=300, tools=[WEATHER, TIME], tool_choice="required",
+        r = ask(model=MISTRAL, max_tokens=400, tools=[WEATHER, TIME], tool_choice="required",
                 parallel_tool_calls=False, messages=[question])
         c = r.choices[0]
         self.assertEqual(c.finish_reason, "tool_calls", c.message.content)
