@@ -182,13 +182,23 @@ end
 
 
 --- response_format, grammar and tools (lua/lumen/structured.lua): the grammar
--- joins the job's sampling settings as a link, the tools' instructions join
--- its messages; the spec stays on the job for reading tool calls at the end.
+-- joins the job's sampling settings as a link, the tools go to the chat
+-- template (its own tool format: job.template_vars) or join the messages (a
+-- system message for lumen's JSON format); the spec stays on the job for
+-- reading tool calls at the end.
 local function structured_job(job, body, entry)
-  local spec = structured.parse(body)
+  local fmt
+  if job.kind == "chat" and type(body) == "table" and body.tools ~= nil then
+    local ok, f = pcall(chat.tool_format, entry.model)
+    fmt = ok and f or nil -- no template at all: refused when the prompt is rendered
+  end
+  local spec = structured.parse(body, fmt)
   if not spec then return end
   job.structured = spec
-  if job.kind == "chat" then job.messages = structured.with_system(spec, job.messages) end
+  if job.kind == "chat" then
+    job.messages = structured.with_system(spec, job.messages)
+    job.template_vars = spec.vars
+  end
   job.sampling.grammar = lumen.sampler.grammar(spec.gbnf, { model = entry.model })
 end
 
@@ -416,18 +426,23 @@ function HttpSink:started(job)
 end
 
 -- a streamed answer that may be tool calls is held back until it ends (only
--- then is it known to be calls or text)
+-- then are the calls complete) or its first character shows it is text
 local function holds_back(job) return job.structured ~= nil and job.structured.tools ~= nil end
 
 function HttpSink:piece(seq, text, finish, lp)
   local job = seq.job
   self.server.gate:spend(job.ident, now(), 1)
   if not job.stream then return true end
-  if holds_back(job) then
+  if holds_back(job) and not seq.text_answer then
     seq.held = (seq.held or "") .. text
-    if not finish then return true end
-    local calls = structured.tool_calls(job.structured, seq.held)
-    if calls then return write(self, openai.tool_call_chunks(job, seq.index, calls)) end
+    if finish then
+      local calls = structured.tool_calls(job.structured, seq.held)
+      if calls then return write(self, openai.tool_call_chunks(job, seq.index, calls)) end
+    elseif structured.is_text(job.structured, seq.held) then
+      seq.text_answer = true -- text under tool_choice auto, known by its first character: streamed from here
+    else
+      return true
+    end
     text = seq.held
   end
   if job.api == "ollama" then

@@ -4,6 +4,7 @@
 --   local conv = chat.conversation(model, {system = "Be brief."})
 --   local reply, stats = conv:say("Hello!", function(piece) io.write(piece) end)
 local template = require "lumen.template"
+local tool_format = require "lumen.tool_format"
 local util = require "lumen.util"
 
 local M = {}
@@ -23,10 +24,13 @@ local function escaped(model, messages)
   if model.entry and model.entry.special_in_content == true then return messages end
   local function esc(v, key)
     if type(v) == "string" then return key == "role" and v or model:escape_special(v) end
-    if type(v) ~= "table" then return v end
+    if type(v) ~= "table" or v == template.none then return v end
     local t = {}
     for k, x in pairs(v) do t[k] = esc(x, k) end
-    return setmetatable(t, getmetatable(v))
+    setmetatable(t, getmetatable(v))
+    local order = template.key_order(v)
+    if order then template.dict(t, order) end
+    return t
   end
   return esc(messages)
 end
@@ -57,9 +61,27 @@ function M.template_source(model)
                       model.alias or model.path), 0)
 end
 
+local formats = setmetatable({}, { __mode = "k" })
+
+--- The model's tool-call format: an entry of lumen.tool_format's FORMATS when
+-- its chat template has its own, else nil (lumen's JSON format applies).
+function M.tool_format(model)
+  local f = formats[model]
+  if f == nil then
+    f = tool_format.detect(M.template_source(model)) or false
+    formats[model] = f
+  end
+  return f or nil
+end
+
 --- Renders messages ({role=, content=}...) with the model's chat template,
--- for tokenizing with special tokens parsed (message text stays text).
-function M.render(model, messages, add_generation_prompt)
+-- for tokenizing with special tokens parsed (message text stays text). An
+-- assistant message may carry `tool_calls` ({{id, name, arguments}...}) and a
+-- tool result `tool_call_id`: they reach the template in its own tool format
+-- or as lumen's JSON (lumen.tool_format.history). `vars` adds template
+-- variables: `tools` (OpenAI's tool list, for a template with a tool format),
+-- or a template's own switches (`enable_thinking = false`).
+function M.render(model, messages, add_generation_prompt, vars)
   local info = model._info or model:info()
   model._info = info
   local f = compiled[model]
@@ -67,12 +89,14 @@ function M.render(model, messages, add_generation_prompt)
     f = template.compile(M.template_source(model))
     compiled[model] = f
   end
-  return f{
-    messages = escaped(model, messages),
-    add_generation_prompt = add_generation_prompt ~= false,
-    bos_token = info.bos_text or "",
-    eos_token = info.eos_text or "",
-  }
+  local ctx = {}
+  for k, v in pairs(vars or {}) do ctx[k] = v end
+  if ctx.tools then ctx.tools = tool_format.template_tools(escaped(model, ctx.tools)) end
+  ctx.messages = escaped(model, tool_format.history(M.tool_format(model), messages))
+  ctx.add_generation_prompt = add_generation_prompt ~= false
+  ctx.bos_token = info.bos_text or ""
+  ctx.eos_token = info.eos_text or ""
+  return f(ctx)
 end
 
 --- A conversation. opts: system (prompt), sampler, ctx (context tokens), max_tokens.

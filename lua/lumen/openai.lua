@@ -203,11 +203,12 @@ function M.chat_request(body, defaults)
       fail(400, string.format("messages[%d] has role '%s'; supported: system, developer, user, assistant, tool", i - 1, m.role), "messages", "invalid_value")
     end
     local content = content_text(m, i)
+    local calls
     if role == "assistant" and present(m.tool_calls) then
-      -- the model's earlier calls, in the JSON form it was asked to write them in
-      -- (lua/lumen/structured.lua): what it said then is what it sees now
+      -- the model's earlier calls: lumen.chat renders them as the model was asked to
+      -- write them (lua/lumen/tool_format.lua), so what it said then is what it sees now
       if not is_array(m.tool_calls) then fail(400, string.format("messages[%d].tool_calls must be an array", i - 1), "messages", "invalid_type") end
-      local calls = {}
+      calls = {}
       for j, c in ipairs(m.tool_calls) do
         local f = type(c) == "table" and c["function"]
         if type(f) ~= "table" or type(f.name) ~= "string" or type(f.arguments) ~= "string" then
@@ -215,11 +216,12 @@ function M.chat_request(body, defaults)
         end
         local ok, args = pcall(cjson.decode, f.arguments)
         if not ok then fail(400, string.format("messages[%d].tool_calls[%d].function.arguments is not JSON", i - 1, j - 1), "messages", "invalid_value") end
-        calls[j] = { name = f.name, arguments = args }
+        calls[j] = { id = type(c.id) == "string" and c.id or nil, name = f.name, arguments = args }
       end
-      content = encode(#calls == 1 and calls[1] or calls)
     end
-    out[i] = { role = role, content = content }
+    out[i] = { role = role, content = content, tool_calls = calls,
+               tool_call_id = role == "tool" and type(m.tool_call_id) == "string" and m.tool_call_id or nil,
+               name = type(m.name) == "string" and m.name or nil }
   end
   r.messages = out
   local lp = boolean(body, "logprobs")

@@ -107,7 +107,7 @@ function M.prepare(entry, job)
   local model = entry.model
   local buf, n
   if job.kind == "chat" then
-    local okr, text = pcall(require("lumen.chat").render, model, job.messages, true)
+    local okr, text = pcall(require("lumen.chat").render, model, job.messages, true, job.template_vars)
     if not okr then fail(400, "the chat template refused the messages: " .. tostring(text), "messages", "invalid_value") end
     buf, n = model:_encode(text, false, true)
   else

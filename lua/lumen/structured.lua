@@ -4,15 +4,20 @@
 -- request body in, a grammar (GBNF) and what the prompt needs out; a finished
 -- text in, tool calls out.
 --
--- Tool calls use one documented JSON format (the model's chat template is not
--- asked for its own): the model is told the tools in a system message and a
--- call is the whole answer, `{"name": "...", "arguments": {...}}` (with
--- parallel_tool_calls, a JSON array of them), constrained by a grammar built
--- from the tools' parameter schemas. tool_choice "required" or a named function
--- allows only calls; "auto" allows a call or plain text that does not start with
--- "{" or "["; "none" leaves the tools out.
+-- Tool calls take the model's chat template's own format when it has one
+-- (lua/lumen/tool_format.lua: Qwen/Hermes `<tool_call>` blocks, Llama 3.x, Mistral):
+-- the tools go to the template as its `tools`, and the answer is constrained
+-- to that syntax. Otherwise lumen's documented JSON format: the model is told
+-- the tools in a system message and a call is the whole answer, `{"name":
+-- "...", "arguments": {...}}` (with parallel_tool_calls, a JSON array of
+-- them). Either way a call's arguments are constrained by a grammar built from
+-- the tool's parameter schema, at most 8 calls come at once, tool_choice
+-- "required" or a named function allows only calls, "auto" allows calls or
+-- plain text (which may not begin like a call), and "none" leaves the tools out.
 local grammar = require "lumen.grammar"
+local json_text = require "lumen.json_text"
 local openai = require "lumen.openai"
+local tool_format = require "lumen.tool_format"
 
 local M = {}
 local fail = openai.fail
@@ -57,16 +62,19 @@ local function parse_tools(body)
     seen[f.name] = true
     local params = present(f.parameters) and f.parameters or { type = "object", properties = {} }
     if type(params) ~= "table" then fail(400, where .. ".function.parameters must be a JSON Schema object", "tools", "invalid_type") end
-    list[i] = { name = f.name, description = present(f.description) and tostring(f.description) or "", parameters = params }
+    list[i] = { name = f.name, description = present(f.description) and tostring(f.description) or "", parameters = params,
+                tool = t }
   end
   return list
 end
 
 --- Reads response_format, grammar, tools, tool_choice and parallel_tool_calls
--- from a request body. Returns nil (nothing to constrain) or {gbnf, tools,
--- choice, parallel, system}: the grammar for the sampler, and for tools the
--- system message that tells the model the format.
-function M.parse(body)
+-- from a request body; `fmt` is the model's tool format (lumen.chat.tool_format,
+-- nil for lumen's JSON format). Returns nil (nothing to constrain) or {gbnf,
+-- tools, choice, parallel, format, system, vars}: the grammar for the sampler,
+-- and for tools either the system message that tells the model the JSON
+-- format or the template variables (`tools`) for lumen.chat.render.
+function M.parse(body, fmt)
   local spec
   local rf = body.response_format
   if present(rf) then
@@ -114,29 +122,46 @@ function M.parse(body)
     if choice ~= "none" then
       if spec then fail(400, "'tools' cannot be combined with 'response_format' or 'grammar'", "tools", "invalid_value") end
       local parallel = body.parallel_tool_calls ~= false
-      spec = M.tools_spec(tools, choice, name, parallel)
+      spec = M.tools_spec(tools, choice, name, parallel, fmt)
     end
   end
   if spec then check_compiles(spec.gbnf, spec.kind == "grammar" and "grammar" or (spec.tools and "tools" or "response_format")) end
   return spec
 end
 
---- The grammar and system message for calling these tools.
-function M.tools_spec(tools, choice, only, parallel)
+--- The grammar for calling these tools, and the system message (lumen's JSON
+-- format) or template variables (a template's own format, `fmt`) that tell
+-- the model about them.
+function M.tools_spec(tools, choice, only, parallel, fmt)
   local branches = {}
+  local args = fmt and fmt.args or "arguments"
   for _, t in ipairs(tools) do
     if choice ~= "named" or t.name == only then
-      branches[#branches + 1] = { type = "object", additionalProperties = false, required = { "name", "arguments" },
-                                  properties = { name = { const = t.name }, arguments = t.parameters } }
+      local props, order = { name = { const = t.name }, [args] = t.parameters }, { "name", args }
+      for k, schema in pairs(tool_format.call_properties(fmt)) do props[k] = schema; order[#order + 1] = k end
+      json_text.set_order(props, order) -- the name first, as every format shows a call
+      branches[#branches + 1] = { type = "object", additionalProperties = false, required = order,
+                                  properties = props }
     end
   end
   local one = #branches == 1 and branches[1] or { anyOf = branches }
+  local not_first = (fmt or tool_format.JSON).not_first
+  local text = string.format("text ::= [^%s \\t\\n] [^\\x00]*\n", not_first)
+  if fmt then
+    parallel = parallel and fmt.max_calls > 1
+    local gbnf = (choice == "auto" and "root ::= calls | text\n" .. text or "root ::= calls\n")
+                 .. tool_format.calls_gbnf(fmt, parallel) .. as_rule(schema_gbnf(one, "tools"), "call-json")
+    local list = {}
+    for i, t in ipairs(tools) do list[i] = t.tool end
+    return { gbnf = gbnf, kind = "tools", tools = tools, choice = choice, parallel = parallel, format = fmt,
+             vars = { tools = list } }
+  end
   -- at most 8 calls at once: a small model repeating a call would otherwise run to its token budget
-  local schema = parallel and { type = "array", items = one, minItems = 1, maxItems = 8 } or one
+  local schema = parallel and { type = "array", items = one, minItems = 1, maxItems = tool_format.JSON.max_calls } or one
   local call = as_rule(schema_gbnf(schema, "tools"), "call")
   local gbnf
   if choice == "auto" then
-    gbnf = 'root ::= call | text\ntext ::= [^{[ \\t\\n] [^\\x00]*\n' .. call
+    gbnf = "root ::= call | text\n" .. text .. call
   else
     gbnf = "root ::= call\n" .. call
   end
@@ -164,20 +189,32 @@ end
 -- arguments (JSON text)}}...), or nil when it is plain text.
 function M.tool_calls(spec, text)
   if not (spec and spec.tools) then return nil end
-  local s = text:match("^%s*(.-)%s*$")
-  local c = s:sub(1, 1)
-  if c ~= "{" and c ~= "[" then return nil end
-  local ok, v = pcall(json.decode, s)
-  if not ok or type(v) ~= "table" then return nil end
-  local calls = openai.is_array(v) and #v > 0 and v or { v }
+  local calls
+  if spec.format then
+    calls = tool_format.read(spec.format, text)
+  else
+    local s = text:match("^%s*(.-)%s*$")
+    local c = s:sub(1, 1)
+    if c ~= "{" and c ~= "[" then return nil end
+    local ok, v = pcall(json.decode, s)
+    if not ok or type(v) ~= "table" then return nil end
+    calls = openai.is_array(v) and #v > 0 and v or { v }
+    for _, call in ipairs(calls) do
+      if type(call) ~= "table" or type(call.name) ~= "string" or type(call.arguments) ~= "table" then return nil end
+    end
+  end
+  if not calls then return nil end
   local out = {}
   for i, call in ipairs(calls) do
-    if type(call) ~= "table" or type(call.name) ~= "string" or type(call.arguments) ~= "table" then return nil end
-    out[i] = { id = call_id(), type = "function",
+    out[i] = { id = type(call.id) == "string" and call.id or call_id(), type = "function",
                ["function"] = { name = call.name, arguments = openai.encode(call.arguments) } }
   end
   return out
 end
+
+--- Whether the start of an answer shows it is text rather than tool calls
+-- (tool_choice auto): then it can be streamed as it comes.
+function M.is_text(spec, start) return tool_format.is_text(spec.format, start) end
 
 --- The messages with the tools' system message in front (joined to the
 -- request's own system message when it has one).

@@ -61,6 +61,9 @@ function T.dict(t, keys)
   return t
 end
 
+--- The key order T.dict recorded for t (nil when none was).
+function T.key_order(t) return key_order[t] end
+
 local function kind(v)
   local tv = type(v)
   if tv == "string" or tv == "number" then return tv end
