@@ -28,6 +28,7 @@ local C = require "lumen.ffi"
 local lumen = require "lumen"
 local openai = require "lumen.openai"
 local scheduler = require "lumen.scheduler"
+local structured = require "lumen.structured"
 local sqlite = require "lumen.sqlite"
 local readers = require "lumen.readers"
 local util = require "lumen.util"
@@ -263,7 +264,7 @@ function FileSink.started() return true end
 function FileSink.piece() return true end
 function FileSink:finished(job)
   self.run:finish(self.line, self.custom_id, true, job.completion_tokens or 0,
-                  output_line(self.custom_id, 200, openai.response(job, scheduler.choices(job))))
+                  output_line(self.custom_id, 200, openai.response(job, structured.finish_choices(job, scheduler.choices(job)))))
 end
 --- A cancelled job's request is not journaled: a resumed job runs it again.
 function FileSink:cancelled()
@@ -337,6 +338,7 @@ function Run:take_request(line, req)
     if body.stream == true then openai.fail(400, "'stream' is not supported in a batch", "stream", "unsupported_parameter") end
     -- a server's batch may name any model it serves (model_ids: the first is the default)
     local mid, j = openai.generation_request(kind, body, self.sched.models, self.model_ids or { entry.id })
+    structured.attach(j, body, self.sched.models[mid]) -- response_format, grammar, tools
     return scheduler.prepare(self.sched.models[mid], j)
   end)
   if not okj then

@@ -181,27 +181,6 @@ function Server:access(a, status, job)
 end
 
 
---- response_format, grammar and tools (lua/lumen/structured.lua): the grammar
--- joins the job's sampling settings as a link, the tools go to the chat
--- template (its own tool format: job.template_vars) or join the messages (a
--- system message for lumen's JSON format); the spec stays on the job for
--- reading tool calls at the end.
-local function structured_job(job, body, entry)
-  local fmt
-  if job.kind == "chat" and type(body) == "table" and body.tools ~= nil then
-    local ok, f = pcall(chat.tool_format, entry.model)
-    fmt = ok and f or nil -- no template at all: refused when the prompt is rendered
-  end
-  local spec = structured.parse(body, fmt)
-  if not spec then return end
-  job.structured = spec
-  if job.kind == "chat" then
-    job.messages = structured.with_system(spec, job.messages)
-    job.template_vars = spec.vars
-  end
-  job.sampling.grammar = lumen.sampler.grammar(spec.gbnf, { model = entry.model })
-end
-
 local ENDPOINTS = {
   ["/v1/chat/completions"] = { method = "POST", name = "chat" },
   ["/v1/completions"] = { method = "POST", name = "completions" },
@@ -276,7 +255,7 @@ function Server:handle(r)
     end
     if #self.gen_ids == 0 then fail(400, "this server serves no generation model, only embeddings", "model", "model_not_found") end
     local model_id, job = openai.generation_request(name, body, self.models, self.gen_ids)
-    structured_job(job, body, self.models[model_id])
+    structured.attach(job, body, self.models[model_id])
     job.access = a
     self:submit(r, job, self.models[model_id], name)
     status = nil -- answered when the job ends
@@ -389,7 +368,7 @@ function Server:ollama(r, name, a)
   if not entry then fail(404, "model '" .. id .. "' not found", "model", "model_not_found") end
   local request = name == "ollama_chat" and ollama.chat_request or ollama.generate_request
   local job, openai_body = request(body, entry.sampling)
-  structured_job(job, openai_body, entry)
+  structured.attach(job, openai_body, entry)
   job.access = a
   self:submit(r, job, entry, name)
   return nil -- answered when the job ends
@@ -427,7 +406,7 @@ end
 
 -- a streamed answer that may be tool calls is held back until it ends (only
 -- then are the calls complete) or its first character shows it is text
-local function holds_back(job) return job.structured ~= nil and job.structured.tools ~= nil end
+local holds_back = structured.holds_back
 
 function HttpSink:piece(seq, text, finish, lp)
   local job = seq.job
@@ -481,10 +460,7 @@ function HttpSink:finished(job)
     if job.api == "ollama" then
       srv:respond(self.req_id, 200, ollama.final(job, ollama_stats(job, choices[1] and choices[1].text or "")), h, job.endpoint)
     else
-      if holds_back(job) then
-        for _, c in ipairs(choices) do c.tool_calls = structured.tool_calls(job.structured, c.text) end
-      end
-      srv:respond(self.req_id, 200, openai.response(job, choices), h, job.endpoint)
+      srv:respond(self.req_id, 200, openai.response(job, structured.finish_choices(job, choices)), h, job.endpoint)
     end
   end
   srv:release(job, job.gone and 499 or 200)

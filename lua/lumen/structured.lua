@@ -230,4 +230,40 @@ function M.with_system(spec, messages)
   return out
 end
 
+--- Attaches what a generation request asks of its output (response_format,
+-- grammar, tools) to its job: the grammar joins the job's sampling settings as
+-- a link, the tools go to the chat template (its own tool format:
+-- job.template_vars) or join the messages (a system message for lumen's JSON
+-- format); the spec stays on the job (job.structured) for reading tool calls
+-- at the end (finish_choices). body: the request body; entry: the scheduler's
+-- model entry. Raises openai errors (400s) for what cannot be honoured.
+function M.attach(job, body, entry)
+  local fmt
+  if job.kind == "chat" and type(body) == "table" and body.tools ~= nil then
+    local ok, f = pcall(require("lumen.chat").tool_format, entry.model)
+    fmt = ok and f or nil -- no template at all: refused when the prompt is rendered
+  end
+  local spec = M.parse(body, fmt)
+  if not spec then return end
+  job.structured = spec
+  if job.kind == "chat" then
+    job.messages = M.with_system(spec, job.messages)
+    job.template_vars = spec.vars
+  end
+  job.sampling.grammar = require("lumen.sampler").grammar(spec.gbnf, { model = entry.model })
+end
+
+--- Whether a job's answers are tool calls to be read at the end (held back
+-- from a stream until they are).
+function M.holds_back(job) return job.structured ~= nil and job.structured.tools ~= nil end
+
+--- A finished job's choices (scheduler.choices) with their tool calls read
+-- from the text, as openai.response takes them.
+function M.finish_choices(job, choices)
+  if M.holds_back(job) then
+    for _, c in ipairs(choices) do c.tool_calls = M.tool_calls(job.structured, c.text) end
+  end
+  return choices
+end
+
 return M

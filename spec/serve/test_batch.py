@@ -184,6 +184,55 @@ class TestCrashSafety(unittest.TestCase):
             self.assertEqual(f.read(), first)
 
 
+class TestStructuredOutput(unittest.TestCase):
+    """response_format and tools hold in a batch as in the server: extraction jobs
+    get JSON that parses and validates every time, tool calls come back as tool_calls."""
+
+    def test_json_schema_tools_and_bad_schemas(self):
+        d = tempfile.mkdtemp(prefix="lumen-batch-structured-")
+        schema = {"type": "object", "additionalProperties": False, "required": ["name", "year"],
+                  "properties": {"name": {"type": "string", "maxLength": 40},
+                                 "year": {"type": "integer", "minimum": 1000, "maximum": 2100}}}
+        weather = {"type": "function", "function": {"name": "get_weather", "description": "The weather in a city.",
+                   "parameters": {"type": "object", "additionalProperties": False, "required": ["city"],
+                                  "properties": {"city": {"type": "string", "maxLength": 40}}}}}
+        rows = []
+        for i, subject in enumerate(SUBJECTS[:6]):
+            rows.append({"custom_id": "json-%d" % i, "method": "POST", "url": "/v1/chat/completions",
+                         "body": {"messages": [{"role": "user", "content": "A famous person linked to %s, with a year." % subject}],
+                                  "max_tokens": 120, "temperature": 1.0, "seed": i,
+                                  "response_format": {"type": "json_schema", "json_schema": {"name": "p", "schema": schema}}}})
+        rows.append({"custom_id": "tool", "method": "POST", "url": "/v1/chat/completions",
+                     "body": {"messages": [{"role": "user", "content": "What's the weather in Oslo?"}], "max_tokens": 200,
+                              "temperature": 0, "tools": [weather], "tool_choice": "required", "parallel_tool_calls": False}})
+        rows.append({"custom_id": "bad-schema", "method": "POST", "url": "/v1/chat/completions",
+                     "body": {"messages": [{"role": "user", "content": "x"}],
+                              "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "string", "format": "hostname"}}}}})
+        inp, out = os.path.join(d, "in.jsonl"), os.path.join(d, "out.jsonl")
+        write_jsonl(inp, rows)
+        run_batch(inp, out)
+        got = {e["custom_id"]: e for e in read_output(out)}
+        self.assertEqual(sorted(got), sorted(r["custom_id"] for r in rows))
+        for i in range(6):
+            e = got["json-%d" % i]
+            self.assertIsNone(e["error"])
+            choice = e["response"]["body"]["choices"][0]
+            self.assertEqual(choice["finish_reason"], "stop", choice)  # 120 tokens hold the bounded object
+            v = json.loads(choice["message"]["content"])
+            self.assertEqual(set(v), {"name", "year"})
+            self.assertIsInstance(v["name"], str)
+            self.assertTrue(1000 <= v["year"] <= 2100)
+        choice = got["tool"]["response"]["body"]["choices"][0]
+        self.assertEqual(choice["finish_reason"], "tool_calls")
+        self.assertEqual(len(choice["message"]["tool_calls"]), 1)
+        call = choice["message"]["tool_calls"][0]
+        self.assertEqual(call["function"]["name"], "get_weather")
+        self.assertIsInstance(json.loads(call["function"]["arguments"])["city"], str)
+        bad = got["bad-schema"]["response"]
+        self.assertEqual(bad["status_code"], 400)
+        self.assertIn("format", json.dumps(bad["body"]))
+
+
 class TestBadInput(unittest.TestCase):
     def setUp(self):
         self.dir = tempfile.mkdtemp(prefix="lumen-batch-bad-")
