@@ -128,6 +128,12 @@ function Server:load_models()
       local entry = self.sched:add_model(id, m, self.cfg.ctx)
       self.gen_ids[#self.gen_ids + 1] = id
       self:log("model %s: %s, %d slots of %d tokens", id, entry.info.name or "", self.cfg.slots, entry.ctx)
+      if m.entry and m.entry.mmproj then
+        -- its alias names a vision projector (configs/models.yaml): chat messages may hold images;
+        -- the last 8 images' rows are kept, so the same image again is not encoded again
+        entry.vision = require("lumen.vision").load(m.entry.mmproj, m, { threads = self.cfg.threads > 0 and self.cfg.threads or nil, cache = 8 })
+        self:log("model %s: images through %s (%d positions a tile)", id, entry.vision.path, entry.vision.tile_tokens)
+      end
     end
     self.model_ids[#self.model_ids + 1] = id
   end
@@ -497,18 +503,43 @@ function Server:release(job, status)
   self:access(job.access, status, job)
 end
 
+--- A chat job's images (openai.lua's {url, where}): decoded from their data:
+-- URLs and encoded by the model's projector, here on the scheduler's thread
+-- (the running streams wait that long). Any fault is a 400 naming the part.
+function Server:images(job, entry)
+  if not job.images then return end
+  if not entry.vision then
+    fail(400, string.format("model '%s' takes no images (%s): it has no vision projector; serve a model whose alias names " ..
+                            "an mmproj in configs/models.yaml", entry.id, job.images[1].where), "messages", "invalid_value")
+  end
+  local vision = require "lumen.vision"
+  job.image_parts = {}
+  for k, im in ipairs(job.images) do
+    local bytes, err = vision.data_url(im.url)
+    if not bytes then fail(400, im.where .. ": " .. err, "messages", "invalid_image_url") end
+    local ok, parts = pcall(entry.vision.image_parts, entry.vision, entry.model, bytes, im.where)
+    if not ok then fail(400, tostring(parts), "messages", "invalid_image") end
+    job.image_parts[k] = parts
+  end
+end
+
 --- Tokenizes a validated request, checks it fits, and submits it with an
 -- HTTP sink.
 function Server:submit(r, job, entry, endpoint)
-  scheduler.prepare(entry, job)
   -- queued jobs have not taken their slots yet (admission runs after all of
   -- this turn's arrivals): count them against the free slots, then the queue
   -- (a batch's requests, queued at priority -1, wait behind this one: not counted)
-  if self.sched:waiting(entry, 0) + job.n > #entry.free + self.cfg.queue_limit then
-    local e = setmetatable({ status = 429, message = "the server is busy: all slots are taken and the queue is full; retry shortly",
-                             type = "rate_limit_error", code = "rate_limit_exceeded", retry_after = 1 }, openai.ApiError)
-    error(e, 0)
+  local function refuse_when_busy()
+    if self.sched:waiting(entry, 0) + job.n > #entry.free + self.cfg.queue_limit then
+      local e = setmetatable({ status = 429, message = "the server is busy: all slots are taken and the queue is full; retry shortly",
+                               type = "rate_limit_error", code = "rate_limit_exceeded", retry_after = 1 }, openai.ApiError)
+      error(e, 0)
+    end
   end
+  if job.images then refuse_when_busy() end -- before the work of encoding them
+  self:images(job, entry)
+  scheduler.prepare(entry, job)
+  refuse_when_busy()
   -- the key's limits come last: a request refused for anything else costs it nothing
   self.gate:admit(job.access.ident, job.access.arrived, job.prompt_tokens)
   job.ident = job.access.ident

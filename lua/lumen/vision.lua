@@ -27,7 +27,8 @@ function M.find(name)
 end
 
 --- Loads a projector; with text_model, checks that its rows fit that model.
--- opts: threads.
+-- opts: threads, cache (how many images' parts image_parts keeps, by the
+-- sha256 of their bytes, so the same image again is not encoded again; default 0).
 function M.load(path, text_model, opts)
   util.check_type("vision.load", "path", path, "string")
   path = M.find(path)
@@ -38,7 +39,8 @@ function M.load(path, text_model, opts)
   local info = ffi.new("lm_vision_info")
   if C.lm_vision_get_info(h, info) ~= 0 then fail() end
   local self = setmetatable({ h = h, path = path, tile_tokens = info.tile_tokens, proj_dim = info.proj_dim,
-                              image_size = info.image_size, longest_edge = info.longest_edge }, Projector)
+                              image_size = info.image_size, longest_edge = info.longest_edge,
+                              cache_size = opts and opts.cache or 0, cache = {} }, Projector)
   if text_model and C.lm_vision_check(h, text_model.h) ~= 0 then fail() end
   return self
 end
@@ -65,8 +67,32 @@ end
 -- or {rows = tensor, from = first row (0-based), n = rows}, in SmolVLM's layout as
 -- llama.cpp's mtmd builds it: per tile "<fake_token_around_image><row_R_col_C>" + its
 -- rows, "\n" after each row of tiles but the last, then "\n\n<fake_token_around_image>
--- <global-img>" + the overview's rows + "<fake_token_around_image>".
+-- <global-img>" + the overview's rows + "<fake_token_around_image>". With a cache
+-- (vision.load's opts.cache) the same bytes give the parts kept from last time.
 function Projector:image_parts(model, bytes, name)
+  local key
+  if self.cache_size > 0 then
+    local hex = ffi.new("char[65]")
+    C.lm_sha256_hex(bytes, #bytes, hex)
+    key = ffi.string(hex, 64)
+    for i, c in ipairs(self.cache) do
+      if c.key == key and c.model == model then
+        table.remove(self.cache, i)
+        table.insert(self.cache, 1, c)   -- most recently used first
+        return c.parts, c.info
+      end
+    end
+  end
+  local parts, info = self:_encode_parts(model, bytes, name)
+  if key then
+    table.insert(self.cache, 1, { key = key, model = model, parts = parts, info = info })
+    self.cache[self.cache_size + 1] = nil
+  end
+  return parts, info
+end
+
+-- image_parts without the cache
+function Projector:_encode_parts(model, bytes, name)
   local rows, gx, gy = self:encode(bytes, name)
   local parts, k = {}, 0
   local function text(s) parts[#parts + 1] = { tokens = model:tokenize(s, { parse_special = true }) } end
@@ -96,6 +122,87 @@ function M.eval_parts(session, parts)
       session:eval_embd(p.rows:data() + p.from * p.rows:dim(2), p.n)
     end
   end
+end
+
+--- The bytes of an image given as a URL (an OpenAI image_url): only a base64
+-- data: URL ("data:image/png;base64,..."; C decodes it); nothing is fetched
+-- from the network. Returns the bytes, or nil and why not.
+function M.data_url(url)
+  util.check_type("data_url", "url", url, "string")
+  local scheme = url:match("^(%a[%w+.-]*):")
+  scheme = scheme and scheme:lower()
+  if scheme == "http" or scheme == "https" then
+    return nil, "remote image URLs are not fetched (this server never reaches the network): " ..
+                "send the image inline as a data: URL, data:image/png;base64,..."
+  end
+  if scheme ~= "data" then
+    return nil, "the image URL must be a data: URL (data:image/png;base64,...), got '" .. url:sub(1, 32) .. (#url > 32 and "...'" or "'")
+  end
+  local comma = url:find(",", 6, true)
+  if not comma then return nil, "the data: URL has no ',' before its data" end
+  local meta = url:sub(6, comma - 1):lower()
+  if not meta:find(";base64$") then return nil, "the data: URL must be base64 (data:image/png;base64,...), got 'data:" .. meta .. ",'" end
+  local mime = meta:match("^([^;]*)")
+  if mime ~= "" and not mime:find("^image/") then return nil, "the data: URL's type is '" .. mime .. "', not an image" end
+  local bytes, err = util.base64_decode(url:sub(comma + 1))
+  if not bytes then return nil, "the data: URL's " .. err end
+  if bytes == "" then return nil, "the data: URL holds no bytes" end
+  return bytes
+end
+
+--- A chat prompt with images, for a scheduler or a session: `rendered` is the
+-- template's text with `marker` where each image goes, images[k] the parts
+-- (image_parts) of the k-th. Returns the prompt as token ids in an int32
+-- cdata (an image's positions hold the ids lm_session_eval_embd records for
+-- its rows, so a prefix match over a session's history reuses them only for the
+-- same rows), their count, and the segments that cover it in order, each
+-- {at, n} of tokens or {at, n, rows, from, key} of image rows (key: sha256 of
+-- the rows), cut where `lumen caption` cuts its evaluation calls. Errors when
+-- the markers are not one per image.
+function M.prompt(model, rendered, marker, images)
+  local texts, at = {}, 1
+  while true do
+    local i = rendered:find(marker, at, true)
+    if not i then break end
+    texts[#texts + 1] = rendered:sub(at, i - 1)
+    at = i + #marker
+  end
+  texts[#texts + 1] = rendered:sub(at)
+  if #texts - 1 ~= #images then
+    error(string.format("the rendered prompt holds %d image places for %d images (does a message's text hold lumen's " ..
+                        "image placeholder, or does the chat template drop messages?)", #texts - 1, #images), 0)
+  end
+  local segs, total = {}, 0
+  local function add(seg) seg.at = total; total = total + seg.n; segs[#segs + 1] = seg end
+  for k, t in ipairs(texts) do
+    if t ~= "" then
+      local buf, n = model:_encode(t, false, true)
+      if n > 0 then add({ n = n, buf = buf }) end
+    end
+    for _, p in ipairs(images[k] or {}) do
+      if p.tokens then
+        if #p.tokens > 0 then add({ n = #p.tokens, tokens = p.tokens }) end
+      else
+        add({ n = p.n, rows = p.rows, from = p.from })
+      end
+    end
+  end
+  local out = ffi.new("int32_t[?]", math.max(total, 1))
+  local hex = ffi.new("char[65]")
+  for _, seg in ipairs(segs) do
+    if seg.buf then
+      ffi.copy(out + seg.at, seg.buf, seg.n * 4)
+    elseif seg.tokens then
+      for i = 1, seg.n do out[seg.at + i - 1] = seg.tokens[i] end
+    else
+      local ptr = seg.rows:data() + seg.from * seg.rows:dim(2)
+      if C.lm_embd_ids(model.h, ptr, seg.n, out + seg.at) ~= 0 then fail() end
+      C.lm_sha256_hex(ptr, seg.n * seg.rows:dim(2) * 4, hex)
+      seg.key = ffi.string(hex, 64)
+    end
+    seg.buf, seg.tokens = nil, nil
+  end
+  return out, total, segs
 end
 
 --- Positions the parts take in the context.
