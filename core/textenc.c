@@ -53,7 +53,6 @@ int64_t lm_base64_decode(const char *in, int64_t n, void *out, int64_t cap) {
     int64_t pad = 0;
     if (n % 4 == 0 && n >= 4) pad = (in[n - 1] == '=') + (in[n - 1] == '=' && in[n - 2] == '=');
     int64_t body = n - pad;
-    if (body % 4 == 1) { lm_err("base64: %lld characters is not a whole number of bytes (data cut short?)", (long long)n); return INT64_MIN; }
     int64_t need = body / 4 * 3 + (body % 4 ? body % 4 - 1 : 0);
     if (need > cap) return -need;
     unsigned char *p = out;
@@ -75,6 +74,7 @@ int64_t lm_base64_decode(const char *in, int64_t n, void *out, int64_t cap) {
         acc = acc << 6 | v;
         if (i % 4 == 3) { p[k++] = (unsigned char)(acc >> 16); p[k++] = (unsigned char)(acc >> 8); p[k++] = (unsigned char)acc; acc = 0; }
     }
+    if (body % 4 == 1) { lm_err("base64: %lld characters is not a whole number of bytes (data cut short?)", (long long)n); return INT64_MIN; }
     if (body % 4 == 2) p[k++] = (unsigned char)(acc >> 4);
     else if (body % 4 == 3) { p[k++] = (unsigned char)(acc >> 10); p[k++] = (unsigned char)(acc >> 2); }
     return k;
