@@ -205,6 +205,16 @@ lm_status lm_vision_grid(const lm_model *mmproj, const lm_image *img, int32_t *g
 lm_status lm_vision_preprocess(const lm_model *mmproj, const lm_image *img, float *out);
 /* The image's rows: out[(grid_x * grid_y + 1) * tile_tokens][proj_dim], tiles in the order above. */
 lm_status lm_vision_encode(lm_model *mmproj, const lm_image *img, float *out);
+/* The same on a thread of its own, so the caller (a server's loop) goes on meanwhile. The job
+ * takes the image (freed with the job, also on failure to start); the mmproj stays loaded
+ * until the job is freed. poll never blocks: 0 still running, 1 done, -1 failed
+ * (lm_last_error() says why). rows: NULL until done; then out[n_rows][proj_dim], valid
+ * until the job is freed. free waits for the thread (at once when poll said done). */
+typedef struct lm_vision_job lm_vision_job;
+lm_vision_job *lm_vision_encode_start(lm_model *mmproj, lm_image *img);
+int lm_vision_encode_poll(lm_vision_job *job);
+const float *lm_vision_job_rows(const lm_vision_job *job, int32_t *n_rows, int32_t *grid_x, int32_t *grid_y);
+void lm_vision_job_free(lm_vision_job *job);
 
 /* ---- tokenizer (owned by the model) -------------------------------------- */
 /* Writes up to cap ids; returns the number of tokens, or -(needed) when cap is too

@@ -70,30 +70,76 @@ end
 -- <global-img>" + the overview's rows + "<fake_token_around_image>". With a cache
 -- (vision.load's opts.cache) the same bytes give the parts kept from last time.
 function Projector:image_parts(model, bytes, name)
-  local key
-  if self.cache_size > 0 then
-    local hex = ffi.new("char[65]")
-    C.lm_sha256_hex(bytes, #bytes, hex)
-    key = ffi.string(hex, 64)
-    for i, c in ipairs(self.cache) do
-      if c.key == key and c.model == model then
-        table.remove(self.cache, i)
-        table.insert(self.cache, 1, c)   -- most recently used first
-        return c.parts, c.info
-      end
-    end
-  end
-  local parts, info = self:_encode_parts(model, bytes, name)
-  if key then
-    table.insert(self.cache, 1, { key = key, model = model, parts = parts, info = info })
-    self.cache[self.cache_size + 1] = nil
-  end
-  return parts, info
+  local key = self:_key(bytes)
+  local hit = key and self:_cached(key, model)
+  if hit then return hit.parts, hit.info end
+  local rows, gx, gy = self:encode(bytes, name)
+  return self:_layout(model, key, rows, gx, gy)
 end
 
--- image_parts without the cache
-function Projector:_encode_parts(model, bytes, name)
-  local rows, gx, gy = self:encode(bytes, name)
+local Pending = {}
+Pending.__index = Pending
+
+--- image_parts on a thread of its own (lm_vision_encode_start), for a caller that
+-- goes on meanwhile (a server's loop): the image is decoded now (a bad one raises
+-- C's message at once), then encoded in the background. Returns a handle whose
+-- :poll() is nil while it runs, then the parts and info as image_parts gives them
+-- (or raises C's message). A cached image is done at once.
+function Projector:image_parts_start(model, bytes, name)
+  util.check_type("image_parts_start", "bytes", bytes, "string")
+  local key = self:_key(bytes)
+  local hit = key and self:_cached(key, model)
+  if hit then return setmetatable({ parts = hit.parts, info = hit.info }, Pending) end
+  local img = C.lm_image_decode(bytes, #bytes, name or "image")
+  if img == nil then fail() end
+  local job = C.lm_vision_encode_start(self.h, img)   -- takes the image
+  if job == nil then fail() end
+  return setmetatable({ proj = self, model = model, key = key, job = ffi.gc(job, C.lm_vision_job_free) }, Pending)
+end
+
+--- nil while the encode runs; then the parts and info (every call once done);
+-- raises C's message when the encode failed.
+function Pending:poll()
+  if self.parts then return self.parts, self.info end
+  local st = C.lm_vision_encode_poll(self.job)
+  if st == 0 then return nil end
+  local job = ffi.gc(self.job, nil)
+  self.job = nil
+  if st < 0 then
+    local msg = util.last_error()
+    C.lm_vision_job_free(job)
+    error(msg, 0)
+  end
+  local dims = ffi.new("int32_t[3]")
+  local ptr = C.lm_vision_job_rows(job, dims, dims + 1, dims + 2)
+  local p = self.proj
+  local rows = require("lumen.tensor").new({ dims[0], p.proj_dim })
+  ffi.copy(rows:data(), ptr, dims[0] * p.proj_dim * 4)
+  C.lm_vision_job_free(job)
+  self.parts, self.info = p:_layout(self.model, self.key, rows, dims[1], dims[2])
+  return self.parts, self.info
+end
+
+-- the cache's key of an image's bytes (their sha256), without a cache nil
+function Projector:_key(bytes)
+  if self.cache_size == 0 then return nil end
+  local hex = ffi.new("char[65]")
+  C.lm_sha256_hex(bytes, #bytes, hex)
+  return ffi.string(hex, 64)
+end
+
+function Projector:_cached(key, model)
+  for i, c in ipairs(self.cache) do
+    if c.key == key and c.model == model then
+      table.remove(self.cache, i)
+      table.insert(self.cache, 1, c)   -- most recently used first
+      return c
+    end
+  end
+end
+
+-- an image's rows laid out as image_parts describes (and kept in the cache)
+function Projector:_layout(model, key, rows, gx, gy)
   local parts, k = {}, 0
   local function text(s) parts[#parts + 1] = { tokens = model:tokenize(s, { parse_special = true }) } end
   local function tile()
@@ -110,7 +156,12 @@ function Projector:_encode_parts(model, bytes, name)
   text("\n\n<fake_token_around_image><global-img>")
   tile()
   text("<fake_token_around_image>")
-  return parts, { grid_x = gx, grid_y = gy, rows = rows }
+  local info = { grid_x = gx, grid_y = gy, rows = rows }
+  if key then
+    table.insert(self.cache, 1, { key = key, model = model, parts = parts, info = info })
+    self.cache[self.cache_size + 1] = nil
+  end
+  return parts, info
 end
 
 --- Evaluates parts (image_parts, or {tokens = ...} of the text around them) into a session.
