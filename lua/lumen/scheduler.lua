@@ -52,6 +52,14 @@ local function noop() end
 local NO_OBSERVER = { prompt_evaluated = noop, prompt_cached = noop, decoded = noop,
                       observe_ttft = noop, disconnected = noop }
 
+-- While live requests (priority >= 0) are about, background sequences
+-- (priority < 0) advance at most this many per step, in turns: a shorter step
+-- is a shorter wait for a live prompt that arrives during it (its first token
+-- comes after the step in flight and its own evaluation; see prefill_step).
+local function background_cap(slots) return math.max(4, math.ceil(slots / 4)) end
+-- ... "about": submitted or decoding within the last LIVE_WINDOW seconds.
+local LIVE_WINDOW = 2.0
+
 --- opts: slots (sessions per model), prefill_chunk (prompt tokens per pass,
 -- default 256), observer, reserve (slots that requests of priority < 0 leave
 -- free for the others; default 0).
@@ -63,7 +71,8 @@ function M.new(opts)
   local reserve = opts.reserve or 0
   util.check_int("scheduler.new", "reserve", reserve, 0, opts.slots - 1)
   return setmetatable({ slots = opts.slots, prefill_chunk = chunk, observer = opts.observer or NO_OBSERVER,
-                        reserve = reserve, models = {}, queue = {}, prefilling = {}, decoding = {}, riding = {} }, Scheduler)
+                        reserve = reserve, background_cap = background_cap(opts.slots), live_until = -math.huge,
+                        models = {}, queue = {}, prefilling = {}, decoding = {}, riding = {} }, Scheduler)
 end
 
 --- Makes a model's slots (each a session of ctx tokens); returns its entry
@@ -149,6 +158,7 @@ function Scheduler:submit(req, sink)
   if req.n > #req.entry.slots then error("submit: n is " .. req.n .. " but the model has " .. #req.entry.slots .. " slots", 2) end
   req.sink, req.priority = sink, req.priority or 0
   req.arrived = req.arrived or now()
+  if req.priority >= 0 then self.live_until = req.arrived + LIVE_WINDOW end
   req.max_tokens = req.max_tokens or (req.entry.ctx - req.prompt_tokens)
   req.stop, req.sampling = req.stop or {}, req.sampling or {}
   local q = self.queue
@@ -365,12 +375,26 @@ function Scheduler:prefill_step(running)
       if self:prompt_gone(job) then
         table.remove(self.prefilling, 1)
       else
-        local n, seg = next_run(job)
-        eval_piece(job, n, seg)
-        self:prompt_evaluated(job, n)
+        self:prefill_alone(job)
       end
     end
     return
+  end
+  -- live requests jump the queue: while only background work (priority < 0,
+  -- a server's batches) decodes, a live prompt is evaluated at once, alone,
+  -- and its first token comes before the background's next step
+  if self:background_only() then
+    local i = 1
+    while self.prefilling[i] do
+      local job = self.prefilling[i]
+      if job.priority < 0 then
+        i = i + 1
+      elseif self:prompt_gone(job) then
+        table.remove(self.prefilling, i)
+      else
+        self:prefill_alone(job)
+      end
+    end
   end
   local chunk = self.prefill_chunk
   local ride_budget, alone_budget = math.max(16, chunk - running), chunk
@@ -410,6 +434,25 @@ function Scheduler:prefill_step(running)
       self:prompt_evaluated(job, n)
     end
   end
+end
+
+--- (internal) The rest of a job's prompt, evaluated now on its own (as
+-- `lumen generate` does; a prompt with images run by run); the job leaves the
+-- prefilling list.
+function Scheduler:prefill_alone(job)
+  repeat
+    local n, seg = next_run(job)
+    eval_piece(job, n, seg)
+    self:prompt_evaluated(job, n)
+  until job.prefilled >= job.prompt_tokens
+end
+
+--- (internal) Whether every sequence decoding now is background work.
+function Scheduler:background_only()
+  for _, seq in ipairs(self.decoding) do
+    if seq.job.priority >= 0 then return false end
+  end
+  return #self.decoding > 0
 end
 
 --- A prompt whose consumer left: its slots go back at once.
@@ -530,11 +573,21 @@ function Scheduler:decode_step()
   local list = self.decoding
   if #list == 0 and #self.riding == 0 then return end
   self.decoding = {}
+  local t = now()
+  -- background sequences past the cap wait for the next step, first in line then
+  local bg_left = t < self.live_until and self.background_cap or math.huge
   local by_model = {}
   for _, seq in ipairs(list) do
     local job = seq.job
+    if job.priority >= 0 then
+      self.live_until = t + LIVE_WINDOW
+    elseif not seq.done then
+      bg_left = bg_left - 1
+    end
     if job.gone or not job.sink:alive() then
       cancel_gone(self, job)
+    elseif bg_left < 0 and job.priority < 0 and not seq.done then
+      self.decoding[#self.decoding + 1] = seq
     elseif not seq.done then
       local e = job.entry
       by_model[e] = by_model[e] or { sessions = {}, tokens = {}, seqs = {} }

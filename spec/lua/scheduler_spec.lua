@@ -137,6 +137,56 @@ describe("scheduler", function()
     assert.equal(alone("Name three rivers.", 8), b.texts[1])
   end)
 
+  it("keeps reserved slots for live requests, evaluates their prompts ahead of background work and then steps the background in turns", function()
+    local sched = scheduler.new{ slots = 16, prefill_chunk = 64, reserve = 2 }
+    local entry = sched:add_model("m", model, 256)
+    local log, bg = {}, {}
+    for i = 1, 15 do
+      local job = request(entry, "Tell me about the number " .. i .. ".", { max_tokens = 40 })
+      job.priority = -1
+      bg[i] = recorder(log, "bg" .. i)
+      sched:submit(job, bg[i])
+    end
+    local function bg_pieces()
+      local n = 0
+      for _, s in ipairs(bg) do n = n + s.pieces end
+      return n
+    end
+    sched:step()
+    sched:step()
+    -- background work leaves the reserve free: 14 run, one waits
+    assert.equal(14, (sched:counts()))
+    assert.equal(2, #entry.free)
+    -- with no live request about, every background sequence advances each step
+    local before = bg_pieces()
+    sched:step()
+    assert.equal(14, bg_pieces() - before)
+    -- a live request arrives: one step evaluates its prompt alone and gives its first token
+    local live = recorder(log, "live")
+    sched:submit(request(entry, "Name three rivers.", { max_tokens = 8 }), live)
+    before = bg_pieces()
+    local started = live.started
+    function live.started(sink, job) live.bg_at_start = bg_pieces() return started(sink, job) end
+    sched:step()
+    assert.equal("live:started", log[#log])
+    assert.truthy(live.pieces >= 1)
+    assert.equal(before, live.bg_at_start) -- no background token came out first
+    -- ... while the background advances at most a quarter of the slots per step, in turns
+    assert.truthy(bg_pieces() - before <= 4)
+    local seen = {}
+    for _ = 1, 4 do
+      local counts = {}
+      for i, s in ipairs(bg) do counts[i] = s.pieces end
+      sched:step()
+      for i, s in ipairs(bg) do if s.pieces > counts[i] then seen[i] = true end end
+    end
+    for i = 1, 14 do assert.truthy(seen[i], "background request " .. i .. " never stepped") end
+    run(sched)
+    -- priority changes when a sequence steps, never what it says
+    assert.equal(alone("Name three rivers.", 8), live.texts[1])
+    for i = 1, 15, 7 do assert.equal(alone("Tell me about the number " .. i .. ".", 40), bg[i].texts[1]) end
+  end)
+
   it("cancels a request whose sink stops being alive and frees its slot at once", function()
     local sched, entry = new(2)
     local log = {}
