@@ -272,6 +272,29 @@ describe("vision projector (idefics3)", function()
       return job, first_row
     end
     local a1 = run("chelsea_40x27.jpg")
+    -- with another request decoding: the image's rows go alone before each batched step, its
+    -- text rides along in it (2 slots, the first busy with text), and the answer stays the same
+    local s2 = scheduler.new{ slots = 2, prefill_chunk = 32 }
+    local e2 = s2:add_model("v", t, 1024)
+    local talk = openai.chat_request({ messages = { { role = "user", content = "Tell me a story." } }, temperature = 0, max_tokens = 60 }, {})
+    local sink = { alive = function() return true end, started = function() end, piece = function() end,
+                   finished = function() end, cancelled = function() end }
+    talk.collect = true
+    s2:submit(scheduler.prepare(e2, talk), sink)
+    for _ = 1, 3 do s2:step() end
+    local job = openai.chat_request({ messages = { { role = "user", content = {
+      { type = "image_url", image_url = { url = "data:," } }, { type = "text", text = "What is in the picture?" } } } },
+      temperature = 0, max_tokens = 12 }, {})
+    job.image_parts = { (p:image_parts(t, read(root .. "/spec/fixtures/vision/chelsea_40x27.jpg"), "c")) }
+    job.collect = true
+    s2:submit(scheduler.prepare(e2, job), sink)
+    local steps_while_running = 0
+    while not s2:idle() do
+      if job.prefilled and job.prefilled < job.prompt_tokens and #s2.decoding > 0 then steps_while_running = steps_while_running + 1 end
+      s2:step()
+    end
+    assert.is_true(steps_while_running > 3, "the image prompt was evaluated over " .. steps_while_running .. " steps beside the other")
+    assert.equal(scheduler.choices(a1)[1].text, scheduler.choices(job)[1].text)
     local a2 = run("chelsea_40x27.jpg")
     assert.equal(a2.prompt_tokens - 1, a2.cached_tokens)             -- everything but the last position
     local b, b_first = run("chelsea_40x27_gray.png")
