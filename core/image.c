@@ -137,6 +137,13 @@ static void png_fail(png_structp png, png_const_charp msg) {
 static void png_quiet(png_structp png, png_const_charp msg) { (void)png; (void)msg; }
 
 static lm_image *decode_png(const uint8_t *data, size_t len, const char *name) {
+    /* the size from IHDR first: libpng would call a 0x0 image just "Invalid IHDR data" */
+    if (len >= 24 && memcmp(data + 12, "IHDR", 4) == 0) {
+        const uint8_t *d = data + 16;
+        int64_t w = (int64_t)d[0] << 24 | d[1] << 16 | d[2] << 8 | d[3];
+        int64_t h = (int64_t)d[4] << 24 | d[5] << 16 | d[6] << 8 | d[7];
+        if (check_size(name, "PNG", w, h)) return NULL;
+    }
     png_src src = {.p = data, .n = len};
     png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &src, png_fail, png_quiet);
     png_infop info = png ? png_create_info_struct(png) : NULL;

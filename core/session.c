@@ -134,6 +134,9 @@ void lm_session_free(lm_session *s) {
 
 /* n tokens, or n rows of embeddings (recorded in the history as ids from h), in
  * passes of n_batch. */
+/* The history id of row i of rows whose hash is h (see lm_session_eval_embd). */
+static int32_t embd_id(uint64_t h, int32_t i) { return -1 - (int32_t)((h + (uint64_t)i) % (1u << 30)); }
+
 static lm_status eval_run(lm_session *s, const int32_t *tokens, const float *rows, int32_t n, uint64_t h) {
     const int64_t E = s->model->hp.n_embd;
     pthread_mutex_lock(&s->model->eval_mu);
@@ -142,7 +145,7 @@ static lm_status eval_run(lm_session *s, const int32_t *tokens, const float *row
         int32_t chunk = n - i < s->n_batch ? n - i : s->n_batch;
         st = tokens ? lm_forward(s, tokens + i, chunk, n >= 2) : lm_forward_embd(s, rows + (int64_t)i * E, chunk, n >= 2);
         for (int32_t j = 0; st == LM_OK && j < chunk; j++)
-            s->tokens[s->pos++] = tokens ? tokens[i + j] : -1 - (int32_t)((h + (uint64_t)(i + j)) % (1u << 30));
+            s->tokens[s->pos++] = tokens ? tokens[i + j] : embd_id(h, i + j);
     }
     pthread_mutex_unlock(&s->model->eval_mu);
     return st;
@@ -178,6 +181,14 @@ lm_status lm_session_eval_embd(lm_session *s, const float *rows, int32_t n) {
         return lm_err("eval_embd: context full: %d rows at position %d exceed the session's context of %d positions",
                       n, s->pos, s->n_ctx);
     return eval_run(s, NULL, rows, n, rows_hash(rows, (size_t)n * s->model->hp.n_embd));
+}
+
+lm_status lm_embd_ids(const lm_model *m, const float *rows, int32_t n, int32_t *out) {
+    if (!m || !rows || !out) return lm_err("embd_ids: model, rows or out is NULL");
+    if (n <= 0) return lm_err("embd_ids: need at least one row (got %d)", n);
+    const uint64_t h = rows_hash(rows, (size_t)n * m->hp.n_embd);
+    for (int32_t i = 0; i < n; i++) out[i] = embd_id(h, i);
+    return LM_OK;
 }
 
 lm_status lm_session_eval_batch(lm_session *const *sessions, const int32_t *tokens, int32_t n) {

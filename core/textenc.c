@@ -44,3 +44,38 @@ int64_t lm_base64_encode(const void *data, int64_t n, char *out, int64_t cap) {
     }
     return k;
 }
+
+/* Strict: the standard alphabet only (no white space, no URL-safe letters), '=' only as the
+ * last one or two characters of a length that is a multiple of 4; unpadded input (length
+ * 2 or 3 mod 4) is accepted. The first bad character is named by its offset. */
+int64_t lm_base64_decode(const char *in, int64_t n, void *out, int64_t cap) {
+    if ((!in && n) || n < 0 || cap < 0 || (!out && cap)) { lm_err("base64_decode: bad arguments"); return INT64_MIN; }
+    int64_t pad = 0;
+    if (n % 4 == 0 && n >= 4) pad = (in[n - 1] == '=') + (in[n - 1] == '=' && in[n - 2] == '=');
+    int64_t body = n - pad;
+    int64_t need = body / 4 * 3 + (body % 4 ? body % 4 - 1 : 0);
+    if (need > cap) return -need;
+    unsigned char *p = out;
+    uint32_t acc = 0;
+    int64_t k = 0;
+    for (int64_t i = 0; i < body; i++) {
+        unsigned char c = (unsigned char)in[i];
+        uint32_t v;
+        if (c >= 'A' && c <= 'Z') v = c - 'A';
+        else if (c >= 'a' && c <= 'z') v = c - 'a' + 26;
+        else if (c >= '0' && c <= '9') v = c - '0' + 52;
+        else if (c == '+') v = 62;
+        else if (c == '/') v = 63;
+        else {
+            if (c >= 0x20 && c < 0x7f) lm_err("base64: '%c' at offset %lld is not a base64 character", c, (long long)i);
+            else lm_err("base64: byte 0x%02x at offset %lld is not a base64 character", c, (long long)i);
+            return INT64_MIN;
+        }
+        acc = acc << 6 | v;
+        if (i % 4 == 3) { p[k++] = (unsigned char)(acc >> 16); p[k++] = (unsigned char)(acc >> 8); p[k++] = (unsigned char)acc; acc = 0; }
+    }
+    if (body % 4 == 1) { lm_err("base64: %lld characters is not a whole number of bytes (data cut short?)", (long long)n); return INT64_MIN; }
+    if (body % 4 == 2) p[k++] = (unsigned char)(acc >> 4);
+    else if (body % 4 == 3) { p[k++] = (unsigned char)(acc >> 10); p[k++] = (unsigned char)(acc >> 2); }
+    return k;
+}

@@ -5,9 +5,9 @@ local M = {}
 
 local util = require "lumen.util"
 
--- Where the image goes in the rendered prompt: plain bytes no template or
--- tokenizer treats specially (SmolVLM's own "<image>" is a control token).
-local MARKER = "\1lumen-image\1"
+-- Where the image goes in the rendered prompt (the server's marker too): plain bytes
+-- no template or tokenizer treats specially (SmolVLM's own "<image>" is a control token).
+local MARKER = require("lumen.openai").IMAGE_MARKER
 
 local function progress(i, n)
   local w = 30

@@ -128,6 +128,12 @@ function Server:load_models()
       local entry = self.sched:add_model(id, m, self.cfg.ctx)
       self.gen_ids[#self.gen_ids + 1] = id
       self:log("model %s: %s, %d slots of %d tokens", id, entry.info.name or "", self.cfg.slots, entry.ctx)
+      if m.entry and m.entry.mmproj then
+        -- its alias names a vision projector (configs/models.yaml): chat messages may hold images;
+        -- the last 8 images' rows are kept, so the same image again is not encoded again
+        entry.vision = require("lumen.vision").load(m.entry.mmproj, m, { threads = self.cfg.threads > 0 and self.cfg.threads or nil, cache = 8 })
+        self:log("model %s: images through %s (%d positions a tile)", id, entry.vision.path, entry.vision.tile_tokens)
+      end
     end
     self.model_ids[#self.model_ids + 1] = id
   end
@@ -488,22 +494,119 @@ function Server:release(job, status)
   self:access(job.access, status, job)
 end
 
---- Tokenizes a validated request, checks it fits, and submits it with an
--- HTTP sink.
-function Server:submit(r, job, entry, endpoint)
-  scheduler.prepare(entry, job)
-  -- queued jobs have not taken their slots yet (admission runs after all of
-  -- this turn's arrivals): count them against the free slots, then the queue
-  -- (a batch's requests, queued at priority -1, wait behind this one: not counted)
+-- queued jobs have not taken their slots yet (admission runs after all of
+-- this turn's arrivals): count them against the free slots, then the queue
+-- (a batch's requests, queued at priority -1, wait behind this one: not counted)
+function Server:refuse_when_busy(job, entry)
   if self.sched:waiting(entry, 0) + job.n > #entry.free + self.cfg.queue_limit then
     local e = setmetatable({ status = 429, message = "the server is busy: all slots are taken and the queue is full; retry shortly",
                              type = "rate_limit_error", code = "rate_limit_exceeded", retry_after = 1 }, openai.ApiError)
     error(e, 0)
   end
+end
+
+--- A chat job's images (openai.lua's {url, where}): decoded from their data:
+-- URLs now (any fault is a 400 naming the part), then encoded by the model's
+-- projector on threads of their own (lm_vision_encode_start), so the running
+-- streams go on meanwhile; poll_images submits the job when all are done.
+function Server:start_images(job, entry)
+  if not entry.vision then
+    fail(400, string.format("model '%s' takes no images (%s): it has no vision projector; serve a model whose alias names " ..
+                            "an mmproj in configs/models.yaml", entry.id, job.images[1].where), "messages", "invalid_value")
+  end
+  local vision = require "lumen.vision"
+  local bytes = {}
+  for k, im in ipairs(job.images) do
+    local b, err = vision.data_url(im.url)
+    if not b then fail(400, im.where .. ": " .. err, "messages", "invalid_image_url") end
+    bytes[k] = b
+  end
+  job.pending, job.image_parts = {}, {}
+  for k, im in ipairs(job.images) do
+    local ok, h = pcall(entry.vision.image_parts_start, entry.vision, entry.model, bytes[k], im.where)
+    if not ok then
+      self:orphan(job)
+      fail(400, tostring(h), "messages", "invalid_image")
+    end
+    job.pending[k] = h
+  end
+end
+
+-- a job's encodes that nobody waits for any more run to their end (their
+-- threads hold the image) and are dropped then
+function Server:orphan(job)
+  for k, h in ipairs(job.pending or {}) do
+    if not job.image_parts[k] then self.orphans[#self.orphans + 1] = h end
+  end
+  job.pending = nil
+end
+
+--- Jobs whose images are encoded go to the scheduler; a failed encode is a 400,
+-- a client gone meanwhile a 499.
+function Server:poll_images()
+  for i = #self.orphans, 1, -1 do
+    local ok, parts = pcall(self.orphans[i].poll, self.orphans[i])
+    if not ok or parts then table.remove(self.orphans, i) end
+  end
+  local i = 1
+  while self.encoding[i] do
+    local w = self.encoding[i]
+    local job = w.job
+    local done, ok, err = true, true, nil
+    if not C.lm_http_alive(self.http, job.req_id) then
+      ok, err = false, "gone"
+    else
+      for k, h in ipairs(job.pending) do
+        if not job.image_parts[k] then
+          local okp, parts = pcall(h.poll, h)
+          if not okp then ok, err = false, parts break end
+          job.image_parts[k] = parts
+          if not parts then done = false end
+        end
+      end
+    end
+    if ok and not done then
+      i = i + 1
+    else
+      table.remove(self.encoding, i)
+      if ok then ok, err = pcall(self.enqueue, self, job, w.entry) end
+      if not ok then
+        self:orphan(job)
+        if err == "gone" then
+          self:access(job.access, 499, job)
+        else
+          if not openai.is_error(err) then
+            err = setmetatable({ status = 400, message = tostring(err), param = "messages", code = "invalid_image",
+                                 type = "invalid_request_error" }, openai.ApiError)
+          end
+          self:respond_error(job.req_id, err, job.endpoint)
+          self:access(job.access, err.status)
+        end
+      end
+    end
+  end
+end
+
+--- Tokenizes a validated request, checks it fits, and submits it with an
+-- HTTP sink (a job with images once they are encoded: poll_images).
+function Server:submit(r, job, entry, endpoint)
+  job.req_id, job.endpoint = r.id, endpoint
+  if job.images then
+    self:refuse_when_busy(job, entry) -- before the work of encoding them
+    self:start_images(job, entry)
+    self.encoding[#self.encoding + 1] = { job = job, entry = entry }
+    return
+  end
+  self:enqueue(job, entry)
+end
+
+-- (internal) the rest of submit
+function Server:enqueue(job, entry)
+  scheduler.prepare(entry, job)
+  self:refuse_when_busy(job, entry)
   -- the key's limits come last: a request refused for anything else costs it nothing
   self.gate:admit(job.access.ident, job.access.arrived, job.prompt_tokens)
   job.ident = job.access.ident
-  job.req_id, job.endpoint = r.id, endpoint
   job.id = util.random_id(job.kind == "chat" and "chatcmpl-" or "cmpl-")
   job.created = os.time()
   job.model_id = entry.id
@@ -512,7 +615,7 @@ function Server:submit(r, job, entry, endpoint)
   job.deadline = job.arrived + t.request_s
   job.queue_deadline = job.arrived + math.min(t.queue_s, t.request_s)
   job.collect = not job.stream
-  self.sched:submit(job, setmetatable({ server = self, req_id = r.id }, HttpSink))
+  self.sched:submit(job, setmetatable({ server = self, req_id = job.req_id }, HttpSink))
 end
 
 function Server:slots_busy() return self.sched:slots_busy() end
@@ -527,10 +630,12 @@ function Server:run()
       self:log("shutting down: finishing %d running and %d queued requests", running + prefilling, queued)
       if self.store then self.store:drain() end
     end
-    local busy = not self.sched:idle() or (self.store ~= nil and self.store:active())
-    if self.draining and not busy then break end
+    local computing = not self.sched:idle() or (self.store ~= nil and self.store:active())
+    local encoding = #self.encoding + #self.orphans > 0
+    if self.draining and not computing and not encoding then break end
     -- take every request that arrived; wait only when there is nothing to compute
-    local got = C.lm_http_next(self.http, req, busy and 0 or 100)
+    -- (a few ms while only images are encoding, on their own threads)
+    local got = C.lm_http_next(self.http, req, computing and 0 or encoding and 5 or 100)
     local taken = 0
     while got == 1 do
       self:handle(req)
@@ -540,9 +645,10 @@ function Server:run()
     end
     if got < 0 then error("http: " .. util.last_error(), 0) end
     if self.store then self.store:feed() end
+    if encoding then self:poll_images() end
     self.sched:step()
     if self.store then self.store:commit() end
-    if now() - t_last_log > 60 and busy then
+    if now() - t_last_log > 60 and computing then
       t_last_log = now()
       local running, _, queued = self.sched:counts()
       self:log("%d streams, %d queued, %.1f tok/s", running, queued, self.metrics:decode_rate(now()))
@@ -554,7 +660,7 @@ function M.run(o)
   local cfg = merge_config(o.config, o)
   math.randomseed(os.time() + math.floor(now() * 1000) % 100000)
   local metrics = metrics_mod.new()
-  local self = setmetatable({ cfg = cfg, metrics = metrics, started = os.time(),
+  local self = setmetatable({ cfg = cfg, metrics = metrics, started = os.time(), encoding = {}, orphans = {},
                               -- with batches on (data_dir), an eighth of the slots stays free for live requests
                               sched = scheduler.new{ slots = cfg.slots, prefill_chunk = cfg.prefill_chunk, observer = metrics,
                                                      reserve = cfg.data_dir and math.min(cfg.slots - 1, math.max(1, math.ceil(cfg.slots / 8))) or 0 },

@@ -205,6 +205,16 @@ lm_status lm_vision_grid(const lm_model *mmproj, const lm_image *img, int32_t *g
 lm_status lm_vision_preprocess(const lm_model *mmproj, const lm_image *img, float *out);
 /* The image's rows: out[(grid_x * grid_y + 1) * tile_tokens][proj_dim], tiles in the order above. */
 lm_status lm_vision_encode(lm_model *mmproj, const lm_image *img, float *out);
+/* The same on a thread of its own, so the caller (a server's loop) goes on meanwhile. The job
+ * takes the image (freed with the job, also on failure to start); the mmproj stays loaded
+ * until the job is freed. poll never blocks: 0 still running, 1 done, -1 failed
+ * (lm_last_error() says why). rows: NULL until done; then out[n_rows][proj_dim], valid
+ * until the job is freed. free waits for the thread (at once when poll said done). */
+typedef struct lm_vision_job lm_vision_job;
+lm_vision_job *lm_vision_encode_start(lm_model *mmproj, lm_image *img);
+int lm_vision_encode_poll(lm_vision_job *job);
+const float *lm_vision_job_rows(const lm_vision_job *job, int32_t *n_rows, int32_t *grid_x, int32_t *grid_y);
+void lm_vision_job_free(lm_vision_job *job);
 
 /* ---- tokenizer (owned by the model) -------------------------------------- */
 /* Writes up to cap ids; returns the number of tokens, or -(needed) when cap is too
@@ -258,6 +268,9 @@ lm_status lm_session_eval(lm_session *s, const int32_t *tokens, int32_t n);
  * all n rows: they never equal a token, and positions of different images differ, so a
  * prefix match over lm_session_tokens reuses an image's positions only for the same rows. */
 lm_status lm_session_eval_embd(lm_session *s, const float *rows, int32_t n);
+/* The history ids lm_session_eval_embd records for these n rows (of the text model m's
+ * n_embd), into out[n]: a prompt that holds them matches a session's history by prefix. */
+lm_status lm_embd_ids(const lm_model *m, const float *rows, int32_t n, int32_t *out);
 /* View of n_vocab floats, valid until the next eval/rewind/free. */
 /* Continuous batching: appends tokens[i] to sessions[i] for every i, all in
  * one forward pass (split at the largest session's n_batch), so the weights are
@@ -514,6 +527,10 @@ lm_status lm_fetch_file(const char *url, const char *partial_path, const lm_fetc
 int64_t lm_f32_to_json(const float *x, int64_t n, char *out, int64_t cap);
 /* Standard base64 (with padding) of data[0..n); same return convention. */
 int64_t lm_base64_encode(const void *data, int64_t n, char *out, int64_t cap);
+/* The bytes of standard base64 text in[0..n) (padding optional; no white space or other
+ * characters: the first one is named by its offset): the bytes written, -(needed) when cap
+ * is too small (nothing written then), or INT64_MIN with lm_last_error() set. */
+int64_t lm_base64_decode(const char *in, int64_t n, void *out, int64_t cap);
 
 /* ---- document readers (RAG ingest) -------------------------------------------------- */
 /* The visible text of an HTML page (libxml2's forgiving HTML parser): the title, then text

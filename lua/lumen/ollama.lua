@@ -62,8 +62,22 @@ local function common(body, out)
     elseif type(f) == "table" then out.response_format = { type = "json_schema", json_schema = { name = "format", schema = f } }
     else fail(400, "'format' must be \"json\" or a JSON schema", "format", "invalid_value") end
   end
-  if present(body.images) then fail(400, "images are not supported by this server yet", "images", "unsupported_parameter") end
   return out
+end
+
+-- Ollama's images (a list of base64 strings) before a message's text, as
+-- OpenAI content parts (data: URLs; lumen.vision decodes them and tells the
+-- format by its first bytes).
+local function with_images(content, images, where)
+  if not present(images) then return content end
+  if type(images) ~= "table" then fail(400, "'" .. where .. "' must be a list of base64 strings", where, "invalid_type") end
+  local parts = {}
+  for i, b in ipairs(images) do
+    if type(b) ~= "string" then fail(400, string.format("'%s[%d]' must be a base64 string", where, i - 1), where, "invalid_type") end
+    parts[i] = { type = "image_url", image_url = { url = "data:;base64," .. b } }
+  end
+  if type(content) == "string" then parts[#parts + 1] = { type = "text", text = content } end
+  return parts
 end
 
 local function with_repeat_penalty(job, v)
@@ -79,8 +93,11 @@ function M.chat_request(body, defaults)
   if type(body.messages) ~= "table" then fail(400, "'messages' must be an array", "messages", "invalid_type") end
   local msgs = {}
   for i, m in ipairs(body.messages) do
-    if type(m) == "table" and present(m.images) then fail(400, "images are not supported by this server yet", "messages", "unsupported_parameter") end
-    msgs[i] = m
+    if type(m) == "table" and present(m.images) then
+      msgs[i] = { role = m.role, content = with_images(m.content, m.images, string.format("messages[%d].images", i - 1)) }
+    else
+      msgs[i] = m
+    end
   end
   b.messages = msgs
   local rp = b.repeat_penalty
@@ -101,6 +118,7 @@ function M.generate_request(body, defaults)
   b.repeat_penalty = nil
   local job
   if body.raw == true then
+    if present(body.images) then fail(400, "'images' need the model's template: not with raw: true", "images", "invalid_value") end
     b.prompt = prompt
     job = openai.completion_request(b, defaults)
   else
@@ -109,7 +127,7 @@ function M.generate_request(body, defaults)
       if type(body.system) ~= "string" then fail(400, "'system' must be a string", "system", "invalid_type") end
       msgs[#msgs + 1] = { role = "system", content = body.system }
     end
-    msgs[#msgs + 1] = { role = "user", content = prompt }
+    msgs[#msgs + 1] = { role = "user", content = with_images(prompt, body.images, "images") }
     b.messages = msgs
     job = openai.chat_request(b, defaults)
   end

@@ -168,7 +168,13 @@ end
 
 local ROLES = { system = "system", developer = "system", user = "user", assistant = "assistant", tool = "tool" }
 
-local function content_text(m, i)
+--- Where an image goes in a message's text (plain bytes no template or tokenizer
+-- treats specially); the prompt is cut there and the image's rows put in between.
+M.IMAGE_MARKER = "\1lumen-image\1"
+
+-- A message's text; image_url parts (user messages) become IMAGE_MARKER, their
+-- URLs appended to `images` as {url, where} (decoded later, lumen.vision.data_url).
+local function content_text(m, i, images)
   local c = m.content
   if type(c) == "string" then return c end
   if not present(c) then
@@ -178,10 +184,19 @@ local function content_text(m, i)
   if not is_array(c) then fail(400, string.format("messages[%d].content must be a string or an array of content parts", i - 1), "messages", "invalid_type") end
   local parts = {}
   for j, part in ipairs(c) do
-    if type(part) ~= "table" or part.type ~= "text" or type(part.text) ~= "string" then
-      fail(400, string.format("messages[%d].content[%d] must be {\"type\": \"text\", \"text\": \"...\"} (other part types are not supported)", i - 1, j - 1), "messages", "invalid_value")
+    local where = string.format("messages[%d].content[%d]", i - 1, j - 1)
+    if type(part) == "table" and part.type == "image_url" then
+      local u = part.image_url
+      if type(u) == "table" then u = u.url end
+      if type(u) ~= "string" then fail(400, where .. " must be {\"type\": \"image_url\", \"image_url\": {\"url\": \"data:image/png;base64,...\"}}", "messages", "invalid_value") end
+      if m.role ~= "user" then fail(400, where .. ": images go in user messages, not '" .. m.role .. "'", "messages", "invalid_value") end
+      images[#images + 1] = { url = u, where = where }
+      parts[#parts + 1] = M.IMAGE_MARKER
+    elseif type(part) ~= "table" or part.type ~= "text" or type(part.text) ~= "string" then
+      fail(400, where .. " must be {\"type\": \"text\", \"text\": \"...\"} or {\"type\": \"image_url\", ...} (other part types are not supported)", "messages", "invalid_value")
+    else
+      parts[#parts + 1] = part.text
     end
-    parts[#parts + 1] = part.text
   end
   return table.concat(parts)
 end
@@ -194,7 +209,7 @@ function M.chat_request(body, defaults)
   if not present(msgs) then fail(400, "'messages' is required", "messages", "missing_required_parameter") end
   if not is_array(msgs) then fail(400, "'messages' must be an array", "messages", "invalid_type") end
   if #msgs == 0 then fail(400, "'messages' must not be empty", "messages", "invalid_value") end
-  local out = {}
+  local out, images = {}, {}
   for i, m in ipairs(msgs) do
     if not is_object(m) then fail(400, string.format("messages[%d] must be an object", i - 1), "messages", "invalid_type") end
     if type(m.role) ~= "string" then fail(400, string.format("messages[%d] needs a 'role' string", i - 1), "messages", "invalid_value") end
@@ -202,7 +217,7 @@ function M.chat_request(body, defaults)
     if not role then
       fail(400, string.format("messages[%d] has role '%s'; supported: system, developer, user, assistant, tool", i - 1, m.role), "messages", "invalid_value")
     end
-    local content = content_text(m, i)
+    local content = content_text(m, i, images)
     local calls
     if role == "assistant" and present(m.tool_calls) then
       -- the model's earlier calls: lumen.chat renders them as the model was asked to
@@ -224,6 +239,7 @@ function M.chat_request(body, defaults)
                name = type(m.name) == "string" and m.name or nil }
   end
   r.messages = out
+  if #images > 0 then r.images = images end
   local lp = boolean(body, "logprobs")
   r.logprobs = lp or false
   r.top_logprobs = number(body, "top_logprobs", 0, 20, true)

@@ -18,7 +18,9 @@
 --   arrived (default now), deadline (absolute time after which a choice ends
 --   with "length"), queue_deadline (absolute time after which a request still
 --   waiting for slots is cancelled), collect (keep each choice's text for
---   scheduler.choices(job)). submit returns the request itself as the job; the
+--   scheduler.choices(job)), segments (a prompt with images: lumen.vision.prompt's
+--   token runs and image-row runs covering prompt_buf; prepare makes them from a
+--   chat job's image_parts). submit returns the request itself as the job; the
 --   scheduler adds seqs, prefilled, cached_tokens, ttft, completion_tokens.
 --
 -- A sink is how a job's results leave (methods called with the sink as self):
@@ -109,7 +111,14 @@ function M.prepare(entry, job)
   if job.kind == "chat" then
     local okr, text = pcall(require("lumen.chat").render, model, job.messages, true, job.template_vars)
     if not okr then fail(400, "the chat template refused the messages: " .. tostring(text), "messages", "invalid_value") end
-    buf, n = model:_encode(text, false, true)
+    if job.image_parts then
+      -- the images' rows go where openai.lua left a marker in the text
+      local okp, b, k, segs = pcall(require("lumen.vision").prompt, model, text, openai.IMAGE_MARKER, job.image_parts)
+      if not okp then fail(400, tostring(b), "messages", "invalid_value") end
+      buf, n, job.segments = b, k, segs
+    else
+      buf, n = model:_encode(text, false, true)
+    end
   else
     buf, n = model:_encode(job.prompt, true, false)
   end
@@ -230,18 +239,35 @@ end
 -- does not depend on how its prompt was cut or whether it was generated
 -- (info.panels): there the continuation is bit for bit what evaluating the
 -- whole prompt gives.
-local function cached_prefix(entry, slot, buf, n)
+-- An image's positions are reused whole and only for the very same rows: their
+-- history ids (lm_embd_ids) are a 30-bit hash of the rows, so the slot also
+-- keeps each image run's sha256 (image_keys, by position) and a run whose key
+-- differs ends the match.
+local NONE = {}
+local function cached_prefix(entry, slot, job)
   if not entry.info.panels then return 0 end
-  return slot.session:common_prefix(buf, n)
+  local k = slot.session:common_prefix(job.prompt_buf, job.prompt_tokens)
+  for _, seg in ipairs(job.segments or NONE) do
+    if seg.at >= k then break end
+    if seg.rows and (seg.at + seg.n > k or (slot.image_keys or NONE)[seg.at] ~= seg.key) then return seg.at end
+  end
+  return k
+end
+
+-- A slot's image keys past its first n positions are stale.
+local function forget_images(slot, n)
+  for at in pairs(slot.image_keys or NONE) do
+    if at >= n then slot.image_keys[at] = nil end
+  end
 end
 
 --- The free slot whose cache holds the longest start of the prompt (every
 -- chat request of a model starts with the same template and system prompt),
 -- taken off the free list, and how many tokens it holds.
-local function take_slot(entry, buf, n)
+local function take_slot(entry, job)
   local best, best_k = #entry.free, -1
   for i = #entry.free, 1, -1 do
-    local k = cached_prefix(entry, entry.free[i], buf, n)
+    local k = cached_prefix(entry, entry.free[i], job)
     if k > best_k then best, best_k = i, k end
   end
   return table.remove(entry.free, best), math.max(best_k, 0)
@@ -267,10 +293,11 @@ function Scheduler:admit()
       job.seqs = {}
       -- the first choice evaluates the prompt, in the slot that holds most of
       -- it; the others fork from it (prompt_evaluated), so any free slot does
-      local first, cached = take_slot(entry, job.prompt_buf, job.prompt_tokens)
+      local first, cached = take_slot(entry, job)
       for c = 1, job.n do
         local slot = c == 1 and first or table.remove(entry.free)
         slot.session:rewind(c == 1 and cached or 0)
+        forget_images(slot, c == 1 and cached or 0)
         job.seqs[c] = { job = job, index = c - 1, slot = slot, n_gen = 0, parts = {}, logprobs = {},
                         text = model_mod.text_stream(entry.model, job.stop) }
       end
@@ -305,6 +332,30 @@ local function whole_pieces(n, left)
 end
 M.whole_pieces = whole_pieces
 
+-- The run of a job's prompt that starts at job.prefilled: its length, and the
+-- segment when it is an image's rows (evaluated whole: its history ids are
+-- those of all its rows together). A prompt without images is one run.
+local function next_run(job)
+  if not job.segments then return job.prompt_tokens - job.prefilled end
+  for _, seg in ipairs(job.segments) do
+    if seg.at + seg.n > job.prefilled then
+      return seg.at + seg.n - job.prefilled, seg.rows and seg or nil
+    end
+  end
+end
+
+-- n positions of a job's prompt into its first slot's session, alone.
+local function eval_piece(job, n, seg)
+  local slot = job.seqs[1].slot
+  if seg then
+    slot.session:eval_embd(seg.rows:data() + seg.from * seg.rows:dim(2), seg.n)
+    slot.image_keys = slot.image_keys or {}
+    slot.image_keys[seg.at] = seg.key
+  else
+    slot.session:eval_raw(job.prompt_buf + job.prefilled, n)
+  end
+end
+
 --- Prompt tokens for this turn. With no stream running, every admitted prompt
 -- is evaluated at once, each on its own, as `lumen generate` does (the fastest
 -- first token). With streams running, up to prefill_chunk prompt tokens ride
@@ -314,6 +365,8 @@ M.whole_pieces = whole_pieces
 -- decode tokens (model info `tiled`); on other weights (e.g. the K-quants
 -- without VNNI) a riding prompt token costs more than one through the GEMM, so
 -- there a prompt goes alone, in pieces of prefill_chunk, between the steps.
+-- An image's rows never ride (the batched pass takes token ids): they go
+-- alone before the step, whole runs up to prefill_chunk rows a turn.
 function Scheduler:prefill_step(running)
   self.riding = {}
   if running == 0 then
@@ -348,34 +401,50 @@ function Scheduler:prefill_step(running)
   local i = 1
   while self.prefilling[i] do
     local job = self.prefilling[i]
-    local left = job.prompt_tokens - job.prefilled
     if self:prompt_gone(job) then
       table.remove(self.prefilling, i)
     elseif job.entry.info.tiled then
       if ride_budget <= 0 then break end
-      local n = whole_pieces(math.min(ride_budget, left), left)
-      self.riding[#self.riding + 1] = { job = job, n = n }
-      ride_budget = ride_budget - n
-      i = i + 1
+      local run, seg = next_run(job)
+      while seg and alone_budget > 0 and job.prefilled < job.prompt_tokens do
+        eval_piece(job, run, seg)
+        alone_budget = alone_budget - run
+        self:prompt_evaluated(job, run)
+        if job.prefilled < job.prompt_tokens then run, seg = next_run(job) end
+      end
+      if job.prefilled >= job.prompt_tokens then
+        -- (a prompt that ends with image rows) it has left the list
+      elseif seg then
+        i = i + 1 -- the rest of its image next turn
+      else
+        local n = whole_pieces(math.min(ride_budget, run), run)
+        self.riding[#self.riding + 1] = { job = job, n = n }
+        ride_budget = ride_budget - n
+        i = i + 1
+      end
     else
       -- cut only at multiples of prefill_chunk (the pieces `lumen generate`
       -- cuts a prompt into): one that does not fit this turn waits for the next
-      local n = whole_pieces(math.min(chunk, left), left)
-      if n > alone_budget + 1 then break end
-      job.seqs[1].slot.session:eval_raw(job.prompt_buf + job.prefilled, n)
+      local run, seg = next_run(job)
+      local n = seg and run or whole_pieces(math.min(chunk, run), run)
+      if n > alone_budget + 1 and alone_budget < chunk then break end
+      eval_piece(job, n, seg)
       alone_budget = alone_budget - n
-      if n < left then i = i + 1 end -- a finished prompt leaves the list
+      if job.prefilled + n < job.prompt_tokens then i = i + 1 end -- a finished prompt leaves the list
       self:prompt_evaluated(job, n)
     end
   end
 end
 
 --- (internal) The rest of a job's prompt, evaluated now on its own (as
--- `lumen generate` does); the job leaves the prefilling list.
+-- `lumen generate` does; a prompt with images run by run); the job leaves the
+-- prefilling list.
 function Scheduler:prefill_alone(job)
-  local n = job.prompt_tokens - job.prefilled
-  job.seqs[1].slot.session:eval_raw(job.prompt_buf + job.prefilled, n)
-  self:prompt_evaluated(job, n)
+  repeat
+    local n, seg = next_run(job)
+    eval_piece(job, n, seg)
+    self:prompt_evaluated(job, n)
+  until job.prefilled >= job.prompt_tokens
 end
 
 --- (internal) Whether every sequence decoding now is background work.
@@ -409,6 +478,8 @@ function Scheduler:prompt_evaluated(job, n)
       local f = s:fork()
       seq.slot.session:close()
       seq.slot.session = f
+      seq.slot.image_keys = {}
+      for at, key in pairs(job.seqs[1].slot.image_keys or NONE) do seq.slot.image_keys[at] = key end
     end
     seq.sampler = sampler_for(job, c)
     if job.kind == "completion" then

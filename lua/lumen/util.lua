@@ -67,6 +67,16 @@ function util.f32_json(ptr, n) return encode_with(C.lm_f32_to_json, ptr, n, 2 + 
 --- base64 of n bytes at ptr (OpenAI's base64 embeddings: the floats' bytes).
 function util.base64(ptr, n) return encode_with(C.lm_base64_encode, ptr, n, (n + 2) / 3 * 4 + 4) end
 
+--- The bytes of base64 text (standard alphabet, padding optional), or nil and
+-- C's message naming the first bad character's offset.
+function util.base64_decode(text)
+  local cap = math.floor(#text / 4) * 3 + 3
+  local buf = ffi.new("uint8_t[?]", cap)
+  local k = C.lm_base64_decode(text, #text, buf, cap)
+  if k < 0 then return nil, util.last_error() end
+  return ffi.string(buf, k)
+end
+
 --- A seed for sampling when none is given: new each run (os.time() would repeat
 -- within a second), from the kernel's random source.
 function util.random_seed()

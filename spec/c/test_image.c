@@ -79,5 +79,73 @@ int main(void) {
     CHECK(r && r->rgb[0] == 46 && r->rgb[3] == 146, "bilinear ramp: %d %d", r ? r->rgb[0] : -1, r ? r->rgb[3] : -1);
     lm_image_free(r);
     CHECK(lm_image_resize(&src, 0, 1, LM_RESIZE_LANCZOS) == NULL, "a 0-wide target is refused");
+
+    /* base64 (images arrive as data: URLs): every length round-trips through the encoder,
+     * into buffers of the exact size (ASan sees any overrun); random text never crashes */
+    for (int n = 0; n <= 64; n++) {
+        unsigned char raw[64], *back = malloc(n ? (size_t)n : 1);
+        for (int i = 0; i < n; i++) raw[i] = (unsigned char)tu_rand(&rng);
+        char *b64 = malloc((size_t)(n + 2) / 3 * 4 + 1);
+        int64_t k = lm_base64_encode(raw, n, b64, (n + 2) / 3 * 4);
+        CHECK(lm_base64_decode(b64, k, back, n ? n - 1 : 0) == (n ? -n : 0), "base64 length %d: a short buffer asks for %d", n, n);
+        CHECK(lm_base64_decode(b64, k, back, n) == n && !memcmp(raw, back, (size_t)n), "base64 length %d round trip", n);
+        while (k > 0 && b64[k - 1] == '=') k--;
+        CHECK(lm_base64_decode(b64, k, back, n) == n && !memcmp(raw, back, (size_t)n), "base64 length %d unpadded", n);
+        free(b64);
+        free(back);
+    }
+    static const char alphabet[] = "AZaz09+/=-_ \n\x80";
+    unsigned char junk[40], out[40];
+    for (int t = 0; t < 20000; t++) {
+        int n = (int)(tu_rand(&rng) % 40);
+        for (int i = 0; i < n; i++) junk[i] = (unsigned char)alphabet[tu_rand(&rng) % (sizeof alphabet - 1)];
+        int64_t k = lm_base64_decode((const char *)junk, n, out, sizeof out);
+        CHECK(k == INT64_MIN ? strncmp(lm_last_error(), "base64: ", 8) == 0 : k >= 0 && k <= n * 3 / 4,
+              "base64 junk of %d: %lld '%s'", n, (long long)k, lm_last_error());
+    }
+    CHECK(lm_base64_decode("aGVs*G8=", 8, out, sizeof out) == INT64_MIN && strstr(lm_last_error(), "'*' at offset 4"),
+          "a bad character is named: %s", lm_last_error());
+
+    /* an image encoded on a thread of its own gives the rows of lm_vision_encode, bit for bit
+     * (the tiny projector from bench/vision/make_mmproj.py, which scripts/test.sh writes) */
+    char mm[1024];
+    const char *dir = getenv("LUMEN_MODELS");
+    snprintf(mm, sizeof mm, "%s%s/vision-tiny-mmproj.gguf", dir ? dir : getenv("HOME"), dir ? "" : "/.cache/lumen/models");
+    lm_model_params mp = {.n_threads = 2};
+    lm_model *proj = lm_model_load(mm, &mp);
+    CHECK(proj != NULL, "%s: %s (run bench/.venv-embed/bin/python bench/vision/make_mmproj.py)", mm, lm_last_error());
+    size_t n;
+    unsigned char *jpg = slurp(tu_path("spec/fixtures/vision/chelsea_40x27.jpg"), &n);
+    if (proj && jpg) {
+        lm_vision_info vi;
+        int32_t gx, gy;
+        lm_image *img = lm_image_decode(jpg, n, "chelsea");
+        CHECK(lm_vision_get_info(proj, &vi) == LM_OK && lm_vision_grid(proj, img, &gx, &gy) == LM_OK, "info: %s", lm_last_error());
+        const int32_t rows = (gx * gy + 1) * vi.tile_tokens;
+        float *want = malloc((size_t)rows * vi.proj_dim * sizeof(float));
+        CHECK(lm_vision_encode(proj, img, want) == LM_OK, "encode: %s", lm_last_error());
+        lm_vision_job *jobs[3];
+        for (int j = 0; j < 3; j++) jobs[j] = lm_vision_encode_start(proj, lm_image_decode(jpg, n, "chelsea"));   /* at once */
+        for (int j = 0; j < 3; j++) {
+            CHECK(jobs[j] != NULL, "start: %s", lm_last_error());
+            if (!jobs[j]) continue;
+            int st;
+            while ((st = lm_vision_encode_poll(jobs[j])) == 0) {}
+            int32_t got, jx, jy;
+            const float *r = lm_vision_job_rows(jobs[j], &got, &jx, &jy);
+            CHECK(st == 1 && r && got == rows && jx == gx && jy == gy, "job %d: state %d, %d rows", j, st, got);
+            CHECK(r && !memcmp(r, want, (size_t)rows * vi.proj_dim * sizeof(float)), "job %d: rows differ from lm_vision_encode's", j);
+        }
+        lm_vision_job_free(jobs[2]);   /* in any order, also before the others are polled */
+        lm_vision_job_free(jobs[0]);
+        lm_vision_job_free(jobs[1]);
+        lm_vision_job *unpolled = lm_vision_encode_start(proj, lm_image_decode(jpg, n, "chelsea"));
+        lm_vision_job_free(unpolled);   /* freed while running: waits for the thread */
+        CHECK(lm_vision_encode_start(proj, NULL) == NULL, "no image: refused");
+        free(want);
+        lm_image_free(img);
+    }
+    free(jpg);
+    lm_model_free(proj);
     return tu_finish("image");
 }

@@ -79,7 +79,7 @@ describe("images", function()
   it("refuse a 0x0 image", function()
     local img, err = decode(png_header(0, 0) .. chunk("IEND", ""), "empty.png")
     assert.is_nil(img)
-    assert.matches("empty.png: not a readable PNG", err, 1, true)
+    assert.matches("empty.png: the PNG image is 0x0: an image needs at least one pixel", err, 1, true)
     img, err = decode("", "nothing.jpg")
     assert.matches("nothing.jpg: .*empty", err)
   end)
@@ -237,5 +237,121 @@ describe("vision projector (idefics3)", function()
     end
     assert.equal(112, n_neg)                     -- 6 tiles + overview, 16 rows each
     assert.equal(0, differ)                      -- no image position equals another image's
+  end)
+
+  it("lay out a chat prompt whose image positions hold the ids the session records", function()
+    local t, p = load()
+    local openai, chat = require "lumen.openai", require "lumen.chat"
+    local parts = p:image_parts(t, read(root .. "/spec/fixtures/vision/chelsea_40x27.jpg"), "chelsea")
+    local text = chat.render(t, { { role = "user", content = openai.IMAGE_MARKER .. "What is it?" } }, true)
+    local buf, n, segs = vision.prompt(t, text, openai.IMAGE_MARKER, { parts })
+    assert.equal(n, segs[#segs].at + segs[#segs].n)
+    local s = t:session{ ctx = 1024 }
+    for _, seg in ipairs(segs) do
+      if seg.rows then s:eval_embd(seg.rows:data() + seg.from * seg.rows:dim(2), seg.n)
+      else s:eval_raw(buf + seg.at, seg.n) end
+    end
+    local hist, images = s:tokens(), 0
+    for i = 1, n do
+      assert.equal(buf[i - 1], hist[i])
+      if hist[i] < 0 then images = images + 1 end
+    end
+    assert.equal(10 * 16, images)                -- 3x3 tiles + the overview, 16 rows each
+    -- a message's text holding the marker is not taken for an image
+    assert.has_error(function() vision.prompt(t, text .. openai.IMAGE_MARKER, openai.IMAGE_MARKER, { parts }) end,
+                     "the rendered prompt holds 2 image places for 1 images (does a message's text hold lumen's image placeholder, or does the chat template drop messages?)")
+  end)
+
+  it("through the scheduler: lumen caption's text, the same image reused, another image not", function()
+    local t, p = load()
+    local scheduler, openai, chat = require "lumen.scheduler", require "lumen.openai", require "lumen.chat"
+    local sched = scheduler.new{ slots = 1 }
+    local entry = sched:add_model("v", t, 1024)
+    local function run(name)
+      local bytes = read(root .. "/spec/fixtures/vision/" .. name)
+      local job = openai.chat_request({ messages = { { role = "user", content = {
+        { type = "image_url", image_url = { url = "data:image/png;base64,x" } }, { type = "text", text = "What is in the picture?" } } } },
+        temperature = 0, max_tokens = 12 }, {})
+      job.image_parts = { (p:image_parts(t, bytes, name)) }
+      job.collect = true
+      sched:submit(scheduler.prepare(entry, job), { alive = function() return true end, started = function() end,
+                                                    piece = function() end, finished = function() end, cancelled = function() end })
+      while not sched:idle() do sched:step() end
+      -- what pipelines/caption.lua does for the same image and prompt
+      local rendered = chat.render(t, { { role = "user", content = openai.IMAGE_MARKER .. "What is in the picture?" } })
+      local at = rendered:find(openai.IMAGE_MARKER, 1, true)
+      local s = t:session{ ctx = 1024 }
+      s:eval(t:tokenize(rendered:sub(1, at - 1)))
+      vision.eval_parts(s, (p:image_parts(t, bytes, name)))
+      local out = {}
+      for piece in s:generate{ tokens = t:tokenize(rendered:sub(at + #openai.IMAGE_MARKER)),
+                               sampler = lumen.sampler.from_config{ temperature = 0 }, max_tokens = 12 } do out[#out + 1] = piece end
+      assert.equal(table.concat(out), scheduler.choices(job)[1].text)
+      local first_row
+      for _, seg in ipairs(job.segments) do if seg.rows then first_row = seg.at break end end
+      return job, first_row
+    end
+    local a1 = run("chelsea_40x27.jpg")
+    -- with another request decoding: the image's rows go alone before each batched step, its
+    -- text rides along in it (2 slots, the first busy with text), and the answer stays the same
+    local s2 = scheduler.new{ slots = 2, prefill_chunk = 32 }
+    local e2 = s2:add_model("v", t, 1024)
+    local talk = openai.chat_request({ messages = { { role = "user", content = "Tell me a story." } }, temperature = 0, max_tokens = 60 }, {})
+    local sink = { alive = function() return true end, started = function() end, piece = function() end,
+                   finished = function() end, cancelled = function() end }
+    talk.collect = true
+    s2:submit(scheduler.prepare(e2, talk), sink)
+    for _ = 1, 3 do s2:step() end
+    local job = openai.chat_request({ messages = { { role = "user", content = {
+      { type = "image_url", image_url = { url = "data:," } }, { type = "text", text = "What is in the picture?" } } } },
+      temperature = 0, max_tokens = 12 }, {})
+    job.image_parts = { (p:image_parts(t, read(root .. "/spec/fixtures/vision/chelsea_40x27.jpg"), "c")) }
+    job.collect = true
+    s2:submit(scheduler.prepare(e2, job), sink)
+    local steps_while_running = 0
+    while not s2:idle() do
+      if job.prefilled and job.prefilled < job.prompt_tokens and #s2.decoding > 0 then steps_while_running = steps_while_running + 1 end
+      s2:step()
+    end
+    assert.is_true(steps_while_running > 3, "the image prompt was evaluated over " .. steps_while_running .. " steps beside the other")
+    assert.equal(scheduler.choices(a1)[1].text, scheduler.choices(job)[1].text)
+    local a2 = run("chelsea_40x27.jpg")
+    assert.equal(a2.prompt_tokens - 1, a2.cached_tokens)             -- everything but the last position
+    local b, b_first = run("chelsea_40x27_gray.png")
+    assert.equal(a1.prompt_tokens, b.prompt_tokens)
+    assert.equal(b_first, b.cached_tokens)                            -- up to the image, not one row of it
+  end)
+end)
+
+describe("image URLs", function()
+  local util = require "lumen.util"
+  it("decode base64 in C, strictly, naming the first bad character", function()
+    for n = 0, 40 do
+      local bytes = {}
+      for i = 1, n do bytes[i] = string.char((i * 37 + n) % 256) end
+      local s = table.concat(bytes)
+      local b64 = util.base64(s, #s)
+      assert.equal(s, util.base64_decode(b64))
+      assert.equal(s, util.base64_decode((b64:gsub("=+$", ""))))      -- padding optional
+    end
+    local ok, err = util.base64_decode("aGVs bG8=")
+    assert.is_nil(ok)
+    assert.equal("base64: ' ' at offset 4 is not a base64 character", err)
+    assert.matches("not a whole number of bytes", select(2, util.base64_decode("aGVsb")), 1, true)
+    assert.matches("'=' at offset 2", select(2, util.base64_decode("aG=sbG8=")), 1, true)
+    assert.matches("'-' at offset 0", select(2, util.base64_decode("-_AA")), 1, true)   -- URL-safe letters are not standard
+  end)
+
+  it("take only base64 data: URLs of images, and fetch nothing", function()
+    assert.equal("hello", vision.data_url("data:image/png;base64,aGVsbG8="))
+    assert.equal("hello", vision.data_url("DATA:;base64,aGVsbG8="))
+    local function why(url) return select(2, vision.data_url(url)) end
+    assert.matches("remote image URLs are not fetched", why("https://example.com/a.png"), 1, true)
+    assert.matches("remote image URLs are not fetched", why("HTTP://example.com/a.png"), 1, true)
+    assert.matches("must be a data: URL", why("file:///etc/passwd"), 1, true)
+    assert.matches("must be base64", why("data:image/png,abc"), 1, true)
+    assert.matches("'text/plain', not an image", why("data:text/plain;base64,aGVsbG8="), 1, true)
+    assert.matches("holds no bytes", why("data:image/png;base64,"), 1, true)
+    assert.matches("data: URL's base64: '!' at offset 2", why("data:image/png;base64,aG!s"), 1, true)
   end)
 end)
