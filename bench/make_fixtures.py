@@ -202,9 +202,10 @@ def main():
     lines = []
     w = lines.append
     w("# lumen reference fixture: llama.cpp outputs recorded through llama-cpp-python")
-    w("# produced by: bench/make_fixtures.py --model %s --out %s --prompts %d%s%s%s"
+    w("# produced by: bench/make_fixtures.py --model %s --out %s --prompts %d%s%s%s%s"
       % (os.path.basename(args.model), os.path.relpath(os.path.abspath(args.out), ROOT), args.prompts,
          " --gen %d" % args.gen if args.gen != N_GEN else "", " --corpus none" if no_corpus else "",
+         " --threads %d" % args.threads if args.threads != N_THREADS else "",
          (" --extra-bufts" if args.extra_bufts else "") + (" --flash-attn" if args.flash_attn else "")))
     w("# llama-cpp-python %s (bundled llama.cpp), numpy %s" % (llama_cpp.__version__, np.__version__))
     w("# system info: %s" % llama_cpp.llama_print_system_info().decode().strip())

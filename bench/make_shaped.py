@@ -8,7 +8,7 @@ usage:
 Needs numpy only (bench/.venv-embed has it) and the SmolLM2 GGUF in the model cache
 (scripts/fetch_model.py smollm2), whose tokenizer every file reuses. Output:
 $LUMEN_MODELS (default ~/.cache/lumen/models)/shaped-<model>.<type>.gguf, written as
-<name>.tmp and renamed when complete; a file already there with the right size is kept.
+<name>.<pid>.tmp and renamed when complete; a file already there with the right size is kept.
 Deterministic: the same seed (--seed, default 1) gives the same bytes (sha256 printed;
 KNOWN_SHA256 below is checked when the name is there, so scripts/test.sh notices a
 change). Times on the loaded 2-core EPYC (Zen 4), one process: llama3-1b Q4_0 (0.77 GB)
@@ -43,7 +43,9 @@ random quants and block scales drawn so each matrix has element std gain/sqrt(n_
 the output matrix 3/sqrt(n_in), so logits have std ~3), scales varying x0.5-1.5 between
 blocks, signs symmetric. Norm weights 1 + N(0, 0.1); biases N(0, 0.5). --check runs a
 float64 NumPy forward pass of a few tokens over the file and prints the residual stream's
-RMS per layer and the logits' spread (slow for 7B/8B: it dequantizes layer by layer).
+RMS per layer and the logits' spread (slow for 7B/8B: it dequantizes layer by layer);
+--ref FIXTURE appends that pass's logits to a bench/make_fixtures.py fixture ('ref' records:
+the exact result, which both engines approximate with activations quantized to 8 bits).
 """
 import argparse
 import hashlib
@@ -341,7 +343,7 @@ def write_model(key, ftype, seed, path):
         return path
     h = hashlib.sha256()
     t0 = time.time()
-    tmp = path + ".tmp"
+    tmp = f"{path}.{os.getpid()}.tmp"   # another process may write the same file
     with open(tmp, "wb") as f:
         f.write(head)
         h.update(head)
@@ -369,14 +371,16 @@ def write_model(key, ftype, seed, path):
     return path
 
 
-# ---- --check: a float64 NumPy forward pass of a few tokens --------------------------------
-def check(path, tokens=(1, 504, 3060, 314, 260, 1115)):
+# ---- --check / --ref: a float64 NumPy forward pass --------------------------------------
+def forward64(path, seqs, verbose=True, dtype=np.float64):
+    """Logits [len(seq), vocab] of each token sequence, in float64 (or float32, 3x faster:
+    its rounding, ~1e-5 of a logit, is far below the 8-bit activations' ~0.05) from the
+    dequantized weights (no activation quantization): the exact result both engines approximate."""
     import gguf   # dequantization only
     r = gguf.GGUFReader(path)
     arch = bytes(r.fields["general.architecture"].parts[-1]).decode()
     fv = lambda k: r.fields[f"{arch}.{k}"].parts[-1][0]
-    L, E, H, KV = int(fv("block_count")), int(fv("embedding_length")), int(fv("attention.head_count")), \
-        int(fv("attention.head_count_kv"))
+    L, H, KV = int(fv("block_count")), int(fv("attention.head_count")), int(fv("attention.head_count_kv"))
     HD, base, eps = int(fv("attention.key_length")), float(fv("rope.freq_base")), float(fv("attention.layer_norm_rms_epsilon"))
     T = {t.name: t for t in r.tensors}
 
@@ -384,21 +388,21 @@ def check(path, tokens=(1, 504, 3060, 314, 260, 1115)):
         t = T.get(name)
         if t is None:
             return None
-        return gguf.dequantize(t.data, t.tensor_type).astype(np.float64).reshape(t.shape[::-1] if len(t.shape) > 1 else -1)
+        return gguf.dequantize(t.data, t.tensor_type).astype(dtype, copy=False).reshape(t.shape[::-1] if len(t.shape) > 1 else -1)
 
     def rms(x, w):
         return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * w
 
-    n = len(tokens)
-    x = W("token_embd.weight")[list(tokens)]
+    emb = W("token_embd.weight")
+    xs = [emb[list(sq)] for sq in seqs]
     ff = W("rope_freqs.weight")
     inv = base ** (-np.arange(0, HD, 2) / HD)
     if ff is not None:
         inv = inv / ff
-    ang = np.arange(n)[:, None] * inv[None, :]
-    cs, sn = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
 
     def rope(q):   # q [n, heads, HD]
+        ang = np.arange(q.shape[0])[:, None] * inv[None, :]
+        cs, sn = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
         if arch == "llama":
             a, b = q[..., 0::2], q[..., 1::2]
             o = np.empty_like(q)
@@ -407,42 +411,85 @@ def check(path, tokens=(1, 504, 3060, 314, 260, 1115)):
         a, b = q[..., :HD // 2], q[..., HD // 2:]
         return np.concatenate([a * cs - b * sn, a * sn + b * cs], -1)
 
-    print(f"{os.path.basename(path)}: residual RMS after each layer ({n} tokens: min / max over tokens)")
-    mask = np.triu(np.full((n, n), -np.inf), 1)
+    if verbose:
+        print(f"{os.path.basename(path)}: residual RMS after each layer (min / max over {sum(map(len, seqs))} tokens)")
     for i in range(L):
         p = f"blk.{i}."
-        h = rms(x, W(p + "attn_norm.weight"))
-        q, k, v = h @ W(p + "attn_q.weight").T, h @ W(p + "attn_k.weight").T, h @ W(p + "attn_v.weight").T
-        for nm, arr in (("attn_q.bias", q), ("attn_k.bias", k), ("attn_v.bias", v)):
-            b = W(p + nm)
-            if b is not None:
-                arr += b
-        q, k, v = q.reshape(n, H, HD), k.reshape(n, KV, HD), v.reshape(n, KV, HD)
-        qn, kn = W(p + "attn_q_norm.weight"), W(p + "attn_k_norm.weight")
-        if qn is not None:
-            q, k = rms(q, qn), rms(k, kn)
-        q, k = rope(q), rope(k)
-        g = H // KV
-        att = np.empty((n, H, HD))
-        for hh in range(H):
-            s = q[:, hh] @ k[:, hh // g].T / math.sqrt(HD) + mask
-            s = np.exp(s - s.max(-1, keepdims=True))
-            att[:, hh] = (s / s.sum(-1, keepdims=True)) @ v[:, hh // g]
-        x = x + att.reshape(n, H * HD) @ W(p + "attn_output.weight").T
-        h = rms(x, W(p + "ffn_norm.weight"))
-        a, u = h @ W(p + "ffn_gate.weight").T, h @ W(p + "ffn_up.weight").T
-        x = x + (a / (1 + np.exp(-a)) * u) @ W(p + "ffn_down.weight").T
-        r_tok = np.sqrt((x * x).mean(-1))
-        print(f"  layer {i:2d}: {r_tok.min():8.3f} / {r_tok.max():8.3f}")
-        if not np.isfinite(x).all():
+        w = {k: W(p + k) for k in ("attn_norm.weight", "attn_q.weight", "attn_k.weight", "attn_v.weight", "attn_q.bias",
+                                   "attn_k.bias", "attn_v.bias", "attn_q_norm.weight", "attn_k_norm.weight",
+                                   "attn_output.weight", "ffn_norm.weight", "ffn_gate.weight", "ffn_up.weight",
+                                   "ffn_down.weight")}
+        for si, x in enumerate(xs):
+            n = len(x)
+            h = rms(x, w["attn_norm.weight"])
+            q, k, v = h @ w["attn_q.weight"].T, h @ w["attn_k.weight"].T, h @ w["attn_v.weight"].T
+            if w["attn_q.bias"] is not None:
+                q, k, v = q + w["attn_q.bias"], k + w["attn_k.bias"], v + w["attn_v.bias"]
+            q, k, v = q.reshape(n, H, HD), k.reshape(n, KV, HD), v.reshape(n, KV, HD)
+            if w["attn_q_norm.weight"] is not None:
+                q, k = rms(q, w["attn_q_norm.weight"]), rms(k, w["attn_k_norm.weight"])
+            q, k = rope(q), rope(k)
+            g = H // KV
+            mask = np.triu(np.full((n, n), -np.inf), 1)
+            att = np.empty((n, H, HD))
+            for hh in range(H):
+                sc = q[:, hh] @ k[:, hh // g].T / math.sqrt(HD) + mask
+                sc = np.exp(sc - sc.max(-1, keepdims=True))
+                att[:, hh] = (sc / sc.sum(-1, keepdims=True)) @ v[:, hh // g]
+            x = x + att.reshape(n, H * HD) @ w["attn_output.weight"].T
+            h = rms(x, w["ffn_norm.weight"])
+            a, u = h @ w["ffn_gate.weight"].T, h @ w["ffn_up.weight"].T
+            xs[si] = x + (a / (1 + np.exp(-a)) * u) @ w["ffn_down.weight"].T
+        r_tok = np.concatenate([np.sqrt((x * x).mean(-1)) for x in xs])
+        if verbose:
+            print(f"  layer {i:2d}: {r_tok.min():8.3f} / {r_tok.max():8.3f}")
+        if not all(np.isfinite(x).all() for x in xs):
             raise SystemExit("  non-finite activations")
     out = W("output.weight")
     if out is None:
-        out = W("token_embd.weight")
-    logits = rms(x, W("output_norm.weight")) @ out.T
-    top = np.sort(logits, -1)[:, ::-1]
-    print(f"  logits: std {logits.std(-1).mean():.3f}, top-1 minus top-2 median {np.median(top[:, 0] - top[:, 1]):.3f}, "
-          f"argmax {logits.argmax(-1).tolist()}")
+        out = emb
+    logits = [rms(x, W("output_norm.weight")) @ out.T for x in xs]
+    if verbose:
+        lg = np.concatenate(logits)
+        top = np.sort(lg, -1)[:, ::-1]
+        print(f"  logits: std {lg.std(-1).mean():.3f}, top-1 minus top-2 median {np.median(top[:, 0] - top[:, 1]):.3f}")
+    return logits
+
+
+def add_ref(path, fixture):
+    """Appends 'ref <i> <pos> <logit> ...' to a make_fixtures.py fixture: the float64 logits of
+    the ids of each 'top <i> <pos>' record, on the prompt followed by llama.cpp's greedy tokens."""
+    lines = open(fixture, encoding="utf-8").read().splitlines()
+    lines = [ln for ln in lines if not ln.startswith("ref ")]
+    prompts, greedy, tops = {}, {}, []
+    for ln in lines:
+        f = ln.split(" ")
+        if f[0] == "prompt":
+            prompts[int(f[1])] = [int(t) for t in f[5:]]
+        elif f[0] == "greedy":
+            greedy[int(f[1])] = [int(t) for t in f[3:]]
+        elif f[0] == "top":
+            tops.append((int(f[1]), int(f[2]), [int(kv.split(":")[0]) for kv in f[3:]]))
+    keys = sorted(prompts)
+    dtype = np.float64 if os.path.getsize(path) < (2 << 30) else np.float32   # 7B/8B: float32, in minutes
+    logits = forward64(path, [prompts[i] + greedy[i][:-1] for i in keys], dtype=dtype)
+    by = dict(zip(keys, logits))
+    lines.append(f"# ref: {np.dtype(dtype).name} NumPy forward pass over the dequantized weights (bench/make_shaped.py --ref), "
+                 f"model sha256 {sha256_file(path)}")
+    for i, pos, ids in tops:
+        row = by[i][len(prompts[i]) - 1 + pos]
+        lines.append(f"ref {i} {pos} " + " ".join("%.6f" % row[t] for t in ids))
+    with open(fixture, "w", encoding="utf-8", newline="\n") as f:
+        f.write("\n".join(lines) + "\n")
+    print(f"{fixture}: {len(tops)} ref records")
+
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 if __name__ == "__main__":
@@ -451,6 +498,8 @@ if __name__ == "__main__":
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--force", action="store_true", help="rewrite a file that exists")
     ap.add_argument("--check", action="store_true", help="NumPy forward pass: residual RMS per layer")
+    ap.add_argument("--ref", metavar="FIXTURE", help="append float64 reference logits to this make_fixtures.py "
+                    "fixture of the (one) model given")
     ap.add_argument("--list", action="store_true")
     args = ap.parse_args()
     if args.list or not args.specs:
@@ -465,4 +514,6 @@ if __name__ == "__main__":
         path = os.path.join(CACHE, f"shaped-{key}.{ftype}.gguf")
         write_model(key, ftype, args.seed, path)
         if args.check:
-            check(path)
+            forward64(path, [[1, 504, 3060, 314, 260, 1115]])
+        if args.ref:
+            add_ref(path, args.ref)
