@@ -14,6 +14,8 @@
 #include <string.h>
 #include <stdlib.h>
 
+#define F32(t) ((const float *)(t)->data)
+
 /* ---- loading ------------------------------------------------------------------ */
 
 typedef struct { lm_model *m; char prefix[32]; } loader;
@@ -122,6 +124,11 @@ static lm_status llama_load(lm_model *m) {
         bind(&L, &m->rope_freqs, "rope_freqs.weight", hp->n_rot / 2, 0, false)) /* Llama 3's rope scaling */
         return LM_ERR;
     if (!m->output) m->output = lm_tensor_retain(m->tok_embd); /* tied embeddings */
+    for (int i = 0; m->rope_freqs && i < hp->n_rot / 2; i++) {
+        const float f = F32(m->rope_freqs)[i];
+        if (!(f > 0 && isfinite(f)))
+            return lm_err("%s: rope_freqs.weight[%d] = %g; the RoPE frequency factors must be positive and finite", m->path, i, f);
+    }
 
     m->layers = calloc((size_t)hp->n_layer, sizeof *m->layers);
     if (!m->layers) return lm_err("out of memory");
@@ -148,8 +155,6 @@ static lm_status llama_load(lm_model *m) {
 }
 
 /* ---- forward pass --------------------------------------------------------------- */
-
-#define F32(t) ((const float *)(t)->data)
 
 /* A batch of tokens of sessions (model.h) */
 typedef lm_batch batch;
