@@ -10,7 +10,7 @@ records llama.cpp's greedy tokens and top-20 logits (llama-cpp-python 0.3.36: be
 from bench/setup_venv_mtmd.sh, or --llama-python), extra buffer types off, 1 thread; make_shaped.py
 --ref appends the float64 logits of the same positions (slow: the 8B is dequantized layer by
 layer in float64); then build/test_agreement FIXTURE MODEL compares lumen. Writes
-bench/out/shaped_fidelity.json and .md (fixtures in bench/out/shaped/).
+bench/out/shaped_fidelity.json and .md (--name; fixtures in bench/out/shaped/).
 """
 import argparse
 import json
@@ -61,6 +61,8 @@ def main():
     ap.add_argument("--no-ref", action="store_true", help="skip the float64 reference (compare with llama.cpp only)")
     ap.add_argument("--llama-python", default=os.path.join(ROOT, "bench", ".venv-mtmd", "bin", "python"))
     ap.add_argument("--numpy-python", default=os.path.join(ROOT, "bench", ".venv-embed", "bin", "python"))
+    ap.add_argument("--reuse", action="store_true", help="keep a fixture already recorded from the same file")
+    ap.add_argument("--name", default="shaped_fidelity", help="output name: bench/out/NAME.json and .md")
     ap.add_argument("--build", default=os.path.join(ROOT, "build"))
     args = ap.parse_args()
     os.makedirs(os.path.join(OUT, "shaped"), exist_ok=True)
@@ -71,9 +73,11 @@ def main():
         fixture = os.path.join(OUT, "shaped", f"{key}.{ftype}.txt")
         t0 = time.time()
         run([args.numpy_python, os.path.join(ROOT, "bench", "make_shaped.py"), spec])
-        run([args.llama_python, os.path.join(ROOT, "bench", "make_fixtures.py"), "--model", model, "--out", fixture,
-             "--corpus", "none", "--prompts", str(args.prompts), "--gen", str(args.gen), "--threads", "1"])
-        if not args.no_ref:
+        reuse = args.reuse and os.path.exists(fixture) and os.path.getmtime(fixture) > os.path.getmtime(model)
+        if not reuse:
+            run([args.llama_python, os.path.join(ROOT, "bench", "make_fixtures.py"), "--model", model, "--out", fixture,
+                 "--corpus", "none", "--prompts", str(args.prompts), "--gen", str(args.gen), "--threads", "1"])
+        if not args.no_ref and not (reuse and "\nref " in open(fixture).read()):
             run([args.numpy_python, os.path.join(ROOT, "bench", "make_shaped.py"), spec, "--ref", fixture])
         p = subprocess.run([os.path.join(args.build, "test_agreement"), fixture, model, str(args.prompts),
                             str(args.prompts)], text=True, capture_output=True)
@@ -82,21 +86,24 @@ def main():
                    seconds=round(time.time() - t0), **parse(p.stdout))
         rows.append(row)
         print(json.dumps(row), file=sys.stderr)
-        write(rows)   # after each file: the 8B takes long
+        write(rows, args.name)   # after each file: the 8B takes long
 
 
-def write(rows):
-    with open(os.path.join(OUT, "shaped_fidelity.json"), "w") as f:
+def write(rows, name):
+    with open(os.path.join(OUT, name + ".json"), "w") as f:
         json.dump(rows, f, indent=1)
-    md = ["| file | positions | top-1 = llama.cpp (lumen / llama.cpp 1-by-1) | lumen - exact: median / max "
-          "| llama.cpp - exact: median / max | greedy identical | failed checks |", "|---|---|---|---|---|---|---|"]
+    md = ["| file | positions | top-1 = llama.cpp (lumen / llama.cpp 1-by-1) | lumen - llama.cpp: median / max "
+          "| llama.cpp 1-by-1 - batched | lumen - exact | llama.cpp - exact | greedy identical | failed checks |",
+          "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         md.append(f"| {r['file']} | {r.get('positions', '-')} | {r.get('top1_lumen', '-')}% / {r.get('top1_llama_self', '-')}% "
+                  f"| {r.get('vs_llama_median', '-')} / {r.get('vs_llama_max', '-')} "
+                  f"| {r.get('llama_self_median', '-')} / {r.get('llama_self_max', '-')} "
                   f"| {r.get('exact_lumen_median', '-')} / {r.get('exact_lumen_max', '-')} "
                   f"| {r.get('exact_llama_median', '-')} / {r.get('exact_llama_max', '-')} "
                   f"| {r.get('greedy_identical', '-')}/{r.get('greedy_of', '-')} (+{r.get('greedy_near_ties', '-')} near-tie) "
                   f"| {r.get('checks_failed')} |")
-    with open(os.path.join(OUT, "shaped_fidelity.md"), "w") as f:
+    with open(os.path.join(OUT, name + ".md"), "w") as f:
         f.write("\n".join(md) + "\n")
     print("\n".join(md))
 
