@@ -12,7 +12,8 @@
  * differs from itself by 0.28 median, 1.68 max, with top-1 equal at 97.7% of
  * positions (the fixture's 'alt' records). A bound below that noise could only
  * be met by copying llama.cpp's arithmetic bit for bit. The bounds here:
- * top-1 rate >= llama.cpp's self rate - 2%, median |diff| <= max(0.25, 1.5 x
+ * top-1 rate >= llama.cpp's self rate - 2% (a differing top-1 where llama.cpp's
+ * own margin to lumen's pick is within its median noise counts as a near-tie), median |diff| <= max(0.25, 1.5 x
  * llama.cpp's self median), max |diff| <= max(0.25, 2 x llama.cpp's self max)
  * (the maximum is one position's outlier: which position flips depends on the
  * float summation order of the kernel the CPU runs, so it gets the wider margin;
@@ -81,6 +82,8 @@ static void check_logits(lm_model *m, fixture *fx, const agreement_case *c) {
     lm_model_get_info(m, &info);
     int positions = 0, top1 = 0, greedy_same = 0, self_top1 = 0, n_forks = 0, n_ref_pos = 0;
     float fork_margin[64];
+    float *flip_margin = calloc(64 * 64, sizeof *flip_margin);   /* llama.cpp's margin where top-1 differs */
+    int n_flips = 0;
     float worst = 0, self_worst = 0;
     float *diffs = calloc(64 * 64, sizeof *diffs), *self_diffs = calloc(64 * 64, sizeof *self_diffs);
     for (int p = 0; p < fx->n_prompts; p++) {
@@ -101,6 +104,12 @@ static void check_logits(lm_model *m, fixture *fx, const agreement_case *c) {
             int best = 0;
             for (int v = 1; v < info.n_vocab; v++) if (lg[v] > lg[best]) best = v;
             top1 += best == fp->top[pos][0].id;
+            if (best != fp->top[pos][0].id && n_flips < 64 * 64) {
+                float margin = INFINITY;
+                for (int k = 0; k < fp->n_top[pos]; k++)
+                    if (fp->top[pos][k].id == best) margin = fp->top[pos][0].logit - fp->top[pos][k].logit;
+                flip_margin[n_flips++] = margin;
+            }
             self_top1 += fp->alt_top1[pos] == fp->top[pos][0].id;
             float d_pos = 0, s_pos = 0;
             for (int k = 0; k < fp->n_top[pos]; k++) {
@@ -181,7 +190,14 @@ static void check_logits(lm_model *m, fixture *fx, const agreement_case *c) {
            greedy_same, fx->n_prompts, fx->n_prompts ? fx->prompts[0].n_greedy : 0, near_ties, self_med);
     CHECK(fx->n_prompts == c->prompts, "expected %d prompts, the fixture has %d", c->prompts, fx->n_prompts);
     CHECK(self_worst > 0, "the fixture has no 'alt' records (regenerate it with bench/make_fixtures.py)");
-    CHECK(rate >= self_rate - 0.02, "top-1 agreement %.3f < llama.cpp's own %.3f - 0.02", rate, self_rate);
+    /* a top-1 that differs where llama.cpp's own two candidates are within its noise is a near-tie */
+    int tie_flips = 0;
+    for (int i = 0; i < n_flips; i++) tie_flips += flip_margin[i] <= self_med;
+    if (n_flips) printf("top-1: %d of the %d differing positions are near-ties (llama.cpp margin <= %.3f)\n", tie_flips, n_flips, self_med);
+    const double rate_ties = positions ? (double)(top1 + tie_flips) / positions : 0;
+    CHECK(rate_ties >= self_rate - 0.02, "top-1 agreement %.3f (%.3f with near-ties) < llama.cpp's own %.3f - 0.02",
+          rate, rate_ties, self_rate);
+    free(flip_margin);
     /* against the exact logits no floor: llama.cpp's own error is the yardstick */
     const float floor_ = n_ref_pos ? 0.0f : 0.25f;
     CHECK(med <= fmaxf(floor_, 1.5f * self_med), "median logit difference %.3f > max(%.2f, 1.5 x %.3f)", med, floor_, self_med);
