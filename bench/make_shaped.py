@@ -11,8 +11,11 @@ $LUMEN_MODELS (default ~/.cache/lumen/models)/shaped-<model>.<type>.gguf, writte
 <name>.<pid>.tmp and renamed when complete; a file already there with the right size is kept.
 Deterministic: the same seed (--seed, default 1) gives the same bytes (sha256 printed;
 KNOWN_SHA256 below is checked when the name is there, so scripts/test.sh notices a
-change). Times on the loaded 2-core EPYC (Zen 4), one process: llama3-1b Q4_0 (0.77 GB)
-~10 s, qwen2-7b Q4_K_M (4.7 GB) / qwen3-8b Q4_K_M (5.0 GB) ~1-2 min each.
+change). Times on the 2-core EPYC (Zen 4) shared with five other jobs (load average 12-14):
+llama3-1b Q4_0 (0.77 GB) 8.8 s; qwen2-7b Q4_0 (4.43 GB) 733 s, qwen3-8b Q4_0 (4.77 GB) 828 s,
+qwen3-8b Q4_K_M (5.03 GB, the size of the real Qwen3-8B Q4_K_M file) 1121 s, while the
+writer itself used about 30 s of CPU for the 8B Q4_0: the rest was waiting for the cores
+and the disk, so expect about a minute per 8B file on a quiet machine.
 
 Shapes (HF config.json of each model, as llama.cpp's convert_hf_to_gguf.py writes them):
   llama3-1b  Llama-3.2-1B(-Instruct): 16 layers, width 2048, 32 heads, 8 KV heads
