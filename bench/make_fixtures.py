@@ -3,7 +3,7 @@
 top-k logits) for a GGUF model as a line-based text fixture.
 
 usage: bench/.venv/bin/python bench/make_fixtures.py --model PATH --out spec/fixtures/NAME
-                                                     [--corpus FILE] [--prompts N]
+                                                     [--corpus FILE|none] [--prompts N] [--gen N]
 
 Needs the venv made by bench/setup_venv.sh (llama-cpp-python, which bundles
 llama.cpp, and numpy).  The file format is described in FORMAT below; the same
@@ -176,35 +176,49 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--corpus", default=os.path.join(ROOT, "spec", "fixtures", "tokenizer_corpus.txt"))
     ap.add_argument("--prompts", type=int, default=len(PROMPTS))
+    ap.add_argument("--threads", type=int, default=N_THREADS,
+                    help="llama.cpp threads (default %d; the results do not depend on it, and 1 is much "
+                         "faster on a machine whose other processes keep the cores busy)" % N_THREADS)
+    ap.add_argument("--gen", type=int, default=N_GEN, help="greedy tokens per prompt (default %d)" % N_GEN)
     ap.add_argument("--extra-bufts", action="store_true",
                     help="keep llama.cpp's extra buffer types (AMX/repacked weights); off by default")
     ap.add_argument("--flash-attn", action="store_true", help="use flash attention (off by default)")
     args = ap.parse_args()
     if not 0 <= args.prompts <= len(PROMPTS):
         ap.error(f"--prompts must be between 0 and {len(PROMPTS)}")
+    if not 1 <= args.gen <= 64:
+        ap.error("--gen must be between 1 and 64")
+    no_corpus = args.corpus == "none"
 
-    llm = load_llama(args.model, extra_bufts=args.extra_bufts, flash_attn=args.flash_attn,
+    llm = load_llama(args.model, n_threads=args.threads, extra_bufts=args.extra_bufts, flash_attn=args.flash_attn,
                      seed=SEED, logits_all=True)
     n_vocab = llm.n_vocab()
-    with open(args.corpus, "rb") as f:
-        corpus = f.read()
-    corpus.decode("utf-8")  # must be valid UTF-8
+    corpus = b""
+    if not no_corpus:
+        with open(args.corpus, "rb") as f:
+            corpus = f.read()
+        corpus.decode("utf-8")  # must be valid UTF-8
 
     lines = []
     w = lines.append
     w("# lumen reference fixture: llama.cpp outputs recorded through llama-cpp-python")
-    w("# produced by: bench/make_fixtures.py --model %s --out %s --prompts %d%s%s"
+    w("# produced by: bench/make_fixtures.py --model %s --out %s --prompts %d%s%s%s%s"
       % (os.path.basename(args.model), os.path.relpath(os.path.abspath(args.out), ROOT), args.prompts,
-         " --extra-bufts" if args.extra_bufts else "", " --flash-attn" if args.flash_attn else ""))
+         " --gen %d" % args.gen if args.gen != N_GEN else "", " --corpus none" if no_corpus else "",
+         " --threads %d" % args.threads if args.threads != N_THREADS else "",
+         (" --extra-bufts" if args.extra_bufts else "") + (" --flash-attn" if args.flash_attn else "")))
     w("# llama-cpp-python %s (bundled llama.cpp), numpy %s" % (llama_cpp.__version__, np.__version__))
     w("# system info: %s" % llama_cpp.llama_print_system_info().decode().strip())
     w("# model: %s sha256 %s" % (os.path.basename(args.model), sha256(args.model)))
     w("# n_vocab %d n_ctx %d n_threads %d seed %d n_batch %d (prompts are evaluated in one batch)"
-      % (n_vocab, N_CTX, N_THREADS, SEED, llm.n_batch))
+      % (n_vocab, N_CTX, args.threads, SEED, llm.n_batch))
     w("# use_extra_bufts %d flash_attn %d, KV cache f16 (llama.cpp default)"
       % (args.extra_bufts, args.flash_attn))
-    w("# corpus: %s (%d bytes, sha256 %s)" % (os.path.relpath(args.corpus, ROOT), len(corpus),
-                                              hashlib.sha256(corpus).hexdigest()))
+    if no_corpus:
+        w("# corpus: none (no tokenizer records)")
+    else:
+        w("# corpus: %s (%d bytes, sha256 %s)" % (os.path.relpath(args.corpus, ROOT), len(corpus),
+                                                  hashlib.sha256(corpus).hexdigest()))
     w("# date: %s" % datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
     w("#")
     for fl in FORMAT.rstrip("\n").split("\n"):
@@ -213,7 +227,7 @@ def main():
 
     # ---- tokenizer ---------------------------------------------------------
     n_lossy = 0
-    inputs = corpus_inputs(corpus)
+    inputs = corpus_inputs(corpus) if not no_corpus else []
     w("# tokenizer: %d inputs x special 0/1" % len(inputs))
     for special in (0, 1):
         for text in inputs:
@@ -234,7 +248,8 @@ def main():
     print("tokenizer: %d inputs, %d lossy detok records" % (len(inputs), n_lossy), file=sys.stderr)
 
     # ---- generation --------------------------------------------------------
-    w("# generation: %d prompts, %d greedy tokens, top-%d logits per step" % (args.prompts, N_GEN, TOP_K))
+    n_gen = args.gen
+    w("# generation: %d prompts, %d greedy tokens, top-%d logits per step" % (args.prompts, n_gen, TOP_K))
     for i, (text, special) in enumerate(PROMPTS[:args.prompts]):
         tb = text.encode("utf-8")
         # add_bos=True adds BOS only where the model asks for it (Gemma does, SmolLM2 does not)
@@ -244,7 +259,7 @@ def main():
         llm.eval(ids)
         gen, tops, orders = [], [], []
         min_margin = (float("inf"), -1)
-        for pos in range(N_GEN):
+        for pos in range(n_gen):
             logits = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32)
             order = np.lexsort((np.arange(n_vocab), -logits))[:TOP_K]
             tok = int(order[0])
@@ -255,21 +270,21 @@ def main():
             tops.append("top %d %d %s" % (i, pos, " ".join("%d:%.6f" % (t, logits[t]) for t in order)))
             orders.append(order)
             gen.append(tok)
-            if pos + 1 < N_GEN:
+            if pos + 1 < n_gen:
                 llm.eval([tok])
-        w("greedy %d %d %s" % (i, N_GEN, " ".join(str(t) for t in gen)))
+        w("greedy %d %d %s" % (i, n_gen, " ".join(str(t) for t in gen)))
         w("# prompt %d: smallest top1-top2 logit margin over the %d steps: %.6f at pos %d"
-          % (i, N_GEN, min_margin[0], min_margin[1]))
+          % (i, n_gen, min_margin[0], min_margin[1]))
         lines.extend(tops)
         # the same sequence with the prompt fed token by token
         llm.reset()
         for t in ids:
             llm.eval([t])
-        for pos in range(N_GEN):
+        for pos in range(n_gen):
             logits = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32)
             lines.append("alt %d %d %d %s" % (i, pos, int(np.argmax(logits)),
                                               " ".join("%.6f" % logits[t] for t in orders[pos])))
-            if pos + 1 < N_GEN:
+            if pos + 1 < n_gen:
                 llm.eval([gen[pos]])
         print("prompt %d (min margin %.4f at pos %d): %r -> %r"
               % (i, min_margin[0], min_margin[1], text[-60:],

@@ -55,6 +55,7 @@ struct lm_model {
     lm_storage *mapping;      /* weights->mapping; the model's reference */
     lm_tokenizer *tok;
     lm_tensor *tok_embd, *output_norm, *output;
+    lm_tensor *rope_freqs;    /* Llama 3: the RoPE angles' divisors (optional) */
     lm_layer *layers;
     lm_pool *pool;
     pthread_mutex_t eval_mu;  /* one forward pass at a time uses the pool */

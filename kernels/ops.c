@@ -29,7 +29,7 @@ void lm_layernorm(float *y, const float *x, const float *w, const float *b, int6
 }
 
 void lm_rope(float *x, int n_heads, int head_dim, int n_rot, int32_t pos, float freq_base,
-             float freq_scale, lm_rope_mode mode) {
+             float freq_scale, const float *freq_factors, lm_rope_mode mode) {
     /* Angles as llama.cpp computes them: theta_i = pos * base^(-2i/n_rot), built by
      * repeated multiplication in float, so the rounding matches. */
     float cs[512], sn[512];
@@ -37,8 +37,9 @@ void lm_rope(float *x, int n_heads, int head_dim, int n_rot, int32_t pos, float 
     const float theta_scale = powf(freq_base, -2.0f / (float)n_rot);
     float theta = (float)pos * freq_scale;
     for (int i = 0; i < half && i < 512; i++) {
-        cs[i] = cosf(theta);
-        sn[i] = sinf(theta);
+        const float th = freq_factors ? theta / freq_factors[i] : theta;
+        cs[i] = cosf(th);
+        sn[i] = sinf(th);
         theta *= theta_scale;
     }
     for (int h = 0; h < n_heads; h++) {

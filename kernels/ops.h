@@ -14,8 +14,10 @@ void lm_layernorm(float *y, const float *x, const float *w, const float *b, int6
 
 typedef enum { LM_ROPE_NORM = 0, LM_ROPE_NEOX = 2 } lm_rope_mode;
 /* Rotates the first n_rot dims of each of n_heads heads (head_dim apart) at position pos. */
+/* freq_factors: NULL, or n_rot/2 divisors of the angles (Llama 3's rope scaling, the
+ * GGUF tensor rope_freqs.weight), applied as llama.cpp does: theta_i / freq_factors[i]. */
 void lm_rope(float *x, int n_heads, int head_dim, int n_rot, int32_t pos, float freq_base,
-             float freq_scale, lm_rope_mode mode);
+             float freq_scale, const float *freq_factors, lm_rope_mode mode);
 
 void lm_softmax(float *x, int64_t n);
 /* x = softmax(x * scale) with vectorized exponentials (within 2 ulp of expf): attention rows. */

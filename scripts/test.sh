@@ -19,6 +19,9 @@ $PY scripts/fetch_model.py gemma3
 # the embedding specs: all-MiniLM-L6-v2 as shipped and as a GGUF (bert_to_gguf.py needs gguf from PyPI)
 bench/setup_embed_venv.sh
 bench/.venv-embed/bin/python scripts/fetch_model.py minilm minilm-gguf
+# the agreement test also checks random weights at Llama-3.2-1B's real shape (0.77 GB, written
+# in ~10 s, not downloaded; the writer checks the sha256 its fixture was recorded from)
+bench/.venv-embed/bin/python bench/make_shaped.py llama3-1b:Q4_0
 # the vision specs: a tiny idefics3 mmproj (random weights, seeded), SmolLM2 with SmolVLM's
 # image tokens, and photographs from Debian's python3-skimage data (model cache, not committed)
 bench/.venv-embed/bin/python bench/vision/make_mmproj.py vision-tiny-mmproj.gguf

@@ -14,6 +14,8 @@
 #include <string.h>
 #include <stdlib.h>
 
+#define F32(t) ((const float *)(t)->data)
+
 /* ---- loading ------------------------------------------------------------------ */
 
 typedef struct { lm_model *m; char prefix[32]; } loader;
@@ -118,9 +120,15 @@ static lm_status llama_load(lm_model *m) {
     hp->n_vocab = (int32_t)emb->ne[1];
     if (bind(&L, &m->tok_embd, "token_embd.weight", hp->n_vocab, E, true) ||
         bind(&L, &m->output_norm, "output_norm.weight", E, 0, true) ||
-        bind(&L, &m->output, "output.weight", hp->n_vocab, E, false))
+        bind(&L, &m->output, "output.weight", hp->n_vocab, E, false) ||
+        bind(&L, &m->rope_freqs, "rope_freqs.weight", hp->n_rot / 2, 0, false)) /* Llama 3's rope scaling */
         return LM_ERR;
     if (!m->output) m->output = lm_tensor_retain(m->tok_embd); /* tied embeddings */
+    for (int i = 0; m->rope_freqs && i < hp->n_rot / 2; i++) {
+        const float f = F32(m->rope_freqs)[i];
+        if (!(f > 0 && isfinite(f)))
+            return lm_err("%s: rope_freqs.weight[%d] = %g; the RoPE frequency factors must be positive and finite", m->path, i, f);
+    }
 
     m->layers = calloc((size_t)hp->n_layer, sizeof *m->layers);
     if (!m->layers) return lm_err("out of memory");
@@ -147,8 +155,6 @@ static lm_status llama_load(lm_model *m) {
 }
 
 /* ---- forward pass --------------------------------------------------------------- */
-
-#define F32(t) ((const float *)(t)->data)
 
 /* A batch of tokens of sessions (model.h) */
 typedef lm_batch batch;
@@ -291,14 +297,15 @@ static void tok_stage(const tok_job *j, int32_t t0, int32_t t1) {
             break;
         case ST_QK: {
             float *q = s->q + t * QD, *k = s->k + t * KVD;
+            const float *rope_ff = s->model->rope_freqs ? F32(s->model->rope_freqs) : NULL;
             lm_session *sq = b->seq[t];
             if (l->bq) lm_add(q, F32(l->bq), QD);
             if (l->bk) lm_add(k, F32(l->bk), KVD);
             if (l->bv) lm_add(s->v + t * KVD, F32(l->bv), KVD);
             if (l->q_norm) for (int h = 0; h < hp->n_head; h++) lm_rmsnorm(q + h * HD, q + h * HD, F32(l->q_norm), HD, hp->norm_eps);
             if (l->k_norm) for (int h = 0; h < hp->n_head_kv; h++) lm_rmsnorm(k + h * HD, k + h * HD, F32(l->k_norm), HD, hp->norm_eps);
-            lm_rope(q, hp->n_head, (int)HD, hp->n_rot, b->pos[t], j->rope_base, hp->rope_scale, hp->rope_mode);
-            lm_rope(k, hp->n_head_kv, (int)HD, hp->n_rot, b->pos[t], j->rope_base, hp->rope_scale, hp->rope_mode);
+            lm_rope(q, hp->n_head, (int)HD, hp->n_rot, b->pos[t], j->rope_base, hp->rope_scale, rope_ff, hp->rope_mode);
+            lm_rope(k, hp->n_head_kv, (int)HD, hp->n_rot, b->pos[t], j->rope_base, hp->rope_scale, rope_ff, hp->rope_mode);
             int64_t at = ((int64_t)j->il * sq->n_ctx + b->pos[t]) * KVD;
             lm_f32_to_f16_row(k, sq->k_cache + at, KVD);
             lm_f32_to_f16_row(s->v + t * KVD, sq->v_cache + at, KVD);
@@ -395,7 +402,8 @@ static void llama_unload(lm_model *m) {
     lm_tensor_free(m->tok_embd);
     lm_tensor_free(m->output_norm);
     lm_tensor_free(m->output);
-    m->tok_embd = m->output_norm = m->output = NULL;
+    lm_tensor_free(m->rope_freqs);
+    m->tok_embd = m->output_norm = m->output = m->rope_freqs = NULL;
 }
 
 static const char *const llama_names[] = {"llama", "qwen2", "qwen3", "gemma3", NULL};

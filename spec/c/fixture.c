@@ -77,6 +77,14 @@ fixture *fx_load(const char *path) {
             char *t;
             while (k < 20 && (t = strtok_r(NULL, " \n", &save))) p->alt[pos][k++] = strtof(t, NULL);
             p->n_alt[pos] = k;
+        } else if (!strcmp(kind, "ref")) {
+            fx_prompt *p = prompt_at(f, atoi(strtok_r(NULL, " \n", &save)));
+            int pos = atoi(strtok_r(NULL, " \n", &save));
+            if (!p || pos < 0 || pos >= 64) continue;
+            int k = 0;
+            char *t;
+            while (k < 20 && (t = strtok_r(NULL, " \n", &save))) p->ref[pos][k++] = strtof(t, NULL);
+            p->n_ref[pos] = k;
         } else if (!strcmp(kind, "top")) {
             fx_prompt *p = prompt_at(f, atoi(strtok_r(NULL, " \n", &save)));
             int pos = atoi(strtok_r(NULL, " \n", &save));

@@ -13,6 +13,7 @@ typedef struct {
     fx_top top[64][20]; int n_top[64];  /* top-20 logits at each position */
     int32_t alt_top1[64];               /* llama.cpp, prompt fed token by token: its top-1 */
     float alt[64][20]; int n_alt[64];   /* ... and its logits for the ids of top[pos] */
+    float ref[64][20]; int n_ref[64];   /* the float64 logits of those ids (no activation quantization; optional) */
 } fx_prompt;
 
 typedef struct {

@@ -28,14 +28,24 @@ static void test_rope(void) {
     const int heads = 3, hd = 64;
     float x[3 * 64], ref[3 * 64];
     uint64_t r = 2;
-    for (int mode = 0; mode <= 2; mode += 2) {
+    /* Llama 3's frequency factors (rope_freqs.weight of Llama-3.2-1B: base 500000, factor
+     * 32, low/high frequency factors 1/4, original context 8192) divide the angles */
+    float ff[32];
+    for (int i = 0; i < hd / 2; i++) {
+        double wl = 2 * M_PI * pow(500000.0, 2.0 * i / hd), lo = 8192.0, hi = 8192.0 / 4, sm = (8192.0 / wl - 1) / 3;
+        ff[i] = wl < hi ? 1.0f : wl > lo ? 32.0f : (float)(1 / ((1 - sm) / 32 + sm));
+    }
+    for (int c = 0; c < 4; c++) {
+        const int mode = c % 2 ? LM_ROPE_NEOX : LM_ROPE_NORM;
+        const bool scaled = c >= 2;
+        const double base = scaled ? 500000.0 : 10000.0;
         for (int i = 0; i < heads * hd; i++) x[i] = ref[i] = tu_randf(&r, -1, 1);
-        int pos = 37;
-        lm_rope(x, heads, hd, hd, pos, 10000.0f, 1.0f, mode);
+        int pos = scaled ? 5000 : 37;
+        lm_rope(x, heads, hd, hd, pos, (float)base, 1.0f, scaled ? ff : NULL, mode);
         double err = 0, norm_in = 0, norm_out = 0;
         for (int h = 0; h < heads; h++) {
             for (int i = 0; i < hd / 2; i++) {
-                double th = pos * pow(10000.0, -2.0 * i / hd);
+                double th = pos * pow(base, -2.0 * i / hd) / (scaled ? ff[i] : 1.0);
                 int a = mode ? i : 2 * i, b = mode ? i + hd / 2 : 2 * i + 1;
                 double xa = ref[h * hd + a], xb = ref[h * hd + b];
                 double ya = xa * cos(th) - xb * sin(th), yb = xa * sin(th) + xb * cos(th);
@@ -45,13 +55,21 @@ static void test_rope(void) {
                 norm_out += (double)x[h * hd + a] * x[h * hd + a] + (double)x[h * hd + b] * x[h * hd + b];
             }
         }
-        CHECK(err < 2e-4, "rope mode %d error %g", mode, err);
+        /* float angles: relative error ~1e-7 of pos * theta, so the bound grows with pos */
+        CHECK(err < (scaled ? 2e-3 : 2e-4), "rope mode %d%s error %g", mode, scaled ? " (freq factors)" : "", err);
         CHECK(fabs(norm_in - norm_out) < 1e-3, "rope preserves the norm");
     }
     /* position 0 is the identity */
     for (int i = 0; i < hd; i++) x[i] = ref[i] = (float)i;
-    lm_rope(x, 1, hd, hd, 0, 10000.0f, 1.0f, LM_ROPE_NORM);
+    lm_rope(x, 1, hd, hd, 0, 10000.0f, 1.0f, NULL, LM_ROPE_NORM);
     CHECK(!memcmp(x, ref, hd * sizeof(float)), "rope at position 0 changes nothing");
+    /* factors of 1 change nothing: the same bits as none */
+    float ones[32], y[64];
+    for (int i = 0; i < hd / 2; i++) ones[i] = 1.0f;
+    for (int i = 0; i < hd; i++) x[i] = y[i] = tu_randf(&r, -1, 1);
+    lm_rope(x, 1, hd, hd, 123, 500000.0f, 1.0f, NULL, LM_ROPE_NORM);
+    lm_rope(y, 1, hd, hd, 123, 500000.0f, 1.0f, ones, LM_ROPE_NORM);
+    CHECK(!memcmp(x, y, hd * sizeof(float)), "frequency factors of 1 give the same bits as none");
 }
 
 static void test_softmax_act(void) {
