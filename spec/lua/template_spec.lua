@@ -7,12 +7,7 @@ local T = require "lumen.template"
 local HERE = (debug.getinfo(1, "S").source:match("^@(.*/)") or "./")
 local FIXTURES = HERE .. "../fixtures/templates/"
 
-local function read(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("*a")
-  f:close()
-  return s
-end
+local function read(path) return assert(require("lumen.util").read_file(path)) end
 
 local function render(src, ctx) return T.render(src, ctx or {}) end
 

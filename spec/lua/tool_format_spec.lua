@@ -14,12 +14,7 @@ local cjson = require "cjson"
 local HERE = (debug.getinfo(1, "S").source:match("^@(.*/)") or "./")
 local FIXTURES = HERE .. "../fixtures/templates/"
 
-local function read(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("*a")
-  f:close()
-  return s
-end
+local function read(path) return assert(require("lumen.util").read_file(path)) end
 
 -- SmolLM2 (its tokenizer, weights and special tokens) with another chat template, as a registry entry's
 -- `chat_template` gives one

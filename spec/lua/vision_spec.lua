@@ -15,7 +15,7 @@ local TEXT = models .. "/SmolLM2-135M-vision.Q4_1.gguf"
 local TEXT_F32 = models .. "/SmolLM2-135M-vision.f32.gguf"  -- scripts/test.sh: lumen quantize TEXT TEXT_F32 f32
 local have = io.open(TEXT) and io.open(TEXT_F32) and io.open(models .. "/vision-tiny-mmproj.gguf") and io.open(images .. "rocket.jpg")
 
-local function read(path) local f = assert(io.open(path, "rb")) local s = f:read("*a") f:close() return s end
+local function read(path) return assert(require("lumen.util").read_file(path)) end
 local function write(path, s) local f = assert(io.open(path, "wb")) f:write(s) f:close() end
 
 local function fixture()
