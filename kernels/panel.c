@@ -22,28 +22,25 @@ static int panel_bias(lm_dtype w) {
     }
 }
 
-size_t lm_panel_record(lm_dtype w) {
-    return w == LM_Q4_K || w == LM_Q5_K || w == LM_Q6_K ? sizeof(block_q8_K) : sizeof(lm_panel_block);
+void lm_panel_pack_q8_K(const void *yq, void *dst, size_t y_stride, int64_t n) {
+    char *o = dst; /* Q8_K blocks carry what the K-quant panels read */
+    for (int64_t i = 0; i < n / QK_K; i++) memcpy(o + i * y_stride, (const block_q8_K *)yq + i, sizeof(block_q8_K));
 }
 
-void lm_panel_pack(lm_dtype w, const void *yq, void *dst, size_t y_stride, int64_t n) {
+void lm_panel_pack_q8_1(const void *yq, void *dst, size_t y_stride, int64_t n) {
     char *o = dst;
-    if (w == LM_Q4_K || w == LM_Q5_K || w == LM_Q6_K) { /* Q8_K blocks carry what those panels read */
-        for (int64_t i = 0; i < n / QK_K; i++) memcpy(o + i * y_stride, (const block_q8_K *)yq + i, sizeof(block_q8_K));
-        return;
+    const block_q8_1 *b = yq;
+    for (int64_t i = 0; i < n / QK; i++) {
+        lm_panel_block *p = (lm_panel_block *)(o + i * y_stride);
+        p->d = F16(b[i].d);
+        p->s = F16(b[i].s);
+        memcpy(p->qs, b[i].qs, QK);
     }
-    if (w == LM_Q4_1) {
-        const block_q8_1 *b = yq;
-        for (int64_t i = 0; i < n / QK; i++) {
-            lm_panel_block *p = (lm_panel_block *)(o + i * y_stride);
-            p->d = F16(b[i].d);
-            p->s = F16(b[i].s);
-            memcpy(p->qs, b[i].qs, QK);
-        }
-        return;
-    }
+}
+
+static void pack_q8_0(const void *yq, void *dst, size_t y_stride, int64_t n, int bias) {
+    char *o = dst;
     const block_q8_0 *b = yq;
-    const int bias = panel_bias(w);
     for (int64_t i = 0; i < n / QK; i++) {
         lm_panel_block *p = (lm_panel_block *)(o + i * y_stride);
         int32_t sum = 0;
@@ -53,6 +50,9 @@ void lm_panel_pack(lm_dtype w, const void *yq, void *dst, size_t y_stride, int64
         memcpy(p->qs, b[i].qs, QK);
     }
 }
+void lm_panel_pack_q8_0_b8(const void *yq, void *dst, size_t y_stride, int64_t n) { pack_q8_0(yq, dst, y_stride, n, 8); }
+void lm_panel_pack_q8_0_b16(const void *yq, void *dst, size_t y_stride, int64_t n) { pack_q8_0(yq, dst, y_stride, n, 16); }
+void lm_panel_pack_q8_0_b128(const void *yq, void *dst, size_t y_stride, int64_t n) { pack_q8_0(yq, dst, y_stride, n, 128); }
 
 /* the 32 weights of block i of a row as signed integers, its scale and min */
 static void weights(lm_dtype t, const char *row, int64_t i, int q[QK], float *d, float *m) {

@@ -466,7 +466,10 @@ static void quantize_q6_K(const float *restrict x, void *restrict vy, int64_t n)
 /* ---- registration ------------------------------------------------------------- */
 
 void lm_quant_register_k(lm_quant_entry table[LM_DTYPE_COUNT]) {
+    table[LM_Q2_K] = (lm_quant_entry){.name = "q2_k", .block = QK_K, .size = 84, .file_type = -1};
+    table[LM_Q3_K] = (lm_quant_entry){.name = "q3_k", .block = QK_K, .size = 110, .file_type = -1};
     table[LM_Q4_K] = (lm_quant_entry){
+        .name = "q4_k", .block = QK_K, .size = sizeof(block_q4_K), .file_type = 15, /* Q4_K_M */
         .vec_dot_type = LM_Q8_K,
         .to_float = dequantize_q4_K,
         .from_float = {[LM_ISA_SCALAR] = quantize_q4_K},
@@ -476,8 +479,10 @@ void lm_quant_register_k(lm_quant_entry table[LM_DTYPE_COUNT]) {
         .vec_dot_tile = {[LM_ISA_AVX512] = lm_vec_dot_tile_q4_K_q8_K_vnni},
         .tile_rows = {[LM_ISA_AVX512] = LM_TILE_ROWS_K},
         .panel = {[LM_ISA_SCALAR] = lm_panel_q4_K_ref, [LM_ISA_AVX512] = lm_panel_q4_K_vnni},
+        .panel_record = sizeof(block_q8_K), .panel_pack = lm_panel_pack_q8_K,
     };
     table[LM_Q5_K] = (lm_quant_entry){
+        .name = "q5_k", .block = QK_K, .size = sizeof(block_q5_K), .file_type = 17, /* Q5_K_M */
         .vec_dot_type = LM_Q8_K,
         .to_float = dequantize_q5_K,
         .from_float = {[LM_ISA_SCALAR] = quantize_q5_K},
@@ -485,8 +490,10 @@ void lm_quant_register_k(lm_quant_entry table[LM_DTYPE_COUNT]) {
                     [LM_ISA_AVX2] = lm_vec_dot_q5_K_q8_K_avx2,
                     [LM_ISA_AVX512] = lm_vec_dot_q5_K_q8_K_avx512},
         .panel = {[LM_ISA_SCALAR] = lm_panel_q5_K_ref, [LM_ISA_AVX512] = lm_panel_q5_K_vnni},
+        .panel_record = sizeof(block_q8_K), .panel_pack = lm_panel_pack_q8_K,
     };
     table[LM_Q6_K] = (lm_quant_entry){
+        .name = "q6_k", .block = QK_K, .size = sizeof(block_q6_K), .file_type = 18,
         .vec_dot_type = LM_Q8_K,
         .to_float = dequantize_q6_K,
         .from_float = {[LM_ISA_SCALAR] = quantize_q6_K},
@@ -496,9 +503,11 @@ void lm_quant_register_k(lm_quant_entry table[LM_DTYPE_COUNT]) {
         .vec_dot_tile = {[LM_ISA_AVX512] = lm_vec_dot_tile_q6_K_q8_K_vnni},
         .tile_rows = {[LM_ISA_AVX512] = LM_TILE_ROWS_K},
         .panel = {[LM_ISA_SCALAR] = lm_panel_q6_K_ref, [LM_ISA_AVX512] = lm_panel_q6_K_vnni},
+        .panel_record = sizeof(block_q8_K), .panel_pack = lm_panel_pack_q8_K,
     };
     /* Activations only: quantized to, never dotted as weights. */
     table[LM_Q8_K] = (lm_quant_entry){
+        .name = "q8_k", .block = QK_K, .size = sizeof(block_q8_K), .file_type = -1,
         .vec_dot_type = LM_Q8_K,
         .to_float = dequantize_q8_K,
         .from_float = {[LM_ISA_SCALAR] = quantize_q8_K,
