@@ -512,8 +512,7 @@ static void vec_dot_q2_K_q8_K(int64_t n, float *restrict s, const void *restrict
             for (int l = 0; l < 16; l++) dot += y[i].qs[16 * j + l] * low2(x[i].qs, 16 * j + l);
             isum += (x[i].scales[j] & 0xF) * dot;
         }
-        const float dall = y[i].d * lm_f16_to_f32(x[i].d), dmin = y[i].d * lm_f16_to_f32(x[i].dmin);
-        sumf += dall * isum - dmin * summs;
+        sumf = lm_q2_K_block_sum(sumf, y[i].d * lm_f16_to_f32(x[i].d), isum, y[i].d * lm_f16_to_f32(x[i].dmin), summs);
     }
     *s = sumf;
 }
@@ -690,14 +689,18 @@ void lm_quant_register_k(lm_quant_entry table[LM_DTYPE_COUNT]) {
         .vec_dot_type = LM_Q8_K,
         .to_float = dequantize_q2_K,
         .from_float = {[LM_ISA_SCALAR] = quantize_q2_K},
-        .vec_dot = {[LM_ISA_SCALAR] = vec_dot_q2_K_q8_K},
+        .vec_dot = {[LM_ISA_SCALAR] = vec_dot_q2_K_q8_K,
+                    [LM_ISA_AVX2] = lm_vec_dot_q2_K_q8_K_avx2,
+                    [LM_ISA_AVX512] = lm_vec_dot_q2_K_q8_K_avx512},
     };
     table[LM_Q3_K] = (lm_quant_entry){
         .name = "q3_k", .block = QK_K, .size = sizeof(block_q3_K), .file_type = 11, /* Q3_K_S */
         .vec_dot_type = LM_Q8_K,
         .to_float = dequantize_q3_K,
         .from_float = {[LM_ISA_SCALAR] = quantize_q3_K},
-        .vec_dot = {[LM_ISA_SCALAR] = vec_dot_q3_K_q8_K},
+        .vec_dot = {[LM_ISA_SCALAR] = vec_dot_q3_K_q8_K,
+                    [LM_ISA_AVX2] = lm_vec_dot_q3_K_q8_K_avx2,
+                    [LM_ISA_AVX512] = lm_vec_dot_q3_K_q8_K_avx512},
     };
     table[LM_Q4_K] = (lm_quant_entry){
         .name = "q4_k", .block = QK_K, .size = sizeof(block_q4_K), .file_type = 15, /* Q4_K_M */

@@ -106,6 +106,16 @@ static inline void lm_k_unpack_scales_q3(const uint8_t packed[K_SCALE_SIZE], int
     for (int j = 0; j < 16; j++) out[j] = (int8_t)(out[j] - 32);
 }
 
+/* One Q2_K super-block added to a running sum as ggml's generic vec_dot does:
+ * sumf + (dall*isum - dmin*summins), each product rounded on its own (the
+ * empty asm keeps the compiler from fusing one into a multiply-add), so the
+ * SIMD variants that sum isum and summins exactly give the scalar's bits. */
+static inline float lm_q2_K_block_sum(float sumf, float dall, int32_t isum, float dmin, int32_t summins) {
+    float a = dall * (float)isum, b = dmin * (float)summins;
+    __asm__("" : "+x"(a), "+x"(b));
+    return sumf + (a - b);
+}
+
 #if defined(__AVX2__)
 #include <immintrin.h>
 /* lm_k_unpack_scales in an xmm (scales in bytes 0-7, mins in 8-15), for the SIMD
