@@ -81,6 +81,18 @@ static void weights(lm_dtype t, const char *row, int64_t i, int q[QK], float *d,
         *d = F16(b->d);
         break;
     }
+    case LM_Q5_1: {
+        const block_q5_1 *b = (const block_q5_1 *)row + i;
+        uint32_t qh;
+        memcpy(&qh, b->qh, 4);
+        for (int k = 0; k < QK / 2; k++) {
+            q[k] = (b->qs[k] & 15) | (((qh >> k) & 1) << 4);
+            q[k + QK / 2] = (b->qs[k] >> 4) | (((qh >> (k + 16)) & 1) << 4);
+        }
+        *d = F16(b->d);
+        *m = F16(b->m);
+        break;
+    }
     case LM_Q4_1: {
         const block_q4_1 *b = (const block_q4_1 *)row + i;
         for (int k = 0; k < QK / 2; k++) { q[k] = b->qs[k] & 15; q[k + QK / 2] = b->qs[k] >> 4; }
@@ -103,10 +115,11 @@ static void panel_ref(lm_dtype t, int64_t n, int nt, float *s, size_t s_stride, 
                 weights(t, x + r * x_stride, i, q, &d, &m);
                 const lm_panel_block *a = (const lm_panel_block *)(y + i * y_stride) + c;
                 /* the packed -bias * sum(q) and the shifted weights, as the SIMD panels */
-                int32_t dot = t == LM_Q4_1 ? 0 : a->c;
+                const bool min = t == LM_Q4_1 || t == LM_Q5_1; /* Q8_1 activations, no shift */
+                int32_t dot = min ? 0 : a->c;
                 for (int k = 0; k < QK; k++) dot += (q[k] + panel_bias(t)) * a->qs[k];
                 sum = fmaf((float)dot, d * a->d, sum);
-                if (t == LM_Q4_1) sum = fmaf(m, a->s, sum);
+                if (min) sum = fmaf(m, a->s, sum);
             }
             s[c * s_stride + r] = sum;
         }
@@ -193,3 +206,4 @@ REF(lm_panel_q4_0_ref, LM_Q4_0)
 REF(lm_panel_q4_1_ref, LM_Q4_1)
 REF(lm_panel_q5_0_ref, LM_Q5_0)
 REF(lm_panel_q8_0_ref, LM_Q8_0)
+REF(lm_panel_q5_1_ref, LM_Q5_1)

@@ -303,7 +303,10 @@ void lm_quant_register_legacy(lm_quant_entry t[LM_DTYPE_COUNT]) {
         .panel_pack = lm_panel_pack_q8_0_b16, .panel_decode = true};
     t[LM_Q5_1] = (lm_quant_entry){
         .name = "q5_1", .block = QK, .size = sizeof(block_q5_1), .file_type = 9, .vec_dot_type = LM_Q8_1,
-        .to_float = deq_q5_1, .from_float = {quant_q5_1}, .vec_dot = {dot_q5_1}};
+        .to_float = deq_q5_1, .from_float = {quant_q5_1},
+        .vec_dot = {dot_q5_1, lm_vec_dot_q5_1_q8_1_avx2, lm_vec_dot_q5_1_q8_1_avx512},
+        .panel = {lm_panel_q5_1_ref, NULL, lm_panel_q5_1_vnni}, .panel_record = sizeof(lm_panel_block),
+        .panel_pack = lm_panel_pack_q8_1, .panel_decode = true};
     t[LM_Q8_0] = (lm_quant_entry){
         .name = "q8_0", .block = QK, .size = sizeof(block_q8_0), .file_type = 7, .vec_dot_type = LM_Q8_0,
         .to_float = deq_q8_0, .from_float = {quant_q8_0, lm_quantize_q8_0_avx2}, .vec_dot = {dot_q8_0, lm_vec_dot_q8_0_q8_0_avx2},
