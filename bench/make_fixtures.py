@@ -3,7 +3,8 @@
 top-k logits) for a GGUF model as a line-based text fixture.
 
 usage: bench/.venv/bin/python bench/make_fixtures.py --model PATH --out spec/fixtures/NAME
-                                                     [--corpus FILE] [--prompts N]
+                                                     [--corpus FILE] [--prompts N] [--no-tokenizer]
+                                                     [--made-by "HOW THE MODEL FILE WAS MADE"]
 
 Needs the venv made by bench/setup_venv.sh (llama-cpp-python, which bundles
 llama.cpp, and numpy).  The file format is described in FORMAT below; the same
@@ -179,6 +180,9 @@ def main():
     ap.add_argument("--extra-bufts", action="store_true",
                     help="keep llama.cpp's extra buffer types (AMX/repacked weights); off by default")
     ap.add_argument("--flash-attn", action="store_true", help="use flash attention (off by default)")
+    ap.add_argument("--no-tokenizer", action="store_true",
+                    help="no tok/detok records (a requantized copy of a model whose vocabulary another fixture covers)")
+    ap.add_argument("--made-by", default="", help="a comment line: how the model file was made (e.g. a lumen quantize command)")
     args = ap.parse_args()
     if not 0 <= args.prompts <= len(PROMPTS):
         ap.error(f"--prompts must be between 0 and {len(PROMPTS)}")
@@ -193,12 +197,15 @@ def main():
     lines = []
     w = lines.append
     w("# lumen reference fixture: llama.cpp outputs recorded through llama-cpp-python")
-    w("# produced by: bench/make_fixtures.py --model %s --out %s --prompts %d%s%s"
+    w("# produced by: bench/make_fixtures.py --model %s --out %s --prompts %d%s%s%s"
       % (os.path.basename(args.model), os.path.relpath(os.path.abspath(args.out), ROOT), args.prompts,
-         " --extra-bufts" if args.extra_bufts else "", " --flash-attn" if args.flash_attn else ""))
+         " --extra-bufts" if args.extra_bufts else "", " --flash-attn" if args.flash_attn else "",
+         " --no-tokenizer" if args.no_tokenizer else ""))
     w("# llama-cpp-python %s (bundled llama.cpp), numpy %s" % (llama_cpp.__version__, np.__version__))
     w("# system info: %s" % llama_cpp.llama_print_system_info().decode().strip())
     w("# model: %s sha256 %s" % (os.path.basename(args.model), sha256(args.model)))
+    if args.made_by:
+        w("# model made by: %s" % args.made_by)
     w("# n_vocab %d n_ctx %d n_threads %d seed %d n_batch %d (prompts are evaluated in one batch)"
       % (n_vocab, N_CTX, N_THREADS, SEED, llm.n_batch))
     w("# use_extra_bufts %d flash_attn %d, KV cache f16 (llama.cpp default)"
@@ -213,7 +220,7 @@ def main():
 
     # ---- tokenizer ---------------------------------------------------------
     n_lossy = 0
-    inputs = corpus_inputs(corpus)
+    inputs = [] if args.no_tokenizer else corpus_inputs(corpus)
     w("# tokenizer: %d inputs x special 0/1" % len(inputs))
     for special in (0, 1):
         for text in inputs:

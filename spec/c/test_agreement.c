@@ -3,7 +3,10 @@
  *  - tokenization identical, and decode(encode(x)) == x;
  *  - teacher-forced on llama.cpp's own sequence, lumen's logits for llama.cpp's
  *    top-20 ids are as close to llama.cpp's as llama.cpp's are to themselves;
- *  - free-running 32-token greedy continuations identical on >= 6 of 8 prompts.
+ *  - free-running 32-token greedy continuations identical (or forking at a
+ *    near-tie) on >= 3/4 of the prompts.
+ * Also on the Q2_K and Q3_K files `lumen quantize` makes from the default model,
+ * made here and checked first to be the very file llama.cpp was given (sha256).
  *
  * Why "as close as llama.cpp to itself" and not a fixed 0.25: with activations
  * quantized to Q8 this model is chaotic at float-rounding level. Scaling one
@@ -21,9 +24,13 @@
 #include "fixture.h"
 #include "lumen.h"
 
+#include "sha256.h"
+
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static const char *model_path(const char *file) {
     static char buf[4096];
@@ -66,7 +73,11 @@ static int cmp_float(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
-static void check_logits(lm_model *m, fixture *fx) {
+/* How far from llama.cpp's own spread lumen may be (see the header and CASES). */
+typedef struct { float top1_margin, median_factor, max_factor; } bounds;
+#define DEFAULT_BOUNDS {0.02f, 1.5f, 2.0f}
+
+static void check_logits(lm_model *m, fixture *fx, int n_prompts, bounds b) {
     lm_model_info info;
     lm_model_get_info(m, &info);
     int positions = 0, top1 = 0, greedy_same = 0, self_top1 = 0, n_forks = 0;
@@ -150,36 +161,92 @@ static void check_logits(lm_model *m, fixture *fx) {
     for (int i = 0; i < n_forks; i++) near_ties += fork_margin[i] <= self_med;
     printf("greedy: %d/%d continuations of 32 tokens identical; %d more fork at a near-tie (llama.cpp margin <= its noise %.3f)\n",
            greedy_same, fx->n_prompts, near_ties, self_med);
-    CHECK(fx->n_prompts == 8, "expected 8 prompts, the fixture has %d", fx->n_prompts);
+    CHECK(fx->n_prompts == n_prompts, "expected %d prompts, the fixture has %d", n_prompts, fx->n_prompts);
     CHECK(self_worst > 0, "the fixture has no 'alt' records (regenerate it with bench/make_fixtures.py)");
-    CHECK(rate >= self_rate - 0.02, "top-1 agreement %.3f < llama.cpp's own %.3f - 0.02", rate, self_rate);
-    CHECK(med <= fmaxf(0.25f, 1.5f * self_med), "median logit difference %.3f > max(0.25, 1.5 x %.3f)", med, self_med);
-    CHECK(worst <= fmaxf(0.25f, 2.0f * self_worst), "max logit difference %.3f > max(0.25, 2 x %.3f)", worst, self_worst);
-    CHECK(greedy_same + near_ties >= 6, "only %d/8 greedy continuations identical or forking at a near-tie", greedy_same + near_ties);
+    CHECK(rate >= self_rate - b.top1_margin, "top-1 agreement %.3f < llama.cpp's own %.3f - %.2f", rate, self_rate, b.top1_margin);
+    CHECK(med <= fmaxf(0.25f, b.median_factor * self_med), "median logit difference %.3f > max(0.25, %.1f x %.3f)", med,
+          b.median_factor, self_med);
+    CHECK(worst <= fmaxf(0.25f, b.max_factor * self_worst), "max logit difference %.3f > max(0.25, %.1f x %.3f)", worst,
+          b.max_factor, self_worst);
+    CHECK(greedy_same + near_ties >= fx->n_prompts * 3 / 4, "only %d/%d greedy continuations identical or forking at a near-tie",
+          greedy_same + near_ties, fx->n_prompts);
     free(diffs);
     free(self_diffs);
 }
 
+/* The sha256 a fixture records for its model file ("# model: NAME sha256 HEX"). */
+static bool fixture_sha(const char *path, char hex[65]) {
+    FILE *f = fopen(path, "r");
+    char line[512];
+    bool found = false;
+    while (f && !found && fgets(line, sizeof line, f))
+        found = !strncmp(line, "# model: ", 9) && sscanf(line, "# model: %*s sha256 %64s", hex) == 1;
+    if (f) fclose(f);
+    return found;
+}
+
+static bool file_sha(const char *path, char hex[65]) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return false;
+    lm_sha256_ctx c;
+    lm_sha256_init(&c);
+    static char buf[1 << 16];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, f)) > 0) lm_sha256_update(&c, buf, n);
+    fclose(f);
+    lm_sha256_final_hex(&c, hex);
+    return true;
+}
+
 /* The default model, and Gemma 3 (the gemma3 architecture and a SentencePiece
- * vocabulary) checked the same way. */
-static const struct { const char *fixture, *model; } CASES[] = {
-    {"spec/fixtures/smollm2_q4_1.txt", "SmolLM2-135M-Instruct.Q4_1.gguf"},
-    {"spec/fixtures/gemma3_q4_k_m.txt", "gemma-3-270m-q4_k_m.gguf"},
+ * vocabulary) checked the same way; then `lumen quantize`'s Q2_K and Q3_K of the
+ * default model (its tokenizer is the first case's; four prompts, to stay cheap).
+ * Only ffn_down becomes Q2_K/Q3_K there: the other matrices' 576-wide rows are
+ * not whole 256-element super-blocks, and keep Q4_1.
+ * Those two get wider bounds (top-1 within 5%, median 2x, max 2.5x llama.cpp's
+ * own spread). llama.cpp's yardstick (its batch against its one-by-one run)
+ * varies only attention arithmetic, while the ffn_down input is quantized to
+ * Q8_K, one scale per 256 values (8x coarser steps than Q8_1's 32), so an
+ * upstream rounding flip moves these coarse 2/3-bit products by more; and
+ * prompts of 16 tokens or more go through the f32 GEMM (no panels for these
+ * types), not Q8_K. Measured on Zen 4 (lumen vs llama.cpp, llama.cpp vs itself):
+ * Q2_K top-1 93.0% / 97.7%, median 0.58 / 0.30, max 2.48 / 1.09 (AVX2 kernels:
+ * 95.3%, 0.50, 1.51; with Q8_K prompts instead of the GEMM: 94.5%, 0.54, 1.74);
+ * Q3_K 98.4% / 98.4%, 0.46 / 0.32, 2.09 / 0.90. The kernels themselves are held
+ * to llama.cpp's bits elsewhere (test_quant_k, bench/quant_reference.py). */
+static const struct { const char *fixture, *model, *quant; int prompts; bounds b; } CASES[] = {
+    {"spec/fixtures/smollm2_q4_1.txt", "SmolLM2-135M-Instruct.Q4_1.gguf", NULL, 8, DEFAULT_BOUNDS},
+    {"spec/fixtures/gemma3_q4_k_m.txt", "gemma-3-270m-q4_k_m.gguf", NULL, 8, DEFAULT_BOUNDS},
+    {"spec/fixtures/smollm2_q2_k.txt", "SmolLM2-135M-Instruct.Q4_1.gguf", "q2_k", 4, {0.05f, 2.0f, 2.5f}},
+    {"spec/fixtures/smollm2_q3_k.txt", "SmolLM2-135M-Instruct.Q4_1.gguf", "q3_k", 4, {0.05f, 2.0f, 2.5f}},
 };
 
 int main(void) {
     for (size_t c = 0; c < sizeof CASES / sizeof *CASES; c++) {
-        printf("== %s\n", CASES[c].model);
+        printf("== %s%s%s\n", CASES[c].model, CASES[c].quant ? " quantized to " : "", CASES[c].quant ? CASES[c].quant : "");
         fixture *fx = fx_load(tu_path(CASES[c].fixture));
         CHECK(fx != NULL, "no fixture %s", CASES[c].fixture);
-        lm_model *m = lm_model_load(model_path(CASES[c].model), NULL);
+        const char *path = model_path(CASES[c].model);
+        char tmp[4096] = "";
+        if (CASES[c].quant) {
+            const char *dir = getenv("TMPDIR");
+            snprintf(tmp, sizeof tmp, "%s/lumen_agreement_%d.%s.gguf", dir && *dir ? dir : "/tmp", (int)getpid(), CASES[c].quant);
+            CHECK(lm_quantize_file(path, tmp, lm_dtype_from_name(CASES[c].quant), 2) == LM_OK, "quantize: %s", lm_last_error());
+            char want[65] = "", got[65] = "";
+            CHECK(fixture_sha(tu_path(CASES[c].fixture), want) && file_sha(tmp, got) && !strcmp(want, got),
+                  "lumen quantize's %s file (sha256 %s) is not the one llama.cpp was given (%s): a quantizer changed its bytes"
+                  " (bench/quant_reference.py compares them with llama.cpp's)", CASES[c].quant, got, want);
+            path = tmp;
+        }
+        lm_model *m = lm_model_load(path, NULL);
         CHECK(m != NULL, "model: %s (scripts/test.sh fetches it)", lm_last_error());
         if (fx && m) {
-            check_tokenizer(m, fx);
-            check_logits(m, fx);
+            if (!CASES[c].quant) check_tokenizer(m, fx);
+            check_logits(m, fx, CASES[c].prompts, CASES[c].b);
         }
         lm_model_free(m);
         fx_free(fx);
+        if (*tmp) remove(tmp);
     }
     return tu_finish("agreement");
 }
