@@ -125,7 +125,7 @@ static void panel_ref(lm_dtype t, int64_t n, int nt, float *s, size_t s_stride, 
         }
 }
 
-/* K-quants (Q4_K, Q5_K, Q6_K) against Q8_K, per super-block: the sub-blocks' integer dots weighed
+/* K-quants (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K) against Q8_K, per super-block: the sub-blocks' integer dots weighed
  * by their integer scales and summed exactly, then one FMA (Q4_K: two, the
  * mins through the bsums); Q6_K's quants taken unsigned (0..63) with the -32
  * offset as -32 * scale * bsum inside the same integer sum. */
@@ -164,6 +164,33 @@ static void panel_ref_k(lm_dtype t, int64_t n, int nt, float *s, size_t s_stride
                     for (int k = 0; k < 16; k++) imin += sm[8 + k / 2] * a->bsums[k];
                     sum = fmaf((float)isum, F16(d) * a->d, sum);
                     sum = fmaf(-(float)imin, F16(dmin) * a->d, sum);
+                } else if (t == LM_Q2_K || t == LM_Q3_K) {
+                    /* quants unsigned (Q2_K 0..3; Q3_K 0..7, the -4 as -4 * scale * bsum);
+                     * element 128h+32j+l: bits 2j of qs[32h+l] (and bit 4h+j of hmask[l]) */
+                    const block_q2_K *b2 = (const block_q2_K *)(x + r * x_stride) + i;
+                    const block_q3_K *b3 = (const block_q3_K *)(x + r * x_stride) + i;
+                    const uint8_t *qs = t == LM_Q2_K ? b2->qs : b3->qs;
+                    int8_t sc3[16];
+                    if (t == LM_Q3_K) lm_k_unpack_scales_q3(b3->scales, sc3);
+                    for (int k = 0; k < QK_K; k++) {
+                        const int h = k / 128, j = (k % 128) / 32, l = k % 32;
+                        q[k] = (qs[32 * h + l] >> (2 * j)) & 3;
+                        if (t == LM_Q3_K) q[k] |= ((b3->hmask[l] >> (4 * h + j)) & 1) << 2;
+                    }
+                    int32_t imin = 0;
+                    for (int k = 0; k < 16; k++) {
+                        int32_t dot = 0;
+                        for (int l = 0; l < 16; l++) dot += q[16 * k + l] * a->qs[16 * k + l];
+                        if (t == LM_Q2_K) {
+                            isum += (b2->scales[k] & 15) * dot;
+                            imin += (b2->scales[k] >> 4) * a->bsums[k];
+                        } else {
+                            isum += sc3[k] * dot + -4 * sc3[k] * a->bsums[k];
+                        }
+                    }
+                    const uint16_t d = t == LM_Q2_K ? b2->d : b3->d;
+                    sum = fmaf((float)isum, F16(d) * a->d, sum);
+                    if (t == LM_Q2_K) sum = fmaf(-(float)imin, F16(b2->dmin) * a->d, sum);
                 } else {
                     const block_q6_K *b = (const block_q6_K *)(x + r * x_stride) + i;
                     for (int h = 0; h < QK_K / 128; h++) {
@@ -187,6 +214,14 @@ static void panel_ref_k(lm_dtype t, int64_t n, int nt, float *s, size_t s_stride
         }
 }
 
+void lm_panel_q2_K_ref(LM_PANEL_ARGS) {
+    (void)pf;
+    panel_ref_k(LM_Q2_K, n, nt, s, s_stride, x, x_stride, y, y_stride);
+}
+void lm_panel_q3_K_ref(LM_PANEL_ARGS) {
+    (void)pf;
+    panel_ref_k(LM_Q3_K, n, nt, s, s_stride, x, x_stride, y, y_stride);
+}
 void lm_panel_q4_K_ref(LM_PANEL_ARGS) {
     (void)pf;
     panel_ref_k(LM_Q4_K, n, nt, s, s_stride, x, x_stride, y, y_stride);

@@ -692,6 +692,8 @@ void lm_quant_register_k(lm_quant_entry table[LM_DTYPE_COUNT]) {
         .vec_dot = {[LM_ISA_SCALAR] = vec_dot_q2_K_q8_K,
                     [LM_ISA_AVX2] = lm_vec_dot_q2_K_q8_K_avx2,
                     [LM_ISA_AVX512] = lm_vec_dot_q2_K_q8_K_avx512},
+        .panel = {[LM_ISA_SCALAR] = lm_panel_q2_K_ref, [LM_ISA_AVX512] = lm_panel_q2_K_vnni},
+        .panel_record = sizeof(block_q8_K), .panel_pack = lm_panel_pack_q8_K,
     };
     table[LM_Q3_K] = (lm_quant_entry){
         .name = "q3_k", .block = QK_K, .size = sizeof(block_q3_K), .file_type = 11, /* Q3_K_S */
@@ -701,6 +703,8 @@ void lm_quant_register_k(lm_quant_entry table[LM_DTYPE_COUNT]) {
         .vec_dot = {[LM_ISA_SCALAR] = vec_dot_q3_K_q8_K,
                     [LM_ISA_AVX2] = lm_vec_dot_q3_K_q8_K_avx2,
                     [LM_ISA_AVX512] = lm_vec_dot_q3_K_q8_K_avx512},
+        .panel = {[LM_ISA_SCALAR] = lm_panel_q3_K_ref, [LM_ISA_AVX512] = lm_panel_q3_K_vnni},
+        .panel_record = sizeof(block_q8_K), .panel_pack = lm_panel_pack_q8_K,
     };
     table[LM_Q4_K] = (lm_quant_entry){
         .name = "q4_k", .block = QK_K, .size = sizeof(block_q4_K), .file_type = 15, /* Q4_K_M */

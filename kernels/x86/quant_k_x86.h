@@ -153,9 +153,13 @@ void lm_vec_dot_q6_K_q8_K_avx512(int64_t n, float *restrict s, const void *restr
 void lm_quantize_q8_K_avx512(const float *restrict x, void *restrict y, int64_t n);
 
 /* Panels (quant.h): scalar references (kernels/panel.c) and VNNI (x86/panel_k_avx512.c). */
+void lm_panel_q2_K_ref(LM_PANEL_ARGS);
+void lm_panel_q3_K_ref(LM_PANEL_ARGS);
 void lm_panel_q4_K_ref(LM_PANEL_ARGS);
 void lm_panel_q5_K_ref(LM_PANEL_ARGS);
 void lm_panel_q6_K_ref(LM_PANEL_ARGS);
+void lm_panel_q2_K_vnni(LM_PANEL_ARGS);
+void lm_panel_q3_K_vnni(LM_PANEL_ARGS);
 void lm_panel_q4_K_vnni(LM_PANEL_ARGS);
 void lm_panel_q5_K_vnni(LM_PANEL_ARGS);
 void lm_panel_q6_K_vnni(LM_PANEL_ARGS);

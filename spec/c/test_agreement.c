@@ -207,13 +207,12 @@ static bool file_sha(const char *path, char hex[65]) {
  * own spread). llama.cpp's yardstick (its batch against its one-by-one run)
  * varies only attention arithmetic, while the ffn_down input is quantized to
  * Q8_K, one scale per 256 values (8x coarser steps than Q8_1's 32), so an
- * upstream rounding flip moves these coarse 2/3-bit products by more; and
- * prompts of 16 tokens or more go through the f32 GEMM (no panels for these
- * types), not Q8_K. Measured on Zen 4 (lumen vs llama.cpp, llama.cpp vs itself):
- * Q2_K top-1 93.0% / 97.7%, median 0.58 / 0.30, max 2.48 / 1.09 (AVX2 kernels:
- * 95.3%, 0.50, 1.51; with Q8_K prompts instead of the GEMM: 94.5%, 0.54, 1.74);
- * Q3_K 98.4% / 98.4%, 0.46 / 0.32, 2.09 / 0.90. The kernels themselves are held
- * to llama.cpp's bits elsewhere (test_quant_k, bench/quant_reference.py). */
+ * upstream rounding flip moves these coarse 2/3-bit products by more. Measured
+ * on Zen 4 (lumen vs llama.cpp | llama.cpp vs itself): Q2_K top-1 94.5% | 97.7%,
+ * median 0.53 | 0.30, max 1.29 | 1.09; Q3_K 97.7% | 98.4%, 0.45 | 0.32, 1.33 |
+ * 0.90. Without VNNI (no panels: prompts through the AVX2 vec_dot, or the f32
+ * GEMM from 16 tokens) the maxima reach 2.5 and 2.1. The kernels themselves are
+ * held to llama.cpp's bits elsewhere (test_quant_k, bench/quant_reference.py). */
 static const struct { const char *fixture, *model, *quant; int prompts; bounds b; } CASES[] = {
     {"spec/fixtures/smollm2_q4_1.txt", "SmolLM2-135M-Instruct.Q4_1.gguf", NULL, 8, DEFAULT_BOUNDS},
     {"spec/fixtures/gemma3_q4_k_m.txt", "gemma-3-270m-q4_k_m.gguf", NULL, 8, DEFAULT_BOUNDS},
