@@ -4,6 +4,7 @@ top-k logits) for a GGUF model as a line-based text fixture.
 
 usage: bench/.venv/bin/python bench/make_fixtures.py --model PATH --out spec/fixtures/NAME
                                                      [--corpus FILE|none] [--prompts N] [--gen N]
+                                                     [--made-by "HOW THE MODEL FILE WAS MADE"]
 
 Needs the venv made by bench/setup_venv.sh (llama-cpp-python, which bundles
 llama.cpp, and numpy).  The file format is described in FORMAT below; the same
@@ -174,7 +175,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", required=True)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--corpus", default=os.path.join(ROOT, "spec", "fixtures", "tokenizer_corpus.txt"))
+    ap.add_argument("--corpus", default=os.path.join(ROOT, "spec", "fixtures", "tokenizer_corpus.txt"),
+                    help="the tokenizer corpus, or none: no tok/detok records (e.g. a requantized copy of a model whose vocabulary another fixture covers)")
     ap.add_argument("--prompts", type=int, default=len(PROMPTS))
     ap.add_argument("--threads", type=int, default=N_THREADS,
                     help="llama.cpp threads (default %d; the results do not depend on it, and 1 is much "
@@ -183,6 +185,7 @@ def main():
     ap.add_argument("--extra-bufts", action="store_true",
                     help="keep llama.cpp's extra buffer types (AMX/repacked weights); off by default")
     ap.add_argument("--flash-attn", action="store_true", help="use flash attention (off by default)")
+    ap.add_argument("--made-by", default="", help="a comment line: how the model file was made (e.g. a lumen quantize command)")
     args = ap.parse_args()
     if not 0 <= args.prompts <= len(PROMPTS):
         ap.error(f"--prompts must be between 0 and {len(PROMPTS)}")
@@ -210,6 +213,8 @@ def main():
     w("# llama-cpp-python %s (bundled llama.cpp), numpy %s" % (llama_cpp.__version__, np.__version__))
     w("# system info: %s" % llama_cpp.llama_print_system_info().decode().strip())
     w("# model: %s sha256 %s" % (os.path.basename(args.model), sha256(args.model)))
+    if args.made_by:
+        w("# model made by: %s" % args.made_by)
     w("# n_vocab %d n_ctx %d n_threads %d seed %d n_batch %d (prompts are evaluated in one batch)"
       % (n_vocab, N_CTX, args.threads, SEED, llm.n_batch))
     w("# use_extra_bufts %d flash_attn %d, KV cache f16 (llama.cpp default)"

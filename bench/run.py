@@ -28,6 +28,9 @@ MODELS = {
     "smollm2-q8_0": "SmolLM2-135M-Instruct.Q8_0.gguf",
     "smollm2-q4_0": "SmolLM2-135M-Instruct.Q4_0.gguf",
     "gemma3": "gemma-3-270m-q4_k_m.gguf",
+    # lumen quantize's, from the Q4_1 file (ffn_down only: 576-wide rows are not whole super-blocks)
+    "smollm2-q2_k": "SmolLM2-135M-Instruct.Q2_K.gguf",
+    "smollm2-q3_k": "SmolLM2-135M-Instruct.Q3_K.gguf",
 }
 
 

@@ -39,14 +39,9 @@ static bool put_kv(FILE *f, const lm_gguf_kv *kv, int file_type) {
     return put(f, kv->data, gguf_scalar_size(kv->arr_type) * kv->arr_n);
 }
 
-/* The llama.cpp ftype number for a uniform file of dtype (general.file_type). */
-static int file_type_of(int dtype) {
-    switch (dtype) {
-    case LM_F32: return 0; case LM_F16: return 1; case LM_Q4_0: return 2; case LM_Q4_1: return 3;
-    case LM_Q8_0: return 7; case LM_Q5_0: return 8; case LM_Q5_1: return 9;
-    case LM_Q4_K: return 15; case LM_Q5_K: return 17; case LM_Q6_K: return 18; case LM_BF16: return 32;
-    default: return -1;
-    }
+bool lm_quantize_supports(int dtype) {
+    const lm_quant_entry *r = lm_type_row(dtype);
+    return r && r->from_float[LM_ISA_SCALAR] && r->file_type >= 0;
 }
 
 static bool is_matrix(const lm_gguf_tensor *t) {
@@ -80,10 +75,17 @@ static void quantize_rows(void *vctx, int ith, int nth) {
 
 lm_status lm_quantize_file(const char *in, const char *out, int dtype, int n_threads) {
     lm_kernels_init();
-    const lm_quant_entry *dst = lm_quant_entry_get(dtype);
-    if (file_type_of(dtype) < 0 || !dst || !dst->from_float[LM_ISA_SCALAR])
-        return lm_err("quantize: cannot quantize to %s (choose q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q5_k, q6_k, f16, bf16 or f32)",
-                      lm_dtype_name(dtype) ? lm_dtype_name(dtype) : "an unknown type");
+    if (!lm_quantize_supports(dtype)) {
+        char names[256] = "";
+        for (int t = 0; t < LM_DTYPE_COUNT; t++)
+            if (lm_quantize_supports(t)) {
+                if (*names) strncat(names, " ", sizeof names - strlen(names) - 1);
+                strncat(names, lm_dtype_name(t), sizeof names - strlen(names) - 1);
+            }
+        return lm_err("quantize: cannot quantize to %s (choose one of: %s)",
+                      lm_dtype_name(dtype) ? lm_dtype_name(dtype) : "an unknown type", names);
+    }
+    const int file_type = lm_type_row(dtype)->file_type;
     if (!in || !out) return lm_err("quantize: input or output path is NULL");
     lm_gguf *g = lm_gguf_open(in);
     if (!g) return LM_ERR;
@@ -104,7 +106,7 @@ lm_status lm_quantize_file(const char *in, const char *out, int dtype, int n_thr
     if (!f) { st = lm_err("quantize: cannot write '%s': %s", tmp_path, strerror(errno)); goto done; }
     const uint32_t align = lm_gguf_alignment(g);
     bool ok = put(f, "GGUF", 4) && put_u32(f, 3) && put_u64(f, (uint64_t)nt) && put_u64(f, (uint64_t)lm_gguf_n_kv(g));
-    for (int64_t i = 0; ok && i < lm_gguf_n_kv(g); i++) ok = put_kv(f, lm_gguf_kv_at(g, i), file_type_of(dtype));
+    for (int64_t i = 0; ok && i < lm_gguf_n_kv(g); i++) ok = put_kv(f, lm_gguf_kv_at(g, i), file_type);
     uint64_t off = 0;
     for (int64_t i = 0; ok && i < nt; i++) {
         const lm_gguf_tensor *t = lm_gguf_tensor_at(g, i);

@@ -22,28 +22,25 @@ static int panel_bias(lm_dtype w) {
     }
 }
 
-size_t lm_panel_record(lm_dtype w) {
-    return w == LM_Q4_K || w == LM_Q5_K || w == LM_Q6_K ? sizeof(block_q8_K) : sizeof(lm_panel_block);
+void lm_panel_pack_q8_K(const void *yq, void *dst, size_t y_stride, int64_t n) {
+    char *o = dst; /* Q8_K blocks carry what the K-quant panels read */
+    for (int64_t i = 0; i < n / QK_K; i++) memcpy(o + i * y_stride, (const block_q8_K *)yq + i, sizeof(block_q8_K));
 }
 
-void lm_panel_pack(lm_dtype w, const void *yq, void *dst, size_t y_stride, int64_t n) {
+void lm_panel_pack_q8_1(const void *yq, void *dst, size_t y_stride, int64_t n) {
     char *o = dst;
-    if (w == LM_Q4_K || w == LM_Q5_K || w == LM_Q6_K) { /* Q8_K blocks carry what those panels read */
-        for (int64_t i = 0; i < n / QK_K; i++) memcpy(o + i * y_stride, (const block_q8_K *)yq + i, sizeof(block_q8_K));
-        return;
+    const block_q8_1 *b = yq;
+    for (int64_t i = 0; i < n / QK; i++) {
+        lm_panel_block *p = (lm_panel_block *)(o + i * y_stride);
+        p->d = F16(b[i].d);
+        p->s = F16(b[i].s);
+        memcpy(p->qs, b[i].qs, QK);
     }
-    if (w == LM_Q4_1) {
-        const block_q8_1 *b = yq;
-        for (int64_t i = 0; i < n / QK; i++) {
-            lm_panel_block *p = (lm_panel_block *)(o + i * y_stride);
-            p->d = F16(b[i].d);
-            p->s = F16(b[i].s);
-            memcpy(p->qs, b[i].qs, QK);
-        }
-        return;
-    }
+}
+
+static void pack_q8_0(const void *yq, void *dst, size_t y_stride, int64_t n, int bias) {
+    char *o = dst;
     const block_q8_0 *b = yq;
-    const int bias = panel_bias(w);
     for (int64_t i = 0; i < n / QK; i++) {
         lm_panel_block *p = (lm_panel_block *)(o + i * y_stride);
         int32_t sum = 0;
@@ -53,6 +50,9 @@ void lm_panel_pack(lm_dtype w, const void *yq, void *dst, size_t y_stride, int64
         memcpy(p->qs, b[i].qs, QK);
     }
 }
+void lm_panel_pack_q8_0_b8(const void *yq, void *dst, size_t y_stride, int64_t n) { pack_q8_0(yq, dst, y_stride, n, 8); }
+void lm_panel_pack_q8_0_b16(const void *yq, void *dst, size_t y_stride, int64_t n) { pack_q8_0(yq, dst, y_stride, n, 16); }
+void lm_panel_pack_q8_0_b128(const void *yq, void *dst, size_t y_stride, int64_t n) { pack_q8_0(yq, dst, y_stride, n, 128); }
 
 /* the 32 weights of block i of a row as signed integers, its scale and min */
 static void weights(lm_dtype t, const char *row, int64_t i, int q[QK], float *d, float *m) {
@@ -81,6 +81,18 @@ static void weights(lm_dtype t, const char *row, int64_t i, int q[QK], float *d,
         *d = F16(b->d);
         break;
     }
+    case LM_Q5_1: {
+        const block_q5_1 *b = (const block_q5_1 *)row + i;
+        uint32_t qh;
+        memcpy(&qh, b->qh, 4);
+        for (int k = 0; k < QK / 2; k++) {
+            q[k] = (b->qs[k] & 15) | (((qh >> k) & 1) << 4);
+            q[k + QK / 2] = (b->qs[k] >> 4) | (((qh >> (k + 16)) & 1) << 4);
+        }
+        *d = F16(b->d);
+        *m = F16(b->m);
+        break;
+    }
     case LM_Q4_1: {
         const block_q4_1 *b = (const block_q4_1 *)row + i;
         for (int k = 0; k < QK / 2; k++) { q[k] = b->qs[k] & 15; q[k + QK / 2] = b->qs[k] >> 4; }
@@ -103,16 +115,17 @@ static void panel_ref(lm_dtype t, int64_t n, int nt, float *s, size_t s_stride, 
                 weights(t, x + r * x_stride, i, q, &d, &m);
                 const lm_panel_block *a = (const lm_panel_block *)(y + i * y_stride) + c;
                 /* the packed -bias * sum(q) and the shifted weights, as the SIMD panels */
-                int32_t dot = t == LM_Q4_1 ? 0 : a->c;
+                const bool min = t == LM_Q4_1 || t == LM_Q5_1; /* Q8_1 activations, no shift */
+                int32_t dot = min ? 0 : a->c;
                 for (int k = 0; k < QK; k++) dot += (q[k] + panel_bias(t)) * a->qs[k];
                 sum = fmaf((float)dot, d * a->d, sum);
-                if (t == LM_Q4_1) sum = fmaf(m, a->s, sum);
+                if (min) sum = fmaf(m, a->s, sum);
             }
             s[c * s_stride + r] = sum;
         }
 }
 
-/* K-quants (Q4_K, Q5_K, Q6_K) against Q8_K, per super-block: the sub-blocks' integer dots weighed
+/* K-quants (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K) against Q8_K, per super-block: the sub-blocks' integer dots weighed
  * by their integer scales and summed exactly, then one FMA (Q4_K: two, the
  * mins through the bsums); Q6_K's quants taken unsigned (0..63) with the -32
  * offset as -32 * scale * bsum inside the same integer sum. */
@@ -151,6 +164,33 @@ static void panel_ref_k(lm_dtype t, int64_t n, int nt, float *s, size_t s_stride
                     for (int k = 0; k < 16; k++) imin += sm[8 + k / 2] * a->bsums[k];
                     sum = fmaf((float)isum, F16(d) * a->d, sum);
                     sum = fmaf(-(float)imin, F16(dmin) * a->d, sum);
+                } else if (t == LM_Q2_K || t == LM_Q3_K) {
+                    /* quants unsigned (Q2_K 0..3; Q3_K 0..7, the -4 as -4 * scale * bsum);
+                     * element 128h+32j+l: bits 2j of qs[32h+l] (and bit 4h+j of hmask[l]) */
+                    const block_q2_K *b2 = (const block_q2_K *)(x + r * x_stride) + i;
+                    const block_q3_K *b3 = (const block_q3_K *)(x + r * x_stride) + i;
+                    const uint8_t *qs = t == LM_Q2_K ? b2->qs : b3->qs;
+                    int8_t sc3[16];
+                    if (t == LM_Q3_K) lm_k_unpack_scales_q3(b3->scales, sc3);
+                    for (int k = 0; k < QK_K; k++) {
+                        const int h = k / 128, j = (k % 128) / 32, l = k % 32;
+                        q[k] = (qs[32 * h + l] >> (2 * j)) & 3;
+                        if (t == LM_Q3_K) q[k] |= ((b3->hmask[l] >> (4 * h + j)) & 1) << 2;
+                    }
+                    int32_t imin = 0;
+                    for (int k = 0; k < 16; k++) {
+                        int32_t dot = 0;
+                        for (int l = 0; l < 16; l++) dot += q[16 * k + l] * a->qs[16 * k + l];
+                        if (t == LM_Q2_K) {
+                            isum += (b2->scales[k] & 15) * dot;
+                            imin += (b2->scales[k] >> 4) * a->bsums[k];
+                        } else {
+                            isum += sc3[k] * dot + -4 * sc3[k] * a->bsums[k];
+                        }
+                    }
+                    const uint16_t d = t == LM_Q2_K ? b2->d : b3->d;
+                    sum = fmaf((float)isum, F16(d) * a->d, sum);
+                    if (t == LM_Q2_K) sum = fmaf(-(float)imin, F16(b2->dmin) * a->d, sum);
                 } else {
                     const block_q6_K *b = (const block_q6_K *)(x + r * x_stride) + i;
                     for (int h = 0; h < QK_K / 128; h++) {
@@ -174,6 +214,14 @@ static void panel_ref_k(lm_dtype t, int64_t n, int nt, float *s, size_t s_stride
         }
 }
 
+void lm_panel_q2_K_ref(LM_PANEL_ARGS) {
+    (void)pf;
+    panel_ref_k(LM_Q2_K, n, nt, s, s_stride, x, x_stride, y, y_stride);
+}
+void lm_panel_q3_K_ref(LM_PANEL_ARGS) {
+    (void)pf;
+    panel_ref_k(LM_Q3_K, n, nt, s, s_stride, x, x_stride, y, y_stride);
+}
 void lm_panel_q4_K_ref(LM_PANEL_ARGS) {
     (void)pf;
     panel_ref_k(LM_Q4_K, n, nt, s, s_stride, x, x_stride, y, y_stride);
@@ -193,3 +241,4 @@ REF(lm_panel_q4_0_ref, LM_Q4_0)
 REF(lm_panel_q4_1_ref, LM_Q4_1)
 REF(lm_panel_q5_0_ref, LM_Q5_0)
 REF(lm_panel_q8_0_ref, LM_Q8_0)
+REF(lm_panel_q5_1_ref, LM_Q5_1)

@@ -1,5 +1,7 @@
-/* The dispatch table: for each dtype its companion activation format and the
- * best variant of each function the CPU runs (picked once, by CPUID). */
+/* The type table (quant.h: one row per type, filled by the families' register
+ * functions) and the dispatch built from it: for each dtype its companion
+ * activation format and the best variant of each function the CPU runs
+ * (picked once, by CPUID). */
 #include "quant_impl.h"
 
 #include <immintrin.h>
@@ -80,6 +82,17 @@ const lm_quant_entry *lm_quant_entry_get(lm_dtype t) {
     if ((int)t < 0 || t >= LM_DTYPE_COUNT) return NULL;
     const lm_quant_entry *e = &g_table[t];
     return e->to_float || e->from_float[0] || e->vec_dot[0] ? e : NULL;
+}
+
+const lm_quant_entry *lm_type_row(int t) {
+    lm_kernels_init();
+    return t >= 0 && t < LM_DTYPE_COUNT && g_table[t].name ? &g_table[t] : NULL;
+}
+
+size_t lm_panel_record(lm_dtype w) { return lm_type_row(w)->panel_record; }
+
+void lm_panel_pack(lm_dtype w, const void *yq, void *dst, size_t y_stride, int64_t n) {
+    lm_type_row(w)->panel_pack(yq, dst, y_stride, n);
 }
 
 /* bf16, exact, round to nearest even, NaN kept quiet. */

@@ -63,7 +63,19 @@ size_t lm_panel_record(lm_dtype w);
  * at dst + i * y_stride */
 void lm_panel_pack(lm_dtype w, const void *yq, void *dst, size_t y_stride, int64_t n);
 
+/* One row per element type: everything lumen knows about it. A type is added
+ * by one row (an lm_quant_entry assignment in its family's register function,
+ * kernels/quant_legacy.c or kernels/quant_k.c) plus its constant in lumen.h's
+ * lm_dtype (GGUF's type id); names, block geometry (core/dtype.c), the
+ * dispatch below, the panels' activation packing (core/matmul.c) and what
+ * `lumen quantize` writes (core/quantize.c) are all read from the row. */
+typedef void (*lm_panel_pack_fn)(const void *yq, void *dst, size_t y_stride, int64_t n);
 typedef struct lm_quant_entry {
+    const char *name;  /* "q4_k": lm_dtype_name / lm_dtype_from_name */
+    int block;         /* elements per block */
+    size_t size;       /* bytes per block */
+    int file_type;     /* llama.cpp's general.file_type of a file `lumen quantize` writes in
+                          this type; -1 (the activation formats): not a target */
     lm_dtype vec_dot_type;
     lm_to_float_fn to_float;
     lm_from_float_fn from_float[LM_ISA_COUNT]; /* [LM_ISA_SCALAR] is the reference; NULL = none */
@@ -72,6 +84,8 @@ typedef struct lm_quant_entry {
                                                       highest ISA at or below its own that has one */
     int tile_rows[LM_ISA_COUNT];               /* weight rows per vec_dot_tile call */
     lm_panel_fn panel[LM_ISA_COUNT];           /* optional; [LM_ISA_SCALAR] is the reference */
+    size_t panel_record;                       /* with panels: lm_panel_record */
+    lm_panel_pack_fn panel_pack;               /* with panels: lm_panel_pack */
     bool panel_decode; /* the SIMD panel at one token streams the weights as fast as vec_dot
                           does, so decode tokens go through it too (core/arch/llama.c mm and
                           the output matrix). Measured on Zen 4 (16-row panels, the prefetch
@@ -99,6 +113,8 @@ const char *lm_isa_name(lm_isa isa);
 const lm_quant_ops *lm_quant_ops_get(lm_dtype t);
 /* The registered entry, for tests that compare variants (NULL when unsupported). */
 const lm_quant_entry *lm_quant_entry_get(lm_dtype t);
+/* The row of any known type, with or without compute functions (NULL when unknown). */
+const lm_quant_entry *lm_type_row(int t);
 
 /* fp16 / bf16 scalar conversions (exact, round-to-nearest-even). The fp16 ones
  * are single F16C instructions (in the x86-64-v3 baseline), inlined because the

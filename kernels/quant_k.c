@@ -1,4 +1,4 @@
-/* K-quants Q4_K, Q5_K, Q6_K and their activation format Q8_K: scalar references.
+/* K-quants Q2_K, Q3_K, Q4_K, Q5_K, Q6_K and their activation format Q8_K: scalar references.
  *
  * Layouts are ggml's (see x86/quant_k_x86.h). The arithmetic follows llama.cpp's
  * reference code step for step, so results agree with it:
@@ -232,11 +232,11 @@ static void quantize_q8_K(const float *restrict x, void *restrict vy, int64_t n)
 /* Asymmetric fit of x[0..n) to scale*L + min with L in 0..nmax: ggml's
  * make_qkx2_quants. Starts from the min/max grid, then tries nstep+1 grids of
  * (rmin + rdelta*is + nmax) levels, each followed by a weighted least-squares
- * (scale, min), keeping the one of least weighted error. Returns the scale;
- * *neg_min = -min (min is clamped to <= 0). */
+ * (scale, min), keeping the one of least weighted error (squared, or absolute
+ * with use_mad). Returns the scale; *neg_min = -min (min is clamped to <= 0). */
 static float fit_scale_min(int n, int nmax, const float *restrict x, const float *restrict w,
                            uint8_t *restrict L, float *restrict neg_min, uint8_t *restrict Laux,
-                           float rmin, float rdelta, int nstep) {
+                           float rmin, float rdelta, int nstep, bool use_mad) {
     float min = x[0], max = x[0];
     float sum_w = w[0], sum_x = sum_w * x[0];
     for (int i = 1; i < n; i++) {
@@ -257,7 +257,7 @@ static float fit_scale_min(int n, int nmax, const float *restrict x, const float
     for (int i = 0; i < n; i++) {
         L[i] = (uint8_t)imax(0, imin(nmax, nearest_int(iscale * (x[i] - min))));
         const float diff = scale * L[i] + min - x[i];
-        best_error += w[i] * (diff * diff);
+        best_error += w[i] * (use_mad ? fabsf(diff) : diff * diff);
     }
     for (int is = 0; is <= nstep; is++) {
         iscale = (rmin + rdelta * is + nmax) / (max - min);
@@ -280,7 +280,7 @@ static float fit_scale_min(int n, int nmax, const float *restrict x, const float
             float error = 0;
             for (int i = 0; i < n; i++) {
                 const float diff = this_scale * Laux[i] + this_min - x[i];
-                error += w[i] * (diff * diff);
+                error += w[i] * (use_mad ? fabsf(diff) : diff * diff);
             }
             if (error < best_error) {
                 memcpy(L, Laux, (size_t)n);
@@ -366,7 +366,7 @@ static void quantize_block_45(const float *restrict x, int nmax, float rmin, flo
         for (int l = 0; l < 32; l++) sum_x2 += x[32 * j + l] * x[32 * j + l];
         const float av_x = sqrtf(sum_x2 / 32);
         for (int l = 0; l < 32; l++) weights[l] = av_x + fabsf(x[32 * j + l]);
-        scales[j] = fit_scale_min(32, nmax, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, rmin, rdelta, nstep);
+        scales[j] = fit_scale_min(32, nmax, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, rmin, rdelta, nstep, false);
         if (scales[j] > max_scale) max_scale = scales[j];
         if (mins[j] > max_min) max_min = mins[j];
     }
@@ -463,10 +463,251 @@ static void quantize_q6_K(const float *restrict x, void *restrict vy, int64_t n)
     }
 }
 
+/* ---- Q2_K and Q3_K ----------------------------------------------------------- */
+
+/* Element 128h+32j+l's two low bits: bits 2j..2j+1 of qs[32h+l]. */
+static inline int low2(const uint8_t *qs, int k) { return (qs[32 * (k / 128) + k % 32] >> (2 * ((k % 128) / 32))) & 3; }
+
+/* Q3_K quants with the -4 applied: -4..3 (the third bit set means q - 4 >= 0). */
+static void unpack_q3_K(const block_q3_K *b, int8_t q[QK_K]) {
+    for (int k = 0; k < QK_K; k++) q[k] = (int8_t)(low2(b->qs, k) - ((b->hmask[k % 32] >> (k / 32)) & 1 ? 0 : 4));
+}
+
+static void dequantize_q2_K(const void *restrict vx, float *restrict y, int64_t n) {
+    const block_q2_K *x = vx;
+    for (int64_t i = 0; i < n / QK_K; i++, y += QK_K) {
+        const float d = lm_f16_to_f32(x[i].d), dmin = lm_f16_to_f32(x[i].dmin);
+        for (int j = 0; j < QK_K / 16; j++) {
+            const float dl = d * (x[i].scales[j] & 0xF), ml = dmin * (x[i].scales[j] >> 4);
+            for (int l = 0; l < 16; l++) y[16 * j + l] = dl * low2(x[i].qs, 16 * j + l) - ml;
+        }
+    }
+}
+
+static void dequantize_q3_K(const void *restrict vx, float *restrict y, int64_t n) {
+    const block_q3_K *x = vx;
+    for (int64_t i = 0; i < n / QK_K; i++, y += QK_K) {
+        const float d = lm_f16_to_f32(x[i].d);
+        int8_t q[QK_K], sc[16];
+        unpack_q3_K(&x[i], q);
+        lm_k_unpack_scales_q3(x[i].scales, sc);
+        for (int j = 0; j < QK_K / 16; j++) {
+            const float dl = d * sc[j];
+            for (int l = 0; l < 16; l++) y[16 * j + l] = dl * q[16 * j + l];
+        }
+    }
+}
+
+/* ggml's generic form: per block the scaled sub-block dots summed exactly, then
+ * sumf += d * isum - dmin * summins, in float, block after block. */
+static void vec_dot_q2_K_q8_K(int64_t n, float *restrict s, const void *restrict vx, const void *restrict vy) {
+    const block_q2_K *x = vx;
+    const block_q8_K *y = vy;
+    float sumf = 0;
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        int summs = 0, isum = 0;
+        for (int j = 0; j < QK_K / 16; j++) {
+            summs += y[i].bsums[j] * (x[i].scales[j] >> 4);
+            int dot = 0;
+            for (int l = 0; l < 16; l++) dot += y[i].qs[16 * j + l] * low2(x[i].qs, 16 * j + l);
+            isum += (x[i].scales[j] & 0xF) * dot;
+        }
+        sumf = lm_q2_K_block_sum(sumf, y[i].d * lm_f16_to_f32(x[i].d), isum, y[i].d * lm_f16_to_f32(x[i].dmin), summs);
+    }
+    *s = sumf;
+}
+
+/* ggml's generic form, as Q6_K: eight int32 lanes per block, scaled in float. */
+static void vec_dot_q3_K_q8_K(int64_t n, float *restrict s, const void *restrict vx, const void *restrict vy) {
+    const block_q3_K *x = vx;
+    const block_q8_K *y = vy;
+    float acc[8] = {0}, sumf = 0;
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        int8_t q[QK_K], sc[16];
+        int32_t scale[16], lanes[8];
+        unpack_q3_K(&x[i], q);
+        lm_k_unpack_scales_q3(x[i].scales, sc);
+        for (int j = 0; j < 16; j++) scale[j] = sc[j];
+        dot_lanes(lanes, q, y[i].qs, scale, 16);
+        const float d = lm_f16_to_f32(x[i].d) * y[i].d;
+        for (int l = 0; l < 8; l++) acc[l] += d * lanes[l];
+    }
+    for (int l = 0; l < 8; l++) sumf += acc[l];
+    *s = sumf;
+}
+
+/* The two low bits of L[0..256) (0..3 each) into qs. */
+static void pack_low2(uint8_t qs[QK_K / 4], const uint8_t L[QK_K]) {
+    for (int h = 0; h < QK_K / 128; h++)
+        for (int l = 0; l < 32; l++) {
+            const uint8_t *Lh = L + 128 * h + l;
+            qs[32 * h + l] = (uint8_t)(Lh[0] | (Lh[32] << 2) | (Lh[64] << 4) | (Lh[96] << 6));
+        }
+}
+
+/* quantize_row_q2_K_ref: each 16 fitted asymmetrically on 0..3 (weights |x|,
+ * least absolute error), scales and mins to 4 bits against their maxima, then
+ * every weight requantized against what it will be decoded with. */
+static void quantize_q2_K(const float *restrict x, void *restrict vy, int64_t n) {
+    block_q2_K *y = vy;
+    for (int64_t i = 0; i < n / QK_K; i++, x += QK_K) {
+        uint8_t L[QK_K], Laux[16];
+        float weights[16], mins[QK_K / 16], scales[QK_K / 16];
+        float max_scale = 0, max_min = 0;
+        for (int j = 0; j < QK_K / 16; j++) {
+            for (int l = 0; l < 16; l++) weights[l] = fabsf(x[16 * j + l]);
+            scales[j] = fit_scale_min(16, 3, x + 16 * j, weights, L + 16 * j, &mins[j], Laux, -0.5f, 0.1f, 15, true);
+            if (scales[j] > max_scale) max_scale = scales[j];
+            if (mins[j] > max_min) max_min = mins[j];
+        }
+        if (max_scale > 0) {
+            const float iscale = 15.f / max_scale;
+            for (int j = 0; j < QK_K / 16; j++) y[i].scales[j] = (uint8_t)nearest_int(iscale * scales[j]);
+            y[i].d = lm_f32_to_f16(max_scale / 15.f);
+        } else {
+            memset(y[i].scales, 0, sizeof y[i].scales);
+            y[i].d = lm_f32_to_f16(0.f);
+        }
+        if (max_min > 0) {
+            const float iscale = 15.f / max_min;
+            for (int j = 0; j < QK_K / 16; j++) y[i].scales[j] |= (uint8_t)(nearest_int(iscale * mins[j]) << 4);
+            y[i].dmin = lm_f32_to_f16(max_min / 15.f);
+        } else {
+            y[i].dmin = lm_f32_to_f16(0.f);
+        }
+        for (int j = 0; j < QK_K / 16; j++) {
+            const float d = lm_f16_to_f32(y[i].d) * (y[i].scales[j] & 0xF);
+            if (!d) continue;
+            const float dm = lm_f16_to_f32(y[i].dmin) * (y[i].scales[j] >> 4);
+            for (int l = 0; l < 16; l++) L[16 * j + l] = (uint8_t)imax(0, imin(3, nearest_int((x[16 * j + l] + dm) / d)));
+        }
+        pack_low2(y[i].qs, L);
+    }
+}
+
+/* Symmetric fit of x[0..n) to scale*l, l in -nmax..nmax-1, stored as l + nmax:
+ * ggml's make_q3_quants with do_rmse. Starts from the grid of the largest
+ * magnitude, then moves single weights to their least-squares level while that
+ * improves the fit (x^2-weighted), at most five rounds. */
+static float fit_scale_q3(int n, int nmax, const float *restrict x, int8_t *restrict L) {
+    float max = 0, amax = 0;
+    for (int i = 0; i < n; i++) {
+        const float ax = fabsf(x[i]);
+        if (ax > amax) { amax = ax; max = x[i]; }
+    }
+    if (amax < GROUP_MAX_EPS) {
+        memset(L, 0, (size_t)n);
+        return 0.f;
+    }
+    const float iscale = -nmax / max;
+    float sumlx = 0, suml2 = 0;
+    for (int i = 0; i < n; i++) {
+        const int l = imax(-nmax, imin(nmax - 1, nearest_int(iscale * x[i])));
+        L[i] = (int8_t)l;
+        const float w = x[i] * x[i];
+        sumlx += w * x[i] * l;
+        suml2 += w * l * l;
+    }
+    for (int itry = 0; itry < 5; itry++) {
+        int changed = 0;
+        for (int i = 0; i < n; i++) {
+            const float w = x[i] * x[i];
+            float slx = sumlx - w * x[i] * L[i];
+            if (slx > 0) {
+                float sl2 = suml2 - w * L[i] * L[i];
+                const int new_l = imax(-nmax, imin(nmax - 1, nearest_int(x[i] * sl2 / slx)));
+                if (new_l != L[i]) {
+                    slx += w * x[i] * new_l;
+                    sl2 += w * new_l * new_l;
+                    if (sl2 > 0 && slx * slx * suml2 > sumlx * sumlx * sl2) {
+                        L[i] = (int8_t)new_l;
+                        sumlx = slx;
+                        suml2 = sl2;
+                        changed++;
+                    }
+                }
+            }
+        }
+        if (!changed) break;
+    }
+    for (int i = 0; i < n; i++) L[i] = (int8_t)(L[i] + nmax);
+    return suml2 > 0.0f ? sumlx / suml2 : 0.0f;
+}
+
+/* quantize_row_q3_K_ref: each 16 fitted symmetrically on -4..3, the 16 scales
+ * quantized to 6 bits against the one of largest magnitude (landing on -32),
+ * then every weight requantized against its rounded scale. */
+static void quantize_q3_K(const float *restrict x, void *restrict vy, int64_t n) {
+    block_q3_K *y = vy;
+    for (int64_t i = 0; i < n / QK_K; i++, x += QK_K) {
+        int8_t L[QK_K];
+        float scales[QK_K / 16];
+        float max_scale = 0, amax = 0;
+        for (int j = 0; j < QK_K / 16; j++) {
+            scales[j] = fit_scale_q3(16, 4, x + 16 * j, L + 16 * j);
+            if (fabsf(scales[j]) > amax) {
+                amax = fabsf(scales[j]);
+                max_scale = scales[j];
+            }
+        }
+        memset(y[i].scales, 0, K_SCALE_SIZE);
+        if (max_scale) {
+            const float iscale = -32.f / max_scale;
+            for (int j = 0; j < QK_K / 16; j++) {
+                /* through int8_t first, as ggml stores it */
+                const int l = imax(-32, imin(31, (int8_t)nearest_int(iscale * scales[j]))) + 32;
+                if (j < 8) y[i].scales[j] = (uint8_t)(l & 0xF);
+                else y[i].scales[j - 8] |= (uint8_t)((l & 0xF) << 4);
+                y[i].scales[j % 4 + 8] |= (uint8_t)((l >> 4) << (2 * (j / 4)));
+            }
+            y[i].d = lm_f32_to_f16(1 / iscale);
+        } else {
+            y[i].d = lm_f32_to_f16(0.f);
+        }
+        int8_t sc[16];
+        lm_k_unpack_scales_q3(y[i].scales, sc);
+        for (int j = 0; j < QK_K / 16; j++) {
+            const float d = lm_f16_to_f32(y[i].d) * sc[j];
+            if (!d) continue;
+            for (int l = 0; l < 16; l++) L[16 * j + l] = (int8_t)(imax(-4, imin(3, nearest_int(x[16 * j + l] / d))) + 4);
+        }
+        uint8_t low[QK_K];
+        memset(y[i].hmask, 0, sizeof y[i].hmask);
+        for (int k = 0; k < QK_K; k++) {
+            if (L[k] > 3) y[i].hmask[k % 32] |= (uint8_t)(1 << (k / 32));
+            low[k] = (uint8_t)(L[k] > 3 ? L[k] - 4 : L[k]);
+        }
+        pack_low2(y[i].qs, low);
+    }
+}
+
 /* ---- registration ------------------------------------------------------------- */
 
 void lm_quant_register_k(lm_quant_entry table[LM_DTYPE_COUNT]) {
+    table[LM_Q2_K] = (lm_quant_entry){
+        .name = "q2_k", .block = QK_K, .size = sizeof(block_q2_K), .file_type = 10,
+        .vec_dot_type = LM_Q8_K,
+        .to_float = dequantize_q2_K,
+        .from_float = {[LM_ISA_SCALAR] = quantize_q2_K},
+        .vec_dot = {[LM_ISA_SCALAR] = vec_dot_q2_K_q8_K,
+                    [LM_ISA_AVX2] = lm_vec_dot_q2_K_q8_K_avx2,
+                    [LM_ISA_AVX512] = lm_vec_dot_q2_K_q8_K_avx512},
+        .panel = {[LM_ISA_SCALAR] = lm_panel_q2_K_ref, [LM_ISA_AVX512] = lm_panel_q2_K_vnni},
+        .panel_record = sizeof(block_q8_K), .panel_pack = lm_panel_pack_q8_K,
+    };
+    table[LM_Q3_K] = (lm_quant_entry){
+        .name = "q3_k", .block = QK_K, .size = sizeof(block_q3_K), .file_type = 11, /* Q3_K_S */
+        .vec_dot_type = LM_Q8_K,
+        .to_float = dequantize_q3_K,
+        .from_float = {[LM_ISA_SCALAR] = quantize_q3_K},
+        .vec_dot = {[LM_ISA_SCALAR] = vec_dot_q3_K_q8_K,
+                    [LM_ISA_AVX2] = lm_vec_dot_q3_K_q8_K_avx2,
+                    [LM_ISA_AVX512] = lm_vec_dot_q3_K_q8_K_avx512},
+        .panel = {[LM_ISA_SCALAR] = lm_panel_q3_K_ref, [LM_ISA_AVX512] = lm_panel_q3_K_vnni},
+        .panel_record = sizeof(block_q8_K), .panel_pack = lm_panel_pack_q8_K,
+    };
     table[LM_Q4_K] = (lm_quant_entry){
+        .name = "q4_k", .block = QK_K, .size = sizeof(block_q4_K), .file_type = 15, /* Q4_K_M */
         .vec_dot_type = LM_Q8_K,
         .to_float = dequantize_q4_K,
         .from_float = {[LM_ISA_SCALAR] = quantize_q4_K},
@@ -476,8 +717,10 @@ void lm_quant_register_k(lm_quant_entry table[LM_DTYPE_COUNT]) {
         .vec_dot_tile = {[LM_ISA_AVX512] = lm_vec_dot_tile_q4_K_q8_K_vnni},
         .tile_rows = {[LM_ISA_AVX512] = LM_TILE_ROWS_K},
         .panel = {[LM_ISA_SCALAR] = lm_panel_q4_K_ref, [LM_ISA_AVX512] = lm_panel_q4_K_vnni},
+        .panel_record = sizeof(block_q8_K), .panel_pack = lm_panel_pack_q8_K,
     };
     table[LM_Q5_K] = (lm_quant_entry){
+        .name = "q5_k", .block = QK_K, .size = sizeof(block_q5_K), .file_type = 17, /* Q5_K_M */
         .vec_dot_type = LM_Q8_K,
         .to_float = dequantize_q5_K,
         .from_float = {[LM_ISA_SCALAR] = quantize_q5_K},
@@ -485,8 +728,10 @@ void lm_quant_register_k(lm_quant_entry table[LM_DTYPE_COUNT]) {
                     [LM_ISA_AVX2] = lm_vec_dot_q5_K_q8_K_avx2,
                     [LM_ISA_AVX512] = lm_vec_dot_q5_K_q8_K_avx512},
         .panel = {[LM_ISA_SCALAR] = lm_panel_q5_K_ref, [LM_ISA_AVX512] = lm_panel_q5_K_vnni},
+        .panel_record = sizeof(block_q8_K), .panel_pack = lm_panel_pack_q8_K,
     };
     table[LM_Q6_K] = (lm_quant_entry){
+        .name = "q6_k", .block = QK_K, .size = sizeof(block_q6_K), .file_type = 18,
         .vec_dot_type = LM_Q8_K,
         .to_float = dequantize_q6_K,
         .from_float = {[LM_ISA_SCALAR] = quantize_q6_K},
@@ -496,9 +741,11 @@ void lm_quant_register_k(lm_quant_entry table[LM_DTYPE_COUNT]) {
         .vec_dot_tile = {[LM_ISA_AVX512] = lm_vec_dot_tile_q6_K_q8_K_vnni},
         .tile_rows = {[LM_ISA_AVX512] = LM_TILE_ROWS_K},
         .panel = {[LM_ISA_SCALAR] = lm_panel_q6_K_ref, [LM_ISA_AVX512] = lm_panel_q6_K_vnni},
+        .panel_record = sizeof(block_q8_K), .panel_pack = lm_panel_pack_q8_K,
     };
     /* Activations only: quantized to, never dotted as weights. */
     table[LM_Q8_K] = (lm_quant_entry){
+        .name = "q8_k", .block = QK_K, .size = sizeof(block_q8_K), .file_type = -1,
         .vec_dot_type = LM_Q8_K,
         .to_float = dequantize_q8_K,
         .from_float = {[LM_ISA_SCALAR] = quantize_q8_K,

@@ -25,6 +25,8 @@ _Static_assert(sizeof(block_q8_1) == 36, "q8_1");
 void lm_vec_dot_q4_0_q8_0_avx2(int64_t n, float *s, const void *x, const void *y);
 void lm_vec_dot_q4_1_q8_1_avx2(int64_t n, float *s, const void *x, const void *y);
 void lm_vec_dot_q5_0_q8_0_avx2(int64_t n, float *s, const void *x, const void *y);
+void lm_vec_dot_q5_1_q8_1_avx2(int64_t n, float *s, const void *x, const void *y);
+void lm_vec_dot_q5_1_q8_1_avx512(int64_t n, float *s, const void *x, const void *y);
 void lm_vec_dot_q8_0_q8_0_avx2(int64_t n, float *s, const void *x, const void *y);
 void lm_vec_dot_tile_q4_1_q8_1_avx2(int64_t n, float *s, size_t s_stride, const void *x, size_t x_stride, const void *y, size_t y_stride);
 void lm_vec_dot_tile_q8_0_q8_0_avx2(int64_t n, float *s, size_t s_stride, const void *x, size_t x_stride, const void *y, size_t y_stride);
@@ -37,10 +39,12 @@ void lm_panel_q4_0_ref(LM_PANEL_ARGS);
 void lm_panel_q4_1_ref(LM_PANEL_ARGS);
 void lm_panel_q5_0_ref(LM_PANEL_ARGS);
 void lm_panel_q8_0_ref(LM_PANEL_ARGS);
+void lm_panel_q5_1_ref(LM_PANEL_ARGS);
 void lm_panel_q4_0_vnni(LM_PANEL_ARGS);
 void lm_panel_q4_1_vnni(LM_PANEL_ARGS);
 void lm_panel_q5_0_vnni(LM_PANEL_ARGS);
 void lm_panel_q8_0_vnni(LM_PANEL_ARGS);
+void lm_panel_q5_1_vnni(LM_PANEL_ARGS);
 #define LM_TILE_ROWS_AVX2 2
 #define LM_TILE_ROWS_VNNI 4
 void lm_quantize_q8_0_avx2(const float *x, void *y, int64_t n);

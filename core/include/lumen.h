@@ -437,8 +437,10 @@ lm_status lm_sampler_add_grammar(lm_sampler *s, lm_grammar *g, lm_token_trie *t)
 lm_matcher *lm_sampler_matcher(lm_sampler *s);
 
 /* ---- tools ------------------------------------------------------------------------ */
+/* Whether lm_quantize_file can write dtype (the types with a reference quantizer). */
+bool lm_quantize_supports(int dtype);
 /* Writes a copy of the GGUF model `in` to `out` with every 2-D weight matrix
- * requantized to dtype (q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q5_k, q6_k, f16, bf16, f32);
+ * requantized to dtype (one lm_quantize_supports: q4_0 ... q6_k, f16, bf16, f32);
  * norms and biases stay f32, metadata is copied (general.file_type updated).
  * Matrices whose rows are not a whole number of dtype's blocks keep their type.
  * The output appears under its name only when complete. */

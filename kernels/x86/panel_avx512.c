@@ -102,3 +102,4 @@ PANEL(lm_panel_q4_0_vnni, sizeof(block_q4_0), 0, unpack_q4_0)
 PANEL(lm_panel_q4_1_vnni, sizeof(block_q4_1), 1, unpack_q4_1)
 PANEL(lm_panel_q5_0_vnni, sizeof(block_q5_0), 0, unpack_q5_0)
 PANEL(lm_panel_q8_0_vnni, sizeof(block_q8_0), 0, unpack_q8_0)
+PANEL(lm_panel_q5_1_vnni, sizeof(block_q5_1), 1, unpack_q5_1) /* d and m first, as Q4_1 */

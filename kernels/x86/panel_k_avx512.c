@@ -1,5 +1,5 @@
 /* VNNI panels of the K-quants (quant.h): 16 weight rows (two halves of 8) x up
- * to 8 tokens a pass, of a prefill product, for Q4_K, Q5_K and Q6_K against Q8_K activations.
+ * to 8 tokens a pass, of a prefill product, for Q2_K, Q3_K, Q4_K, Q5_K and Q6_K against Q8_K activations.
  *
  * Per 32 weights of a super-block the 8 rows' quants are unpacked to unsigned
  * bytes and transposed (panel_x86.h) so each vpdpbusd lane is one row; the
@@ -180,6 +180,96 @@ static inline __attribute__((always_inline)) void panel_q5_K(const int T, int64_
     panel_q45_K(T, n, s, s_stride, xb, x_stride, yb, y_stride, pfp, 1);
 }
 
+/* Q2_K and Q3_K: sixteen sub-blocks of 16 as Q6_K; quants unsigned (Q2_K 0..3,
+ * Q3_K 0..7 with the third bit from hmask); Q3_K's -4 as -4 * scale * bsum inside
+ * the integer sum, Q2_K's mins through the bsums and a second FMA (as Q4_K's). */
+static inline __attribute__((always_inline)) void panel_q23_K(const int T, int64_t n, float *s, size_t s_stride,
+                                                              const char *xb, size_t x_stride, const char *yb,
+                                                              size_t y_stride, const void *pfp, const int q3) {
+    const size_t bs = q3 ? sizeof(block_q3_K) : sizeof(block_q2_K);
+    const size_t qs_off = q3 ? offsetof(block_q3_K, qs) : offsetof(block_q2_K, qs);
+    const __m256i offs = lm_row_offsets(x_stride), m3 = _mm256_set1_epi8(3), m1 = _mm256_set1_epi8(1);
+    __m256 sum[KT];
+#pragma GCC unroll 8
+    for (int c = 0; c < T; c++) sum[c] = _mm256_setzero_ps();
+    const lm_pf pf = lm_pf_init(pfp, 8, x_stride, n / QK_K);
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        const char *xi = xb + i * bs;
+        lm_pf_block(&pf, i);
+        /* sc[k] lanes = rows: each 16's scale; tab[p]: the pair 2p, 2p+1 as int16 halves
+         * (Q2_K: the mins; Q3_K: -4 * the scales) */
+        int32_t sc[16][8] __attribute__((aligned(32))), tab[8][8] __attribute__((aligned(32)));
+        for (int r = 0; r < 8; r++) {
+            int8_t v[16];
+            int16_t m[16]; /* -4 * -32 does not fit an int8 */
+            if (q3) {
+                lm_k_unpack_scales_q3(((const block_q3_K *)(xi + r * x_stride))->scales, v);
+                for (int k = 0; k < 16; k++) m[k] = (int16_t)(-4 * v[k]);
+            } else {
+                const uint8_t *b = ((const block_q2_K *)(xi + r * x_stride))->scales;
+                for (int k = 0; k < 16; k++) v[k] = (int8_t)(b[k] & 15), m[k] = (int16_t)(b[k] >> 4);
+            }
+            for (int k = 0; k < 16; k++) sc[k][r] = v[k];
+            for (int p = 0; p < 8; p++)
+                tab[p][r] = (int32_t)((uint32_t)(uint16_t)m[2 * p] | ((uint32_t)(uint16_t)m[2 * p + 1] << 16));
+        }
+        /* Q2_K: d, dmin at bytes 80-83; Q3_K: d the last two bytes */
+        const __m256i g = lm_gather_rows(xi + (q3 ? offsetof(block_q3_K, d) - 2 : offsetof(block_q2_K, d)), offs);
+        const __m256 dw = q3 ? lm_f16_hi(g) : lm_f16_lo(g);
+        __m256i isum[KT];
+#pragma GCC unroll 8
+        for (int c = 0; c < T; c++) isum[c] = _mm256_setzero_si256();
+        if (q3) add_bsums(T, isum, tab, yb, y_stride, i);
+        for (int q = 0; q < 8; q++) {
+            /* weights 32q .. 32q + 31: bits 2j of qs[32h ..] (and bit 4h+j of hmask) */
+            const int h = q / 4, j = q % 4;
+            __m256i r[8], w[8];
+#pragma GCC unroll 8
+            for (int k = 0; k < 8; k++) {
+                const char *xk = xi + k * x_stride;
+                const __m256i qs = _mm256_loadu_si256((const __m256i *)(xk + qs_off + 32 * h));
+                r[k] = _mm256_and_si256(_mm256_srli_epi16(qs, 2 * j), m3);
+                if (q3) {
+                    const __m256i hm = _mm256_loadu_si256((const __m256i *)(xk + offsetof(block_q3_K, hmask)));
+                    r[k] = _mm256_or_si256(r[k], _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hm, 4 * h + j), m1), 2));
+                }
+            }
+            lm_transpose8(r, w);
+            const __m256i sa = _mm256_load_si256((const __m256i *)sc[2 * q]), sb = _mm256_load_si256((const __m256i *)sc[2 * q + 1]);
+#pragma GCC unroll 8
+            for (int c = 0; c < T; c++) {
+                const block_q8_K *y = (const block_q8_K *)(yb + i * y_stride) + c;
+                __m256i a0 = _mm256_setzero_si256(), a1 = _mm256_setzero_si256();
+#pragma GCC unroll 4
+                for (int l = 0; l < 4; l++) {
+                    a0 = _mm256_dpbusd_epi32(a0, w[l], _mm256_set1_epi32(lm_load32(y->qs + 32 * q + 4 * l)));
+                    a1 = _mm256_dpbusd_epi32(a1, w[l + 4], _mm256_set1_epi32(lm_load32(y->qs + 32 * q + 16 + 4 * l)));
+                }
+                isum[c] = _mm256_add_epi32(isum[c], _mm256_add_epi32(_mm256_mullo_epi32(a0, sa), _mm256_mullo_epi32(a1, sb)));
+            }
+        }
+        scale_add(T, sum, isum, dw, yb, y_stride, i, 0);
+        if (!q3) {
+#pragma GCC unroll 8
+            for (int c = 0; c < T; c++) isum[c] = _mm256_setzero_si256();
+            add_bsums(T, isum, tab, yb, y_stride, i);
+            scale_add(T, sum, isum, lm_f16_hi(g), yb, y_stride, i, 1);
+        }
+    }
+    store_sums(T, s, s_stride, sum);
+}
+
+static inline __attribute__((always_inline)) void panel_q2_K(const int T, int64_t n, float *s, size_t s_stride,
+                                                             const char *xb, size_t x_stride, const char *yb,
+                                                             size_t y_stride, const void *pfp) {
+    panel_q23_K(T, n, s, s_stride, xb, x_stride, yb, y_stride, pfp, 0);
+}
+static inline __attribute__((always_inline)) void panel_q3_K(const int T, int64_t n, float *s, size_t s_stride,
+                                                             const char *xb, size_t x_stride, const char *yb,
+                                                             size_t y_stride, const void *pfp) {
+    panel_q23_K(T, n, s, s_stride, xb, x_stride, yb, y_stride, pfp, 1);
+}
+
 /* the panel's 16 rows as two halves of 8; up to 8 tokens a pass, the rest in
  * power-of-two pieces; the first pass prefetches (each half its rows) */
 #define PANEL_K_AT(BODY, T)                                                                                          \
@@ -199,3 +289,5 @@ static inline __attribute__((always_inline)) void panel_q5_K(const int T, int64_
 PANEL_K(lm_panel_q4_K_vnni, panel_q4_K)
 PANEL_K(lm_panel_q5_K_vnni, panel_q5_K)
 PANEL_K(lm_panel_q6_K_vnni, panel_q6_K)
+PANEL_K(lm_panel_q2_K_vnni, panel_q2_K)
+PANEL_K(lm_panel_q3_K_vnni, panel_q3_K)

@@ -148,6 +148,86 @@ void lm_vec_dot_q6_K_q8_K_avx2(int64_t n, float *restrict s, const void *restric
     *s = hsum_ps256(acc);
 }
 
+/* Q2_K: the 2-bit quants are unsigned, so maddubs + madd as above; the block's
+ * integer sums are reduced exactly and added as the scalar reference adds them,
+ * which makes this bit-identical to it. */
+static inline int32_t hsum_epi32(__m256i v) {
+    __m128i r = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    r = _mm_add_epi32(r, _mm_shuffle_epi32(r, _MM_SHUFFLE(1, 0, 3, 2)));
+    r = _mm_add_epi32(r, _mm_shuffle_epi32(r, _MM_SHUFFLE(2, 3, 0, 1)));
+    return _mm_cvtsi128_si32(r);
+}
+
+/* The four 32-element groups of 128 weights against their Q8_K quants: group k
+ * (bits 2k..2k+1 of each byte of w) spans sub-blocks 2k (low lane) and 2k+1 (high),
+ * whose int16 scales are elements 0-7 of sc in both lanes. The weights are
+ * ORed with extra[k] (Q3_K's third bit) first. */
+static inline __m256i dot_128_low2(__m256i w, const __m256i extra[4], const int8_t *q8, __m256i sc) {
+    const __m256i m3 = _mm256_set1_epi8(3);
+    __m256i sum = _mm256_setzero_si256();
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; k++) {
+        const __m256i q = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(w, 2 * k), m3), extra[k]);
+        const __m256i p = _mm256_maddubs_epi16(q, _mm256_loadu_si256((const __m256i *)(q8 + 32 * k)));
+        sum = _mm256_add_epi32(sum, _mm256_madd_epi16(_mm256_shuffle_epi8(sc, pick16(2 * k, 2 * k + 1)), p));
+    }
+    return sum;
+}
+
+void lm_vec_dot_q2_K_q8_K_avx2(int64_t n, float *restrict s, const void *restrict vx, const void *restrict vy) {
+    const block_q2_K *x = vx;
+    const block_q8_K *y = vy;
+    const __m256i none[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
+    float sumf = 0;
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        const __m128i sc8 = _mm_loadu_si128((const __m128i *)x[i].scales);
+        const __m128i m4 = _mm_set1_epi8(0x0F);
+        const __m256i sc16 = _mm256_cvtepu8_epi16(_mm_and_si128(sc8, m4));
+        const __m256i mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sc8, 4), m4));
+        const __m256i summs = _mm256_madd_epi16(mins, _mm256_loadu_si256((const __m256i *)y[i].bsums));
+        const __m256i sc_a = _mm256_broadcastsi128_si256(_mm256_castsi256_si128(sc16));
+        const __m256i sc_b = _mm256_broadcastsi128_si256(_mm256_extracti128_si256(sc16, 1));
+        const __m256i sumi = _mm256_add_epi32(
+            dot_128_low2(_mm256_loadu_si256((const __m256i *)x[i].qs), none, y[i].qs, sc_a),
+            dot_128_low2(_mm256_loadu_si256((const __m256i *)(x[i].qs + 32)), none, y[i].qs + 128, sc_b));
+        sumf = lm_q2_K_block_sum(sumf, y[i].d * _cvtsh_ss(x[i].d), hsum_epi32(sumi), y[i].d * _cvtsh_ss(x[i].dmin),
+                                 hsum_epi32(summs));
+    }
+    *s = sumf;
+}
+
+/* Q3_K: the quants taken unsigned (0..7, the third bit as 4) and the -4 out once
+ * per block through the bsums, as Q6_K's -32; exact integer sum per block, float
+ * accumulation across blocks (within rounding of the scalar's lane order). */
+void lm_vec_dot_q3_K_q8_K_avx2(int64_t n, float *restrict s, const void *restrict vx, const void *restrict vy) {
+    const block_q3_K *x = vx;
+    const block_q8_K *y = vy;
+    const __m256i four = _mm256_set1_epi8(4);
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        int8_t sc[16];
+        lm_k_unpack_scales_q3(x[i].scales, sc);
+        const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)sc));
+        const __m256i offset = _mm256_madd_epi16(sc16, _mm256_loadu_si256((const __m256i *)y[i].bsums));
+        __m256i sumi = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(offset, 2));
+        const __m256i hm = _mm256_loadu_si256((const __m256i *)x[i].hmask);
+#pragma GCC unroll 2
+        for (int h = 0; h < QK_K / 128; h++) {
+            __m256i extra[4];
+            for (int k = 0; k < 4; k++) {
+                const __m256i bit = _mm256_set1_epi8((char)(1 << (4 * h + k)));
+                extra[k] = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hm, bit), bit), four);
+            }
+            const __m256i sc = h == 0 ? _mm256_broadcastsi128_si256(_mm256_castsi256_si128(sc16))
+                                      : _mm256_broadcastsi128_si256(_mm256_extracti128_si256(sc16, 1));
+            sumi = _mm256_add_epi32(sumi, dot_128_low2(_mm256_loadu_si256((const __m256i *)(x[i].qs + 32 * h)), extra,
+                                                       y[i].qs + 128 * h, sc));
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(x[i].d) * y[i].d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    *s = hsum_ps256(acc);
+}
+
 /* ---- Q8_K quantizer ---------------------------------------------------------- */
 
 /* bsums[0..16) of 256 int8 quants. */

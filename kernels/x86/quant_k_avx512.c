@@ -160,6 +160,76 @@ void lm_vec_dot_q5_K_q8_K_avx512(int64_t n, float *restrict s, const void *restr
     *s = _mm512_reduce_add_ps(acc) + hsum_ps256(acc_m);
 }
 
+/* Q2_K and Q3_K: 64 weights per zmm as Q6_K (elements 128h+0..63 and 128h+64..127,
+ * so Q6_K's scale spreading fits), their bits 2j..2j+1 of the 32 qs bytes of the
+ * half broadcast to both 256-bit halves and shifted by half. Q2_K reduces each
+ * block's integer sums exactly and adds them as the scalar reference does (bit
+ * for bit); Q3_K takes its quants unsigned (0..7) with the -4 out through the
+ * bsums and accumulates in float as Q6_K (within rounding of the scalar). */
+static inline void low2_pairs(const uint8_t *qs, __m512i *w_a, __m512i *w_b) {
+    const __m512i m3 = _mm512_set1_epi8(3);
+    const __m512i q = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)qs));
+    const __m512i a = _mm512_mask_srli_epi16(q, 0xFFFF0000u, q, 2);     /* shifts 0 | 2 */
+    *w_a = _mm512_and_si512(a, m3);
+    *w_b = _mm512_and_si512(_mm512_srli_epi16(a, 4), m3);                /* shifts 4 | 6 */
+}
+
+void lm_vec_dot_q2_K_q8_K_avx512(int64_t n, float *restrict s, const void *restrict vx, const void *restrict vy) {
+    const block_q2_K *x = vx;
+    const block_q8_K *y = vy;
+    const __m512i idx[2] = {_mm512_loadu_si512(k_scale_idx_6[0]), _mm512_loadu_si512(k_scale_idx_6[1])};
+    float sumf = 0;
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        const __m128i sc8 = _mm_loadu_si128((const __m128i *)x[i].scales);
+        const __m128i m4 = _mm_set1_epi8(0x0F);
+        const __m512i scales = _mm512_zextsi256_si512(_mm256_cvtepu8_epi16(_mm_and_si128(sc8, m4)));
+        const __m256i mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sc8, 4), m4));
+        const __m256i summs = _mm256_madd_epi16(mins, _mm256_loadu_si256((const __m256i *)y[i].bsums));
+        __m512i sum = _mm512_setzero_si512();
+#pragma GCC unroll 2
+        for (int h = 0; h < QK_K / 128; h++) {
+            __m512i w_a, w_b;
+            low2_pairs(x[i].qs + 32 * h, &w_a, &w_b);
+            sum = dot_pair(sum, w_a, w_b, y[i].qs + 128 * h, _mm512_permutexvar_epi16(idx[h], scales));
+        }
+        sumf = lm_q2_K_block_sum(sumf, y[i].d * _cvtsh_ss(x[i].d), _mm512_reduce_add_epi32(sum),
+                                 y[i].d * _cvtsh_ss(x[i].dmin), _mm512_reduce_add_epi32(_mm512_zextsi256_si512(summs)));
+    }
+    *s = sumf;
+}
+
+void lm_vec_dot_q3_K_q8_K_avx512(int64_t n, float *restrict s, const void *restrict vx, const void *restrict vy) {
+    const block_q3_K *x = vx;
+    const block_q8_K *y = vy;
+    const __m512i idx[2] = {_mm512_loadu_si512(k_scale_idx_6[0]), _mm512_loadu_si512(k_scale_idx_6[1])};
+    const __m512i four = _mm512_set1_epi8(4);
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        int8_t sc[16];
+        lm_k_unpack_scales_q3(x[i].scales, sc);
+        const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)sc));
+        const __m512i scales = _mm512_zextsi256_si512(sc16);
+        const __m256i offset = _mm256_madd_epi16(sc16, _mm256_loadu_si256((const __m256i *)y[i].bsums));
+        __m512i sum = _mm512_zextsi256_si512(_mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(offset, 2)));
+        const __m512i hm = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)x[i].hmask));
+#pragma GCC unroll 2
+        for (int h = 0; h < QK_K / 128; h++) {
+            __m512i w_a, w_b;
+            low2_pairs(x[i].qs + 32 * h, &w_a, &w_b);
+            /* the third bit of element 128h+32j+l is bit 4h+j of hmask[l]: j = 0 | 1 for w_a, 2 | 3 for w_b */
+            const __m512i bits_a = _mm512_inserti64x4(_mm512_set1_epi8((char)(1 << (4 * h))),
+                                                      _mm256_set1_epi8((char)(1 << (4 * h + 1))), 1);
+            const __m512i bits_b = _mm512_inserti64x4(_mm512_set1_epi8((char)(1 << (4 * h + 2))),
+                                                      _mm256_set1_epi8((char)(1 << (4 * h + 3))), 1);
+            w_a = _mm512_mask_add_epi8(w_a, _mm512_test_epi8_mask(hm, bits_a), w_a, four);
+            w_b = _mm512_mask_add_epi8(w_b, _mm512_test_epi8_mask(hm, bits_b), w_b, four);
+            sum = dot_pair(sum, w_a, w_b, y[i].qs + 128 * h, _mm512_permutexvar_epi16(idx[h], scales));
+        }
+        acc = _mm512_fmadd_ps(_mm512_set1_ps(_cvtsh_ss(x[i].d) * y[i].d), _mm512_cvtepi32_ps(sum), acc);
+    }
+    *s = _mm512_reduce_add_ps(acc);
+}
+
 void lm_vec_dot_q6_K_q8_K_avx512(int64_t n, float *restrict s, const void *restrict vx, const void *restrict vy) {
     const block_q6_K *x = vx;
     const block_q8_K *y = vy;

@@ -7,7 +7,13 @@
  * d*scale*q - dmin*min); Q6_K into sixteen sub-blocks of 16 with a signed 8-bit
  * scale (value = d*scale*(q - 32)). Q8_K is the activation format the three are
  * dotted with: float d, int8 quants and the sums of each 16 quants (bsums), which
- * turn the min / -32 offsets into one multiply per sub-block. */
+ * turn the min / -32 offsets into one multiply per sub-block.
+ *
+ * Q2_K and Q3_K split it into sixteen sub-blocks of 16. Q2_K: 2-bit quants with a
+ * 4-bit scale and a 4-bit min each (value = d*scale*q - dmin*min); Q3_K: 3-bit
+ * quants (two low bits in qs, the third in hmask) with a 6-bit signed scale
+ * (value = d*(scale-32)*(q-4)). In both, byte 32h+l of qs holds, at bits 2j..2j+1,
+ * the low bits of element 128h+32j+l. */
 #ifndef LM_QUANT_K_X86_H
 #define LM_QUANT_K_X86_H
 
@@ -18,6 +24,20 @@
 
 #define QK_K 256
 #define K_SCALE_SIZE 12
+
+typedef struct {
+    uint8_t scales[QK_K / 16];     /* sub-block j: scale in the low nibble, min in the high */
+    uint8_t qs[QK_K / 4];          /* 2-bit quants, see above */
+    uint16_t d;                    /* fp16 super-block scale for the scales */
+    uint16_t dmin;                 /* fp16 super-block scale for the mins */
+} block_q2_K;
+
+typedef struct {
+    uint8_t hmask[QK_K / 8];       /* third bit of element 32k+l: bit k of hmask[l] (set: q - 4 >= 0) */
+    uint8_t qs[QK_K / 4];          /* low 2 bits, see above */
+    uint8_t scales[K_SCALE_SIZE];  /* 16 scales of 6 bits (see lm_k_unpack_scales_q3) */
+    uint16_t d;                    /* fp16 */
+} block_q3_K;
 
 typedef struct {
     uint16_t d;                    /* fp16 super-block scale for the sub-block scales */
@@ -47,6 +67,8 @@ typedef struct {
     int16_t bsums[QK_K / 16];      /* sum of each 16 quants */
 } block_q8_K;
 
+_Static_assert(sizeof(block_q2_K) == 84, "block_q2_K must be 84 bytes");
+_Static_assert(sizeof(block_q3_K) == 110, "block_q3_K must be 110 bytes");
 _Static_assert(sizeof(block_q4_K) == 144, "block_q4_K must be 144 bytes");
 _Static_assert(sizeof(block_q5_K) == 176, "block_q5_K must be 176 bytes");
 _Static_assert(sizeof(block_q6_K) == 210, "block_q6_K must be 210 bytes");
@@ -68,6 +90,32 @@ static inline void lm_k_unpack_scales(const uint8_t packed[K_SCALE_SIZE], uint8_
     memcpy(out, u, 16);
 }
 
+/* Q3_K's 16 scales as signed values -32..31: bytes 0-7 hold the low nibbles of
+ * scales 0-7 (low) and 8-15 (high); bits 2k..2k+1 of bytes 8-11 the top two bits
+ * of scales 4k'..: scale j's are bits 2*(j/4) of byte 8 + j%4. Four at a time on
+ * 32-bit words, as ggml does (little-endian). */
+static inline void lm_k_unpack_scales_q3(const uint8_t packed[K_SCALE_SIZE], int8_t out[16]) {
+    const uint32_t low4 = 0x0f0f0f0f, low2 = 0x03030303;
+    uint32_t w[3], u[4];
+    memcpy(w, packed, K_SCALE_SIZE);
+    u[0] = (w[0] & low4) | (((w[2] >> 0) & low2) << 4);        /* scales 0-3 */
+    u[1] = (w[1] & low4) | (((w[2] >> 2) & low2) << 4);        /* scales 4-7 */
+    u[2] = ((w[0] >> 4) & low4) | (((w[2] >> 4) & low2) << 4); /* scales 8-11 */
+    u[3] = ((w[1] >> 4) & low4) | (((w[2] >> 6) & low2) << 4); /* scales 12-15 */
+    memcpy(out, u, 16);
+    for (int j = 0; j < 16; j++) out[j] = (int8_t)(out[j] - 32);
+}
+
+/* One Q2_K super-block added to a running sum as ggml's generic vec_dot does:
+ * sumf + (dall*isum - dmin*summins), each product rounded on its own (the
+ * empty asm keeps the compiler from fusing one into a multiply-add), so the
+ * SIMD variants that sum isum and summins exactly give the scalar's bits. */
+static inline float lm_q2_K_block_sum(float sumf, float dall, int32_t isum, float dmin, int32_t summins) {
+    float a = dall * (float)isum, b = dmin * (float)summins;
+    __asm__("" : "+x"(a), "+x"(b));
+    return sumf + (a - b);
+}
+
 #if defined(__AVX2__)
 #include <immintrin.h>
 /* lm_k_unpack_scales in an xmm (scales in bytes 0-7, mins in 8-15), for the SIMD
@@ -84,12 +132,16 @@ static inline __m128i lm_k_unpack_scales_sse(const uint8_t *packed) {
 #endif
 
 /* AVX2 + FMA + F16C (the x86-64-v3 baseline). */
+void lm_vec_dot_q2_K_q8_K_avx2(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+void lm_vec_dot_q3_K_q8_K_avx2(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
 void lm_vec_dot_q4_K_q8_K_avx2(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
 void lm_vec_dot_q5_K_q8_K_avx2(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
 void lm_vec_dot_q6_K_q8_K_avx2(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
 void lm_quantize_q8_K_avx2(const float *restrict x, void *restrict y, int64_t n);
 
 /* AVX-512 F/BW/DQ/VL + VNNI. */
+void lm_vec_dot_q2_K_q8_K_avx512(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
+void lm_vec_dot_q3_K_q8_K_avx512(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
 void lm_vec_dot_q4_K_q8_K_avx512(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
 void lm_vec_dot_tile_q4_K_q8_K_vnni(int64_t n, float *restrict s, size_t s_stride, const void *restrict x,
                                     size_t x_stride, const void *restrict y, size_t y_stride);
@@ -101,9 +153,13 @@ void lm_vec_dot_q6_K_q8_K_avx512(int64_t n, float *restrict s, const void *restr
 void lm_quantize_q8_K_avx512(const float *restrict x, void *restrict y, int64_t n);
 
 /* Panels (quant.h): scalar references (kernels/panel.c) and VNNI (x86/panel_k_avx512.c). */
+void lm_panel_q2_K_ref(LM_PANEL_ARGS);
+void lm_panel_q3_K_ref(LM_PANEL_ARGS);
 void lm_panel_q4_K_ref(LM_PANEL_ARGS);
 void lm_panel_q5_K_ref(LM_PANEL_ARGS);
 void lm_panel_q6_K_ref(LM_PANEL_ARGS);
+void lm_panel_q2_K_vnni(LM_PANEL_ARGS);
+void lm_panel_q3_K_vnni(LM_PANEL_ARGS);
 void lm_panel_q4_K_vnni(LM_PANEL_ARGS);
 void lm_panel_q5_K_vnni(LM_PANEL_ARGS);
 void lm_panel_q6_K_vnni(LM_PANEL_ARGS);

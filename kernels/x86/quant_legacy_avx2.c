@@ -65,6 +65,22 @@ void lm_vec_dot_q4_1_q8_1_avx2(int64_t n, float *s, const void *vx, const void *
     *s = hsum8(acc) + summs;
 }
 
+/* Q5_1: Q4_1's kernel with the fifth bit ORed in as 16. */
+void lm_vec_dot_q5_1_q8_1_avx2(int64_t n, float *s, const void *vx, const void *vy) {
+    const block_q5_1 *x = vx;
+    const block_q8_1 *y = vy;
+    __m256 acc = _mm256_setzero_ps();
+    float summs = 0;
+    for (int64_t i = 0; i < n / QK; i++) {
+        summs += lm_f16_to_f32(x[i].m) * lm_f16_to_f32(y[i].s);
+        const __m256i qx = _mm256_or_si256(nibbles(x[i].qs), _mm256_and_si256(bits_to_bytes(x[i].qh), _mm256_set1_epi8(16)));
+        const __m256i qy = _mm256_loadu_si256((const __m256i *)y[i].qs);
+        const __m256 d = _mm256_set1_ps(lm_f16_to_f32(x[i].d) * lm_f16_to_f32(y[i].d));
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot_us(qx, qy)), acc);
+    }
+    *s = hsum8(acc) + summs;
+}
+
 void lm_vec_dot_q5_0_q8_0_avx2(int64_t n, float *s, const void *vx, const void *vy) {
     const block_q5_0 *x = vx;
     const block_q8_0 *y = vy;

@@ -76,6 +76,37 @@ void lm_vec_dot_tile_q4_1_q8_1_vnni(int64_t n, float *s, size_t s_stride, const 
     }
 }
 
+/* Q5_1 single rows with vpdpbusd on the unpacked block (its quants are
+ * unsigned, so no shift), two blocks per zmm; the min term per block in
+ * scalar as the AVX2 kernel. */
+void lm_vec_dot_q5_1_q8_1_avx512(int64_t n, float *s, const void *vx, const void *vy) {
+    const char *x = vx;
+    const block_q8_1 *y = vy;
+    const int64_t nb = n / QK;
+    __m512 acc = _mm512_setzero_ps();
+    float summs = 0;
+    int64_t i = 0;
+    for (; i + 2 <= nb; i += 2) {
+        const block_q5_1 *b = (const block_q5_1 *)x + i;
+        summs += lm_f16_to_f32(b[0].m) * lm_f16_to_f32(y[i].s);
+        summs += lm_f16_to_f32(b[1].m) * lm_f16_to_f32(y[i + 1].s);
+        const __m512i qx = _mm512_inserti64x4(_mm512_castsi256_si512(unpack_q5_1((const char *)b)), unpack_q5_1((const char *)(b + 1)), 1);
+        const __m512i qy = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)y[i].qs)),
+                                              _mm256_loadu_si256((const __m256i *)y[i + 1].qs), 1);
+        const __m512 d = _mm512_insertf32x8(_mm512_set1_ps(lm_f16_to_f32(b[0].d) * lm_f16_to_f32(y[i].d)),
+                                            _mm256_set1_ps(lm_f16_to_f32(b[1].d) * lm_f16_to_f32(y[i + 1].d)), 1);
+        acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), qx, qy)), acc);
+    }
+    __m256 acc8 = _mm256_add_ps(_mm512_castps512_ps256(acc), _mm512_extractf32x8_ps(acc, 1));
+    for (; i < nb; i++) {
+        const block_q5_1 *b = (const block_q5_1 *)x + i;
+        summs += lm_f16_to_f32(b->m) * lm_f16_to_f32(y[i].s);
+        const __m256 d = _mm256_set1_ps(lm_f16_to_f32(b->d) * lm_f16_to_f32(y[i].d));
+        acc8 = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(DOT_US(unpack_q5_1((const char *)b), _mm256_loadu_si256((const __m256i *)y[i].qs))), acc8);
+    }
+    *s = hsum8(acc8) + summs;
+}
+
 /* Weights against Q8_0 activations without the sign trick: vpdpbusd wants
  * unsigned bytes on one side, so the weights go in shifted up by `bias` (Q8_0:
  * q + 128, one xor; Q5_0: q + 16, the nibble and the fifth bit from one masked

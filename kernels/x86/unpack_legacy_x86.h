@@ -28,6 +28,14 @@ static inline __m256i unpack_q5_0(const char *x) {
     return _mm256_or_si256(nibbles(b->qs), _mm256_maskz_mov_epi8((__mmask32)qh, _mm256_set1_epi8(16)));
 }
 
+/* Q5_1: unsigned already (0..31), no shift */
+static inline __m256i unpack_q5_1(const char *x) {
+    const block_q5_1 *b = (const block_q5_1 *)x;
+    uint32_t qh;
+    memcpy(&qh, b->qh, 4);
+    return _mm256_or_si256(nibbles(b->qs), _mm256_maskz_mov_epi8((__mmask32)qh, _mm256_set1_epi8(16)));
+}
+
 static inline __m256i unpack_q4_0(const char *x) { return nibbles(((const block_q4_0 *)x)->qs); }
 static inline __m256i unpack_q4_1(const char *x) { return nibbles(((const block_q4_1 *)x)->qs); }
 

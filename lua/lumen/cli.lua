@@ -20,7 +20,7 @@ commands:
   rag search QUERY --db FILE   the best chunks for a query (-k N, --json, --mode hybrid|vector|bm25)
   rag ask QUESTION --db FILE   answer from the indexed documents, then list the sources
   bench [-m MODEL] [--pp N] [-n N] [-r RUNS] [-t T]   prefill/decode speed as JSON (see bench/run.py)
-  quantize IN OUT TYPE         requantize a GGUF file's weights (q4_0 q4_1 q5_0 q5_1 q8_0 q4_k q5_k q6_k f16 bf16 f32)
+  quantize IN OUT TYPE         requantize a GGUF file's weights (TYPE: see lumen quantize --help)
   version                      print the version
 options:
   -m, --model NAME|PATH    model alias from configs/models.yaml or a .gguf path (default: the registry's default)
@@ -91,7 +91,7 @@ Prefill (--pp tokens, default 512) and decode (-n tokens, default 128) speed as 
 ]],
   quantize = [[
 usage: lumen quantize IN.gguf OUT.gguf TYPE [-t THREADS]
-Requantizes a GGUF file's weights to TYPE: q4_0 q4_1 q5_0 q5_1 q8_0 q4_k q5_k q6_k f16 bf16 f32.
+Requantizes a GGUF file's weights to TYPE: TYPES.
 Norms and biases stay f32; OUT appears only when complete.
 ]],
   models = [[
@@ -555,10 +555,17 @@ end
 
 function commands.quantize(argv)
   local o = parse(argv, 2)
-  if o.help then io.write(HELP.quantize) return 0 end
+  local C = require "lumen.ffi"
+  if o.help then
+    local names = {}
+    for t = 0, C.LM_DTYPE_COUNT - 1 do
+      if C.lm_quantize_supports(t) then names[#names + 1] = require("ffi").string(C.lm_dtype_name(t)) end
+    end
+    io.write((HELP.quantize:gsub("TYPES", table.concat(names, " "))))
+    return 0
+  end
   local inp, out, ty = o.words[1], o.words[2], o.words[3]
   if not (inp and out and ty) or o.words[4] then usage_error("usage: lumen quantize IN.gguf OUT.gguf TYPE") end
-  local C = require "lumen.ffi"
   local dtype = C.lm_dtype_from_name(ty)
   if dtype < 0 then usage_error("unknown type '" .. ty .. "'") end
   if inp == out then usage_error("the output must be another file than the input") end

@@ -3,7 +3,10 @@
  *  - tokenization identical, and decode(encode(x)) == x;
  *  - teacher-forced on llama.cpp's own sequence, lumen's logits for llama.cpp's
  *    top-20 ids are as close to llama.cpp's as llama.cpp's are to themselves;
- *  - free-running 32-token greedy continuations identical on >= 6 of 8 prompts.
+ *  - free-running 32-token greedy continuations identical (or forking at a
+ *    near-tie) on >= 3/4 of the prompts.
+ * Also on the Q2_K and Q3_K files `lumen quantize` makes from the default model,
+ * made here and checked first to be the very file llama.cpp was given (sha256).
  *
  * Why "as close as llama.cpp to itself" and not a fixed 0.25: with activations
  * quantized to Q8 this model is chaotic at float-rounding level. Scaling one
@@ -23,10 +26,13 @@
 #include "lumen.h"
 
 #include <stdbool.h>
+#include "sha256.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static const char *model_path(const char *file) {
     static char buf[4096];
@@ -69,12 +75,18 @@ static int cmp_float(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
-/* One model and its fixture: how many prompts it holds and how many greedy
- * continuations must be identical (or fork at a near-tie). */
+/* How far from llama.cpp's own spread lumen may be (see the header and CASES). */
+typedef struct { float top1_margin, median_factor, max_factor; } bounds;
+#define DEFAULT_BOUNDS {0.02f, 1.5f, 2.0f}
+
+/* One model and its fixture: how many prompts it holds, how many greedy
+ * continuations must be identical (or fork at a near-tie), and the bounds; quant:
+ * the model is first requantized to this type by lumen (lm_quantize_file). */
 typedef struct {
-    const char *fixture, *model;
+    const char *fixture, *model, *quant;
     bool tokenizer;     /* the fixture has tokenizer records */
     int prompts, min_greedy;
+    bounds b;
 } agreement_case;
 
 static void check_logits(lm_model *m, fixture *fx, const agreement_case *c) {
@@ -195,27 +207,69 @@ static void check_logits(lm_model *m, fixture *fx, const agreement_case *c) {
     for (int i = 0; i < n_flips; i++) tie_flips += flip_margin[i] <= self_med;
     if (n_flips) printf("top-1: %d of the %d differing positions are near-ties (llama.cpp margin <= %.3f)\n", tie_flips, n_flips, self_med);
     const double rate_ties = positions ? (double)(top1 + tie_flips) / positions : 0;
-    CHECK(rate_ties >= self_rate - 0.02, "top-1 agreement %.3f (%.3f with near-ties) < llama.cpp's own %.3f - 0.02",
-          rate, rate_ties, self_rate);
+    const bounds b = c->b;
+    CHECK(rate_ties >= self_rate - b.top1_margin, "top-1 agreement %.3f (%.3f with near-ties) < llama.cpp's own %.3f - %.2f",
+          rate, rate_ties, self_rate, b.top1_margin);
     free(flip_margin);
     /* against the exact logits no floor: llama.cpp's own error is the yardstick */
     const float floor_ = n_ref_pos ? 0.0f : 0.25f;
-    CHECK(med <= fmaxf(floor_, 1.5f * self_med), "median logit difference %.3f > max(%.2f, 1.5 x %.3f)", med, floor_, self_med);
-    CHECK(worst <= fmaxf(floor_, 2.0f * self_worst), "max logit difference %.3f > max(%.2f, 2 x %.3f)", worst, floor_, self_worst);
+    CHECK(med <= fmaxf(floor_, b.median_factor * self_med), "median logit difference %.3f > max(%.2f, %.1f x %.3f)", med, floor_,
+          b.median_factor, self_med);
+    CHECK(worst <= fmaxf(floor_, b.max_factor * self_worst), "max logit difference %.3f > max(%.2f, %.1f x %.3f)", worst, floor_,
+          b.max_factor, self_worst);
     CHECK(greedy_same + near_ties >= c->min_greedy, "only %d/%d greedy continuations identical or forking at a near-tie (want %d)",
           greedy_same + near_ties, fx->n_prompts, c->min_greedy);
     free(diffs);
     free(self_diffs);
 }
 
+/* The sha256 a fixture records for its model file ("# model: NAME sha256 HEX"). */
+static bool fixture_sha(const char *path, char hex[65]) {
+    FILE *f = fopen(path, "r");
+    char line[512];
+    bool found = false;
+    while (f && !found && fgets(line, sizeof line, f))
+        found = !strncmp(line, "# model: ", 9) && sscanf(line, "# model: %*s sha256 %64s", hex) == 1;
+    if (f) fclose(f);
+    return found;
+}
+
+static bool file_sha(const char *path, char hex[65]) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return false;
+    lm_sha256_ctx c;
+    lm_sha256_init(&c);
+    static char buf[1 << 16];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, f)) > 0) lm_sha256_update(&c, buf, n);
+    fclose(f);
+    lm_sha256_final_hex(&c, hex);
+    return true;
+}
+
 /* The default model, Gemma 3 (the gemma3 architecture and a SentencePiece
  * vocabulary), and random weights at Llama-3.2-1B's real shape (Llama 3's rope
  * scaling, a 128256-row vocabulary; bench/make_shaped.py writes it, SmolLM2's
- * tokenizer so no tokenizer records) checked the same way. */
+ * tokenizer so no tokenizer records) checked the same way; then `lumen quantize`'s Q2_K and Q3_K of the
+ * default model (its tokenizer is the first case's; four prompts, to stay cheap).
+ * Only ffn_down becomes Q2_K/Q3_K there: the other matrices' 576-wide rows are
+ * not whole 256-element super-blocks, and keep Q4_1.
+ * Those two get wider bounds (top-1 within 5%, median 2x, max 2.5x llama.cpp's
+ * own spread). llama.cpp's yardstick (its batch against its one-by-one run)
+ * varies only attention arithmetic, while the ffn_down input is quantized to
+ * Q8_K, one scale per 256 values (8x coarser steps than Q8_1's 32), so an
+ * upstream rounding flip moves these coarse 2/3-bit products by more. Measured
+ * on Zen 4 (lumen vs llama.cpp | llama.cpp vs itself): Q2_K top-1 94.5% | 97.7%,
+ * median 0.53 | 0.30, max 1.29 | 1.09; Q3_K 97.7% | 98.4%, 0.45 | 0.32, 1.33 |
+ * 0.90. Without VNNI (no panels: prompts through the AVX2 vec_dot, or the f32
+ * GEMM from 16 tokens) the maxima reach 2.5 and 2.1. The kernels themselves are
+ * held to llama.cpp's bits elsewhere (test_quant_k, bench/quant_reference.py). */
 static const agreement_case CASES[] = {
-    {"spec/fixtures/smollm2_q4_1.txt", "SmolLM2-135M-Instruct.Q4_1.gguf", true, 8, 6},
-    {"spec/fixtures/gemma3_q4_k_m.txt", "gemma-3-270m-q4_k_m.gguf", true, 8, 6},
-    {"spec/fixtures/shaped_llama3_1b_q4_0.txt", "shaped-llama3-1b.Q4_0.gguf", false, 4, 3},
+    {"spec/fixtures/smollm2_q4_1.txt", "SmolLM2-135M-Instruct.Q4_1.gguf", NULL, true, 8, 6, DEFAULT_BOUNDS},
+    {"spec/fixtures/gemma3_q4_k_m.txt", "gemma-3-270m-q4_k_m.gguf", NULL, true, 8, 6, DEFAULT_BOUNDS},
+    {"spec/fixtures/shaped_llama3_1b_q4_0.txt", "shaped-llama3-1b.Q4_0.gguf", NULL, false, 4, 3, DEFAULT_BOUNDS},
+    {"spec/fixtures/smollm2_q2_k.txt", "SmolLM2-135M-Instruct.Q4_1.gguf", "q2_k", false, 4, 3, {0.05f, 2.0f, 2.5f}},
+    {"spec/fixtures/smollm2_q3_k.txt", "SmolLM2-135M-Instruct.Q4_1.gguf", "q3_k", false, 4, 3, {0.05f, 2.0f, 2.5f}},
 };
 
 /* usage: test_agreement [FIXTURE MODEL PROMPTS MIN_GREEDY]: the built-in cases,
@@ -226,7 +280,7 @@ int main(int argc, char **argv) {
     size_t n_cases = sizeof CASES / sizeof *CASES;
     agreement_case one;
     if (argc == 5) {
-        one = (agreement_case){argv[1], argv[2], false, atoi(argv[3]), atoi(argv[4])};
+        one = (agreement_case){argv[1], argv[2], NULL, false, atoi(argv[3]), atoi(argv[4]), DEFAULT_BOUNDS};
         cases = &one;
         n_cases = 1;
     } else if (argc != 1) {
@@ -234,18 +288,32 @@ int main(int argc, char **argv) {
         return 2;
     }
     for (size_t c = 0; c < n_cases; c++) {
-        printf("== %s\n", cases[c].model);
-        const char *fpath = argc == 5 ? cases[c].fixture : tu_path(cases[c].fixture);
+        const agreement_case *k = &cases[c];
+        printf("== %s%s%s\n", k->model, k->quant ? " quantized to " : "", k->quant ? k->quant : "");
+        const char *fpath = argc == 5 ? k->fixture : tu_path(k->fixture);
         fixture *fx = fx_load(fpath);
         CHECK(fx != NULL, "no fixture %s", fpath);
-        lm_model *m = lm_model_load(strchr(cases[c].model, '/') ? cases[c].model : model_path(cases[c].model), NULL);
+        const char *path = strchr(k->model, '/') ? k->model : model_path(k->model);
+        char tmp[4096] = "";
+        if (k->quant) {
+            const char *dir = getenv("TMPDIR");
+            snprintf(tmp, sizeof tmp, "%s/lumen_agreement_%d.%s.gguf", dir && *dir ? dir : "/tmp", (int)getpid(), k->quant);
+            CHECK(lm_quantize_file(path, tmp, lm_dtype_from_name(k->quant), 2) == LM_OK, "quantize: %s", lm_last_error());
+            char want[65] = "", got[65] = "";
+            CHECK(fixture_sha(fpath, want) && file_sha(tmp, got) && !strcmp(want, got),
+                  "lumen quantize's %s file (sha256 %s) is not the one llama.cpp was given (%s): a quantizer changed its bytes"
+                  " (bench/quant_reference.py compares them with llama.cpp's)", k->quant, got, want);
+            path = tmp;
+        }
+        lm_model *m = lm_model_load(path, NULL);
         CHECK(m != NULL, "model: %s (scripts/test.sh fetches it)", lm_last_error());
         if (fx && m) {
-            if (cases[c].tokenizer) check_tokenizer(m, fx);
-            check_logits(m, fx, &cases[c]);
+            if (k->tokenizer) check_tokenizer(m, fx);
+            check_logits(m, fx, k);
         }
         lm_model_free(m);
         fx_free(fx);
+        if (*tmp) remove(tmp);
     }
     return tu_finish("agreement");
 }

@@ -1,10 +1,13 @@
-/* K-quants (Q4_K, Q5_K, Q6_K, Q8_K) through the dispatch table:
+/* K-quants (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K) through the dispatch table:
  * - hand-built blocks (packed here from the documented ggml layout) dequantize to
  *   the values computed independently from their logical fields;
  * - quantize -> dequantize stays within error bounds;
  * - the scalar vec_dot equals the dot of the dequantized rows;
- * - every SIMD variant the CPU runs agrees with the scalar reference, and the SIMD
- *   Q8_K quantizer is bit-identical to the scalar one. */
+ * - every SIMD variant the CPU runs agrees with the scalar reference (Q2_K's bit
+ *   for bit, the others within 1e-5 of the sum of |products|), and the SIMD
+ *   Q8_K quantizer is bit-identical to the scalar one.
+ * (That the scalar quantizers and dequantizers give llama.cpp's bytes and values
+ * is checked against llama.cpp itself by bench/quant_reference.py.) */
 #include "testutil.h"
 #include "quant.h"
 
@@ -74,6 +77,33 @@ static void build_q6_K(uint8_t blk[210], float d, const int sc[16], const int q[
     put16(blk + 208, lm_f32_to_f16(d));
 }
 
+/* Q2_K: scales[16] (scale low nibble, min high), qs[64] (bits 2j of byte 32h+l:
+ * q[128h+32j+l]), d, dmin. */
+static void build_q2_K(uint8_t blk[84], float d, float dmin, const int sc[16], const int mn[16], const int q[QK]) {
+    for (int j = 0; j < 16; j++) blk[j] = (uint8_t)((sc[j] & 15) | ((mn[j] & 15) << 4));
+    memset(blk + 16, 0, 64);
+    for (int k = 0; k < QK; k++) blk[16 + 32 * (k / 128) + k % 32] |= (uint8_t)((q[k] & 3) << (2 * ((k % 128) / 32)));
+    put16(blk + 80, lm_f32_to_f16(d));
+    put16(blk + 82, lm_f32_to_f16(dmin));
+}
+
+/* Q3_K: hmask[32] (bit k of byte l: q[32k+l] >= 0), qs[64] (the low bits of q+4, as
+ * Q2_K), scales[12] (sc+32 in 6 bits: low nibbles in bytes 0-7, scale j<8 low / j>=8
+ * high half of byte j%8; top two bits at bits 2*(j/4) of byte 8+j%4), d. */
+static void build_q3_K(uint8_t blk[110], float d, const int sc[16], const int q[QK]) {
+    memset(blk, 0, 108);
+    for (int k = 0; k < QK; k++) {
+        if (q[k] >= 0) blk[k % 32] |= (uint8_t)(1 << (k / 32));
+        blk[32 + 32 * (k / 128) + k % 32] |= (uint8_t)(((q[k] + 4) & 3) << (2 * ((k % 128) / 32)));
+    }
+    for (int j = 0; j < 16; j++) {
+        const int u = sc[j] + 32;
+        blk[96 + j % 8] |= (uint8_t)((u & 15) << (j < 8 ? 0 : 4));
+        blk[96 + 8 + j % 4] |= (uint8_t)((u >> 4) << (2 * (j / 4)));
+    }
+    put16(blk + 108, lm_f32_to_f16(d));
+}
+
 /* Q8_K: float d, int8 qs[256], int16 bsums[16]. */
 static void build_q8_K(uint8_t blk[292], float d, const int q[QK]) {
     memcpy(blk, &d, 4);
@@ -87,11 +117,13 @@ static void build_q8_K(uint8_t blk[292], float d, const int q[QK]) {
 
 /* ---- helpers --------------------------------------------------------------- */
 
-static const char *tname(lm_dtype t) {
-    return t == LM_Q4_K ? "q4_K" : t == LM_Q5_K ? "q5_K" : t == LM_Q6_K ? "q6_K" : "q8_K";
-}
+static const char *tname(lm_dtype t) { return lm_dtype_name(t); }
 
-static size_t bsize(lm_dtype t) { return t == LM_Q4_K ? 144 : t == LM_Q5_K ? 176 : t == LM_Q6_K ? 210 : 292; }
+static size_t bsize(lm_dtype t) { return lm_dtype_type_size(t); }
+
+/* the weight types, and how many */
+#define NW 5
+static const lm_dtype WTS[NW] = {LM_Q2_K, LM_Q3_K, LM_Q4_K, LM_Q5_K, LM_Q6_K};
 
 /* Bell-shaped values around 0 with the given spread (sum of uniforms). */
 static void rand_normalish(uint64_t *rng, float *x, int64_t n, float sigma) {
@@ -110,6 +142,11 @@ static void rand_weights(uint64_t *rng, lm_dtype t, uint8_t *w, int64_t nb) {
         uint8_t *b = w + bs * (size_t)i;
         if (t == LM_Q6_K) {
             put16(b + 208, lm_f32_to_f16(tu_randf(rng, 0.0005f, 0.01f)));
+        } else if (t == LM_Q3_K) {
+            put16(b + 108, lm_f32_to_f16(tu_randf(rng, 0.0005f, 0.01f)));
+        } else if (t == LM_Q2_K) {
+            put16(b + 80, lm_f32_to_f16(tu_randf(rng, 0.001f, 0.02f)));
+            put16(b + 82, lm_f32_to_f16(tu_randf(rng, 0.001f, 0.02f)));
         } else {
             put16(b, lm_f32_to_f16(tu_randf(rng, 0.001f, 0.02f)));
             put16(b + 2, lm_f32_to_f16(tu_randf(rng, 0.001f, 0.02f)));
@@ -136,8 +173,8 @@ static double deq_dot(lm_dtype t, const void *w, const void *a, int64_t n, doubl
 /* ---- tests ------------------------------------------------------------------- */
 
 static void test_registration(void) {
-    const lm_dtype ws[3] = {LM_Q4_K, LM_Q5_K, LM_Q6_K};
-    for (int i = 0; i < 3; i++) {
+    const lm_dtype *ws = WTS;
+    for (int i = 0; i < NW; i++) {
         const lm_quant_entry *e = lm_quant_entry_get(ws[i]);
         CHECK(e != NULL, "%s registered", tname(ws[i]));
         if (!e) continue;
@@ -177,6 +214,23 @@ static void test_hand_built(void) {
     for (int k = 0; k < QK; k++) bad += y[k] != 0.0625f * sc6[k / 16] * (q[k] - 32);
     CHECK(bad == 0, "q6_K hand-built block: %d of 256 values differ", bad);
 
+    const int sc2[16] = {0, 1, 15, 7, 3, 9, 12, 4, 5, 6, 11, 2, 8, 13, 10, 14};
+    const int mn2[16] = {15, 0, 3, 8, 1, 14, 2, 9, 10, 4, 7, 12, 6, 5, 13, 11};
+    for (int k = 0; k < QK; k++) q[k] = (k * 7 + 1) % 4;
+    build_q2_K(blk, 0.5f, 0.25f, sc2, mn2, q);
+    lm_quant_entry_get(LM_Q2_K)->to_float(blk, y, QK);
+    bad = 0;
+    for (int k = 0; k < QK; k++) bad += y[k] != 0.5f * sc2[k / 16] * q[k] - 0.25f * mn2[k / 16];
+    CHECK(bad == 0, "q2_K hand-built block: %d of 256 values differ", bad);
+
+    const int sc3[16] = {-32, 31, -1, 5, 0, 16, -17, 30, 2, -3, 20, -20, 9, 1, -31, 13};
+    for (int k = 0; k < QK; k++) q[k] = (k * 11 + 3) % 8 - 4;
+    build_q3_K(blk, 0.0625f, sc3, q);
+    lm_quant_entry_get(LM_Q3_K)->to_float(blk, y, QK);
+    bad = 0;
+    for (int k = 0; k < QK; k++) bad += y[k] != 0.0625f * sc3[k / 16] * q[k];
+    CHECK(bad == 0, "q3_K hand-built block: %d of 256 values differ", bad);
+
     for (int k = 0; k < QK; k++) q[k] = (k * 37) % 255 - 127;
     build_q8_K(blk, -0.5f, q);
     lm_quant_entry_get(LM_Q8_K)->to_float(blk, y, QK);
@@ -185,7 +239,11 @@ static void test_hand_built(void) {
     CHECK(bad == 0, "q8_K hand-built block: %d of 256 values differ", bad);
 
     /* vec_dot of hand-built blocks against a hand-built Q8_K, every variant */
-    uint8_t w4[144], w5[176], w6[210], a[292];
+    uint8_t w2[84], w3[110], w4[144], w5[176], w6[210], a[292];
+    for (int k = 0; k < QK; k++) q[k] = (k * 7 + 1) % 4;
+    build_q2_K(w2, 0.5f, 0.25f, sc2, mn2, q);
+    for (int k = 0; k < QK; k++) q[k] = (k * 11 + 3) % 8 - 4;
+    build_q3_K(w3, 0.0625f, sc3, q);
     for (int k = 0; k < QK; k++) q[k] = (k * 7 + 3) % 16;
     build_q4_K(w4, 0.5f, 0.25f, sc, mn, q);
     for (int k = 0; k < QK; k++) q[k] = (k * 13 + 5) % 32;
@@ -194,9 +252,9 @@ static void test_hand_built(void) {
     build_q6_K(w6, 0.0625f, sc6, q);
     for (int k = 0; k < QK; k++) q[k] = (k * 37) % 255 - 127;
     build_q8_K(a, -0.5f, q);
-    const lm_dtype ts[3] = {LM_Q4_K, LM_Q5_K, LM_Q6_K};
-    const void *ws[3] = {w4, w5, w6};
-    for (int t = 0; t < 3; t++) {
+    const lm_dtype *ts = WTS;
+    const void *ws[NW] = {w2, w3, w4, w5, w6};
+    for (int t = 0; t < NW; t++) {
         double mag, want = deq_dot(ts[t], ws[t], a, QK, &mag);
         for (int isa = 0; isa <= (int)lm_cpu_isa(); isa++) {
             lm_vec_dot_fn f = lm_quant_entry_get(ts[t])->vec_dot[isa];
@@ -250,12 +308,12 @@ static void test_q8_K_quantize(void) {
 
 /* RMS error relative to the RMS of the data, for bell-shaped rows. */
 static void test_weight_quantize(void) {
-    const lm_dtype ts[3] = {LM_Q4_K, LM_Q5_K, LM_Q6_K};
-    const double bound[3] = {0.085, 0.045, 0.025};
+    const lm_dtype *ts = WTS;
+    const double bound[NW] = {0.35, 0.18, 0.085, 0.045, 0.025};
     const int64_t n = 16 * QK;
     float *x = malloc(sizeof(float) * n), *y = malloc(sizeof(float) * n);
-    uint8_t *q = malloc(210 * 16 + 176 * 16 + 144 * 16);
-    for (int t = 0; t < 3; t++) {
+    uint8_t *q = malloc(210 * 16);
+    for (int t = 0; t < NW; t++) {
         uint64_t rng = 100 + t;
         rand_normalish(&rng, x, n, 0.02f);
         for (int k = 0; k < QK; k++) x[5 * QK + k] = 0.5f + 0.001f * k;  /* an all-positive block */
@@ -274,9 +332,10 @@ static void test_weight_quantize(void) {
         const double rel = sqrt(err / ref);
         printf("  %s quantize: rms error %.4f of rms\n", tname(ts[t]), rel);
         CHECK(rel < bound[t], "%s quantize: relative rms error %g over %g", tname(ts[t]), rel, bound[t]);
-        /* the ramp 0.5..0.755 spans 0.255: at worst half a step of the 4/5/6-bit grid over it */
-        CHECK(ramp_err < 0.755 / (t == 0 ? 15 : 31) * 0.6, "%s: all-positive block max error %g",
-              tname(ts[t]), ramp_err);
+        /* the ramp 0.5..0.755: at worst about half a step of the grid over 0.755
+         * (levels above zero: Q2_K 3, Q3_K 4, Q4_K 15, Q5_K and Q6_K 31) */
+        const double levels[NW] = {3, 4, 15, 31, 31};
+        CHECK(ramp_err < 0.755 / levels[t] * 0.6, "%s: all-positive block max error %g", tname(ts[t]), ramp_err);
         CHECK(nonzero_in_zero_block == 0, "%s: a zero block dequantizes to zeros", tname(ts[t]));
     }
     free(x); free(y); free(q);
@@ -284,11 +343,11 @@ static void test_weight_quantize(void) {
 
 /* Random weight rows times a quantized random activation row. */
 static void test_vec_dot(void) {
-    const lm_dtype ts[3] = {LM_Q4_K, LM_Q5_K, LM_Q6_K};
+    const lm_dtype *ts = WTS;
     const int64_t ns[5] = {256, 512, 768, 2816, 11008};
     const lm_isa top = lm_cpu_isa();
     for (int isa = LM_ISA_AVX2; isa <= (int)top; isa++) {
-        for (int t = 0; t < 3; t++)
+        for (int t = 0; t < NW; t++)
             if (lm_quant_entry_get(ts[t])->vec_dot[isa]) printf("  vec_dot %s: %s\n", tname(ts[t]), lm_isa_name((lm_isa)isa));
         if (lm_quant_entry_get(LM_Q8_K)->from_float[isa]) printf("  quantize q8_K: %s\n", lm_isa_name((lm_isa)isa));
     }
@@ -300,7 +359,7 @@ static void test_vec_dot(void) {
         for (int rep = 0; rep < 3; rep++) {
             rand_normalish(&rng, x, n, rep == 2 ? 100.0f : 1.0f);
             lm_quant_entry_get(LM_Q8_K)->from_float[LM_ISA_SCALAR](x, a, n);
-            for (int t = 0; t < 3; t++) {
+            for (int t = 0; t < NW; t++) {
                 rand_weights(&rng, ts[t], w, nb);
                 const lm_quant_entry *e = lm_quant_entry_get(ts[t]);
                 double mag, want = deq_dot(ts[t], w, a, n, &mag);
@@ -314,6 +373,9 @@ static void test_vec_dot(void) {
                     e->vec_dot[isa](n, &got, w, a);
                     CHECK(fabs(got - ref) <= 1e-5 * fmax(fabs(ref), mag), "%s n=%d %s vec_dot %.8g vs scalar %.8g",
                           tname(ts[t]), (int)n, lm_isa_name((lm_isa)isa), got, ref);
+                    if (ts[t] == LM_Q2_K)
+                        CHECK(memcmp(&got, &ref, sizeof got) == 0, "q2_K n=%d %s vec_dot %.9g bit for bit = scalar %.9g",
+                              (int)n, lm_isa_name((lm_isa)isa), got, ref);
                 }
             }
         }
@@ -323,15 +385,18 @@ static void test_vec_dot(void) {
 
 /* Extremes: all weight bits set against q8 = +-127, so any int16 saturation shows. */
 static void test_vec_dot_extremes(void) {
-    const lm_dtype ts[3] = {LM_Q4_K, LM_Q5_K, LM_Q6_K};
+    const lm_dtype *ts = WTS;
     uint8_t w[210], a[292];
     int q[QK];
     for (int sign = -1; sign <= 1; sign += 2) {
         for (int k = 0; k < QK; k++) q[k] = sign * 127;
         build_q8_K(a, 0.01f, q);
-        for (int t = 0; t < 3; t++) {
-            memset(w, 0xFF, sizeof w);
+        for (int t = 0; t < NW; t++) for (int fill = 0; fill < 2; fill++) {
+            /* every bit set, or (Q3_K's most negative quants and scales) none */
+            memset(w, fill ? 0x00 : 0xFF, sizeof w);
             if (ts[t] == LM_Q6_K) { put16(w + 208, lm_f32_to_f16(0.01f)); memset(w + 192, 0x80, 16); }
+            else if (ts[t] == LM_Q3_K) put16(w + 108, lm_f32_to_f16(0.01f));
+            else if (ts[t] == LM_Q2_K) { put16(w + 80, lm_f32_to_f16(0.01f)); put16(w + 82, lm_f32_to_f16(0.01f)); }
             else { put16(w, lm_f32_to_f16(0.01f)); put16(w + 2, lm_f32_to_f16(0.01f)); }
             double mag, want = deq_dot(ts[t], w, a, QK, &mag);
             for (int isa = 0; isa <= (int)lm_cpu_isa(); isa++) {

@@ -24,8 +24,8 @@ describe("lumen quantize", function()
 
   it("refuses unknown types, missing inputs and leaves no partial file", function()
     local out = os.tmpname() .. ".gguf"
-    assert.equal(-1, C.lm_quantize_file(src, out, C.lm_dtype_from_name("q2_k"), 1))
-    assert.truthy(util.last_error():find("cannot quantize to q2_k", 1, true))
+    assert.equal(-1, C.lm_quantize_file(src, out, C.lm_dtype_from_name("q8_k"), 1))
+    assert.truthy(util.last_error():find("cannot quantize to q8_k", 1, true))
     assert.equal(-1, C.lm_quantize_file("/nonexistent.gguf", out, C.lm_dtype_from_name("q8_0"), 1))
     assert.truthy(util.last_error():find("/nonexistent.gguf", 1, true))
     assert.is_false(util.file_exists(out))
