@@ -290,7 +290,8 @@ int main(int argc, char **argv) {
     for (size_t c = 0; c < n_cases; c++) {
         const agreement_case *k = &cases[c];
         printf("== %s%s%s\n", k->model, k->quant ? " quantized to " : "", k->quant ? k->quant : "");
-        const char *fpath = argc == 5 ? k->fixture : tu_path(k->fixture);
+        char fpath[4096]; /* tu_path's buffer is shared: keep a copy */
+        snprintf(fpath, sizeof fpath, "%s", argc == 5 ? k->fixture : tu_path(k->fixture));
         fixture *fx = fx_load(fpath);
         CHECK(fx != NULL, "no fixture %s", fpath);
         const char *path = strchr(k->model, '/') ? k->model : model_path(k->model);
