@@ -61,7 +61,7 @@ function M.run(o)
     return t1 - t0, t2 - t0, t3 - t2
   end
 
-  one_run() -- warm-up
+  for _ = 1, o.warmup or 1 do one_run() end -- untimed
   local pre, ttft, dec = {}, {}, {}
   for r = 1, runs do
     local p, f, d = one_run()

@@ -89,7 +89,7 @@ mmproj GGUF, idefics3/SmolVLM). A bad image is reported (one line on stderr, or 
   --temp T ...            sampling (default greedy)     --stats   timing on stderr
 ]],
   bench = [[
-usage: lumen bench [-m MODEL] [--pp N] [-n N] [-r RUNS] [-t THREADS] [-c CTX] [--kv-type f16|q8_0]
+usage: lumen bench [-m MODEL] [--pp N] [-n N] [-r RUNS] [--warmup N] [-t THREADS] [-c CTX] [--kv-type f16|q8_0]
 Decode runs after the --pp prompt, so --pp 8192 -c 8320 measures decode at depth 8k.
 Prefill (--pp tokens, default 512) and decode (-n tokens, default 128) speed as JSON, median of -r runs (default 3).
 ]],
@@ -199,6 +199,7 @@ local function parse(argv, first)
     elseif a == "-s" or a == "--system" then o.system = take()
     elseif a == "--pp" then o.prompt_tokens = int_arg(a, take(), 1, 2 ^ 20)
     elseif a == "-r" or a == "--runs" then o.runs = int_arg(a, take(), 1, 1000)
+    elseif a == "--warmup" then o.warmup = int_arg(a, take(), 0, 1000)
     elseif a == "--no-stats" then o.stats = false; o.stats_given = true
     elseif a == "--stats" then o.stats = true; o.stats_given = true
     elseif a:sub(1, 1) == "-" and #a > 1 then usage_error("unknown option '" .. a .. "' (try: lumen --help)")
