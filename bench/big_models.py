@@ -2,7 +2,7 @@
 """Decode at the memory-bandwidth limit, long context, the q8_0 KV cache and cold start:
 lumen against llama.cpp (llama-cpp-python 0.3.36) on the same real-shaped GGUF files.
 
-usage: python3 bench/big_models.py [--parts bandwidth,decode,long,kv,coldstart]
+usage: python3 bench/big_models.py [--parts bandwidth,decode,long,kv,coldstart,agree]
            [--models llama3-1b:Q4_0,qwen3-8b:Q4_0] [--threads 1,2] [--rounds 2] [--gen 64]
            [--long-model llama3-1b:Q4_0] [--depth 8192] [--out bench/out/big]
 
@@ -26,6 +26,9 @@ Parts (each engine in its own processes, the two alternating, `rounds` times; me
              warm: dropping it would hit the other users of the machine) and peak RSS against
              file + KV + 64 MiB; llama.cpp's (a python process: interpreter start included) for
              reference
+  agree      (not by default) logits along a 64-token prompt + 64 greedy tokens, per position:
+             lumen and llama.cpp, each with f16 and q8_0 KV caches (llama.cpp with flash
+             attention, which its q8_0 V needs), on --agree-models (real weights: SmolLM2, Gemma 3)
 Writes OUT/results.json and OUT/results.md.
 """
 import argparse
@@ -244,6 +247,66 @@ def coldstart(py, specs, threads, rounds):
     return rows
 
 
+def agree_worker(path, P, N):
+    """(in the llama.cpp python) logits along one token sequence: llama.cpp with f16 and q8_0 KV
+    caches (flash attention for both: q8_0 V needs it), lumen's (bench/kv_logits.lua) with both;
+    the sequence is a P-token filler prompt and N greedy tokens of llama.cpp's f16 run."""
+    import tempfile
+    import numpy as np
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    from make_fixtures import load_llama
+    from llama_speed import prompt_ids
+    import llama_cpp
+
+    def llama_rows(kv, ids=None):
+        t = {"f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q8_0}[kv]
+        n = P + N + 16
+        llm = load_llama(path, n_ctx=n, n_threads=2, logits_all=True, n_batch=n, n_ubatch=n, flash_attn=True,
+                         type_k=t, type_v=t)
+        if ids is None:
+            ids = prompt_ids(llm, P)
+            llm.eval(ids)
+            for _ in range(N):
+                ids.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+                llm.eval([ids[-1]])
+            llm.reset()
+        llm.eval(ids)
+        return ids, np.array(llm.scores[P - 1:len(ids)], dtype=np.float32)
+
+    ids, ref = llama_rows("f16")
+    rows = {("llama", "f16"): ref, ("llama", "q8_0"): llama_rows("q8_0", ids)[1]}
+    with tempfile.TemporaryDirectory() as d:
+        with open(os.path.join(d, "ids"), "w") as f:
+            f.write(" ".join(map(str, ids)))
+        for kv in ("f16", "q8_0"):
+            out = os.path.join(d, kv)
+            subprocess.run([LUMEN, "run", "bench/kv_logits.lua", path, kv, os.path.join(d, "ids"), out, str(P)],
+                           check=True, cwd=ROOT)
+            rows[("lumen", kv)] = np.fromfile(out, dtype=np.float32).reshape(-1, ref.shape[1])
+
+    def cmp(a, b):
+        cos = np.sum(a * b, 1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+        return {"top1": round(float(np.mean(a.argmax(1) == b.argmax(1))), 4), "cos_min": round(float(cos.min()), 6),
+                "cos_median": round(float(np.median(cos)), 6), "max_abs": round(float(np.abs(a - b).max()), 4)}
+
+    pairs = [("lumen f16", "llama f16"), ("lumen q8_0", "llama q8_0"), ("lumen q8_0", "lumen f16"),
+             ("llama q8_0", "llama f16"), ("lumen q8_0", "llama f16")]
+    res = {"model": os.path.basename(path), "prompt": P, "decoded": N, "positions": len(ids) - P + 1}
+    for a, b in pairs:
+        res["%s vs %s" % (a, b)] = cmp(rows[tuple(a.split())], rows[tuple(b.split())])
+    print(json.dumps(res))
+
+
+def agreement(py, files, P, N):
+    rows = []
+    for name in files:
+        path = name if os.path.exists(name) else os.path.join(MODELS_DIR, name)
+        r = run_json([py, os.path.abspath(__file__), "--agree-worker", path, str(P), str(N)])
+        print(json.dumps(r), flush=True)
+        rows.append(r)
+    return rows
+
+
 def markdown(res):
     L = ["# lumen vs llama.cpp at real shapes", "",
          "CPU: %s; llama-cpp-python %s with extra buffer types off. %s" % (
@@ -276,6 +339,14 @@ def markdown(res):
                 r["model"], r["lumen_first_token_s"], r["llama_first_token_s"], r["lumen_peak_rss_kb"] / 1024,
                 r["rss_bound_kb"] / 1024, "within" if r["lumen_rss_within_bound"] else "OVER", r["llama_peak_rss_kb"] / 1024))
         L.append("")
+    if res.get("agreement"):
+        L += ["| model | pair | top-1 agreement | cosine min | cosine median | max abs |", "|---|---|---|---|---|---|"]
+        for r in res["agreement"]:
+            for k, v in r.items():
+                if isinstance(v, dict):
+                    L.append("| %s | %s | %.3f | %.5f | %.6f | %.3f |" % (r["model"], k, v["top1"], v["cos_min"],
+                                                                        v["cos_median"], v["max_abs"]))
+        L.append("")
     return "\n".join(L)
 
 
@@ -290,10 +361,15 @@ def main():
     ap.add_argument("--long-threads", type=int, default=2)
     ap.add_argument("--depth", type=int, default=8192)
     ap.add_argument("--note", default="", help="a sentence for the report (e.g. the machine's load)")
+    ap.add_argument("--agree-models", default="SmolLM2-135M-Instruct.Q4_1.gguf,gemma-3-270m-q4_k_m.gguf")
+    ap.add_argument("--agree-worker", nargs=3, metavar=("MODEL", "P", "N"), help=argparse.SUPPRESS)
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "out", "big"))
     a = ap.parse_args()
+    if a.agree_worker:
+        agree_worker(a.agree_worker[0], int(a.agree_worker[1]), int(a.agree_worker[2]))
+        return
     parts = set(a.parts.split(","))
-    unknown = parts - {"bandwidth", "decode", "long", "kv", "coldstart"}
+    unknown = parts - {"bandwidth", "decode", "long", "kv", "coldstart", "agree"}
     if unknown:
         ap.error("unknown part(s): %s" % ", ".join(sorted(unknown)))
     py = llama_python()
@@ -311,6 +387,8 @@ def main():
     kvs = [k for k, p in (("f16", "long"), ("q8_0", "kv")) if p in parts]
     if kvs:
         res["long"] = long_context(py, a.long_model, a.long_threads, a.depth, 32, kvs, 1)
+    if "agree" in parts:
+        res["agreement"] = agreement(py, [m for m in a.agree_models.split(",") if m], 64, 64)
     if "coldstart" in parts:
         res["coldstart"] = coldstart(py, models, a.long_threads, a.rounds)
     res["load_avg_end"] = os.getloadavg()
