@@ -3,6 +3,7 @@
 
 usage: bench/.venv/bin/python bench/llama_speed.py --model PATH [--threads 2]
            [--prompt-tokens 128] [--gen 128] [--runs 5] [--extra-bufts] [--flash-attn]
+           [--kv-type f16|q8_0] [--ctx N]
 
 Per run, in a context reset with llm.reset():
   prefill  eval of a prompt of exactly --prompt-tokens tokens in one batch
@@ -61,15 +62,22 @@ def main():
     ap.add_argument("--extra-bufts", action="store_true",
                     help="keep llama.cpp's extra buffer types (AMX/repacked weights)")
     ap.add_argument("--flash-attn", action="store_true")
+    ap.add_argument("--kv-type", choices=("f16", "q8_0"), default="f16",
+                    help="type_k/type_v of the KV cache (q8_0 needs, and turns on, flash attention)")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
+    ap.add_argument("--ctx", type=int, default=0, help="context size (default: prompt + gen + 16, at least 512)")
     args = ap.parse_args()
     if args.prompt_tokens < 1 or args.gen < 0 or args.runs < 1 or args.threads < 1:
         ap.error("--prompt-tokens, --runs and --threads must be >= 1, --gen >= 0")
 
-    n_ctx = max(512, args.prompt_tokens + args.gen + 16)
+    n_ctx = args.ctx or max(512, args.prompt_tokens + args.gen + 16)
     n_batch = max(512, args.prompt_tokens)
+    if args.kv_type == "q8_0":
+        args.flash_attn = True
+    kv = {"f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q8_0}[args.kv_type]
     llm = load_llama(args.model, n_ctx=n_ctx, n_threads=args.threads, extra_bufts=args.extra_bufts,
                      flash_attn=args.flash_attn, seed=1234, logits_all=False,
-                     n_batch=n_batch, n_ubatch=n_batch)
+                     n_batch=n_batch, n_ubatch=n_batch, type_k=kv, type_v=kv)
     n_vocab = llm.n_vocab()
     ids = prompt_ids(llm, args.prompt_tokens)
 
@@ -91,7 +99,8 @@ def main():
         t3 = time.perf_counter()
         return t1 - t0, t2 - t0, t3 - t2
 
-    one_run()  # warm-up
+    for _ in range(args.warmup):
+        one_run()
     prefill, ttft, decode = [], [], []
     for _ in range(args.runs):
         p, f, d = one_run()
@@ -111,6 +120,7 @@ def main():
         "runs": args.runs,
         "extra_bufts": args.extra_bufts,
         "flash_attn": args.flash_attn,
+        "kv_type": args.kv_type,
         "prefill_tok_s": round(statistics.median(prefill), 2),
         "decode_tok_s": round(statistics.median(decode), 2) if decode else None,
         "ttft_ms": round(statistics.median(ttft), 3),

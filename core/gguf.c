@@ -444,6 +444,11 @@ lm_gguf *lm_gguf_open(const char *path) {
     int map_errno = errno;
     close(fd); /* the mapping stays valid */
     if (map == MAP_FAILED) { lm_err("%s: cannot mmap (%s)", path, strerror(map_errno)); return NULL; }
+    /* decode streams every weight once per token: ask for huge pages where the
+     * kernel maps a file's large folios only on request (Linux 6.18 here maps
+     * them either way: 539 of 778 MB of a 1B model PMD-mapped with and without;
+     * MADV_COLLAPSE is refused on a private file mapping) */
+    madvise(map, (size_t)st.st_size, MADV_HUGEPAGE);
     lm_gguf *g = gguf_new(map, (uint64_t)st.st_size, path);
     if (!g) { munmap(map, (size_t)st.st_size); return NULL; }
     g->map = map;

@@ -90,6 +90,11 @@ lm_model *lm_model_load(const char *path, const lm_model_params *params) {
         goto fail;
     }
     m->n_params = lm_weights_n_params(m->weights);
+    m->kv_type = params && params->kv_type ? params->kv_type : LM_F16;
+    if (m->kv_type != LM_F16 && m->kv_type != LM_Q8_0) {
+        lm_err("kv_type %d is not a KV cache type (f16 = %d, q8_0 = %d)", (int)m->kv_type, LM_F16, LM_Q8_0);
+        goto fail;
+    }
     m->pool = lm_pool_new(params ? params->n_threads : 0);
     if (!m->pool) goto fail;
     return m;

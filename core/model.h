@@ -58,6 +58,7 @@ struct lm_model {
     lm_tensor *rope_freqs;    /* Llama 3: the RoPE angles' divisors (optional) */
     lm_layer *layers;
     lm_pool *pool;
+    lm_dtype kv_type;         /* its sessions' default KV cache type (lm_model_params) */
     pthread_mutex_t eval_mu;  /* one forward pass at a time uses the pool */
     float *batch_logits;      /* logits of a batched decode step (under eval_mu) */
     size_t batch_logits_cap;  /* in floats */
@@ -75,7 +76,9 @@ struct lm_session {
     int32_t *tokens;          /* the context, n_ctx entries */
     int32_t n_ctx, n_batch, pos;
     int64_t kv_dim;           /* n_head_kv * head_dim */
-    uint16_t *k_cache, *v_cache; /* [n_layer][n_ctx][kv_dim] fp16 */
+    lm_dtype kv_type;         /* LM_F16 or LM_Q8_0 */
+    size_t kv_row;            /* bytes of one position's K (or V) row: kv_dim values of kv_type */
+    char *k_cache, *v_cache;  /* [n_layer][n_ctx][kv_row] */
     float *x, *xb, *xb2, *q, *k, *v, *hb, *hb2, *scores, *logits;
     void *qbuf;               /* quantized activations */
     float *wbuf;              /* one dequantized weight matrix, for prefill GEMMs */

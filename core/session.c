@@ -29,6 +29,15 @@ lm_session *lm_session_new(lm_model *m, const lm_session_params *params) {
         lm_err("session: n_ctx %d exceeds the model's training context %d", n_ctx, hp->n_ctx_train);
         return NULL;
     }
+    lm_dtype kv_type = params && params->kv_type ? params->kv_type : m->kv_type;
+    if (kv_type != LM_F16 && kv_type != LM_Q8_0) {
+        lm_err("session: kv_type %d is not a KV cache type (f16 = %d, q8_0 = %d)", (int)kv_type, LM_F16, LM_Q8_0);
+        return NULL;
+    }
+    if (kv_type == LM_Q8_0 && hp->head_dim % 32) {
+        lm_err("session: a q8_0 KV cache needs a head dimension that is a multiple of 32; '%s' has %d", m->path, hp->head_dim);
+        return NULL;
+    }
     if (n_batch <= 0) n_batch = 512;
     if (n_batch > n_ctx) n_batch = n_ctx;
     if (n_batch > LM_MAX_BATCH) n_batch = LM_MAX_BATCH;
@@ -40,8 +49,10 @@ lm_session *lm_session_new(lm_model *m, const lm_session_params *params) {
     s->n_ctx = n_ctx;
     s->n_batch = n_batch;
     s->kv_dim = (int64_t)hp->n_head_kv * hp->head_dim;
+    s->kv_type = kv_type;
+    s->kv_row = lm_kv_row_bytes(kv_type, s->kv_dim);
     const size_t B = (size_t)n_batch, E = hp->n_embd, QD = (size_t)hp->n_head * hp->head_dim;
-    const size_t kv = (size_t)hp->n_layer * n_ctx * s->kv_dim * sizeof(uint16_t);
+    const size_t kv = (size_t)hp->n_layer * n_ctx * s->kv_row;
     const size_t wide = E > QD ? E : QD;
     bool ok = true;
     s->k_cache = alloc(kv, "KV cache", &ok);
@@ -256,6 +267,7 @@ lm_status lm_session_eval_batch(lm_session *const *sessions, const int32_t *toke
 float *lm_session_logits(lm_session *s) { return s ? s->logits : NULL; }
 int32_t lm_session_pos(const lm_session *s) { return s ? s->pos : 0; }
 int32_t lm_session_n_ctx(const lm_session *s) { return s ? s->n_ctx : 0; }
+lm_dtype lm_session_kv_type(const lm_session *s) { return s ? s->kv_type : LM_F16; }
 
 lm_status lm_session_rewind(lm_session *s, int32_t n) {
     if (!s) return lm_err("rewind: session is NULL");
@@ -268,16 +280,16 @@ const int32_t *lm_session_tokens(const lm_session *s) { return s ? s->tokens : N
 
 /* Copies the first n positions of every layer's K and V. */
 static void copy_kv(lm_session *dst, const lm_session *src, int32_t n) {
-    const size_t row = (size_t)src->kv_dim * sizeof(uint16_t);
+    const size_t row = src->kv_row;
     for (int l = 0; l < src->model->hp.n_layer; l++) {
-        memcpy(dst->k_cache + (size_t)l * dst->n_ctx * dst->kv_dim, src->k_cache + (size_t)l * src->n_ctx * src->kv_dim, row * n);
-        memcpy(dst->v_cache + (size_t)l * dst->n_ctx * dst->kv_dim, src->v_cache + (size_t)l * src->n_ctx * src->kv_dim, row * n);
+        memcpy(dst->k_cache + (size_t)l * dst->n_ctx * row, src->k_cache + (size_t)l * src->n_ctx * row, row * n);
+        memcpy(dst->v_cache + (size_t)l * dst->n_ctx * row, src->v_cache + (size_t)l * src->n_ctx * row, row * n);
     }
 }
 
 lm_session *lm_session_fork(const lm_session *s) {
     if (!s) { lm_err("fork: session is NULL"); return NULL; }
-    lm_session_params p = {.n_ctx = s->n_ctx, .n_batch = s->n_batch};
+    lm_session_params p = {.n_ctx = s->n_ctx, .n_batch = s->n_batch, .kv_type = s->kv_type};
     lm_session *f = lm_session_new(s->model, &p);
     if (!f) return NULL;
     copy_kv(f, s, s->pos);
@@ -289,21 +301,22 @@ lm_session *lm_session_fork(const lm_session *s) {
 
 /* ---- save / restore -------------------------------------------------------------
  * File: header, then tokens[pos], logits[n_vocab], then per layer K[pos][kv_dim]
- * and V[pos][kv_dim] as fp16. The header pins the model's shape so a state is
- * never restored into a model it does not belong to. */
+ * and V[pos][kv_dim] as the session's KV type (the header's kv_type: 0 for fp16,
+ * which files from before the q8_0 cache hold, or LM_Q8_0). The header pins the
+ * model's shape so a state is never restored into a model it does not belong to. */
 #define STATE_MAGIC 0x53534d4cu /* "LMSS" */
 #define STATE_VERSION 1
 
 typedef struct {
     uint32_t magic, version;
-    int32_t n_layer, n_vocab, n_embd, kv_dim, pos, pad;
+    int32_t n_layer, n_vocab, n_embd, kv_dim, pos, kv_type;
     uint64_t model_size;
 } state_header;
 
 static state_header header_of(const lm_session *s) {
     const lm_hparams *hp = &s->model->hp;
     return (state_header){STATE_MAGIC, STATE_VERSION, hp->n_layer, hp->n_vocab, hp->n_embd,
-                          (int32_t)s->kv_dim, s->pos, 0, lm_gguf_size(s->model->gguf)};
+                          (int32_t)s->kv_dim, s->pos, s->kv_type == LM_Q8_0 ? LM_Q8_0 : 0, lm_gguf_size(s->model->gguf)};
 }
 
 lm_status lm_session_save(const lm_session *s, const char *path) {
@@ -316,10 +329,10 @@ lm_status lm_session_save(const lm_session *s, const char *path) {
     bool ok = fwrite(&h, sizeof h, 1, f) == 1 &&
               fwrite(s->tokens, sizeof *s->tokens, (size_t)s->pos, f) == (size_t)s->pos &&
               fwrite(s->logits, sizeof(float), (size_t)h.n_vocab, f) == (size_t)h.n_vocab;
-    const size_t row = (size_t)s->kv_dim;
+    const size_t row = s->kv_row;
     for (int l = 0; ok && l < h.n_layer; l++) {
-        ok = fwrite(s->k_cache + (size_t)l * s->n_ctx * row, sizeof(uint16_t) * row, (size_t)s->pos, f) == (size_t)s->pos &&
-             fwrite(s->v_cache + (size_t)l * s->n_ctx * row, sizeof(uint16_t) * row, (size_t)s->pos, f) == (size_t)s->pos;
+        ok = fwrite(s->k_cache + (size_t)l * s->n_ctx * row, row, (size_t)s->pos, f) == (size_t)s->pos &&
+             fwrite(s->v_cache + (size_t)l * s->n_ctx * row, row, (size_t)s->pos, f) == (size_t)s->pos;
     }
     if (fclose(f) != 0) ok = false;
     /* write-then-rename: a crash never leaves a half-written state under the real name */
@@ -344,26 +357,29 @@ lm_status lm_session_load(lm_session *s, const char *path) {
     } else if (h.n_layer != want.n_layer || h.n_vocab != want.n_vocab || h.n_embd != want.n_embd ||
                h.kv_dim != want.kv_dim || h.model_size != want.model_size) {
         st = lm_err("load: '%s' was saved from a different model", path);
+    } else if (h.kv_type != want.kv_type) {
+        st = lm_err("load: '%s' holds a %s KV cache; this session's is %s", path, h.kv_type ? "q8_0" : "f16",
+                    want.kv_type ? "q8_0" : "f16");
     } else if (h.pos < 0 || h.pos > s->n_ctx) {
         st = lm_err("load: '%s' holds %d tokens; the session's context is %d", path, h.pos, s->n_ctx);
     }
     if (st) { fclose(f); return st; }
     /* read into fresh buffers first, so a truncated file leaves the session as it was */
-    const size_t row = (size_t)s->kv_dim;
+    const size_t row = s->kv_row;
     int32_t *toks = malloc((size_t)(h.pos ? h.pos : 1) * sizeof *toks);
     float *logits = malloc((size_t)h.n_vocab * sizeof *logits);
-    uint16_t *kv = malloc((size_t)h.n_layer * 2 * (h.pos ? h.pos : 1) * row * sizeof(uint16_t));
+    char *kv = malloc((size_t)h.n_layer * 2 * (h.pos ? h.pos : 1) * row);
     bool ok = toks && logits && kv &&
               fread(toks, sizeof *toks, (size_t)h.pos, f) == (size_t)h.pos &&
               fread(logits, sizeof *logits, (size_t)h.n_vocab, f) == (size_t)h.n_vocab &&
-              fread(kv, sizeof(uint16_t) * row, (size_t)h.n_layer * 2 * h.pos, f) == (size_t)h.n_layer * 2 * h.pos;
+              fread(kv, row, (size_t)h.n_layer * 2 * h.pos, f) == (size_t)h.n_layer * 2 * h.pos;
     for (int32_t i = 0; ok && i < h.pos; i++)   /* negative: embedding rows (lm_session_eval_embd) */
         if (toks[i] >= h.n_vocab) ok = false;
     if (ok) {
         for (int l = 0; l < h.n_layer; l++) {
-            const uint16_t *kl = kv + (size_t)l * 2 * h.pos * row, *vl = kl + (size_t)h.pos * row;
-            memcpy(s->k_cache + (size_t)l * s->n_ctx * row, kl, (size_t)h.pos * row * sizeof(uint16_t));
-            memcpy(s->v_cache + (size_t)l * s->n_ctx * row, vl, (size_t)h.pos * row * sizeof(uint16_t));
+            const char *kl = kv + (size_t)l * 2 * h.pos * row, *vl = kl + (size_t)h.pos * row;
+            memcpy(s->k_cache + (size_t)l * s->n_ctx * row, kl, (size_t)h.pos * row);
+            memcpy(s->v_cache + (size_t)l * s->n_ctx * row, vl, (size_t)h.pos * row);
         }
         memcpy(s->tokens, toks, (size_t)h.pos * sizeof *toks);
         memcpy(s->logits, logits, (size_t)h.n_vocab * sizeof *logits);

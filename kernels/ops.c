@@ -261,3 +261,60 @@ void lm_attend_group_f16(float *out, const float *q, int nq, const uint16_t *k, 
     for (int j = 0; j < nq; j++)
         lm_attend_f16(out + (int64_t)j * head_dim, q + (int64_t)j * head_dim, k, v, stride, head_dim, t0, t1, scale, scores);
 }
+
+/* ---- the q8_0 KV cache ------------------------------------------------------------ */
+
+#include "quant_legacy.h" /* block_q8_0 */
+
+size_t lm_kv_row_bytes(int kv_type, int64_t n) {
+    return kv_type == LM_Q8_0 ? (size_t)(n / 32) * sizeof(block_q8_0) : (size_t)n * sizeof(uint16_t);
+}
+
+/* q8_0 rows through the weights' own quantizer (one rounding rule for both) */
+void lm_kv_store_row(int kv_type, const float *x, void *y, int64_t n) {
+    if (kv_type == LM_Q8_0) lm_quant_ops_get(LM_Q8_0)->from_float(x, y, n);
+    else lm_f32_to_f16_row(x, y, n);
+}
+
+static void q8_0_row_to_float(const void *row, float *y, int n) {
+    const block_q8_0 *b = row;
+    for (int i = 0; i < n / 32; i++) {
+        const float d = _cvtsh_ss(b[i].d);
+        for (int j = 0; j < 32; j++) y[32 * i + j] = d * (float)b[i].qs[j];
+    }
+}
+
+void lm_attend_group_q8_0_ref(float *out, const float *q, int nq, const void *k, const void *v,
+                              int64_t stride, int head_dim, int32_t t0, int32_t t1, float scale, float *scores) {
+    float row[1024];
+    for (int j = 0; j < nq; j++) {
+        const float *qj = q + (int64_t)j * head_dim;
+        float max = -INFINITY;
+        for (int32_t t = t0; t < t1; t++) {
+            q8_0_row_to_float((const char *)k + t * stride, row, head_dim);
+            float s = 0;
+            for (int i = 0; i < head_dim; i++) s += qj[i] * row[i];
+            scores[t - t0] = s * scale;
+            if (scores[t - t0] > max) max = scores[t - t0];
+        }
+        double sum = 0.0;
+        for (int32_t t = 0; t < t1 - t0; t++) { scores[t] = expf(scores[t] - max); sum += scores[t]; }
+        const float inv = (float)(1.0 / sum);
+        float *oj = out + (int64_t)j * head_dim; /* q is read completely above, so out may be q */
+        for (int i = 0; i < head_dim; i++) oj[i] = 0;
+        for (int32_t t = t0; t < t1; t++) {
+            q8_0_row_to_float((const char *)v + t * stride, row, head_dim);
+            const float p = scores[t - t0] * inv;
+            for (int i = 0; i < head_dim; i++) oj[i] += p * row[i];
+        }
+    }
+}
+
+void lm_attend_group_q8_0(float *out, const float *q, int nq, const void *k, const void *v,
+                          int64_t stride, int head_dim, int32_t t0, int32_t t1, float scale, float *scores) {
+    if (t1 <= t0) return;
+    if (head_dim <= LM_ATTEND_MAX_HD && lm_cpu_isa() >= LM_ISA_AVX512)
+        lm_attend_group_q8_0_avx512(out, q, nq, k, v, stride, head_dim, t0, t1, scale, scores);
+    else
+        lm_attend_group_q8_0_ref(out, q, nq, k, v, stride, head_dim, t0, t1, scale, scores);
+}

@@ -57,4 +57,23 @@ static inline int64_t lm_attend_scores(int nq, int64_t n) { return (int64_t)nq *
 void lm_attend_group_f16_avx512(float *out, const float *q, int nq, const uint16_t *k, const uint16_t *v,
                                 int64_t stride, int head_dim, int32_t t0, int32_t t1, float scale, float *scores);
 
+/* The same over a q8_0 KV cache (a row of head_dim values is head_dim / 32
+ * blocks of an fp16 scale and 32 int8, ggml's block_q8_0; head_dim a multiple
+ * of 32): each cached value is d * q, exact in float, then the arithmetic of
+ * the fp16 kernel. k and v point at position 0 of this kv head's blocks;
+ * consecutive positions are `stride` BYTES apart. lm_attend_group_q8_0_ref is
+ * the scalar reference (head by head, in plain C); the dispatching function
+ * takes AVX-512 where the CPU has it and head_dim <= LM_ATTEND_MAX_HD, within
+ * 2e-5 of the reference (test_ops), a head's bits independent of nq. */
+void lm_attend_group_q8_0(float *out, const float *q, int nq, const void *k, const void *v,
+                          int64_t stride, int head_dim, int32_t t0, int32_t t1, float scale, float *scores);
+void lm_attend_group_q8_0_ref(float *out, const float *q, int nq, const void *k, const void *v,
+                              int64_t stride, int head_dim, int32_t t0, int32_t t1, float scale, float *scores);
+void lm_attend_group_q8_0_avx512(float *out, const float *q, int nq, const void *k, const void *v,
+                                 int64_t stride, int head_dim, int32_t t0, int32_t t1, float scale, float *scores);
+/* The KV cache's element types: the bytes of one row of n values (n a
+ * multiple of 32 for q8_0), and a row of floats stored as one. */
+size_t lm_kv_row_bytes(int kv_type, int64_t n);
+void lm_kv_store_row(int kv_type, const float *x, void *y, int64_t n);
+
 #endif

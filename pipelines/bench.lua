@@ -37,13 +37,13 @@ function M.run(o)
   local lumen = require "lumen"
   local now = require("lumen.chat").now
   local n_prompt, n_gen, runs = o.prompt_tokens or 128, o.n_predict or 128, o.runs or 5
-  local model = lumen.model.load(o.model, { threads = o.threads })
+  local model = lumen.model.load(o.model, { threads = o.threads, kv_type = o.kv_type })
   local ids = {}
   local filler = model:tokenize(FILLER, { parse_special = false })
   while #ids < n_prompt do for _, t in ipairs(filler) do ids[#ids + 1] = t end end
   for i = #ids, n_prompt + 1, -1 do ids[i] = nil end
   local buf = ffi.new("int32_t[?]", n_prompt, ids)
-  local s = model:session{ ctx = math.max(512, n_prompt + n_gen + 16), batch = o.batch }
+  local s = model:session{ ctx = o.ctx or math.max(512, n_prompt + n_gen + 16), batch = o.batch }
   local logits = s:logits()
 
   local function one_run()
@@ -61,7 +61,7 @@ function M.run(o)
     return t1 - t0, t2 - t0, t3 - t2
   end
 
-  one_run() -- warm-up
+  for _ = 1, o.warmup or 1 do one_run() end -- untimed
   local pre, ttft, dec = {}, {}, {}
   for r = 1, runs do
     local p, f, d = one_run()
@@ -72,10 +72,10 @@ function M.run(o)
   local function list(t, d) local o2 = {} for i, v in ipairs(t) do o2[i] = tostring(round(v, d)) end return "[" .. table.concat(o2, ", ") .. "]" end
   io.write(string.format(
     '{"engine": "lumen", "version": "%s", "model": "%s", "threads": %d, "prompt_tokens": %d, "gen_tokens": %d, "runs": %d, '
-    .. '"isa": "%s", "prefill_tok_s": %s, "decode_tok_s": %s, "ttft_ms": %s, "peak_rss_kb": %d, "model_file_bytes": %d, '
+    .. '"isa": "%s", "kv_type": "%s", "prefill_tok_s": %s, "decode_tok_s": %s, "ttft_ms": %s, "peak_rss_kb": %d, "model_file_bytes": %d, '
     .. '"per_run": {"prefill_tok_s": %s, "decode_tok_s": %s, "ttft_ms": %s}}\n',
     lumen.version, (info.path or ""):match("[^/]*$"), o.threads or 0, n_prompt, n_gen, runs,
-    os.getenv("LUMEN_ISA") or "auto",
+    os.getenv("LUMEN_ISA") or "auto", s:kv_type(),
     round(median(pre), 2), n_gen > 0 and round(median(dec), 2) or "null", round(median(ttft), 3),
     peak_rss_kb(), info.file_size, list(pre, 2), list(dec, 2), list(ttft, 3)))
   return 0

@@ -15,7 +15,7 @@ local HELP = [[
 function M.run(o)
   local lumen = require "lumen"
   local chat = require "lumen.chat"
-  local model = lumen.model.load(o.model, { threads = o.threads })
+  local model = lumen.model.load(o.model, { threads = o.threads, kv_type = o.kv_type })
   local info = model:info()
   local conv = chat.conversation(model, {
     system = o.system,

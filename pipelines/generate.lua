@@ -4,7 +4,7 @@ local M = {}
 function M.run(o)
   local lumen = require "lumen"
   local chat = require "lumen.chat"
-  local model = lumen.model.load(o.model, { threads = o.threads })
+  local model = lumen.model.load(o.model, { threads = o.threads, kv_type = o.kv_type })
   local info = model:info()
   local buf, n = model:_encode(o.prompt, true, false)
   if n == 0 then error("the prompt is empty after tokenization", 0) end

@@ -46,7 +46,8 @@ local function merge_config(path, o)
     local known = { host = "string", port = "number", models = "table", slots = "number", ctx = "number",
                     queue_limit = "number", max_body_bytes = "number", prefill_chunk = "number",
                     threads = "number", api_keys = "table", timeouts = "table", api_key_file = "string",
-                    limits = "table", access_log = "boolean", log_prompts = "boolean", data_dir = "string" }
+                    limits = "table", access_log = "boolean", log_prompts = "boolean", data_dir = "string",
+                    kv_type = "string" }
     for k, v in pairs(y) do
       if not known[k] then error(string.format("%s: unknown setting '%s'", path, tostring(k)), 0) end
       if type(v) ~= known[k] then error(string.format("%s: '%s' must be a %s", path, k, known[k] == "table" and "list or mapping" or known[k]), 0) end
@@ -80,6 +81,9 @@ local function merge_config(path, o)
   int("queue_limit", cfg.queue_limit, 0, 100000)
   int("max_body_bytes", cfg.max_body_bytes, 1024, 2 ^ 31 - 1)
   int("prefill_chunk", cfg.prefill_chunk, 16, 4096)
+  if cfg.kv_type ~= nil and cfg.kv_type ~= "f16" and cfg.kv_type ~= "q8_0" then
+    error("server setting 'kv_type' must be f16 or q8_0, got " .. tostring(cfg.kv_type), 0)
+  end
   for i, k in ipairs(cfg.api_keys) do
     if type(k) ~= "string" or k == "" then error("server setting 'api_keys': item " .. i .. " must be a non-empty string", 0) end
   end
@@ -116,7 +120,8 @@ function Server:load_models()
   if not names or #names == 0 then names = { require("lumen.config").registry().default } end
   for i, name in ipairs(names) do
     if type(name) ~= "string" then error("server setting 'models': item " .. i .. " must be a string", 0) end
-    local m = lumen.model.load(name, { threads = self.cfg.threads > 0 and self.cfg.threads or nil })
+    local m = lumen.model.load(name, { threads = self.cfg.threads > 0 and self.cfg.threads or nil,
+                                       kv_type = self.cfg.kv_type })
     local id = m.alias or name:match("([^/]+)%.gguf$") or name
     local info = m:info()
     if info.encoder then

@@ -181,9 +181,9 @@ static void prefetch_kv(const batch *b, const lm_hparams *hp, bool local, int la
     int32_t t0;
     const int32_t n = attn_span(b, hp, local, t, &t0);
     const lm_session *sq = b->seq[t];
-    const int64_t off = ((int64_t)layer * sq->n_ctx + t0) * sq->kv_dim;
-    const char *k = (const char *)(sq->k_cache + off), *v = (const char *)(sq->v_cache + off);
-    const int64_t bytes = (int64_t)n * sq->kv_dim * (int64_t)sizeof(uint16_t);
+    const int64_t off = ((int64_t)layer * sq->n_ctx + t0) * (int64_t)sq->kv_row;
+    const char *k = sq->k_cache + off, *v = sq->v_cache + off;
+    const int64_t bytes = (int64_t)n * (int64_t)sq->kv_row;
     for (int64_t o = 0; o < bytes; o += 64) {
         __builtin_prefetch(k + o, 0, 2);
         __builtin_prefetch(v + o, 0, 2);
@@ -218,11 +218,17 @@ static void attn_rows(void *vctx, int ith, int nth) {
                 prefetch_kv(b, hp, local, j->layer, t + 1); /* this piece's next token, another sequence */
             int32_t t0;
             attn_span(b, hp, local, t, &t0);
-            const uint16_t *kc = sq->k_cache + (int64_t)j->layer * sq->n_ctx * sq->kv_dim;
-            const uint16_t *vc = sq->v_cache + (int64_t)j->layer * sq->n_ctx * sq->kv_dim;
-            const int64_t kvo = (int64_t)(h / group) * HD;
-            lm_attend_group_f16(ws->xb2 + t * QD + (int64_t)h * HD, ws->q + t * QD + (int64_t)h * HD, per,
-                                kc + kvo, vc + kvo, sq->kv_dim, HD, t0, b->pos[t] + 1, hp->attn_scale, scores);
+            const char *kc = sq->k_cache + (int64_t)j->layer * sq->n_ctx * (int64_t)sq->kv_row;
+            const char *vc = sq->v_cache + (int64_t)j->layer * sq->n_ctx * (int64_t)sq->kv_row;
+            const int64_t kvo = (int64_t)lm_kv_row_bytes(sq->kv_type, (int64_t)(h / group) * HD);
+            float *o = ws->xb2 + t * QD + (int64_t)h * HD;
+            const float *qh = ws->q + t * QD + (int64_t)h * HD;
+            if (sq->kv_type == LM_Q8_0)
+                lm_attend_group_q8_0(o, qh, per, kc + kvo, vc + kvo, (int64_t)sq->kv_row, HD, t0, b->pos[t] + 1,
+                                     hp->attn_scale, scores);
+            else
+                lm_attend_group_f16(o, qh, per, (const uint16_t *)(kc + kvo), (const uint16_t *)(vc + kvo), sq->kv_dim,
+                                    HD, t0, b->pos[t] + 1, hp->attn_scale, scores);
         }
     }
 }
@@ -306,9 +312,9 @@ static void tok_stage(const tok_job *j, int32_t t0, int32_t t1) {
             if (l->k_norm) for (int h = 0; h < hp->n_head_kv; h++) lm_rmsnorm(k + h * HD, k + h * HD, F32(l->k_norm), HD, hp->norm_eps);
             lm_rope(q, hp->n_head, (int)HD, hp->n_rot, b->pos[t], j->rope_base, hp->rope_scale, rope_ff, hp->rope_mode);
             lm_rope(k, hp->n_head_kv, (int)HD, hp->n_rot, b->pos[t], j->rope_base, hp->rope_scale, rope_ff, hp->rope_mode);
-            int64_t at = ((int64_t)j->il * sq->n_ctx + b->pos[t]) * KVD;
-            lm_f32_to_f16_row(k, sq->k_cache + at, KVD);
-            lm_f32_to_f16_row(s->v + t * KVD, sq->v_cache + at, KVD);
+            int64_t at = ((int64_t)j->il * sq->n_ctx + b->pos[t]) * (int64_t)sq->kv_row;
+            lm_kv_store_row(sq->kv_type, k, sq->k_cache + at, KVD);
+            lm_kv_store_row(sq->kv_type, s->v + t * KVD, sq->v_cache + at, KVD);
             break;
         }
         case ST_MID:

@@ -106,6 +106,8 @@ typedef struct lm_model lm_model;
 
 typedef struct lm_model_params {
     int n_threads;      /* worker threads for compute; <= 0 means all cores */
+    lm_dtype kv_type;   /* its sessions' default KV cache type: LM_F16, or LM_Q8_0 (half the
+                           memory); 0 (LM_F32) means LM_F16 */
 } lm_model_params;
 
 typedef struct lm_model_info {
@@ -255,6 +257,7 @@ typedef struct lm_session lm_session;
 typedef struct lm_session_params {
     int32_t n_ctx;     /* context length in tokens; <= 0: min(4096, model's) */
     int32_t n_batch;   /* max tokens per forward pass in eval; <= 0: 512 */
+    lm_dtype kv_type;  /* LM_F16 or LM_Q8_0 (head_dim a multiple of 32); 0: the model's default */
 } lm_session_params;
 
 lm_session *lm_session_new(lm_model *model, const lm_session_params *params);
@@ -283,6 +286,7 @@ lm_status lm_session_eval_batch(lm_session *const *sessions, const int32_t *toke
 float *lm_session_logits(lm_session *s);
 int32_t lm_session_pos(const lm_session *s);
 int32_t lm_session_n_ctx(const lm_session *s);
+lm_dtype lm_session_kv_type(const lm_session *s);   /* LM_F16 or LM_Q8_0 */
 /* Forgets everything after the first n tokens. The logits are those after token n
  * only once something is evaluated again (or n == pos). */
 lm_status lm_session_rewind(lm_session *s, int32_t n);

@@ -11,11 +11,17 @@
  * Every head's arithmetic is the same sequence of operations whatever the
  * group size (1 to any), so a head's output does not depend on which heads it
  * was computed with (test_ops checks this bit for bit). head_dim must be a
- * multiple of 16 and at most LM_ATTEND_MAX_HD (ops.c falls back otherwise). */
+ * multiple of 16 and at most LM_ATTEND_MAX_HD (ops.c falls back otherwise).
+ *
+ * The q8_0 cache (lm_attend_group_q8_0) goes through the same code: only the
+ * loads of 16 cached values differ (d * int8 instead of fp16, both exact in
+ * float), so the two kernels cannot drift apart. */
 #include "../ops.h"
+#include "../quant_legacy.h" /* block_q8_0 */
 
 #include <immintrin.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 /* e^x for 16 floats: ops.c's exp8 (Cephes' polynomial) in zmm */
@@ -52,18 +58,26 @@ static inline __attribute__((always_inline)) __m512 hsum16(const __m512 a[16]) {
                          _mm512_shuffle_f32x4(e[0], e[1], _MM_SHUFFLE(3, 1, 3, 1)));
 }
 
+/* values [16 c, 16 c + 16) of a cached row as floats: fp16, or q8_0 (d * q) */
+static inline __attribute__((always_inline)) __m512 load16(const char *row, int c, bool q8) {
+    if (!q8) return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(row + 32 * c)));
+    const block_q8_0 *b = (const block_q8_0 *)row + c / 2;
+    const __m512 d = _mm512_set1_ps(_cvtsh_ss(b->d));
+    return _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(b->qs + 16 * (c % 2))))));
+}
+
 /* The weighted sum of V for nb (1..4) heads over dims [d0, d0 + 16 * nv), nv
  * 1..4: each V row converted once, each head's sum over positions in order. */
-static inline __attribute__((always_inline)) void v_block(float *out, int hd, const uint16_t *v, int64_t stride,
+static inline __attribute__((always_inline)) void v_block(float *out, int hd, const char *v, int64_t stride,
                                                           int32_t n, const float *scores, int64_t ns,
-                                                          const float *inv, int nb, int d0, int nv) {
+                                                          const float *inv, int nb, int d0, int nv, bool q8) {
     __m512 acc[4][4];
     for (int j = 0; j < nb; j++)
         for (int c = 0; c < nv; c++) acc[j][c] = _mm512_setzero_ps();
     for (int32_t t = 0; t < n; t++) {
-        const uint16_t *vt = v + (int64_t)t * stride + d0;
+        const char *vt = v + (int64_t)t * stride;
         __m512 vr[4];
-        for (int c = 0; c < nv; c++) vr[c] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(vt + 16 * c)));
+        for (int c = 0; c < nv; c++) vr[c] = load16(vt, d0 / 16 + c, q8);
         for (int j = 0; j < nb; j++) {
             const __m512 p = _mm512_set1_ps(scores[j * ns + t]);
             for (int c = 0; c < nv; c++) acc[j][c] = _mm512_fmadd_ps(p, vr[c], acc[j][c]);
@@ -74,8 +88,10 @@ static inline __attribute__((always_inline)) void v_block(float *out, int hd, co
             _mm512_storeu_ps(out + (int64_t)j * hd + d0 + 16 * c, _mm512_mul_ps(acc[j][c], _mm512_set1_ps(inv[j])));
 }
 
-void lm_attend_group_f16_avx512(float *out, const float *q, int nq, const uint16_t *k, const uint16_t *v,
-                                int64_t stride, int hd, int32_t t0, int32_t t1, float scale, float *scores) {
+/* k, v: position 0 of the kv head; stride in bytes; q8: the cache is q8_0 */
+static inline __attribute__((always_inline)) void attend_group(float *out, const float *q, int nq, const char *k,
+                                                               const char *v, int64_t stride, int hd, int32_t t0,
+                                                               int32_t t1, float scale, float *scores, bool q8) {
     const int32_t n = t1 - t0;
     const int nc = hd / 16;
     const int64_t ns = ((int64_t)n + 15) & ~(int64_t)15; /* head j's scores at scores + j * ns */
@@ -87,20 +103,19 @@ void lm_attend_group_f16_avx512(float *out, const float *q, int nq, const uint16
      * outgrow L3) in short strided runs the hardware prefetcher barely starts
      * on: ask for the V rows now, to L2, for after the scores, and for each
      * block's K rows while the previous block is scored */
-    const int lines = (hd * 2 + 63) / 64;
+    const int lines = ((int)lm_kv_row_bytes(q8 ? LM_Q8_0 : LM_F16, hd) + 63) / 64;
     for (int32_t t = 0; t < n; t++)
-        for (int c = 0; c < lines; c++) _mm_prefetch((const char *)(v + (int64_t)t * stride) + 64 * c, _MM_HINT_T1);
+        for (int c = 0; c < lines; c++) _mm_prefetch(v + (int64_t)t * stride + 64 * c, _MM_HINT_T1);
 
     /* scores: 16 positions at a time, their K rows converted once for all heads */
     for (int32_t b = 0; b < n; b += 16) {
         const int m = n - b < 16 ? n - b : 16;
         for (int r = 16; r < 32 && b + r < n; r++)
-            for (int c = 0; c < lines; c++) _mm_prefetch((const char *)(k + (int64_t)(b + r) * stride) + 64 * c, _MM_HINT_T0);
+            for (int c = 0; c < lines; c++) _mm_prefetch(k + (int64_t)(b + r) * stride + 64 * c, _MM_HINT_T0);
         for (int r = 0; r < 16; r++) {
-            const uint16_t *kt = k + (int64_t)(b + r) * stride;
+            const char *kt = k + (int64_t)(b + r) * stride;
             for (int c = 0; c < nc; c++)
-                _mm512_store_ps(kf + r * hd + 16 * c, r < m ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(kt + 16 * c)))
-                                                            : _mm512_setzero_ps());
+                _mm512_store_ps(kf + r * hd + 16 * c, r < m ? load16(kt, c, q8) : _mm512_setzero_ps());
         }
         for (int j = 0; j < nq; j++) {
             const float *qj = q + (int64_t)j * hd;
@@ -142,12 +157,23 @@ void lm_attend_group_f16_avx512(float *out, const float *q, int nq, const uint16
         for (int d0 = 0; d0 < hd; d0 += 64) {
             const int nv = hd - d0 >= 64 ? 4 : (hd - d0) / 16;
             switch (nv == 4 ? nb : 0) {
-            case 1: v_block(oj, hd, v, stride, n, sj, ns, inv, 1, d0, 4); break;
-            case 2: v_block(oj, hd, v, stride, n, sj, ns, inv, 2, d0, 4); break;
-            case 3: v_block(oj, hd, v, stride, n, sj, ns, inv, 3, d0, 4); break;
-            case 4: v_block(oj, hd, v, stride, n, sj, ns, inv, 4, d0, 4); break;
-            default: v_block(oj, hd, v, stride, n, sj, ns, inv, nb, d0, nv); break;
+            case 1: v_block(oj, hd, v, stride, n, sj, ns, inv, 1, d0, 4, q8); break;
+            case 2: v_block(oj, hd, v, stride, n, sj, ns, inv, 2, d0, 4, q8); break;
+            case 3: v_block(oj, hd, v, stride, n, sj, ns, inv, 3, d0, 4, q8); break;
+            case 4: v_block(oj, hd, v, stride, n, sj, ns, inv, 4, d0, 4, q8); break;
+            default: v_block(oj, hd, v, stride, n, sj, ns, inv, nb, d0, nv, q8); break;
             }
         }
     }
+}
+
+void lm_attend_group_f16_avx512(float *out, const float *q, int nq, const uint16_t *k, const uint16_t *v,
+                                int64_t stride, int hd, int32_t t0, int32_t t1, float scale, float *scores) {
+    attend_group(out, q, nq, (const char *)k, (const char *)v, stride * (int64_t)sizeof(uint16_t), hd, t0, t1, scale,
+                 scores, false);
+}
+
+void lm_attend_group_q8_0_avx512(float *out, const float *q, int nq, const void *k, const void *v,
+                                 int64_t stride, int hd, int32_t t0, int32_t t1, float scale, float *scores) {
+    attend_group(out, q, nq, k, v, stride, hd, t0, t1, scale, scores, true);
 }

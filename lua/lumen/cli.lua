@@ -19,7 +19,7 @@ commands:
   rag index DIR --db FILE      index a folder (.txt .md .html .pdf) into a retrieval store
   rag search QUERY --db FILE   the best chunks for a query (-k N, --json, --mode hybrid|vector|bm25)
   rag ask QUESTION --db FILE   answer from the indexed documents, then list the sources
-  bench [-m MODEL] [--pp N] [-n N] [-r RUNS] [-t T]   prefill/decode speed as JSON (see bench/run.py)
+  bench [-m MODEL] [--pp N] [-n N] [-r RUNS] [-t T] [--kv-type T]   prefill/decode speed as JSON (see bench/run.py)
   quantize IN OUT TYPE         requantize a GGUF file's weights (TYPE: see lumen quantize --help)
   version                      print the version
 options:
@@ -28,6 +28,7 @@ options:
   -n, --n-predict N        max tokens to generate (default 256)
   -t, --threads N          compute threads (default 0: all cores)
   -c, --ctx N              context size in tokens
+  --kv-type f16|q8_0       the KV cache's element type (q8_0: half the memory; default f16)
   --temp T                 temperature, 0 = greedy     --seed S   sampling seed (default: new each run)
   --top-k K  --top-p P  --min-p P  --repeat-penalty R
   -s, --system TEXT        system prompt (chat)
@@ -50,6 +51,7 @@ One reply to TEXT (TEXT "-": read it from stdin), or a REPL without TEXT.
   -s, --system TEXT       system prompt
   -n, --n-predict N       max tokens of a reply (default 256)
   -c, --ctx N             context in tokens (default: min(4096, the model's))
+  --kv-type f16|q8_0      the KV cache's element type (q8_0: half the memory; default f16)
   -t, --threads N         compute threads (default 0: all cores)
   --temp T --top-k K --top-p P --min-p P --repeat-penalty R   sampling (default: the model's in configs/models.yaml)
   --seed S                sampling seed (default: a new one each run)
@@ -64,6 +66,7 @@ Continues TEXT (no chat template); -p - reads the prompt from stdin.
   -m, --model NAME|PATH   model alias or .gguf path (default: the registry's default)
   -n, --n-predict N       tokens to generate, at least 1 (default 256)
   -c, --ctx N             context in tokens (default: prompt + N, up to the model's)
+  --kv-type f16|q8_0      the KV cache's element type (q8_0: half the memory; default f16)
   -t, --threads N         compute threads (default 0: all cores)
   --temp T --top-k K --top-p P --min-p P --repeat-penalty R   sampling (default: the model's in configs/models.yaml)
   --seed S                sampling seed (default: a new one each run)
@@ -86,7 +89,8 @@ mmproj GGUF, idefics3/SmolVLM). A bad image is reported (one line on stderr, or 
   --temp T ...            sampling (default greedy)     --stats   timing on stderr
 ]],
   bench = [[
-usage: lumen bench [-m MODEL] [--pp N] [-n N] [-r RUNS] [-t THREADS]
+usage: lumen bench [-m MODEL] [--pp N] [-n N] [-r RUNS] [--warmup N] [-t THREADS] [-c CTX] [--kv-type f16|q8_0]
+Decode runs after the --pp prompt, so --pp 8192 -c 8320 measures decode at depth 8k.
 Prefill (--pp tokens, default 512) and decode (-n tokens, default 128) speed as JSON, median of -r runs (default 3).
 ]],
   quantize = [[
@@ -163,6 +167,12 @@ local function options(argv, first)
   end
 end
 
+-- f16 | q8_0: the KV cache's element type
+local function kv_type_arg(a, v)
+  if v ~= "f16" and v ~= "q8_0" then usage_error(a .. " takes f16 or q8_0, got '" .. tostring(v) .. "'") end
+  return v
+end
+
 --- Parses generation options; positional words are collected in o.words.
 local function parse(argv, first)
   local o = { sampling = {}, words = {}, n_predict = 256, stats = true }
@@ -179,6 +189,7 @@ local function parse(argv, first)
       o.threads = int_arg(a, take(), 0, 256)
       if o.threads == 0 then o.threads = nil end
     elseif a == "-c" or a == "--ctx" then o.ctx = int_arg(a, take(), 1, 2 ^ 24)
+    elseif a == "--kv-type" then o.kv_type = kv_type_arg(a, take())
     elseif a == "--temp" then o.sampling.temperature = num_arg(a, take(), 0, 100)
     elseif a == "--top-k" then o.sampling.top_k = int_arg(a, take(), 0, 2 ^ 31 - 1)
     elseif a == "--top-p" then o.sampling.top_p = num_arg(a, take(), 0, 1)
@@ -188,6 +199,7 @@ local function parse(argv, first)
     elseif a == "-s" or a == "--system" then o.system = take()
     elseif a == "--pp" then o.prompt_tokens = int_arg(a, take(), 1, 2 ^ 20)
     elseif a == "-r" or a == "--runs" then o.runs = int_arg(a, take(), 1, 1000)
+    elseif a == "--warmup" then o.warmup = int_arg(a, take(), 0, 1000)
     elseif a == "--no-stats" then o.stats = false; o.stats_given = true
     elseif a == "--stats" then o.stats = true; o.stats_given = true
     elseif a:sub(1, 1) == "-" and #a > 1 then usage_error("unknown option '" .. a .. "' (try: lumen --help)")
@@ -251,6 +263,7 @@ usage: lumen serve [options]
   -m, --model NAME   model alias or .gguf path to serve (repeat for several; the first is the default)
   --slots N          concurrent sequences per model (default 8)
   -c, --ctx N        context tokens per slot (default 2048)
+  --kv-type T        the slots' KV cache: f16 (default) or q8_0 (half the memory)
   --queue N          requests that may wait for a slot before 429 (default 64)
   --api-key-file F   require 'Authorization: Bearer KEY' with a key from F: one per line,
                      or a .yaml list of {key, name, limits} (also: LUMEN_API_KEYS=k1,k2)
@@ -275,6 +288,7 @@ function commands.serve(argv)
       else o.model = take() end
     elseif a == "--slots" then o.serve.slots = int_arg(a, take(), 1, 256)
     elseif a == "-c" or a == "--ctx" then o.ctx = int_arg(a, take(), 16, 2 ^ 20)
+    elseif a == "--kv-type" then o.serve.kv_type = kv_type_arg(a, take())
     elseif a == "--queue" then o.serve.queue_limit = int_arg(a, take(), 0, 100000)
     elseif a == "--api-key-file" then o.serve.api_key_file = take()
     elseif a == "--api-key" then

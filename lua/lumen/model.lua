@@ -19,14 +19,26 @@ local function is_model(x) return getmetatable(x) == Model end
 local function is_session(x) return getmetatable(x) == Session end
 M.is_model, M.is_session = is_model, is_session
 
+local KV_TYPES = { f16 = C.LM_F16, q8_0 = C.LM_Q8_0 }
+
+-- the dtype id of a KV cache type name (nil: 0, the default)
+local function kv_type_id(what, name)
+  if name == nil then return 0 end
+  local id = KV_TYPES[name]
+  if not id then error(what .. ": kv_type must be \"f16\" or \"q8_0\", got " .. tostring(name), 3) end
+  return id
+end
+
 --- Loads a model by path or registry alias (nil: the default model).
--- opts: threads (compute threads; default all cores).
+-- opts: threads (compute threads; default all cores), kv_type (its sessions'
+-- default KV cache type: "f16", the default, or "q8_0").
 function M.load(name, opts)
   util.check_type("model.load", "name", name, "string", true)
   util.check_type("model.load", "opts", opts, "table", true)
   opts = opts or {}
   local resolved = require("lumen.config").resolve(name)
-  local params = ffi.new("lm_model_params", { n_threads = opts.threads or 0 })
+  local params = ffi.new("lm_model_params", { n_threads = opts.threads or 0,
+                                              kv_type = kv_type_id("model.load", opts.kv_type) })
   local h = C.lm_model_load(resolved.path, params)
   if h == nil then util.c_error() end
   ffi.gc(h, C.lm_model_free)
@@ -219,11 +231,14 @@ function Model:embed(inputs, opts)
   return out, counts
 end
 
---- A new session. opts: ctx (context tokens), batch (tokens per forward pass).
+--- A new session. opts: ctx (context tokens), batch (tokens per forward pass),
+-- kv_type ("f16" or "q8_0": half the KV memory; default: the model's, from
+-- model.load's opts.kv_type, else "f16").
 function Model:session(opts)
   util.check_type("session", "opts", opts, "table", true)
   opts = opts or {}
-  local p = ffi.new("lm_session_params", { n_ctx = opts.ctx or 0, n_batch = opts.batch or 0 })
+  local p = ffi.new("lm_session_params", { n_ctx = opts.ctx or 0, n_batch = opts.batch or 0,
+                                           kv_type = kv_type_id("session", opts.kv_type) })
   local h = C.lm_session_new(self.h, p)
   if h == nil then util.c_error("session") end
   -- The collector sees a few bytes of cdata, not the KV cache behind it: advance
@@ -322,6 +337,12 @@ function Session:logits_ptr() check_open(self, "logits") return C.lm_session_log
 function Session:pos() check_open(self, "pos") return C.lm_session_pos(self.h) end
 --- The context size in tokens.
 function Session:ctx() check_open(self, "ctx") return C.lm_session_n_ctx(self.h) end
+
+--- The KV cache's element type: "f16" or "q8_0".
+function Session:kv_type()
+  check_open(self, "kv_type")
+  return C.lm_session_kv_type(self.h) == C.LM_Q8_0 and "q8_0" or "f16"
+end
 
 --- The tokens in the context, as a Lua array.
 function Session:tokens()

@@ -2,6 +2,7 @@
 #include "testutil.h"
 #include "ops.h"
 #include "pool.h"
+#include "quant.h"
 #include <math.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -205,6 +206,69 @@ static void test_attention_group(void) {
                 attention_group_case(hds[a], nqs[b], spans[c][0], spans[c][1]);
 }
 
+/* The q8_0 KV cache: the scalar reference against the double-precision
+ * definition over the dequantized cache (d * q), the AVX-512 kernel against
+ * the reference (within 2e-5: another order of float sums), and a head's bits
+ * the same alone, in a group and in place. Rows are kv heads side by side, as
+ * in a session's cache: the head under test starts one block into the row. */
+static void attention_q8_0_case(int HD, int nq, int t0, int t1) {
+    enum { T = 300, MAXHD = 256, NQ = 8, ROWF = MAXHD + 32, ROWB = ROWF / 32 * 34 };
+    static char k[T * ROWB], v[T * ROWB];
+    static float kf[ROWF], vf[ROWF], kd[T * MAXHD], vd[T * MAXHD], scores[NQ * (T + 16)];
+    static float q[NQ * MAXHD], out[NQ * MAXHD], ref[NQ * MAXHD], one[MAXHD], inplace[NQ * MAXHD];
+    uint64_t r = 11 + (uint64_t)HD * 17 + (uint64_t)t1;
+    const int64_t stride = (int64_t)lm_kv_row_bytes(LM_Q8_0, HD + 32);
+    for (int t = 0; t < T; t++) {
+        for (int i = 0; i < HD + 32; i++) { kf[i] = tu_randf(&r, -1, 1); vf[i] = tu_randf(&r, -1, 1); }
+        lm_kv_store_row(LM_Q8_0, kf, k + t * stride, HD + 32);
+        lm_kv_store_row(LM_Q8_0, vf, v + t * stride, HD + 32);
+        lm_quant_ops_get(LM_Q8_0)->to_float(k + t * stride + 34, kd + t * HD, HD);
+        lm_quant_ops_get(LM_Q8_0)->to_float(v + t * stride + 34, vd + t * HD, HD);
+    }
+    for (int i = 0; i < nq * HD; i++) q[i] = tu_randf(&r, -2, 2);
+    const float scale = 1.0f / sqrtf((float)HD);
+    lm_attend_group_q8_0_ref(ref, q, nq, k + 34, v + 34, stride, HD, t0, t1, scale, scores);
+    lm_attend_group_q8_0(out, q, nq, k + 34, v + 34, stride, HD, t0, t1, scale, scores);
+    memcpy(inplace, q, sizeof(float) * nq * HD);
+    lm_attend_group_q8_0(inplace, inplace, nq, k + 34, v + 34, stride, HD, t0, t1, scale, scores);
+    double err_ref = 0, err = 0, kvq = 0;
+    int same = 1;
+    for (int j = 0; j < nq; j++) {
+        static double sc[T];
+        double mx = -1e30, sum = 0;
+        for (int t = t0; t < t1; t++) {
+            double d = 0;
+            for (int i = 0; i < HD; i++) d += (double)q[j * HD + i] * kd[t * HD + i];
+            sc[t] = d * scale;
+            if (sc[t] > mx) mx = sc[t];
+        }
+        for (int t = t0; t < t1; t++) { sc[t] = exp(sc[t] - mx); sum += sc[t]; }
+        for (int i = 0; i < HD; i++) {
+            double def = 0;
+            for (int t = t0; t < t1; t++) def += sc[t] / sum * vd[t * HD + i];
+            err_ref = fmax(err_ref, fabs(ref[j * HD + i] - def));
+            err = fmax(err, fabs(out[j * HD + i] - ref[j * HD + i]));
+            kvq = fmax(kvq, fabs(def));
+        }
+        lm_attend_group_q8_0(one, q + j * HD, 1, k + 34, v + 34, stride, HD, t0, t1, scale, scores);
+        same = same && !memcmp(one, out + j * HD, sizeof(float) * HD) && !memcmp(inplace + j * HD, out + j * HD, sizeof(float) * HD);
+    }
+    CHECK(kvq > 0.01, "q8_0 attention, head_dim %d: the case is not degenerate", HD);
+    CHECK(err_ref < 2e-5, "q8_0 attention reference, head_dim %d, %d heads, [%d, %d): error %g", HD, nq, t0, t1, err_ref);
+    CHECK(err < 2e-5, "q8_0 attention kernel vs reference, head_dim %d, %d heads, [%d, %d): error %g", HD, nq, t0, t1, err);
+    CHECK(same, "q8_0 attention, head_dim %d, %d heads, [%d, %d): a head alone or in place gives other bits", HD, nq, t0, t1);
+}
+
+static void test_attention_q8_0(void) {
+    static const int hds[] = {64, 128, 256, 32, 96};
+    static const int nqs[] = {1, 3, 4, 5, 8};
+    static const int spans[][2] = {{0, 1}, {0, 15}, {2, 18}, {0, 17}, {5, 41}, {0, 300}, {100, 283}};
+    for (size_t a = 0; a < sizeof hds / sizeof *hds; a++)
+        for (size_t b = 0; b < sizeof nqs / sizeof *nqs; b++)
+            for (size_t c = 0; c < sizeof spans / sizeof *spans; c++)
+                attention_q8_0_case(hds[a], nqs[b], spans[c][0], spans[c][1]);
+}
+
 static atomic_int hits[4];
 static void count3(void *ctx, int ith, int nth) { (void)ctx; atomic_fetch_add(&hits[ith], 1); CHECK(nth == 3, "nth"); }
 static void count(void *ctx, int ith, int nth) { (void)ctx; atomic_fetch_add(&hits[ith], 1); CHECK(nth == 2, "nth"); }
@@ -281,6 +345,7 @@ int main(void) {
     test_softmax_act();
     test_attention();
     test_attention_group();
+    test_attention_q8_0();
     test_pool();
     test_pool_dynamic();
     return tu_finish("ops");

@@ -270,6 +270,38 @@ describe("a session", function()
     os.remove(path)
   end)
 
+  it("keeps K and V as q8_0 when asked: logits near the f16 cache's, forks and states of its own type", function()
+    local ids = model:tokenize("The lighthouse keeper climbed the stairs and counted the steps one by one")
+    local a, b = model:session{ ctx = 128 }, model:session{ ctx = 128, kv_type = "q8_0" }
+    assert.equal("f16", a:kv_type())
+    assert.equal("q8_0", b:kv_type())
+    a:eval(ids) b:eval(ids)
+    for _, t in ipairs({ 13, 260, 1345 }) do a:eval(t) b:eval(t) end -- decode steps over the cache
+    -- close, but not the same computation: int8 K and V move the logits a little (SmolLM2 against
+    -- llama.cpp with its own q8_0 cache: cosine 0.993-1.0 per position, as f16 against f16)
+    local la, lb = a:logits(), b:logits()
+    local dot, na, nb, diff = 0, 0, 0, 0
+    for i = 1, model.n_vocab do
+      local x, y = la:get(i), lb:get(i)
+      dot, na, nb, diff = dot + x * y, na + x * x, nb + y * y, math.max(diff, math.abs(x - y))
+    end
+    assert.is_true(dot / math.sqrt(na * nb) > 0.98, "cosine " .. dot / math.sqrt(na * nb))
+    assert.is_true(diff > 0, "a q8_0 cache that gives the f16 cache's very bits is not q8_0")
+    assert.equal("q8_0", b:fork():kv_type())
+    local path = os.tmpname()
+    b:save(path)
+    local r = model:session{ ctx = 128, kv_type = "q8_0" }
+    r:load(path)
+    b:eval(13) r:eval(13)
+    assert.equal(b:logits():get(100), r:logits():get(100))
+    assert.error_matches(function() a:load(path) end, "holds a q8_0 KV cache; this session's is f16")
+    os.remove(path)
+    local m8 = lumen.model.load(model.path, { kv_type = "q8_0" })
+    assert.equal("q8_0", m8:session{ ctx = 16 }:kv_type())
+    assert.equal("f16", m8:session{ ctx = 16, kv_type = "f16" }:kv_type())
+    assert.error_matches(function() model:session{ kv_type = "q4_0" } end, 'kv_type must be "f16" or "q8_0", got q4_0')
+  end)
+
   it("refuses a context overflow, bad tokens and closed sessions", function()
     local s = model:session{ ctx = 8 }
     assert.error_matches(function() s:eval(model:tokenize("one two three four five six seven eight nine ten")) end, "context full")

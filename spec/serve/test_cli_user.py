@@ -10,7 +10,9 @@ import subprocess
 import tempfile
 import unittest
 
-from serve_harness import BIN, ROOT
+import json
+
+from serve_harness import BIN, ROOT, Server
 
 GEMMA_FILE = os.path.expanduser("~/.cache/lumen/models/gemma-3-270m-q4_k_m.gguf")
 
@@ -105,6 +107,29 @@ class TestCli(unittest.TestCase):
         r = lumen("generate", "-p", "x", "-s", "be brief")
         self.assertEqual(r.returncode, 2)
         self.assertIn("-s is for chat", r.stderr)
+
+    def test_kv_type(self):
+        # the q8_0 KV cache from the command line and the server config; a bad value is one line, status 2
+        r = lumen("generate", "-p", "The capital of France is", "-n", "4", "--temp", "0", "--no-stats", "--kv-type", "q8_0")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertTrue(r.stdout.startswith("The capital of France is"))
+        r = lumen("generate", "-p", "x", "--kv-type", "q4_0")
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("--kv-type takes f16 or q8_0, got 'q4_0'", r.stderr)
+        srv = Server(config="kv_type: q8_0\nslots: 2\nctx: 256\n", name="kv").start()
+        try:
+            status, _, body = srv.post_json("/v1/completions", {"prompt": "Once upon a time", "max_tokens": 4,
+                                                                "temperature": 0})
+            self.assertEqual(status, 200, body)
+            self.assertEqual(json.loads(body)["usage"]["completion_tokens"], 4)
+        finally:
+            srv.stop()
+            srv.remove()
+        bad = Server(config="kv_type: q4\n", name="kvbad")
+        with self.assertRaises(Exception) as e:
+            bad.start()
+        bad.remove()
+        self.assertIn("'kv_type' must be f16 or q8_0", str(e.exception))
 
     def test_default_seed_differs_between_runs(self):
         outs = {lumen("generate", "-p", "Once upon a time", "-n", "16", "--temp", "1", "--no-stats").stdout
