@@ -7,6 +7,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static void test_rmsnorm(void) {
     uint64_t r = 1;
@@ -311,6 +312,13 @@ static void dyn_items(void *vctx, int ith, int nth) {
         }
 }
 
+/* The caller holds back until a worker has taken an item (or 30 s pass): the
+ * regions above may all end before a worker is scheduled on a busy machine. */
+static void dyn_items_after_worker(void *vctx, int ith, int nth) {
+    for (int k = 0; ith == 0 && k < 30000 && !atomic_load(&worker_items); k++) usleep(1000);
+    dyn_items(vctx, ith, nth);
+}
+
 static void test_pool_dynamic(void) {
     lm_pool *p = lm_pool_new(3);
     int bad = 0;
@@ -324,6 +332,12 @@ static void test_pool_dynamic(void) {
         atomic_store(&current_region, -1);
         for (int i = 0; i < 64; i++) bad += atomic_load(&j.marks[i]) != (i < j.n);
     }
+    dyn_job last = {.n = 64, .region = -2};
+    for (int i = 0; i < 64; i++) atomic_init(&last.marks[i], 0);
+    atomic_store(&current_region, -2);
+    lm_pool_run_dynamic(p, dyn_items_after_worker, &last, &last.q);
+    atomic_store(&current_region, -1);
+    for (int i = 0; i < 64; i++) bad += atomic_load(&last.marks[i]) != 1;
     CHECK(bad == 0, "dynamic regions: %d items done other than once", bad);
     CHECK(atomic_load(&stale_calls) == 0, "dynamic regions: fn ran %d times for a region that had returned", atomic_load(&stale_calls));
     CHECK(atomic_load(&worker_items) > 0, "dynamic regions: the workers took no items");
