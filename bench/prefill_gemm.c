@@ -183,8 +183,8 @@ int main(int argc, char **argv) {
     if (getloadavg(load, 3) < 0) load[0] = -1;
     printf("# M=%lld, %d rounds, medians; lumen ISA %s; load average at start %.1f\n", (long long)M, rounds,
            lm_isa_name(lm_cpu_isa()), load[0]);
-    printf("%-11s %3s %9s %9s %9s %9s %9s %9s %9s %9s  (GFLOP/s = 2MKN/s; lm_*: the path a prompt takes, *_pan: the panels)\n",
-           "KxN", "thr", "dnnl_f32", "dnnl_bf16", "dnnl_s8", "lm_q4_0", "lm_q8_0", "lm_q4_K", "lm_q6_K", "q4_K_pan");
+    printf("%-11s %3s %9s %9s %9s %9s %9s %9s %9s %9s %9s  (GFLOP/s = 2MKN/s; lm_*: the path a prompt takes, *_pan: the panels)\n",
+           "KxN", "thr", "dnnl_f32", "dnnl_bf16", "dnnl_s8", "lm_q4_0", "lm_q8_0", "lm_q4_K", "lm_q6_K", "q4_K_pan", "q6_K_pan");
     char *sh = strdup(shapes);
     for (char *tok = strtok(sh, ","); tok; tok = strtok(NULL, ",")) {
         long long K, N;
@@ -196,10 +196,10 @@ int main(int argc, char **argv) {
         float *y = malloc((size_t)(M * N) * sizeof(float));
         for (int64_t i = 0; i < M * K; i++) af[i] = urand();
         for (int64_t i = 0; i < N * K; i++) wf[i] = urand();
-        enum { NL = 5, NC = 3 + NL };
-        const lm_dtype lt[NL] = {LM_Q4_0, LM_Q8_0, LM_Q4_K, LM_Q6_K, LM_Q4_K};
+        enum { NL = 6, NC = 3 + NL };
+        const lm_dtype lt[NL] = {LM_Q4_0, LM_Q8_0, LM_Q4_K, LM_Q6_K, LM_Q4_K, LM_Q6_K};
         lm_mm lw[NL];
-        for (int i = 0; i < NL; i++) lw[i] = lm_make(lt[i], K, N, M, i == NL - 1);
+        for (int i = 0; i < NL; i++) lw[i] = lm_make(lt[i], K, N, M, i >= NL - 2);
         char tl[64];
         snprintf(tl, sizeof tl, "%s", threads);
         char *save = NULL;
