@@ -119,11 +119,15 @@ static size_t qrows_size(const lm_quant_ops *ops, const lm_tensor *w, int64_t n)
     return (lm_dtype_row_size(ops->vec_dot_type, w->shape[1]) * (size_t)n + 63) & ~(size_t)63;
 }
 
+static bool gemm_bf16(const lm_tensor *w);
+
 size_t lm_matmul_qbuf_size(const lm_tensor *w, int64_t n) {
     const lm_quant_ops *ops = lm_quant_ops_get(w->dtype);
     size_t q = qrows_size(ops, w, n);
     if (ops->panel) q += (size_t)n * (size_t)(w->shape[1] / lm_dtype_block_size(ops->vec_dot_type)) * lm_panel_record(w->dtype);
-    return q;
+    /* or the activations in bf16, for the bf16 GEMM */
+    const size_t b = gemm_bf16(w) ? (size_t)n * (size_t)w->shape[1] * sizeof(uint16_t) : 0;
+    return q > b ? q : b;
 }
 
 void lm_matmul(lm_pool *pool, const lm_tensor *w, const float *x, int64_t n, float *y, void *qbuf) {
@@ -236,31 +240,102 @@ void lm_matmul_panel(lm_pool *pool, const lm_tensor *w, const float *x, int64_t 
     lm_pool_run_dynamic(pool, panel_rows, &j, &j.q);
 }
 
-/* Each thread dequantizes its share of the weight rows and multiplies the batch
- * by them at once, while they are still in cache. */
-typedef struct { const lm_tensor *w; const float *x; int64_t n; float *y, *wbuf; atomic_int failed; } gemm_job;
-#define GEMM_ROWS 256
-
-static void gemm_rows(void *vctx, int ith, int nth) {
-    gemm_job *j = vctx;
-    const lm_quant_ops *ops = lm_quant_ops_get(j->w->dtype);
-    const int64_t rows = j->w->shape[0], cols = j->w->shape[1];
-    int64_t lo, hi;
-    lm_pool_split(rows, 16, ith, nth, &lo, &hi);
-    if (lo >= hi) return;
-    for (int64_t r = lo; r < hi; r++)
-        ops->to_float((const char *)j->w->data + r * j->w->stride[0], j->wbuf + r * cols, cols);
-    /* in slices of GEMM_ROWS weight rows: oneDNN's per-thread scratchpad (it packs
-     * the weights) grows with the slice, and peak memory with it */
-    for (int64_t r0 = lo; r0 < hi; r0 += GEMM_ROWS) {
-        int64_t r1 = r0 + GEMM_ROWS < hi ? r0 + GEMM_ROWS : hi;
-        if (lm_sgemm_nt(j->x, j->n, cols, j->wbuf + r0 * cols, r1 - r0, j->y + r0, rows) != LM_OK)
-            atomic_store(&j->failed, 1);
-    }
+/* Prefill through oneDNN: each thread dequantizes its share of the weight rows
+ * and multiplies the batch by them at once, while they are still in cache;
+ * oneDNN's OpenMP is held to one thread inside (lm_sgemm_nt). In f32, or in
+ * bf16 where oneDNN runs bf16 on the hardware (AVX512-BF16 here; AMX tiles on
+ * CPUs that have them, untested by us) for quantized weights: the weights
+ * dequantized to f32 and rounded to bf16 (round to nearest even), the
+ * activations rounded once per product, the products summed in f32. Each
+ * rounding is within 2^-9 of its value, so a dot differs from the exact dot
+ * of the dequantized weights and f32 activations by under 2^-7 of the sum of
+ * |w x| (spec/c/test_quant.c checks that bound). */
+static bool gemm_bf16(const lm_tensor *w) {
+    const lm_quant_ops *ops = lm_quant_ops_get(w->dtype);
+    /* Q4_0, Q4_1, Q5_0, Q8_0: their integer panels are as fast as oneDNN's
+     * bf16 on Zen 4 (bench/prefill_gemm.c) without the weights' conversion */
+    if (!ops || ops->vec_dot_type == LM_F32 || ops->panel_decode || lm_cpu_isa() < LM_ISA_AVX512) return false;
+    return lm_bgemm_impl() != NULL;
 }
 
-lm_status lm_matmul_gemm(lm_pool *pool, const lm_tensor *w, const float *x, int64_t n, float *y, float *wbuf) {
-    gemm_job j = {w, x, n, y, wbuf, 0};
-    lm_pool_run(pool, gemm_rows, &j);
+/* Where a prompt's tokens take the bf16 GEMM rather than the integer panels
+ * (K-quants, whose panels run at about half oneDNN's bf16): from as many
+ * tokens as amortize the weights' conversion. bench/prefill_gemm.c, 2048 x
+ * 8192, one thread, Zen 4 under load, GFLOP/s GEMM vs panels: Q4_K 31 vs 33
+ * at 64 tokens, 18 vs 11 at 128; Q6_K (its dequantization 6x Q4_K's) 10 vs
+ * 13 at 128, 11 vs 9 at 256. */
+bool lm_matmul_prompt_gemm(const lm_tensor *w, int64_t n) {
+    return n >= (w->dtype == LM_Q6_K ? 192 : 64) && lm_matmul_has_panel(w) && gemm_bf16(w);
+}
+
+size_t lm_matmul_wbuf_size(const lm_tensor *w) {
+    const size_t e = (size_t)w->shape[0] * (size_t)w->shape[1];
+    if (gemm_bf16(w)) return e * sizeof(uint16_t);
+    return lm_matmul_has_panel(w) ? 0 : e * sizeof(float);
+}
+
+typedef struct {
+    const lm_tensor *w;
+    const float *x;
+    int64_t n;
+    float *y;
+    void *wbuf;
+    uint16_t *xb; /* bf16: the activations */
+    bool bf16;
+    atomic_int failed;
+    lm_pool_queue q;
+} gemm_job;
+#define GEMM_ROWS 256
+
+/* the activations to bf16, by tokens */
+static void gemm_x_bf16(void *vctx, int ith, int nth) {
+    gemm_job *j = vctx;
+    const int64_t k = j->w->shape[1];
+    int64_t lo, hi;
+    (void)ith;
+    while (lm_pool_take(&j->q, j->n, 1, nth, &lo, &hi)) lm_f32_to_bf16_row(j->x + lo * k, j->xb + lo * k, (hi - lo) * k);
+}
+
+/* rows [lo, hi): dequantized, then multiplied by the batch */
+static void gemm_range(gemm_job *j, int64_t lo, int64_t hi) {
+    const lm_quant_ops *ops = lm_quant_ops_get(j->w->dtype);
+    const int64_t rows = j->w->shape[0], cols = j->w->shape[1];
+    const char *wd = (const char *)j->w->data;
+    float *wf = j->wbuf;
+    uint16_t *wb = j->wbuf;
+    if (j->bf16) {
+        /* a row at a time through an f32 piece on the stack */
+        const int64_t bs = lm_dtype_block_size(j->w->dtype), piece = 1024 / bs * bs;
+        float tmp[1024];
+        for (int64_t r = lo; r < hi; r++)
+            for (int64_t c = 0; c < cols; c += piece) {
+                const int64_t m = cols - c < piece ? cols - c : piece;
+                ops->to_float(wd + r * j->w->stride[0] + lm_dtype_row_size(j->w->dtype, c), tmp, m);
+                lm_f32_to_bf16_row(tmp, wb + r * cols + c, m);
+            }
+    } else {
+        for (int64_t r = lo; r < hi; r++) ops->to_float(wd + r * j->w->stride[0], wf + r * cols, cols);
+    }
+    const lm_status st = j->bf16 ? lm_bgemm_nt(j->xb, j->n, cols, wb + lo * cols, hi - lo, j->y + lo, rows)
+                                 : lm_sgemm_nt(j->x, j->n, cols, wf + lo * cols, hi - lo, j->y + lo, rows);
+    if (st != LM_OK) atomic_store(&j->failed, 1);
+}
+
+/* in slices of GEMM_ROWS weight rows, handed out while the region runs (a
+ * thread off its core does not hold the others), at fixed boundaries (the same
+ * results whichever thread takes which); oneDNN's per-thread scratchpad (it
+ * packs the weights) grows with the slice, and peak memory with it */
+static void gemm_rows(void *vctx, int ith, int nth) {
+    gemm_job *j = vctx;
+    int64_t lo, hi;
+    (void)ith;
+    while (lm_pool_take(&j->q, j->w->shape[0], GEMM_ROWS, nth, &lo, &hi))
+        for (int64_t r0 = lo; r0 < hi; r0 += GEMM_ROWS) gemm_range(j, r0, r0 + GEMM_ROWS < hi ? r0 + GEMM_ROWS : hi);
+}
+
+lm_status lm_matmul_gemm(lm_pool *pool, const lm_tensor *w, const float *x, int64_t n, float *y, void *wbuf, void *qbuf) {
+    gemm_job j = {.w = w, .x = x, .n = n, .y = y, .wbuf = wbuf, .xb = qbuf, .bf16 = gemm_bf16(w)};
+    if (j.bf16) lm_pool_run_dynamic(pool, gemm_x_bf16, &j, &j.q);
+    lm_pool_run_dynamic(pool, gemm_rows, &j, &j.q);
     return atomic_load(&j.failed) ? LM_ERR : LM_OK;
 }

@@ -81,7 +81,7 @@ struct lm_session {
     char *k_cache, *v_cache;  /* [n_layer][n_ctx][kv_row] */
     float *x, *xb, *xb2, *q, *k, *v, *hb, *hb2, *scores, *logits;
     void *qbuf;               /* quantized activations */
-    float *wbuf;              /* one dequantized weight matrix, for prefill GEMMs */
+    void *wbuf;               /* one dequantized weight matrix, for prefill GEMMs */
     size_t qbuf_size;
 };
 
@@ -125,7 +125,13 @@ size_t lm_matmul_qbuf_size(const lm_tensor *w, int64_t n);
  * dots; lm_matmul_gemm_min says from how many for a given weight. */
 #define LM_GEMM_MIN_TOKENS 16
 int64_t lm_matmul_gemm_min(const lm_tensor *w);
-lm_status lm_matmul_gemm(lm_pool *pool, const lm_tensor *w, const float *x, int64_t n, float *y, float *wbuf);
+/* wbuf: lm_matmul_wbuf_size(w) bytes (0: w never takes the GEMM); qbuf as for
+ * lm_matmul (it holds the activations in bf16 when the GEMM runs in bf16) */
+lm_status lm_matmul_gemm(lm_pool *pool, const lm_tensor *w, const float *x, int64_t n, float *y, void *wbuf, void *qbuf);
+size_t lm_matmul_wbuf_size(const lm_tensor *w);
+/* A prompt pass of n tokens on w (one with panels) takes the GEMM before the
+ * panels: where oneDNN's bf16 outruns them (core/matmul.c) */
+bool lm_matmul_prompt_gemm(const lm_tensor *w, int64_t n);
 /* The integer panels (kernels/quant.h) in the GEMM's place, for weights that
  * have them; lm_matmul_panel_decode: decode tokens too (lm_quant_entry). */
 bool lm_matmul_has_panel(const lm_tensor *w);
@@ -143,6 +149,10 @@ bool lm_sampler_has_external(const lm_sampler *s);
 /* y[m][n] (row stride ldy) = a[m][k] * w[n][k]^T through oneDNN, single-threaded
  * in the calling thread (core/tensor_ops.c). */
 lm_status lm_sgemm_nt(const float *a, int64_t m, int64_t k, const float *w, int64_t n, float *y, int64_t ldy);
+/* The same in bf16 (a, w) with f32 results, and the oneDNN implementation it
+ * gets on this CPU when that runs on bf16 hardware (AVX512-BF16, AMX), else NULL. */
+lm_status lm_bgemm_nt(const uint16_t *a, int64_t m, int64_t k, const uint16_t *w, int64_t n, float *y, int64_t ldy);
+const char *lm_bgemm_impl(void);
 /* One head of full (unmasked) attention over L positions through two GEMMs in
  * the calling thread: S = q k^T * scale, softmax by rows, out = S v. Row i of
  * q, k and v is at q + i * ld (HD floats: a head's columns of a fused q|k|v

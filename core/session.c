@@ -79,14 +79,14 @@ lm_session *lm_session_new(lm_model *m, const lm_session_params *params) {
         const lm_tensor *ws[LM_LAYER_MATRICES];
         lm_layer_matrices(&m->layers[il], ws);
         for (int i = 0; i < LM_LAYER_MATRICES; i++) {
-            size_t need = lm_matmul_qbuf_size(ws[i], n_batch), e = (size_t)ws[i]->shape[0] * (size_t)ws[i]->shape[1];
+            size_t need = lm_matmul_qbuf_size(ws[i], n_batch);
             if (need > q) q = need;
-            if (!lm_matmul_has_panel(ws[i]) && e > w) w = e;
+            if (lm_matmul_wbuf_size(ws[i]) > w) w = lm_matmul_wbuf_size(ws[i]);
         }
     }
     s->qbuf_size = q;
     if (ok) s->qbuf = alloc(q, "quantized activations", &ok);
-    if (ok && n_batch >= LM_GEMM_MIN_TOKENS && w) s->wbuf = alloc(w * sizeof(float), "prefill weights", &ok);
+    if (ok && n_batch >= LM_GEMM_MIN_TOKENS && w) s->wbuf = alloc(w, "prefill weights", &ok);
     if (!ok) { lm_session_free(s); return NULL; }
     memset(s->logits, 0, (size_t)hp->n_vocab * sizeof(float));
     return s;

@@ -358,8 +358,9 @@ static bool b_layout(const lm_tensor *b, bool transpose_b, int64_t *ks, int64_t 
 
 /* y[m x n] (row stride ldy) = a[m x k] * b[k x n]; element strides given. With
  * stream NULL the process's shared stream is used, one product at a time. */
-static lm_status run_gemm_on(dnnl_stream_t stream, const float *a, int64_t ars, int64_t acs, const float *b,
-                             int64_t bks, int64_t bns, float *y, int64_t ldy, int64_t m, int64_t k, int64_t n) {
+static lm_status run_gemm_on(dnnl_stream_t stream, dnnl_data_type_t dt, const void *a, int64_t ars, int64_t acs,
+                             const void *b, int64_t bks, int64_t bns, float *y, int64_t ldy, int64_t m, int64_t k,
+                             int64_t n) {
     pthread_once(&g_dnnl_once, dnnl_setup);
     if (g_dnnl_init != dnnl_success)
         return lm_err("matmul: cannot create the oneDNN CPU engine: %s", dnnl_status2str(g_dnnl_init));
@@ -370,8 +371,8 @@ static lm_status run_gemm_on(dnnl_stream_t stream, const float *a, int64_t ars, 
     dnnl_memory_desc_t amd, bmd, ymd;
     dnnl_dims_t ad = {m, k}, as = {ars, acs}, bd = {k, n}, bs = {bks, bns}, yd = {m, n}, ys = {ldy, 1};
     dnnl_matmul_desc_t md;
-    DNNL_TRY(dnnl_memory_desc_init_by_strides(&amd, 2, ad, dnnl_f32, as));
-    DNNL_TRY(dnnl_memory_desc_init_by_strides(&bmd, 2, bd, dnnl_f32, bs));
+    DNNL_TRY(dnnl_memory_desc_init_by_strides(&amd, 2, ad, dt, as));
+    DNNL_TRY(dnnl_memory_desc_init_by_strides(&bmd, 2, bd, dt, bs));
     DNNL_TRY(dnnl_memory_desc_init_by_strides(&ymd, 2, yd, dnnl_f32, ys));
     DNNL_TRY(dnnl_matmul_desc_init(&md, &amd, &bmd, NULL, &ymd));
     /* oneDNN's primitive cache makes the repeated creation for a seen shape cheap */
@@ -409,7 +410,8 @@ static pthread_once_t g_stream_key_once = PTHREAD_ONCE_INIT;
 static void stream_release(void *s) { dnnl_stream_destroy((dnnl_stream_t)s); }
 static void stream_key_setup(void) { pthread_key_create(&g_stream_key, stream_release); }
 
-lm_status lm_sgemm_nt(const float *a, int64_t m, int64_t k, const float *w, int64_t n, float *y, int64_t ldy) {
+/* the calling pool thread's stream (oneDNN's OpenMP held to one thread in it) */
+static lm_status thread_stream(void) {
     pthread_once(&g_dnnl_once, dnnl_setup);
     if (g_dnnl_init != dnnl_success)
         return lm_err("matmul: cannot create the oneDNN CPU engine: %s", dnnl_status2str(g_dnnl_init));
@@ -420,8 +422,49 @@ lm_status lm_sgemm_nt(const float *a, int64_t m, int64_t k, const float *w, int6
         pthread_once(&g_stream_key_once, stream_key_setup);
         pthread_setspecific(g_stream_key, t_stream);
     }
+    return LM_OK;
+}
+
+lm_status lm_sgemm_nt(const float *a, int64_t m, int64_t k, const float *w, int64_t n, float *y, int64_t ldy) {
+    if (thread_stream() != LM_OK) return LM_ERR;
     /* w is [n][k] row-major: as a k x n matrix its strides are (1, k) */
-    return run_gemm_on(t_stream, a, k, 1, w, 1, k, y, ldy, m, k, n);
+    return run_gemm_on(t_stream, dnnl_f32, a, k, 1, w, 1, k, y, ldy, m, k, n);
+}
+
+lm_status lm_bgemm_nt(const uint16_t *a, int64_t m, int64_t k, const uint16_t *w, int64_t n, float *y, int64_t ldy) {
+    if (thread_stream() != LM_OK) return LM_ERR;
+    return run_gemm_on(t_stream, dnnl_bf16, a, k, 1, w, 1, k, y, ldy, m, k, n);
+}
+
+/* oneDNN's bf16 matmul is worth taking where it runs on bf16 hardware (a brgemm
+ * on AVX512-BF16 or AMX); elsewhere it converts to f32 at best, or runs its
+ * reference loops. Asked once: which implementation a bf16 product gets. */
+static pthread_once_t g_bf16_once = PTHREAD_ONCE_INIT;
+static bool g_bf16_fast;
+static char g_bf16_impl[64];
+
+static void bf16_probe(void) {
+    pthread_once(&g_dnnl_once, dnnl_setup);
+    if (g_dnnl_init != dnnl_success) return;
+    dnnl_memory_desc_t amd, bmd, ymd;
+    dnnl_matmul_desc_t md;
+    dnnl_primitive_desc_t pd = NULL;
+    const char *impl = NULL;
+    if (dnnl_memory_desc_init_by_tag(&amd, 2, (dnnl_dims_t){64, 256}, dnnl_bf16, dnnl_ab) == dnnl_success &&
+        dnnl_memory_desc_init_by_tag(&bmd, 2, (dnnl_dims_t){256, 256}, dnnl_bf16, dnnl_ba) == dnnl_success &&
+        dnnl_memory_desc_init_by_tag(&ymd, 2, (dnnl_dims_t){64, 256}, dnnl_f32, dnnl_ab) == dnnl_success &&
+        dnnl_matmul_desc_init(&md, &amd, &bmd, NULL, &ymd) == dnnl_success &&
+        dnnl_primitive_desc_create(&pd, &md, NULL, g_engine, NULL) == dnnl_success &&
+        dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl) == dnnl_success && impl) {
+        snprintf(g_bf16_impl, sizeof g_bf16_impl, "%s", impl);
+        g_bf16_fast = strstr(impl, "brg:") == impl && (strstr(impl, "bf16") || strstr(impl, "amx"));
+    }
+    if (pd) dnnl_primitive_desc_destroy(pd);
+}
+
+const char *lm_bgemm_impl(void) {
+    pthread_once(&g_bf16_once, bf16_probe);
+    return g_bf16_fast ? g_bf16_impl : NULL;
 }
 
 bool lm_attend_head_gemm(const float *q, const float *k, const float *v, int64_t ld, int64_t L, int64_t HD,
@@ -478,7 +521,7 @@ lm_tensor *lm_tensor_matmul(const lm_tensor *a, const lm_tensor *b, bool transpo
         bb = bt;
         b_layout(bb, transpose_b, &bks, &bns);
     }
-    if (run_gemm_on(NULL, (const float *)aa->data, ars, acs, (const float *)bb->data, bks, bns,
+    if (run_gemm_on(NULL, dnnl_f32, (const float *)aa->data, ars, acs, (const float *)bb->data, bks, bns,
                     (float *)out->data, n, m, k, n) != LM_OK) goto fail;
     lm_tensor_free(at);
     lm_tensor_free(bt);

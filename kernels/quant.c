@@ -103,10 +103,22 @@ float lm_bf16_to_f32(uint16_t h) {
     return f;
 }
 
+/* the bits of an f32 to bf16; without branches, so that the row loop vectorizes */
+static inline uint16_t bf16_bits(uint32_t u) {
+    const uint32_t nan = (u >> 16) | 64, rne = (u + 0x7fff + ((u >> 16) & 1)) >> 16; /* quiet NaN */
+    return (uint16_t)((u & 0x7fffffff) > 0x7f800000 ? nan : rne);
+}
+
 uint16_t lm_f32_to_bf16(float f) {
     uint32_t u;
     memcpy(&u, &f, 4);
-    if ((u & 0x7fffffff) > 0x7f800000) return (uint16_t)((u >> 16) | 64); /* quiet NaN */
-    u += 0x7fff + ((u >> 16) & 1);
-    return (uint16_t)(u >> 16);
+    return bf16_bits(u);
+}
+
+void lm_f32_to_bf16_row(const float *restrict x, uint16_t *restrict y, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, x + i, 4);
+        y[i] = bf16_bits(u);
+    }
 }

@@ -124,5 +124,6 @@ static inline float lm_f16_to_f32(uint16_t h) { return _cvtsh_ss(h); }
 static inline uint16_t lm_f32_to_f16(float f) { return _cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT); }
 float lm_bf16_to_f32(uint16_t h);
 uint16_t lm_f32_to_bf16(float f);
+void lm_f32_to_bf16_row(const float *restrict x, uint16_t *restrict y, int64_t n);
 
 #endif

@@ -239,13 +239,17 @@ static void attn_rows(void *vctx, int ith, int nth) {
  * other decode tokens (and one-token prompts) through the quantized dot
  * products and their tiles. Either way each comes out the same whatever else
  * is in its pass: a prompt token as in `lumen generate`'s prefill, a decode
- * token as alone. A batch with both takes each run of one kind in turn. On
+ * token as alone. A batch with both takes each run of one kind in turn. A
+ * prompt (of one session) on weights whose panels oneDNN's bf16 GEMM outruns
+ * (lm_matmul_prompt_gemm: the K-quants on AVX512-BF16) goes through it. On
  * weights without panels, a prompt batch of lm_matmul_gemm_min tokens goes
  * through oneDNN's GEMM, and everything else (and any GEMM oneDNN refuses)
  * through the quantized dots. */
 static void mm(const batch *b, const lm_tensor *w, const float *x, float *y) {
     lm_session *s = b->ws;
     lm_pool *pool = s->model->pool;
+    if (b->gemm && b->prompt && b->prompt[0] && lm_matmul_prompt_gemm(w, b->n) && s->wbuf &&
+        lm_matmul_gemm(pool, w, x, b->n, y, s->wbuf, s->qbuf) == LM_OK) return;
     if (lm_matmul_panel_decode(w)) {
         lm_matmul_panel(pool, w, x, b->n, y, s->qbuf);
         return;
@@ -260,7 +264,7 @@ static void mm(const batch *b, const lm_tensor *w, const float *x, float *y) {
         return;
     }
     if (b->gemm && b->n >= lm_matmul_gemm_min(w) && s->wbuf &&
-        lm_matmul_gemm(pool, w, x, b->n, y, s->wbuf) == LM_OK) return;
+        lm_matmul_gemm(pool, w, x, b->n, y, s->wbuf, s->qbuf) == LM_OK) return;
     lm_matmul(pool, w, x, b->n, y, s->qbuf);
 }
 

@@ -96,7 +96,8 @@ static void check_logits(lm_model *m, fixture *fx, const agreement_case *c) {
     float fork_margin[64];
     float *flip_margin = calloc(64 * 64, sizeof *flip_margin);   /* llama.cpp's margin where top-1 differs */
     int n_flips = 0;
-    float worst = 0, self_worst = 0;
+    float worst = 0, self_worst = 0, long_worst = 0;
+    int longest = 0;
     float *diffs = calloc(64 * 64, sizeof *diffs), *self_diffs = calloc(64 * 64, sizeof *self_diffs);
     for (int p = 0; p < fx->n_prompts; p++) {
         fx_prompt *fp = &fx->prompts[p];
@@ -170,6 +171,20 @@ static void check_logits(lm_model *m, fixture *fx, const agreement_case *c) {
             fork_margin[n_forks++] = margin;
             printf("identical up to position %d, where llama.cpp's logits for its token and lumen's differ by %.3f\n", first_diff, margin);
         }
+        /* the prompt and llama.cpp's continuation but its last token as one
+         * prompt (past 64 tokens: the prefill GEMM where a weight takes it,
+         * lm_matmul_prompt_gemm): the last position's logits */
+        const int nl = fp->n + fp->n_greedy - 1, last = fp->n_greedy - 1;
+        int32_t *seq = malloc((size_t)nl * sizeof *seq);
+        memcpy(seq, fp->ids, (size_t)fp->n * sizeof *seq);
+        memcpy(seq + fp->n, fp->greedy, (size_t)last * sizeof *seq);
+        CHECK(lm_session_rewind(s, 0) == LM_OK && lm_session_eval(s, seq, nl) == LM_OK, "eval: %s", lm_last_error());
+        const float *lg = lm_session_logits(s);
+        float d_long = 0;
+        for (int k = 0; k < fp->n_top[last]; k++) d_long = fmaxf(d_long, fabsf(lg[fp->top[last][k].id] - fp->top[last][k].logit));
+        if (d_long > long_worst) long_worst = d_long;
+        if (nl > longest) longest = nl;
+        free(seq);
         lm_session_free(s);
         free(toks);
     }
@@ -217,6 +232,10 @@ static void check_logits(lm_model *m, fixture *fx, const agreement_case *c) {
           b.median_factor, self_med);
     CHECK(worst <= fmaxf(floor_, b.max_factor * self_worst), "max logit difference %.3f > max(%.2f, %.1f x %.3f)", worst, floor_,
           b.max_factor, self_worst);
+    printf("the sequences as one prompt (up to %d tokens): max |logit diff| at their last position %.3f\n", longest,
+           long_worst);
+    CHECK(long_worst <= fmaxf(floor_, b.max_factor * self_worst), "one-prompt max logit difference %.3f > max(%.2f, %.1f x %.3f)",
+          long_worst, floor_, b.max_factor, self_worst);
     CHECK(greedy_same + near_ties >= c->min_greedy, "only %d/%d greedy continuations identical or forking at a near-tie (want %d)",
           greedy_same + near_ties, fx->n_prompts, c->min_greedy);
     free(diffs);

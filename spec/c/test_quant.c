@@ -335,7 +335,82 @@ static void test_panel_group(void) {
     CHECK(lm_cpu_isa() < LM_ISA_AVX512 || checked > 0, "no panel group ran");
 }
 
+/* f32 -> bf16 rows: every element the bits of the scalar conversion, over all
+ * sign/exponent/high-mantissa patterns with low halves at and around the tie
+ * (NaN, infinities and subnormals among them). */
+static void test_bf16_row(void) {
+    static const uint32_t lows[] = {0x0000, 0x0001, 0x7fff, 0x8000, 0x8001, 0xffff};
+    enum { NL = sizeof lows / sizeof *lows };
+    float *x = malloc(65536 * NL * sizeof *x);
+    uint16_t *y = malloc(65536 * NL * sizeof *y);
+    for (uint32_t h = 0; h < 65536; h++)
+        for (int l = 0; l < NL; l++) {
+            const uint32_t u = h << 16 | lows[l];
+            memcpy(&x[h * NL + l], &u, 4);
+        }
+    lm_f32_to_bf16_row(x, y, 65536 * NL);
+    int bad = 0;
+    for (int64_t i = 0; i < 65536 * NL; i++) bad += y[i] != lm_f32_to_bf16(x[i]);
+    CHECK(bad == 0, "%d of %d bf16 row conversions differ from the scalar one", bad, 65536 * NL);
+    free(x), free(y);
+}
+
+/* The prefill GEMM (lm_matmul_gemm) on quantized weights, in bf16 where this
+ * CPU runs oneDNN's bf16 on the hardware, else f32: every output within the
+ * stated bound of the exact dot (double) of the dequantized weights and the
+ * f32 activations: 2^-7 of the sum of |w x| (core/matmul.c: two roundings to
+ * bf16, each within 2^-9, and f32 sums). 300 rows: a last slice shorter than
+ * the others; 70 tokens. */
+static void test_gemm(void) {
+    enum { OUT = 300, IN = 512, N = 70 };
+    const lm_dtype types[] = {LM_Q4_K, LM_Q5_K, LM_Q6_K, LM_Q5_1, LM_Q8_0};
+    lm_pool *pool = lm_pool_new(2);
+    uint64_t r = 11;
+    float *x = malloc(N * IN * sizeof *x), *wf = malloc(OUT * IN * sizeof *wf), *y = malloc(N * OUT * sizeof *y);
+    fill(x, N * IN, &r, 2.0f);
+    printf("prefill GEMM: %s\n", lm_bgemm_impl() ? lm_bgemm_impl() : "no bf16 hardware path");
+    for (size_t ti = 0; ti < sizeof types / sizeof *types; ti++) {
+        const lm_dtype t = types[ti];
+        const lm_quant_ops *ops = lm_quant_ops_get(t);
+        const size_t rb = lm_dtype_row_size(t, IN);
+        char *d = malloc(rb * OUT);
+        for (int64_t k = 0; k < OUT; k++) {
+            fill(wf + k * IN, IN, &r, 1.0f);
+            ops->from_float(wf + k * IN, d + k * rb, IN);
+            ops->to_float(d + k * rb, wf + k * IN, IN);
+        }
+        lm_tensor *w = lm_tensor_wrap(t, 2, (int64_t[]){OUT, IN}, d, free, d);
+        const size_t wbs = lm_matmul_wbuf_size(w);
+        if (!wbs) { lm_tensor_free(w); continue; } /* never takes the GEMM on this CPU */
+        void *wbuf = malloc(wbs), *q = aligned_alloc(64, (lm_matmul_qbuf_size(w, N) + 63) & ~(size_t)63);
+        CHECK(lm_matmul_gemm(pool, w, x, N, y, wbuf, q) == LM_OK, "%s: gemm failed: %s", lm_dtype_name(t), lm_last_error());
+        double worst = 0;
+        int bad = 0;
+        for (int c = 0; c < N; c++)
+            for (int o = 0; o < OUT; o++) {
+                double exact = 0, mag = 0;
+                for (int i = 0; i < IN; i++) {
+                    exact += (double)wf[o * IN + i] * x[c * IN + i];
+                    mag += fabs((double)wf[o * IN + i] * x[c * IN + i]);
+                }
+                const double e = fabs(y[c * OUT + o] - exact) / (mag * 0x1p-7 + 1e-30);
+                if (e > worst) worst = e;
+                bad += e > 1;
+            }
+        CHECK(bad == 0, "%s: %d of %d GEMM outputs outside 2^-7 sum|w x| (worst %.2f of it)", lm_dtype_name(t), bad,
+              N * OUT, worst);
+        printf("gemm %s (%s): worst error %.3f of the bound\n", lm_dtype_name(t),
+               wbs == (size_t)OUT * IN * 2 ? "bf16" : "f32", worst);
+        lm_tensor_free(w);
+        free(wbuf), free(q);
+    }
+    free(x), free(wf), free(y);
+    lm_pool_free(pool);
+}
+
 int main(void) {
+    test_bf16_row();
+    test_gemm();
     test_panel();
     test_panel_group();
     test_tile();
