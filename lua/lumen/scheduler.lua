@@ -53,10 +53,13 @@ local NO_OBSERVER = { prompt_evaluated = noop, prompt_cached = noop, decoded = n
                       observe_ttft = noop, disconnected = noop }
 
 -- While live requests (priority >= 0) are about, background sequences
--- (priority < 0) advance at most this many per step, in turns: a shorter step
--- is a shorter wait for a live prompt that arrives during it (its first token
--- comes after the step in flight and its own evaluation; see prefill_step).
+-- (priority < 0) advance at most this many per step, in turns: a quarter of the
+-- slots beside live sequences, an eighth of that in a step of background work
+-- alone. A short step is a short wait for a live prompt that arrives during it
+-- (its first token comes after the step in flight and its own evaluation; see
+-- prefill_step); the background goes on at a fraction of its speed meanwhile.
 local function background_cap(slots) return math.max(4, math.ceil(slots / 4)) end
+local function background_alone_cap(slots) return math.max(1, math.ceil(slots / 32)) end
 -- ... "about": submitted or decoding within the last LIVE_WINDOW seconds.
 local LIVE_WINDOW = 2.0
 
@@ -71,7 +74,8 @@ function M.new(opts)
   local reserve = opts.reserve or 0
   util.check_int("scheduler.new", "reserve", reserve, 0, opts.slots - 1)
   return setmetatable({ slots = opts.slots, prefill_chunk = chunk, observer = opts.observer or NO_OBSERVER,
-                        reserve = reserve, background_cap = background_cap(opts.slots), live_until = -math.huge,
+                        reserve = reserve, background_cap = background_cap(opts.slots),
+                        background_alone_cap = background_alone_cap(opts.slots), live_until = -math.huge,
                         models = {}, queue = {}, prefilling = {}, decoding = {}, riding = {} }, Scheduler)
 end
 
@@ -575,7 +579,13 @@ function Scheduler:decode_step()
   self.decoding = {}
   local t = now()
   -- background sequences past the cap wait for the next step, first in line then
-  local bg_left = t < self.live_until and self.background_cap or math.huge
+  local bg_left = math.huge
+  if t < self.live_until then
+    bg_left = #self.riding > 0 and self.background_cap or self.background_alone_cap
+    for _, seq in ipairs(list) do
+      if seq.job.priority >= 0 then bg_left = self.background_cap break end
+    end
+  end
   local by_model = {}
   for _, seq in ipairs(list) do
     local job = seq.job
