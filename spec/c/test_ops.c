@@ -118,6 +118,26 @@ static void test_softmax_act(void) {
     CHECK(lm_argmax(a, 4) == 1, "argmax takes the first maximum");
 }
 
+/* One head's attention by the definition, in double precision: rows t0..t1-1
+ * of k and v (row t at t * stride), the result in out[0..HD). */
+static void attend_double(const float *q, const float *k, const float *v, int64_t stride, int HD, int t0, int t1,
+                          double scale, double *out) {
+    static double sc[4096];
+    double mx = -1e30, sum = 0;
+    for (int t = t0; t < t1; t++) {
+        double d = 0;
+        for (int i = 0; i < HD; i++) d += (double)q[i] * k[t * stride + i];
+        sc[t] = d * scale;
+        if (sc[t] > mx) mx = sc[t];
+    }
+    for (int t = t0; t < t1; t++) { sc[t] = exp(sc[t] - mx); sum += sc[t]; }
+    for (int i = 0; i < HD; i++) {
+        double acc = 0;
+        for (int t = t0; t < t1; t++) acc += sc[t] / sum * v[t * stride + i];
+        out[i] = acc;
+    }
+}
+
 static void attention_case(const int HD) {
     enum { T = 50, MAXHD = 256 + 12, STRIDE = 3 * MAXHD };
     uint64_t r = 3 + (uint64_t)HD;
@@ -132,15 +152,8 @@ static void attention_case(const int HD) {
     for (int i = 0; i < HD; i++) q[i] = tu_randf(&r, -1, 1);
     const int t0 = 5, t1 = 41;
     const float scale = 0.125f;
-    double sc[T], mx = -1e30, sum = 0, ref[MAXHD] = {0};
-    for (int t = t0; t < t1; t++) {
-        double d = 0;
-        for (int i = 0; i < HD; i++) d += (double)q[i] * kf[t * STRIDE + HD + i];
-        sc[t] = d * scale;
-        if (sc[t] > mx) mx = sc[t];
-    }
-    for (int t = t0; t < t1; t++) { sc[t] = exp(sc[t] - mx); sum += sc[t]; }
-    for (int t = t0; t < t1; t++) for (int i = 0; i < HD; i++) ref[i] += sc[t] / sum * vf[t * STRIDE + HD + i];
+    double ref[MAXHD];
+    attend_double(q, kf + HD, vf + HD, STRIDE, HD, t0, t1, scale, ref);
     lm_attend_f16(out, q, k + HD, v + HD, STRIDE, HD, t0, t1, scale, scores);
     double err = 0;
     for (int i = 0; i < HD; i++) err = fmax(err, fabs(out[i] - ref[i]));
@@ -176,20 +189,9 @@ static void attention_group_case(int HD, int nq, int t0, int t1) {
     double err = 0;
     int same = 1;
     for (int j = 0; j < nq; j++) {
-        static double sc[T];
-        double mx = -1e30, sum = 0;
-        for (int t = t0; t < t1; t++) {
-            double d = 0;
-            for (int i = 0; i < HD; i++) d += (double)q[j * HD + i] * kf[t * STRIDE + 3 + i];
-            sc[t] = d * scale;
-            if (sc[t] > mx) mx = sc[t];
-        }
-        for (int t = t0; t < t1; t++) { sc[t] = exp(sc[t] - mx); sum += sc[t]; }
-        for (int i = 0; i < HD; i++) {
-            double ref = 0;
-            for (int t = t0; t < t1; t++) ref += sc[t] / sum * vf[t * STRIDE + 3 + i];
-            err = fmax(err, fabs(out[j * HD + i] - ref));
-        }
+        double def[MAXHD];
+        attend_double(q + j * HD, kf + 3, vf + 3, STRIDE, HD, t0, t1, scale, def);
+        for (int i = 0; i < HD; i++) err = fmax(err, fabs(out[j * HD + i] - def[i]));
         lm_attend_group_f16(one, q + j * HD, 1, k + 3, v + 3, STRIDE, HD, t0, t1, scale, scores);
         same = same && !memcmp(one, out + j * HD, sizeof(float) * HD) && !memcmp(inplace + j * HD, out + j * HD, sizeof(float) * HD);
     }
@@ -235,21 +237,12 @@ static void attention_q8_0_case(int HD, int nq, int t0, int t1) {
     double err_ref = 0, err = 0, kvq = 0;
     int same = 1;
     for (int j = 0; j < nq; j++) {
-        static double sc[T];
-        double mx = -1e30, sum = 0;
-        for (int t = t0; t < t1; t++) {
-            double d = 0;
-            for (int i = 0; i < HD; i++) d += (double)q[j * HD + i] * kd[t * HD + i];
-            sc[t] = d * scale;
-            if (sc[t] > mx) mx = sc[t];
-        }
-        for (int t = t0; t < t1; t++) { sc[t] = exp(sc[t] - mx); sum += sc[t]; }
+        double def[MAXHD];
+        attend_double(q + j * HD, kd, vd, HD, HD, t0, t1, scale, def);
         for (int i = 0; i < HD; i++) {
-            double def = 0;
-            for (int t = t0; t < t1; t++) def += sc[t] / sum * vd[t * HD + i];
-            err_ref = fmax(err_ref, fabs(ref[j * HD + i] - def));
+            err_ref = fmax(err_ref, fabs(ref[j * HD + i] - def[i]));
             err = fmax(err, fabs(out[j * HD + i] - ref[j * HD + i]));
-            kvq = fmax(kvq, fabs(def));
+            kvq = fmax(kvq, fabs(def[i]));
         }
         lm_attend_group_q8_0(one, q + j * HD, 1, k + 34, v + 34, stride, HD, t0, t1, scale, scores);
         same = same && !memcmp(one, out + j * HD, sizeof(float) * HD) && !memcmp(inplace + j * HD, out + j * HD, sizeof(float) * HD);
