@@ -29,7 +29,8 @@ Parts (each engine in its own processes, the two alternating, `rounds` times; me
   agree      (not by default) logits along a 64-token prompt + 64 greedy tokens, per position:
              lumen and llama.cpp, each with f16 and q8_0 KV caches (llama.cpp with flash
              attention, which its q8_0 V needs), on --agree-models (real weights: SmolLM2, Gemma 3)
-Writes OUT/results.json and OUT/results.md.
+Writes OUT/results.json, OUT/results.md and OUT/results.png (bench/chart.py: matplotlib, when
+the python running this has it).
 """
 import argparse
 import json
@@ -350,6 +351,26 @@ def markdown(res):
     return "\n".join(L)
 
 
+def write_chart(res, path):
+    from chart import bars
+    panels = []
+    if res.get("decode"):
+        d = res["decode"]
+        labels = ["%s\nt=%d" % (r["model"], r["threads"]) for r in d]
+        panels.append(("decode tok/s (tg%d)" % d[0]["gen"], labels, [
+            ("lumen", [r["lumen_tok_s"] for r in d]), ("llama.cpp", [r["llama_tok_s"] for r in d]),
+            ("bandwidth roofline", [r["roofline_tok_s"] for r in d])]))
+    if res.get("long"):
+        g = res["long"]
+        labels = ["%s KV\ndepth %d" % (r["kv_type"], r["depth"]) for r in g]
+        panels.append(("time to first token at depth (s)", labels, [
+            ("lumen", [r["lumen_ttft_ms"] / 1e3 for r in g]), ("llama.cpp", [r["llama_ttft_ms"] / 1e3 for r in g])]))
+        panels.append(("decode tok/s at depth", labels, [
+            ("lumen", [r["lumen_decode_tok_s"] for r in g]), ("llama.cpp", [r["llama_decode_tok_s"] for r in g])]))
+    if panels:
+        bars(path, panels, "%s, llama-cpp-python %s" % (res["cpu"], res["llama_cpp_python"]))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--parts", default="bandwidth,decode,long,kv,coldstart")
@@ -398,6 +419,7 @@ def main():
     md = markdown(res)
     with open(os.path.join(a.out, "results.md"), "w") as f:
         f.write(md + "\n")
+    write_chart(res, os.path.join(a.out, "results.png"))
     print(md)
 
 

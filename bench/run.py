@@ -126,24 +126,12 @@ def main():
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(md)
     print(md)
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
-        labels = ["%s\nt=%d" % (r["model"], r["threads"]) for r in rows]
-        for ax, key, title in zip(axes, ("pp512", "tg128", "ttft_ms"), ("prefill pp512 (tok/s)", "decode tg128 (tok/s)", "time to first token (ms)")):
-            xs = range(len(rows))
-            ax.bar([x - 0.2 for x in xs], [r["summary"]["lumen"][key] or 0 for r in rows], 0.4, label="lumen")
-            ax.bar([x + 0.2 for x in xs], [r["summary"]["llama"][key] or 0 for r in rows], 0.4, label="llama.cpp")
-            ax.set_xticks(list(xs))
-            ax.set_xticklabels(labels, fontsize=7)
-            ax.set_title(title)
-            ax.legend()
-        fig.tight_layout()
-        fig.savefig(os.path.join(args.out, "results.png"), dpi=110)
-    except ImportError:
-        print("bench: matplotlib is missing in bench/.venv; no chart", file=sys.stderr)
+    from chart import bars
+    labels = ["%s\nt=%d" % (r["model"], r["threads"]) for r in rows]
+    bars(os.path.join(args.out, "results.png"), [
+        (title, labels, [(name, [r["summary"][eng][key] for r in rows]) for eng, name in (("lumen", "lumen"), ("llama", "llama.cpp"))])
+        for key, title in (("pp512", "prefill pp512 (tok/s)"), ("tg128", "decode tg128 (tok/s)"),
+                           ("ttft_ms", "time to first token (ms)"))])
 
 
 if __name__ == "__main__":
