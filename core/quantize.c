@@ -67,7 +67,7 @@ static void quantize_rows(void *vctx, int ith, int nth) {
     int64_t lo, hi;
     lm_pool_split(rows, 1, ith, nth, &lo, &hi);
     for (int64_t r = lo; r < hi; r++) {
-        src->to_float((const char *)t->data + r * in_row, tmp, n);
+        src->to_float[LM_ISA_SCALAR]((const char *)t->data + r * in_row, tmp, n);
         dst->from_float[LM_ISA_SCALAR](tmp, j->out + r * j->out_row, n);
     }
     free(tmp);
@@ -96,7 +96,7 @@ lm_status lm_quantize_file(const char *in, const char *out, int dtype, int n_thr
         const lm_gguf_tensor *t = lm_gguf_tensor_at(g, i);
         types[i] = t->type;
         const lm_quant_entry *src = lm_quant_entry_get(t->type);
-        if (is_matrix(t) && t->ne[0] % lm_dtype_block_size(dtype) == 0 && src && src->to_float) types[i] = dtype;
+        if (is_matrix(t) && t->ne[0] % lm_dtype_block_size(dtype) == 0 && src && src->to_float[LM_ISA_SCALAR]) types[i] = dtype;
     }
 
     char tmp_path[4096];

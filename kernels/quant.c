@@ -36,7 +36,6 @@ static void init(void) {
         lm_quant_entry *e = &g_table[t];
         lm_quant_ops *o = &g_ops[t];
         o->vec_dot_type = e->vec_dot_type;
-        o->to_float = e->to_float;
         for (int i = g_isa; i >= 0; i--) {
             if (!o->vec_dot && e->vec_dot[i]) {
                 o->vec_dot = e->vec_dot[i];
@@ -48,6 +47,7 @@ static void init(void) {
                 }
             }
             if (!o->from_float && e->from_float[i]) o->from_float = e->from_float[i];
+            if (!o->to_float && e->to_float[i]) o->to_float = e->to_float[i];
             if (!o->panel && i > LM_ISA_SCALAR) o->panel = e->panel[i];
             o->panel_decode = o->panel && e->panel_decode;
         }
@@ -81,7 +81,7 @@ const lm_quant_entry *lm_quant_entry_get(lm_dtype t) {
     lm_kernels_init();
     if ((int)t < 0 || t >= LM_DTYPE_COUNT) return NULL;
     const lm_quant_entry *e = &g_table[t];
-    return e->to_float || e->from_float[0] || e->vec_dot[0] ? e : NULL;
+    return e->to_float[0] || e->from_float[0] || e->vec_dot[0] ? e : NULL;
 }
 
 const lm_quant_entry *lm_type_row(int t) {

@@ -77,7 +77,9 @@ typedef struct lm_quant_entry {
     int file_type;     /* llama.cpp's general.file_type of a file `lumen quantize` writes in
                           this type; -1 (the activation formats): not a target */
     lm_dtype vec_dot_type;
-    lm_to_float_fn to_float;
+    lm_to_float_fn to_float[LM_ISA_COUNT];     /* [LM_ISA_SCALAR] is the reference; the others give
+                                                  its floats bit for bit (prompts through the bf16
+                                                  GEMM dequantize every weight once per product) */
     lm_from_float_fn from_float[LM_ISA_COUNT]; /* [LM_ISA_SCALAR] is the reference; NULL = none */
     lm_vec_dot_fn vec_dot[LM_ISA_COUNT];       /* [LM_ISA_SCALAR] is the reference; NULL = none */
     lm_vec_dot_tile_fn vec_dot_tile[LM_ISA_COUNT]; /* optional; bit-identical to the vec_dot of the

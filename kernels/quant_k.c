@@ -687,7 +687,7 @@ void lm_quant_register_k(lm_quant_entry table[LM_DTYPE_COUNT]) {
     table[LM_Q2_K] = (lm_quant_entry){
         .name = "q2_k", .block = QK_K, .size = sizeof(block_q2_K), .file_type = 10,
         .vec_dot_type = LM_Q8_K,
-        .to_float = dequantize_q2_K,
+        .to_float = {dequantize_q2_K},
         .from_float = {[LM_ISA_SCALAR] = quantize_q2_K},
         .vec_dot = {[LM_ISA_SCALAR] = vec_dot_q2_K_q8_K,
                     [LM_ISA_AVX2] = lm_vec_dot_q2_K_q8_K_avx2,
@@ -698,7 +698,7 @@ void lm_quant_register_k(lm_quant_entry table[LM_DTYPE_COUNT]) {
     table[LM_Q3_K] = (lm_quant_entry){
         .name = "q3_k", .block = QK_K, .size = sizeof(block_q3_K), .file_type = 11, /* Q3_K_S */
         .vec_dot_type = LM_Q8_K,
-        .to_float = dequantize_q3_K,
+        .to_float = {dequantize_q3_K},
         .from_float = {[LM_ISA_SCALAR] = quantize_q3_K},
         .vec_dot = {[LM_ISA_SCALAR] = vec_dot_q3_K_q8_K,
                     [LM_ISA_AVX2] = lm_vec_dot_q3_K_q8_K_avx2,
@@ -709,7 +709,7 @@ void lm_quant_register_k(lm_quant_entry table[LM_DTYPE_COUNT]) {
     table[LM_Q4_K] = (lm_quant_entry){
         .name = "q4_k", .block = QK_K, .size = sizeof(block_q4_K), .file_type = 15, /* Q4_K_M */
         .vec_dot_type = LM_Q8_K,
-        .to_float = dequantize_q4_K,
+        .to_float = {[LM_ISA_SCALAR] = dequantize_q4_K, [LM_ISA_AVX512] = lm_dequantize_q4_K_avx512},
         .from_float = {[LM_ISA_SCALAR] = quantize_q4_K},
         .vec_dot = {[LM_ISA_SCALAR] = vec_dot_q4_K_q8_K,
                     [LM_ISA_AVX2] = lm_vec_dot_q4_K_q8_K_avx2,
@@ -722,7 +722,7 @@ void lm_quant_register_k(lm_quant_entry table[LM_DTYPE_COUNT]) {
     table[LM_Q5_K] = (lm_quant_entry){
         .name = "q5_k", .block = QK_K, .size = sizeof(block_q5_K), .file_type = 17, /* Q5_K_M */
         .vec_dot_type = LM_Q8_K,
-        .to_float = dequantize_q5_K,
+        .to_float = {dequantize_q5_K},
         .from_float = {[LM_ISA_SCALAR] = quantize_q5_K},
         .vec_dot = {[LM_ISA_SCALAR] = vec_dot_q5_K_q8_K,
                     [LM_ISA_AVX2] = lm_vec_dot_q5_K_q8_K_avx2,
@@ -733,7 +733,7 @@ void lm_quant_register_k(lm_quant_entry table[LM_DTYPE_COUNT]) {
     table[LM_Q6_K] = (lm_quant_entry){
         .name = "q6_k", .block = QK_K, .size = sizeof(block_q6_K), .file_type = 18,
         .vec_dot_type = LM_Q8_K,
-        .to_float = dequantize_q6_K,
+        .to_float = {[LM_ISA_SCALAR] = dequantize_q6_K, [LM_ISA_AVX512] = lm_dequantize_q6_K_avx512},
         .from_float = {[LM_ISA_SCALAR] = quantize_q6_K},
         .vec_dot = {[LM_ISA_SCALAR] = vec_dot_q6_K_q8_K,
                     [LM_ISA_AVX2] = lm_vec_dot_q6_K_q8_K_avx2,
@@ -747,7 +747,7 @@ void lm_quant_register_k(lm_quant_entry table[LM_DTYPE_COUNT]) {
     table[LM_Q8_K] = (lm_quant_entry){
         .name = "q8_k", .block = QK_K, .size = sizeof(block_q8_K), .file_type = -1,
         .vec_dot_type = LM_Q8_K,
-        .to_float = dequantize_q8_K,
+        .to_float = {dequantize_q8_K},
         .from_float = {[LM_ISA_SCALAR] = quantize_q8_K,
                        [LM_ISA_AVX2] = lm_quantize_q8_K_avx2,
                        [LM_ISA_AVX512] = lm_quantize_q8_K_avx512},

@@ -277,46 +277,46 @@ static void dot_q8_0(int64_t n, float *s, const void *vx, const void *vy) {
 
 void lm_quant_register_legacy(lm_quant_entry t[LM_DTYPE_COUNT]) {
     t[LM_F32] = (lm_quant_entry){.name = "f32", .block = 1, .size = 4, .file_type = 0, .vec_dot_type = LM_F32,
-                                 .to_float = f32_to_float, .from_float = {f32_from_float}, .vec_dot = {dot_f32}};
+                                 .to_float = {f32_to_float}, .from_float = {f32_from_float}, .vec_dot = {dot_f32}};
     t[LM_F16] = (lm_quant_entry){.name = "f16", .block = 1, .size = 2, .file_type = 1, .vec_dot_type = LM_F32,
-                                 .to_float = f16_to_float, .from_float = {f16_from_float}, .vec_dot = {dot_f16}};
+                                 .to_float = {f16_to_float}, .from_float = {f16_from_float}, .vec_dot = {dot_f16}};
     t[LM_BF16] = (lm_quant_entry){.name = "bf16", .block = 1, .size = 2, .file_type = 32, .vec_dot_type = LM_F32,
-                                  .to_float = bf16_to_float, .from_float = {bf16_from_float}, .vec_dot = {dot_bf16}};
+                                  .to_float = {bf16_to_float}, .from_float = {bf16_from_float}, .vec_dot = {dot_bf16}};
     t[LM_Q4_0] = (lm_quant_entry){
         .name = "q4_0", .block = QK, .size = sizeof(block_q4_0), .file_type = 2, .vec_dot_type = LM_Q8_0,
-        .to_float = deq_q4_0, .from_float = {quant_q4_0}, .vec_dot = {dot_q4_0, lm_vec_dot_q4_0_q8_0_avx2},
+        .to_float = {deq_q4_0}, .from_float = {quant_q4_0}, .vec_dot = {dot_q4_0, lm_vec_dot_q4_0_q8_0_avx2},
         .vec_dot_tile = {[LM_ISA_AVX512] = lm_vec_dot_tile_q4_0_q8_0_vnni}, .tile_rows = {[LM_ISA_AVX512] = LM_TILE_ROWS_VNNI},
         .panel = {lm_panel_q4_0_ref, NULL, lm_panel_q4_0_vnni}, .panel_record = sizeof(lm_panel_block),
         .panel_pack = lm_panel_pack_q8_0_b8, .panel_decode = true};
     t[LM_Q4_1] = (lm_quant_entry){
         .name = "q4_1", .block = QK, .size = sizeof(block_q4_1), .file_type = 3, .vec_dot_type = LM_Q8_1,
-        .to_float = deq_q4_1, .from_float = {quant_q4_1}, .vec_dot = {dot_q4_1, lm_vec_dot_q4_1_q8_1_avx2},
+        .to_float = {deq_q4_1}, .from_float = {quant_q4_1}, .vec_dot = {dot_q4_1, lm_vec_dot_q4_1_q8_1_avx2},
         .vec_dot_tile = {NULL, lm_vec_dot_tile_q4_1_q8_1_avx2, lm_vec_dot_tile_q4_1_q8_1_vnni},
         .tile_rows = {0, LM_TILE_ROWS_AVX2, LM_TILE_ROWS_VNNI},
         .panel = {lm_panel_q4_1_ref, NULL, lm_panel_q4_1_vnni}, .panel_record = sizeof(lm_panel_block),
         .panel_pack = lm_panel_pack_q8_1, .panel_decode = true};
     t[LM_Q5_0] = (lm_quant_entry){
         .name = "q5_0", .block = QK, .size = sizeof(block_q5_0), .file_type = 8, .vec_dot_type = LM_Q8_0,
-        .to_float = deq_q5_0, .from_float = {quant_q5_0}, .vec_dot = {dot_q5_0, lm_vec_dot_q5_0_q8_0_avx2},
+        .to_float = {deq_q5_0}, .from_float = {quant_q5_0}, .vec_dot = {dot_q5_0, lm_vec_dot_q5_0_q8_0_avx2},
         .vec_dot_tile = {[LM_ISA_AVX512] = lm_vec_dot_tile_q5_0_q8_0_vnni}, .tile_rows = {[LM_ISA_AVX512] = LM_TILE_ROWS_VNNI},
         .panel = {lm_panel_q5_0_ref, NULL, lm_panel_q5_0_vnni}, .panel_record = sizeof(lm_panel_block),
         .panel_pack = lm_panel_pack_q8_0_b16, .panel_decode = true};
     t[LM_Q5_1] = (lm_quant_entry){
         .name = "q5_1", .block = QK, .size = sizeof(block_q5_1), .file_type = 9, .vec_dot_type = LM_Q8_1,
-        .to_float = deq_q5_1, .from_float = {quant_q5_1},
+        .to_float = {deq_q5_1}, .from_float = {quant_q5_1},
         .vec_dot = {dot_q5_1, lm_vec_dot_q5_1_q8_1_avx2, lm_vec_dot_q5_1_q8_1_avx512},
         .panel = {lm_panel_q5_1_ref, NULL, lm_panel_q5_1_vnni}, .panel_record = sizeof(lm_panel_block),
         .panel_pack = lm_panel_pack_q8_1, .panel_decode = true};
     t[LM_Q8_0] = (lm_quant_entry){
         .name = "q8_0", .block = QK, .size = sizeof(block_q8_0), .file_type = 7, .vec_dot_type = LM_Q8_0,
-        .to_float = deq_q8_0, .from_float = {quant_q8_0, lm_quantize_q8_0_avx2}, .vec_dot = {dot_q8_0, lm_vec_dot_q8_0_q8_0_avx2},
+        .to_float = {deq_q8_0}, .from_float = {quant_q8_0, lm_quantize_q8_0_avx2}, .vec_dot = {dot_q8_0, lm_vec_dot_q8_0_q8_0_avx2},
         .vec_dot_tile = {NULL, lm_vec_dot_tile_q8_0_q8_0_avx2, lm_vec_dot_tile_q8_0_q8_0_vnni},
         .tile_rows = {0, LM_TILE_ROWS_AVX2, LM_TILE_ROWS_VNNI},
         .panel = {lm_panel_q8_0_ref, NULL, lm_panel_q8_0_vnni}, .panel_record = sizeof(lm_panel_block),
         .panel_pack = lm_panel_pack_q8_0_b128, .panel_decode = true};
     /* activations only */
     t[LM_Q8_1] = (lm_quant_entry){.name = "q8_1", .block = QK, .size = sizeof(block_q8_1), .file_type = -1,
-                                  .vec_dot_type = LM_Q8_1, .to_float = deq_q8_1, .from_float = {quant_q8_1, lm_quantize_q8_1_avx2}};
+                                  .vec_dot_type = LM_Q8_1, .to_float = {deq_q8_1}, .from_float = {quant_q8_1, lm_quantize_q8_1_avx2}};
     /* storage only: names and sizes, no compute */
     t[LM_I8] = (lm_quant_entry){.name = "i8", .block = 1, .size = 1, .file_type = -1};
     t[LM_I16] = (lm_quant_entry){.name = "i16", .block = 1, .size = 2, .file_type = -1};

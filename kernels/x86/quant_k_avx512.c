@@ -365,3 +365,66 @@ void lm_quantize_q8_K_avx512(const float *restrict x, void *restrict vy, int64_t
         y[i].d = 1 / iscale;
     }
 }
+
+/* ---- to_float: the scalar references' values bit for bit (quant_k.c's
+ * dequantize_q4_K / q6_K): each product and difference rounded on its own, as
+ * there, never fused into one FMA. For prompts through the bf16 GEMM
+ * (core/matmul.c), which dequantizes every weight row once per product. */
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=off")
+
+/* 16 int8 quants times a scale, minus a min: 16 floats */
+static inline void deq16(float *y, __m128i q, __m512 scale, __m512 min) {
+    const __m512 v = _mm512_mul_ps(scale, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)));
+    _mm512_storeu_ps(y, _mm512_sub_ps(v, min));
+}
+
+void lm_dequantize_q4_K_avx512(const void *restrict vx, float *restrict y, int64_t n) {
+    const block_q4_K *x = vx;
+    const __m128i m4 = _mm_set1_epi8(0x0F);
+    for (int64_t i = 0; i < n / QK_K; i++, y += QK_K) {
+        const float d = lm_f16_to_f32(x[i].d), dmin = lm_f16_to_f32(x[i].dmin);
+        uint8_t sm[16];
+        lm_k_unpack_scales(x[i].scales, sm);
+        for (int j = 0; j < QK_K / 64; j++) {
+            const __m512 dl0 = _mm512_set1_ps(d * sm[2 * j]), ml0 = _mm512_set1_ps(dmin * sm[8 + 2 * j]);
+            const __m512 dl1 = _mm512_set1_ps(d * sm[2 * j + 1]), ml1 = _mm512_set1_ps(dmin * sm[9 + 2 * j]);
+            for (int h = 0; h < 2; h++) {
+                const __m128i q = _mm_loadu_si128((const __m128i *)(x[i].qs + 32 * j + 16 * h));
+                deq16(y + 64 * j + 16 * h, _mm_and_si128(q, m4), dl0, ml0);
+                deq16(y + 64 * j + 32 + 16 * h, _mm_and_si128(_mm_srli_epi16(q, 4), m4), dl1, ml1);
+            }
+        }
+    }
+}
+
+void lm_dequantize_q6_K_avx512(const void *restrict vx, float *restrict y, int64_t n) {
+    const block_q6_K *x = vx;
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m3 = _mm256_set1_epi8(3), off = _mm256_set1_epi8(32);
+    const __m512 zero = _mm512_setzero_ps();
+    for (int64_t i = 0; i < n / QK_K; i++, y += QK_K) {
+        const float d = lm_f16_to_f32(x[i].d);
+        for (int h = 0; h < QK_K / 128; h++) {
+            const uint8_t *ql = x[i].ql + 64 * h, *qhp = x[i].qh + 32 * h;
+            const __m256i l0 = _mm256_loadu_si256((const __m256i *)ql);
+            const __m256i l1 = _mm256_loadu_si256((const __m256i *)(ql + 32));
+            const __m256i qh = _mm256_loadu_si256((const __m256i *)qhp);
+            /* the four runs of 32 of this half, quants in -32..31 (unpack_q6_K's order) */
+            __m256i q[4];
+            q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m3), 4));
+            q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4),
+                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m3), 4));
+            q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m3), 4));
+            q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m3), 4));
+            for (int r = 0; r < 4; r++) {
+                const __m256i v = _mm256_sub_epi8(q[r], off);
+                const int k = 128 * h + 32 * r; /* sub-blocks k/16 and k/16 + 1 */
+                deq16(y + k, _mm256_castsi256_si128(v), _mm512_set1_ps(d * x[i].scales[k / 16]), zero);
+                deq16(y + k + 16, _mm256_extracti128_si256(v, 1), _mm512_set1_ps(d * x[i].scales[k / 16 + 1]), zero);
+            }
+        }
+    }
+}
+#pragma GCC pop_options

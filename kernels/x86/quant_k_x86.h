@@ -151,6 +151,8 @@ void lm_vec_dot_tile_q6_K_q8_K_vnni(int64_t n, float *restrict s, size_t s_strid
 void lm_vec_dot_q5_K_q8_K_avx512(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
 void lm_vec_dot_q6_K_q8_K_avx512(int64_t n, float *restrict s, const void *restrict x, const void *restrict y);
 void lm_quantize_q8_K_avx512(const float *restrict x, void *restrict y, int64_t n);
+void lm_dequantize_q4_K_avx512(const void *restrict x, float *restrict y, int64_t n);
+void lm_dequantize_q6_K_avx512(const void *restrict x, float *restrict y, int64_t n);
 
 /* Panels (quant.h): scalar references (kernels/panel.c) and VNNI (x86/panel_k_avx512.c). */
 void lm_panel_q2_K_ref(LM_PANEL_ARGS);

@@ -25,14 +25,14 @@ static void test_known_blocks(void) {
     b.d = lm_f32_to_f16(0.5f);
     for (int j = 0; j < 16; j++) b.qs[j] = (uint8_t)(j | ((15 - j) << 4));
     float y[32];
-    lm_quant_entry_get(LM_Q4_0)->to_float(&b, y, 32);
+    lm_quant_entry_get(LM_Q4_0)->to_float[LM_ISA_SCALAR](&b, y, 32);
     CHECK(y[0] == -4.0f && y[15] == 3.5f && y[16] == 3.5f && y[31] == -4.0f, "q4_0 values %g %g %g %g", y[0], y[15], y[16], y[31]);
     /* Q4_1: d = 1, m = -2 */
     block_q4_1 c;
     c.d = lm_f32_to_f16(1.0f);
     c.m = lm_f32_to_f16(-2.0f);
     for (int j = 0; j < 16; j++) c.qs[j] = (uint8_t)(j | (j << 4));
-    lm_quant_entry_get(LM_Q4_1)->to_float(&c, y, 32);
+    lm_quant_entry_get(LM_Q4_1)->to_float[LM_ISA_SCALAR](&c, y, 32);
     CHECK(y[0] == -2.0f && y[5] == 3.0f && y[21] == 3.0f, "q4_1 values");
     /* Q5_0: the fifth bit comes from qh */
     block_q5_0 d;
@@ -40,7 +40,7 @@ static void test_known_blocks(void) {
     memset(d.qs, 0, sizeof d.qs);
     uint32_t qh = 1u << 3 | 1u << 20;
     memcpy(d.qh, &qh, 4);
-    lm_quant_entry_get(LM_Q5_0)->to_float(&d, y, 32);
+    lm_quant_entry_get(LM_Q5_0)->to_float[LM_ISA_SCALAR](&d, y, 32);
     CHECK(y[3] == 0.0f && y[0] == -16.0f && y[20] == 0.0f && y[19] == -16.0f, "q5_0 high bits %g %g %g", y[3], y[0], y[20]);
 }
 
@@ -55,7 +55,7 @@ static void test_round_trips(void) {
         const lm_quant_entry *e = lm_quant_entry_get(cases[c].t);
         fill(x, 256, &r, 1.0f);
         e->from_float[LM_ISA_SCALAR](x, q, 256);
-        e->to_float(q, y, 256);
+        e->to_float[LM_ISA_SCALAR](q, y, 256);
         float worst = 0;
         for (int i = 0; i < 256; i++) worst = fmaxf(worst, fabsf(x[i] - y[i]));
         /* errors are relative to the block's range (the outlier is 3) */
@@ -96,8 +96,8 @@ static void test_variants(void) {
             e->vec_dot[LM_ISA_SCALAR](n, &ref, qx, qa);
             /* the reference dot agrees with the dot of the dequantized rows */
             float *dx = malloc(n * sizeof *dx), *da = malloc(n * sizeof *da);
-            e->to_float(qx, dx, n);
-            act->to_float(qa, da, n);
+            e->to_float[LM_ISA_SCALAR](qx, dx, n);
+            act->to_float[LM_ISA_SCALAR](qa, da, n);
             double exact = 0;
             for (int64_t i = 0; i < n; i++) exact += (double)dx[i] * da[i];
             /* the _1 formats carry sum(q)*d rounded to fp16: a little looser */
@@ -222,13 +222,13 @@ static void test_panel(void) {
                 fill(x, n, &r, k == 1 ? 5000.0f : 3.0f);
                 if (k == R - 1) memset(x, 0, n * sizeof *x);
                 e->from_float[LM_ISA_SCALAR](x, qw + k * wrow, n);
-                e->to_float(qw + k * wrow, dw + k * n, n);
+                e->to_float[LM_ISA_SCALAR](qw + k * wrow, dw + k * n, n);
             }
             for (int c = 0; c < MAXT; c++) {
                 fill(x, n, &r, c == 2 ? 1000.0f : 1.0f);
                 if (c == 3) memset(x, 0, n * sizeof *x);
                 act->from_float[LM_ISA_SCALAR](x, qa + c * arow, n);
-                act->to_float(qa + c * arow, da + c * n, n);
+                act->to_float[LM_ISA_SCALAR](qa + c * arow, da + c * n, n);
                 lm_panel_pack((lm_dtype)t, qa + c * arow, pk + c * rec, ystr, n);
             }
             const size_t ss = R + 5;

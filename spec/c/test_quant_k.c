@@ -157,8 +157,8 @@ static void rand_weights(uint64_t *rng, lm_dtype t, uint8_t *w, int64_t nb) {
 /* dot of the dequantized rows (double) and sum of |products|, the scale errors are measured against. */
 static double deq_dot(lm_dtype t, const void *w, const void *a, int64_t n, double *mag) {
     float *fw = malloc(sizeof(float) * (size_t)n), *fa = malloc(sizeof(float) * (size_t)n);
-    lm_quant_entry_get(t)->to_float(w, fw, n);
-    lm_quant_entry_get(LM_Q8_K)->to_float(a, fa, n);
+    lm_quant_entry_get(t)->to_float[LM_ISA_SCALAR](w, fw, n);
+    lm_quant_entry_get(LM_Q8_K)->to_float[LM_ISA_SCALAR](a, fa, n);
     double dot = 0, m = 0;
     for (int64_t k = 0; k < n; k++) {
         dot += (double)fw[k] * fa[k];
@@ -179,10 +179,10 @@ static void test_registration(void) {
         CHECK(e != NULL, "%s registered", tname(ws[i]));
         if (!e) continue;
         CHECK(e->vec_dot_type == LM_Q8_K, "%s dots with q8_K", tname(ws[i]));
-        CHECK(e->to_float && e->vec_dot[LM_ISA_SCALAR] && e->from_float[LM_ISA_SCALAR], "%s has reference functions", tname(ws[i]));
+        CHECK(e->to_float[LM_ISA_SCALAR] && e->vec_dot[LM_ISA_SCALAR] && e->from_float[LM_ISA_SCALAR], "%s has reference functions", tname(ws[i]));
     }
     const lm_quant_entry *e = lm_quant_entry_get(LM_Q8_K);
-    CHECK(e && e->to_float && e->from_float[LM_ISA_SCALAR], "q8_K has to_float and from_float");
+    CHECK(e && e->to_float[LM_ISA_SCALAR] && e->from_float[LM_ISA_SCALAR], "q8_K has to_float and from_float");
 }
 
 static void test_hand_built(void) {
@@ -194,14 +194,14 @@ static void test_hand_built(void) {
     /* Q4_K: value = d*sc*q - dmin*min, exact in float for these fields */
     for (int k = 0; k < QK; k++) q[k] = (k * 7 + 3) % 16;
     build_q4_K(blk, 0.5f, 0.25f, sc, mn, q);
-    lm_quant_entry_get(LM_Q4_K)->to_float(blk, y, QK);
+    lm_quant_entry_get(LM_Q4_K)->to_float[LM_ISA_SCALAR](blk, y, QK);
     int bad = 0;
     for (int k = 0; k < QK; k++) bad += y[k] != 0.5f * sc[k / 32] * q[k] - 0.25f * mn[k / 32];
     CHECK(bad == 0, "q4_K hand-built block: %d of 256 values differ", bad);
 
     for (int k = 0; k < QK; k++) q[k] = (k * 13 + 5) % 32;
     build_q5_K(blk, 0.125f, 0.5f, sc, mn, q);
-    lm_quant_entry_get(LM_Q5_K)->to_float(blk, y, QK);
+    lm_quant_entry_get(LM_Q5_K)->to_float[LM_ISA_SCALAR](blk, y, QK);
     bad = 0;
     for (int k = 0; k < QK; k++) bad += y[k] != 0.125f * sc[k / 32] * q[k] - 0.5f * mn[k / 32];
     CHECK(bad == 0, "q5_K hand-built block: %d of 256 values differ", bad);
@@ -209,7 +209,7 @@ static void test_hand_built(void) {
     int sc6[16] = {-128, 127, -1, 5, 0, 64, -77, 31, 2, -3, 100, -100, 9, 1, -64, 33};
     for (int k = 0; k < QK; k++) q[k] = (k * 29 + 11) % 64;
     build_q6_K(blk, 0.0625f, sc6, q);
-    lm_quant_entry_get(LM_Q6_K)->to_float(blk, y, QK);
+    lm_quant_entry_get(LM_Q6_K)->to_float[LM_ISA_SCALAR](blk, y, QK);
     bad = 0;
     for (int k = 0; k < QK; k++) bad += y[k] != 0.0625f * sc6[k / 16] * (q[k] - 32);
     CHECK(bad == 0, "q6_K hand-built block: %d of 256 values differ", bad);
@@ -218,7 +218,7 @@ static void test_hand_built(void) {
     const int mn2[16] = {15, 0, 3, 8, 1, 14, 2, 9, 10, 4, 7, 12, 6, 5, 13, 11};
     for (int k = 0; k < QK; k++) q[k] = (k * 7 + 1) % 4;
     build_q2_K(blk, 0.5f, 0.25f, sc2, mn2, q);
-    lm_quant_entry_get(LM_Q2_K)->to_float(blk, y, QK);
+    lm_quant_entry_get(LM_Q2_K)->to_float[LM_ISA_SCALAR](blk, y, QK);
     bad = 0;
     for (int k = 0; k < QK; k++) bad += y[k] != 0.5f * sc2[k / 16] * q[k] - 0.25f * mn2[k / 16];
     CHECK(bad == 0, "q2_K hand-built block: %d of 256 values differ", bad);
@@ -226,14 +226,14 @@ static void test_hand_built(void) {
     const int sc3[16] = {-32, 31, -1, 5, 0, 16, -17, 30, 2, -3, 20, -20, 9, 1, -31, 13};
     for (int k = 0; k < QK; k++) q[k] = (k * 11 + 3) % 8 - 4;
     build_q3_K(blk, 0.0625f, sc3, q);
-    lm_quant_entry_get(LM_Q3_K)->to_float(blk, y, QK);
+    lm_quant_entry_get(LM_Q3_K)->to_float[LM_ISA_SCALAR](blk, y, QK);
     bad = 0;
     for (int k = 0; k < QK; k++) bad += y[k] != 0.0625f * sc3[k / 16] * q[k];
     CHECK(bad == 0, "q3_K hand-built block: %d of 256 values differ", bad);
 
     for (int k = 0; k < QK; k++) q[k] = (k * 37) % 255 - 127;
     build_q8_K(blk, -0.5f, q);
-    lm_quant_entry_get(LM_Q8_K)->to_float(blk, y, QK);
+    lm_quant_entry_get(LM_Q8_K)->to_float[LM_ISA_SCALAR](blk, y, QK);
     bad = 0;
     for (int k = 0; k < QK; k++) bad += y[k] != -0.5f * q[k];
     CHECK(bad == 0, "q8_K hand-built block: %d of 256 values differ", bad);
@@ -278,7 +278,7 @@ static void test_q8_K_quantize(void) {
     for (int k = 0; k < QK; k++) x[3 * QK + k] = 1e-30f * (k - 100); /* block 3: tiny */
     const lm_quant_entry *e = lm_quant_entry_get(LM_Q8_K);
     e->from_float[LM_ISA_SCALAR](x, q, n);
-    e->to_float(q, y, n);
+    e->to_float[LM_ISA_SCALAR](q, y, n);
     for (int64_t i = 0; i < nb; i++) {
         const uint8_t *b = q + 292 * i;
         float d;
@@ -320,7 +320,7 @@ static void test_weight_quantize(void) {
         memset(x + 7 * QK, 0, sizeof(float) * QK);                        /* an all-zero block */
         const lm_quant_entry *e = lm_quant_entry_get(ts[t]);
         e->from_float[LM_ISA_SCALAR](x, q, n);
-        e->to_float(q, y, n);
+        e->to_float[LM_ISA_SCALAR](q, y, n);
         double err = 0, ref = 0, ramp_err = 0;
         int nonzero_in_zero_block = 0;
         for (int64_t k = 0; k < n; k++) {
@@ -441,6 +441,37 @@ static void test_q8_K_simd_identical(void) {
     }
 }
 
+/* Every SIMD to_float gives the scalar reference's floats bit for bit: random
+ * blocks with sane scales, and blocks of random bytes throughout (any fp16
+ * scale: subnormal, huge, negative, Inf, NaN). */
+static void test_to_float_simd_identical(void) {
+    const lm_dtype *ts = WTS;
+    const int64_t nb = 43;
+    uint64_t rng = 4242;
+    uint8_t *w = malloc(210 * nb);
+    float *ref = malloc(sizeof(float) * QK * nb), *got = malloc(sizeof(float) * QK * nb);
+    for (int t = 0; t < NW; t++) {
+        const lm_quant_entry *e = lm_quant_entry_get(ts[t]);
+        for (int isa = LM_ISA_AVX2; isa <= (int)lm_cpu_isa(); isa++) {
+            if (!e->to_float[isa]) continue;
+            printf("  to_float %s: %s\n", tname(ts[t]), lm_isa_name((lm_isa)isa));
+            for (int rep = 0; rep < 20; rep++) {
+                if (rep % 2) for (size_t k = 0; k < bsize(ts[t]) * (size_t)nb; k++) w[k] = (uint8_t)tu_rand(&rng);
+                else rand_weights(&rng, ts[t], w, nb);
+                const int64_t n = QK * (1 + rep % nb);
+                e->to_float[LM_ISA_SCALAR](w, ref, n);
+                memset(got, 0xA5, sizeof(float) * QK * nb);
+                e->to_float[isa](w, got, n);
+                CHECK(memcmp(got, ref, sizeof(float) * (size_t)n) == 0, "%s %s to_float = scalar bit for bit (%d blocks, %s)",
+                      tname(ts[t]), lm_isa_name((lm_isa)isa), (int)(n / QK), rep % 2 ? "random bytes" : "sane scales");
+                CHECK(n == QK * nb || ((uint32_t *)got)[n] == 0xA5A5A5A5u, "%s %s to_float writes n floats only",
+                      tname(ts[t]), lm_isa_name((lm_isa)isa));
+            }
+        }
+    }
+    free(w); free(ref); free(got);
+}
+
 int main(void) {
     lm_kernels_init();
     printf("cpu isa: %s\n", lm_isa_name(lm_cpu_isa()));
@@ -451,5 +482,6 @@ int main(void) {
     test_vec_dot();
     test_vec_dot_extremes();
     test_q8_K_simd_identical();
+    test_to_float_simd_identical();
     return tu_finish("quant_k");
 }
