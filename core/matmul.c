@@ -259,19 +259,24 @@ static bool gemm_bf16(const lm_tensor *w) {
 }
 
 /* Where a prompt's tokens take the bf16 GEMM rather than the integer panels
- * (K-quants, whose panels run at about half oneDNN's bf16): from as many
- * tokens as amortize the weights' conversion. bench/prefill_gemm.c, 2048 x
- * 8192, one thread, Zen 4 under load, GFLOP/s GEMM vs panels: Q4_K 31 vs 33
- * at 64 tokens, 18 vs 11 at 128; Q6_K (its dequantization 6x Q4_K's) 10 vs
- * 13 at 128, 11 vs 9 at 256. */
+ * (K-quants): where that GEMM outruns oneDNN's f32 (lm_bgemm_preferred), from
+ * as many tokens as amortize the weights' conversion. bench/prefill_gemm.c,
+ * M = 512 (else as said), 2048 x 8192, GFLOP/s GEMM vs panels: on a Zen 4
+ * under load, one thread, Q4_K 31 vs 33 at 64 tokens, 18 vs 11 at 128; Q6_K
+ * (its dequantization then 6x Q4_K's) 10 vs 13 at 128, 11 vs 9 at 256; quiet,
+ * 192 vs 140. On an Intel Xeon with AVX512-BF16 and no AMX (quiet): oneDNN
+ * bf16 75 vs f32 118 on one thread, Q4_K 66 vs 77, and on two 98 vs 143-163:
+ * the panels there. */
+static bool prompt_bf16(const lm_tensor *w) { return lm_matmul_has_panel(w) && gemm_bf16(w) && lm_bgemm_preferred(); }
+
 bool lm_matmul_prompt_gemm(const lm_tensor *w, int64_t n) {
-    return n >= (w->dtype == LM_Q6_K ? 192 : 64) && lm_matmul_has_panel(w) && gemm_bf16(w);
+    return n >= (w->dtype == LM_Q6_K ? 192 : 64) && prompt_bf16(w);
 }
 
 size_t lm_matmul_wbuf_size(const lm_tensor *w) {
     const size_t e = (size_t)w->shape[0] * (size_t)w->shape[1];
-    if (gemm_bf16(w)) return e * sizeof(uint16_t);
-    return lm_matmul_has_panel(w) ? 0 : e * sizeof(float);
+    if (lm_matmul_has_panel(w)) return prompt_bf16(w) ? e * sizeof(uint16_t) : 0;
+    return gemm_bf16(w) ? e * sizeof(uint16_t) : e * sizeof(float);
 }
 
 typedef struct {

@@ -153,6 +153,12 @@ lm_status lm_sgemm_nt(const float *a, int64_t m, int64_t k, const float *w, int6
  * gets on this CPU when that runs on bf16 hardware (AVX512-BF16, AMX), else NULL. */
 lm_status lm_bgemm_nt(const uint16_t *a, int64_t m, int64_t k, const uint16_t *w, int64_t n, float *y, int64_t ldy);
 const char *lm_bgemm_impl(void);
+/* Whether that bf16 product outruns oneDNN's f32 one, so that prompts on
+ * quantized weights gain by taking it: on AMX tiles, and on AMD's AVX512-BF16
+ * (Zen 4 issues vdpbf16ps at twice the f32 FMA's multiply-adds). Intel's
+ * AVX512-BF16 without AMX issues it at the f32 FMA's rate, and oneDNN's bf16
+ * there is slower than its f32 (bench/prefill_gemm.c). */
+bool lm_bgemm_preferred(void);
 /* One head of full (unmasked) attention over L positions through two GEMMs in
  * the calling thread: S = q k^T * scale, softmax by rows, out = S v. Row i of
  * q, k and v is at q + i * ld (HD floats: a head's columns of a fused q|k|v

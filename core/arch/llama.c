@@ -241,7 +241,7 @@ static void attn_rows(void *vctx, int ith, int nth) {
  * is in its pass: a prompt token as in `lumen generate`'s prefill, a decode
  * token as alone. A batch with both takes each run of one kind in turn. A
  * prompt (of one session) on weights whose panels oneDNN's bf16 GEMM outruns
- * (lm_matmul_prompt_gemm: the K-quants on AVX512-BF16) goes through it. On
+ * (lm_matmul_prompt_gemm: the K-quants where oneDNN's bf16 outruns its f32) goes through it. On
  * weights without panels, a prompt batch of lm_matmul_gemm_min tokens goes
  * through oneDNN's GEMM, and everything else (and any GEMM oneDNN refuses)
  * through the quantized dots. */
