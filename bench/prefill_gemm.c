@@ -125,11 +125,14 @@ typedef struct {
     lm_tensor *w;
     void *qbuf, *wbuf;
     bool gemm;  /* the path a prompt of M tokens takes (core/arch/llama.c mm) */
+    bool dots;  /* the quantized dots and their tiles (a decode batch's path) instead */
     char path[48];
 } lm_mm;
 
-static lm_mm lm_make(lm_dtype t, int64_t K, int64_t N, int64_t M, bool force_panel) {
-    lm_mm m = {.t = t};
+/* mode 0: the path a prompt takes; 1: the panels; 2: the quantized dots */
+static lm_mm lm_make(lm_dtype t, int64_t K, int64_t N, int64_t M, int mode) {
+    lm_mm m = {.t = t, .dots = mode == 2};
+    const bool force_panel = mode != 0;
     const lm_quant_ops *ops = lm_quant_ops_get(t);
     const size_t rb = lm_dtype_row_size(t, K);
     char *data = malloc(rb * (size_t)N);
@@ -153,14 +156,14 @@ static lm_mm lm_make(lm_dtype t, int64_t K, int64_t N, int64_t M, bool force_pan
         snprintf(m.path, sizeof m.path, "%s gemm (%s)", lm_dtype_name(t),
                  lm_matmul_wbuf_size(m.w) == (size_t)(N * K) * 2 && impl ? impl : "f32");
     } else {
-        snprintf(m.path, sizeof m.path, "%s %s", lm_dtype_name(t), panel ? "panel" : "quantized dots");
+        snprintf(m.path, sizeof m.path, "%s %s", lm_dtype_name(t), panel && !m.dots ? "panel" : "quantized dots");
     }
     return m;
 }
 
 static void lm_run(lm_mm *m, lm_pool *pool, const float *x, int64_t M, float *y) {
     if (m->gemm) lm_matmul_gemm(pool, m->w, x, M, y, m->wbuf, m->qbuf);
-    else if (lm_matmul_has_panel(m->w)) lm_matmul_panel(pool, m->w, x, M, y, m->qbuf);
+    else if (lm_matmul_has_panel(m->w) && !m->dots) lm_matmul_panel(pool, m->w, x, M, y, m->qbuf);
     else lm_matmul(pool, m->w, x, M, y, m->qbuf);
 }
 
@@ -183,8 +186,9 @@ int main(int argc, char **argv) {
     if (getloadavg(load, 3) < 0) load[0] = -1;
     printf("# M=%lld, %d rounds, medians; lumen ISA %s; load average at start %.1f\n", (long long)M, rounds,
            lm_isa_name(lm_cpu_isa()), load[0]);
-    printf("%-11s %3s %9s %9s %9s %9s %9s %9s %9s %9s %9s  (GFLOP/s = 2MKN/s; lm_*: the path a prompt takes, *_pan: the panels)\n",
-           "KxN", "thr", "dnnl_f32", "dnnl_bf16", "dnnl_s8", "lm_q4_0", "lm_q8_0", "lm_q4_K", "lm_q6_K", "q4_K_pan", "q6_K_pan");
+    printf("%-11s %3s %9s %9s %9s %9s %9s %9s %9s %9s %9s %9s %9s  (GFLOP/s = 2MKN/s; lm_*: the path a prompt takes, "
+           "*_pan: the panels, *_dot: the quantized dots and tiles)\n", "KxN", "thr", "dnnl_f32", "dnnl_bf16", "dnnl_s8",
+           "lm_q4_0", "lm_q8_0", "lm_q4_K", "lm_q6_K", "q4_K_pan", "q6_K_pan", "q4_K_dot", "q6_K_dot");
     char *sh = strdup(shapes);
     for (char *tok = strtok(sh, ","); tok; tok = strtok(NULL, ",")) {
         long long K, N;
@@ -196,10 +200,11 @@ int main(int argc, char **argv) {
         float *y = malloc((size_t)(M * N) * sizeof(float));
         for (int64_t i = 0; i < M * K; i++) af[i] = urand();
         for (int64_t i = 0; i < N * K; i++) wf[i] = urand();
-        enum { NL = 6, NC = 3 + NL };
-        const lm_dtype lt[NL] = {LM_Q4_0, LM_Q8_0, LM_Q4_K, LM_Q6_K, LM_Q4_K, LM_Q6_K};
+        enum { NL = 8, NC = 3 + NL };
+        const lm_dtype lt[NL] = {LM_Q4_0, LM_Q8_0, LM_Q4_K, LM_Q6_K, LM_Q4_K, LM_Q6_K, LM_Q4_K, LM_Q6_K};
+        const int mode[NL] = {0, 0, 0, 0, 1, 1, 2, 2};
         lm_mm lw[NL];
-        for (int i = 0; i < NL; i++) lw[i] = lm_make(lt[i], K, N, M, i >= NL - 2);
+        for (int i = 0; i < NL; i++) lw[i] = lm_make(lt[i], K, N, M, mode[i]);
         char tl[64];
         snprintf(tl, sizeof tl, "%s", threads);
         char *save = NULL;

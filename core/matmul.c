@@ -207,6 +207,19 @@ bool lm_matmul_has_panel(const lm_tensor *w) {
     return ops && ops->panel && w->shape[1] % lm_dtype_block_size(w->dtype) == 0;
 }
 
+/* The K-quants' panels (two halves of eight rows by up to eight tokens, the
+ * scales transposed per super-block) against their tiles (two rows by four
+ * tokens, bit for bit the single-row dots), build/lumen_prefill_gemm M = 512,
+ * GFLOP/s panels vs tiles: on Zen 4 the panels about twice the tiles; on an
+ * Intel Xeon with AVX512-BF16 and no AMX (quiet), Q4_K 78-84 vs 88-91 on one
+ * thread and 143-151 vs 160-180 on two, Q6_K 67 vs 89-97 and 126 vs 170-185.
+ * So the panels take K-quant prompts where the bf16 GEMM is preferred (the
+ * CPUs measured like Zen 4), the tiles elsewhere; legacy types always take
+ * their panels (3.7x llama.cpp's pp512 on that Xeon). */
+bool lm_matmul_prompt_panel(const lm_tensor *w) {
+    return lm_matmul_has_panel(w) && (lm_quant_ops_get(w->dtype)->vec_dot_type != LM_Q8_K || lm_bgemm_preferred());
+}
+
 bool lm_matmul_panel_decode(const lm_tensor *w) {
     return lm_matmul_has_panel(w) && lm_quant_ops_get(w->dtype)->panel_decode;
 }

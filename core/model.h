@@ -136,6 +136,8 @@ bool lm_matmul_prompt_gemm(const lm_tensor *w, int64_t n);
  * have them; lm_matmul_panel_decode: decode tokens too (lm_quant_entry). */
 bool lm_matmul_has_panel(const lm_tensor *w);
 bool lm_matmul_panel_decode(const lm_tensor *w);
+/* Whether a prompt's tokens take w's panels, else its quantized dots and tiles */
+bool lm_matmul_prompt_panel(const lm_tensor *w);
 void lm_matmul_panel(lm_pool *pool, const lm_tensor *w, const float *x, int64_t n, float *y, void *qbuf);
 /* The same for up to LM_PANEL_GROUP weights of one type, width and row size
  * (each a multiple of the panel's rows) against the same x: one quantizing

@@ -254,7 +254,7 @@ static void mm(const batch *b, const lm_tensor *w, const float *x, float *y) {
         lm_matmul_panel(pool, w, x, b->n, y, s->qbuf);
         return;
     }
-    if (b->prompt && lm_matmul_has_panel(w)) {
+    if (b->prompt && lm_matmul_prompt_panel(w)) {
         const int64_t in = w->shape[1], out = w->shape[0];
         for (int32_t t0 = 0, t1; t0 < b->n; t0 = t1) {
             for (t1 = t0 + 1; t1 < b->n && b->prompt[t1] == b->prompt[t0]; t1++) {}
