@@ -278,8 +278,8 @@ static bool gemm_bf16(const lm_tensor *w) {
  * under load, one thread, Q4_K 31 vs 33 at 64 tokens, 18 vs 11 at 128; Q6_K
  * (its dequantization then 6x Q4_K's) 10 vs 13 at 128, 11 vs 9 at 256; quiet,
  * 192 vs 140. On an Intel Xeon with AVX512-BF16 and no AMX (quiet): oneDNN
- * bf16 75 vs f32 118 on one thread, Q4_K 66 vs 77, and on two 98 vs 143-163:
- * the panels there. */
+ * bf16 75 vs f32 118 on one thread, Q4_K 66 vs 77 on the panels, and on two
+ * 98 vs 143-163: no bf16 there (and the tiles, lm_matmul_prompt_panel). */
 static bool prompt_bf16(const lm_tensor *w) { return lm_matmul_has_panel(w) && gemm_bf16(w) && lm_bgemm_preferred(); }
 
 bool lm_matmul_prompt_gemm(const lm_tensor *w, int64_t n) {
