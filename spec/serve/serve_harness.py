@@ -135,6 +135,11 @@ class Server:
     def base_url(self):
         return "http://127.0.0.1:%d" % self.port
 
+    def openai(self, api_key="x", timeout=120):
+        """The official openai client against this server (no retries: a spec sees every answer)."""
+        from openai import OpenAI
+        return OpenAI(base_url=self.base_url + "/v1", api_key=api_key, max_retries=0, timeout=timeout)
+
     def request(self, method, path, body=None, headers=None, timeout=120):
         """One request on a fresh connection: (status, headers dict lower-cased, body bytes).
         `body` may be bytes, str, or any JSON-serialisable object."""

@@ -12,8 +12,6 @@ import tempfile
 import time
 import unittest
 
-from openai import OpenAI
-
 from serve_harness import BIN, ROOT, Server
 
 
@@ -28,7 +26,7 @@ def jsonl(rs):
 
 
 def client(srv):
-    return OpenAI(base_url="http://127.0.0.1:%d/v1" % srv.port, api_key="x", max_retries=0, timeout=120)
+    return srv.openai()
 
 
 def wait_for(c, batch_id, statuses, timeout=240):

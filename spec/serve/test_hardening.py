@@ -41,8 +41,7 @@ def oracle(model, how="all"):
 
 
 def client(srv, key="x"):
-    from openai import OpenAI
-    return OpenAI(base_url="http://127.0.0.1:%d/v1" % srv.port, api_key=key, max_retries=0, timeout=300)
+    return srv.openai(key, timeout=300)
 
 
 class TestInjection(unittest.TestCase):

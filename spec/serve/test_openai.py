@@ -12,7 +12,6 @@ import unittest
 from concurrent.futures import ThreadPoolExecutor
 
 import openai
-from openai import OpenAI
 
 from serve_harness import Server, greedy_chat, greedy_generate, metric_sum, sse_events
 
@@ -71,8 +70,7 @@ def tearDownModule():
 
 
 def client():
-    return OpenAI(base_url="http://localhost:%d/v1" % server.port, api_key="x",
-                  max_retries=0, timeout=180)
+    return server.openai(timeout=180)
 
 
 def chat_text(c, message, **kw):
@@ -616,7 +614,7 @@ class GemmaWhileRunning:
 
     def test_greedy_while_others_run(self):
         def make():
-            return OpenAI(base_url="http://localhost:%d/v1" % self.srv.port, api_key="x", max_retries=0, timeout=180)
+            return self.srv.openai(timeout=180)
 
         def complete(p):
             return make().completions.create(model="gemma3", prompt=p, max_tokens=self.N, temperature=0).choices[0].text
@@ -634,7 +632,7 @@ class GemmaWhileRunning:
     def test_no_prompt_cache_on_these_weights(self):
         # decode tokens do not take the panels here, so a cached prefix could hold
         # other bits than a prompt evaluated whole: the cache stays off
-        c = OpenAI(base_url="http://localhost:%d/v1" % self.srv.port, api_key="x", max_retries=0, timeout=180)
+        c = self.srv.openai(timeout=180)
         for _ in range(2):
             r = c.completions.create(model="gemma3", prompt=self.PROMPTS[1], max_tokens=self.N, temperature=0)
             self.assertEqual(r.choices[0].text, self.refs[self.PROMPTS[1]])

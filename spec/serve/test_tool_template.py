@@ -60,8 +60,7 @@ def tearDownModule():
 
 
 def client():
-    from openai import OpenAI
-    return OpenAI(base_url="http://127.0.0.1:%d/v1" % srv.port, api_key="x", max_retries=0, timeout=300)
+    return srv.openai(timeout=300)
 
 
 def ask(**kw):
