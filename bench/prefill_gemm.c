@@ -129,6 +129,9 @@ typedef struct {
     char path[48];
 } lm_mm;
 
+/* thread counts up to this (the repacked panels' scratch is per thread) */
+#define MAX_THREADS 64
+
 /* mode 0: the path a prompt takes; 1: the panels; 2: the quantized dots */
 static lm_mm lm_make(lm_dtype t, int64_t K, int64_t N, int64_t M, int mode) {
     lm_mm m = {.t = t, .dots = mode == 2};
@@ -147,7 +150,7 @@ static lm_mm lm_make(lm_dtype t, int64_t K, int64_t N, int64_t M, int mode) {
     }
     free(row);
     m.w = lm_tensor_wrap(t, 2, (int64_t[]){N, K}, data, free, data);
-    m.qbuf = aligned_alloc(64, (lm_matmul_qbuf_size(m.w, M) + 63) & ~(size_t)63);
+    m.qbuf = aligned_alloc(64, (lm_matmul_qbuf_size(m.w, M, MAX_THREADS) + 63) & ~(size_t)63);
     const bool panel = lm_matmul_has_panel(m.w);
     m.gemm = !force_panel && (panel ? lm_matmul_prompt_gemm(m.w, M) : M >= lm_matmul_gemm_min(m.w));
     if (m.gemm) {
@@ -210,6 +213,7 @@ int main(int argc, char **argv) {
         char *save = NULL;
         for (char *tt = strtok_r(tl, ",", &save); tt; tt = strtok_r(NULL, ",", &save)) {
             const int nth = atoi(tt);
+            if (nth < 1 || nth > MAX_THREADS) { fprintf(stderr, "prefill_gemm: threads %s: 1..%d\n", tt, MAX_THREADS); return 2; }
             omp_set_num_threads(nth);
             dnn_mm dm[3] = {dnn_make("f32", dnnl_f32, dnnl_f32, M, K, N, af, wf),
                             dnn_make("bf16", dnnl_bf16, dnnl_bf16, M, K, N, af, wf),

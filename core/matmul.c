@@ -23,6 +23,9 @@ typedef struct {
     char *pk;      /* panels: the activations packed (quant.h), in passes of LM_PANEL_TOKENS */
     size_t pk_rec; /* bytes of one packed block */
     int64_t pk_nb; /* packed blocks per token */
+    char *rp;         /* repacked panels (quant.h): each thread's scratch, rp_chunk panels apart */
+    size_t rp_panel;  /* bytes of one repacked panel */
+    int64_t rp_chunk; /* panels a thread repacks at once */
     lm_pool_queue q; /* the region's work, handed out (lm_pool_run_dynamic) */
 } mm_job;
 
@@ -119,12 +122,34 @@ static size_t qrows_size(const lm_quant_ops *ops, const lm_tensor *w, int64_t n)
     return (lm_dtype_row_size(ops->vec_dot_type, w->shape[1]) * (size_t)n + 63) & ~(size_t)63;
 }
 
+static size_t packed_size(const lm_quant_ops *ops, const lm_tensor *w, int64_t n) {
+    if (!ops->panel) return 0;
+    return ((size_t)n * (size_t)(w->shape[1] / lm_dtype_block_size(ops->vec_dot_type)) * lm_panel_record(w->dtype) + 63) &
+           ~(size_t)63;
+}
+
+/* Repacked panels (quant.h) a thread holds at once: as many as keep them
+ * within TILED_BYTES (at least one), up to TILED_PANELS; every pass of
+ * LM_PANEL_TOKENS tokens then reads them from L2 beside its activations. */
+#define TILED_BYTES (768 * 1024)
+/* from this many tokens a product repacks (fewer: the panels unpack in their
+ * one pass what a repack would) */
+#define TILED_MIN_TOKENS 8
+#define TILED_PANELS 4
+static size_t tiled_panel_size(const lm_quant_ops *ops, const lm_tensor *w) {
+    return (size_t)(w->shape[1] / lm_dtype_block_size(w->dtype)) * ops->repack_block;
+}
+static int64_t tiled_panels(const lm_quant_ops *ops, const lm_tensor *w) {
+    const size_t p = tiled_panel_size(ops, w), k = p ? TILED_BYTES / p : 1;
+    return k < 1 ? 1 : k > TILED_PANELS ? TILED_PANELS : (int64_t)k;
+}
+
 static bool gemm_bf16(const lm_tensor *w);
 
-size_t lm_matmul_qbuf_size(const lm_tensor *w, int64_t n) {
+size_t lm_matmul_qbuf_size(const lm_tensor *w, int64_t n, int threads) {
     const lm_quant_ops *ops = lm_quant_ops_get(w->dtype);
-    size_t q = qrows_size(ops, w, n);
-    if (ops->panel) q += (size_t)n * (size_t)(w->shape[1] / lm_dtype_block_size(ops->vec_dot_type)) * lm_panel_record(w->dtype);
+    size_t q = qrows_size(ops, w, n) + packed_size(ops, w, n);
+    if (ops->panel && ops->repack) q += (size_t)(threads > 0 ? threads : 1) * (size_t)tiled_panels(ops, w) * tiled_panel_size(ops, w);
     /* or the activations in bf16, for the bf16 GEMM */
     const size_t b = gemm_bf16(w) ? (size_t)n * (size_t)w->shape[1] * sizeof(uint16_t) : 0;
     return q > b ? q : b;
@@ -152,6 +177,31 @@ void lm_matmul(lm_pool *pool, const lm_tensor *w, const float *x, int64_t n, flo
 #define PANEL_CHUNK 64
 #define PANEL_PREFETCH LM_PANEL_ROWS
 
+/* rows [lo, hi) beyond the last whole panel: one row and one token at a time */
+static void rest_rows(const mm_job *j, const char *w, int64_t out, float *y, int64_t lo, int64_t hi) {
+    for (int64_t r = lo; r < hi; r++)
+        for (int64_t t = 0; t < j->n; t++) j->ops->vec_dot(j->in, &y[t * out + r], w + r * j->w_row, j->xq + t * j->x_row);
+}
+
+/* rows [lo, hi) of one weight (w, out rows, into y) through its repacked
+ * panels, in chunks that the thread's scratch rp holds: each chunk's panels
+ * repacked once, then every token passes them */
+static void tiled_range(const mm_job *j, const char *w, int64_t out, float *y, int64_t lo, int64_t hi, char *rp) {
+    const int64_t full = out / LM_PANEL_ROWS * LM_PANEL_ROWS, chunk = j->rp_chunk * LM_PANEL_ROWS;
+    for (int64_t r0 = lo; r0 < hi; r0 += chunk) {
+        const int64_t r1 = r0 + chunk < hi ? r0 + chunk : hi, rt = r1 < full ? r1 : full;
+        for (int64_t r = r0; r < rt; r += LM_PANEL_ROWS)
+            j->ops->repack(j->in, w + r * j->w_row, j->w_row, rp + (size_t)((r - r0) / LM_PANEL_ROWS) * j->rp_panel);
+        for (int64_t t = 0; t < j->n; t += LM_PANEL_TOKENS) {
+            const int nt = (int)(j->n - t < LM_PANEL_TOKENS ? j->n - t : LM_PANEL_TOKENS);
+            for (int64_t r = r0; r < rt; r += LM_PANEL_ROWS)
+                j->ops->tiled(j->in, nt, y + t * out + r, (size_t)out, rp + (size_t)((r - r0) / LM_PANEL_ROWS) * j->rp_panel,
+                              j->pk + (size_t)(t * j->pk_nb) * j->pk_rec, (size_t)nt * j->pk_rec);
+        }
+        rest_rows(j, w, out, y, rt > r0 ? rt : r0, r1);
+    }
+}
+
 /* rows [lo, hi) of one weight (w, out rows, into y), the activations of job j */
 static void panel_range(const mm_job *j, const char *w, int64_t out, float *y, int64_t lo, int64_t hi) {
     const int64_t rp = out / LM_PANEL_ROWS * LM_PANEL_ROWS;
@@ -165,17 +215,17 @@ static void panel_range(const mm_job *j, const char *w, int64_t out, float *y, i
                               j->pk + (size_t)(t * j->pk_nb) * j->pk_rec, (size_t)nt * j->pk_rec, pf);
             }
         }
-        for (int64_t r = rt > r0 ? rt : r0; r < r1; r++)
-            for (int64_t t = 0; t < j->n; t++)
-                j->ops->vec_dot(j->in, &y[t * out + r], w + r * j->w_row, j->xq + t * j->x_row);
+        rest_rows(j, w, out, y, rt > r0 ? rt : r0, r1);
     }
 }
 
 static void panel_rows(void *vctx, int ith, int nth) {
     mm_job *j = vctx;
     int64_t lo, hi;
-    (void)ith;
-    while (lm_pool_take(&j->q, j->out, LM_PANEL_ROWS, nth, &lo, &hi)) panel_range(j, j->w, j->out, j->y, lo, hi);
+    while (lm_pool_take(&j->q, j->out, LM_PANEL_ROWS, nth, &lo, &hi)) {
+        if (j->rp) tiled_range(j, j->w, j->out, j->y, lo, hi, j->rp + (size_t)ith * (size_t)j->rp_chunk * j->rp_panel);
+        else panel_range(j, j->w, j->out, j->y, lo, hi);
+    }
 }
 
 /* Several weights of one type and width against the same activations: their
@@ -217,20 +267,28 @@ bool lm_matmul_has_panel(const lm_tensor *w) {
  * CPUs measured like Zen 4), the tiles elsewhere; legacy types always take
  * their panels (3.7x llama.cpp's pp512 on that Xeon). */
 bool lm_matmul_prompt_panel(const lm_tensor *w) {
-    return lm_matmul_has_panel(w) && (lm_quant_ops_get(w->dtype)->vec_dot_type != LM_Q8_K || lm_bgemm_preferred());
+    if (!lm_matmul_has_panel(w)) return false;
+    const lm_quant_ops *ops = lm_quant_ops_get(w->dtype);
+    return ops->vec_dot_type != LM_Q8_K || ops->repack || lm_bgemm_preferred();
 }
 
 bool lm_matmul_panel_decode(const lm_tensor *w) {
     return lm_matmul_has_panel(w) && lm_quant_ops_get(w->dtype)->panel_decode;
 }
 
-/* A panel product's job, its activations quantized and packed into qbuf. */
-static mm_job panel_job(lm_pool *pool, const lm_tensor *w, const float *x, int64_t n, float *y, void *qbuf) {
+/* A panel product's job, its activations quantized and packed into qbuf
+ * (and with repacked panels, tiled: the threads' scratch after them). */
+static mm_job panel_job(lm_pool *pool, const lm_tensor *w, const float *x, int64_t n, float *y, void *qbuf, bool tiled) {
     mm_job j = mm_job_for(w, x, n, y);
     j.xq = qbuf;
     j.pk = (char *)qbuf + qrows_size(j.ops, w, n);
     j.pk_rec = lm_panel_record(w->dtype);
     j.pk_nb = j.in / lm_dtype_block_size(j.ops->vec_dot_type);
+    if (tiled) {
+        j.rp = j.pk + packed_size(j.ops, w, n);
+        j.rp_panel = tiled_panel_size(j.ops, w);
+        j.rp_chunk = tiled_panels(j.ops, w);
+    }
     lm_pool_run_dynamic(n >= 4 ? pool : NULL, quantize_rows, &j, &j.q);
     return j;
 }
@@ -242,14 +300,14 @@ bool lm_matmul_panel_group(lm_pool *pool, const lm_tensor *const *w, int k, cons
         if (!lm_matmul_has_panel(w[i]) || w[i]->dtype != w[0]->dtype || w[i]->shape[1] != w[0]->shape[1] ||
             w[i]->stride[0] != w[0]->stride[0] || w[i]->shape[0] % LM_PANEL_ROWS)
             return false;
-    group_job g = {.j = panel_job(pool, w[0], x, n, y[0], qbuf), .k = k};
+    group_job g = {.j = panel_job(pool, w[0], x, n, y[0], qbuf, false), .k = k};
     for (int i = 0; i < k; i++) g.w[i] = w[i]->data, g.out[i] = w[i]->shape[0], g.y[i] = y[i];
     lm_pool_run_dynamic(pool, group_rows, &g, &g.j.q);
     return true;
 }
 
 void lm_matmul_panel(lm_pool *pool, const lm_tensor *w, const float *x, int64_t n, float *y, void *qbuf) {
-    mm_job j = panel_job(pool, w, x, n, y, qbuf);
+    mm_job j = panel_job(pool, w, x, n, y, qbuf, n >= TILED_MIN_TOKENS && lm_quant_ops_get(w->dtype)->repack);
     lm_pool_run_dynamic(pool, panel_rows, &j, &j.q);
 }
 

@@ -119,7 +119,7 @@ lm_status lm_forward_multi(lm_session *ws, lm_session *const *seq, const int32_t
 #define LM_MAX_BATCH 4096
 /* Y[n][out] = X[n][in] @ W^T for W of shape [out][in]; qbuf holds the quantized X. */
 void lm_matmul(lm_pool *pool, const lm_tensor *w, const float *x, int64_t n, float *y, void *qbuf);
-size_t lm_matmul_qbuf_size(const lm_tensor *w, int64_t n);
+size_t lm_matmul_qbuf_size(const lm_tensor *w, int64_t n, int threads);
 /* Batches of at least this many tokens may go through oneDNN's f32 GEMM on
  * weights dequantized into wbuf (one matrix at a time) instead of the quantized
  * dots; lm_matmul_gemm_min says from how many for a given weight. */

@@ -74,12 +74,12 @@ lm_session *lm_session_new(lm_model *m, const lm_session_params *params) {
     /* q: the widest activation row any matmul quantizes, times the batch;
      * w: the largest layer matrix without integer panels, dequantized for a
      * prefill GEMM (none when they all have panels) */
-    size_t q = lm_matmul_qbuf_size(m->output, n_batch), w = 0;
+    size_t q = lm_matmul_qbuf_size(m->output, n_batch, lm_pool_size(m->pool)), w = 0;
     for (int64_t il = 0; il < hp->n_layer; il++) {
         const lm_tensor *ws[LM_LAYER_MATRICES];
         lm_layer_matrices(&m->layers[il], ws);
         for (int i = 0; i < LM_LAYER_MATRICES; i++) {
-            size_t need = lm_matmul_qbuf_size(ws[i], n_batch);
+            size_t need = lm_matmul_qbuf_size(ws[i], n_batch, lm_pool_size(m->pool));
             if (need > q) q = need;
             if (lm_matmul_wbuf_size(ws[i]) > w) w = lm_matmul_wbuf_size(ws[i]);
         }

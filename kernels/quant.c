@@ -50,6 +50,8 @@ static void init(void) {
             if (!o->to_float && e->to_float[i]) o->to_float = e->to_float[i];
             if (!o->panel && i > LM_ISA_SCALAR) o->panel = e->panel[i];
             o->panel_decode = o->panel && e->panel_decode;
+            if (!o->repack && i > LM_ISA_SCALAR && e->repack[i] && e->tiled[i])
+                o->repack = e->repack[i], o->tiled = e->tiled[i], o->repack_block = e->repack_block;
         }
     }
 }

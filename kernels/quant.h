@@ -63,6 +63,19 @@ size_t lm_panel_record(lm_dtype w);
  * at dst + i * y_stride */
 void lm_panel_pack(lm_dtype w, const void *yq, void *dst, size_t y_stride, int64_t n);
 
+/* Repacked panels (the K-quants' prompts): a product repacks each panel's 16
+ * rows once (lm_repack_fn: n weights a row, x_stride apart, into n / block
+ * records of repack_block bytes at dst, 64-byte aligned) into the order the
+ * VNNI units read, then every token of the product passes the repacked rows
+ * (lm_tiled_fn: a panel's arguments, the rows repacked), with nothing left to
+ * unpack or transpose per pass (kernels/x86/tiled_k_avx512.c). Bit for bit
+ * the type's panel[LM_ISA_SCALAR], which is their reference. */
+#define LM_REPACK_ARGS int64_t n, const void *x, size_t x_stride, void *dst
+#define LM_TILED_ARGS int64_t n, int nt, float *restrict s, size_t s_stride, const void *restrict xr, \
+                      const void *restrict y, size_t y_stride
+typedef void (*lm_repack_fn)(LM_REPACK_ARGS);
+typedef void (*lm_tiled_fn)(LM_TILED_ARGS);
+
 /* One row per element type: everything lumen knows about it. A type is added
  * by one row (an lm_quant_entry assignment in its family's register function,
  * kernels/quant_legacy.c or kernels/quant_k.c) plus its constant in lumen.h's
@@ -94,6 +107,9 @@ typedef struct lm_quant_entry {
                           into L1 or L2 by panel size): Q4_0, Q4_1, Q5_0 and Q8_0 as fast or
                           faster; the K-quants' panels 2.6x slower at one token (their per
                           super-block scale transposes) */
+    lm_repack_fn repack[LM_ISA_COUNT]; /* optional, with tiled of the same ISA: prompts take them */
+    lm_tiled_fn tiled[LM_ISA_COUNT];
+    size_t repack_block;               /* bytes of one block of a panel's rows, repacked */
 } lm_quant_entry;
 
 /* The chosen functions for the running CPU. */
@@ -106,6 +122,9 @@ typedef struct lm_quant_ops {
     int tile_rows;
     lm_panel_fn panel; /* NULL: none in SIMD on this CPU */
     bool panel_decode; /* panel, and every token goes through it (lm_quant_entry) */
+    lm_repack_fn repack; /* NULL: none on this CPU; else prompts repack and take tiled */
+    lm_tiled_fn tiled;
+    size_t repack_block;
 } lm_quant_ops;
 
 void lm_kernels_init(void);

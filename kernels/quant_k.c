@@ -693,6 +693,8 @@ void lm_quant_register_k(lm_quant_entry table[LM_DTYPE_COUNT]) {
                     [LM_ISA_AVX2] = lm_vec_dot_q2_K_q8_K_avx2,
                     [LM_ISA_AVX512] = lm_vec_dot_q2_K_q8_K_avx512},
         .panel = {[LM_ISA_SCALAR] = lm_panel_q2_K_ref, [LM_ISA_AVX512] = lm_panel_q2_K_vnni},
+        .repack = {[LM_ISA_AVX512] = lm_repack_q2_K_vnni}, .tiled = {[LM_ISA_AVX512] = lm_tiled_q2_K_vnni},
+        .repack_block = sizeof(lm_ktile_block),
         .panel_record = sizeof(block_q8_K), .panel_pack = lm_panel_pack_q8_K,
     };
     table[LM_Q3_K] = (lm_quant_entry){
@@ -704,6 +706,8 @@ void lm_quant_register_k(lm_quant_entry table[LM_DTYPE_COUNT]) {
                     [LM_ISA_AVX2] = lm_vec_dot_q3_K_q8_K_avx2,
                     [LM_ISA_AVX512] = lm_vec_dot_q3_K_q8_K_avx512},
         .panel = {[LM_ISA_SCALAR] = lm_panel_q3_K_ref, [LM_ISA_AVX512] = lm_panel_q3_K_vnni},
+        .repack = {[LM_ISA_AVX512] = lm_repack_q3_K_vnni}, .tiled = {[LM_ISA_AVX512] = lm_tiled_q3_K_vnni},
+        .repack_block = sizeof(lm_ktile_block),
         .panel_record = sizeof(block_q8_K), .panel_pack = lm_panel_pack_q8_K,
     };
     table[LM_Q4_K] = (lm_quant_entry){
@@ -717,6 +721,8 @@ void lm_quant_register_k(lm_quant_entry table[LM_DTYPE_COUNT]) {
         .vec_dot_tile = {[LM_ISA_AVX512] = lm_vec_dot_tile_q4_K_q8_K_vnni},
         .tile_rows = {[LM_ISA_AVX512] = LM_TILE_ROWS_K},
         .panel = {[LM_ISA_SCALAR] = lm_panel_q4_K_ref, [LM_ISA_AVX512] = lm_panel_q4_K_vnni},
+        .repack = {[LM_ISA_AVX512] = lm_repack_q4_K_vnni}, .tiled = {[LM_ISA_AVX512] = lm_tiled_q4_K_vnni},
+        .repack_block = sizeof(lm_ktile_block),
         .panel_record = sizeof(block_q8_K), .panel_pack = lm_panel_pack_q8_K,
     };
     table[LM_Q5_K] = (lm_quant_entry){
@@ -728,6 +734,8 @@ void lm_quant_register_k(lm_quant_entry table[LM_DTYPE_COUNT]) {
                     [LM_ISA_AVX2] = lm_vec_dot_q5_K_q8_K_avx2,
                     [LM_ISA_AVX512] = lm_vec_dot_q5_K_q8_K_avx512},
         .panel = {[LM_ISA_SCALAR] = lm_panel_q5_K_ref, [LM_ISA_AVX512] = lm_panel_q5_K_vnni},
+        .repack = {[LM_ISA_AVX512] = lm_repack_q5_K_vnni}, .tiled = {[LM_ISA_AVX512] = lm_tiled_q5_K_vnni},
+        .repack_block = sizeof(lm_ktile_block),
         .panel_record = sizeof(block_q8_K), .panel_pack = lm_panel_pack_q8_K,
     };
     table[LM_Q6_K] = (lm_quant_entry){
@@ -741,6 +749,8 @@ void lm_quant_register_k(lm_quant_entry table[LM_DTYPE_COUNT]) {
         .vec_dot_tile = {[LM_ISA_AVX512] = lm_vec_dot_tile_q6_K_q8_K_vnni},
         .tile_rows = {[LM_ISA_AVX512] = LM_TILE_ROWS_K},
         .panel = {[LM_ISA_SCALAR] = lm_panel_q6_K_ref, [LM_ISA_AVX512] = lm_panel_q6_K_vnni},
+        .repack = {[LM_ISA_AVX512] = lm_repack_q6_K_vnni}, .tiled = {[LM_ISA_AVX512] = lm_tiled_q6_K_vnni},
+        .repack_block = sizeof(lm_ktile_block),
         .panel_record = sizeof(block_q8_K), .panel_pack = lm_panel_pack_q8_K,
     };
     /* Activations only: quantized to, never dotted as weights. */

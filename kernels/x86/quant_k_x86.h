@@ -166,4 +166,29 @@ void lm_panel_q4_K_vnni(LM_PANEL_ARGS);
 void lm_panel_q5_K_vnni(LM_PANEL_ARGS);
 void lm_panel_q6_K_vnni(LM_PANEL_ARGS);
 
+/* Repacked panels (quant.h, x86/tiled_k_avx512.c): one super-block of a
+ * panel's 16 rows, lanes = rows. sc: each sub-block's scale (Q4_K, Q5_K: the
+ * eight of 32 in sc[0..8); the others sixteen of 16); off: pairs of int16
+ * against bsums 2p, 2p + 1 inside the integer sum (Q3_K, Q6_K); mn: the same
+ * for the min term (Q2_K, Q4_K, Q5_K); q[g]: weights 4g .. 4g + 3 of every
+ * row, unsigned. Fields a type does not use are not written. */
+typedef struct {
+    float d[16], dmin[16];
+    int32_t sc[16][16];
+    int32_t off[8][16];
+    int32_t mn[8][16];
+    uint8_t q[QK_K / 4][64];
+} lm_ktile_block;
+
+void lm_repack_q2_K_vnni(LM_REPACK_ARGS);
+void lm_repack_q3_K_vnni(LM_REPACK_ARGS);
+void lm_repack_q4_K_vnni(LM_REPACK_ARGS);
+void lm_repack_q5_K_vnni(LM_REPACK_ARGS);
+void lm_repack_q6_K_vnni(LM_REPACK_ARGS);
+void lm_tiled_q2_K_vnni(LM_TILED_ARGS);
+void lm_tiled_q3_K_vnni(LM_TILED_ARGS);
+void lm_tiled_q4_K_vnni(LM_TILED_ARGS);
+void lm_tiled_q5_K_vnni(LM_TILED_ARGS);
+void lm_tiled_q6_K_vnni(LM_TILED_ARGS);
+
 #endif

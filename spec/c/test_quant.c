@@ -203,7 +203,7 @@ static void test_panel(void) {
     static const int nts[] = {1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 24, 29, 31, 32, 33};
     enum { R = LM_PANEL_ROWS, MAXT = 33 };
     uint64_t r = 31;
-    int ran = 0, refs = 0;
+    int ran = 0, refs = 0, tiled = 0;
     for (int t = 0; t < LM_DTYPE_COUNT; t++) {
         const lm_quant_entry *e = lm_quant_entry_get((lm_dtype)t);
         if (!e || !e->panel[LM_ISA_SCALAR]) continue;
@@ -265,11 +265,32 @@ static void test_panel(void) {
                     ran++;
                 }
             }
+            /* the repacked panels (quant.h): the rows repacked once, every count of tokens, the same bits */
+            for (int isa = 1; isa < LM_ISA_COUNT; isa++) {
+                if (!e->repack[isa] || isa > (int)lm_cpu_isa()) continue;
+                void *rp = aligned_alloc(64, (size_t)(n / lm_dtype_block_size(t)) * e->repack_block);
+                e->repack[isa](n, qw, wrow, rp);
+                for (size_t q = 0; q < sizeof nts / sizeof *nts; q++) {
+                    const int nt = nts[q];
+                    for (size_t k = 0; k < sizeof s / sizeof *s; k++) s[k] = -7.0f;
+                    e->tiled[isa](n, nt, s, ss, rp, pk, ystr);
+                    for (int c = 0; c < MAXT; c++)
+                        for (size_t k = 0; k < ss; k++) {
+                            const float want = c < nt && k < R ? ref[c * ss + k] : -7.0f;
+                            CHECK(memcmp(&want, &s[c * ss + k], sizeof want) == 0,
+                                  "%s %s n=%lld nt=%d row %zu act %d: repacked panel %.9g vs reference %.9g",
+                                  lm_dtype_name(t), lm_isa_name(isa), (long long)n, nt, k, c, s[c * ss + k], want);
+                        }
+                    tiled++;
+                }
+                free(rp);
+            }
             free(x); free(dw); free(da); free(qw); free(qa); free(pk);
         }
     }
-    printf("panel variants checked: %d (reference outputs %d)\n", ran, refs);
+    printf("panel variants checked: %d, repacked: %d (reference outputs %d)\n", ran, tiled, refs);
     CHECK(refs > 0, "no panel reference ran");
+    CHECK(lm_cpu_isa() < LM_ISA_AVX512 || tiled > 0, "no repacked panel ran");
     CHECK(lm_cpu_isa() < LM_ISA_AVX512 || ran > 0, "no SIMD panel ran");
 }
 
@@ -303,7 +324,7 @@ static void test_panel_group(void) {
             want[i] = malloc(MAXN * outs[i] * sizeof(float));
         }
         size_t qs = 0;
-        for (int i = 0; i < 3; i++) if (lm_matmul_qbuf_size(w[i], MAXN) > qs) qs = lm_matmul_qbuf_size(w[i], MAXN);
+        for (int i = 0; i < 3; i++) if (lm_matmul_qbuf_size(w[i], MAXN, lm_pool_size(pool)) > qs) qs = lm_matmul_qbuf_size(w[i], MAXN, lm_pool_size(pool));
         void *q = aligned_alloc(64, (qs + 63) & ~(size_t)63);
         for (size_t k = 0; k < sizeof ns / sizeof *ns; k++) {
             const int n = ns[k];
@@ -382,7 +403,7 @@ static void test_gemm(void) {
         lm_tensor *w = lm_tensor_wrap(t, 2, (int64_t[]){OUT, IN}, d, free, d);
         const size_t wbs = lm_matmul_wbuf_size(w);
         if (!wbs) { lm_tensor_free(w); continue; } /* never takes the GEMM on this CPU */
-        void *wbuf = malloc(wbs), *q = aligned_alloc(64, (lm_matmul_qbuf_size(w, N) + 63) & ~(size_t)63);
+        void *wbuf = malloc(wbs), *q = aligned_alloc(64, (lm_matmul_qbuf_size(w, N, lm_pool_size(pool)) + 63) & ~(size_t)63);
         CHECK(lm_matmul_gemm(pool, w, x, N, y, wbuf, q) == LM_OK, "%s: gemm failed: %s", lm_dtype_name(t), lm_last_error());
         double worst = 0;
         int bad = 0;

@@ -1,0 +1,204 @@
+/* Repacked panels of the K-quants (quant.h): a prompt's product repacks each
+ * 16-row panel once (lm_repack_*), then every token of the product passes the
+ * repacked rows (lm_tiled_*) with nothing left to unpack, transpose or
+ * gather in the loop: per four weights a 64-byte line (lane r: row r's four
+ * quants, unsigned), loaded once for eight tokens, each token's four
+ * activation bytes a broadcast operand of vpdpbusd. The panels
+ * (panel_k_avx512.c) redo that unpacking and transposing for every eight
+ * tokens, in 256-bit halves; on an Intel Xeon without AMX it was what bound
+ * them (bench/prefill_gemm.c: *_pan against lm_*).
+ *
+ * All five K-quants reduce to one form, and one kernel: per super-block, 256
+ * unsigned quants; a scale per sub-block of 32 (Q4_K, Q5_K) or 16 (Q2_K,
+ * Q3_K, Q6_K); an offset inside the integer sum as pairs of int16 against
+ * Q8_K's bsums (Q3_K: -4 * scale, Q6_K: -32 * scale); a min term outside it
+ * (Q2_K, Q4_K, Q5_K), scaled by dmin. The integer sums are exact, the float
+ * work is the panel reference's (kernels/panel.c) in its order, so the
+ * results are the reference's bit for bit (spec/c/test_quant.c). */
+#include "quant.h"
+#include "quant_k_x86.h"
+#include "panel_x86.h"
+
+#include <immintrin.h>
+#include <stddef.h>
+#include <string.h>
+
+_Static_assert(sizeof(lm_ktile_block) % 64 == 0, "repacked super-blocks stay 64-byte aligned");
+
+/* the 32 quants 32q .. 32q + 31 of super-block xi, unsigned, in the reference's order */
+static inline __attribute__((always_inline)) __m256i unpack32(const lm_dtype t, const char *xi, int q) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m3 = _mm256_set1_epi8(3), m1 = _mm256_set1_epi8(1);
+    switch (t) {
+    case LM_Q4_K:
+    case LM_Q5_K: { /* low nibbles of qs[32 (q / 2) ..] for even q, high for odd; Q5_K's fifth bit: bit q of qh */
+        const size_t qs_off = t == LM_Q5_K ? offsetof(block_q5_K, qs) : offsetof(block_q4_K, qs);
+        const __m256i v = _mm256_loadu_si256((const __m256i *)(xi + qs_off + 32 * (q / 2)));
+        __m256i r = _mm256_and_si256(q % 2 ? _mm256_srli_epi16(v, 4) : v, m4);
+        if (t == LM_Q5_K) {
+            const __m256i qh = _mm256_loadu_si256((const __m256i *)(xi + offsetof(block_q5_K, qh)));
+            r = _mm256_or_si256(r, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, q), m1), 4));
+        }
+        return r;
+    }
+    case LM_Q6_K: {
+        const block_q6_K *b = (const block_q6_K *)xi;
+        const int h = q / 4, c = q % 4;
+        const __m256i ql = _mm256_loadu_si256((const __m256i *)(b->ql + 64 * h + 32 * (c % 2)));
+        const __m256i qh = _mm256_loadu_si256((const __m256i *)(b->qh + 32 * h));
+        const __m256i lo = _mm256_and_si256(c < 2 ? ql : _mm256_srli_epi16(ql, 4), m4);
+        return _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * c), m3), 4));
+    }
+    default: { /* Q2_K, Q3_K: bits 2j of qs[32h ..] (and bit 4h + j of hmask) */
+        const int h = q / 4, j = q % 4;
+        const size_t qs_off = t == LM_Q3_K ? offsetof(block_q3_K, qs) : offsetof(block_q2_K, qs);
+        const __m256i v = _mm256_loadu_si256((const __m256i *)(xi + qs_off + 32 * h));
+        __m256i r = _mm256_and_si256(_mm256_srli_epi16(v, 2 * j), m3);
+        if (t == LM_Q3_K) {
+            const __m256i hm = _mm256_loadu_si256((const __m256i *)(xi + offsetof(block_q3_K, hmask)));
+            r = _mm256_or_si256(r, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hm, 4 * h + j), m1), 2));
+        }
+        return r;
+    }
+    }
+}
+
+static inline int32_t pair16(int a, int b) { return (int32_t)((uint32_t)(uint16_t)a | ((uint32_t)(uint16_t)b << 16)); }
+
+/* one row's scales, offsets, mins and d, dmin of super-block xi into lane r of b */
+static inline __attribute__((always_inline)) void repack_scales(const lm_dtype t, const char *xi, int r, lm_ktile_block *b) {
+    switch (t) {
+    case LM_Q4_K:
+    case LM_Q5_K: {
+        const block_q4_K *k = (const block_q4_K *)xi; /* Q5_K: the same first 16 bytes */
+        uint8_t sm[16];
+        lm_k_unpack_scales(k->scales, sm);
+        for (int j = 0; j < 8; j++) b->sc[j][r] = sm[j], b->mn[j][r] = pair16(sm[8 + j], sm[8 + j]);
+        b->d[r] = _cvtsh_ss(k->d), b->dmin[r] = _cvtsh_ss(k->dmin);
+        break;
+    }
+    case LM_Q6_K: {
+        const block_q6_K *k = (const block_q6_K *)xi;
+        for (int j = 0; j < 16; j++) b->sc[j][r] = k->scales[j];
+        for (int p = 0; p < 8; p++) b->off[p][r] = pair16(-32 * k->scales[2 * p], -32 * k->scales[2 * p + 1]);
+        b->d[r] = _cvtsh_ss(k->d);
+        break;
+    }
+    case LM_Q3_K: {
+        const block_q3_K *k = (const block_q3_K *)xi;
+        int8_t sc[16];
+        lm_k_unpack_scales_q3(k->scales, sc);
+        for (int j = 0; j < 16; j++) b->sc[j][r] = sc[j];
+        for (int p = 0; p < 8; p++) b->off[p][r] = pair16(-4 * sc[2 * p], -4 * sc[2 * p + 1]);
+        b->d[r] = _cvtsh_ss(k->d);
+        break;
+    }
+    default: {
+        const block_q2_K *k = (const block_q2_K *)xi;
+        for (int j = 0; j < 16; j++) b->sc[j][r] = k->scales[j] & 15;
+        for (int p = 0; p < 8; p++) b->mn[p][r] = pair16(k->scales[2 * p] >> 4, k->scales[2 * p + 1] >> 4);
+        b->d[r] = _cvtsh_ss(k->d), b->dmin[r] = _cvtsh_ss(k->dmin);
+        break;
+    }
+    }
+}
+
+/* 16 rows (x_stride apart) of n weights into n / 256 blocks at dst */
+static inline __attribute__((always_inline)) void repack(const lm_dtype t, size_t bs, int64_t n, const char *x,
+                                                         size_t x_stride, lm_ktile_block *dst) {
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        lm_ktile_block *b = dst + i;
+        const char *xi = x + i * bs;
+        for (int r = 0; r < LM_PANEL_ROWS; r++) repack_scales(t, xi + r * x_stride, r, b);
+        for (int q = 0; q < 8; q++) {
+            __m256i v[8], lo[8], hi[8];
+#pragma GCC unroll 8
+            for (int k = 0; k < 8; k++) v[k] = unpack32(t, xi + k * x_stride, q);
+            lm_transpose8(v, lo);
+#pragma GCC unroll 8
+            for (int k = 0; k < 8; k++) v[k] = unpack32(t, xi + (k + 8) * x_stride, q);
+            lm_transpose8(v, hi);
+#pragma GCC unroll 8
+            for (int l = 0; l < 8; l++)
+                _mm512_store_si512(b->q[8 * q + l], _mm512_inserti64x4(_mm512_castsi256_si512(lo[l]), hi[l], 1));
+        }
+    }
+}
+
+/* T tokens against the 16 repacked rows: sub = 32 (Q4_K, Q5_K) or 16; off:
+ * the offset pairs into the integer sum; mins: the second FMA */
+static inline __attribute__((always_inline)) void tiled(const int T, const int sub, const int off, const int mins,
+                                                        int64_t nb, float *s, size_t s_stride,
+                                                        const lm_ktile_block *w, const char *yb, size_t y_stride) {
+    const int nsub = QK_K / sub, quads = sub / 4;
+    __m512 fs[8];
+#pragma GCC unroll 8
+    for (int c = 0; c < T; c++) fs[c] = _mm512_setzero_ps();
+    for (int64_t i = 0; i < nb; i++) {
+        const lm_ktile_block *b = w + i;
+        const block_q8_K *y = (const block_q8_K *)(yb + i * y_stride);
+        __m512i is[8];
+#pragma GCC unroll 8
+        for (int c = 0; c < T; c++) is[c] = _mm512_setzero_si512();
+        if (off)
+            for (int p = 0; p < 8; p++) {
+                const __m512i tv = _mm512_load_si512(b->off[p]);
+#pragma GCC unroll 8
+                for (int c = 0; c < T; c++) is[c] = _mm512_dpwssd_epi32(is[c], tv, _mm512_set1_epi32(lm_load32(y[c].bsums + 2 * p)));
+            }
+        for (int g = 0; g < nsub; g++) {
+            __m512i acc[8];
+#pragma GCC unroll 8
+            for (int c = 0; c < T; c++) acc[c] = _mm512_setzero_si512();
+#pragma GCC unroll 8
+            for (int l = 0; l < quads; l++) {
+                const __m512i wv = _mm512_load_si512(b->q[quads * g + l]);
+#pragma GCC unroll 8
+                for (int c = 0; c < T; c++)
+                    acc[c] = _mm512_dpbusd_epi32(acc[c], wv, _mm512_set1_epi32(lm_load32(y[c].qs + sub * g + 4 * l)));
+            }
+            const __m512i sv = _mm512_load_si512(b->sc[g]);
+#pragma GCC unroll 8
+            for (int c = 0; c < T; c++) is[c] = _mm512_add_epi32(is[c], _mm512_mullo_epi32(acc[c], sv));
+        }
+        const __m512 dw = _mm512_load_ps(b->d);
+#pragma GCC unroll 8
+        for (int c = 0; c < T; c++)
+            fs[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is[c]), _mm512_mul_ps(dw, _mm512_set1_ps(y[c].d)), fs[c]);
+        if (mins) {
+#pragma GCC unroll 8
+            for (int c = 0; c < T; c++) is[c] = _mm512_setzero_si512();
+            for (int p = 0; p < 8; p++) {
+                const __m512i mv = _mm512_load_si512(b->mn[p]);
+#pragma GCC unroll 8
+                for (int c = 0; c < T; c++) is[c] = _mm512_dpwssd_epi32(is[c], mv, _mm512_set1_epi32(lm_load32(y[c].bsums + 2 * p)));
+            }
+            const __m512 mw = _mm512_load_ps(b->dmin);
+#pragma GCC unroll 8
+            for (int c = 0; c < T; c++)
+                fs[c] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(is[c]), _mm512_mul_ps(mw, _mm512_set1_ps(y[c].d)), fs[c]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int c = 0; c < T; c++) _mm512_storeu_ps(s + c * s_stride, fs[c]);
+}
+
+/* up to LM_PANEL_TOKENS tokens: eight at a time, the rest in power-of-two pieces */
+#define TILED_AT(T, SUB, OFF, MINS) \
+    tiled(T, SUB, OFF, MINS, n / QK_K, s + c * s_stride, s_stride, xr, (const char *)y + c * sizeof(block_q8_K), y_stride)
+#define TILED(NAME, TYPE, SUB, OFF, MINS)                                              \
+    void lm_tiled_##NAME##_vnni(LM_TILED_ARGS) {                                       \
+        int c = 0;                                                                     \
+        for (; c + 8 <= nt; c += 8) TILED_AT(8, SUB, OFF, MINS);                       \
+        if (nt - c >= 4) { TILED_AT(4, SUB, OFF, MINS); c += 4; }                      \
+        if (nt - c >= 2) { TILED_AT(2, SUB, OFF, MINS); c += 2; }                      \
+        if (nt - c >= 1) TILED_AT(1, SUB, OFF, MINS);                                  \
+    }                                                                                  \
+    void lm_repack_##NAME##_vnni(LM_REPACK_ARGS) {                                     \
+        repack(TYPE, sizeof(block_##NAME), n, x, x_stride, dst);                       \
+    }
+
+TILED(q2_K, LM_Q2_K, 16, 0, 1)
+TILED(q3_K, LM_Q3_K, 16, 1, 0)
+TILED(q4_K, LM_Q4_K, 32, 0, 1)
+TILED(q5_K, LM_Q5_K, 32, 0, 1)
+TILED(q6_K, LM_Q6_K, 16, 1, 0)
