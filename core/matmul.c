@@ -123,7 +123,7 @@ static size_t qrows_size(const lm_quant_ops *ops, const lm_tensor *w, int64_t n)
 }
 
 static size_t packed_size(const lm_quant_ops *ops, const lm_tensor *w, int64_t n) {
-    if (!ops->panel) return 0;
+    if (!ops->panel && !ops->repack) return 0;
     return ((size_t)n * (size_t)(w->shape[1] / lm_dtype_block_size(ops->vec_dot_type)) * lm_panel_record(w->dtype) + 63) &
            ~(size_t)63;
 }
@@ -132,9 +132,12 @@ static size_t packed_size(const lm_quant_ops *ops, const lm_tensor *w, int64_t n
  * within TILED_BYTES (at least one), up to TILED_PANELS; every pass of
  * LM_PANEL_TOKENS tokens then reads them from L2 beside its activations. */
 #define TILED_BYTES (768 * 1024)
-/* from this many tokens a product repacks (fewer: the panels unpack in their
- * one pass what a repack would) */
-#define TILED_MIN_TOKENS 8
+/* Blocks a pass takes of every panel of the chunk before the next blocks: a
+ * panel's slice (4 x 6 KB for the K-quants) stays in L1 while the pass's
+ * groups of tokens go by. Measured on the Xeon (M = 512, one thread, 1, 2, 4,
+ * 8 or all blocks): within its noise (+-15% run to run), 2 and 4 ahead at
+ * K = 8192 in most runs. */
+#define TILED_SLICE 4
 #define TILED_PANELS 4
 static size_t tiled_panel_size(const lm_quant_ops *ops, const lm_tensor *w) {
     return (size_t)(w->shape[1] / lm_dtype_block_size(w->dtype)) * ops->repack_block;
@@ -149,7 +152,7 @@ static bool gemm_bf16(const lm_tensor *w);
 size_t lm_matmul_qbuf_size(const lm_tensor *w, int64_t n, int threads) {
     const lm_quant_ops *ops = lm_quant_ops_get(w->dtype);
     size_t q = qrows_size(ops, w, n) + packed_size(ops, w, n);
-    if (ops->panel && ops->repack) q += (size_t)(threads > 0 ? threads : 1) * (size_t)tiled_panels(ops, w) * tiled_panel_size(ops, w);
+    if (ops->repack) q += (size_t)(threads > 0 ? threads : 1) * (size_t)tiled_panels(ops, w) * tiled_panel_size(ops, w);
     /* or the activations in bf16, for the bf16 GEMM */
     const size_t b = gemm_bf16(w) ? (size_t)n * (size_t)w->shape[1] * sizeof(uint16_t) : 0;
     return q > b ? q : b;
@@ -192,11 +195,18 @@ static void tiled_range(const mm_job *j, const char *w, int64_t out, float *y, i
         const int64_t r1 = r0 + chunk < hi ? r0 + chunk : hi, rt = r1 < full ? r1 : full;
         for (int64_t r = r0; r < rt; r += LM_PANEL_ROWS)
             j->ops->repack(j->in, w + r * j->w_row, j->w_row, rp + (size_t)((r - r0) / LM_PANEL_ROWS) * j->rp_panel);
+        const int64_t bs = lm_dtype_block_size(j->wt), nb = j->in / bs, bytes = (int64_t)(j->rp_panel / (size_t)nb);
         for (int64_t t = 0; t < j->n; t += LM_PANEL_TOKENS) {
             const int nt = (int)(j->n - t < LM_PANEL_TOKENS ? j->n - t : LM_PANEL_TOKENS);
-            for (int64_t r = r0; r < rt; r += LM_PANEL_ROWS)
-                j->ops->tiled(j->in, nt, y + t * out + r, (size_t)out, rp + (size_t)((r - r0) / LM_PANEL_ROWS) * j->rp_panel,
-                              j->pk + (size_t)(t * j->pk_nb) * j->pk_rec, (size_t)nt * j->pk_rec);
+            const char *yp = j->pk + (size_t)(t * j->pk_nb) * j->pk_rec;
+            const size_t ys = (size_t)nt * j->pk_rec;
+            for (int64_t i = 0; i < nb; i += TILED_SLICE) {
+                const int64_t m = nb - i < TILED_SLICE ? nb - i : TILED_SLICE;
+                for (int64_t r = r0; r < rt; r += LM_PANEL_ROWS)
+                    j->ops->tiled(m * bs, nt, y + t * out + r, (size_t)out,
+                                  rp + (size_t)((r - r0) / LM_PANEL_ROWS) * j->rp_panel + (size_t)(i * bytes),
+                                  yp + (size_t)i * ys, ys, i > 0);
+            }
         }
         rest_rows(j, w, out, y, rt > r0 ? rt : r0, r1);
     }
@@ -254,23 +264,15 @@ static void group_rows(void *vctx, int ith, int nth) {
 
 bool lm_matmul_has_panel(const lm_tensor *w) {
     const lm_quant_ops *ops = lm_quant_ops_get(w->dtype);
-    return ops && ops->panel && w->shape[1] % lm_dtype_block_size(w->dtype) == 0;
+    return ops && (ops->panel || ops->repack) && w->shape[1] % lm_dtype_block_size(w->dtype) == 0;
 }
 
-/* The K-quants' panels (two halves of eight rows by up to eight tokens, the
- * scales transposed per super-block) against their tiles (two rows by four
- * tokens, bit for bit the single-row dots), build/lumen_prefill_gemm M = 512,
- * GFLOP/s panels vs tiles: on Zen 4 the panels about twice the tiles; on an
- * Intel Xeon with AVX512-BF16 and no AMX (quiet), Q4_K 78-84 vs 88-91 on one
- * thread and 143-151 vs 160-180 on two, Q6_K 67 vs 89-97 and 126 vs 170-185.
- * So the panels take K-quant prompts where the bf16 GEMM is preferred (the
- * CPUs measured like Zen 4), the tiles elsewhere; legacy types always take
- * their panels (3.7x llama.cpp's pp512 on that Xeon). */
-bool lm_matmul_prompt_panel(const lm_tensor *w) {
-    if (!lm_matmul_has_panel(w)) return false;
-    const lm_quant_ops *ops = lm_quant_ops_get(w->dtype);
-    return ops->vec_dot_type != LM_Q8_K || ops->repack || lm_bgemm_preferred();
-}
+/* Prompts take the panels wherever a weight has them: the K-quants' repacked
+ * panels against their tiles (two rows by four tokens, bit for bit the
+ * single-row dots), build/lumen_prefill_gemm M = 512, 2048 x 8192, on an
+ * Intel Xeon with AVX512-VNNI and no AMX: Q4_K 219 vs 86 GFLOP/s on one
+ * thread, 436 vs 166 on two (the unrepacked panels they replace: 87, 128). */
+bool lm_matmul_prompt_panel(const lm_tensor *w) { return lm_matmul_has_panel(w); }
 
 bool lm_matmul_panel_decode(const lm_tensor *w) {
     return lm_matmul_has_panel(w) && lm_quant_ops_get(w->dtype)->panel_decode;
@@ -307,7 +309,7 @@ bool lm_matmul_panel_group(lm_pool *pool, const lm_tensor *const *w, int k, cons
 }
 
 void lm_matmul_panel(lm_pool *pool, const lm_tensor *w, const float *x, int64_t n, float *y, void *qbuf) {
-    mm_job j = panel_job(pool, w, x, n, y, qbuf, n >= TILED_MIN_TOKENS && lm_quant_ops_get(w->dtype)->repack);
+    mm_job j = panel_job(pool, w, x, n, y, qbuf, lm_quant_ops_get(w->dtype)->repack != NULL);
     lm_pool_run_dynamic(pool, panel_rows, &j, &j.q);
 }
 

@@ -125,10 +125,15 @@ static void panel_ref(lm_dtype t, int64_t n, int nt, float *s, size_t s_stride, 
         }
 }
 
-/* K-quants (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K) against Q8_K, per super-block: the sub-blocks' integer dots weighed
- * by their integer scales and summed exactly, then one FMA (Q4_K: two, the
- * mins through the bsums); Q6_K's quants taken unsigned (0..63) with the -32
- * offset as -32 * scale * bsum inside the same integer sum. */
+/* K-quants (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K) against Q8_K: the reference of the
+ * repacked panels (quant.h, kernels/x86/tiled_k_avx512.c). Per super-block,
+ * all quants taken unsigned (Q6_K 0..63, Q3_K 0..7); the offset (Q6_K's -32,
+ * Q3_K's -4) as the exact integer sum over the bsums of -32 (-4) * scale *
+ * bsum, times d; then per sub-block, in order, one FMA of its exact integer
+ * dot by d * its scale (exact in a float: an 11-bit d by an 8-bit scale);
+ * then that sum times the activations' d into the row's sum (one FMA), and
+ * for the types with mins, one FMA of minus the exact sum of min * bsum by
+ * dmin * the activations' d. */
 static void panel_ref_k(lm_dtype t, int64_t n, int nt, float *s, size_t s_stride, const char *x, size_t x_stride,
                         const char *y, size_t y_stride) {
     for (int r = 0; r < LM_PANEL_ROWS; r++)
@@ -136,16 +141,17 @@ static void panel_ref_k(lm_dtype t, int64_t n, int nt, float *s, size_t s_stride
             float sum = 0;
             for (int64_t i = 0; i < n / QK_K; i++) {
                 const block_q8_K *a = (const block_q8_K *)(y + i * y_stride) + c;
-                int q[QK_K];
-                int32_t isum = 0;
+                const char *xi = x + r * x_stride;
+                int q[QK_K], sc[16], off[16] = {0}, mn[16] = {0}, sub = 16;
+                float d, dmin = 0;
+                bool mins = false;
                 if (t == LM_Q4_K || t == LM_Q5_K) {
                     /* the two share d, dmin, the packed scales and the nibbles' layout */
-                    const block_q4_K *b4 = (const block_q4_K *)(x + r * x_stride) + i;
-                    const block_q5_K *b5 = (const block_q5_K *)(x + r * x_stride) + i;
-                    const uint16_t d = t == LM_Q4_K ? b4->d : b5->d, dmin = t == LM_Q4_K ? b4->dmin : b5->dmin;
-                    const uint8_t *qs = t == LM_Q4_K ? b4->qs : b5->qs, *scales = t == LM_Q4_K ? b4->scales : b5->scales;
+                    const block_q4_K *b4 = (const block_q4_K *)xi + i;
+                    const block_q5_K *b5 = (const block_q5_K *)xi + i;
+                    const uint8_t *qs = t == LM_Q4_K ? b4->qs : b5->qs;
                     uint8_t sm[16];
-                    lm_k_unpack_scales(scales, sm);
+                    lm_k_unpack_scales(t == LM_Q4_K ? b4->scales : b5->scales, sm);
                     for (int p = 0; p < QK_K / 64; p++)
                         for (int l = 0; l < 32; l++) {
                             q[64 * p + l] = qs[32 * p + l] & 15;
@@ -155,44 +161,31 @@ static void panel_ref_k(lm_dtype t, int64_t n, int nt, float *s, size_t s_stride
                                 q[64 * p + 32 + l] |= ((b5->qh[l] >> (2 * p + 1)) & 1) << 4;
                             }
                         }
-                    for (int j = 0; j < 8; j++) {
-                        int32_t dot = 0;
-                        for (int l = 0; l < 32; l++) dot += q[32 * j + l] * a->qs[32 * j + l];
-                        isum += sm[j] * dot;
-                    }
-                    int32_t imin = 0;
-                    for (int k = 0; k < 16; k++) imin += sm[8 + k / 2] * a->bsums[k];
-                    sum = fmaf((float)isum, F16(d) * a->d, sum);
-                    sum = fmaf(-(float)imin, F16(dmin) * a->d, sum);
+                    sub = 32;
+                    for (int j = 0; j < 8; j++) sc[j] = sm[j];
+                    for (int k = 0; k < 16; k++) mn[k] = sm[8 + k / 2];
+                    d = F16(t == LM_Q4_K ? b4->d : b5->d), dmin = F16(t == LM_Q4_K ? b4->dmin : b5->dmin), mins = true;
                 } else if (t == LM_Q2_K || t == LM_Q3_K) {
-                    /* quants unsigned (Q2_K 0..3; Q3_K 0..7, the -4 as -4 * scale * bsum);
-                     * element 128h+32j+l: bits 2j of qs[32h+l] (and bit 4h+j of hmask[l]) */
-                    const block_q2_K *b2 = (const block_q2_K *)(x + r * x_stride) + i;
-                    const block_q3_K *b3 = (const block_q3_K *)(x + r * x_stride) + i;
+                    /* element 128h+32j+l: bits 2j of qs[32h+l] (and bit 4h+j of hmask[l]) */
+                    const block_q2_K *b2 = (const block_q2_K *)xi + i;
+                    const block_q3_K *b3 = (const block_q3_K *)xi + i;
                     const uint8_t *qs = t == LM_Q2_K ? b2->qs : b3->qs;
-                    int8_t sc3[16];
-                    if (t == LM_Q3_K) lm_k_unpack_scales_q3(b3->scales, sc3);
                     for (int k = 0; k < QK_K; k++) {
                         const int h = k / 128, j = (k % 128) / 32, l = k % 32;
                         q[k] = (qs[32 * h + l] >> (2 * j)) & 3;
                         if (t == LM_Q3_K) q[k] |= ((b3->hmask[l] >> (4 * h + j)) & 1) << 2;
                     }
-                    int32_t imin = 0;
-                    for (int k = 0; k < 16; k++) {
-                        int32_t dot = 0;
-                        for (int l = 0; l < 16; l++) dot += q[16 * k + l] * a->qs[16 * k + l];
-                        if (t == LM_Q2_K) {
-                            isum += (b2->scales[k] & 15) * dot;
-                            imin += (b2->scales[k] >> 4) * a->bsums[k];
-                        } else {
-                            isum += sc3[k] * dot + -4 * sc3[k] * a->bsums[k];
-                        }
+                    if (t == LM_Q3_K) {
+                        int8_t sc3[16];
+                        lm_k_unpack_scales_q3(b3->scales, sc3);
+                        for (int k = 0; k < 16; k++) sc[k] = sc3[k], off[k] = -4 * sc3[k];
+                        d = F16(b3->d);
+                    } else {
+                        for (int k = 0; k < 16; k++) sc[k] = b2->scales[k] & 15, mn[k] = b2->scales[k] >> 4;
+                        d = F16(b2->d), dmin = F16(b2->dmin), mins = true;
                     }
-                    const uint16_t d = t == LM_Q2_K ? b2->d : b3->d;
-                    sum = fmaf((float)isum, F16(d) * a->d, sum);
-                    if (t == LM_Q2_K) sum = fmaf(-(float)imin, F16(b2->dmin) * a->d, sum);
                 } else {
-                    const block_q6_K *b = (const block_q6_K *)(x + r * x_stride) + i;
+                    const block_q6_K *b = (const block_q6_K *)xi + i;
                     for (int h = 0; h < QK_K / 128; h++) {
                         const uint8_t *ql = b->ql + 64 * h, *qh = b->qh + 32 * h;
                         for (int l = 0; l < 32; l++) {
@@ -202,13 +195,19 @@ static void panel_ref_k(lm_dtype t, int64_t n, int nt, float *s, size_t s_stride
                             q[128 * h + l + 96] = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
                         }
                     }
-                    for (int k = 0; k < 16; k++) {
-                        int32_t dot = 0;
-                        for (int l = 0; l < 16; l++) dot += q[16 * k + l] * a->qs[16 * k + l];
-                        isum += b->scales[k] * dot + -32 * b->scales[k] * a->bsums[k];
-                    }
-                    sum = fmaf((float)isum, F16(b->d) * a->d, sum);
+                    for (int k = 0; k < 16; k++) sc[k] = b->scales[k], off[k] = -32 * b->scales[k];
+                    d = F16(b->d);
                 }
+                int32_t ioff = 0, imin = 0;
+                for (int k = 0; k < 16; k++) ioff += off[k] * a->bsums[k], imin += mn[k] * a->bsums[k];
+                float part = t == LM_Q3_K || t == LM_Q6_K ? (float)ioff * d : 0.0f;
+                for (int g = 0; g < QK_K / sub; g++) {
+                    int32_t dot = 0;
+                    for (int l = 0; l < sub; l++) dot += q[sub * g + l] * a->qs[sub * g + l];
+                    part = fmaf((float)dot, d * (float)sc[g], part);
+                }
+                sum = fmaf(part, a->d, sum);
+                if (mins) sum = fmaf(-(float)imin, dmin * a->d, sum);
             }
             s[c * s_stride + r] = sum;
         }

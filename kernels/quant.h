@@ -36,8 +36,8 @@ typedef void (*lm_vec_dot_tile_fn)(int64_t n, float *restrict s, size_t s_stride
  * activation bytes come as broadcast operands: one int32 per (row, token,
  * block), converted and scaled once, instead of eight lanes to scale and sum.
  * Per (row, token): sum over blocks in order of fma((float)dot_b, dw*dy, sum),
- * plus fma(m, s_y, sum) for Q4_1; K-quants sum a super-block's scaled sub-block
- * dots in int32 first (kernels/x86/panel_k_avx512.c). The scalar references
+ * plus fma(m, s_y, sum) for Q4_1. The K-quants' panels are repacked (below;
+ * their order of operations in kernels/panel.c). The scalar references
  * (kernels/panel.c) do exactly that, so every variant gives the same bits.
  * s[t * s_stride + r] for r < 16, t < nt. pf: NULL, or 16 rows (x_stride apart)
  * to prefetch, a few cache lines per block in the first token pass: the next
@@ -68,11 +68,14 @@ void lm_panel_pack(lm_dtype w, const void *yq, void *dst, size_t y_stride, int64
  * records of repack_block bytes at dst, 64-byte aligned) into the order the
  * VNNI units read, then every token of the product passes the repacked rows
  * (lm_tiled_fn: a panel's arguments, the rows repacked), with nothing left to
- * unpack or transpose per pass (kernels/x86/tiled_k_avx512.c). Bit for bit
- * the type's panel[LM_ISA_SCALAR], which is their reference. */
+ * unpack or transpose per pass (kernels/x86/tiled_k_avx512.c). more: the sums
+ * go on from s (the blocks before these done by an earlier call; a product
+ * walks its rows in slices so that they stay in L1 across the tokens) rather
+ * than from zero. Bit for bit the type's panel[LM_ISA_SCALAR], which is their
+ * reference, however the blocks are sliced. */
 #define LM_REPACK_ARGS int64_t n, const void *x, size_t x_stride, void *dst
 #define LM_TILED_ARGS int64_t n, int nt, float *restrict s, size_t s_stride, const void *restrict xr, \
-                      const void *restrict y, size_t y_stride
+                      const void *restrict y, size_t y_stride, int more
 typedef void (*lm_repack_fn)(LM_REPACK_ARGS);
 typedef void (*lm_tiled_fn)(LM_TILED_ARGS);
 

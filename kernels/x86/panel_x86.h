@@ -1,4 +1,4 @@
-/* Shared by the VNNI panels (panel_avx512.c, panel_k_avx512.c; see quant.h):
+/* Shared by the VNNI panels (panel_avx512.c, tiled_k_avx512.c; see quant.h):
  * the 8 x 8 dword transpose that turns 8 weight rows into vpdpbusd operands,
  * and the gathers of one fp16 per row. Compiled with AVX-512 VL. */
 #ifndef LM_PANEL_X86_H

@@ -154,27 +154,23 @@ void lm_quantize_q8_K_avx512(const float *restrict x, void *restrict y, int64_t 
 void lm_dequantize_q4_K_avx512(const void *restrict x, float *restrict y, int64_t n);
 void lm_dequantize_q6_K_avx512(const void *restrict x, float *restrict y, int64_t n);
 
-/* Panels (quant.h): scalar references (kernels/panel.c) and VNNI (x86/panel_k_avx512.c). */
+/* Panels (quant.h): the scalar references (kernels/panel.c) of the repacked ones below. */
 void lm_panel_q2_K_ref(LM_PANEL_ARGS);
 void lm_panel_q3_K_ref(LM_PANEL_ARGS);
 void lm_panel_q4_K_ref(LM_PANEL_ARGS);
 void lm_panel_q5_K_ref(LM_PANEL_ARGS);
 void lm_panel_q6_K_ref(LM_PANEL_ARGS);
-void lm_panel_q2_K_vnni(LM_PANEL_ARGS);
-void lm_panel_q3_K_vnni(LM_PANEL_ARGS);
-void lm_panel_q4_K_vnni(LM_PANEL_ARGS);
-void lm_panel_q5_K_vnni(LM_PANEL_ARGS);
-void lm_panel_q6_K_vnni(LM_PANEL_ARGS);
 
 /* Repacked panels (quant.h, x86/tiled_k_avx512.c): one super-block of a
- * panel's 16 rows, lanes = rows. sc: each sub-block's scale (Q4_K, Q5_K: the
- * eight of 32 in sc[0..8); the others sixteen of 16); off: pairs of int16
- * against bsums 2p, 2p + 1 inside the integer sum (Q3_K, Q6_K); mn: the same
- * for the min term (Q2_K, Q4_K, Q5_K); q[g]: weights 4g .. 4g + 3 of every
- * row, unsigned. Fields a type does not use are not written. */
+ * panel's 16 rows, lanes = rows. dsc: d times each sub-block's scale (Q4_K,
+ * Q5_K: the eight of 32 in dsc[0..8); the others sixteen of 16); d: the
+ * offset's factor; off: pairs of int16 against bsums 2p, 2p + 1 (Q3_K: -4 *
+ * scale, Q6_K: -32 * scale); mn: the same for the min term (Q2_K, Q4_K, Q5_K),
+ * by dmin; q[g]: weights 4g .. 4g + 3 of every row, unsigned. Fields a type
+ * does not use are not written. */
 typedef struct {
+    float dsc[16][16];
     float d[16], dmin[16];
-    int32_t sc[16][16];
     int32_t off[8][16];
     int32_t mn[8][16];
     uint8_t q[QK_K / 4][64];

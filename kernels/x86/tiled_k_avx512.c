@@ -3,17 +3,22 @@
  * repacked rows (lm_tiled_*) with nothing left to unpack, transpose or
  * gather in the loop: per four weights a 64-byte line (lane r: row r's four
  * quants, unsigned), loaded once for eight tokens, each token's four
- * activation bytes a broadcast operand of vpdpbusd. The panels
- * (panel_k_avx512.c) redo that unpacking and transposing for every eight
- * tokens, in 256-bit halves; on an Intel Xeon without AMX it was what bound
- * them (bench/prefill_gemm.c: *_pan against lm_*).
+ * activation bytes a broadcast operand of vpdpbusd. The panels they replace
+ * redid that unpacking and transposing for every eight tokens, in 256-bit
+ * halves: on an Intel Xeon without AMX (bench/prefill_gemm.c, M = 512, 2048 x
+ * 8192, one thread) Q4_K 87 GFLOP/s; repacked, with the sub-block scales
+ * applied by vpmulld as those panels did, 219; as now (below, twelve tokens
+ * a pass, the blocks in slices, core/matmul.c), 240-300 (oneDNN s8: 440-500).
  *
  * All five K-quants reduce to one form, and one kernel: per super-block, 256
  * unsigned quants; a scale per sub-block of 32 (Q4_K, Q5_K) or 16 (Q2_K,
- * Q3_K, Q6_K); an offset inside the integer sum as pairs of int16 against
- * Q8_K's bsums (Q3_K: -4 * scale, Q6_K: -32 * scale); a min term outside it
- * (Q2_K, Q4_K, Q5_K), scaled by dmin. The integer sums are exact, the float
- * work is the panel reference's (kernels/panel.c) in its order, so the
+ * Q3_K, Q6_K); an offset as pairs of int16 against Q8_K's bsums (Q3_K: -4 *
+ * scale, Q6_K: -32 * scale); a min term (Q2_K, Q4_K, Q5_K), scaled by dmin.
+ * Each sub-block's exact int32 dot is converted and taken into the
+ * super-block's float part by one FMA with d * scale (repacked as a float):
+ * two uops beside its vpdpbusd where an integer multiply by the scale (two
+ * uops on one port, 1.3 G/s a core on that Xeon) and an add took three. The
+ * float work is the panel reference's (kernels/panel.c) in its order, so the
  * results are the reference's bit for bit (spec/c/test_quant.c). */
 #include "quant.h"
 #include "quant_k_x86.h"
@@ -72,31 +77,35 @@ static inline __attribute__((always_inline)) void repack_scales(const lm_dtype t
         const block_q4_K *k = (const block_q4_K *)xi; /* Q5_K: the same first 16 bytes */
         uint8_t sm[16];
         lm_k_unpack_scales(k->scales, sm);
-        for (int j = 0; j < 8; j++) b->sc[j][r] = sm[j], b->mn[j][r] = pair16(sm[8 + j], sm[8 + j]);
-        b->d[r] = _cvtsh_ss(k->d), b->dmin[r] = _cvtsh_ss(k->dmin);
+        const float d = _cvtsh_ss(k->d);
+        for (int j = 0; j < 8; j++) b->dsc[j][r] = d * (float)sm[j], b->mn[j][r] = pair16(sm[8 + j], sm[8 + j]);
+        b->dmin[r] = _cvtsh_ss(k->dmin);
         break;
     }
     case LM_Q6_K: {
         const block_q6_K *k = (const block_q6_K *)xi;
-        for (int j = 0; j < 16; j++) b->sc[j][r] = k->scales[j];
+        const float d = _cvtsh_ss(k->d);
+        for (int j = 0; j < 16; j++) b->dsc[j][r] = d * (float)k->scales[j];
         for (int p = 0; p < 8; p++) b->off[p][r] = pair16(-32 * k->scales[2 * p], -32 * k->scales[2 * p + 1]);
-        b->d[r] = _cvtsh_ss(k->d);
+        b->d[r] = d;
         break;
     }
     case LM_Q3_K: {
         const block_q3_K *k = (const block_q3_K *)xi;
         int8_t sc[16];
         lm_k_unpack_scales_q3(k->scales, sc);
-        for (int j = 0; j < 16; j++) b->sc[j][r] = sc[j];
+        const float d = _cvtsh_ss(k->d);
+        for (int j = 0; j < 16; j++) b->dsc[j][r] = d * (float)sc[j];
         for (int p = 0; p < 8; p++) b->off[p][r] = pair16(-4 * sc[2 * p], -4 * sc[2 * p + 1]);
-        b->d[r] = _cvtsh_ss(k->d);
+        b->d[r] = d;
         break;
     }
     default: {
         const block_q2_K *k = (const block_q2_K *)xi;
-        for (int j = 0; j < 16; j++) b->sc[j][r] = k->scales[j] & 15;
+        const float d = _cvtsh_ss(k->d);
+        for (int j = 0; j < 16; j++) b->dsc[j][r] = d * (float)(k->scales[j] & 15);
         for (int p = 0; p < 8; p++) b->mn[p][r] = pair16(k->scales[2 * p] >> 4, k->scales[2 * p + 1] >> 4);
-        b->d[r] = _cvtsh_ss(k->d), b->dmin[r] = _cvtsh_ss(k->dmin);
+        b->dmin[r] = _cvtsh_ss(k->dmin);
         break;
     }
     }
@@ -111,13 +120,13 @@ static inline __attribute__((always_inline)) void repack(const lm_dtype t, size_
         for (int r = 0; r < LM_PANEL_ROWS; r++) repack_scales(t, xi + r * x_stride, r, b);
         for (int q = 0; q < 8; q++) {
             __m256i v[8], lo[8], hi[8];
-#pragma GCC unroll 8
+#pragma GCC unroll 12
             for (int k = 0; k < 8; k++) v[k] = unpack32(t, xi + k * x_stride, q);
             lm_transpose8(v, lo);
-#pragma GCC unroll 8
+#pragma GCC unroll 12
             for (int k = 0; k < 8; k++) v[k] = unpack32(t, xi + (k + 8) * x_stride, q);
             lm_transpose8(v, hi);
-#pragma GCC unroll 8
+#pragma GCC unroll 12
             for (int l = 0; l < 8; l++)
                 _mm512_store_si512(b->q[8 * q + l], _mm512_inserti64x4(_mm512_castsi256_si512(lo[l]), hi[l], 1));
         }
@@ -125,70 +134,80 @@ static inline __attribute__((always_inline)) void repack(const lm_dtype t, size_
 }
 
 /* T tokens against the 16 repacked rows: sub = 32 (Q4_K, Q5_K) or 16; off:
- * the offset pairs into the integer sum; mins: the second FMA */
+ * the offset pairs, times d, start the super-block's part; mins: the second
+ * FMA. Per (row, token) the reference's operations in its order (kernels/panel.c). */
 static inline __attribute__((always_inline)) void tiled(const int T, const int sub, const int off, const int mins,
                                                         int64_t nb, float *s, size_t s_stride,
-                                                        const lm_ktile_block *w, const char *yb, size_t y_stride) {
+                                                        const lm_ktile_block *w, const char *yb, size_t y_stride,
+                                                        int more) {
     const int nsub = QK_K / sub, quads = sub / 4;
-    __m512 fs[8];
-#pragma GCC unroll 8
-    for (int c = 0; c < T; c++) fs[c] = _mm512_setzero_ps();
+    /* the row sums in memory (L1): the registers hold each token's dot and part */
+    float fs[12][16] __attribute__((aligned(64)));
+#pragma GCC unroll 12
+    for (int c = 0; c < T; c++) _mm512_store_ps(fs[c], more ? _mm512_loadu_ps(s + c * s_stride) : _mm512_setzero_ps());
     for (int64_t i = 0; i < nb; i++) {
         const lm_ktile_block *b = w + i;
         const block_q8_K *y = (const block_q8_K *)(yb + i * y_stride);
-        __m512i is[8];
-#pragma GCC unroll 8
-        for (int c = 0; c < T; c++) is[c] = _mm512_setzero_si512();
-        if (off)
+        __m512i acc[12];
+        __m512 part[12];
+        if (off) {
+#pragma GCC unroll 12
+            for (int c = 0; c < T; c++) acc[c] = _mm512_setzero_si512();
             for (int p = 0; p < 8; p++) {
                 const __m512i tv = _mm512_load_si512(b->off[p]);
-#pragma GCC unroll 8
-                for (int c = 0; c < T; c++) is[c] = _mm512_dpwssd_epi32(is[c], tv, _mm512_set1_epi32(lm_load32(y[c].bsums + 2 * p)));
+#pragma GCC unroll 12
+                for (int c = 0; c < T; c++) acc[c] = _mm512_dpwssd_epi32(acc[c], tv, _mm512_set1_epi32(lm_load32(y[c].bsums + 2 * p)));
             }
+            const __m512 dw = _mm512_load_ps(b->d);
+#pragma GCC unroll 12
+            for (int c = 0; c < T; c++) part[c] = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[c]), dw);
+        } else {
+#pragma GCC unroll 12
+            for (int c = 0; c < T; c++) part[c] = _mm512_setzero_ps();
+        }
         for (int g = 0; g < nsub; g++) {
-            __m512i acc[8];
-#pragma GCC unroll 8
+#pragma GCC unroll 12
             for (int c = 0; c < T; c++) acc[c] = _mm512_setzero_si512();
-#pragma GCC unroll 8
+#pragma GCC unroll 12
             for (int l = 0; l < quads; l++) {
                 const __m512i wv = _mm512_load_si512(b->q[quads * g + l]);
-#pragma GCC unroll 8
+#pragma GCC unroll 12
                 for (int c = 0; c < T; c++)
                     acc[c] = _mm512_dpbusd_epi32(acc[c], wv, _mm512_set1_epi32(lm_load32(y[c].qs + sub * g + 4 * l)));
             }
-            const __m512i sv = _mm512_load_si512(b->sc[g]);
-#pragma GCC unroll 8
-            for (int c = 0; c < T; c++) is[c] = _mm512_add_epi32(is[c], _mm512_mullo_epi32(acc[c], sv));
+            const __m512 dsc = _mm512_load_ps(b->dsc[g]);
+#pragma GCC unroll 12
+            for (int c = 0; c < T; c++) part[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[c]), dsc, part[c]);
         }
-        const __m512 dw = _mm512_load_ps(b->d);
-#pragma GCC unroll 8
-        for (int c = 0; c < T; c++)
-            fs[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is[c]), _mm512_mul_ps(dw, _mm512_set1_ps(y[c].d)), fs[c]);
+#pragma GCC unroll 12
+        for (int c = 0; c < T; c++) _mm512_store_ps(fs[c], _mm512_fmadd_ps(part[c], _mm512_set1_ps(y[c].d), _mm512_load_ps(fs[c])));
         if (mins) {
-#pragma GCC unroll 8
-            for (int c = 0; c < T; c++) is[c] = _mm512_setzero_si512();
+#pragma GCC unroll 12
+            for (int c = 0; c < T; c++) acc[c] = _mm512_setzero_si512();
             for (int p = 0; p < 8; p++) {
                 const __m512i mv = _mm512_load_si512(b->mn[p]);
-#pragma GCC unroll 8
-                for (int c = 0; c < T; c++) is[c] = _mm512_dpwssd_epi32(is[c], mv, _mm512_set1_epi32(lm_load32(y[c].bsums + 2 * p)));
+#pragma GCC unroll 12
+                for (int c = 0; c < T; c++) acc[c] = _mm512_dpwssd_epi32(acc[c], mv, _mm512_set1_epi32(lm_load32(y[c].bsums + 2 * p)));
             }
             const __m512 mw = _mm512_load_ps(b->dmin);
-#pragma GCC unroll 8
+#pragma GCC unroll 12
             for (int c = 0; c < T; c++)
-                fs[c] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(is[c]), _mm512_mul_ps(mw, _mm512_set1_ps(y[c].d)), fs[c]);
+                _mm512_store_ps(fs[c], _mm512_fnmadd_ps(_mm512_cvtepi32_ps(acc[c]), _mm512_mul_ps(mw, _mm512_set1_ps(y[c].d)),
+                                                        _mm512_load_ps(fs[c])));
         }
     }
-#pragma GCC unroll 8
-    for (int c = 0; c < T; c++) _mm512_storeu_ps(s + c * s_stride, fs[c]);
+#pragma GCC unroll 12
+    for (int c = 0; c < T; c++) _mm512_storeu_ps(s + c * s_stride, _mm512_load_ps(fs[c]));
 }
 
 /* up to LM_PANEL_TOKENS tokens: eight at a time, the rest in power-of-two pieces */
 #define TILED_AT(T, SUB, OFF, MINS) \
-    tiled(T, SUB, OFF, MINS, n / QK_K, s + c * s_stride, s_stride, xr, (const char *)y + c * sizeof(block_q8_K), y_stride)
+    tiled(T, SUB, OFF, MINS, n / QK_K, s + c * s_stride, s_stride, xr, (const char *)y + c * sizeof(block_q8_K), y_stride, more)
 #define TILED(NAME, TYPE, SUB, OFF, MINS)                                              \
     void lm_tiled_##NAME##_vnni(LM_TILED_ARGS) {                                       \
         int c = 0;                                                                     \
-        for (; c + 8 <= nt; c += 8) TILED_AT(8, SUB, OFF, MINS);                       \
+        for (; c + 12 <= nt; c += 12) TILED_AT(12, SUB, OFF, MINS);                    \
+        if (nt - c >= 8) { TILED_AT(8, SUB, OFF, MINS); c += 8; }                      \
         if (nt - c >= 4) { TILED_AT(4, SUB, OFF, MINS); c += 4; }                      \
         if (nt - c >= 2) { TILED_AT(2, SUB, OFF, MINS); c += 2; }                      \
         if (nt - c >= 1) TILED_AT(1, SUB, OFF, MINS);                                  \
