@@ -2,7 +2,7 @@
  * 16-row panel once (lm_repack_*), then every token of the product passes the
  * repacked rows (lm_tiled_*) with nothing left to unpack, transpose or
  * gather in the loop: per four weights a 64-byte line (lane r: row r's four
- * quants, unsigned), loaded once for eight tokens, each token's four
+ * quants, unsigned), loaded once for twelve tokens, each token's four
  * activation bytes a broadcast operand of vpdpbusd. The panels they replace
  * redid that unpacking and transposing for every eight tokens, in 256-bit
  * halves: on an Intel Xeon without AMX (bench/prefill_gemm.c, M = 512, 2048 x
@@ -133,6 +133,18 @@ static inline __attribute__((always_inline)) void repack(const lm_dtype t, size_
     }
 }
 
+/* acc[c] = the exact sum over p of tab[p]'s int16 pairs times token c's bsums 2p, 2p + 1 */
+static inline __attribute__((always_inline)) void bsums_dot(const int T, __m512i *acc, const int32_t tab[8][16],
+                                                            const block_q8_K *y) {
+#pragma GCC unroll 12
+    for (int c = 0; c < T; c++) acc[c] = _mm512_setzero_si512();
+    for (int p = 0; p < 8; p++) {
+        const __m512i tv = _mm512_load_si512(tab[p]);
+#pragma GCC unroll 12
+        for (int c = 0; c < T; c++) acc[c] = _mm512_dpwssd_epi32(acc[c], tv, _mm512_set1_epi32(lm_load32(y[c].bsums + 2 * p)));
+    }
+}
+
 /* T tokens against the 16 repacked rows: sub = 32 (Q4_K, Q5_K) or 16; off:
  * the offset pairs, times d, start the super-block's part; mins: the second
  * FMA. Per (row, token) the reference's operations in its order (kernels/panel.c). */
@@ -151,13 +163,7 @@ static inline __attribute__((always_inline)) void tiled(const int T, const int s
         __m512i acc[12];
         __m512 part[12];
         if (off) {
-#pragma GCC unroll 12
-            for (int c = 0; c < T; c++) acc[c] = _mm512_setzero_si512();
-            for (int p = 0; p < 8; p++) {
-                const __m512i tv = _mm512_load_si512(b->off[p]);
-#pragma GCC unroll 12
-                for (int c = 0; c < T; c++) acc[c] = _mm512_dpwssd_epi32(acc[c], tv, _mm512_set1_epi32(lm_load32(y[c].bsums + 2 * p)));
-            }
+            bsums_dot(T, acc, b->off, y);
             const __m512 dw = _mm512_load_ps(b->d);
 #pragma GCC unroll 12
             for (int c = 0; c < T; c++) part[c] = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[c]), dw);
@@ -182,13 +188,7 @@ static inline __attribute__((always_inline)) void tiled(const int T, const int s
 #pragma GCC unroll 12
         for (int c = 0; c < T; c++) _mm512_store_ps(fs[c], _mm512_fmadd_ps(part[c], _mm512_set1_ps(y[c].d), _mm512_load_ps(fs[c])));
         if (mins) {
-#pragma GCC unroll 12
-            for (int c = 0; c < T; c++) acc[c] = _mm512_setzero_si512();
-            for (int p = 0; p < 8; p++) {
-                const __m512i mv = _mm512_load_si512(b->mn[p]);
-#pragma GCC unroll 12
-                for (int c = 0; c < T; c++) acc[c] = _mm512_dpwssd_epi32(acc[c], mv, _mm512_set1_epi32(lm_load32(y[c].bsums + 2 * p)));
-            }
+            bsums_dot(T, acc, b->mn, y);
             const __m512 mw = _mm512_load_ps(b->dmin);
 #pragma GCC unroll 12
             for (int c = 0; c < T; c++)

@@ -193,6 +193,18 @@ static void test_tile(void) {
     CHECK(lm_cpu_isa() == LM_ISA_SCALAR || ran > 0, "no tile variant ran");
 }
 
+/* s against the panel reference's outputs ref, bit for bit, for the nt tokens'
+ * rows; untouched (-7) elsewhere among the rows x ss outputs */
+static void same_as_ref(const char *what, lm_dtype t, lm_isa isa, int64_t n, int nt, const float *s, const float *ref,
+                        int rows, size_t ss, int r) {
+    for (int c = 0; c < rows; c++)
+        for (size_t k = 0; k < ss; k++) {
+            const float want = c < nt && k < (size_t)r ? ref[c * ss + k] : -7.0f;
+            CHECK(memcmp(&want, &s[c * ss + k], sizeof want) == 0, "%s %s n=%lld nt=%d row %zu act %d: %s %.9g vs reference %.9g",
+                  lm_dtype_name(t), lm_isa_name(isa), (long long)n, nt, k, c, what, s[c * ss + k], want);
+        }
+}
+
 /* Every panel variant against the scalar reference, bit for bit, and the
  * reference against the dot product of the dequantized rows: 8 weight rows
  * (one all zeros, one with huge scales) times 1..33 activation rows (one of
@@ -255,13 +267,7 @@ static void test_panel(void) {
                     for (size_t k = 0; k < sizeof s / sizeof *s; k++) s[k] = -7.0f;
                     /* with and without the prefetch of (here, the same) 8 rows: the same bits */
                     e->panel[isa](n, nt, s, ss, qw, wrow, pk, ystr, q % 2 ? qw : NULL);
-                    for (int c = 0; c < MAXT; c++)
-                        for (size_t k = 0; k < ss; k++) {
-                            const float want = c < nt && k < R ? ref[c * ss + k] : -7.0f;
-                            CHECK(memcmp(&want, &s[c * ss + k], sizeof want) == 0,
-                                  "%s %s n=%lld nt=%d row %zu act %d: panel %.9g vs reference %.9g",
-                                  lm_dtype_name(t), lm_isa_name(isa), (long long)n, nt, k, c, s[c * ss + k], want);
-                        }
+                    same_as_ref("panel", (lm_dtype)t, (lm_isa)isa, n, nt, s, ref, MAXT, ss, R);
                     ran++;
                 }
             }
@@ -277,13 +283,7 @@ static void test_panel(void) {
                     const int64_t bs = lm_dtype_block_size(t), cut = q % 2 && n > bs ? bs : n;
                     e->tiled[isa](cut, nt, s, ss, rp, pk, ystr, 0);
                     if (cut < n) e->tiled[isa](n - cut, nt, s, ss, (const char *)rp + e->repack_block, pk + ystr, ystr, 1);
-                    for (int c = 0; c < MAXT; c++)
-                        for (size_t k = 0; k < ss; k++) {
-                            const float want = c < nt && k < R ? ref[c * ss + k] : -7.0f;
-                            CHECK(memcmp(&want, &s[c * ss + k], sizeof want) == 0,
-                                  "%s %s n=%lld nt=%d row %zu act %d: repacked panel %.9g vs reference %.9g",
-                                  lm_dtype_name(t), lm_isa_name(isa), (long long)n, nt, k, c, s[c * ss + k], want);
-                        }
+                    same_as_ref("repacked panel", (lm_dtype)t, (lm_isa)isa, n, nt, s, ref, MAXT, ss, R);
                     tiled++;
                 }
                 free(rp);
