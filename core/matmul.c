@@ -132,12 +132,15 @@ static size_t packed_size(const lm_quant_ops *ops, const lm_tensor *w, int64_t n
  * within TILED_BYTES (at least one), up to TILED_PANELS; every pass of
  * LM_PANEL_TOKENS tokens then reads them from L2 beside its activations. */
 #define TILED_BYTES (768 * 1024)
-/* Blocks a pass takes of every panel of the chunk before the next blocks: a
- * panel's slice (4 x 6 KB for the K-quants) stays in L1 while the pass's
- * groups of tokens go by. Measured on the Xeon (M = 512, one thread, 1, 2, 4,
- * 8 or all blocks): within its noise (+-15% run to run), 2 and 4 ahead at
- * K = 8192 in most runs. */
-#define TILED_SLICE 4
+/* Bytes of a panel a pass takes before the next blocks of every panel of the
+ * chunk: a panel's slice stays in L1 while the pass's groups of tokens go by.
+ * Measured on the Xeon with the K-quants (6 KB a repacked block; M = 512, one
+ * thread, 1, 2, 4, 8 or all blocks): within its noise (+-15% run to run), 2
+ * and 4 ahead at K = 8192 in most runs. */
+#define TILED_SLICE_BYTES (25 * 1024)
+/* Types that have plain panels too (the legacy ones, whose panels take decode
+ * tokens) repack from this many tokens: the same bits either way (quant.h). */
+#define TILED_MIN_TOKENS 16
 #define TILED_PANELS 4
 static size_t tiled_panel_size(const lm_quant_ops *ops, const lm_tensor *w) {
     return (size_t)(w->shape[1] / lm_dtype_block_size(w->dtype)) * ops->repack_block;
@@ -147,12 +150,18 @@ static int64_t tiled_panels(const lm_quant_ops *ops, const lm_tensor *w) {
     return k < 1 ? 1 : k > TILED_PANELS ? TILED_PANELS : (int64_t)k;
 }
 
+/* a product of n tokens through the repacked panels (quant.h) */
+static bool take_tiled(const lm_tensor *w, int64_t n) {
+    const lm_quant_ops *ops = lm_quant_ops_get(w->dtype);
+    return ops->repack && (!ops->panel || n >= TILED_MIN_TOKENS);
+}
+
 static bool gemm_bf16(const lm_tensor *w);
 
 size_t lm_matmul_qbuf_size(const lm_tensor *w, int64_t n, int threads) {
     const lm_quant_ops *ops = lm_quant_ops_get(w->dtype);
     size_t q = qrows_size(ops, w, n) + packed_size(ops, w, n);
-    if (ops->repack) q += (size_t)(threads > 0 ? threads : 1) * (size_t)tiled_panels(ops, w) * tiled_panel_size(ops, w);
+    if (take_tiled(w, n)) q += (size_t)(threads > 0 ? threads : 1) * (size_t)tiled_panels(ops, w) * tiled_panel_size(ops, w);
     /* or the activations in bf16, for the bf16 GEMM */
     const size_t b = gemm_bf16(w) ? (size_t)n * (size_t)w->shape[1] * sizeof(uint16_t) : 0;
     return q > b ? q : b;
@@ -196,12 +205,13 @@ static void tiled_range(const mm_job *j, const char *w, int64_t out, float *y, i
         for (int64_t r = r0; r < rt; r += LM_PANEL_ROWS)
             j->ops->repack(j->in, w + r * j->w_row, j->w_row, rp + (size_t)((r - r0) / LM_PANEL_ROWS) * j->rp_panel);
         const int64_t bs = lm_dtype_block_size(j->wt), nb = j->in / bs, bytes = (int64_t)(j->rp_panel / (size_t)nb);
+        const int64_t slice = TILED_SLICE_BYTES / bytes > 1 ? TILED_SLICE_BYTES / bytes : 1;
         for (int64_t t = 0; t < j->n; t += LM_PANEL_TOKENS) {
             const int nt = (int)(j->n - t < LM_PANEL_TOKENS ? j->n - t : LM_PANEL_TOKENS);
             const char *yp = j->pk + (size_t)(t * j->pk_nb) * j->pk_rec;
             const size_t ys = (size_t)nt * j->pk_rec;
-            for (int64_t i = 0; i < nb; i += TILED_SLICE) {
-                const int64_t m = nb - i < TILED_SLICE ? nb - i : TILED_SLICE;
+            for (int64_t i = 0; i < nb; i += slice) {
+                const int64_t m = nb - i < slice ? nb - i : slice;
                 for (int64_t r = r0; r < rt; r += LM_PANEL_ROWS)
                     j->ops->tiled(m * bs, nt, y + t * out + r, (size_t)out,
                                   rp + (size_t)((r - r0) / LM_PANEL_ROWS) * j->rp_panel + (size_t)(i * bytes),
@@ -229,11 +239,14 @@ static void panel_range(const mm_job *j, const char *w, int64_t out, float *y, i
     }
 }
 
+/* thread ith's repacked panels */
+static char *scratch(const mm_job *j, int ith) { return j->rp + (size_t)ith * (size_t)j->rp_chunk * j->rp_panel; }
+
 static void panel_rows(void *vctx, int ith, int nth) {
     mm_job *j = vctx;
     int64_t lo, hi;
     while (lm_pool_take(&j->q, j->out, LM_PANEL_ROWS, nth, &lo, &hi)) {
-        if (j->rp) tiled_range(j, j->w, j->out, j->y, lo, hi, j->rp + (size_t)ith * (size_t)j->rp_chunk * j->rp_panel);
+        if (j->rp) tiled_range(j, j->w, j->out, j->y, lo, hi, scratch(j, ith));
         else panel_range(j, j->w, j->out, j->y, lo, hi);
     }
 }
@@ -251,13 +264,14 @@ typedef struct {
 static void group_rows(void *vctx, int ith, int nth) {
     group_job *g = vctx;
     int64_t total = 0, lo, hi;
-    (void)ith;
     for (int i = 0; i < g->k; i++) total += g->out[i];
     while (lm_pool_take(&g->j.q, total, LM_PANEL_ROWS, nth, &lo, &hi)) {
         int64_t base = 0;
         for (int i = 0; i < g->k; base += g->out[i], i++) {
             const int64_t a = lo > base ? lo - base : 0, e = hi - base < g->out[i] ? hi - base : g->out[i];
-            if (a < e) panel_range(&g->j, g->w[i], g->out[i], g->y[i], a, e);
+            if (a >= e) continue;
+            if (g->j.rp) tiled_range(&g->j, g->w[i], g->out[i], g->y[i], a, e, scratch(&g->j, ith));
+            else panel_range(&g->j, g->w[i], g->out[i], g->y[i], a, e);
         }
     }
 }
@@ -302,14 +316,14 @@ bool lm_matmul_panel_group(lm_pool *pool, const lm_tensor *const *w, int k, cons
         if (!lm_matmul_has_panel(w[i]) || w[i]->dtype != w[0]->dtype || w[i]->shape[1] != w[0]->shape[1] ||
             w[i]->stride[0] != w[0]->stride[0] || w[i]->shape[0] % LM_PANEL_ROWS)
             return false;
-    group_job g = {.j = panel_job(pool, w[0], x, n, y[0], qbuf, false), .k = k};
+    group_job g = {.j = panel_job(pool, w[0], x, n, y[0], qbuf, take_tiled(w[0], n)), .k = k};
     for (int i = 0; i < k; i++) g.w[i] = w[i]->data, g.out[i] = w[i]->shape[0], g.y[i] = y[i];
     lm_pool_run_dynamic(pool, group_rows, &g, &g.j.q);
     return true;
 }
 
 void lm_matmul_panel(lm_pool *pool, const lm_tensor *w, const float *x, int64_t n, float *y, void *qbuf) {
-    mm_job j = panel_job(pool, w, x, n, y, qbuf, lm_quant_ops_get(w->dtype)->repack != NULL);
+    mm_job j = panel_job(pool, w, x, n, y, qbuf, take_tiled(w, n));
     lm_pool_run_dynamic(pool, panel_rows, &j, &j.q);
 }
 

@@ -286,33 +286,43 @@ void lm_quant_register_legacy(lm_quant_entry t[LM_DTYPE_COUNT]) {
         .name = "q4_0", .block = QK, .size = sizeof(block_q4_0), .file_type = 2, .vec_dot_type = LM_Q8_0,
         .to_float = {deq_q4_0}, .from_float = {quant_q4_0}, .vec_dot = {dot_q4_0, lm_vec_dot_q4_0_q8_0_avx2},
         .vec_dot_tile = {[LM_ISA_AVX512] = lm_vec_dot_tile_q4_0_q8_0_vnni}, .tile_rows = {[LM_ISA_AVX512] = LM_TILE_ROWS_VNNI},
-        .panel = {lm_panel_q4_0_ref, NULL, lm_panel_q4_0_vnni}, .panel_record = sizeof(lm_panel_block),
+        .panel = {lm_panel_q4_0_ref, NULL, lm_panel_q4_0_vnni},
+        .repack = {[LM_ISA_AVX512] = lm_repack_q4_0_vnni}, .tiled = {[LM_ISA_AVX512] = lm_tiled_q4_0_vnni},
+        .repack_block = sizeof(lm_ltile_block), .panel_record = sizeof(lm_panel_block),
         .panel_pack = lm_panel_pack_q8_0_b8, .panel_decode = true};
     t[LM_Q4_1] = (lm_quant_entry){
         .name = "q4_1", .block = QK, .size = sizeof(block_q4_1), .file_type = 3, .vec_dot_type = LM_Q8_1,
         .to_float = {deq_q4_1}, .from_float = {quant_q4_1}, .vec_dot = {dot_q4_1, lm_vec_dot_q4_1_q8_1_avx2},
         .vec_dot_tile = {NULL, lm_vec_dot_tile_q4_1_q8_1_avx2, lm_vec_dot_tile_q4_1_q8_1_vnni},
         .tile_rows = {0, LM_TILE_ROWS_AVX2, LM_TILE_ROWS_VNNI},
-        .panel = {lm_panel_q4_1_ref, NULL, lm_panel_q4_1_vnni}, .panel_record = sizeof(lm_panel_block),
+        .panel = {lm_panel_q4_1_ref, NULL, lm_panel_q4_1_vnni},
+        .repack = {[LM_ISA_AVX512] = lm_repack_q4_1_vnni}, .tiled = {[LM_ISA_AVX512] = lm_tiled_q4_1_vnni},
+        .repack_block = sizeof(lm_ltile_block), .panel_record = sizeof(lm_panel_block),
         .panel_pack = lm_panel_pack_q8_1, .panel_decode = true};
     t[LM_Q5_0] = (lm_quant_entry){
         .name = "q5_0", .block = QK, .size = sizeof(block_q5_0), .file_type = 8, .vec_dot_type = LM_Q8_0,
         .to_float = {deq_q5_0}, .from_float = {quant_q5_0}, .vec_dot = {dot_q5_0, lm_vec_dot_q5_0_q8_0_avx2},
         .vec_dot_tile = {[LM_ISA_AVX512] = lm_vec_dot_tile_q5_0_q8_0_vnni}, .tile_rows = {[LM_ISA_AVX512] = LM_TILE_ROWS_VNNI},
-        .panel = {lm_panel_q5_0_ref, NULL, lm_panel_q5_0_vnni}, .panel_record = sizeof(lm_panel_block),
+        .panel = {lm_panel_q5_0_ref, NULL, lm_panel_q5_0_vnni},
+        .repack = {[LM_ISA_AVX512] = lm_repack_q5_0_vnni}, .tiled = {[LM_ISA_AVX512] = lm_tiled_q5_0_vnni},
+        .repack_block = sizeof(lm_ltile_block), .panel_record = sizeof(lm_panel_block),
         .panel_pack = lm_panel_pack_q8_0_b16, .panel_decode = true};
     t[LM_Q5_1] = (lm_quant_entry){
         .name = "q5_1", .block = QK, .size = sizeof(block_q5_1), .file_type = 9, .vec_dot_type = LM_Q8_1,
         .to_float = {deq_q5_1}, .from_float = {quant_q5_1},
         .vec_dot = {dot_q5_1, lm_vec_dot_q5_1_q8_1_avx2, lm_vec_dot_q5_1_q8_1_avx512},
-        .panel = {lm_panel_q5_1_ref, NULL, lm_panel_q5_1_vnni}, .panel_record = sizeof(lm_panel_block),
+        .panel = {lm_panel_q5_1_ref, NULL, lm_panel_q5_1_vnni},
+        .repack = {[LM_ISA_AVX512] = lm_repack_q5_1_vnni}, .tiled = {[LM_ISA_AVX512] = lm_tiled_q5_1_vnni},
+        .repack_block = sizeof(lm_ltile_block), .panel_record = sizeof(lm_panel_block),
         .panel_pack = lm_panel_pack_q8_1, .panel_decode = true};
     t[LM_Q8_0] = (lm_quant_entry){
         .name = "q8_0", .block = QK, .size = sizeof(block_q8_0), .file_type = 7, .vec_dot_type = LM_Q8_0,
         .to_float = {deq_q8_0}, .from_float = {quant_q8_0, lm_quantize_q8_0_avx2}, .vec_dot = {dot_q8_0, lm_vec_dot_q8_0_q8_0_avx2},
         .vec_dot_tile = {NULL, lm_vec_dot_tile_q8_0_q8_0_avx2, lm_vec_dot_tile_q8_0_q8_0_vnni},
         .tile_rows = {0, LM_TILE_ROWS_AVX2, LM_TILE_ROWS_VNNI},
-        .panel = {lm_panel_q8_0_ref, NULL, lm_panel_q8_0_vnni}, .panel_record = sizeof(lm_panel_block),
+        .panel = {lm_panel_q8_0_ref, NULL, lm_panel_q8_0_vnni},
+        .repack = {[LM_ISA_AVX512] = lm_repack_q8_0_vnni}, .tiled = {[LM_ISA_AVX512] = lm_tiled_q8_0_vnni},
+        .repack_block = sizeof(lm_ltile_block), .panel_record = sizeof(lm_panel_block),
         .panel_pack = lm_panel_pack_q8_0_b128, .panel_decode = true};
     /* activations only */
     t[LM_Q8_1] = (lm_quant_entry){.name = "q8_1", .block = QK, .size = sizeof(block_q8_1), .file_type = -1,

@@ -45,6 +45,20 @@ void lm_panel_q4_1_vnni(LM_PANEL_ARGS);
 void lm_panel_q5_0_vnni(LM_PANEL_ARGS);
 void lm_panel_q8_0_vnni(LM_PANEL_ARGS);
 void lm_panel_q5_1_vnni(LM_PANEL_ARGS);
+/* Repacked panels (quant.h; x86/panel_avx512.c): one block of a panel's 16 rows,
+ * the weights as the panel's transposed operands (q[j]: weights 4j..4j+3 of
+ * every row, unsigned), d and (Q4_1, Q5_1) m of every row as floats. */
+typedef struct { uint8_t q[8][64]; float d[16], m[16]; } lm_ltile_block;
+void lm_repack_q4_0_vnni(LM_REPACK_ARGS);
+void lm_repack_q4_1_vnni(LM_REPACK_ARGS);
+void lm_repack_q5_0_vnni(LM_REPACK_ARGS);
+void lm_repack_q8_0_vnni(LM_REPACK_ARGS);
+void lm_repack_q5_1_vnni(LM_REPACK_ARGS);
+void lm_tiled_q4_0_vnni(LM_TILED_ARGS);
+void lm_tiled_q4_1_vnni(LM_TILED_ARGS);
+void lm_tiled_q5_0_vnni(LM_TILED_ARGS);
+void lm_tiled_q8_0_vnni(LM_TILED_ARGS);
+void lm_tiled_q5_1_vnni(LM_TILED_ARGS);
 #define LM_TILE_ROWS_AVX2 2
 #define LM_TILE_ROWS_VNNI 4
 void lm_quantize_q8_0_avx2(const float *x, void *y, int64_t n);

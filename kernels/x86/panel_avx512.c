@@ -27,6 +27,27 @@ static inline __attribute__((always_inline)) __m512 token_block(const lm_panel_b
     return q41 ? _mm512_fmadd_ps(mw, _mm512_set1_ps(a->s), sum) : sum;
 }
 
+/* One block of the 16 rows x_stride apart at x as vpdpbusd operands: w[j] =
+ * weights 4j..4j+3 of every row (two halves of 8, each transposed as 8 x 8
+ * dwords, side by side in zmm: lane r is row r); d, and Q4_1's m next to it,
+ * as floats */
+static inline __attribute__((always_inline)) void block_operands(const char *x, size_t x_stride, __m512i offs,
+                                                                 const int q41, __m256i (*unpack)(const char *),
+                                                                 __m512i w[8], __m512 *dw, __m512 *mw) {
+    __m256i r[8], lo[8], hi[8];
+#pragma GCC unroll 8
+    for (int k = 0; k < 8; k++) r[k] = unpack(x + k * x_stride);
+    lm_transpose8(r, lo);
+#pragma GCC unroll 8
+    for (int k = 0; k < 8; k++) r[k] = unpack(x + (k + 8) * x_stride);
+    lm_transpose8(r, hi);
+#pragma GCC unroll 8
+    for (int j = 0; j < 8; j++) w[j] = _mm512_inserti64x4(_mm512_castsi256_si512(lo[j]), hi[j], 1);
+    const __m512i g = _mm512_i32gather_epi32(offs, x, 1);
+    *dw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(g));
+    *mw = q41 ? _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(g, 16))) : _mm512_setzero_ps();
+}
+
 /* q41: Q4_1 weights against Q8_1 activations (no shift; the min term);
  * otherwise Q8_0 activations and sums starting from the record's c. The 16
  * rows as two halves of 8, each transposed as 8 x 8 dwords, side by side in
@@ -46,21 +67,10 @@ static inline __attribute__((always_inline)) void panel(const int T, const int T
     for (int c = 0; c < T2; c++) sum2[c] = _mm512_setzero_ps();
     const lm_pf pf = lm_pf_init(pfp, LM_PANEL_ROWS, x_stride, n / QK);
     for (int64_t i = 0; i < n / QK; i++) {
-        __m256i r[8], lo[8], hi[8];
         __m512i w[8];
+        __m512 dw, mw;
         lm_pf_block(&pf, i);
-#pragma GCC unroll 8
-        for (int k = 0; k < 8; k++) r[k] = unpack(xb + k * x_stride + i * x_block);
-        lm_transpose8(r, lo);
-#pragma GCC unroll 8
-        for (int k = 0; k < 8; k++) r[k] = unpack(xb + (k + 8) * x_stride + i * x_block);
-        lm_transpose8(r, hi);
-#pragma GCC unroll 8
-        for (int j = 0; j < 8; j++) w[j] = _mm512_inserti64x4(_mm512_castsi256_si512(lo[j]), hi[j], 1);
-        /* d, and Q4_1's m next to it, of the 16 rows */
-        const __m512i g = _mm512_i32gather_epi32(offs, xb + i * x_block, 1);
-        const __m512 dw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(g));
-        const __m512 mw = q41 ? _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(g, 16))) : _mm512_setzero_ps();
+        block_operands(xb + i * x_block, x_stride, offs, q41, unpack, w, &dw, &mw);
         /* every token's record at a fixed offset from one pointer (quant.h) */
         const lm_panel_block *y = (const lm_panel_block *)(yb + i * y_stride);
 #pragma GCC unroll 16
@@ -103,3 +113,61 @@ PANEL(lm_panel_q4_1_vnni, sizeof(block_q4_1), 1, unpack_q4_1)
 PANEL(lm_panel_q5_0_vnni, sizeof(block_q5_0), 0, unpack_q5_0)
 PANEL(lm_panel_q8_0_vnni, sizeof(block_q8_0), 0, unpack_q8_0)
 PANEL(lm_panel_q5_1_vnni, sizeof(block_q5_1), 1, unpack_q5_1) /* d and m first, as Q4_1 */
+
+/* Repacked panels (quant.h): a prompt's product repacks each panel's blocks
+ * once (the operands above, stored), then every token passes them, twelve a
+ * pass, with the panel's per-token work (token_block) only: the same bits as
+ * the panel. */
+static inline __attribute__((always_inline)) void repack(int64_t n, const char *x, size_t x_stride, size_t x_block,
+                                                         const int q41, __m256i (*unpack)(const char *),
+                                                         lm_ltile_block *dst) {
+    const __m512i offs = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                            _mm512_set1_epi32((int)x_stride));
+    for (int64_t i = 0; i < n / QK; i++) {
+        __m512i w[8];
+        __m512 dw, mw;
+        block_operands(x + i * x_block, x_stride, offs, q41, unpack, w, &dw, &mw);
+#pragma GCC unroll 8
+        for (int j = 0; j < 8; j++) _mm512_store_si512(dst[i].q[j], w[j]);
+        _mm512_store_ps(dst[i].d, dw);
+        if (q41) _mm512_store_ps(dst[i].m, mw);
+    }
+}
+
+static inline __attribute__((always_inline)) void tiled(const int T, int64_t nb, float *s, size_t s_stride,
+                                                        const lm_ltile_block *w, const char *yb, size_t y_stride,
+                                                        const int q41, int more) {
+    __m512 sum[12];
+#pragma GCC unroll 12
+    for (int c = 0; c < T; c++) sum[c] = more ? _mm512_loadu_ps(s + c * s_stride) : _mm512_setzero_ps();
+    for (int64_t i = 0; i < nb; i++) {
+        __m512i wv[8];
+#pragma GCC unroll 8
+        for (int j = 0; j < 8; j++) wv[j] = _mm512_load_si512(w[i].q[j]);
+        const __m512 dw = _mm512_load_ps(w[i].d), mw = q41 ? _mm512_load_ps(w[i].m) : _mm512_setzero_ps();
+        const lm_panel_block *y = (const lm_panel_block *)(yb + i * y_stride);
+#pragma GCC unroll 12
+        for (int c = 0; c < T; c++) sum[c] = token_block(y + c, wv, dw, mw, q41, sum[c]);
+    }
+#pragma GCC unroll 12
+    for (int c = 0; c < T; c++) _mm512_storeu_ps(s + c * s_stride, sum[c]);
+}
+
+#define LTILED_AT(T, Q41) \
+    tiled(T, n / QK, s + c * s_stride, s_stride, xr, (const char *)y + c * sizeof(lm_panel_block), y_stride, Q41, more)
+#define LTILED(NAME, BLOCK, Q41, UNPACK)                                  \
+    void lm_tiled_##NAME##_vnni(LM_TILED_ARGS) {                          \
+        int c = 0;                                                        \
+        for (; c + 12 <= nt; c += 12) LTILED_AT(12, Q41);                 \
+        if (nt - c >= 8) { LTILED_AT(8, Q41); c += 8; }                   \
+        if (nt - c >= 4) { LTILED_AT(4, Q41); c += 4; }                   \
+        if (nt - c >= 2) { LTILED_AT(2, Q41); c += 2; }                   \
+        if (nt - c >= 1) LTILED_AT(1, Q41);                               \
+    }                                                                     \
+    void lm_repack_##NAME##_vnni(LM_REPACK_ARGS) { repack(n, x, x_stride, BLOCK, Q41, UNPACK, dst); }
+
+LTILED(q4_0, sizeof(block_q4_0), 0, unpack_q4_0)
+LTILED(q4_1, sizeof(block_q4_1), 1, unpack_q4_1)
+LTILED(q5_0, sizeof(block_q5_0), 0, unpack_q5_0)
+LTILED(q8_0, sizeof(block_q8_0), 0, unpack_q8_0)
+LTILED(q5_1, sizeof(block_q5_1), 1, unpack_q5_1)
