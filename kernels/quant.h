@@ -63,12 +63,13 @@ size_t lm_panel_record(lm_dtype w);
  * at dst + i * y_stride */
 void lm_panel_pack(lm_dtype w, const void *yq, void *dst, size_t y_stride, int64_t n);
 
-/* Repacked panels (the K-quants' prompts): a product repacks each panel's 16
- * rows once (lm_repack_fn: n weights a row, x_stride apart, into n / block
- * records of repack_block bytes at dst, 64-byte aligned) into the order the
- * VNNI units read, then every token of the product passes the repacked rows
- * (lm_tiled_fn: a panel's arguments, the rows repacked), with nothing left to
- * unpack or transpose per pass (kernels/x86/tiled_k_avx512.c). more: the sums
+/* Repacked panels (prompts: every K-quant product, the legacy types' from 16
+ * tokens, core/matmul.c): a product repacks each panel's 16 rows once
+ * (lm_repack_fn: n weights a row, x_stride apart, into n / block records of
+ * repack_block bytes at dst, 64-byte aligned) into the order the VNNI units
+ * read, then every token of the product passes the repacked rows (lm_tiled_fn:
+ * a panel's arguments, the rows repacked), with nothing left to unpack or
+ * transpose per pass (kernels/x86/tiled_k_avx512.c, panel_avx512.c). more: the sums
  * go on from s (the blocks before these done by an earlier call; a product
  * walks its rows in slices so that they stay in L1 across the tokens) rather
  * than from zero. Bit for bit the type's panel[LM_ISA_SCALAR], which is their
