@@ -204,7 +204,7 @@ static void tiled_range(const mm_job *j, const char *w, int64_t out, float *y, i
         const int64_t r1 = r0 + chunk < hi ? r0 + chunk : hi, rt = r1 < full ? r1 : full;
         for (int64_t r = r0; r < rt; r += LM_PANEL_ROWS)
             j->ops->repack(j->in, w + r * j->w_row, j->w_row, rp + (size_t)((r - r0) / LM_PANEL_ROWS) * j->rp_panel);
-        const int64_t bs = lm_dtype_block_size(j->wt), nb = j->in / bs, bytes = (int64_t)(j->rp_panel / (size_t)nb);
+        const int64_t bs = lm_dtype_block_size(j->wt), nb = j->in / bs, bytes = (int64_t)j->ops->repack_block;
         const int64_t slice = TILED_SLICE_BYTES / bytes > 1 ? TILED_SLICE_BYTES / bytes : 1;
         for (int64_t t = 0; t < j->n; t += LM_PANEL_TOKENS) {
             const int nt = (int)(j->n - t < LM_PANEL_TOKENS ? j->n - t : LM_PANEL_TOKENS);

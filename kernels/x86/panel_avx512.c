@@ -34,15 +34,10 @@ static inline __attribute__((always_inline)) __m512 token_block(const lm_panel_b
 static inline __attribute__((always_inline)) void block_operands(const char *x, size_t x_stride, __m512i offs,
                                                                  const int q41, __m256i (*unpack)(const char *),
                                                                  __m512i w[8], __m512 *dw, __m512 *mw) {
-    __m256i r[8], lo[8], hi[8];
-#pragma GCC unroll 8
-    for (int k = 0; k < 8; k++) r[k] = unpack(x + k * x_stride);
-    lm_transpose8(r, lo);
-#pragma GCC unroll 8
-    for (int k = 0; k < 8; k++) r[k] = unpack(x + (k + 8) * x_stride);
-    lm_transpose8(r, hi);
-#pragma GCC unroll 8
-    for (int j = 0; j < 8; j++) w[j] = _mm512_inserti64x4(_mm512_castsi256_si512(lo[j]), hi[j], 1);
+    __m256i r[16];
+#pragma GCC unroll 16
+    for (int k = 0; k < 16; k++) r[k] = unpack(x + k * x_stride);
+    lm_transpose16(r, w);
     const __m512i g = _mm512_i32gather_epi32(offs, x, 1);
     *dw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(g));
     *mw = q41 ? _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(g, 16))) : _mm512_setzero_ps();

@@ -1,6 +1,6 @@
 /* Shared by the VNNI panels (panel_avx512.c, tiled_k_avx512.c; see quant.h):
- * the 8 x 8 dword transpose that turns 8 weight rows into vpdpbusd operands,
- * and the gathers of one fp16 per row. Compiled with AVX-512 VL. */
+ * the dword transposes that turn 8 or 16 weight rows into vpdpbusd operands,
+ * and the panels' prefetch. Compiled with AVX-512 VL. */
 #ifndef LM_PANEL_X86_H
 #define LM_PANEL_X86_H
 
@@ -58,16 +58,14 @@ static inline __attribute__((always_inline)) void lm_pf_block(const lm_pf *f, in
         for (int64_t l = i * f->step; l < l1; l++) _mm_prefetch(f->p + 64 * l, _MM_HINT_T0);
 }
 
-/* byte offsets of 8 rows x_stride apart, for the gathers */
-static inline __m256i lm_row_offsets(size_t x_stride) {
-    return _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32((int)x_stride));
+/* 16 rows of 32 unsigned bytes -> w[j] = dword j of every row (lane r: row
+ * r): two halves of 8 transposed, side by side in zmm */
+static inline __attribute__((always_inline)) void lm_transpose16(const __m256i r[16], __m512i w[8]) {
+    __m256i lo[8], hi[8];
+    lm_transpose8(r, lo);
+    lm_transpose8(r + 8, hi);
+#pragma GCC unroll 8
+    for (int j = 0; j < 8; j++) w[j] = _mm512_inserti64x4(_mm512_castsi256_si512(lo[j]), hi[j], 1);
 }
-
-/* the dword at x + row offset, for 8 rows; its low and high fp16 as floats */
-static inline __attribute__((always_inline)) __m256i lm_gather_rows(const char *x, __m256i offs) {
-    return _mm256_i32gather_epi32((const int *)x, offs, 1);
-}
-static inline __m256 lm_f16_lo(__m256i g) { return _mm256_cvtph_ps(_mm256_cvtepi32_epi16(g)); }
-static inline __m256 lm_f16_hi(__m256i g) { return _mm256_cvtph_ps(_mm256_cvtepi32_epi16(_mm256_srli_epi32(g, 16))); }
 
 #endif

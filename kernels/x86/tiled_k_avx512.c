@@ -119,16 +119,13 @@ static inline __attribute__((always_inline)) void repack(const lm_dtype t, size_
         const char *xi = x + i * bs;
         for (int r = 0; r < LM_PANEL_ROWS; r++) repack_scales(t, xi + r * x_stride, r, b);
         for (int q = 0; q < 8; q++) {
-            __m256i v[8], lo[8], hi[8];
-#pragma GCC unroll 12
-            for (int k = 0; k < 8; k++) v[k] = unpack32(t, xi + k * x_stride, q);
-            lm_transpose8(v, lo);
-#pragma GCC unroll 12
-            for (int k = 0; k < 8; k++) v[k] = unpack32(t, xi + (k + 8) * x_stride, q);
-            lm_transpose8(v, hi);
-#pragma GCC unroll 12
-            for (int l = 0; l < 8; l++)
-                _mm512_store_si512(b->q[8 * q + l], _mm512_inserti64x4(_mm512_castsi256_si512(lo[l]), hi[l], 1));
+            __m256i v[16];
+            __m512i w[8];
+#pragma GCC unroll 16
+            for (int k = 0; k < 16; k++) v[k] = unpack32(t, xi + k * x_stride, q);
+            lm_transpose16(v, w);
+#pragma GCC unroll 8
+            for (int l = 0; l < 8; l++) _mm512_store_si512(b->q[8 * q + l], w[l]);
         }
     }
 }
@@ -174,7 +171,7 @@ static inline __attribute__((always_inline)) void tiled(const int T, const int s
         for (int g = 0; g < nsub; g++) {
 #pragma GCC unroll 12
             for (int c = 0; c < T; c++) acc[c] = _mm512_setzero_si512();
-#pragma GCC unroll 12
+#pragma GCC unroll 8
             for (int l = 0; l < quads; l++) {
                 const __m512i wv = _mm512_load_si512(b->q[quads * g + l]);
 #pragma GCC unroll 12

@@ -297,6 +297,66 @@ static void test_panel(void) {
     CHECK(lm_cpu_isa() < LM_ISA_AVX512 || ran > 0, "no SIMD panel ran");
 }
 
+/* A whole product through lm_matmul_panel, on two threads: every row, token
+ * and pass the bits of the scalar panel reference for its token alone (rows
+ * beyond the last whole panel: the single-row dot), at 5 and 40 tokens (the
+ * legacy types repack from 16; the K-quants always), with more panels than a
+ * thread repacks at once, blocks in several slices and two token passes. */
+static void test_panel_product(void) {
+    enum { OUT = 16 * 9 + 5, MAXN = 40 };
+    static const int ns[] = {5, MAXN};
+    lm_pool *pool = lm_pool_new(2);
+    uint64_t r = 77;
+    int checked = 0;
+    for (int t = 0; t < LM_DTYPE_COUNT; t++) {
+        const lm_quant_entry *e = lm_quant_entry_get((lm_dtype)t);
+        const lm_quant_ops *ops = lm_quant_ops_get((lm_dtype)t);
+        if (!e || !e->panel[LM_ISA_SCALAR] || !ops) continue;
+        /* a width of three slices or more of a repacked panel (core/matmul.c) */
+        const int64_t bs = lm_dtype_block_size((lm_dtype)t), in = bs == 256 ? 256 * 13 : 32 * 130;
+        const size_t rb = lm_dtype_row_size((lm_dtype)t, in);
+        char *d = malloc(rb * OUT);
+        float *row = malloc(in * sizeof *row), *x = malloc(MAXN * in * sizeof *x);
+        for (int64_t k = 0; k < OUT; k++) {
+            fill(row, in, &r, k == 3 ? 5000.0f : 1.0f);
+            e->from_float[LM_ISA_SCALAR](row, d + k * rb, in);
+        }
+        fill(x, MAXN * in, &r, 2.0f);
+        lm_tensor *w = lm_tensor_wrap((lm_dtype)t, 2, (int64_t[]){OUT, in}, d, free, d);
+        if (!lm_matmul_has_panel(w)) { /* no SIMD panels on this CPU */
+            lm_tensor_free(w); free(row); free(x);
+            continue;
+        }
+        const lm_quant_ops *act = lm_quant_ops_get(e->vec_dot_type);
+        const size_t arow = lm_dtype_row_size(e->vec_dot_type, in), rec = lm_panel_record((lm_dtype)t);
+        char *qa = malloc(arow), *pk = malloc((size_t)(in / lm_dtype_block_size(e->vec_dot_type)) * rec);
+        void *q = aligned_alloc(64, (lm_matmul_qbuf_size(w, MAXN, lm_pool_size(pool)) + 63) & ~(size_t)63);
+        float *y = malloc(MAXN * OUT * sizeof *y), ref[LM_PANEL_ROWS];
+        for (size_t k = 0; k < sizeof ns / sizeof *ns; k++) {
+            const int n = ns[k];
+            lm_matmul_panel(pool, w, x, n, y, q);
+            int bad = 0;
+            for (int c = 0; c < n; c++) {
+                act->from_float(x + c * in, qa, in);
+                lm_panel_pack((lm_dtype)t, qa, pk, rec, in);
+                for (int64_t p = 0; p < OUT; p += LM_PANEL_ROWS) {
+                    const int rows = OUT - p < LM_PANEL_ROWS ? (int)(OUT - p) : LM_PANEL_ROWS;
+                    if (rows == LM_PANEL_ROWS) e->panel[LM_ISA_SCALAR](in, 1, ref, LM_PANEL_ROWS, d + p * rb, rb, pk, rec, NULL);
+                    else for (int i = 0; i < rows; i++) ops->vec_dot(in, &ref[i], d + (p + i) * rb, qa);
+                    for (int i = 0; i < rows; i++) bad += memcmp(&ref[i], &y[c * OUT + p + i], sizeof(float)) != 0;
+                }
+            }
+            CHECK(bad == 0, "%s n=%d: %d of %d outputs differ from the reference", lm_dtype_name(t), n, bad, n * OUT);
+            checked++;
+        }
+        lm_tensor_free(w);
+        free(row); free(x); free(qa); free(pk); free(q); free(y);
+    }
+    printf("panel products checked: %d\n", checked);
+    CHECK(lm_cpu_isa() < LM_ISA_AVX512 || checked > 0, "no panel product ran");
+    lm_pool_free(pool);
+}
+
 /* Weights of one type through lm_matmul_panel_group: the bits lm_matmul_panel
  * gives each alone, for one token and for batches, on two threads; weights
  * that do not share a type, a width or whole panels are refused untouched. */
@@ -437,6 +497,7 @@ int main(void) {
     test_gemm();
     test_panel();
     test_panel_group();
+    test_panel_product();
     test_tile();
     test_known_blocks();
     test_round_trips();
