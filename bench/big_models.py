@@ -10,8 +10,9 @@ Files: bench/make_shaped.py writes shaped-<model>.<type>.gguf into $LUMEN_MODELS
 (~/.cache/lumen/models). llama.cpp runs in $LUMEN_LLAMA_PY (default bench/.venv-mtmd/bin/python,
 else /tmp/lcp36/bin/python: llama-cpp-python 0.3.36) through bench/llama_speed.py with its
 extra buffer types OFF: on the AMX Xeons these machines also are, the repacked (AMX) path
-segfaults or gives wrong logits in this version, and lumen has no repacked layouts either;
-turning them off makes the two read the same bytes per token.
+segfaults or gives wrong logits in this version. Both engines read the same bytes per token
+either way (lumen's interleaved layer matrices, core/model.c, are the file's bytes reordered;
+`lumen bench` times decode once they are in place, lm_model_wait_layout).
 
 Parts (each engine in its own processes, the two alternating, `rounds` times; medians):
   bandwidth  build/lumen_stream_read: read GB/s with 1 and 2 threads (the roofline's denominator)

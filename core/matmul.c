@@ -3,6 +3,7 @@
  * across threads; each thread walks its rows in small tiles so a tile stays in
  * cache while every token of the batch is dotted with it. */
 #include "model.h"
+#include "error.h"
 #include "quant.h"
 
 #include <immintrin.h>
@@ -26,6 +27,7 @@ typedef struct {
     char *rp;         /* repacked panels (quant.h): each thread's scratch, rp_chunk panels apart */
     size_t rp_panel;  /* bytes of one repacked panel */
     int64_t rp_chunk; /* panels a thread repacks at once */
+    bool il;          /* the weight's rows are interleaved (quant.h): ops->panel_il, repack_il */
     lm_pool_queue q; /* the region's work, handed out (lm_pool_run_dynamic) */
 } mm_job;
 
@@ -53,7 +55,7 @@ static mm_job mm_job_for(const lm_tensor *w, const float *x, int64_t n, float *y
     const lm_quant_ops *ops = lm_quant_ops_get(w->dtype);
     mm_job j = {
         .ops = ops, .w = w->data, .w_row = (size_t)w->stride[0],
-        .out = w->shape[0], .in = w->shape[1], .n = n, .x = x, .y = y, .wt = w->dtype,
+        .out = w->shape[0], .in = w->shape[1], .n = n, .x = x, .y = y, .wt = w->dtype, .il = w->interleaved,
     };
     j.x_row = lm_dtype_row_size(ops->vec_dot_type, j.in);
     return j;
@@ -168,6 +170,10 @@ size_t lm_matmul_qbuf_size(const lm_tensor *w, int64_t n, int threads) {
 }
 
 void lm_matmul(lm_pool *pool, const lm_tensor *w, const float *x, int64_t n, float *y, void *qbuf) {
+    if (w->interleaved) { /* its rows exist only as panels */
+        lm_matmul_panel(pool, w, x, n, y, qbuf);
+        return;
+    }
     mm_job j = mm_job_for(w, x, n, y);
     if (j.ops->vec_dot_type == LM_F32) {
         j.xq = (char *)x;
@@ -202,8 +208,9 @@ static void tiled_range(const mm_job *j, const char *w, int64_t out, float *y, i
     const int64_t full = out / LM_PANEL_ROWS * LM_PANEL_ROWS, chunk = j->rp_chunk * LM_PANEL_ROWS;
     for (int64_t r0 = lo; r0 < hi; r0 += chunk) {
         const int64_t r1 = r0 + chunk < hi ? r0 + chunk : hi, rt = r1 < full ? r1 : full;
+        const lm_repack_fn repack = j->il ? j->ops->repack_il : j->ops->repack;
         for (int64_t r = r0; r < rt; r += LM_PANEL_ROWS)
-            j->ops->repack(j->in, w + r * j->w_row, j->w_row, rp + (size_t)((r - r0) / LM_PANEL_ROWS) * j->rp_panel);
+            repack(j->in, w + r * j->w_row, j->w_row, rp + (size_t)((r - r0) / LM_PANEL_ROWS) * j->rp_panel);
         const int64_t bs = lm_dtype_block_size(j->wt), nb = j->in / bs, bytes = (int64_t)j->ops->repack_block;
         const int64_t slice = TILED_SLICE_BYTES / bytes > 1 ? TILED_SLICE_BYTES / bytes : 1;
         for (int64_t t = 0; t < j->n; t += LM_PANEL_TOKENS) {
@@ -225,13 +232,14 @@ static void tiled_range(const mm_job *j, const char *w, int64_t out, float *y, i
 /* rows [lo, hi) of one weight (w, out rows, into y), the activations of job j */
 static void panel_range(const mm_job *j, const char *w, int64_t out, float *y, int64_t lo, int64_t hi) {
     const int64_t rp = out / LM_PANEL_ROWS * LM_PANEL_ROWS;
+    const lm_panel_fn panel = j->il ? j->ops->panel_il : j->ops->panel;
     for (int64_t r0 = lo; r0 < hi; r0 += PANEL_CHUNK) {
         const int64_t r1 = r0 + PANEL_CHUNK < hi ? r0 + PANEL_CHUNK : hi, rt = r1 < rp ? r1 : rp;
         for (int64_t t = 0; t < j->n; t += LM_PANEL_TOKENS) {
             const int nt = (int)(j->n - t < LM_PANEL_TOKENS ? j->n - t : LM_PANEL_TOKENS);
             for (int64_t r = r0; r < rt; r += LM_PANEL_ROWS) {
                 const char *pf = t == 0 && r + PANEL_PREFETCH + LM_PANEL_ROWS <= rp ? w + (r + PANEL_PREFETCH) * j->w_row : NULL;
-                j->ops->panel(j->in, nt, y + t * out + r, (size_t)out, w + r * j->w_row, j->w_row,
+                panel(j->in, nt, y + t * out + r, (size_t)out, w + r * j->w_row, j->w_row,
                               j->pk + (size_t)(t * j->pk_nb) * j->pk_rec, (size_t)nt * j->pk_rec, pf);
             }
         }
@@ -314,7 +322,7 @@ bool lm_matmul_panel_group(lm_pool *pool, const lm_tensor *const *w, int k, cons
     if (k < 1 || k > LM_PANEL_GROUP) return false;
     for (int i = 0; i < k; i++)
         if (!lm_matmul_has_panel(w[i]) || w[i]->dtype != w[0]->dtype || w[i]->shape[1] != w[0]->shape[1] ||
-            w[i]->stride[0] != w[0]->stride[0] || w[i]->shape[0] % LM_PANEL_ROWS)
+            w[i]->stride[0] != w[0]->stride[0] || w[i]->shape[0] % LM_PANEL_ROWS || w[i]->interleaved != w[0]->interleaved)
             return false;
     group_job g = {.j = panel_job(pool, w[0], x, n, y[0], qbuf, take_tiled(w[0], n)), .k = k};
     for (int i = 0; i < k; i++) g.w[i] = w[i]->data, g.out[i] = w[i]->shape[0], g.y[i] = y[i];
@@ -325,6 +333,35 @@ bool lm_matmul_panel_group(lm_pool *pool, const lm_tensor *const *w, int k, cons
 void lm_matmul_panel(lm_pool *pool, const lm_tensor *w, const float *x, int64_t n, float *y, void *qbuf) {
     mm_job j = panel_job(pool, w, x, n, y, qbuf, take_tiled(w, n));
     lm_pool_run_dynamic(pool, panel_rows, &j, &j.q);
+}
+
+/* Interleaved weights (quant.h) */
+bool lm_matmul_can_interleave(const lm_tensor *w) {
+    const lm_quant_ops *ops = lm_quant_ops_get(w->dtype);
+    return ops && ops->interleave && !w->interleaved && w->ndim == 2 && w->shape[0] % LM_PANEL_ROWS == 0 &&
+           w->shape[1] % lm_dtype_block_size(w->dtype) == 0 &&
+           (size_t)w->stride[0] == lm_dtype_row_size(w->dtype, w->shape[1]);
+}
+
+typedef struct { const lm_tensor *w; char *dst; lm_interleave_fn interleave; lm_pool_queue q; } il_job;
+
+static void il_panels(void *vctx, int ith, int nth) {
+    il_job *j = vctx;
+    const size_t row = (size_t)j->w->stride[0];
+    int64_t lo, hi;
+    (void)ith;
+    while (lm_pool_take(&j->q, j->w->shape[0], LM_PANEL_ROWS, nth, &lo, &hi))
+        for (int64_t r = lo; r < hi; r += LM_PANEL_ROWS)
+            j->interleave(j->w->shape[1], j->w->data + (size_t)r * row, row, j->dst + (size_t)r * row);
+}
+
+lm_tensor *lm_matmul_interleave(lm_pool *pool, const lm_tensor *w, lm_storage *s, void *dst) {
+    if (!lm_matmul_can_interleave(w)) { lm_err("matmul: this weight cannot be interleaved on this CPU"); return NULL; }
+    il_job j = {.w = w, .dst = dst, .interleave = lm_quant_ops_get(w->dtype)->interleave};
+    lm_pool_run_dynamic(pool, il_panels, &j, &j.q);
+    lm_tensor *t = lm_tensor_on_storage(s, dst, w->dtype, 2, w->shape);
+    if (t) t->interleaved = true;
+    return t;
 }
 
 /* Prefill through oneDNN: each thread dequantizes its share of the weight rows
@@ -357,7 +394,7 @@ static bool gemm_bf16(const lm_tensor *w) {
 static bool prompt_bf16(const lm_tensor *w) { return lm_matmul_has_panel(w) && gemm_bf16(w) && lm_bgemm_preferred(); }
 
 bool lm_matmul_prompt_gemm(const lm_tensor *w, int64_t n) {
-    return n >= (w->dtype == LM_Q6_K ? 192 : 64) && prompt_bf16(w);
+    return !w->interleaved && n >= (w->dtype == LM_Q6_K ? 192 : 64) && prompt_bf16(w);
 }
 
 size_t lm_matmul_wbuf_size(const lm_tensor *w) {
@@ -426,6 +463,7 @@ static void gemm_rows(void *vctx, int ith, int nth) {
 }
 
 lm_status lm_matmul_gemm(lm_pool *pool, const lm_tensor *w, const float *x, int64_t n, float *y, void *wbuf, void *qbuf) {
+    if (w->interleaved) return lm_err("matmul: an interleaved weight has no rows to dequantize (core/matmul.c)");
     gemm_job j = {.w = w, .x = x, .n = n, .y = y, .wbuf = wbuf, .xb = qbuf, .bf16 = gemm_bf16(w)};
     if (j.bf16) lm_pool_run_dynamic(pool, gemm_x_bf16, &j, &j.q);
     lm_pool_run_dynamic(pool, gemm_rows, &j, &j.q);

@@ -39,8 +39,13 @@ typedef struct lm_layer {
 
 /* The matrices of a layer that go through the matrix products, in one list. */
 #define LM_LAYER_MATRICES 7
+static inline void lm_layer_matrix_slots(lm_layer *l, lm_tensor **w[LM_LAYER_MATRICES]) {
+    w[0] = &l->wq; w[1] = &l->wk; w[2] = &l->wv; w[3] = &l->wo; w[4] = &l->w_gate; w[5] = &l->w_up; w[6] = &l->w_down;
+}
 static inline void lm_layer_matrices(const lm_layer *l, const lm_tensor *w[LM_LAYER_MATRICES]) {
-    w[0] = l->wq; w[1] = l->wk; w[2] = l->wv; w[3] = l->wo; w[4] = l->w_gate; w[5] = l->w_up; w[6] = l->w_down;
+    lm_tensor **s[LM_LAYER_MATRICES];
+    lm_layer_matrix_slots((lm_layer *)l, s);
+    for (int i = 0; i < LM_LAYER_MATRICES; i++) w[i] = *s[i];
 }
 
 struct lm_arch_ops;
@@ -68,6 +73,15 @@ struct lm_model {
     char *path, *name, *arch_name, *chat_template;
     int64_t n_params;
     int32_t file_type;
+    /* decode's interleaved layer matrices, written by a thread of their own
+     * (core/model.c): each swapped in under eval_mu; the file-layout tensors
+     * they replace (same dtype and shape) stay alive until the model goes */
+    pthread_t il_thread;
+    bool il_started;
+    atomic_bool il_stop;
+    atomic_int il_pending, il_done;
+    lm_storage *il_storage;
+    lm_tensor **il_old;
 };
 
 struct lm_session {
@@ -146,6 +160,13 @@ void lm_matmul_panel(lm_pool *pool, const lm_tensor *w, const float *x, int64_t 
 #define LM_PANEL_GROUP 3
 bool lm_matmul_panel_group(lm_pool *pool, const lm_tensor *const *w, int k, const float *x, int64_t n,
                            float *const *y, void *qbuf);
+/* Interleaved layer matrices (kernels/quant.h): whether w can be stored so on
+ * this CPU (a contiguous matrix of whole panels of a type that has the
+ * kernels), and a tensor on s of w's rows interleaved at dst (w's size, 64-byte
+ * aligned), the panels written by the pool's threads. Every product of it
+ * (lm_matmul, lm_matmul_panel, lm_matmul_panel_group) has the bits w's would. */
+bool lm_matmul_can_interleave(const lm_tensor *w);
+lm_tensor *lm_matmul_interleave(lm_pool *pool, const lm_tensor *w, lm_storage *s, void *dst);
 /* The chain has a link the caller runs (core/sampler.c). */
 bool lm_sampler_has_external(const lm_sampler *s);
 /* y[m][n] (row stride ldy) = a[m][k] * w[n][k]^T through oneDNN, single-threaded

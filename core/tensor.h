@@ -20,6 +20,8 @@ struct lm_tensor {
     int ndim;
     int64_t shape[LM_MAX_DIMS];  /* outermost first */
     int64_t stride[LM_MAX_DIMS]; /* bytes; for quantized dtypes the innermost is unused */
+    bool interleaved;            /* a model's layer matrix with its rows interleaved in panels
+                                    (kernels/quant.h): only core/matmul.c reads it; never handed out */
 };
 
 /* A storage for foreign memory; release(ctx) on the last reference. */

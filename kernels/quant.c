@@ -48,7 +48,12 @@ static void init(void) {
             }
             if (!o->from_float && e->from_float[i]) o->from_float = e->from_float[i];
             if (!o->to_float && e->to_float[i]) o->to_float = e->to_float[i];
-            if (!o->panel && i > LM_ISA_SCALAR) o->panel = e->panel[i];
+            if (!o->panel && i > LM_ISA_SCALAR && e->panel[i]) {
+                o->panel = e->panel[i];
+                /* the interleaved layout where this ISA reads it for every path */
+                if (e->interleave && e->panel_il[i] && (!e->repack[i] || e->repack_il[i]))
+                    o->interleave = e->interleave, o->panel_il = e->panel_il[i], o->repack_il = e->repack_il[i];
+            }
             o->panel_decode = o->panel && e->panel_decode;
             if (!o->repack && i > LM_ISA_SCALAR && e->repack[i] && e->tiled[i])
                 o->repack = e->repack[i], o->tiled = e->tiled[i], o->repack_block = e->repack_block;

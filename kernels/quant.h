@@ -80,6 +80,21 @@ void lm_panel_pack(lm_dtype w, const void *yq, void *dst, size_t y_stride, int64
 typedef void (*lm_repack_fn)(LM_REPACK_ARGS);
 typedef void (*lm_tiled_fn)(LM_TILED_ARGS);
 
+/* Interleaved weights (decode's layout: lm_model_load stores a model's layer
+ * matrices so where the CPU has these kernels; core/matmul.c). A panel of 16
+ * rows keeps its bytes (16 rows' worth, contiguous) in another order, the one
+ * the VNNI panel reads, so it loads its operands whole with nothing to gather,
+ * unpack row by row or transpose: first every block's quants as 64-byte lines
+ * (line j of a block, lane r: bytes 4j..4j+3 of row r's quants; Q5_0 and
+ * Q5_1 add a line of the rows' 4 bytes of fifth bits), then the 16 rows' fp16
+ * d of every block ([block][16]), then (Q4_1, Q5_1) their m likewise.
+ * lm_interleave_fn writes one panel (n weights a row, rows x_stride apart) at
+ * dst; panel_il and repack_il are the type's panel and repack reading that
+ * layout (x: the panel; x_stride: the row size), with the same bits as the
+ * panel on the rows before. */
+#define LM_INTERLEAVE_ARGS int64_t n, const void *restrict x, size_t x_stride, void *restrict dst
+typedef void (*lm_interleave_fn)(LM_INTERLEAVE_ARGS);
+
 /* One row per element type: everything lumen knows about it. A type is added
  * by one row (an lm_quant_entry assignment in its family's register function,
  * kernels/quant_legacy.c or kernels/quant_k.c) plus its constant in lumen.h's
@@ -114,6 +129,9 @@ typedef struct lm_quant_entry {
     lm_repack_fn repack[LM_ISA_COUNT]; /* optional, with tiled of the same ISA: prompts take them */
     lm_tiled_fn tiled[LM_ISA_COUNT];
     size_t repack_block;               /* bytes of one block of a panel's rows, repacked */
+    lm_interleave_fn interleave;       /* optional (data movement: one for every ISA), with panel_il */
+    lm_panel_fn panel_il[LM_ISA_COUNT];    /* the panel of the same ISA on interleaved rows */
+    lm_repack_fn repack_il[LM_ISA_COUNT];  /* the repack of the same ISA from interleaved rows */
 } lm_quant_entry;
 
 /* The chosen functions for the running CPU. */
@@ -129,6 +147,11 @@ typedef struct lm_quant_ops {
     lm_repack_fn repack; /* NULL: none on this CPU; else prompts repack and take tiled */
     lm_tiled_fn tiled;
     size_t repack_block;
+    /* NULL: no interleaved layout on this CPU; else panel_il (and, with
+     * repack, repack_il) of the ISA panel and repack are */
+    lm_interleave_fn interleave;
+    lm_panel_fn panel_il;
+    lm_repack_fn repack_il;
 } lm_quant_ops;
 
 void lm_kernels_init(void);

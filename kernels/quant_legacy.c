@@ -275,6 +275,31 @@ static void dot_q8_0(int64_t n, float *s, const void *vx, const void *vy) {
     *s = sum;
 }
 
+/* ---- interleaved panels (quant.h) --------------------------------------------- */
+
+/* 16 rows of blocks of bsize bytes, each: nscale fp16 scales (d, then m) at
+ * its start, qs_len bytes of quants at qs_off and (Q5_0, Q5_1; qh_off >= 0)
+ * the 4 bytes of fifth bits at qh_off, which become the block's last line */
+static void interleave(int64_t n, const uint8_t *x, size_t x_stride, uint8_t *dst, size_t bsize, int nscale, int qs_off,
+                       int qs_len, int qh_off) {
+    const int64_t nb = n / QK;
+    const int lines = qs_len / 4 + (qh_off >= 0);
+    uint8_t *sc = dst + (size_t)nb * (size_t)lines * 64;
+    for (int r = 0; r < LM_PANEL_ROWS; r++)
+        for (int64_t i = 0; i < nb; i++) {
+            const uint8_t *b = x + (size_t)r * x_stride + (size_t)i * bsize;
+            uint8_t *q = dst + (size_t)i * (size_t)lines * 64 + 4 * r;
+            for (int j = 0; j < qs_len / 4; j++) memcpy(q + 64 * j, b + qs_off + 4 * j, 4);
+            if (qh_off >= 0) memcpy(q + 64 * (lines - 1), b + qh_off, 4);
+            for (int h = 0; h < nscale; h++) memcpy(sc + (((size_t)h * (size_t)nb + (size_t)i) * LM_PANEL_ROWS + (size_t)r) * 2, b + 2 * h, 2);
+        }
+}
+static void interleave_q4_0(LM_INTERLEAVE_ARGS) { interleave(n, x, x_stride, dst, sizeof(block_q4_0), 1, 2, QK / 2, -1); }
+static void interleave_q4_1(LM_INTERLEAVE_ARGS) { interleave(n, x, x_stride, dst, sizeof(block_q4_1), 2, 4, QK / 2, -1); }
+static void interleave_q5_0(LM_INTERLEAVE_ARGS) { interleave(n, x, x_stride, dst, sizeof(block_q5_0), 1, 6, QK / 2, 2); }
+static void interleave_q5_1(LM_INTERLEAVE_ARGS) { interleave(n, x, x_stride, dst, sizeof(block_q5_1), 2, 8, QK / 2, 4); }
+static void interleave_q8_0(LM_INTERLEAVE_ARGS) { interleave(n, x, x_stride, dst, sizeof(block_q8_0), 1, 2, QK, -1); }
+
 void lm_quant_register_legacy(lm_quant_entry t[LM_DTYPE_COUNT]) {
     t[LM_F32] = (lm_quant_entry){.name = "f32", .block = 1, .size = 4, .file_type = 0, .vec_dot_type = LM_F32,
                                  .to_float = {f32_to_float}, .from_float = {f32_from_float}, .vec_dot = {dot_f32}};
@@ -289,7 +314,8 @@ void lm_quant_register_legacy(lm_quant_entry t[LM_DTYPE_COUNT]) {
         .panel = {lm_panel_q4_0_ref, NULL, lm_panel_q4_0_vnni},
         .repack = {[LM_ISA_AVX512] = lm_repack_q4_0_vnni}, .tiled = {[LM_ISA_AVX512] = lm_tiled_q4_0_vnni},
         .repack_block = sizeof(lm_ltile_block), .panel_record = sizeof(lm_panel_block),
-        .panel_pack = lm_panel_pack_q8_0_b8, .panel_decode = true};
+        .panel_pack = lm_panel_pack_q8_0_b8, .panel_decode = true, .interleave = interleave_q4_0,
+        .panel_il = {[LM_ISA_AVX512] = lm_panel_il_q4_0_vnni}, .repack_il = {[LM_ISA_AVX512] = lm_repack_il_q4_0_vnni}};
     t[LM_Q4_1] = (lm_quant_entry){
         .name = "q4_1", .block = QK, .size = sizeof(block_q4_1), .file_type = 3, .vec_dot_type = LM_Q8_1,
         .to_float = {deq_q4_1}, .from_float = {quant_q4_1}, .vec_dot = {dot_q4_1, lm_vec_dot_q4_1_q8_1_avx2},
@@ -298,7 +324,8 @@ void lm_quant_register_legacy(lm_quant_entry t[LM_DTYPE_COUNT]) {
         .panel = {lm_panel_q4_1_ref, NULL, lm_panel_q4_1_vnni},
         .repack = {[LM_ISA_AVX512] = lm_repack_q4_1_vnni}, .tiled = {[LM_ISA_AVX512] = lm_tiled_q4_1_vnni},
         .repack_block = sizeof(lm_ltile_block), .panel_record = sizeof(lm_panel_block),
-        .panel_pack = lm_panel_pack_q8_1, .panel_decode = true};
+        .panel_pack = lm_panel_pack_q8_1, .panel_decode = true, .interleave = interleave_q4_1,
+        .panel_il = {[LM_ISA_AVX512] = lm_panel_il_q4_1_vnni}, .repack_il = {[LM_ISA_AVX512] = lm_repack_il_q4_1_vnni}};
     t[LM_Q5_0] = (lm_quant_entry){
         .name = "q5_0", .block = QK, .size = sizeof(block_q5_0), .file_type = 8, .vec_dot_type = LM_Q8_0,
         .to_float = {deq_q5_0}, .from_float = {quant_q5_0}, .vec_dot = {dot_q5_0, lm_vec_dot_q5_0_q8_0_avx2},
@@ -306,7 +333,8 @@ void lm_quant_register_legacy(lm_quant_entry t[LM_DTYPE_COUNT]) {
         .panel = {lm_panel_q5_0_ref, NULL, lm_panel_q5_0_vnni},
         .repack = {[LM_ISA_AVX512] = lm_repack_q5_0_vnni}, .tiled = {[LM_ISA_AVX512] = lm_tiled_q5_0_vnni},
         .repack_block = sizeof(lm_ltile_block), .panel_record = sizeof(lm_panel_block),
-        .panel_pack = lm_panel_pack_q8_0_b16, .panel_decode = true};
+        .panel_pack = lm_panel_pack_q8_0_b16, .panel_decode = true, .interleave = interleave_q5_0,
+        .panel_il = {[LM_ISA_AVX512] = lm_panel_il_q5_0_vnni}, .repack_il = {[LM_ISA_AVX512] = lm_repack_il_q5_0_vnni}};
     t[LM_Q5_1] = (lm_quant_entry){
         .name = "q5_1", .block = QK, .size = sizeof(block_q5_1), .file_type = 9, .vec_dot_type = LM_Q8_1,
         .to_float = {deq_q5_1}, .from_float = {quant_q5_1},
@@ -314,7 +342,8 @@ void lm_quant_register_legacy(lm_quant_entry t[LM_DTYPE_COUNT]) {
         .panel = {lm_panel_q5_1_ref, NULL, lm_panel_q5_1_vnni},
         .repack = {[LM_ISA_AVX512] = lm_repack_q5_1_vnni}, .tiled = {[LM_ISA_AVX512] = lm_tiled_q5_1_vnni},
         .repack_block = sizeof(lm_ltile_block), .panel_record = sizeof(lm_panel_block),
-        .panel_pack = lm_panel_pack_q8_1, .panel_decode = true};
+        .panel_pack = lm_panel_pack_q8_1, .panel_decode = true, .interleave = interleave_q5_1,
+        .panel_il = {[LM_ISA_AVX512] = lm_panel_il_q5_1_vnni}, .repack_il = {[LM_ISA_AVX512] = lm_repack_il_q5_1_vnni}};
     t[LM_Q8_0] = (lm_quant_entry){
         .name = "q8_0", .block = QK, .size = sizeof(block_q8_0), .file_type = 7, .vec_dot_type = LM_Q8_0,
         .to_float = {deq_q8_0}, .from_float = {quant_q8_0, lm_quantize_q8_0_avx2}, .vec_dot = {dot_q8_0, lm_vec_dot_q8_0_q8_0_avx2},
@@ -323,7 +352,8 @@ void lm_quant_register_legacy(lm_quant_entry t[LM_DTYPE_COUNT]) {
         .panel = {lm_panel_q8_0_ref, NULL, lm_panel_q8_0_vnni},
         .repack = {[LM_ISA_AVX512] = lm_repack_q8_0_vnni}, .tiled = {[LM_ISA_AVX512] = lm_tiled_q8_0_vnni},
         .repack_block = sizeof(lm_ltile_block), .panel_record = sizeof(lm_panel_block),
-        .panel_pack = lm_panel_pack_q8_0_b128, .panel_decode = true};
+        .panel_pack = lm_panel_pack_q8_0_b128, .panel_decode = true, .interleave = interleave_q8_0,
+        .panel_il = {[LM_ISA_AVX512] = lm_panel_il_q8_0_vnni}, .repack_il = {[LM_ISA_AVX512] = lm_repack_il_q8_0_vnni}};
     /* activations only */
     t[LM_Q8_1] = (lm_quant_entry){.name = "q8_1", .block = QK, .size = sizeof(block_q8_1), .file_type = -1,
                                   .vec_dot_type = LM_Q8_1, .to_float = {deq_q8_1}, .from_float = {quant_q8_1, lm_quantize_q8_1_avx2}};

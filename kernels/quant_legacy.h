@@ -59,6 +59,17 @@ void lm_tiled_q4_1_vnni(LM_TILED_ARGS);
 void lm_tiled_q5_0_vnni(LM_TILED_ARGS);
 void lm_tiled_q8_0_vnni(LM_TILED_ARGS);
 void lm_tiled_q5_1_vnni(LM_TILED_ARGS);
+/* on interleaved rows (quant.h) */
+void lm_panel_il_q4_0_vnni(LM_PANEL_ARGS);
+void lm_panel_il_q4_1_vnni(LM_PANEL_ARGS);
+void lm_panel_il_q8_0_vnni(LM_PANEL_ARGS);
+void lm_panel_il_q5_0_vnni(LM_PANEL_ARGS);
+void lm_panel_il_q5_1_vnni(LM_PANEL_ARGS);
+void lm_repack_il_q4_0_vnni(LM_REPACK_ARGS);
+void lm_repack_il_q4_1_vnni(LM_REPACK_ARGS);
+void lm_repack_il_q8_0_vnni(LM_REPACK_ARGS);
+void lm_repack_il_q5_0_vnni(LM_REPACK_ARGS);
+void lm_repack_il_q5_1_vnni(LM_REPACK_ARGS);
 #define LM_TILE_ROWS_AVX2 2
 #define LM_TILE_ROWS_VNNI 4
 void lm_quantize_q8_0_avx2(const float *x, void *y, int64_t n);

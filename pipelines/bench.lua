@@ -37,7 +37,8 @@ function M.run(o)
   local lumen = require "lumen"
   local now = require("lumen.chat").now
   local n_prompt, n_gen, runs = o.prompt_tokens or 128, o.n_predict or 128, o.runs or 5
-  local model = lumen.model.load(o.model, { threads = o.threads, kv_type = o.kv_type })
+  -- timed in the layout decode ends up in (the interleaved layer matrices, where the CPU has them)
+  local model = lumen.model.load(o.model, { threads = o.threads, kv_type = o.kv_type }):wait_layout()
   local ids = {}
   local filler = model:tokenize(FILLER, { parse_special = false })
   while #ids < n_prompt do for _, t in ipairs(filler) do ids[#ids + 1] = t end end

@@ -134,10 +134,18 @@ typedef struct lm_model_info {
     bool normalize;      /* encoders: the model's own L2 normalization */
     bool vision;         /* a vision projector (mmproj, family "clip"): lm_vision_*, no tokenizer,
                             no sessions; n_embd, n_layer, n_head, n_ff are its ViT's */
+    int32_t interleaved;  /* layer matrices in decode's interleaved layout so far: a thread of
+                             the model's copies them after lm_model_load returns where the CPU
+                             has the kernels (AVX-512 VNNI; Q4_0, Q4_1, Q5_0, Q5_1, Q8_0), the
+                             same results either way (LUMEN_INTERLEAVE=0: none) */
+    int32_t interleaving; /* layer matrices that thread has still to do (0: done) */
 } lm_model_info;
 
 lm_model *lm_model_load(const char *path, const lm_model_params *params);
 void lm_model_free(lm_model *model);
+/* Returns when the model's layer matrices are in their final layout
+ * (lm_model_info.interleaving == 0): before timing decode, say. */
+void lm_model_wait_layout(lm_model *model);
 void lm_model_get_info(const lm_model *model, lm_model_info *out);
 
 /* A model is a GGUF file or a Hugging Face model directory (config.json,

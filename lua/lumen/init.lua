@@ -6,7 +6,8 @@
 -- LUMEN_ROOT (the source tree; found from the binary otherwise), LUMEN_MODELS
 -- (the model cache, before ~/.cache/lumen/models), LUMEN_REGISTRY (another
 -- models.yaml), LUMEN_ISA (scalar | avx2: cap the kernels the CPU would get),
--- LUMEN_API_KEYS (lumen serve's keys, comma-separated), LUMEN_LIB (the shared
+-- LUMEN_INTERLEAVE (0: keep the layer matrices in the file's layout rather than
+-- decode's interleaved one; the same results, for comparisons), LUMEN_API_KEYS (lumen serve's keys, comma-separated), LUMEN_LIB (the shared
 -- library plain luajit binds), LUMEN_ASAN (the sanitizer build's test runs).
 local ffi = require "ffi"
 local C = require "lumen.ffi"

@@ -52,6 +52,15 @@ end
 
 local function str(p) return p ~= nil and ffi.string(p) or nil end
 
+--- Returns when the layer matrices are in their final layout (decode's
+-- interleaved one, which a thread of the model's writes after load where the
+-- CPU has its kernels; results are the same bits before and after): call it
+-- before timing decode.
+function Model:wait_layout()
+  C.lm_model_wait_layout(self.h)
+  return self
+end
+
 --- A table describing the model.
 function Model:info()
   local i = ffi.new("lm_model_info")
@@ -62,6 +71,8 @@ function Model:info()
     file_size = tonumber(i.file_size), n_vocab = i.n_vocab, n_ctx_train = i.n_ctx_train,
     n_embd = i.n_embd, n_layer = i.n_layer, n_head = i.n_head, n_head_kv = i.n_head_kv,
     head_dim = i.head_dim, n_ff = i.n_ff, tiled = i.tiled, panels = i.panels,
+    -- layer matrices in decode's interleaved layout so far, and still to do (a thread of the model's)
+    interleaved = i.interleaved, interleaving = i.interleaving,
     family = str(i.family), encoder = i.encoder,
     -- encoders: the longest input in tokens ([CLS] and [SEP] included), pooling, normalization
     max_tokens = i.encoder and i.max_tokens or nil,

@@ -215,7 +215,7 @@ static void test_panel(void) {
     static const int nts[] = {1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 24, 29, 31, 32, 33};
     enum { R = LM_PANEL_ROWS, MAXT = 33 };
     uint64_t r = 31;
-    int ran = 0, refs = 0, tiled = 0;
+    int ran = 0, refs = 0, tiled = 0, interleaved = 0;
     for (int t = 0; t < LM_DTYPE_COUNT; t++) {
         const lm_quant_entry *e = lm_quant_entry_get((lm_dtype)t);
         if (!e || !e->panel[LM_ISA_SCALAR]) continue;
@@ -288,10 +288,32 @@ static void test_panel(void) {
                 }
                 free(rp);
             }
+            /* the interleaved rows (quant.h): the panel and the repack reading them, the same bits */
+            for (int isa = 1; isa < LM_ISA_COUNT; isa++) {
+                if (!e->interleave || !e->panel_il[isa] || isa > (int)lm_cpu_isa()) continue;
+                const size_t row = lm_dtype_row_size(t, n);
+                char *il = aligned_alloc(64, (R * row + 63) & ~(size_t)63);
+                e->interleave(n, qw, wrow, il);
+                void *rp = aligned_alloc(64, (size_t)(n / lm_dtype_block_size(t)) * e->repack_block);
+                e->repack_il[isa](n, il, row, rp);
+                for (size_t q = 0; q < sizeof nts / sizeof *nts; q++) {
+                    const int nt = nts[q];
+                    for (size_t k = 0; k < sizeof s / sizeof *s; k++) s[k] = -7.0f;
+                    e->panel_il[isa](n, nt, s, ss, il, row, pk, ystr, q % 2 ? il : NULL);
+                    same_as_ref("interleaved panel", (lm_dtype)t, (lm_isa)isa, n, nt, s, ref, MAXT, ss, R);
+                    for (size_t k = 0; k < sizeof s / sizeof *s; k++) s[k] = -7.0f;
+                    e->tiled[isa](n, nt, s, ss, rp, pk, ystr, 0);
+                    same_as_ref("repacked interleaved panel", (lm_dtype)t, (lm_isa)isa, n, nt, s, ref, MAXT, ss, R);
+                    interleaved++;
+                }
+                free(rp);
+                free(il);
+            }
             free(x); free(dw); free(da); free(qw); free(qa); free(pk);
         }
     }
-    printf("panel variants checked: %d, repacked: %d (reference outputs %d)\n", ran, tiled, refs);
+    printf("panel variants checked: %d, repacked: %d, interleaved: %d (reference outputs %d)\n", ran, tiled, interleaved, refs);
+    CHECK(lm_cpu_isa() < LM_ISA_AVX512 || interleaved > 0, "no interleaved panel ran");
     CHECK(refs > 0, "no panel reference ran");
     CHECK(lm_cpu_isa() < LM_ISA_AVX512 || tiled > 0, "no repacked panel ran");
     CHECK(lm_cpu_isa() < LM_ISA_AVX512 || ran > 0, "no SIMD panel ran");
@@ -419,6 +441,80 @@ static void test_panel_group(void) {
     CHECK(lm_cpu_isa() < LM_ISA_AVX512 || checked > 0, "no panel group ran");
 }
 
+/* Interleaved layer matrices (lm_matmul_interleave): every product of one
+ * (lm_matmul_panel at 1..40 tokens, lm_matmul, lm_matmul_panel_group) the bits
+ * of the same rows in the file's layout, on two threads, at a width of
+ * several slices; what cannot be interleaved is refused, and the GEMM refuses
+ * an interleaved weight with an error. */
+static void test_interleaved(void) {
+    enum { IN = 32 * 130, MAXN = 40 };
+    static const int64_t outs[3] = {16 * 9, 32, 16};
+    static const int ns[] = {1, 3, 5, 16, 33, MAXN};
+    lm_pool *pool = lm_pool_new(2);
+    uint64_t r = 91;
+    float *x = malloc(MAXN * IN * sizeof *x), *row = malloc(IN * sizeof *row);
+    fill(x, MAXN * IN, &r, 2.0f);
+    int checked = 0;
+    for (int t = 0; t < LM_DTYPE_COUNT; t++) {
+        const lm_quant_ops *ops = lm_quant_ops_get((lm_dtype)t);
+        if (!ops || !ops->interleave) continue;
+        const size_t rb = lm_dtype_row_size((lm_dtype)t, IN);
+        lm_tensor *w[3], *wi[3];
+        float *y[3], *want[3];
+        size_t total = 0;
+        for (int i = 0; i < 3; i++) total += rb * outs[i];
+        char *il = aligned_alloc(64, (total + 63) & ~(size_t)63);
+        lm_storage *st = lm_storage_wrap(il, total, NULL, NULL);
+        for (int i = 0, off = 0; i < 3; off += (int)(rb * outs[i]), i++) {
+            char *d = malloc(rb * outs[i]);
+            for (int64_t k = 0; k < outs[i]; k++) {
+                fill(row, IN, &r, k == 5 ? 3000.0f : 1.0f);
+                ops->from_float(row, d + k * rb, IN);
+            }
+            w[i] = lm_tensor_wrap((lm_dtype)t, 2, (int64_t[]){outs[i], IN}, d, free, d);
+            CHECK(lm_matmul_can_interleave(w[i]), "%s: %lld rows not interleavable", lm_dtype_name(t), (long long)outs[i]);
+            wi[i] = lm_matmul_interleave(pool, w[i], st, il + off);
+            CHECK(wi[i] && !lm_matmul_can_interleave(wi[i]), "%s: interleaving failed or repeatable", lm_dtype_name(t));
+            y[i] = malloc(MAXN * outs[i] * sizeof(float));
+            want[i] = malloc(MAXN * outs[i] * sizeof(float));
+        }
+        lm_storage_release(st);
+        void *q = aligned_alloc(64, (lm_matmul_qbuf_size(w[0], MAXN, lm_pool_size(pool)) + 63) & ~(size_t)63);
+        for (size_t k = 0; k < sizeof ns / sizeof *ns; k++) {
+            const int n = ns[k];
+            for (int i = 0; i < 3; i++) {
+                lm_matmul_panel(pool, w[i], x, n, want[i], q);
+                lm_matmul_panel(pool, wi[i], x, n, y[i], q);
+                CHECK(memcmp(y[i], want[i], n * outs[i] * sizeof(float)) == 0, "%s n=%d weight %d: interleaved differs",
+                      lm_dtype_name(t), n, i);
+                memset(y[i], 0, n * outs[i] * sizeof(float));
+                lm_matmul(pool, wi[i], x, n, y[i], q);
+                CHECK(memcmp(y[i], want[i], n * outs[i] * sizeof(float)) == 0, "%s n=%d weight %d: lm_matmul of interleaved differs",
+                      lm_dtype_name(t), n, i);
+            }
+            CHECK(lm_matmul_panel_group(pool, (const lm_tensor *const *)wi, 3, x, n, y, q), "%s interleaved group refused",
+                  lm_dtype_name(t));
+            for (int i = 0; i < 3; i++)
+                CHECK(memcmp(y[i], want[i], n * outs[i] * sizeof(float)) == 0, "%s n=%d weight %d: interleaved group differs",
+                      lm_dtype_name(t), n, i);
+            checked++;
+        }
+        CHECK(!lm_matmul_panel_group(pool, (const lm_tensor *[]){w[1], wi[1]}, 2, x, 1, y, q), "%s mixed layouts refused",
+              lm_dtype_name(t));
+        CHECK(lm_matmul_gemm(pool, wi[1], x, 1, y[1], NULL, q) == LM_ERR && strstr(lm_last_error(), "interleaved"),
+              "%s: the GEMM refuses an interleaved weight", lm_dtype_name(t));
+        lm_tensor *part = lm_tensor_wrap((lm_dtype)t, 2, (int64_t[]){outs[1] - 8, IN}, w[1]->data, NULL, NULL);
+        CHECK(!lm_matmul_can_interleave(part), "%s: partial panels refused", lm_dtype_name(t));
+        lm_tensor_free(part);
+        for (int i = 0; i < 3; i++) { lm_tensor_free(w[i]); lm_tensor_free(wi[i]); free(y[i]); free(want[i]); }
+        free(q);
+    }
+    free(x); free(row);
+    lm_pool_free(pool);
+    printf("interleaved products checked: %d\n", checked);
+    CHECK(lm_cpu_isa() < LM_ISA_AVX512 || checked > 0, "no interleaved product ran");
+}
+
 /* f32 -> bf16 rows: every element the bits of the scalar conversion, over all
  * sign/exponent/high-mantissa patterns with low halves at and around the tie
  * (NaN, infinities and subnormals among them). */
@@ -498,6 +594,7 @@ int main(void) {
     test_panel();
     test_panel_group();
     test_panel_product();
+    test_interleaved();
     test_tile();
     test_known_blocks();
     test_round_trips();

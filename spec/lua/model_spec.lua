@@ -54,6 +54,67 @@ describe("lumen.model", function()
   end)
 end)
 
+describe("the interleaved layer matrices", function()
+  local ffi = require "ffi"
+  pcall(ffi.cdef, "int setenv(const char *name, const char *value, int overwrite); int unsetenv(const char *name);")
+  local function load(interleave)
+    if interleave then ffi.C.unsetenv("LUMEN_INTERLEAVE") else ffi.C.setenv("LUMEN_INTERLEAVE", "0", 1) end
+    local ok, m = pcall(lumen.model.load)
+    ffi.C.unsetenv("LUMEN_INTERLEAVE")
+    assert(ok, m)
+    return m:wait_layout()
+  end
+  -- the logits of a prompt (the repacked panels from 16 tokens) and of decode steps
+  local function run(m)
+    local s = m:session{ ctx = 128 }
+    local out = {}
+    local ids = m:tokenize("Interleaved rows give the same numbers as the file's rows, bit for bit, on every path.")
+    assert.is_true(#ids >= 16)
+    out[1] = ffi.string(s:eval(ids):data(), m.n_vocab * 4)
+    local tok = 42
+    for i = 2, 6 do
+      out[i] = ffi.string(s:eval(tok):data(), m.n_vocab * 4)
+      tok = s:logits():argmax() - 1
+    end
+    return out
+  end
+
+  it("give the bits of the file's layout, and the file's weights stay readable", function()
+    local a, b = load(true), load(false)
+    -- SmolLM2's 30 layers x 7 matrices (Q4_1), where the CPU has the kernels
+    local ia, ib = a:info(), b:info()
+    assert.equal(0, ia.interleaving)
+    assert.equal(0, ib.interleaved)
+    if ia.panels and ia.interleaved == 0 then pending("no interleaved layout on this CPU") end
+    assert.equal(210, ia.interleaved)
+    local la, lb = run(a), run(b)
+    for i = 1, #lb do assert.is_true(la[i] == lb[i], "step " .. i .. " differs") end
+    -- the interleaving model dropped the file's pages it copied: a weight view reads them back from the file
+    local wa, wb = a:weight("blk.3.ffn_down.weight"), b:weight("blk.3.ffn_down.weight")
+    local n = 576 * 1536 / 32 * 20 -- Q4_1: 20 bytes a block of 32
+    assert.equal(ffi.string(wb:data(), n), ffi.string(wa:data(), n))
+  end)
+
+  it("are swapped in while a session decodes, and a model freed mid-way stops its thread", function()
+    for _ = 1, 3 do
+      local m = load(true)
+      assert.is_true(m:info().interleaved <= 210)
+      m = nil
+      collectgarbage("collect")
+    end
+    -- decoding while the thread works: the same tokens as after it is done
+    local function greedy(m)
+      local s = m:session{ ctx = 64 }
+      local out, tok = {}, s:eval(m:tokenize("Once upon a time")):argmax() - 1
+      for i = 1, 12 do out[i] = tok; tok = s:eval(tok):argmax() - 1 end
+      return table.concat(out, " ")
+    end
+    ffi.C.unsetenv("LUMEN_INTERLEAVE")
+    local early = greedy(lumen.model.load())
+    assert.equal(greedy(load(true)), early)
+  end)
+end)
+
 describe("a session", function()
   local model = helper.model()
 
