@@ -247,16 +247,46 @@ static void panel_range(const mm_job *j, const char *w, int64_t out, float *y, i
     }
 }
 
+/* rows [lo, hi) of an interleaved K-quant weight (quant.h): tiled_il straight
+ * on its super-blocks, nothing repacked, a panel at a time, a super-block at
+ * a time (2.3-3.4 KB: in L1 while the passes of tokens go by); each asks for
+ * its share of the next panel (within the thread's rows) into L2, as the
+ * panels of a decode step do (lm_pf): the weights stream from memory. (The
+ * whole next panel asked for at once, 360 lines, stalled on the fill buffers:
+ * 17% of a one-thread decode's time.) */
+static void il_range(const mm_job *j, const char *w, int64_t out, float *y, int64_t lo, int64_t hi) {
+    const int64_t bs = lm_dtype_block_size(j->wt), nb = j->in / bs;
+    const size_t sb = LM_PANEL_ROWS * (j->w_row / (size_t)nb); /* one super-block of the panel's rows */
+    const int64_t slice = 1;
+    for (int64_t r = lo; r < hi; r += LM_PANEL_ROWS) {
+        const char *p = w + r * j->w_row, *next = r + 2 * LM_PANEL_ROWS <= hi ? p + LM_PANEL_ROWS * j->w_row : NULL;
+        for (int64_t i = 0; i < nb; i += slice) {
+            const int64_t m = nb - i < slice ? nb - i : slice;
+            for (size_t c = (size_t)i * sb; next && c < (size_t)(i + m) * sb; c += 64) _mm_prefetch(next + c, _MM_HINT_T1);
+            for (int64_t t = 0; t < j->n; t += LM_PANEL_TOKENS) {
+                const int nt = (int)(j->n - t < LM_PANEL_TOKENS ? j->n - t : LM_PANEL_TOKENS);
+                const size_t ys = (size_t)nt * j->pk_rec;
+                j->ops->tiled_il(m * bs, nt, y + t * out + r, (size_t)out, p + (size_t)i * sb,
+                                 j->pk + (size_t)(t * j->pk_nb) * j->pk_rec + (size_t)i * ys, ys, i > 0);
+            }
+        }
+    }
+}
+
 /* thread ith's repacked panels */
 static char *scratch(const mm_job *j, int ith) { return j->rp + (size_t)ith * (size_t)j->rp_chunk * j->rp_panel; }
+
+/* rows [lo, hi) of one weight by whichever panels it takes */
+static void rows_range(const mm_job *j, const char *w, int64_t out, float *y, int64_t lo, int64_t hi, int ith) {
+    if (j->il && j->ops->tiled_il) il_range(j, w, out, y, lo, hi);
+    else if (j->rp) tiled_range(j, w, out, y, lo, hi, scratch(j, ith));
+    else panel_range(j, w, out, y, lo, hi);
+}
 
 static void panel_rows(void *vctx, int ith, int nth) {
     mm_job *j = vctx;
     int64_t lo, hi;
-    while (lm_pool_take(&j->q, j->out, LM_PANEL_ROWS, nth, &lo, &hi)) {
-        if (j->rp) tiled_range(j, j->w, j->out, j->y, lo, hi, scratch(j, ith));
-        else panel_range(j, j->w, j->out, j->y, lo, hi);
-    }
+    while (lm_pool_take(&j->q, j->out, LM_PANEL_ROWS, nth, &lo, &hi)) rows_range(j, j->w, j->out, j->y, lo, hi, ith);
 }
 
 /* Several weights of one type and width against the same activations: their
@@ -278,8 +308,7 @@ static void group_rows(void *vctx, int ith, int nth) {
         for (int i = 0; i < g->k; base += g->out[i], i++) {
             const int64_t a = lo > base ? lo - base : 0, e = hi - base < g->out[i] ? hi - base : g->out[i];
             if (a >= e) continue;
-            if (g->j.rp) tiled_range(&g->j, g->w[i], g->out[i], g->y[i], a, e, scratch(&g->j, ith));
-            else panel_range(&g->j, g->w[i], g->out[i], g->y[i], a, e);
+            rows_range(&g->j, g->w[i], g->out[i], g->y[i], a, e, ith);
         }
     }
 }
@@ -296,8 +325,12 @@ bool lm_matmul_has_panel(const lm_tensor *w) {
  * thread, 436 vs 166 on two (the unrepacked panels they replace: 87, 128). */
 bool lm_matmul_prompt_panel(const lm_tensor *w) { return lm_matmul_has_panel(w); }
 
+/* the K-quants' single-row kernels give other bits than their panels, so a
+ * matrix being interleaved (w->panels) decodes through the panels from its
+ * first token: repacked per product until it is swapped for its interleaved
+ * copy, then straight from that (il_range) */
 bool lm_matmul_panel_decode(const lm_tensor *w) {
-    return lm_matmul_has_panel(w) && lm_quant_ops_get(w->dtype)->panel_decode;
+    return lm_matmul_has_panel(w) && (lm_quant_ops_get(w->dtype)->panel_decode || w->panels);
 }
 
 /* A panel product's job, its activations quantized and packed into qbuf
@@ -336,9 +369,13 @@ void lm_matmul_panel(lm_pool *pool, const lm_tensor *w, const float *x, int64_t 
 }
 
 /* Interleaved weights (quant.h) */
+static bool prompt_bf16(const lm_tensor *w);
+
+/* not where a prompt would take the bf16 GEMM (AMX, Zen 4: K-quants), which
+ * dequantizes the file's rows */
 bool lm_matmul_can_interleave(const lm_tensor *w) {
     const lm_quant_ops *ops = lm_quant_ops_get(w->dtype);
-    return ops && ops->interleave && !w->interleaved && w->ndim == 2 && w->shape[0] % LM_PANEL_ROWS == 0 &&
+    return ops && ops->interleave && !w->interleaved && !prompt_bf16(w) && w->ndim == 2 && w->shape[0] % LM_PANEL_ROWS == 0 &&
            w->shape[1] % lm_dtype_block_size(w->dtype) == 0 &&
            (size_t)w->stride[0] == lm_dtype_row_size(w->dtype, w->shape[1]);
 }
@@ -360,7 +397,7 @@ lm_tensor *lm_matmul_interleave(lm_pool *pool, const lm_tensor *w, lm_storage *s
     il_job j = {.w = w, .dst = dst, .interleave = lm_quant_ops_get(w->dtype)->interleave};
     lm_pool_run_dynamic(pool, il_panels, &j, &j.q);
     lm_tensor *t = lm_tensor_on_storage(s, dst, w->dtype, 2, w->shape);
-    if (t) t->interleaved = true;
+    if (t) t->interleaved = t->panels = true;
     return t;
 }
 

@@ -19,7 +19,12 @@ const char *lm_version(void) { return "0.1.0"; }
  * rows (kernels/quant.h) the VNNI panel loads its operands whole instead of
  * gathering, unpacking and transposing 16 rows' blocks, which kept it
  * compute-bound below the memory's pace (Xeon, one thread, tg32: Llama-3.2-1B
- * shape Q4_0 13.0 vs 9.3 tok/s, Qwen3-8B shape 2.32 vs 1.93). Where the CPU has
+ * shape Q4_0 13.0 vs 9.3 tok/s, Qwen3-8B shape 2.32 vs 1.93). The K-quants'
+ * interleaved super-blocks (Q4_K, Q6_K) go through their panels at every
+ * token, which the file's rows would only by repacking them per product: a
+ * matrix to be interleaved takes its panels from the first token (w->panels;
+ * repacked until it is swapped), so its results do not change when it is,
+ * and a prompt at once or token by token gives the same bits. Where the CPU has
  * those kernels, a thread of the model's own copies the layer matrices one by
  * one, interleaved, into memory of their own (huge pages where the kernel
  * gives them) and swaps each in under eval_mu, between forward passes: the
@@ -28,7 +33,8 @@ const char *lm_version(void) { return "0.1.0"; }
  * The file's pages a matrix was read from are then dropped from the process
  * (a private read-only mapping: they come back from the file if
  * lm_model_weight reads them), so the process holds each weight once.
- * LUMEN_INTERLEAVE=0 keeps the file's layout (for comparisons). */
+ * LUMEN_INTERLEAVE=0 keeps the file's layout (for comparisons; the K-quants
+ * then decode through their single-row kernels, other bits). */
 typedef struct { void *map; size_t len; } anon_map;
 
 static void anon_release(void *ctx) {
@@ -45,25 +51,33 @@ static void drop_pages(const void *p, size_t n) {
 
 static size_t il_bytes(const lm_tensor *w) { return (lm_tensor_nbytes(w) + 63) & ~(size_t)63; }
 
+/* The matrices decode reads that may be interleaved: every layer's, and the
+ * output matrix where it is not the token embeddings (whose rows a prompt
+ * looks up). n: how many slots filled (at most il_slots(m)). */
+static int il_slots(const lm_model *m) { return m->hp.n_layer * LM_LAYER_MATRICES + 1; }
+static int matrix_slots(lm_model *m, lm_tensor ***slot) {
+    int n = 0;
+    for (int il = 0; il < m->hp.n_layer; il++, n += LM_LAYER_MATRICES) lm_layer_matrix_slots(&m->layers[il], slot + n);
+    if (m->output && m->output != m->tok_embd) slot[n++] = &m->output;
+    return n;
+}
+
 static void *interleave_thread(void *arg) {
     lm_model *m = arg;
     char *dst = m->il_storage->data;
-    for (int il = 0; il < m->hp.n_layer && !atomic_load(&m->il_stop); il++) {
-        lm_tensor **slot[LM_LAYER_MATRICES];
-        lm_layer_matrix_slots(&m->layers[il], slot);
-        for (int i = 0; i < LM_LAYER_MATRICES && !atomic_load(&m->il_stop); i++) {
-            lm_tensor *w = *slot[i];
-            if (!lm_matmul_can_interleave(w)) continue;
-            lm_tensor *t = lm_matmul_interleave(NULL, w, m->il_storage, dst); /* on this thread alone */
-            if (!t) { atomic_store(&m->il_pending, 0); return NULL; }
-            dst += il_bytes(w);
-            pthread_mutex_lock(&m->eval_mu);
-            __atomic_store_n(slot[i], t, __ATOMIC_RELEASE);
-            pthread_mutex_unlock(&m->eval_mu);
-            m->il_old[atomic_fetch_add(&m->il_done, 1)] = w;
-            drop_pages(w->data, lm_tensor_nbytes(w));
-            atomic_fetch_sub(&m->il_pending, 1);
-        }
+    lm_tensor ***slot = m->il_slot;
+    for (int i = 0; i < m->il_n && !atomic_load(&m->il_stop); i++) {
+        lm_tensor *w = *slot[i];
+        if (!w->panels || w->interleaved) continue;
+        lm_tensor *t = lm_matmul_interleave(NULL, w, m->il_storage, dst); /* on this thread alone */
+        if (!t) break;
+        dst += il_bytes(w);
+        pthread_mutex_lock(&m->eval_mu);
+        __atomic_store_n(slot[i], t, __ATOMIC_RELEASE);
+        pthread_mutex_unlock(&m->eval_mu);
+        m->il_old[atomic_fetch_add(&m->il_done, 1)] = w;
+        drop_pages(w->data, lm_tensor_nbytes(w));
+        atomic_fetch_sub(&m->il_pending, 1);
     }
     atomic_store(&m->il_pending, 0);
     return NULL;
@@ -74,20 +88,19 @@ static void *interleave_thread(void *arg) {
 static void interleave_start(lm_model *m) {
     const char *env = getenv("LUMEN_INTERLEAVE");
     if (!m->layers || !m->gguf || (env && !strcmp(env, "0"))) return;
+    m->il_slot = calloc((size_t)il_slots(m), sizeof *m->il_slot);
+    m->il_old = calloc((size_t)il_slots(m), sizeof *m->il_old);
+    if (!m->il_slot || !m->il_old) return;
+    m->il_n = matrix_slots(m, m->il_slot);
     size_t total = 0;
     int n = 0;
-    for (int il = 0; il < m->hp.n_layer; il++) {
-        const lm_tensor *w[LM_LAYER_MATRICES];
-        lm_layer_matrices(&m->layers[il], w);
-        for (int i = 0; i < LM_LAYER_MATRICES; i++)
-            if (lm_matmul_can_interleave(w[i])) total += il_bytes(w[i]), n++;
-    }
+    for (int i = 0; i < m->il_n; i++)
+        if (lm_matmul_can_interleave(*m->il_slot[i])) total += il_bytes(*m->il_slot[i]), n++;
     if (!n) return;
     const size_t huge = (size_t)2 << 20, len = total + huge;
     anon_map *a = malloc(sizeof *a);
-    m->il_old = calloc((size_t)n, sizeof *m->il_old);
     void *map = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (!a || !m->il_old || map == MAP_FAILED) {
+    if (!a || map == MAP_FAILED) {
         if (map != MAP_FAILED) munmap(map, len);
         free(a);
         return;
@@ -97,9 +110,15 @@ static void interleave_start(lm_model *m) {
     madvise(base, total, MADV_HUGEPAGE);
     m->il_storage = lm_storage_wrap(base, total, anon_release, a);
     if (!m->il_storage) { anon_release(a); return; }
+    /* from the first forward pass on, through the panels (lm_matmul_panel_decode) */
+    for (int i = 0; i < m->il_n; i++)
+        if (lm_matmul_can_interleave(*m->il_slot[i])) (*m->il_slot[i])->panels = true;
     atomic_store(&m->il_pending, n);
     m->il_started = pthread_create(&m->il_thread, NULL, interleave_thread, m) == 0;
-    if (!m->il_started) atomic_store(&m->il_pending, 0);
+    if (!m->il_started) {
+        atomic_store(&m->il_pending, 0);
+        for (int i = 0; i < m->il_n; i++) (*m->il_slot[i])->panels = false;
+    }
 }
 
 static void interleave_stop(lm_model *m) {
@@ -133,6 +152,7 @@ static void model_destroy(lm_model *m) {
     if (m->arch && m->arch->unload) m->arch->unload(m);
     for (int i = 0; m->il_old && i < atomic_load(&m->il_done); i++) lm_tensor_free(m->il_old[i]);
     free(m->il_old);
+    free(m->il_slot);
     lm_storage_release(m->il_storage);
     lm_tokenizer_free(m->tok);
     lm_pool_free(m->pool);

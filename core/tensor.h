@@ -20,8 +20,11 @@ struct lm_tensor {
     int ndim;
     int64_t shape[LM_MAX_DIMS];  /* outermost first */
     int64_t stride[LM_MAX_DIMS]; /* bytes; for quantized dtypes the innermost is unused */
-    bool interleaved;            /* a model's layer matrix with its rows interleaved in panels
+    bool interleaved;            /* a model's matrix with its rows interleaved in panels
                                     (kernels/quant.h): only core/matmul.c reads it; never handed out */
+    bool panels;                 /* every product of it through the panels, decode too (a matrix
+                                    being interleaved, or interleaved: the same bits before and
+                                    after; core/model.c) */
 };
 
 /* A storage for foreign memory; release(ctx) on the last reference. */

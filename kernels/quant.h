@@ -91,7 +91,12 @@ typedef void (*lm_tiled_fn)(LM_TILED_ARGS);
  * lm_interleave_fn writes one panel (n weights a row, rows x_stride apart) at
  * dst; panel_il and repack_il are the type's panel and repack reading that
  * layout (x: the panel; x_stride: the row size), with the same bits as the
- * panel on the rows before. */
+ * panel on the rows before. The K-quants (Q4_K, Q6_K) keep each super-block's
+ * 16 rows together instead: its bytes as 64-byte lines (line k, lane r: bytes
+ * 4k..4k+3 of row r's block) and, where the block's size leaves two bytes
+ * over (Q6_K's trailing fp16 d), those as 16 fp16 after the lines; tiled_il
+ * is the type's tiled reading its operands, scales and mins from them, with
+ * nothing repacked (decode and prompts alike), the same bits as tiled. */
 #define LM_INTERLEAVE_ARGS int64_t n, const void *restrict x, size_t x_stride, void *restrict dst
 typedef void (*lm_interleave_fn)(LM_INTERLEAVE_ARGS);
 
@@ -132,6 +137,7 @@ typedef struct lm_quant_entry {
     lm_interleave_fn interleave;       /* optional (data movement: one for every ISA), with panel_il */
     lm_panel_fn panel_il[LM_ISA_COUNT];    /* the panel of the same ISA on interleaved rows */
     lm_repack_fn repack_il[LM_ISA_COUNT];  /* the repack of the same ISA from interleaved rows */
+    lm_tiled_fn tiled_il[LM_ISA_COUNT];    /* K-quants: the tiled of the same ISA on interleaved rows */
 } lm_quant_entry;
 
 /* The chosen functions for the running CPU. */
@@ -148,10 +154,12 @@ typedef struct lm_quant_ops {
     lm_tiled_fn tiled;
     size_t repack_block;
     /* NULL: no interleaved layout on this CPU; else panel_il (and, with
-     * repack, repack_il) of the ISA panel and repack are */
+     * repack, repack_il) of the ISA panel and repack are, or (K-quants, no
+     * panel) tiled_il of the ISA tiled is */
     lm_interleave_fn interleave;
     lm_panel_fn panel_il;
     lm_repack_fn repack_il;
+    lm_tiled_fn tiled_il;
 } lm_quant_ops;
 
 void lm_kernels_init(void);

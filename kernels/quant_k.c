@@ -683,6 +683,24 @@ static void quantize_q3_K(const float *restrict x, void *restrict vy, int64_t n)
 
 /* ---- registration ------------------------------------------------------------- */
 
+/* Interleaved super-blocks (quant.h): 16 rows' block i as 64-byte lines of
+ * dwords (lane r: row r), then any two bytes left over (a trailing fp16 d) as
+ * 16 fp16 */
+static void interleave_k(int64_t n, const uint8_t *x, size_t x_stride, uint8_t *dst, size_t size) {
+    const size_t lines = size / 4;
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        uint8_t *b = dst + (size_t)i * LM_PANEL_ROWS * size;
+        for (int r = 0; r < LM_PANEL_ROWS; r++) {
+            const uint8_t *src = x + (size_t)r * x_stride + (size_t)i * size;
+            for (size_t k = 0; k < lines; k++) memcpy(b + 64 * k + 4 * (size_t)r, src + 4 * k, 4);
+            if (size % 4) memcpy(b + 64 * lines + 2 * (size_t)r, src + 4 * lines, 2);
+        }
+    }
+}
+static void interleave_q4_K(LM_INTERLEAVE_ARGS) { interleave_k(n, x, x_stride, dst, sizeof(block_q4_K)); }
+static void interleave_q6_K(LM_INTERLEAVE_ARGS) { interleave_k(n, x, x_stride, dst, sizeof(block_q6_K)); }
+_Static_assert(sizeof(block_q6_K) % 4 == 2 && sizeof(block_q4_K) % 4 == 0, "the interleaved layouts' leftovers");
+
 void lm_quant_register_k(lm_quant_entry table[LM_DTYPE_COUNT]) {
     table[LM_Q2_K] = (lm_quant_entry){
         .name = "q2_k", .block = QK_K, .size = sizeof(block_q2_K), .file_type = 10,
@@ -724,6 +742,7 @@ void lm_quant_register_k(lm_quant_entry table[LM_DTYPE_COUNT]) {
         .repack = {[LM_ISA_AVX512] = lm_repack_q4_K_vnni}, .tiled = {[LM_ISA_AVX512] = lm_tiled_q4_K_vnni},
         .repack_block = sizeof(lm_ktile_block),
         .panel_record = sizeof(block_q8_K), .panel_pack = lm_panel_pack_q8_K,
+        .interleave = interleave_q4_K, .tiled_il = {[LM_ISA_AVX512] = lm_tiled_il_q4_K_vnni},
     };
     table[LM_Q5_K] = (lm_quant_entry){
         .name = "q5_k", .block = QK_K, .size = sizeof(block_q5_K), .file_type = 17, /* Q5_K_M */
@@ -752,6 +771,7 @@ void lm_quant_register_k(lm_quant_entry table[LM_DTYPE_COUNT]) {
         .repack = {[LM_ISA_AVX512] = lm_repack_q6_K_vnni}, .tiled = {[LM_ISA_AVX512] = lm_tiled_q6_K_vnni},
         .repack_block = sizeof(lm_ktile_block),
         .panel_record = sizeof(block_q8_K), .panel_pack = lm_panel_pack_q8_K,
+        .interleave = interleave_q6_K, .tiled_il = {[LM_ISA_AVX512] = lm_tiled_il_q6_K_vnni},
     };
     /* Activations only: quantized to, never dotted as weights. */
     table[LM_Q8_K] = (lm_quant_entry){

@@ -235,7 +235,8 @@ static void attn_rows(void *vctx, int ith, int nth) {
 
 /* Tokens of a prompt (of two or more) go through the integer panels where the
  * weight has them, and so do decode tokens where the panel at one token is as
- * fast as the single-row kernel (lm_matmul_panel_decode: Q4_0, Q4_1, Q5_0, Q8_0);
+ * fast as the single-row kernel (lm_matmul_panel_decode: Q4_0, Q4_1, Q5_0, Q5_1,
+ * Q8_0) or the weight is being interleaved (the K-quants, core/model.c);
  * other decode tokens (and one-token prompts) through the quantized dot
  * products and their tiles. Either way each comes out the same whatever else
  * is in its pass: a prompt token as in `lumen generate`'s prefill, a decode

@@ -124,8 +124,9 @@ typedef struct lm_model_info {
                      several sessions in one pass (lm_session_eval_batch) cost little
                      more per token than a prompt through the GEMM */
     bool panels;  /* every layer matrix takes every token, prompt or decode, through the
-                     integer panels here (Q4_0/Q4_1/Q5_0/Q8_0 weights, AVX-512 VNNI): a prompt
-                     at once or one token at a time gives the same bits */
+                     integer panels here (AVX-512 VNNI: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, and
+                     Q4_K, Q6_K being interleaved): a prompt at once or one token at a
+                     time gives the same bits */
     const char *family;  /* the architecture family that runs it: "llama", "bert" */
     bool encoder;        /* an embedding model: lm_embed_*, no sessions */
     int32_t max_tokens;  /* encoders: the longest input in tokens, [CLS] and [SEP] included
@@ -134,11 +135,12 @@ typedef struct lm_model_info {
     bool normalize;      /* encoders: the model's own L2 normalization */
     bool vision;         /* a vision projector (mmproj, family "clip"): lm_vision_*, no tokenizer,
                             no sessions; n_embd, n_layer, n_head, n_ff are its ViT's */
-    int32_t interleaved;  /* layer matrices in decode's interleaved layout so far: a thread of
-                             the model's copies them after lm_model_load returns where the CPU
-                             has the kernels (AVX-512 VNNI; Q4_0, Q4_1, Q5_0, Q5_1, Q8_0), the
-                             same results either way (LUMEN_INTERLEAVE=0: none) */
-    int32_t interleaving; /* layer matrices that thread has still to do (0: done) */
+    int32_t interleaved;  /* matrices in decode's interleaved layout so far: a thread of the
+                             model's copies the layer matrices (and an output matrix that is not
+                             the embeddings) after lm_model_load returns where the CPU has the
+                             kernels (AVX-512 VNNI; Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q6_K),
+                             the same results before and after (LUMEN_INTERLEAVE=0: none) */
+    int32_t interleaving; /* matrices that thread has still to do (0: done) */
 } lm_model_info;
 
 lm_model *lm_model_load(const char *path, const lm_model_params *params);

@@ -186,5 +186,7 @@ void lm_tiled_q3_K_vnni(LM_TILED_ARGS);
 void lm_tiled_q4_K_vnni(LM_TILED_ARGS);
 void lm_tiled_q5_K_vnni(LM_TILED_ARGS);
 void lm_tiled_q6_K_vnni(LM_TILED_ARGS);
+void lm_tiled_il_q4_K_vnni(LM_TILED_ARGS);
+void lm_tiled_il_q6_K_vnni(LM_TILED_ARGS);
 
 #endif

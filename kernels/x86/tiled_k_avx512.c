@@ -131,65 +131,184 @@ static inline __attribute__((always_inline)) void repack(const lm_dtype t, size_
 }
 
 /* acc[c] = the exact sum over p of tab[p]'s int16 pairs times token c's bsums 2p, 2p + 1 */
-static inline __attribute__((always_inline)) void bsums_dot(const int T, __m512i *acc, const int32_t tab[8][16],
+static inline __attribute__((always_inline)) void bsums_dot(const int T, __m512i *acc, const __m512i tab[8],
                                                             const block_q8_K *y) {
 #pragma GCC unroll 12
     for (int c = 0; c < T; c++) acc[c] = _mm512_setzero_si512();
     for (int p = 0; p < 8; p++) {
-        const __m512i tv = _mm512_load_si512(tab[p]);
 #pragma GCC unroll 12
-        for (int c = 0; c < T; c++) acc[c] = _mm512_dpwssd_epi32(acc[c], tv, _mm512_set1_epi32(lm_load32(y[c].bsums + 2 * p)));
+        for (int c = 0; c < T; c++) acc[c] = _mm512_dpwssd_epi32(acc[c], tab[p], _mm512_set1_epi32(lm_load32(y[c].bsums + 2 * p)));
     }
 }
 
-/* T tokens against the 16 repacked rows: sub = 32 (Q4_K, Q5_K) or 16; off:
- * the offset pairs, times d, start the super-block's part; mins: the second
- * FMA. Per (row, token) the reference's operations in its order (kernels/panel.c). */
+static inline __attribute__((always_inline)) void load8(__m512i v[8], const int32_t tab[8][16]) {
+#pragma GCC unroll 8
+    for (int p = 0; p < 8; p++) v[p] = _mm512_load_si512(tab[p]);
+}
+
+/* Interleaved super-blocks (quant.h): the 16 rows' bytes of one super-block as
+ * 64-byte lines (line k, lane r: bytes 4k..4k+3 of row r's block), then (Q6_K)
+ * the rows' fp16 d. From them, in registers, what repack writes for it: d and
+ * dmin, each sub-block's integer scale (dsc = d x scale, as repack_scales
+ * computes it), the min or offset pairs, and the quant lines. Q4_K, Q6_K. */
+static inline __attribute__((always_inline)) void il_scales(const lm_dtype t, const char *xi, __m512 *dw, __m512 *dmin,
+                                                            __m512i sc[16], __m512i tab[8]) {
+    if (t == LM_Q4_K) {
+        /* line 0: d | dmin << 16; lines 1-3: the 12 bytes of 6-bit scales and mins (lm_k_unpack_scales) */
+        const __m512i l0 = _mm512_loadu_si512(xi), s0 = _mm512_loadu_si512(xi + 64), s1 = _mm512_loadu_si512(xi + 128),
+                      s2 = _mm512_loadu_si512(xi + 192);
+        const __m512i m63 = _mm512_set1_epi32(63), m15 = _mm512_set1_epi32(15), m3 = _mm512_set1_epi32(3);
+        *dw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(l0));
+        *dmin = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(l0, 16)));
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++) {
+            sc[j] = _mm512_and_si512(_mm512_srli_epi32(s0, 8 * j), m63);
+            const __m512i m = _mm512_and_si512(_mm512_srli_epi32(s1, 8 * j), m63);
+            sc[j + 4] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(s2, 8 * j), m15),
+                                        _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(s0, 8 * j + 6), m3), 4));
+            const __m512i m2 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(s2, 8 * j + 4), m15),
+                                               _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(s1, 8 * j + 6), m3), 4));
+            tab[j] = _mm512_or_si512(m, _mm512_slli_epi32(m, 16));
+            tab[j + 4] = _mm512_or_si512(m2, _mm512_slli_epi32(m2, 16));
+        }
+    } else { /* Q6_K: lines 48-51 the 16 signed scales, then 16 fp16 d */
+        *dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(xi + 64 * 52)));
+        *dmin = _mm512_setzero_ps();
+#pragma GCC unroll 16
+        for (int j = 0; j < 16; j++)
+            sc[j] = _mm512_srai_epi32(_mm512_slli_epi32(_mm512_loadu_si512(xi + 64 * (48 + j / 4)), 24 - 8 * (j % 4)), 24);
+#pragma GCC unroll 8
+        for (int p = 0; p < 8; p++) /* -32 x scale, as int16 pairs */
+            tab[p] = _mm512_or_si512(
+                _mm512_and_si512(_mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(sc[2 * p], 5)), _mm512_set1_epi32(0xFFFF)),
+                _mm512_slli_epi32(_mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(sc[2 * p + 1], 5)), 16));
+    }
+}
+
+/* line idx of repack's q (weights 4 idx .. 4 idx + 3 of every row, unsigned) */
+static inline __attribute__((always_inline)) __m512i il_qline(const lm_dtype t, const char *xi, int idx) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    const int q = idx / 8, l = idx % 8;
+    if (t == LM_Q4_K) { /* qs from line 4: group q's low (even q) or high nibbles of qs[32 (q / 2) ..] */
+        const __m512i v = _mm512_loadu_si512(xi + 64 * (4 + 8 * (q / 2) + l));
+        return _mm512_and_si512(q % 2 ? _mm512_srli_epi16(v, 4) : v, m4);
+    }
+    const int h = q / 4, c = q % 4; /* Q6_K: ql lines 0-31, qh lines 32-47 */
+    const __m512i ql = _mm512_loadu_si512(xi + 64 * (16 * h + 8 * (c % 2) + l));
+    const __m512i qh = _mm512_loadu_si512(xi + 64 * (32 + 8 * h + l));
+    const __m512i lo = _mm512_and_si512(c < 2 ? ql : _mm512_srli_epi16(ql, 4), m4);
+    return _mm512_or_si512(lo, _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(qh, 2 * c), _mm512_set1_epi8(3)), 4));
+}
+
+/* T tokens against the 16 repacked rows (il: 0), or (il: the type) the
+ * interleaved ones: sub = 32 (Q4_K, Q5_K) or 16; off: the offset pairs, times
+ * d, start the super-block's part; mins: the second FMA. Per (row, token) the
+ * reference's operations in its order (kernels/panel.c), from either source. */
 static inline __attribute__((always_inline)) void tiled(const int T, const int sub, const int off, const int mins,
-                                                        int64_t nb, float *s, size_t s_stride,
-                                                        const lm_ktile_block *w, const char *yb, size_t y_stride,
-                                                        int more) {
+                                                        int64_t nb, float *s, size_t s_stride, const void *wp,
+                                                        const char *yb, size_t y_stride, int more, const lm_dtype il,
+                                                        size_t il_block) {
     const int nsub = QK_K / sub, quads = sub / 4;
     /* the row sums in memory (L1): the registers hold each token's dot and part */
     float fs[12][16] __attribute__((aligned(64)));
 #pragma GCC unroll 12
     for (int c = 0; c < T; c++) _mm512_store_ps(fs[c], more ? _mm512_loadu_ps(s + c * s_stride) : _mm512_setzero_ps());
     for (int64_t i = 0; i < nb; i++) {
-        const lm_ktile_block *b = w + i;
+        const lm_ktile_block *b = (const lm_ktile_block *)wp + i;
+        const char *xi = (const char *)wp + i * il_block;
         const block_q8_K *y = (const block_q8_K *)(yb + i * y_stride);
-        __m512i acc[12];
-        __m512 part[12];
+        __m512i acc[12], sc[16], tab[8];
+        __m512 part[12], dw = _mm512_setzero_ps(), dmin = _mm512_setzero_ps();
+        if (il) il_scales(il, xi, &dw, &dmin, sc, tab);
+        else if (off) { /* repack writes only the fields its type uses */
+            dw = _mm512_load_ps(b->d);
+            load8(tab, b->off);
+        }
+        if (!il && mins) dmin = _mm512_load_ps(b->dmin);
         if (off) {
-            bsums_dot(T, acc, b->off, y);
-            const __m512 dw = _mm512_load_ps(b->d);
+            bsums_dot(T, acc, tab, y);
 #pragma GCC unroll 12
             for (int c = 0; c < T; c++) part[c] = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[c]), dw);
         } else {
 #pragma GCC unroll 12
             for (int c = 0; c < T; c++) part[c] = _mm512_setzero_ps();
         }
-        for (int g = 0; g < nsub; g++) {
+        /* Q4_K interleaved, a few tokens (decode): each line of quants holds
+         * sub-blocks g (low nibbles) and g + 1 (high), so both are summed
+         * from one load, then taken into the part in the same order */
+        for (int g = 0; il == LM_Q4_K && T <= 4 && g < nsub; g += 2) {
+            __m512i acc1[4];
+#pragma GCC unroll 4
+            for (int c = 0; c < T; c++) acc[c] = acc1[c] = _mm512_setzero_si512();
+#pragma GCC unroll 8
+            for (int l = 0; l < 8; l++) {
+                const __m512i v = _mm512_loadu_si512(xi + 64 * (4 + 8 * (g / 2) + l)), m4 = _mm512_set1_epi8(0x0F);
+                const __m512i w0 = _mm512_and_si512(v, m4), w1 = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+#pragma GCC unroll 4
+                for (int c = 0; c < T; c++) {
+                    acc[c] = _mm512_dpbusd_epi32(acc[c], w0, _mm512_set1_epi32(lm_load32(y[c].qs + 32 * g + 4 * l)));
+                    acc1[c] = _mm512_dpbusd_epi32(acc1[c], w1, _mm512_set1_epi32(lm_load32(y[c].qs + 32 * (g + 1) + 4 * l)));
+                }
+            }
+            const __m512 d0 = _mm512_mul_ps(dw, _mm512_cvtepi32_ps(sc[g])), d1 = _mm512_mul_ps(dw, _mm512_cvtepi32_ps(sc[g + 1]));
+#pragma GCC unroll 4
+            for (int c = 0; c < T; c++) {
+                part[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[c]), d0, part[c]);
+                part[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc1[c]), d1, part[c]);
+            }
+        }
+        /* Q6_K interleaved, one or two tokens: per half (128 weights) and
+         * line position, two ql lines and one qh line give four 32-weight
+         * groups' operands; the eight sub-blocks' sums then go into the part
+         * in their order */
+        for (int h = 0; il == LM_Q6_K && T <= 2 && h < 2; h++) {
+            __m512i a[8][2];
+#pragma GCC unroll 8
+            for (int k = 0; k < 8; k++)
+                for (int c = 0; c < T; c++) a[k][c] = _mm512_setzero_si512();
+#pragma GCC unroll 8
+            for (int l = 0; l < 8; l++) {
+                const __m512i ql0 = _mm512_loadu_si512(xi + 64 * (16 * h + l)), ql1 = _mm512_loadu_si512(xi + 64 * (16 * h + 8 + l));
+                const __m512i qh = _mm512_loadu_si512(xi + 64 * (32 + 8 * h + l));
+#pragma GCC unroll 4
+                for (int cq = 0; cq < 4; cq++) { /* 32-weight group q = 4h + cq: sub-block 2q + l / 4 */
+                    const __m512i ql = cq % 2 ? ql1 : ql0;
+                    const __m512i lo = _mm512_and_si512(cq < 2 ? ql : _mm512_srli_epi16(ql, 4), _mm512_set1_epi8(0x0F));
+                    const __m512i wv = _mm512_or_si512(
+                        lo, _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(qh, 2 * cq), _mm512_set1_epi8(3)), 4));
+                    const int k = 2 * cq + l / 4, g = 8 * h + k;
+                    for (int c = 0; c < T; c++)
+                        a[k][c] = _mm512_dpbusd_epi32(a[k][c], wv, _mm512_set1_epi32(lm_load32(y[c].qs + 16 * g + 4 * (l % 4))));
+                }
+            }
+#pragma GCC unroll 8
+            for (int k = 0; k < 8; k++) {
+                const __m512 dsc = _mm512_mul_ps(dw, _mm512_cvtepi32_ps(sc[8 * h + k]));
+                for (int c = 0; c < T; c++) part[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a[k][c]), dsc, part[c]);
+            }
+        }
+        for (int g = 0; !(il == LM_Q4_K && T <= 4) && !(il == LM_Q6_K && T <= 2) && g < nsub; g++) {
 #pragma GCC unroll 12
             for (int c = 0; c < T; c++) acc[c] = _mm512_setzero_si512();
 #pragma GCC unroll 8
             for (int l = 0; l < quads; l++) {
-                const __m512i wv = _mm512_load_si512(b->q[quads * g + l]);
+                const __m512i wv = il ? il_qline(il, xi, quads * g + l) : _mm512_load_si512(b->q[quads * g + l]);
 #pragma GCC unroll 12
                 for (int c = 0; c < T; c++)
                     acc[c] = _mm512_dpbusd_epi32(acc[c], wv, _mm512_set1_epi32(lm_load32(y[c].qs + sub * g + 4 * l)));
             }
-            const __m512 dsc = _mm512_load_ps(b->dsc[g]);
+            const __m512 dsc = il ? _mm512_mul_ps(dw, _mm512_cvtepi32_ps(sc[g])) : _mm512_load_ps(b->dsc[g]);
 #pragma GCC unroll 12
             for (int c = 0; c < T; c++) part[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[c]), dsc, part[c]);
         }
 #pragma GCC unroll 12
         for (int c = 0; c < T; c++) _mm512_store_ps(fs[c], _mm512_fmadd_ps(part[c], _mm512_set1_ps(y[c].d), _mm512_load_ps(fs[c])));
         if (mins) {
-            bsums_dot(T, acc, b->mn, y);
-            const __m512 mw = _mm512_load_ps(b->dmin);
+            if (!il) load8(tab, b->mn);
+            bsums_dot(T, acc, tab, y);
 #pragma GCC unroll 12
             for (int c = 0; c < T; c++)
-                _mm512_store_ps(fs[c], _mm512_fnmadd_ps(_mm512_cvtepi32_ps(acc[c]), _mm512_mul_ps(mw, _mm512_set1_ps(y[c].d)),
+                _mm512_store_ps(fs[c], _mm512_fnmadd_ps(_mm512_cvtepi32_ps(acc[c]), _mm512_mul_ps(dmin, _mm512_set1_ps(y[c].d)),
                                                         _mm512_load_ps(fs[c])));
         }
     }
@@ -197,24 +316,30 @@ static inline __attribute__((always_inline)) void tiled(const int T, const int s
     for (int c = 0; c < T; c++) _mm512_storeu_ps(s + c * s_stride, _mm512_load_ps(fs[c]));
 }
 
-/* up to LM_PANEL_TOKENS tokens: eight at a time, the rest in power-of-two pieces */
-#define TILED_AT(T, SUB, OFF, MINS) \
-    tiled(T, SUB, OFF, MINS, n / QK_K, s + c * s_stride, s_stride, xr, (const char *)y + c * sizeof(block_q8_K), y_stride, more)
-#define TILED(NAME, TYPE, SUB, OFF, MINS)                                              \
-    void lm_tiled_##NAME##_vnni(LM_TILED_ARGS) {                                       \
-        int c = 0;                                                                     \
-        for (; c + 12 <= nt; c += 12) TILED_AT(12, SUB, OFF, MINS);                    \
-        if (nt - c >= 8) { TILED_AT(8, SUB, OFF, MINS); c += 8; }                      \
-        if (nt - c >= 4) { TILED_AT(4, SUB, OFF, MINS); c += 4; }                      \
-        if (nt - c >= 2) { TILED_AT(2, SUB, OFF, MINS); c += 2; }                      \
-        if (nt - c >= 1) TILED_AT(1, SUB, OFF, MINS);                                  \
-    }                                                                                  \
-    void lm_repack_##NAME##_vnni(LM_REPACK_ARGS) {                                     \
-        repack(TYPE, sizeof(block_##NAME), n, x, x_stride, dst);                       \
+/* up to LM_PANEL_TOKENS tokens: twelve at a time, the rest in power-of-two pieces */
+#define TILED_AT(T, SUB, OFF, MINS, IL, ILB)                                                                    \
+    tiled(T, SUB, OFF, MINS, n / QK_K, s + c * s_stride, s_stride, xr, (const char *)y + c * sizeof(block_q8_K), \
+          y_stride, more, IL, ILB)
+#define TILED_ALL(SUB, OFF, MINS, IL, ILB)                                  \
+    int c = 0;                                                              \
+    for (; c + 12 <= nt; c += 12) TILED_AT(12, SUB, OFF, MINS, IL, ILB);    \
+    if (nt - c >= 8) { TILED_AT(8, SUB, OFF, MINS, IL, ILB); c += 8; }      \
+    if (nt - c >= 4) { TILED_AT(4, SUB, OFF, MINS, IL, ILB); c += 4; }      \
+    if (nt - c >= 2) { TILED_AT(2, SUB, OFF, MINS, IL, ILB); c += 2; }      \
+    if (nt - c >= 1) TILED_AT(1, SUB, OFF, MINS, IL, ILB);
+#define TILED(NAME, TYPE, SUB, OFF, MINS)                                   \
+    void lm_tiled_##NAME##_vnni(LM_TILED_ARGS) { TILED_ALL(SUB, OFF, MINS, 0, 0) } \
+    void lm_repack_##NAME##_vnni(LM_REPACK_ARGS) {                          \
+        repack(TYPE, sizeof(block_##NAME), n, x, x_stride, dst);            \
     }
+/* on interleaved rows (xr: the super-blocks, 16 rows' worth each) */
+#define TILED_IL(NAME, TYPE, SUB, OFF, MINS) \
+    void lm_tiled_il_##NAME##_vnni(LM_TILED_ARGS) { TILED_ALL(SUB, OFF, MINS, TYPE, LM_PANEL_ROWS * sizeof(block_##NAME)) }
 
 TILED(q2_K, LM_Q2_K, 16, 0, 1)
 TILED(q3_K, LM_Q3_K, 16, 1, 0)
 TILED(q4_K, LM_Q4_K, 32, 0, 1)
 TILED(q5_K, LM_Q5_K, 32, 0, 1)
 TILED(q6_K, LM_Q6_K, 16, 1, 0)
+TILED_IL(q4_K, LM_Q4_K, 32, 0, 1)
+TILED_IL(q6_K, LM_Q6_K, 16, 1, 0)

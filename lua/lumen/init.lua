@@ -7,7 +7,8 @@
 -- (the model cache, before ~/.cache/lumen/models), LUMEN_REGISTRY (another
 -- models.yaml), LUMEN_ISA (scalar | avx2: cap the kernels the CPU would get),
 -- LUMEN_INTERLEAVE (0: keep the layer matrices in the file's layout rather than
--- decode's interleaved one; the same results, for comparisons), LUMEN_API_KEYS (lumen serve's keys, comma-separated), LUMEN_LIB (the shared
+-- decode's interleaved one, for comparisons: the same results on the legacy
+-- types; the K-quants then decode through their single-row kernels), LUMEN_API_KEYS (lumen serve's keys, comma-separated), LUMEN_LIB (the shared
 -- library plain luajit binds), LUMEN_ASAN (the sanitizer build's test runs).
 local ffi = require "ffi"
 local C = require "lumen.ffi"

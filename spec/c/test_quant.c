@@ -309,6 +309,23 @@ static void test_panel(void) {
                 free(rp);
                 free(il);
             }
+            /* the K-quants' interleaved super-blocks: tiled_il on them, whole and sliced, the same bits */
+            for (int isa = 1; isa < LM_ISA_COUNT; isa++) {
+                if (!e->interleave || !e->tiled_il[isa] || isa > (int)lm_cpu_isa()) continue;
+                const size_t row = lm_dtype_row_size(t, n), sb = R * row / (size_t)(n / lm_dtype_block_size(t));
+                char *il = aligned_alloc(64, (R * row + 63) & ~(size_t)63);
+                e->interleave(n, qw, wrow, il);
+                for (size_t q = 0; q < sizeof nts / sizeof *nts; q++) {
+                    const int nt = nts[q];
+                    for (size_t k = 0; k < sizeof s / sizeof *s; k++) s[k] = -7.0f;
+                    const int64_t bs = lm_dtype_block_size(t), cut = q % 2 && n > bs ? bs : n;
+                    e->tiled_il[isa](cut, nt, s, ss, il, pk, ystr, 0);
+                    if (cut < n) e->tiled_il[isa](n - cut, nt, s, ss, il + sb, pk + ystr, ystr, 1);
+                    same_as_ref("interleaved K panel", (lm_dtype)t, (lm_isa)isa, n, nt, s, ref, MAXT, ss, R);
+                    interleaved++;
+                }
+                free(il);
+            }
             free(x); free(dw); free(da); free(qw); free(qa); free(pk);
         }
     }
@@ -447,8 +464,9 @@ static void test_panel_group(void) {
  * several slices; what cannot be interleaved is refused, and the GEMM refuses
  * an interleaved weight with an error. */
 static void test_interleaved(void) {
-    enum { IN = 32 * 130, MAXN = 40 };
+    enum { MAXN = 40 };
     static const int64_t outs[3] = {16 * 9, 32, 16};
+    const int64_t IN = 256 * 13; /* a multiple of every block: several slices of a panel either way */
     static const int ns[] = {1, 3, 5, 16, 33, MAXN};
     lm_pool *pool = lm_pool_new(2);
     uint64_t r = 91;

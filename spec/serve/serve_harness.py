@@ -262,6 +262,11 @@ def run_lumen(*args, timeout=120, env=None):
     return res.stdout.decode("utf-8")
 
 
+def model_info(model, env=None):
+    """Part of the model's info() on this CPU (spec/serve/model_info.lua): panels, tiled, interleaved."""
+    return json.loads(run_lumen("run", os.path.join(ROOT, "spec", "serve", "model_info.lua"), model, env=env))
+
+
 def greedy_generate(prompt, n, model="smollm2", env=None):
     """What `lumen generate --temp 0` continues `prompt` with (prompt and final newline removed)."""
     out = run_lumen("generate", "-m", model, "-p", prompt, "-n", str(n), "--temp", "0", "--no-stats", env=env)
