@@ -247,8 +247,9 @@ static void panel_range(const mm_job *j, const char *w, int64_t out, float *y, i
     }
 }
 
-/* rows [lo, hi) of an interleaved K-quant weight (quant.h): tiled_il straight
- * on its super-blocks, nothing repacked, a panel at a time, a super-block at
+/* rows [lo, hi) of an interleaved K-quant weight (quant.h), fewer tokens than
+ * TILED_MIN_TOKENS (more repack, tiled_range): tiled_il straight on its
+ * super-blocks, nothing repacked, a panel at a time, a super-block at
  * a time (2.3-3.4 KB: in L1 while the passes of tokens go by); each asks for
  * its share of the next panel (within the thread's rows) into L2, as the
  * panels of a decode step do (lm_pf): the weights stream from memory. (The
@@ -278,7 +279,7 @@ static char *scratch(const mm_job *j, int ith) { return j->rp + (size_t)ith * (s
 
 /* rows [lo, hi) of one weight by whichever panels it takes */
 static void rows_range(const mm_job *j, const char *w, int64_t out, float *y, int64_t lo, int64_t hi, int ith) {
-    if (j->il && j->ops->tiled_il) il_range(j, w, out, y, lo, hi);
+    if (j->il && j->ops->tiled_il && j->n < TILED_MIN_TOKENS) il_range(j, w, out, y, lo, hi);
     else if (j->rp) tiled_range(j, w, out, y, lo, hi, scratch(j, ith));
     else panel_range(j, w, out, y, lo, hi);
 }

@@ -57,7 +57,8 @@ static void init(void) {
             o->panel_decode = o->panel && e->panel_decode;
             if (!o->repack && i > LM_ISA_SCALAR && e->repack[i] && e->tiled[i]) {
                 o->repack = e->repack[i], o->tiled = e->tiled[i], o->repack_block = e->repack_block;
-                if (!o->panel && e->interleave && e->tiled_il[i]) o->interleave = e->interleave, o->tiled_il = e->tiled_il[i];
+                if (!o->panel && e->interleave && e->tiled_il[i] && e->repack_il[i])
+                    o->interleave = e->interleave, o->tiled_il = e->tiled_il[i], o->repack_il = e->repack_il[i];
             }
         }
     }

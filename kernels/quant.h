@@ -96,7 +96,8 @@ typedef void (*lm_tiled_fn)(LM_TILED_ARGS);
  * 4k..4k+3 of row r's block) and, where the block's size leaves two bytes
  * over (Q6_K's trailing fp16 d), those as 16 fp16 after the lines; tiled_il
  * is the type's tiled reading its operands, scales and mins from them, with
- * nothing repacked (decode and prompts alike), the same bits as tiled. */
+ * nothing repacked (decode: a few tokens), repack_il the type's repack from
+ * them (prompts), the same bits as tiled. */
 #define LM_INTERLEAVE_ARGS int64_t n, const void *restrict x, size_t x_stride, void *restrict dst
 typedef void (*lm_interleave_fn)(LM_INTERLEAVE_ARGS);
 
@@ -155,7 +156,7 @@ typedef struct lm_quant_ops {
     size_t repack_block;
     /* NULL: no interleaved layout on this CPU; else panel_il (and, with
      * repack, repack_il) of the ISA panel and repack are, or (K-quants, no
-     * panel) tiled_il of the ISA tiled is */
+     * panel) tiled_il and repack_il of the ISA tiled and repack */
     lm_interleave_fn interleave;
     lm_panel_fn panel_il;
     lm_repack_fn repack_il;

@@ -743,6 +743,7 @@ void lm_quant_register_k(lm_quant_entry table[LM_DTYPE_COUNT]) {
         .repack_block = sizeof(lm_ktile_block),
         .panel_record = sizeof(block_q8_K), .panel_pack = lm_panel_pack_q8_K,
         .interleave = interleave_q4_K, .tiled_il = {[LM_ISA_AVX512] = lm_tiled_il_q4_K_vnni},
+        .repack_il = {[LM_ISA_AVX512] = lm_repack_il_q4_K_vnni},
     };
     table[LM_Q5_K] = (lm_quant_entry){
         .name = "q5_k", .block = QK_K, .size = sizeof(block_q5_K), .file_type = 17, /* Q5_K_M */
@@ -772,6 +773,7 @@ void lm_quant_register_k(lm_quant_entry table[LM_DTYPE_COUNT]) {
         .repack_block = sizeof(lm_ktile_block),
         .panel_record = sizeof(block_q8_K), .panel_pack = lm_panel_pack_q8_K,
         .interleave = interleave_q6_K, .tiled_il = {[LM_ISA_AVX512] = lm_tiled_il_q6_K_vnni},
+        .repack_il = {[LM_ISA_AVX512] = lm_repack_il_q6_K_vnni},
     };
     /* Activations only: quantized to, never dotted as weights. */
     table[LM_Q8_K] = (lm_quant_entry){

@@ -188,5 +188,7 @@ void lm_tiled_q5_K_vnni(LM_TILED_ARGS);
 void lm_tiled_q6_K_vnni(LM_TILED_ARGS);
 void lm_tiled_il_q4_K_vnni(LM_TILED_ARGS);
 void lm_tiled_il_q6_K_vnni(LM_TILED_ARGS);
+void lm_repack_il_q4_K_vnni(LM_REPACK_ARGS);
+void lm_repack_il_q6_K_vnni(LM_REPACK_ARGS);
 
 #endif

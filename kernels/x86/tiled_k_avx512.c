@@ -200,6 +200,31 @@ static inline __attribute__((always_inline)) __m512i il_qline(const lm_dtype t, 
     return _mm512_or_si512(lo, _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(qh, 2 * c), _mm512_set1_epi8(3)), 4));
 }
 
+/* the repacked super-blocks (repack's) from interleaved ones: a prompt's
+ * product takes them as from the file's rows (many tokens a pass reuse the
+ * stored operands; tiled_il recomputes them every pass) */
+static inline __attribute__((always_inline)) void repack_il(const lm_dtype t, size_t size, int64_t n, const char *x,
+                                                            lm_ktile_block *dst) {
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        const char *xi = x + i * LM_PANEL_ROWS * (int64_t)size;
+        lm_ktile_block *b = dst + i;
+        __m512 dw, dmin;
+        __m512i sc[16], tab[8];
+        il_scales(t, xi, &dw, &dmin, sc, tab);
+        const int nsub = t == LM_Q4_K ? 8 : 16;
+        for (int g = 0; g < nsub; g++) _mm512_store_ps(b->dsc[g], _mm512_mul_ps(dw, _mm512_cvtepi32_ps(sc[g])));
+        if (t == LM_Q4_K) {
+            _mm512_store_ps(b->dmin, dmin);
+            for (int p = 0; p < 8; p++) _mm512_store_si512(b->mn[p], tab[p]);
+        } else {
+            _mm512_store_ps(b->d, dw);
+            for (int p = 0; p < 8; p++) _mm512_store_si512(b->off[p], tab[p]);
+        }
+#pragma GCC unroll 8
+        for (int q = 0; q < QK_K / 4; q++) _mm512_store_si512(b->q[q], il_qline(t, xi, q));
+    }
+}
+
 /* T tokens against the 16 repacked rows (il: 0), or (il: the type) the
  * interleaved ones: sub = 32 (Q4_K, Q5_K) or 16; off: the offset pairs, times
  * d, start the super-block's part; mins: the second FMA. Per (row, token) the
@@ -333,8 +358,12 @@ static inline __attribute__((always_inline)) void tiled(const int T, const int s
         repack(TYPE, sizeof(block_##NAME), n, x, x_stride, dst);            \
     }
 /* on interleaved rows (xr: the super-blocks, 16 rows' worth each) */
-#define TILED_IL(NAME, TYPE, SUB, OFF, MINS) \
-    void lm_tiled_il_##NAME##_vnni(LM_TILED_ARGS) { TILED_ALL(SUB, OFF, MINS, TYPE, LM_PANEL_ROWS * sizeof(block_##NAME)) }
+#define TILED_IL(NAME, TYPE, SUB, OFF, MINS)                                                                  \
+    void lm_tiled_il_##NAME##_vnni(LM_TILED_ARGS) { TILED_ALL(SUB, OFF, MINS, TYPE, LM_PANEL_ROWS * sizeof(block_##NAME)) } \
+    void lm_repack_il_##NAME##_vnni(LM_REPACK_ARGS) {                                                         \
+        (void)x_stride;                                                                                       \
+        repack_il(TYPE, sizeof(block_##NAME), n, x, dst);                                                     \
+    }
 
 TILED(q2_K, LM_Q2_K, 16, 0, 1)
 TILED(q3_K, LM_Q3_K, 16, 1, 0)

@@ -311,7 +311,7 @@ static void test_panel(void) {
             }
             /* the K-quants' interleaved super-blocks: tiled_il on them, whole and sliced, the same bits */
             for (int isa = 1; isa < LM_ISA_COUNT; isa++) {
-                if (!e->interleave || !e->tiled_il[isa] || isa > (int)lm_cpu_isa()) continue;
+                if (!e->interleave || !e->tiled_il[isa] || !e->repack_il[isa] || isa > (int)lm_cpu_isa()) continue;
                 const size_t row = lm_dtype_row_size(t, n), sb = R * row / (size_t)(n / lm_dtype_block_size(t));
                 char *il = aligned_alloc(64, (R * row + 63) & ~(size_t)63);
                 e->interleave(n, qw, wrow, il);
@@ -324,6 +324,14 @@ static void test_panel(void) {
                     same_as_ref("interleaved K panel", (lm_dtype)t, (lm_isa)isa, n, nt, s, ref, MAXT, ss, R);
                     interleaved++;
                 }
+                void *rp = aligned_alloc(64, (size_t)(n / lm_dtype_block_size(t)) * e->repack_block);
+                e->repack_il[isa](n, il, row, rp);
+                for (size_t q = 0; q < sizeof nts / sizeof *nts; q++) {
+                    for (size_t k = 0; k < sizeof s / sizeof *s; k++) s[k] = -7.0f;
+                    e->tiled[isa](n, nts[q], s, ss, rp, pk, ystr, 0);
+                    same_as_ref("repacked interleaved K panel", (lm_dtype)t, (lm_isa)isa, n, nts[q], s, ref, MAXT, ss, R);
+                }
+                free(rp);
                 free(il);
             }
             free(x); free(dw); free(da); free(qw); free(qa); free(pk);
