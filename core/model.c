@@ -51,14 +51,14 @@ static void drop_pages(const void *p, size_t n) {
 
 static size_t il_bytes(const lm_tensor *w) { return (lm_tensor_nbytes(w) + 63) & ~(size_t)63; }
 
-/* The matrices decode reads that may be interleaved: every layer's, and the
- * output matrix where it is not the token embeddings (whose rows a prompt
- * looks up). n: how many slots filled (at most il_slots(m)). */
-static int il_slots(const lm_model *m) { return m->hp.n_layer * LM_LAYER_MATRICES + 1; }
+/* The matrices that may be interleaved: every layer's. (Not the output
+ * matrix: the first token's logits would wait for its repacking, 0.8 s at
+ * the Qwen3-8B shape's 510 MB of Q6_K, and its interleaved Q6_K decode is
+ * barely faster than the single-row kernel.) n: how many slots filled. */
+static int il_slots(const lm_model *m) { return m->hp.n_layer * LM_LAYER_MATRICES; }
 static int matrix_slots(lm_model *m, lm_tensor ***slot) {
     int n = 0;
     for (int il = 0; il < m->hp.n_layer; il++, n += LM_LAYER_MATRICES) lm_layer_matrix_slots(&m->layers[il], slot + n);
-    if (m->output && m->output != m->tok_embd) slot[n++] = &m->output;
     return n;
 }
 
