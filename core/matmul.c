@@ -258,16 +258,14 @@ static void panel_range(const mm_job *j, const char *w, int64_t out, float *y, i
 static void il_range(const mm_job *j, const char *w, int64_t out, float *y, int64_t lo, int64_t hi) {
     const int64_t bs = lm_dtype_block_size(j->wt), nb = j->in / bs;
     const size_t sb = LM_PANEL_ROWS * (j->w_row / (size_t)nb); /* one super-block of the panel's rows */
-    const int64_t slice = 1;
     for (int64_t r = lo; r < hi; r += LM_PANEL_ROWS) {
         const char *p = w + r * j->w_row, *next = r + 2 * LM_PANEL_ROWS <= hi ? p + LM_PANEL_ROWS * j->w_row : NULL;
-        for (int64_t i = 0; i < nb; i += slice) {
-            const int64_t m = nb - i < slice ? nb - i : slice;
-            for (size_t c = (size_t)i * sb; next && c < (size_t)(i + m) * sb; c += 64) _mm_prefetch(next + c, _MM_HINT_T1);
+        for (int64_t i = 0; i < nb; i++) {
+            for (size_t c = (size_t)i * sb; next && c < (size_t)(i + 1) * sb; c += 64) _mm_prefetch(next + c, _MM_HINT_T1);
             for (int64_t t = 0; t < j->n; t += LM_PANEL_TOKENS) {
                 const int nt = (int)(j->n - t < LM_PANEL_TOKENS ? j->n - t : LM_PANEL_TOKENS);
                 const size_t ys = (size_t)nt * j->pk_rec;
-                j->ops->tiled_il(m * bs, nt, y + t * out + r, (size_t)out, p + (size_t)i * sb,
+                j->ops->tiled_il(bs, nt, y + t * out + r, (size_t)out, p + (size_t)i * sb,
                                  j->pk + (size_t)(t * j->pk_nb) * j->pk_rec + (size_t)i * ys, ys, i > 0);
             }
         }

@@ -51,17 +51,10 @@ static void drop_pages(const void *p, size_t n) {
 
 static size_t il_bytes(const lm_tensor *w) { return (lm_tensor_nbytes(w) + 63) & ~(size_t)63; }
 
-/* The matrices that may be interleaved: every layer's. (Not the output
- * matrix: the first token's logits would wait for its repacking, 0.8 s at
- * the Qwen3-8B shape's 510 MB of Q6_K, and its interleaved Q6_K decode is
- * barely faster than the single-row kernel.) n: how many slots filled. */
-static int il_slots(const lm_model *m) { return m->hp.n_layer * LM_LAYER_MATRICES; }
-static int matrix_slots(lm_model *m, lm_tensor ***slot) {
-    int n = 0;
-    for (int il = 0; il < m->hp.n_layer; il++, n += LM_LAYER_MATRICES) lm_layer_matrix_slots(&m->layers[il], slot + n);
-    return n;
-}
-
+/* The matrices that may be interleaved: every layer's (m->il_slot, il_n).
+ * Not the output matrix: the first token's logits would wait for its
+ * repacking, 0.8 s at the Qwen3-8B shape's 510 MB of Q6_K, and its
+ * interleaved Q6_K decode is barely faster than the single-row kernel. */
 static void *interleave_thread(void *arg) {
     lm_model *m = arg;
     char *dst = m->il_storage->data;
@@ -88,10 +81,12 @@ static void *interleave_thread(void *arg) {
 static void interleave_start(lm_model *m) {
     const char *env = getenv("LUMEN_INTERLEAVE");
     if (!m->layers || !m->gguf || (env && !strcmp(env, "0"))) return;
-    m->il_slot = calloc((size_t)il_slots(m), sizeof *m->il_slot);
-    m->il_old = calloc((size_t)il_slots(m), sizeof *m->il_old);
+    const int slots = m->hp.n_layer * LM_LAYER_MATRICES;
+    m->il_slot = calloc((size_t)slots, sizeof *m->il_slot);
+    m->il_old = calloc((size_t)slots, sizeof *m->il_old);
     if (!m->il_slot || !m->il_old) return;
-    m->il_n = matrix_slots(m, m->il_slot);
+    for (int il = 0; il < m->hp.n_layer; il++) lm_layer_matrix_slots(&m->layers[il], m->il_slot + il * LM_LAYER_MATRICES);
+    m->il_n = slots;
     size_t total = 0;
     int n = 0;
     for (int i = 0; i < m->il_n; i++)

@@ -81,7 +81,7 @@ struct lm_model {
     atomic_bool il_stop;
     atomic_int il_pending, il_done;
     lm_storage *il_storage;
-    lm_tensor ***il_slot;     /* the matrices it may interleave (il_n: the layers', the output) */
+    lm_tensor ***il_slot;     /* the matrices it may interleave (il_n: the layers') */
     int il_n;
     lm_tensor **il_old;
 };
