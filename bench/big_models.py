@@ -18,7 +18,8 @@ Parts (each engine in its own processes, the two alternating, `rounds` times; me
   bandwidth  build/lumen_stream_read: read GB/s with 1 and 2 threads (the roofline's denominator)
   decode     tg (--gen) after a 16-token prompt, per model and thread count; the roofline is
              read GB/s / weight bytes per token (every matrix once; token_embd one row when
-             the output matrix is separate)
+             the output matrix is separate), the read GB/s the median of the bandwidth part's
+             and one more reading after each round (read_gbs)
   long       --long-model at --depth: TTFT of a prompt of --depth tokens and decode at that
              depth, f16 KV cache (one untimed run skipped: an 8k prefill takes minutes)
   kv         the same depth with the q8_0 KV cache on both sides (llama.cpp: type_k/type_v
@@ -155,8 +156,8 @@ def med(xs):
     return round(statistics.median(xs), 3) if xs else None
 
 
-def bandwidth():
-    out = subprocess.run([os.path.join(ROOT, "build", "lumen_stream_read"), "1024", "9", "1,2"],
+def bandwidth(reps=9, threads="1,2"):
+    out = subprocess.run([os.path.join(ROOT, "build", "lumen_stream_read"), "1024", str(reps), threads],
                          capture_output=True, text=True, check=True)
     return {str(d["threads"]): d for d in (json.loads(l) for l in out.stdout.splitlines())}
 
@@ -168,13 +169,18 @@ def decode(py, models, threads, rounds, gen, bw):
         info = gguf_info(path)
         for t in threads:
             lu, ll = [], []
+            # the read bandwidth again between the rounds (a shared host's
+            # load moves it): the roofline takes the median of all readings
+            reads = [bw[str(t)]["read_gbs_median"]] if bw else []
             for _ in range(rounds):
                 lu += lumen_bench(path, t, 16, gen, 2)["per_run"]["decode_tok_s"]
                 ll += llama_bench(py, path, t, 16, gen, 2)["per_run"]["decode_tok_s"]
-            roof = bw[str(t)]["read_gbs_median"] * 1e9 / info["bytes_per_token"] if bw else None
+                if bw:
+                    reads.append(bandwidth(3, str(t))[str(t)]["read_gbs_median"])
+            roof = med(reads) * 1e9 / info["bytes_per_token"] if bw else None
             r = {"model": spec, "threads": t, "gen": gen, "bytes_per_token": info["bytes_per_token"],
                  "lumen_tok_s": med(lu), "llama_tok_s": med(ll), "lumen_runs": lu, "llama_runs": ll,
-                 "roofline_tok_s": round(roof, 3) if roof else None}
+                 "read_gbs": reads, "roofline_tok_s": round(roof, 3) if roof else None}
             r["ratio"] = round(r["lumen_tok_s"] / r["llama_tok_s"], 3)
             r["lumen_of_roofline"] = round(r["lumen_tok_s"] / roof, 3) if roof else None
             r["llama_of_roofline"] = round(r["llama_tok_s"] / roof, 3) if roof else None
@@ -317,11 +323,13 @@ def markdown(res):
         L += ["Read bandwidth (bench/stream_read.c, 1 GiB, medians): " + ", ".join(
             "%s thread%s %.1f GB/s" % (k, "" if k == "1" else "s", v["read_gbs_median"]) for k, v in res["bandwidth"].items()), ""]
     if res.get("decode"):
-        L += ["| model | threads | MB/token | lumen tok/s | llama.cpp tok/s | lumen/llama | roofline tok/s | lumen/roofline | llama/roofline |",
-              "|---|---|---|---|---|---|---|---|---|"]
+        L += ["| model | threads | MB/token | lumen tok/s | llama.cpp tok/s | lumen/llama | read GB/s (readings) | roofline tok/s | lumen/roofline | llama/roofline |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
         for r in res["decode"]:
-            L.append("| %s | %d | %.0f | %.2f | %.2f | **%.2fx** | %s | %s | %s |" % (
+            reads = r.get("read_gbs") or []
+            L.append("| %s | %d | %.0f | %.2f | %.2f | **%.2fx** | %s | %s | %s | %s |" % (
                 r["model"], r["threads"], r["bytes_per_token"] / 1e6, r["lumen_tok_s"], r["llama_tok_s"], r["ratio"],
+                "%.1f (%s)" % (med(reads), ", ".join("%.1f" % x for x in reads)) if reads else "",
                 r["roofline_tok_s"], r["lumen_of_roofline"], r["llama_of_roofline"]))
         L.append("")
     if res.get("long"):

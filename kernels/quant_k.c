@@ -683,23 +683,45 @@ static void quantize_q3_K(const float *restrict x, void *restrict vy, int64_t n)
 
 /* ---- registration ------------------------------------------------------------- */
 
-/* Interleaved super-blocks (quant.h): 16 rows' block i as 64-byte lines of
- * dwords (lane r: row r), then any two bytes left over (a trailing fp16 d) as
- * 16 fp16 */
-static void interleave_k(int64_t n, const uint8_t *x, size_t x_stride, uint8_t *dst, size_t size) {
-    const size_t lines = size / 4;
+/* Q4_K's interleaved super-block (quant.h): 16 rows' block i as 64-byte lines
+ * of dwords (line k, lane r: bytes 4k..4k + 3 of row r's block) */
+static void interleave_q4_K(LM_INTERLEAVE_ARGS) {
+    const size_t lines = sizeof(block_q4_K) / 4;
     for (int64_t i = 0; i < n / QK_K; i++) {
-        uint8_t *b = dst + (size_t)i * LM_PANEL_ROWS * size;
+        uint8_t *b = (uint8_t *)dst + (size_t)i * LM_PANEL_ROWS * sizeof(block_q4_K);
         for (int r = 0; r < LM_PANEL_ROWS; r++) {
-            const uint8_t *src = x + (size_t)r * x_stride + (size_t)i * size;
+            const uint8_t *src = (const uint8_t *)x + (size_t)r * x_stride + (size_t)i * sizeof(block_q4_K);
             for (size_t k = 0; k < lines; k++) memcpy(b + 64 * k + 4 * (size_t)r, src + 4 * k, 4);
-            if (size % 4) memcpy(b + 64 * lines + 2 * (size_t)r, src + 4 * lines, 2);
         }
     }
 }
-static void interleave_q4_K(LM_INTERLEAVE_ARGS) { interleave_k(n, x, x_stride, dst, sizeof(block_q4_K)); }
-static void interleave_q6_K(LM_INTERLEAVE_ARGS) { interleave_k(n, x, x_stride, dst, sizeof(block_q6_K)); }
-_Static_assert(sizeof(block_q6_K) % 4 == 2 && sizeof(block_q4_K) % 4 == 0, "the interleaved layouts' leftovers");
+_Static_assert(sizeof(block_q4_K) % 4 == 0, "Q4_K's interleaved super-block is whole lines");
+
+/* Q6_K's interleaved super-block (quant.h), 16 rows' 3360 bytes: per
+ * sub-block g of 16 weights, three lines A, B, C whose byte (lane r, byte b)
+ * holds row r's quant 16g + b, + 4 + b, + 8 + b (unsigned, 0..63) in its low
+ * six bits and two bits of quant 16g + 12 + b (bits 0-1 in A, 2-3 in B, 4-5
+ * in C) in its top two; then the scales as pairs (bytes 32p + 2r, + 1: row
+ * r's scales 2p, 2p + 1); then the rows' fp16 d. */
+static void interleave_q6_K(LM_INTERLEAVE_ARGS) {
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        uint8_t *b = (uint8_t *)dst + (size_t)i * LM_PANEL_ROWS * sizeof(block_q6_K);
+        for (int r = 0; r < LM_PANEL_ROWS; r++) {
+            const block_q6_K *k = (const block_q6_K *)((const uint8_t *)x + (size_t)r * x_stride) + i;
+            int8_t q[QK_K];
+            unpack_q6_K(k, q);
+            for (int g = 0; g < QK_K / 16; g++)
+                for (int j = 0; j < 3; j++)
+                    for (int e = 0; e < 4; e++) {
+                        const int w = q[16 * g + 4 * j + e] + 32, w3 = q[16 * g + 12 + e] + 32;
+                        b[64 * (3 * g + j) + 4 * r + e] = (uint8_t)(w | ((w3 >> (2 * j)) & 3) << 6);
+                    }
+            for (int j = 0; j < 16; j++) b[64 * 48 + 32 * (j / 2) + 2 * r + j % 2] = (uint8_t)k->scales[j];
+            memcpy(b + 64 * 52 + 2 * r, &k->d, 2);
+        }
+    }
+}
+_Static_assert(sizeof(block_q6_K) == 52 * 64 / 16 + 2, "Q6_K's interleaved super-block: 52 lines and 16 fp16 d");
 
 void lm_quant_register_k(lm_quant_entry table[LM_DTYPE_COUNT]) {
     table[LM_Q2_K] = (lm_quant_entry){

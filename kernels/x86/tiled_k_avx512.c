@@ -146,11 +146,14 @@ static inline __attribute__((always_inline)) void load8(__m512i v[8], const int3
     for (int p = 0; p < 8; p++) v[p] = _mm512_load_si512(tab[p]);
 }
 
-/* Interleaved super-blocks (quant.h): the 16 rows' bytes of one super-block as
- * 64-byte lines (line k, lane r: bytes 4k..4k+3 of row r's block), then (Q6_K)
- * the rows' fp16 d. From them, in registers, what repack writes for it: d and
- * dmin, each sub-block's integer scale (dsc = d x scale, as repack_scales
- * computes it), the min or offset pairs, and the quant lines. Q4_K, Q6_K. */
+/* Interleaved super-blocks (quant.h): Q4_K's 16 rows' bytes of one
+ * super-block as 64-byte lines (line k, lane r: bytes 4k..4k+3 of row r's
+ * block); Q6_K's as each sub-block's quants in three lines (the six bits of
+ * three quant lines, and the fourth line's in their top two bits:
+ * kernels/quant_k.c), the scales in pairs and the fp16 d. From them, in
+ * registers, what repack writes for it: d and dmin, each sub-block's integer
+ * scale (dsc = d x scale, as repack_scales computes it), the min or offset
+ * pairs, and the quant lines. */
 static inline __attribute__((always_inline)) void il_scales(const lm_dtype t, const char *xi, __m512 *dw, __m512 *dmin,
                                                             __m512i sc[16], __m512i tab[8]) {
     if (t == LM_Q4_K) {
@@ -171,18 +174,25 @@ static inline __attribute__((always_inline)) void il_scales(const lm_dtype t, co
             tab[j] = _mm512_or_si512(m, _mm512_slli_epi32(m, 16));
             tab[j + 4] = _mm512_or_si512(m2, _mm512_slli_epi32(m2, 16));
         }
-    } else { /* Q6_K: lines 48-51 the 16 signed scales, then 16 fp16 d */
+    } else { /* Q6_K: lines 48-51 the scales as pairs (bytes 32p + 2r, + 1), then 16 fp16 d */
         *dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(xi + 64 * 52)));
         *dmin = _mm512_setzero_ps();
-#pragma GCC unroll 16
-        for (int j = 0; j < 16; j++)
-            sc[j] = _mm512_srai_epi32(_mm512_slli_epi32(_mm512_loadu_si512(xi + 64 * (48 + j / 4)), 24 - 8 * (j % 4)), 24);
 #pragma GCC unroll 8
-        for (int p = 0; p < 8; p++) /* -32 x scale, as int16 pairs */
-            tab[p] = _mm512_or_si512(
-                _mm512_and_si512(_mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(sc[2 * p], 5)), _mm512_set1_epi32(0xFFFF)),
-                _mm512_slli_epi32(_mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(sc[2 * p + 1], 5)), 16));
+        for (int p = 0; p < 8; p++) { /* lane r: row r's scales 2p, 2p + 1 as int16 */
+            const __m512i pr = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(xi + 64 * 48 + 32 * p)));
+            sc[2 * p] = _mm512_srai_epi32(_mm512_slli_epi32(pr, 16), 16);
+            sc[2 * p + 1] = _mm512_srai_epi32(pr, 16);
+            tab[p] = _mm512_mullo_epi16(pr, _mm512_set1_epi16(-32));
+        }
     }
+}
+
+/* Q6_K's fourth line of sub-block quants from the top two bits of the three
+ * (bits 0-1 of each quant in a, 2-3 in b, 4-5 in c) */
+static inline __attribute__((always_inline)) __m512i q6_fourth(__m512i a, __m512i b, __m512i c) {
+    const __m512i ab = _mm512_ternarylogic_epi32(_mm512_set1_epi8(0x03), _mm512_srli_epi16(a, 6), _mm512_srli_epi16(b, 4), 0xCA);
+    const __m512i abc = _mm512_ternarylogic_epi32(_mm512_set1_epi8(0x0F), ab, _mm512_srli_epi16(c, 2), 0xCA);
+    return _mm512_and_si512(abc, _mm512_set1_epi8(0x3F));
 }
 
 /* line idx of repack's q (weights 4 idx .. 4 idx + 3 of every row, unsigned) */
@@ -193,11 +203,10 @@ static inline __attribute__((always_inline)) __m512i il_qline(const lm_dtype t, 
         const __m512i v = _mm512_loadu_si512(xi + 64 * (4 + 8 * (q / 2) + l));
         return _mm512_and_si512(q % 2 ? _mm512_srli_epi16(v, 4) : v, m4);
     }
-    const int h = q / 4, c = q % 4; /* Q6_K: ql lines 0-31, qh lines 32-47 */
-    const __m512i ql = _mm512_loadu_si512(xi + 64 * (16 * h + 8 * (c % 2) + l));
-    const __m512i qh = _mm512_loadu_si512(xi + 64 * (32 + 8 * h + l));
-    const __m512i lo = _mm512_and_si512(c < 2 ? ql : _mm512_srli_epi16(ql, 4), m4);
-    return _mm512_or_si512(lo, _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(qh, 2 * c), _mm512_set1_epi8(3)), 4));
+    const int g = idx / 4, j = idx % 4; /* Q6_K: sub-block g's lines 3g .. 3g + 2 */
+    if (j < 3) return _mm512_and_si512(_mm512_loadu_si512(xi + 64 * (3 * g + j)), _mm512_set1_epi8(0x3F));
+    return q6_fourth(_mm512_loadu_si512(xi + 64 * 3 * g), _mm512_loadu_si512(xi + 64 * (3 * g + 1)),
+                     _mm512_loadu_si512(xi + 64 * (3 * g + 2)));
 }
 
 /* the repacked super-blocks (repack's) from interleaved ones: a prompt's
@@ -282,37 +291,24 @@ static inline __attribute__((always_inline)) void tiled(const int T, const int s
                 part[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc1[c]), d1, part[c]);
             }
         }
-        /* Q6_K interleaved, one or two tokens: per half (128 weights) and
-         * line position, two ql lines and one qh line give four 32-weight
-         * groups' operands; the eight sub-blocks' sums then go into the part
-         * in their order */
-        for (int h = 0; il == LM_Q6_K && T <= 2 && h < 2; h++) {
-            __m512i a[8][2];
-#pragma GCC unroll 8
-            for (int k = 0; k < 8; k++)
-                for (int c = 0; c < T; c++) a[k][c] = _mm512_setzero_si512();
-#pragma GCC unroll 8
-            for (int l = 0; l < 8; l++) {
-                const __m512i ql0 = _mm512_loadu_si512(xi + 64 * (16 * h + l)), ql1 = _mm512_loadu_si512(xi + 64 * (16 * h + 8 + l));
-                const __m512i qh = _mm512_loadu_si512(xi + 64 * (32 + 8 * h + l));
+        /* Q6_K interleaved, a few tokens (decode): a sub-block's three lines
+         * give its four lines of quants, each taken into its tokens' sums */
+        for (int g = 0; il == LM_Q6_K && T <= 4 && g < nsub; g++) {
+            const __m512i a = _mm512_loadu_si512(xi + 64 * 3 * g), b3 = _mm512_loadu_si512(xi + 64 * (3 * g + 1)),
+                          c3 = _mm512_loadu_si512(xi + 64 * (3 * g + 2)), m6 = _mm512_set1_epi8(0x3F);
+            const __m512i w[4] = {_mm512_and_si512(a, m6), _mm512_and_si512(b3, m6), _mm512_and_si512(c3, m6), q6_fourth(a, b3, c3)};
 #pragma GCC unroll 4
-                for (int cq = 0; cq < 4; cq++) { /* 32-weight group q = 4h + cq: sub-block 2q + l / 4 */
-                    const __m512i ql = cq % 2 ? ql1 : ql0;
-                    const __m512i lo = _mm512_and_si512(cq < 2 ? ql : _mm512_srli_epi16(ql, 4), _mm512_set1_epi8(0x0F));
-                    const __m512i wv = _mm512_or_si512(
-                        lo, _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(qh, 2 * cq), _mm512_set1_epi8(3)), 4));
-                    const int k = 2 * cq + l / 4, g = 8 * h + k;
-                    for (int c = 0; c < T; c++)
-                        a[k][c] = _mm512_dpbusd_epi32(a[k][c], wv, _mm512_set1_epi32(lm_load32(y[c].qs + 16 * g + 4 * (l % 4))));
-                }
+            for (int c = 0; c < T; c++) {
+                acc[c] = _mm512_setzero_si512();
+#pragma GCC unroll 4
+                for (int l = 0; l < 4; l++)
+                    acc[c] = _mm512_dpbusd_epi32(acc[c], w[l], _mm512_set1_epi32(lm_load32(y[c].qs + 16 * g + 4 * l)));
             }
-#pragma GCC unroll 8
-            for (int k = 0; k < 8; k++) {
-                const __m512 dsc = _mm512_mul_ps(dw, _mm512_cvtepi32_ps(sc[8 * h + k]));
-                for (int c = 0; c < T; c++) part[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a[k][c]), dsc, part[c]);
-            }
+            const __m512 dsc = _mm512_mul_ps(dw, _mm512_cvtepi32_ps(sc[g]));
+#pragma GCC unroll 4
+            for (int c = 0; c < T; c++) part[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[c]), dsc, part[c]);
         }
-        for (int g = 0; !(il == LM_Q4_K && T <= 4) && !(il == LM_Q6_K && T <= 2) && g < nsub; g++) {
+        for (int g = 0; !(il == LM_Q4_K && T <= 4) && !(il == LM_Q6_K && T <= 4) && g < nsub; g++) {
 #pragma GCC unroll 12
             for (int c = 0; c < T; c++) acc[c] = _mm512_setzero_si512();
 #pragma GCC unroll 8
