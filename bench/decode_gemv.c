@@ -9,9 +9,10 @@
  * JSON line per (type, shape, threads). build/lumen_stream_read is the
  * memory's own figure to hold the large shapes against.
  *
- *   build/lumen_decode_gemv [rounds=5] [types=q4_0,q4_k,q6_k] [threads=1]
- * Shapes: K x N = 4096 x 256 (L2) and 14336 x 4096 repeated over 12 weights
- * (0.4-0.6 GB: beyond the L3 of the CPUs here). LUMEN_INTERLEAVE=0 keeps the file's layout. */
+ *   build/lumen_decode_gemv [rounds=5] [types=q4_0,q4_k,q6_k] [threads=1] [KxN=14336x4096]
+ * Shapes: K x N = 4096 x 256 (L2) and KxN (default Qwen3-8B's ffn_down)
+ * repeated over as many weights as make 0.4 GB or more (beyond the L3 of the
+ * CPUs here). LUMEN_INTERLEAVE=0 keeps the file's layout. */
 #include "lumen.h"
 #include "model.h"
 #include "pool.h"
@@ -81,8 +82,10 @@ int main(int argc, char **argv) {
     char types[256];
     snprintf(types, sizeof types, "%s", argc > 2 ? argv[2] : "q4_0,q4_k,q6_k");
     const int threads = argc > 3 ? atoi(argv[3]) : 1;
-    if (rounds < 1 || rounds > 64 || threads < 1) {
-        fprintf(stderr, "usage: lumen_decode_gemv [rounds 1..64] [types] [threads]\n");
+    long long K = 14336, N = 4096;
+    if (rounds < 1 || rounds > 64 || threads < 1 || (argc > 4 && sscanf(argv[4], "%lldx%lld", &K, &N) != 2) ||
+        K < 256 || K % 256 || N < 16 || N % 16 || K > 65536 || N > 262144) {
+        fprintf(stderr, "usage: lumen_decode_gemv [rounds 1..64] [types] [threads] [KxN: K a multiple of 256, N of 16]\n");
         return 2;
     }
     lm_kernels_init();
@@ -96,18 +99,29 @@ int main(int argc, char **argv) {
             return 2;
         }
         cs[nc++] = (cfg){.t = (lm_dtype)t, .K = 4096, .N = 256, .copies = 1};
-        cs[nc++] = (cfg){.t = (lm_dtype)t, .K = 14336, .N = 4096, .copies = 12};
+        const double mb = lm_dtype_row_size((lm_dtype)t, K) * (double)N / 1e6;
+        const int copies = mb >= 400 ? 1 : (int)(400 / mb) + 1;
+        if (copies > 16) {
+            fprintf(stderr, "lumen_decode_gemv: %lldx%lld is too small to stream from memory\n", K, N);
+            return 2;
+        }
+        cs[nc++] = (cfg){.t = (lm_dtype)t, .K = K, .N = N, .copies = copies};
     }
     for (int c = 0; c < nc; c++)
         for (int i = 0; i < cs[c].copies; i++) cs[c].w[i] = make(pool, cs[c].t, cs[c].K, cs[c].N, &cs[c].il);
-    float *x = malloc(14336 * sizeof *x), *y = malloc(4096 * sizeof *y);
-    for (int k = 0; k < 14336; k++) x[k] = urand();
-    const size_t qsize = lm_matmul_qbuf_size(cs[1].w[0], 1, threads) + 4096;
+    float *x = malloc((size_t)K * sizeof *x), *y = malloc((size_t)N * sizeof *y);
+    for (int64_t k = 0; k < K; k++) x[k] = urand();
+    size_t qsize = 0;
+    for (int c = 0; c < nc; c++) {
+        const size_t z = lm_matmul_qbuf_size(cs[c].w[0], 1, threads);
+        qsize = z > qsize ? z : qsize;
+    }
     void *q = aligned_alloc(64, (qsize + 63) & ~(size_t)63);
     for (int r = 0; r < rounds; r++)
         for (int c = 0; c < nc; c++) {
             cfg *k = &cs[c];
-            const int reps = k->copies == 1 ? 400 : 2;
+            const bool l2 = k->N == 256 && k->K == 4096;
+            const int reps = l2 ? 400 : 2;
             const bool panel = lm_matmul_panel_decode(k->w[0]);
             double t0 = now();
             for (int i = 0; i < reps; i++)
@@ -126,7 +140,7 @@ int main(int argc, char **argv) {
         printf("{\"type\": \"%s\", \"K\": %lld, \"N\": %lld, \"mb\": %.0f, \"where\": \"%s\", \"threads\": %d, "
                "\"interleaved\": %s, \"gbs_median\": %.2f, \"gbs_min\": %.2f, \"gbs_max\": %.2f}\n",
                lm_dtype_name(k->t), (long long)k->K, (long long)k->N,
-               lm_dtype_row_size(k->t, k->K) * (double)k->N * k->copies / 1e6, k->copies == 1 ? "L2" : "memory", threads,
+               lm_dtype_row_size(k->t, k->K) * (double)k->N * k->copies / 1e6, k->N == 256 && k->K == 4096 ? "L2" : "memory", threads,
                k->il ? "true" : "false", s[rounds / 2], s[0], s[rounds - 1]);
         for (int i = 0; i < k->copies; i++) lm_tensor_free(k->w[i]);
     }

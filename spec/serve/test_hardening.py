@@ -172,7 +172,9 @@ class TestLimits(unittest.TestCase):
 
     def test_concurrent(self):
         s = self.srv.connect()
+        # seeded, the end tokens banned: the stream must still be running when the second request comes
         s.sendall(stream_request(CHAT, {"model": "smollm2", "stream": True, "max_tokens": 300, "temperature": 1,
+                                        "seed": 7, "logit_bias": {"0": -100, "2": -100},
                                         "messages": [{"role": "user", "content": "Tell a long story."}]},
                                  "Authorization: Bearer gamma-0123456789\r\n"))
         self.assertIn(b"data: ", read_events(s, 1))  # it runs
