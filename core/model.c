@@ -154,6 +154,7 @@ static void model_destroy(lm_model *m) {
     lm_weights_release(m->weights);
     pthread_mutex_destroy(&m->eval_mu);
     free(m->batch_logits);
+    free(m->batch_idx);
     free(m->embed_ws);
     free(m->path); free(m->name); free(m->arch_name); free(m->chat_template);
     free(m);

@@ -67,6 +67,8 @@ struct lm_model {
     pthread_mutex_t eval_mu;  /* one forward pass at a time uses the pool */
     float *batch_logits;      /* logits of a batched decode step (under eval_mu) */
     size_t batch_logits_cap;  /* in floats */
+    void *batch_idx;          /* a batched step's positions, output rows and prompt flags (under eval_mu) */
+    size_t batch_idx_cap;     /* in bytes */
     void *embed_ws;           /* an encoder's workspace (under eval_mu), kept between calls */
     size_t embed_ws_size;
     lm_embed_params embed;    /* an encoder's own pooling, normalization and max_tokens */

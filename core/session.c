@@ -227,15 +227,23 @@ lm_status lm_session_eval_batch(lm_session *const *sessions, const int32_t *toke
     lm_model *m = ws->model;
     const size_t V = (size_t)m->hp.n_vocab;
     const int32_t chunk_max = ws->n_batch;
-    const size_t c_max = (size_t)(n < chunk_max ? n : chunk_max);
-    int32_t *pos = malloc(2 * c_max * sizeof *pos + (size_t)n * sizeof(bool));
-    if (!pos) return lm_err("eval_batch: out of memory");
-    int32_t *out_rows = pos + c_max;
+    const size_t c_max = (size_t)(n < chunk_max ? n : chunk_max), idx = 2 * c_max * sizeof(int32_t) + (size_t)n * sizeof(bool);
+    pthread_mutex_lock(&m->eval_mu);
+    /* the model's buffer, grown to the largest step so far: no allocation per step */
+    if (m->batch_idx_cap < idx) {
+        void *b = realloc(m->batch_idx, idx);
+        if (!b) {
+            pthread_mutex_unlock(&m->eval_mu);
+            return lm_err("eval_batch: out of memory");
+        }
+        m->batch_idx = b;
+        m->batch_idx_cap = idx;
+    }
+    int32_t *pos = m->batch_idx, *out_rows = pos + c_max;
     bool *prompt = (bool *)(out_rows + c_max);
     /* a session's adjacent entries are a prompt chunk, however the passes cut them */
     for (int32_t t = 0; t < n; t++)
         prompt[t] = (t > 0 && sessions[t - 1] == sessions[t]) || (t + 1 < n && sessions[t + 1] == sessions[t]);
-    pthread_mutex_lock(&m->eval_mu);
     lm_status st = LM_OK;
     for (int32_t i = 0; i < n && st == LM_OK; i += chunk_max) {
         const int32_t c = n - i < chunk_max ? n - i : chunk_max;
@@ -260,7 +268,6 @@ lm_status lm_session_eval_batch(lm_session *const *sessions, const int32_t *toke
             memcpy(seq[out_rows[k]]->logits, m->batch_logits + (size_t)k * V, V * sizeof(float));
     }
     pthread_mutex_unlock(&m->eval_mu);
-    free(pos);
     return st;
 }
 
