@@ -13,6 +13,7 @@
  * Shapes: K x N = 4096 x 256 (L2) and KxN (default Qwen3-8B's ffn_down)
  * repeated over as many weights as make 0.4 GB or more (beyond the L3 of the
  * CPUs here). LUMEN_INTERLEAVE=0 keeps the file's layout. */
+#include "bench_util.h"
 #include "lumen.h"
 #include "model.h"
 #include "pool.h"
@@ -23,18 +24,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static uint64_t rng = 88172645463325252ull;
-static float urand(void) {
-    rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
-    return (float)(rng >> 40) / (float)(1 << 24) - 0.5f;
-}
 
 typedef struct {
     lm_dtype t;
@@ -51,20 +40,12 @@ static int cmp_d(const void *a, const void *b) {
 }
 
 static lm_tensor *make(lm_pool *pool, lm_dtype t, int64_t K, int64_t N, bool *il) {
-    const lm_quant_ops *ops = lm_quant_ops_get(t);
-    const size_t rb = lm_dtype_row_size(t, K), size = rb * (size_t)N;
-    char *data = aligned_alloc(64, (size + 63) & ~(size_t)63);
-    float *row = malloc((size_t)K * sizeof *row);
-    for (int64_t r = 0; r < N; r++) {
-        if (r < 64) {
-            for (int64_t k = 0; k < K; k++) row[k] = urand() * 0.05f;
-            ops->from_float(row, data + r * rb, K);
-        } else {
-            memcpy(data + r * rb, data + (r % 64) * rb, rb);
-        }
+    lm_tensor *w = bench_random_weight(t, K, N);
+    if (!w) {
+        fprintf(stderr, "lumen_decode_gemv: out of memory for a %lld x %lld weight\n", (long long)N, (long long)K);
+        exit(1);
     }
-    free(row);
-    lm_tensor *w = lm_tensor_wrap(t, 2, (int64_t[]){N, K}, data, free, data);
+    const size_t size = lm_dtype_row_size(t, K) * (size_t)N;
     const char *env = getenv("LUMEN_INTERLEAVE");
     *il = false;
     if ((!env || strcmp(env, "0")) && lm_matmul_can_interleave(w)) {
@@ -110,7 +91,7 @@ int main(int argc, char **argv) {
     for (int c = 0; c < nc; c++)
         for (int i = 0; i < cs[c].copies; i++) cs[c].w[i] = make(pool, cs[c].t, cs[c].K, cs[c].N, &cs[c].il);
     float *x = malloc((size_t)K * sizeof *x), *y = malloc((size_t)N * sizeof *y);
-    for (int64_t k = 0; k < K; k++) x[k] = urand();
+    for (int64_t k = 0; k < K; k++) x[k] = bench_urand();
     size_t qsize = 0;
     for (int c = 0; c < nc; c++) {
         const size_t z = lm_matmul_qbuf_size(cs[c].w[0], 1, threads);
@@ -123,14 +104,14 @@ int main(int argc, char **argv) {
             const bool l2 = k->N == 256 && k->K == 4096;
             const int reps = l2 ? 400 : 2;
             const bool panel = lm_matmul_panel_decode(k->w[0]);
-            double t0 = now();
+            double t0 = bench_now();
             for (int i = 0; i < reps; i++)
                 for (int j = 0; j < k->copies; j++) {
                     if (panel) lm_matmul_panel(pool, k->w[j], x, 1, y, q);
                     else lm_matmul(pool, k->w[j], x, 1, y, q);
                 }
             const double bytes = (double)lm_dtype_row_size(k->t, k->K) * (double)k->N * k->copies * reps;
-            k->gbs[r] = bytes / (now() - t0) / 1e9;
+            k->gbs[r] = bytes / (bench_now() - t0) / 1e9;
         }
     for (int c = 0; c < nc; c++) {
         cfg *k = &cs[c];

@@ -14,6 +14,7 @@
  * LUMEN_ISA=scalar|avx2 caps lumen's kernels as everywhere; PLAIN=1 hands oneDNN
  * its weights in the plain layout lumen's GEMM gives it instead of its own
  * (on Zen 4 as fast). */
+#include "bench_util.h"
 #include "lumen.h"
 #include "model.h"
 #include "pool.h"
@@ -26,18 +27,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static uint64_t g_rng = 0x9e3779b97f4a7c15ull;
-static float urand(void) { /* xorshift64*, in [-1, 1) */
-    g_rng ^= g_rng >> 12, g_rng ^= g_rng << 25, g_rng ^= g_rng >> 27;
-    return (float)((g_rng * 0x2545F4914F6CDD1Dull >> 40) * (2.0 / 16777216.0) - 1.0);
-}
 
 #define CK(x) do { dnnl_status_t st_ = (x); if (st_ != dnnl_success) { \
     fprintf(stderr, "prefill_gemm: %s: %s\n", #x, dnnl_status2str(st_)); exit(1); } } while (0)
@@ -136,20 +125,11 @@ typedef struct {
 static lm_mm lm_make(lm_dtype t, int64_t K, int64_t N, int64_t M, int mode) {
     lm_mm m = {.t = t, .dots = mode == 2};
     const bool force_panel = mode != 0;
-    const lm_quant_ops *ops = lm_quant_ops_get(t);
-    const size_t rb = lm_dtype_row_size(t, K);
-    char *data = malloc(rb * (size_t)N);
-    float *row = malloc((size_t)K * sizeof *row);
-    for (int64_t r = 0; r < N; r++) {
-        if (r < 64) {
-            for (int64_t k = 0; k < K; k++) row[k] = urand() * 0.05f;
-            ops->from_float(row, data + r * rb, K);
-        } else {
-            memcpy(data + r * rb, data + (r % 64) * rb, rb);
-        }
+    m.w = bench_random_weight(t, K, N);
+    if (!m.w) {
+        fprintf(stderr, "prefill_gemm: out of memory for a %lld x %lld weight\n", (long long)N, (long long)K);
+        exit(1);
     }
-    free(row);
-    m.w = lm_tensor_wrap(t, 2, (int64_t[]){N, K}, data, free, data);
     m.qbuf = aligned_alloc(64, (lm_matmul_qbuf_size(m.w, M, MAX_THREADS) + 63) & ~(size_t)63);
     const bool panel = lm_matmul_has_panel(m.w);
     m.gemm = !force_panel && (panel ? lm_matmul_prompt_gemm(m.w, M) : M >= lm_matmul_gemm_min(m.w));
@@ -201,8 +181,8 @@ int main(int argc, char **argv) {
         }
         float *af = malloc((size_t)(M * K) * sizeof(float)), *wf = malloc((size_t)(N * K) * sizeof(float));
         float *y = malloc((size_t)(M * N) * sizeof(float));
-        for (int64_t i = 0; i < M * K; i++) af[i] = urand();
-        for (int64_t i = 0; i < N * K; i++) wf[i] = urand();
+        for (int64_t i = 0; i < M * K; i++) af[i] = bench_urand();
+        for (int64_t i = 0; i < N * K; i++) wf[i] = bench_urand();
         enum { NL = 8, NC = 3 + NL };
         const lm_dtype lt[NL] = {LM_Q4_0, LM_Q8_0, LM_Q4_K, LM_Q6_K, LM_Q4_K, LM_Q6_K, LM_Q4_K, LM_Q6_K};
         const int mode[NL] = {0, 0, 0, 0, 1, 1, 2, 2};
@@ -222,10 +202,10 @@ int main(int argc, char **argv) {
             double t[NC][64];
             for (int r = -1; r < rounds && r < 64; r++) { /* round -1 warms up */
                 for (int c = 0; c < NC; c++) {
-                    const double t0 = now();
+                    const double t0 = bench_now();
                     if (c < 3) dnn_run(&dm[c]);
                     else lm_run(&lw[c - 3], pool, af, M, y);
-                    if (r >= 0) t[c][r] = now() - t0;
+                    if (r >= 0) t[c][r] = bench_now() - t0;
                 }
             }
             const double flop = 2.0 * (double)M * (double)K * (double)N;
