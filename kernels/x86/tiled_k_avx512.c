@@ -308,7 +308,7 @@ static inline __attribute__((always_inline)) void tiled(const int T, const int s
 #pragma GCC unroll 4
             for (int c = 0; c < T; c++) part[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[c]), dsc, part[c]);
         }
-        for (int g = 0; !(il == LM_Q4_K && T <= 4) && !(il == LM_Q6_K && T <= 4) && g < nsub; g++) {
+        for (int g = 0; !(il && T <= 4) && g < nsub; g++) { /* otherwise (the fast paths above) */
 #pragma GCC unroll 12
             for (int c = 0; c < T; c++) acc[c] = _mm512_setzero_si512();
 #pragma GCC unroll 8
