@@ -27,6 +27,16 @@ void lm_panel_pack_q8_K(const void *yq, void *dst, size_t y_stride, int64_t n) {
     for (int64_t i = 0; i < n / QK_K; i++) memcpy(o + i * y_stride, (const block_q8_K *)yq + i, sizeof(block_q8_K));
 }
 
+/* Q4_K, Q5_K (quant.h): the sums of 32 quants in bsums[0..8), the rest zero */
+void lm_panel_pack_q8_K32(const void *yq, void *dst, size_t y_stride, int64_t n) {
+    lm_panel_pack_q8_K(yq, dst, y_stride, n);
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        block_q8_K *b = (block_q8_K *)((char *)dst + i * y_stride);
+        for (int j = 0; j < 8; j++) b->bsums[j] = (int16_t)(b->bsums[2 * j] + b->bsums[2 * j + 1]);
+        for (int j = 8; j < 16; j++) b->bsums[j] = 0;
+    }
+}
+
 void lm_panel_pack_q8_1(const void *yq, void *dst, size_t y_stride, int64_t n) {
     char *o = dst;
     const block_q8_1 *b = yq;
@@ -133,7 +143,8 @@ static void panel_ref(lm_dtype t, int64_t n, int nt, float *s, size_t s_stride, 
  * dot by d * its scale (exact in a float: an 11-bit d by an 8-bit scale);
  * then that sum times the activations' d into the row's sum (one FMA), and
  * for the types with mins, one FMA of minus the exact sum of min * bsum by
- * dmin * the activations' d. */
+ * dmin * the activations' d (Q4_K, Q5_K: the record's bsums are sums of 32,
+ * quant.h). */
 static void panel_ref_k(lm_dtype t, int64_t n, int nt, float *s, size_t s_stride, const char *x, size_t x_stride,
                         const char *y, size_t y_stride) {
     for (int r = 0; r < LM_PANEL_ROWS; r++)
@@ -163,7 +174,7 @@ static void panel_ref_k(lm_dtype t, int64_t n, int nt, float *s, size_t s_stride
                         }
                     sub = 32;
                     for (int j = 0; j < 8; j++) sc[j] = sm[j];
-                    for (int k = 0; k < 16; k++) mn[k] = sm[8 + k / 2];
+                    for (int k = 0; k < 8; k++) mn[k] = sm[8 + k]; /* against the record's sums of 32 */
                     d = F16(t == LM_Q4_K ? b4->d : b5->d), dmin = F16(t == LM_Q4_K ? b4->dmin : b5->dmin), mins = true;
                 } else if (t == LM_Q2_K || t == LM_Q3_K) {
                     /* element 128h+32j+l: bits 2j of qs[32h+l] (and bit 4h+j of hmask[l]) */

@@ -52,7 +52,10 @@ typedef void (*lm_vec_dot_tile_fn)(int64_t n, float *restrict s, size_t s_stride
  * pass side by side, block after block). A legacy panel's record: the block's
  * scale d; -bias * sum(q) (the weights go in shifted up by bias to be
  * vpdpbusd's unsigned side) or, for Q8_1 activations, s = d * sum(q); the 32
- * quants. The K-quants' record is the Q8_K block itself. */
+ * quants. The K-quants' record is the Q8_K block itself; for the types with a
+ * scale and a min per 32 (Q4_K, Q5_K) its bsums[j], j < 8, hold the sum of
+ * quants 32j .. 32j + 31 instead (|sum| <= 4096: an int16), so that a panel
+ * takes two sub-blocks' mins in one int16 pair (lm_panel_pack_q8_K32). */
 typedef struct { float d; union { int32_t c; float s; }; int8_t qs[32]; } lm_panel_block;
 #define LM_PANEL_ARGS int64_t n, int nt, float *restrict s, size_t s_stride, const void *restrict x, size_t x_stride, \
                       const void *restrict y, size_t y_stride, const void *pf

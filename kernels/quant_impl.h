@@ -18,5 +18,6 @@ void lm_panel_pack_q8_0_b16(const void *yq, void *dst, size_t y_stride, int64_t 
 void lm_panel_pack_q8_0_b128(const void *yq, void *dst, size_t y_stride, int64_t n);
 void lm_panel_pack_q8_1(const void *yq, void *dst, size_t y_stride, int64_t n);
 void lm_panel_pack_q8_K(const void *yq, void *dst, size_t y_stride, int64_t n);
+void lm_panel_pack_q8_K32(const void *yq, void *dst, size_t y_stride, int64_t n);
 
 #endif

@@ -763,7 +763,7 @@ void lm_quant_register_k(lm_quant_entry table[LM_DTYPE_COUNT]) {
         .panel = {[LM_ISA_SCALAR] = lm_panel_q4_K_ref},
         .repack = {[LM_ISA_AVX512] = lm_repack_q4_K_vnni}, .tiled = {[LM_ISA_AVX512] = lm_tiled_q4_K_vnni},
         .repack_block = sizeof(lm_ktile_block),
-        .panel_record = sizeof(block_q8_K), .panel_pack = lm_panel_pack_q8_K,
+        .panel_record = sizeof(block_q8_K), .panel_pack = lm_panel_pack_q8_K32,
         .interleave = interleave_q4_K, .tiled_il = {[LM_ISA_AVX512] = lm_tiled_il_q4_K_vnni},
         .repack_il = {[LM_ISA_AVX512] = lm_repack_il_q4_K_vnni},
     };
@@ -778,7 +778,7 @@ void lm_quant_register_k(lm_quant_entry table[LM_DTYPE_COUNT]) {
         .panel = {[LM_ISA_SCALAR] = lm_panel_q5_K_ref},
         .repack = {[LM_ISA_AVX512] = lm_repack_q5_K_vnni}, .tiled = {[LM_ISA_AVX512] = lm_tiled_q5_K_vnni},
         .repack_block = sizeof(lm_ktile_block),
-        .panel_record = sizeof(block_q8_K), .panel_pack = lm_panel_pack_q8_K,
+        .panel_record = sizeof(block_q8_K), .panel_pack = lm_panel_pack_q8_K32,
     };
     table[LM_Q6_K] = (lm_quant_entry){
         .name = "q6_k", .block = QK_K, .size = sizeof(block_q6_K), .file_type = 18,

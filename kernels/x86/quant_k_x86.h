@@ -166,8 +166,9 @@ void lm_panel_q6_K_ref(LM_PANEL_ARGS);
  * Q5_K: the eight of 32 in dsc[0..8); the others sixteen of 16); d: the
  * offset's factor; off: pairs of int16 against bsums 2p, 2p + 1 (Q3_K: -4 *
  * scale, Q6_K: -32 * scale); mn: the same for the min term (Q2_K, Q4_K, Q5_K),
- * by dmin; q[g]: weights 4g .. 4g + 3 of every row, unsigned. Fields a type
- * does not use are not written. */
+ * by dmin (Q4_K, Q5_K: mins 2p, 2p + 1 against the record's sums of 32, p <
+ * 4); q[g]: weights 4g .. 4g + 3 of every row, unsigned. Fields a type does
+ * not use are not written. */
 typedef struct {
     float dsc[16][16];
     float d[16], dmin[16];

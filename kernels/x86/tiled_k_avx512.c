@@ -78,7 +78,8 @@ static inline __attribute__((always_inline)) void repack_scales(const lm_dtype t
         uint8_t sm[16];
         lm_k_unpack_scales(k->scales, sm);
         const float d = _cvtsh_ss(k->d);
-        for (int j = 0; j < 8; j++) b->dsc[j][r] = d * (float)sm[j], b->mn[j][r] = pair16(sm[8 + j], sm[8 + j]);
+        for (int j = 0; j < 8; j++) b->dsc[j][r] = d * (float)sm[j];
+        for (int p = 0; p < 4; p++) b->mn[p][r] = pair16(sm[8 + 2 * p], sm[8 + 2 * p + 1]); /* the record's sums of 32 */
         b->dmin[r] = _cvtsh_ss(k->dmin);
         break;
     }
@@ -130,20 +131,21 @@ static inline __attribute__((always_inline)) void repack(const lm_dtype t, size_
     }
 }
 
-/* acc[c] = the exact sum over p of tab[p]'s int16 pairs times token c's bsums 2p, 2p + 1 */
-static inline __attribute__((always_inline)) void bsums_dot(const int T, __m512i *acc, const __m512i tab[8],
+/* acc[c] = the exact sum over p < np of tab[p]'s int16 pairs times token c's bsums 2p, 2p + 1 */
+static inline __attribute__((always_inline)) void bsums_dot(const int T, const int np, __m512i *acc, const __m512i tab[8],
                                                             const block_q8_K *y) {
 #pragma GCC unroll 12
     for (int c = 0; c < T; c++) acc[c] = _mm512_setzero_si512();
-    for (int p = 0; p < 8; p++) {
+#pragma GCC unroll 8
+    for (int p = 0; p < np; p++) {
 #pragma GCC unroll 12
         for (int c = 0; c < T; c++) acc[c] = _mm512_dpwssd_epi32(acc[c], tab[p], _mm512_set1_epi32(lm_load32(y[c].bsums + 2 * p)));
     }
 }
 
-static inline __attribute__((always_inline)) void load8(__m512i v[8], const int32_t tab[8][16]) {
+static inline __attribute__((always_inline)) void load_tab(const int np, __m512i v[8], const int32_t tab[8][16]) {
 #pragma GCC unroll 8
-    for (int p = 0; p < 8; p++) v[p] = _mm512_load_si512(tab[p]);
+    for (int p = 0; p < np; p++) v[p] = _mm512_load_si512(tab[p]);
 }
 
 /* Interleaved super-blocks (quant.h): Q4_K's 16 rows' bytes of one
@@ -163,17 +165,18 @@ static inline __attribute__((always_inline)) void il_scales(const lm_dtype t, co
         const __m512i m63 = _mm512_set1_epi32(63), m15 = _mm512_set1_epi32(15), m3 = _mm512_set1_epi32(3);
         *dw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(l0));
         *dmin = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(l0, 16)));
+        __m512i m[8];
 #pragma GCC unroll 4
         for (int j = 0; j < 4; j++) {
             sc[j] = _mm512_and_si512(_mm512_srli_epi32(s0, 8 * j), m63);
-            const __m512i m = _mm512_and_si512(_mm512_srli_epi32(s1, 8 * j), m63);
+            m[j] = _mm512_and_si512(_mm512_srli_epi32(s1, 8 * j), m63);
             sc[j + 4] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(s2, 8 * j), m15),
                                         _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(s0, 8 * j + 6), m3), 4));
-            const __m512i m2 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(s2, 8 * j + 4), m15),
-                                               _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(s1, 8 * j + 6), m3), 4));
-            tab[j] = _mm512_or_si512(m, _mm512_slli_epi32(m, 16));
-            tab[j + 4] = _mm512_or_si512(m2, _mm512_slli_epi32(m2, 16));
+            m[j + 4] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(s2, 8 * j + 4), m15),
+                                       _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(s1, 8 * j + 6), m3), 4));
         }
+#pragma GCC unroll 4
+        for (int p = 0; p < 4; p++) tab[p] = _mm512_or_si512(m[2 * p], _mm512_slli_epi32(m[2 * p + 1], 16)); /* mins 2p, 2p + 1 */
     } else { /* Q6_K: lines 48-51 the scales as pairs (bytes 32p + 2r, + 1), then 16 fp16 d */
         *dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(xi + 64 * 52)));
         *dmin = _mm512_setzero_ps();
@@ -224,7 +227,7 @@ static inline __attribute__((always_inline)) void repack_il(const lm_dtype t, si
         for (int g = 0; g < nsub; g++) _mm512_store_ps(b->dsc[g], _mm512_mul_ps(dw, _mm512_cvtepi32_ps(sc[g])));
         if (t == LM_Q4_K) {
             _mm512_store_ps(b->dmin, dmin);
-            for (int p = 0; p < 8; p++) _mm512_store_si512(b->mn[p], tab[p]);
+            for (int p = 0; p < 4; p++) _mm512_store_si512(b->mn[p], tab[p]);
         } else {
             _mm512_store_ps(b->d, dw);
             for (int p = 0; p < 8; p++) _mm512_store_si512(b->off[p], tab[p]);
@@ -242,7 +245,7 @@ static inline __attribute__((always_inline)) void tiled(const int T, const int s
                                                         int64_t nb, float *s, size_t s_stride, const void *wp,
                                                         const char *yb, size_t y_stride, int more, const lm_dtype il,
                                                         size_t il_block) {
-    const int nsub = QK_K / sub, quads = sub / 4;
+    const int nsub = QK_K / sub, quads = sub / 4, np = sub == 32 ? 4 : 8; /* min pairs: sums of 32 or 16 (quant.h) */
     /* the row sums in memory (L1): the registers hold each token's dot and part */
     float fs[12][16] __attribute__((aligned(64)));
 #pragma GCC unroll 12
@@ -256,11 +259,11 @@ static inline __attribute__((always_inline)) void tiled(const int T, const int s
         if (il) il_scales(il, xi, &dw, &dmin, sc, tab);
         else if (off) { /* repack writes only the fields its type uses */
             dw = _mm512_load_ps(b->d);
-            load8(tab, b->off);
+            load_tab(8, tab, b->off);
         }
         if (!il && mins) dmin = _mm512_load_ps(b->dmin);
         if (off) {
-            bsums_dot(T, acc, tab, y);
+            bsums_dot(T, 8, acc, tab, y);
 #pragma GCC unroll 12
             for (int c = 0; c < T; c++) part[c] = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[c]), dw);
         } else {
@@ -325,8 +328,8 @@ static inline __attribute__((always_inline)) void tiled(const int T, const int s
 #pragma GCC unroll 12
         for (int c = 0; c < T; c++) _mm512_store_ps(fs[c], _mm512_fmadd_ps(part[c], _mm512_set1_ps(y[c].d), _mm512_load_ps(fs[c])));
         if (mins) {
-            if (!il) load8(tab, b->mn);
-            bsums_dot(T, acc, tab, y);
+            if (!il) load_tab(np, tab, b->mn);
+            bsums_dot(T, np, acc, tab, y);
 #pragma GCC unroll 12
             for (int c = 0; c < T; c++)
                 _mm512_store_ps(fs[c], _mm512_fnmadd_ps(_mm512_cvtepi32_ps(acc[c]), _mm512_mul_ps(dmin, _mm512_set1_ps(y[c].d)),
