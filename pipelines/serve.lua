@@ -501,9 +501,16 @@ end
 
 -- queued jobs have not taken their slots yet (admission runs after all of
 -- this turn's arrivals): count them against the free slots, then the queue
--- (a batch's requests, queued at priority -1, wait behind this one: not counted)
+-- (a batch's requests, queued at priority -1, wait behind this one: not
+-- counted), and so are the jobs whose images are still being encoded: a
+-- burst of image requests is not all encoded, one thread each, to be
+-- refused afterwards
 function Server:refuse_when_busy(job, entry)
-  if self.sched:waiting(entry, 0) + job.n > #entry.free + self.cfg.queue_limit then
+  local encoding = 0
+  for _, w in ipairs(self.encoding) do
+    if w.entry == entry then encoding = encoding + w.job.n end
+  end
+  if self.sched:waiting(entry, 0) + encoding + job.n > #entry.free + self.cfg.queue_limit then
     local e = setmetatable({ status = 429, message = "the server is busy: all slots are taken and the queue is full; retry shortly",
                              type = "rate_limit_error", code = "rate_limit_exceeded", retry_after = 1 }, openai.ApiError)
     error(e, 0)
@@ -676,6 +683,11 @@ function M.run(o)
   mt:gauge("lumen_queue_depth", "Requests waiting for a slot.", function() return #self.sched.queue end)
   mt:gauge("lumen_slots_busy", "Slots generating or prefilling.", function() return self:slots_busy() end)
   mt:gauge("lumen_slots_total", "Slots, all models.", function() return cfg.slots * #self.model_ids end)
+  mt:counter("lumen_image_encodes_total", "Images a vision projector was set to encode (the same image again is a cache hit).", function()
+    local n = 0
+    for _, e in pairs(self.models) do n = n + (e.vision and e.vision.encodes or 0) end
+    return n
+  end)
   mt:gauge("lumen_kv_cache_used_tokens", "Tokens held in the KV caches of busy slots.", function() return self.sched:kv_used() end)
   mt:gauge("lumen_kv_cache_capacity_tokens", "Tokens all slots' KV caches hold.", function()
     local c = 0

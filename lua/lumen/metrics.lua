@@ -13,7 +13,7 @@ function M.new()
     prompt_tokens = 0, cached_prompt_tokens = 0, completion_tokens = 0, disconnects = 0,
     ttft = { counts = {}, sum = 0, n = 0 },
     window = {},              -- recent {time, tokens} samples for the decode rate
-    gauges = {},              -- name -> function() returning the value
+    gauges = {},              -- name -> {help, fn returning the value, type: gauge unless "counter"}
   }, Metrics)
 end
 
@@ -103,7 +103,7 @@ function Metrics:render(now)
   for _, name in ipairs(names) do
     local g = self.gauges[name]
     add("# HELP " .. name .. " " .. g.help)
-    add("# TYPE " .. name .. " gauge")
+    add("# TYPE " .. name .. " " .. (g.type or "gauge"))
     add(string.format("%s %s", name, tostring(g.fn())))
   end
   return table.concat(o, "\n") .. "\n"
@@ -111,5 +111,7 @@ end
 
 --- A gauge: name, help text and a function that reads its value at render time.
 function Metrics:gauge(name, help, fn) self.gauges[name] = { help = help, fn = fn } end
+--- A counter kept elsewhere, read the same way.
+function Metrics:counter(name, help, fn) self.gauges[name] = { help = help, fn = fn, type = "counter" } end
 
 return M

@@ -40,7 +40,8 @@ function M.load(path, text_model, opts)
   if C.lm_vision_get_info(h, info) ~= 0 then fail() end
   local self = setmetatable({ h = h, path = path, tile_tokens = info.tile_tokens, proj_dim = info.proj_dim,
                               image_size = info.image_size, longest_edge = info.longest_edge,
-                              cache_size = opts and opts.cache or 0, cache = {} }, Projector)
+                              cache_size = opts and opts.cache or 0, cache = {},
+                              encodes = 0 }, Projector) -- encodes started (image_parts_start; not cache hits)
   if text_model and C.lm_vision_check(h, text_model.h) ~= 0 then fail() end
   return self
 end
@@ -94,6 +95,7 @@ function Projector:image_parts_start(model, bytes, name)
   if img == nil then fail() end
   local job = C.lm_vision_encode_start(self.h, img)   -- takes the image
   if job == nil then fail() end
+  self.encodes = self.encodes + 1
   return setmetatable({ proj = self, model = model, key = key, job = ffi.gc(job, C.lm_vision_job_free) }, Pending)
 end
 

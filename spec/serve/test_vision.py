@@ -12,12 +12,13 @@ Run: spec/.venv/bin/python -m unittest -v test_vision   (in spec/serve; ctest -L
 import base64
 import json
 import os
+import socket
 import struct
 import subprocess
 import unittest
 import zlib
 
-from serve_harness import BIN, ROOT, Server
+from serve_harness import BIN, ROOT, Server, metric_sum
 from test_bad_input import stop_server
 
 MODELS = os.environ.get("LUMEN_MODELS") or os.path.expanduser("~/.cache/lumen/models")
@@ -216,6 +217,43 @@ class TestBadImages(unittest.TestCase):
         with self.assertRaises(openai.BadRequestError) as cm:
             ask(data_url(fixture("chelsea_40x27.jpg")), text="\x01lumen-image\x01 and more")
         self.assertIn("image places", error_message(cm.exception))
+
+
+class TestBusy(unittest.TestCase):
+    def test_burst_refused_before_encoding(self):
+        """One slot and no queue, five image requests at once: those refused with 429 were never
+        encoded (a burst of image requests is not each given an encoding thread to be refused
+        afterwards): every encode the server started belongs to a request it answered 200."""
+        busy = Server("-m", "smolvlm-test", "--slots", "1", "--queue", "0", name="vision-busy").start()
+        try:
+            m0, _ = busy.metrics()
+            socks = []
+            for k in range(5):  # distinct images: the projector keeps the last few images' rows
+                body = {"model": "smolvlm-test", "max_tokens": 4, "temperature": 0,
+                        "messages": image_message(data_url(png(24 + k, 20, idat_rows=20)))}
+                data = json.dumps(body).encode()
+                s = busy.connect()
+                s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                          b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(data), data))
+                socks.append(s)
+            statuses = []
+            for s in socks:
+                buf = b""
+                while True:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        break
+                    buf += chunk
+                s.close()
+                statuses.append(int(buf.split(b" ", 2)[1]))
+            m1, _ = busy.metrics()
+            encodes = metric_sum(m1, "lumen_image_encodes_total") - metric_sum(m0, "lumen_image_encodes_total")
+            self.assertEqual(sorted(set(statuses) - {200, 429}), [], statuses)
+            self.assertGreaterEqual(statuses.count(200), 1, statuses)
+            self.assertGreaterEqual(statuses.count(429), 1, statuses)
+            self.assertEqual(encodes, statuses.count(200), statuses)
+        finally:
+            stop_server(busy)
 
 
 if __name__ == "__main__":
