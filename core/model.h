@@ -42,10 +42,14 @@ typedef struct lm_layer {
 static inline void lm_layer_matrix_slots(lm_layer *l, lm_tensor **w[LM_LAYER_MATRICES]) {
     w[0] = &l->wq; w[1] = &l->wk; w[2] = &l->wv; w[3] = &l->wo; w[4] = &l->w_gate; w[5] = &l->w_up; w[6] = &l->w_down;
 }
+/* Their current tensors: acquire loads, as the interleaving thread swaps
+ * them in (core/model.c, a release store under eval_mu), so that a reader
+ * outside eval_mu (session creation, lm_model_get_info) sees one whole
+ * tensor or the other; both have the same dtype and shape. */
 static inline void lm_layer_matrices(const lm_layer *l, const lm_tensor *w[LM_LAYER_MATRICES]) {
     lm_tensor **s[LM_LAYER_MATRICES];
     lm_layer_matrix_slots((lm_layer *)l, s);
-    for (int i = 0; i < LM_LAYER_MATRICES; i++) w[i] = *s[i];
+    for (int i = 0; i < LM_LAYER_MATRICES; i++) w[i] = __atomic_load_n(s[i], __ATOMIC_ACQUIRE);
 }
 
 struct lm_arch_ops;
