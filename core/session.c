@@ -67,7 +67,7 @@ lm_session *lm_session_new(lm_model *m, const lm_session_params *params) {
     if (ok) s->v = alloc(B * s->kv_dim * sizeof(float), "activations", &ok);
     if (ok) s->hb = alloc(B * hp->n_ff * sizeof(float), "activations", &ok);
     if (ok) s->hb2 = alloc(B * hp->n_ff * sizeof(float), "activations", &ok);
-    if (ok) s->scores = alloc((size_t)lm_pool_size(m->pool) * lm_attend_scores(hp->n_head / hp->n_head_kv, n_ctx) * sizeof(float),
+    if (ok) s->scores = alloc((size_t)lm_pool_size(m->pool) * lm_attend_scratch(hp->n_head / hp->n_head_kv, n_ctx) * sizeof(float),
                                   "attention scores", &ok);
     if (ok) s->logits = alloc((size_t)hp->n_vocab * sizeof(float), "logits", &ok);
     if (ok) s->tokens = alloc((size_t)n_ctx * sizeof(int32_t), "token history", &ok);

@@ -262,6 +262,18 @@ void lm_attend_group_f16(float *out, const float *q, int nq, const uint16_t *k, 
         lm_attend_f16(out + (int64_t)j * head_dim, q + (int64_t)j * head_dim, k, v, stride, head_dim, t0, t1, scale, scores);
 }
 
+void lm_attend_tokens_f16(float *out, const float *q, int ntok, int64_t qs, int nq, const uint16_t *k,
+                          const uint16_t *v, int64_t stride, int head_dim, int32_t t0, int32_t t1, float scale,
+                          float *scores) {
+    if (t1 <= t0 || ntok < 1) return;
+    if (ntok > 1 && head_dim % 16 == 0 && head_dim <= LM_ATTEND_MAX_HD && lm_cpu_isa() >= LM_ISA_AVX512) {
+        lm_attend_tokens_f16_avx512(out, q, ntok, qs, nq, k, v, stride, head_dim, t0, t1, scale, scores);
+        return;
+    }
+    for (int i = 0; i < ntok; i++)
+        lm_attend_group_f16(out + i * qs, q + i * qs, nq, k, v, stride, head_dim, t0, t1 + i, scale, scores);
+}
+
 /* ---- the q8_0 KV cache ------------------------------------------------------------ */
 
 #include "quant_legacy.h" /* block_q8_0 */
@@ -317,4 +329,15 @@ void lm_attend_group_q8_0(float *out, const float *q, int nq, const void *k, con
         lm_attend_group_q8_0_avx512(out, q, nq, k, v, stride, head_dim, t0, t1, scale, scores);
     else
         lm_attend_group_q8_0_ref(out, q, nq, k, v, stride, head_dim, t0, t1, scale, scores);
+}
+
+void lm_attend_tokens_q8_0(float *out, const float *q, int ntok, int64_t qs, int nq, const void *k, const void *v,
+                           int64_t stride, int head_dim, int32_t t0, int32_t t1, float scale, float *scores) {
+    if (t1 <= t0 || ntok < 1) return;
+    if (ntok > 1 && head_dim <= LM_ATTEND_MAX_HD && lm_cpu_isa() >= LM_ISA_AVX512) {
+        lm_attend_tokens_q8_0_avx512(out, q, ntok, qs, nq, k, v, stride, head_dim, t0, t1, scale, scores);
+        return;
+    }
+    for (int i = 0; i < ntok; i++)
+        lm_attend_group_q8_0(out + i * qs, q + i * qs, nq, k, v, stride, head_dim, t0, t1 + i, scale, scores);
 }

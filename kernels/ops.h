@@ -71,6 +71,33 @@ void lm_attend_group_q8_0_ref(float *out, const float *q, int nq, const void *k,
                               int64_t stride, int head_dim, int32_t t0, int32_t t1, float scale, float *scores);
 void lm_attend_group_q8_0_avx512(float *out, const float *q, int nq, const void *k, const void *v,
                                  int64_t stride, int head_dim, int32_t t0, int32_t t1, float scale, float *scores);
+
+/* A prompt's consecutive tokens at once: ntok tokens of one sequence, token
+ * i's nq heads at q + i * qs (its result at out + i * qs, which may be q),
+ * attending [t0, t1 + i). Each token's result is lm_attend_group_*'s for it
+ * alone, bit for bit; the AVX-512 kernel converts each K row once for all
+ * the tokens (a prompt's tokens read the same rows) and asks for the V rows
+ * once. scores needs lm_attend_tokens_scores(ntok, nq, t1 + ntok - 1 - t0)
+ * floats. */
+void lm_attend_tokens_f16(float *out, const float *q, int ntok, int64_t qs, int nq, const uint16_t *k,
+                          const uint16_t *v, int64_t stride, int head_dim, int32_t t0, int32_t t1, float scale,
+                          float *scores);
+void lm_attend_tokens_q8_0(float *out, const float *q, int ntok, int64_t qs, int nq, const void *k, const void *v,
+                           int64_t stride, int head_dim, int32_t t0, int32_t t1, float scale, float *scores);
+void lm_attend_tokens_f16_avx512(float *out, const float *q, int ntok, int64_t qs, int nq, const uint16_t *k,
+                                 const uint16_t *v, int64_t stride, int head_dim, int32_t t0, int32_t t1, float scale,
+                                 float *scores);
+void lm_attend_tokens_q8_0_avx512(float *out, const float *q, int ntok, int64_t qs, int nq, const void *k, const void *v,
+                                  int64_t stride, int head_dim, int32_t t0, int32_t t1, float scale, float *scores);
+static inline int64_t lm_attend_tokens_scores(int ntok, int nq, int64_t n) { return (int64_t)ntok * lm_attend_scores(nq, n); }
+/* Tokens a prompt's attention task takes at once (the session's scratch:
+ * lm_attend_scratch floats a thread, enough for that many at 2048 positions,
+ * fewer beyond) */
+#define LM_ATTEND_TOKENS 16
+static inline int64_t lm_attend_scratch(int nq, int64_t n_ctx) {
+    const int64_t one = lm_attend_scores(nq, n_ctx), many = lm_attend_tokens_scores(LM_ATTEND_TOKENS, nq, 2048);
+    return one > many ? one : many;
+}
 /* The KV cache's element types: the bytes of one row of n values (n a
  * multiple of 32 for q8_0), and a row of floats stored as one. */
 size_t lm_kv_row_bytes(int kv_type, int64_t n);

@@ -193,10 +193,15 @@ static void prefetch_kv(const batch *b, const lm_hparams *hp, bool local, int la
 /* A task is one token's query heads that share a kv head (K and V rows read
  * once for them), or, when there are too few such tasks to keep every thread
  * busy (a one-token decode), one query head: a head's result is the same bits
- * either way (lm_attend_group_f16). The threads take tasks as they go
- * (lm_pool_run_dynamic): their costs differ (a prompt's late tokens read many
- * more positions than its early ones, a batched step's sequences have
- * different lengths), and a thread that is late does not hold the others. */
+ * either way (lm_attend_group_f16). A batch with enough tokens (a prompt)
+ * takes them LM_ATTEND_TOKENS at a time instead: a task is a kv head's query
+ * heads for those tokens, and each run of them that are one sequence's
+ * consecutive positions goes through lm_attend_tokens_* (each K row
+ * converted once for the run; each token's result the same bits as alone).
+ * The threads take tasks as they go (lm_pool_run_dynamic): their costs
+ * differ (a prompt's late tokens read many more positions than its early
+ * ones, a batched step's sequences have different lengths), and a thread
+ * that is late does not hold the others. */
 static void attn_rows(void *vctx, int ith, int nth) {
     attn_job *j = vctx;
     const batch *b = j->b;
@@ -205,30 +210,43 @@ static void attn_rows(void *vctx, int ith, int nth) {
     const int HD = hp->head_dim, group = hp->n_head / hp->n_head_kv;
     const int64_t QD = (int64_t)hp->n_head * HD;
     const bool local = hp->sliding_window > 0 && hp->swa_period > 0 && (j->layer + 1) % hp->swa_period != 0;
-    float *scores = ws->scores + (int64_t)ith * lm_attend_scores(group, ws->n_ctx);
-    const int per = (int64_t)b->n * hp->n_head_kv >= 4 * nth ? group : 1; /* query heads per task */
-    const int tasks = hp->n_head / per;                                  /* per token */
+    const int64_t cap = lm_attend_scratch(group, ws->n_ctx); /* the thread's scores (core/session.c) */
+    float *scores = ws->scores + (int64_t)ith * cap;
+    const int64_t tiles = (b->n + LM_ATTEND_TOKENS - 1) / LM_ATTEND_TOKENS;
+    const bool tiled = b->n > 1 && tiles * hp->n_head_kv >= 4 * nth;
+    const int per = tiled || (int64_t)b->n * hp->n_head_kv >= 4 * nth ? group : 1; /* query heads per task */
+    const int tasks = hp->n_head / per;                                            /* per token or tile */
     int64_t lo, hi;
-    while (lm_pool_take(&j->q, (int64_t)b->n * tasks, 1, nth, &lo, &hi)) {
+    while (lm_pool_take(&j->q, (tiled ? tiles : (int64_t)b->n) * tasks, 1, nth, &lo, &hi)) {
         for (int64_t u = lo; u < hi; u++) {
-            const int32_t t = (int32_t)(u / tasks);
             const int task = (int)(u % tasks), h = task * per;
-            const lm_session *sq = b->seq[t];
-            if (task == 0 && t + 1 < b->n && b->seq[t + 1] != sq && u + tasks < hi)
+            int32_t t = (int32_t)(u / tasks) * (tiled ? LM_ATTEND_TOKENS : 1);
+            const int32_t end = tiled && t + LM_ATTEND_TOKENS < b->n ? t + LM_ATTEND_TOKENS : tiled ? b->n : t + 1;
+            if (!tiled && task == 0 && t + 1 < b->n && b->seq[t + 1] != b->seq[t] && u + tasks < hi)
                 prefetch_kv(b, hp, local, j->layer, t + 1); /* this piece's next token, another sequence */
-            int32_t t0;
-            attn_span(b, hp, local, t, &t0);
-            const char *kc = sq->k_cache + (int64_t)j->layer * sq->n_ctx * (int64_t)sq->kv_row;
-            const char *vc = sq->v_cache + (int64_t)j->layer * sq->n_ctx * (int64_t)sq->kv_row;
-            const int64_t kvo = (int64_t)lm_kv_row_bytes(sq->kv_type, (int64_t)(h / group) * HD);
-            float *o = ws->xb2 + t * QD + (int64_t)h * HD;
-            const float *qh = ws->q + t * QD + (int64_t)h * HD;
-            if (sq->kv_type == LM_Q8_0)
-                lm_attend_group_q8_0(o, qh, per, kc + kvo, vc + kvo, (int64_t)sq->kv_row, HD, t0, b->pos[t] + 1,
-                                     hp->attn_scale, scores);
-            else
-                lm_attend_group_f16(o, qh, per, (const uint16_t *)(kc + kvo), (const uint16_t *)(vc + kvo), sq->kv_dim,
-                                    HD, t0, b->pos[t] + 1, hp->attn_scale, scores);
+            while (t < end) {
+                /* a run: one sequence's consecutive positions from one span start, as many as the scores hold */
+                const lm_session *sq = b->seq[t];
+                int32_t t0, t0n;
+                attn_span(b, hp, local, t, &t0);
+                int ntok = 1;
+                while (t + ntok < end && b->seq[t + ntok] == sq && b->pos[t + ntok] == b->pos[t] + ntok &&
+                       (attn_span(b, hp, local, t + ntok, &t0n), t0n == t0) &&
+                       lm_attend_tokens_scores(ntok + 1, per, (int64_t)b->pos[t] + ntok + 1 - t0) <= cap)
+                    ntok++;
+                const char *kc = sq->k_cache + (int64_t)j->layer * sq->n_ctx * (int64_t)sq->kv_row;
+                const char *vc = sq->v_cache + (int64_t)j->layer * sq->n_ctx * (int64_t)sq->kv_row;
+                const int64_t kvo = (int64_t)lm_kv_row_bytes(sq->kv_type, (int64_t)(h / group) * HD);
+                float *o = ws->xb2 + t * QD + (int64_t)h * HD;
+                const float *qh = ws->q + t * QD + (int64_t)h * HD;
+                if (sq->kv_type == LM_Q8_0)
+                    lm_attend_tokens_q8_0(o, qh, ntok, QD, per, kc + kvo, vc + kvo, (int64_t)sq->kv_row, HD, t0,
+                                          b->pos[t] + 1, hp->attn_scale, scores);
+                else
+                    lm_attend_tokens_f16(o, qh, ntok, QD, per, (const uint16_t *)(kc + kvo), (const uint16_t *)(vc + kvo),
+                                         sq->kv_dim, HD, t0, b->pos[t] + 1, hp->attn_scale, scores);
+                t += ntok;
+            }
         }
     }
 }

@@ -88,47 +88,48 @@ static inline __attribute__((always_inline)) void v_block(float *out, int hd, co
             _mm512_storeu_ps(out + (int64_t)j * hd + d0 + 16 * c, _mm512_mul_ps(acc[j][c], _mm512_set1_ps(inv[j])));
 }
 
-/* k, v: position 0 of the kv head; stride in bytes; q8: the cache is q8_0 */
-static inline __attribute__((always_inline)) void attend_group(float *out, const float *q, int nq, const char *k,
-                                                               const char *v, int64_t stride, int hd, int32_t t0,
-                                                               int32_t t1, float scale, float *scores, bool q8) {
-    const int32_t n = t1 - t0;
+/* The K rows [b, b + m) of the cache (k: the span's first position) as
+ * floats in kf (row r at kf + r * hd), the rest of the 16 zero; and the next
+ * block's rows asked for while this one is scored (n: the span's length) */
+static inline __attribute__((always_inline)) void k_block(float *kf, const char *k, int64_t stride, int hd, int32_t n,
+                                                          int32_t b, int lines, bool q8) {
+    const int m = n - b < 16 ? n - b : 16, nc = hd / 16;
+    for (int r = 16; r < 32 && b + r < n; r++)
+        for (int c = 0; c < lines; c++) _mm_prefetch(k + (int64_t)(b + r) * stride + 64 * c, _MM_HINT_T0);
+    for (int r = 0; r < 16; r++) {
+        const char *kt = k + (int64_t)(b + r) * stride;
+        for (int c = 0; c < nc; c++) _mm512_store_ps(kf + r * hd + 16 * c, r < m ? load16(kt, c, q8) : _mm512_setzero_ps());
+    }
+}
+
+/* The scores of positions [b, b + 16) for nq heads (q, head_dim apart):
+ * head j's at scores + j * ns + b. A lane's score depends only on its own K
+ * row (hsum16), so rows past a head's span change nothing it reads. */
+static inline __attribute__((always_inline)) void score_block(const float *kf, const float *q, int nq, int hd,
+                                                              float *scores, int64_t ns, int32_t b, __m512 vscale) {
     const int nc = hd / 16;
-    const int64_t ns = ((int64_t)n + 15) & ~(int64_t)15; /* head j's scores at scores + j * ns */
-    k += (int64_t)t0 * stride;
-    v += (int64_t)t0 * stride;
-    _Alignas(64) float kf[16 * LM_ATTEND_MAX_HD];
-    const __m512 vscale = _mm512_set1_ps(scale);
-    /* the cache is read from memory (a batched step's sequences together
-     * outgrow L3) in short strided runs the hardware prefetcher barely starts
-     * on: ask for the V rows now, to L2, for after the scores, and for each
-     * block's K rows while the previous block is scored */
-    const int lines = ((int)lm_kv_row_bytes(q8 ? LM_Q8_0 : LM_F16, hd) + 63) / 64;
+    for (int j = 0; j < nq; j++) {
+        const float *qj = q + (int64_t)j * hd;
+        __m512 acc[16];
+        for (int r = 0; r < 16; r++) acc[r] = _mm512_setzero_ps();
+        for (int c = 0; c < nc; c++) {
+            const __m512 qc = _mm512_loadu_ps(qj + 16 * c);
+            for (int r = 0; r < 16; r++) acc[r] = _mm512_fmadd_ps(qc, _mm512_load_ps(kf + r * hd + 16 * c), acc[r]);
+        }
+        _mm512_storeu_ps(scores + j * ns + b, _mm512_mul_ps(hsum16(acc), vscale));
+    }
+}
+
+/* the cache's rows [0, n) of v to L2 (lines: 64-byte lines a row) */
+static inline void prefetch_rows(const char *v, int64_t stride, int32_t n, int lines) {
     for (int32_t t = 0; t < n; t++)
         for (int c = 0; c < lines; c++) _mm_prefetch(v + (int64_t)t * stride + 64 * c, _MM_HINT_T1);
+}
 
-    /* scores: 16 positions at a time, their K rows converted once for all heads */
-    for (int32_t b = 0; b < n; b += 16) {
-        const int m = n - b < 16 ? n - b : 16;
-        for (int r = 16; r < 32 && b + r < n; r++)
-            for (int c = 0; c < lines; c++) _mm_prefetch(k + (int64_t)(b + r) * stride + 64 * c, _MM_HINT_T0);
-        for (int r = 0; r < 16; r++) {
-            const char *kt = k + (int64_t)(b + r) * stride;
-            for (int c = 0; c < nc; c++)
-                _mm512_store_ps(kf + r * hd + 16 * c, r < m ? load16(kt, c, q8) : _mm512_setzero_ps());
-        }
-        for (int j = 0; j < nq; j++) {
-            const float *qj = q + (int64_t)j * hd;
-            __m512 acc[16];
-            for (int r = 0; r < 16; r++) acc[r] = _mm512_setzero_ps();
-            for (int c = 0; c < nc; c++) {
-                const __m512 qc = _mm512_loadu_ps(qj + 16 * c);
-                for (int r = 0; r < 16; r++) acc[r] = _mm512_fmadd_ps(qc, _mm512_load_ps(kf + r * hd + 16 * c), acc[r]);
-            }
-            _mm512_storeu_ps(scores + j * ns + b, _mm512_mul_ps(hsum16(acc), vscale));
-        }
-    }
-
+/* softmax numerators of nq heads' n scores in place (head j's at scores + j
+ * * ns), then their weighted sums of V into out */
+static inline __attribute__((always_inline)) void finish(float *out, int nq, const char *v, int64_t stride, int hd,
+                                                         int32_t n, float *scores, int64_t ns, bool q8) {
     /* softmax numerators in place; 1 / their sum per head */
     float inv[4];
     for (int j0 = 0; j0 < nq; j0 += 4) {
@@ -165,6 +166,67 @@ static inline __attribute__((always_inline)) void attend_group(float *out, const
             }
         }
     }
+}
+
+/* k, v: position 0 of the kv head; stride in bytes; q8: the cache is q8_0 */
+static inline __attribute__((always_inline)) void attend_group(float *out, const float *q, int nq, const char *k,
+                                                               const char *v, int64_t stride, int hd, int32_t t0,
+                                                               int32_t t1, float scale, float *scores, bool q8) {
+    const int32_t n = t1 - t0;
+    const int64_t ns = ((int64_t)n + 15) & ~(int64_t)15; /* head j's scores at scores + j * ns */
+    k += (int64_t)t0 * stride;
+    v += (int64_t)t0 * stride;
+    _Alignas(64) float kf[16 * LM_ATTEND_MAX_HD];
+    const __m512 vscale = _mm512_set1_ps(scale);
+    /* the cache is read from memory (a batched step's sequences together
+     * outgrow L3) in short strided runs the hardware prefetcher barely starts
+     * on: ask for the V rows now, to L2, for after the scores, and for each
+     * block's K rows while the previous block is scored */
+    const int lines = ((int)lm_kv_row_bytes(q8 ? LM_Q8_0 : LM_F16, hd) + 63) / 64;
+    prefetch_rows(v, stride, n, lines);
+    /* scores: 16 positions at a time, their K rows converted once for all heads */
+    for (int32_t b = 0; b < n; b += 16) {
+        k_block(kf, k, stride, hd, n, b, lines, q8);
+        score_block(kf, q, nq, hd, scores, ns, b, vscale);
+    }
+    finish(out, nq, v, stride, hd, n, scores, ns, q8);
+}
+
+/* ntok consecutive tokens of one sequence, token i at q + i * qs (and out +
+ * i * qs), attending [t0, t1 + i): each K block converted once for all of
+ * them, the V rows asked for once; then each token as attend_group finishes
+ * it, so every token's result is attend_group's bits (scores: ntok * nq *
+ * round16(t1 + ntok - 1 - t0) floats). */
+static inline __attribute__((always_inline)) void attend_tokens(float *out, const float *q, int ntok, int64_t qs, int nq,
+                                                                const char *k, const char *v, int64_t stride, int hd,
+                                                                int32_t t0, int32_t t1, float scale, float *scores,
+                                                                bool q8) {
+    const int32_t n0 = t1 - t0, nmax = n0 + ntok - 1;
+    const int64_t ns = ((int64_t)nmax + 15) & ~(int64_t)15, per = (int64_t)nq * ns; /* token i's scores at scores + i * per */
+    k += (int64_t)t0 * stride;
+    v += (int64_t)t0 * stride;
+    _Alignas(64) float kf[16 * LM_ATTEND_MAX_HD];
+    const __m512 vscale = _mm512_set1_ps(scale);
+    const int lines = ((int)lm_kv_row_bytes(q8 ? LM_Q8_0 : LM_F16, hd) + 63) / 64;
+    prefetch_rows(v, stride, nmax, lines);
+    for (int32_t b = 0; b < nmax; b += 16) {
+        k_block(kf, k, stride, hd, nmax, b, lines, q8);
+        for (int i = b < n0 ? 0 : b - n0 + 1; i < ntok; i++) /* the tokens whose span reaches the block */
+            score_block(kf, q + i * qs, nq, hd, scores + i * per, ns, b, vscale);
+    }
+    for (int i = 0; i < ntok; i++) finish(out + i * qs, nq, v, stride, hd, n0 + i, scores + i * per, ns, q8);
+}
+
+void lm_attend_tokens_f16_avx512(float *out, const float *q, int ntok, int64_t qs, int nq, const uint16_t *k,
+                                 const uint16_t *v, int64_t stride, int hd, int32_t t0, int32_t t1, float scale,
+                                 float *scores) {
+    attend_tokens(out, q, ntok, qs, nq, (const char *)k, (const char *)v, stride * (int64_t)sizeof(uint16_t), hd, t0, t1,
+                  scale, scores, false);
+}
+
+void lm_attend_tokens_q8_0_avx512(float *out, const float *q, int ntok, int64_t qs, int nq, const void *k, const void *v,
+                                  int64_t stride, int hd, int32_t t0, int32_t t1, float scale, float *scores) {
+    attend_tokens(out, q, ntok, qs, nq, k, v, stride, hd, t0, t1, scale, scores, true);
 }
 
 void lm_attend_group_f16_avx512(float *out, const float *q, int nq, const uint16_t *k, const uint16_t *v,

@@ -263,6 +263,63 @@ static void test_attention_q8_0(void) {
                 attention_q8_0_case(hds[a], nqs[b], spans[c][0], spans[c][1]);
 }
 
+/* A prompt's tokens at once (lm_attend_tokens_*): token i of ntok, its nq
+ * heads at q + i * qs, attending [t0, t1 + i), gives the bits of the same
+ * token alone (lm_attend_group_*), in place too, over the fp16 and the q8_0
+ * cache; and the cache rows past the last token's span are not read (they
+ * hold NaN here). */
+static void attention_tokens_case(int q8, int HD, int nq, int ntok, int t0, int t1) {
+    enum { T = 300, MAXHD = 256, NQ = 8, NT = 20, ROWF = MAXHD + 32, ROWB = ROWF / 32 * 34 };
+    static uint16_t kh[T * ROWF], vh[T * ROWF];
+    static char kq[T * ROWB], vq[T * ROWB];
+    static float row[ROWF], scores[NT * NQ * (T + 16)];
+    static float q[NT * NQ * MAXHD], out[NT * NQ * MAXHD], one[NQ * MAXHD], inplace[NT * NQ * MAXHD];
+    uint64_t r = 5 + (uint64_t)HD * 13 + (uint64_t)ntok * 7 + (uint64_t)t1;
+    const int64_t stride = q8 ? (int64_t)lm_kv_row_bytes(LM_Q8_0, HD + 32) : HD + 32; /* bytes, or halves */
+    const int64_t qs = (int64_t)nq * HD + 16, last = t1 + ntok - 1;
+    for (int t = 0; t < T; t++) {
+        for (int i = 0; i < HD + 32; i++) row[i] = t < last ? tu_randf(&r, -1, 1) : NAN;
+        if (q8) lm_kv_store_row(LM_Q8_0, row, kq + t * stride, HD + 32);
+        else lm_f32_to_f16_row(row, kh + t * stride, HD + 32);
+        for (int i = 0; i < HD + 32; i++) row[i] = t < last ? tu_randf(&r, -1, 1) : NAN;
+        if (q8) lm_kv_store_row(LM_Q8_0, row, vq + t * stride, HD + 32);
+        else lm_f32_to_f16_row(row, vh + t * stride, HD + 32);
+    }
+    for (int i = 0; i < ntok * qs; i++) q[i] = tu_randf(&r, -2, 2);
+    const float scale = 1.0f / sqrtf((float)HD);
+    const void *k = q8 ? (const void *)(kq + 34) : (const void *)(kh + 32), *v = q8 ? (const void *)(vq + 34) : (const void *)(vh + 32);
+#define TOKENS(o, qq) (q8 ? lm_attend_tokens_q8_0(o, qq, ntok, qs, nq, k, v, stride, HD, t0, t1, scale, scores) \
+                          : lm_attend_tokens_f16(o, qq, ntok, qs, nq, k, v, stride, HD, t0, t1, scale, scores))
+    TOKENS(out, q);
+    memcpy(inplace, q, sizeof(float) * ntok * qs);
+    TOKENS(inplace, inplace);
+#undef TOKENS
+    int same = 1, finite = 1;
+    for (int i = 0; i < ntok; i++) {
+        if (q8) lm_attend_group_q8_0(one, q + i * qs, nq, k, v, stride, HD, t0, t1 + i, scale, scores);
+        else lm_attend_group_f16(one, q + i * qs, nq, k, v, stride, HD, t0, t1 + i, scale, scores);
+        same = same && !memcmp(one, out + i * qs, sizeof(float) * nq * HD) && !memcmp(inplace + i * qs, one, sizeof(float) * nq * HD);
+        for (int e = 0; e < nq * HD; e++) finite = finite && isfinite(out[i * qs + e]);
+    }
+    CHECK(finite, "%s attention, %d tokens at once (head_dim %d, %d heads, [%d, %d + i)): a NaN from past the spans",
+          q8 ? "q8_0" : "fp16", ntok, HD, nq, t0, t1);
+    CHECK(same, "%s attention, %d tokens at once (head_dim %d, %d heads, [%d, %d + i)): other bits than each token alone",
+          q8 ? "q8_0" : "fp16", ntok, HD, nq, t0, t1);
+}
+
+static void test_attention_tokens(void) {
+    static const int hds[] = {64, 128, 32, 80, 40};
+    static const int nqs[] = {1, 4, 5};
+    static const int nts[] = {1, 2, 3, 16, 17, 20};
+    static const int spans[][2] = {{0, 1}, {0, 15}, {2, 18}, {5, 41}, {100, 270}};
+    for (int q8 = 0; q8 < 2; q8++)
+        for (size_t a = 0; a < sizeof hds / sizeof *hds; a++)
+            for (size_t b = 0; b < sizeof nqs / sizeof *nqs; b++)
+                for (size_t n = 0; n < sizeof nts / sizeof *nts; n++)
+                    for (size_t c = 0; c < sizeof spans / sizeof *spans; c++)
+                        if (!q8 || hds[a] % 32 == 0) attention_tokens_case(q8, hds[a], nqs[b], nts[n], spans[c][0], spans[c][1]);
+}
+
 static atomic_int hits[4];
 static void count3(void *ctx, int ith, int nth) { (void)ctx; atomic_fetch_add(&hits[ith], 1); CHECK(nth == 3, "nth"); }
 static void count(void *ctx, int ith, int nth) { (void)ctx; atomic_fetch_add(&hits[ith], 1); CHECK(nth == 2, "nth"); }
@@ -353,6 +410,7 @@ int main(void) {
     test_attention();
     test_attention_group();
     test_attention_q8_0();
+    test_attention_tokens();
     test_pool();
     test_pool_dynamic();
     return tu_finish("ops");
