@@ -168,35 +168,17 @@ static inline __attribute__((always_inline)) void finish(float *out, int nq, con
     }
 }
 
-/* k, v: position 0 of the kv head; stride in bytes; q8: the cache is q8_0 */
-static inline __attribute__((always_inline)) void attend_group(float *out, const float *q, int nq, const char *k,
-                                                               const char *v, int64_t stride, int hd, int32_t t0,
-                                                               int32_t t1, float scale, float *scores, bool q8) {
-    const int32_t n = t1 - t0;
-    const int64_t ns = ((int64_t)n + 15) & ~(int64_t)15; /* head j's scores at scores + j * ns */
-    k += (int64_t)t0 * stride;
-    v += (int64_t)t0 * stride;
-    _Alignas(64) float kf[16 * LM_ATTEND_MAX_HD];
-    const __m512 vscale = _mm512_set1_ps(scale);
-    /* the cache is read from memory (a batched step's sequences together
-     * outgrow L3) in short strided runs the hardware prefetcher barely starts
-     * on: ask for the V rows now, to L2, for after the scores, and for each
-     * block's K rows while the previous block is scored */
-    const int lines = ((int)lm_kv_row_bytes(q8 ? LM_Q8_0 : LM_F16, hd) + 63) / 64;
-    prefetch_rows(v, stride, n, lines);
-    /* scores: 16 positions at a time, their K rows converted once for all heads */
-    for (int32_t b = 0; b < n; b += 16) {
-        k_block(kf, k, stride, hd, n, b, lines, q8);
-        score_block(kf, q, nq, hd, scores, ns, b, vscale);
-    }
-    finish(out, nq, v, stride, hd, n, scores, ns, q8);
-}
-
-/* ntok consecutive tokens of one sequence, token i at q + i * qs (and out +
- * i * qs), attending [t0, t1 + i): each K block converted once for all of
- * them, the V rows asked for once; then each token as attend_group finishes
- * it, so every token's result is attend_group's bits (scores: ntok * nq *
- * round16(t1 + ntok - 1 - t0) floats). */
+/* k, v: position 0 of the kv head; stride in bytes; q8: the cache is q8_0.
+ * ntok consecutive tokens of one sequence, token i at q + i * qs (and out +
+ * i * qs), attending [t0, t1 + i); one token: the group of heads of ops.h's
+ * lm_attend_group_*. The cache is read from memory (a batched step's
+ * sequences together outgrow L3) in short strided runs the hardware
+ * prefetcher barely starts on: the V rows are asked for at once, to L2, for
+ * after the scores, and each block's K rows while the previous block is
+ * scored. The scores: 16 positions at a time, their K rows converted once for
+ * all the heads and tokens; then each token is finished on its own, so every
+ * token's result is the same bits as alone (scores: ntok * nq * round16(t1 +
+ * ntok - 1 - t0) floats). */
 static inline __attribute__((always_inline)) void attend_tokens(float *out, const float *q, int ntok, int64_t qs, int nq,
                                                                 const char *k, const char *v, int64_t stride, int hd,
                                                                 int32_t t0, int32_t t1, float scale, float *scores,
@@ -231,11 +213,11 @@ void lm_attend_tokens_q8_0_avx512(float *out, const float *q, int ntok, int64_t 
 
 void lm_attend_group_f16_avx512(float *out, const float *q, int nq, const uint16_t *k, const uint16_t *v,
                                 int64_t stride, int hd, int32_t t0, int32_t t1, float scale, float *scores) {
-    attend_group(out, q, nq, (const char *)k, (const char *)v, stride * (int64_t)sizeof(uint16_t), hd, t0, t1, scale,
-                 scores, false);
+    attend_tokens(out, q, 1, 0, nq, (const char *)k, (const char *)v, stride * (int64_t)sizeof(uint16_t), hd, t0, t1,
+                  scale, scores, false);
 }
 
 void lm_attend_group_q8_0_avx512(float *out, const float *q, int nq, const void *k, const void *v,
                                  int64_t stride, int hd, int32_t t0, int32_t t1, float scale, float *scores) {
-    attend_group(out, q, nq, k, v, stride, hd, t0, t1, scale, scores, true);
+    attend_tokens(out, q, 1, 0, nq, k, v, stride, hd, t0, t1, scale, scores, true);
 }
