@@ -220,8 +220,9 @@ static void attn_rows(void *vctx, int ith, int nth) {
     while (lm_pool_take(&j->q, (tiled ? tiles : (int64_t)b->n) * tasks, 1, nth, &lo, &hi)) {
         for (int64_t u = lo; u < hi; u++) {
             const int task = (int)(u % tasks), h = task * per;
-            int32_t t = (int32_t)(u / tasks) * (tiled ? LM_ATTEND_TOKENS : 1);
-            const int32_t end = tiled && t + LM_ATTEND_TOKENS < b->n ? t + LM_ATTEND_TOKENS : tiled ? b->n : t + 1;
+            const int32_t span = tiled ? LM_ATTEND_TOKENS : 1;
+            int32_t t = (int32_t)(u / tasks) * span;
+            const int32_t end = t + span < b->n ? t + span : b->n;
             if (!tiled && task == 0 && t + 1 < b->n && b->seq[t + 1] != b->seq[t] && u + tasks < hi)
                 prefetch_kv(b, hp, local, j->layer, t + 1); /* this piece's next token, another sequence */
             while (t < end) {
@@ -234,6 +235,8 @@ static void attn_rows(void *vctx, int ith, int nth) {
                        (attn_span(b, hp, local, t + ntok, &t0n), t0n == t0) &&
                        lm_attend_tokens_scores(ntok + 1, per, (int64_t)b->pos[t] + ntok + 1 - t0) <= cap)
                     ntok++;
+                if (tiled && task == 0 && t + ntok < end && b->seq[t + ntok] != sq)
+                    prefetch_kv(b, hp, local, j->layer, t + ntok); /* the tile's next run, another sequence */
                 const char *kc = sq->k_cache + (int64_t)j->layer * sq->n_ctx * (int64_t)sq->kv_row;
                 const char *vc = sq->v_cache + (int64_t)j->layer * sq->n_ctx * (int64_t)sq->kv_row;
                 const int64_t kvo = (int64_t)lm_kv_row_bytes(sq->kv_type, (int64_t)(h / group) * HD);
