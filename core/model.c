@@ -20,7 +20,7 @@ const char *lm_version(void) { return "0.1.0"; }
  * gathering, unpacking and transposing 16 rows' blocks, which kept it
  * compute-bound below the memory's pace (Xeon, one thread, tg32: Llama-3.2-1B
  * shape Q4_0 13.0 vs 9.3 tok/s, Qwen3-8B shape 2.32 vs 1.93). The K-quants'
- * interleaved super-blocks (Q4_K, Q6_K) go through their panels at every
+ * interleaved super-blocks (Q2_K to Q6_K) go through their panels at every
  * token, which the file's rows would only by repacking them per product: a
  * matrix to be interleaved takes its panels from the first token (w->panels;
  * repacked until it is swapped), so its results do not change when it is,

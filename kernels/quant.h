@@ -94,13 +94,16 @@ typedef void (*lm_tiled_fn)(LM_TILED_ARGS);
  * lm_interleave_fn writes one panel (n weights a row, rows x_stride apart) at
  * dst; panel_il and repack_il are the type's panel and repack reading that
  * layout (x: the panel; x_stride: the row size), with the same bits as the
- * panel on the rows before. The K-quants (Q4_K, Q6_K) keep each super-block's
- * 16 rows together instead, in the same bytes: Q4_K's as 64-byte lines (line
- * k, lane r: bytes 4k..4k+3 of row r's block); Q6_K's 6-bit quants per
+ * panel on the rows before. The K-quants keep each super-block's 16 rows
+ * together instead, in the same bytes: Q4_K's and Q5_K's as 64-byte lines
+ * (line k, lane r: bytes 4k..4k+3 of row r's block); Q6_K's 6-bit quants per
  * sub-block of 16 as three lines of bytes, the fourth line's quants spread
  * over their top two bits (what the kernel unpacks in a few instructions where
  * the file's split nibbles and high bits took a dozen), then the scales as
- * pairs and the 16 fp16 d (kernels/quant_k.c says where each bit goes);
+ * pairs and the 16 fp16 d; Q3_K's 3-bit quants per two sub-blocks as three
+ * lines (eight lines of quants), then the scale bytes as lines of dwords and
+ * the d; Q2_K's 2-bit quants a sub-block to a line, then the scale bytes and
+ * d | dmin as lines of dwords (kernels/quant_k.c says where each bit goes);
  * tiled_il is the type's tiled reading its operands, scales and mins from
  * them, with nothing repacked (decode: a few tokens), repack_il the type's
  * repack from them (prompts), the same bits as tiled. */

@@ -683,19 +683,21 @@ static void quantize_q3_K(const float *restrict x, void *restrict vy, int64_t n)
 
 /* ---- registration ------------------------------------------------------------- */
 
-/* Q4_K's interleaved super-block (quant.h): 16 rows' block i as 64-byte lines
- * of dwords (line k, lane r: bytes 4k..4k + 3 of row r's block) */
-static void interleave_q4_K(LM_INTERLEAVE_ARGS) {
-    const size_t lines = sizeof(block_q4_K) / 4;
+/* Q4_K's and Q5_K's interleaved super-blocks (quant.h): 16 rows' block i
+ * (size bytes each) as 64-byte lines of dwords (line k, lane r: bytes
+ * 4k..4k + 3 of row r's block) */
+static void interleave_dwords(LM_INTERLEAVE_ARGS, size_t size) {
     for (int64_t i = 0; i < n / QK_K; i++) {
-        uint8_t *b = (uint8_t *)dst + (size_t)i * LM_PANEL_ROWS * sizeof(block_q4_K);
+        uint8_t *b = (uint8_t *)dst + (size_t)i * LM_PANEL_ROWS * size;
         for (int r = 0; r < LM_PANEL_ROWS; r++) {
-            const uint8_t *src = (const uint8_t *)x + (size_t)r * x_stride + (size_t)i * sizeof(block_q4_K);
-            for (size_t k = 0; k < lines; k++) memcpy(b + 64 * k + 4 * (size_t)r, src + 4 * k, 4);
+            const uint8_t *src = (const uint8_t *)x + (size_t)r * x_stride + (size_t)i * size;
+            for (size_t k = 0; k < size / 4; k++) memcpy(b + 64 * k + 4 * (size_t)r, src + 4 * k, 4);
         }
     }
 }
-_Static_assert(sizeof(block_q4_K) % 4 == 0, "Q4_K's interleaved super-block is whole lines");
+static void interleave_q4_K(LM_INTERLEAVE_ARGS) { interleave_dwords(n, x, x_stride, dst, sizeof(block_q4_K)); }
+static void interleave_q5_K(LM_INTERLEAVE_ARGS) { interleave_dwords(n, x, x_stride, dst, sizeof(block_q5_K)); }
+_Static_assert(sizeof(block_q4_K) % 4 == 0 && sizeof(block_q5_K) % 4 == 0, "Q4_K's, Q5_K's interleaved super-blocks are whole lines");
 
 /* Q6_K's interleaved super-block (quant.h), 16 rows' 3360 bytes: per
  * sub-block g of 16 weights, three lines A, B, C whose byte (lane r, byte b)
@@ -723,6 +725,59 @@ static void interleave_q6_K(LM_INTERLEAVE_ARGS) {
 }
 _Static_assert(sizeof(block_q6_K) == 52 * 64 / 16 + 2, "Q6_K's interleaved super-block: 52 lines and 16 fp16 d");
 
+/* Q2_K's interleaved super-block (quant.h), 16 rows' 1344 bytes: sub-block
+ * m's four lines of quants (0..3) in line m, quant j of a dword's byte in its
+ * bits 2j..2j + 1 (lines 0-15); the rows' 16 scale bytes as four lines of
+ * dwords (16-19); a line of d | dmin << 16. */
+static void interleave_q2_K(LM_INTERLEAVE_ARGS) {
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        uint8_t *b = (uint8_t *)dst + (size_t)i * LM_PANEL_ROWS * sizeof(block_q2_K);
+        for (int r = 0; r < LM_PANEL_ROWS; r++) {
+            const block_q2_K *k = (const block_q2_K *)((const uint8_t *)x + (size_t)r * x_stride) + i;
+            for (int m = 0; m < QK_K / 16; m++)
+                for (int e = 0; e < 4; e++) {
+                    int v = 0;
+                    for (int j = 0; j < 4; j++) v |= low2(k->qs, 16 * m + 4 * j + e) << 2 * j;
+                    b[64 * m + 4 * r + e] = (uint8_t)v;
+                }
+            for (int j = 0; j < 4; j++) memcpy(b + 64 * (16 + j) + 4 * r, k->scales + 4 * j, 4);
+            memcpy(b + 64 * 20 + 4 * r, &k->d, 2);
+            memcpy(b + 64 * 20 + 4 * r + 2, &k->dmin, 2);
+        }
+    }
+}
+_Static_assert(sizeof(block_q2_K) == 21 * 64 / 16, "Q2_K's interleaved super-block: 21 lines");
+
+/* Q3_K's interleaved super-block (quant.h), 16 rows' 1760 bytes: each pair
+ * of sub-blocks' eight lines of quants (0..7, the -4 taken out as the repack
+ * does) in three lines of bytes, a b c: quants k = 0, 2, 4 of a dword's byte
+ * in bits 0-2 of a, b, c, quants 1, 3, 5 in their bits 3-5, quant 6 in a's
+ * bits 6-7 and c's bit 6, quant 7 in b's bits 6-7 and c's bit 7 (lines 0-23);
+ * then the rows' 12 scale bytes as three lines of dwords (24-26) and the 16
+ * fp16 d. */
+static void interleave_q3_K(LM_INTERLEAVE_ARGS) {
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        uint8_t *b = (uint8_t *)dst + (size_t)i * LM_PANEL_ROWS * sizeof(block_q3_K);
+        for (int r = 0; r < LM_PANEL_ROWS; r++) {
+            const block_q3_K *k = (const block_q3_K *)((const uint8_t *)x + (size_t)r * x_stride) + i;
+            int8_t q[QK_K];
+            unpack_q3_K(k, q);
+            for (int u = 0; u < QK_K / 32; u++)
+                for (int e = 0; e < 4; e++) {
+                    int v[8];
+                    for (int j = 0; j < 8; j++) v[j] = q[32 * u + 4 * j + e] + 4;
+                    uint8_t *o = b + 64 * 3 * u + 4 * r + e;
+                    o[0] = (uint8_t)(v[0] | v[1] << 3 | (v[6] & 3) << 6);
+                    o[64] = (uint8_t)(v[2] | v[3] << 3 | (v[7] & 3) << 6);
+                    o[128] = (uint8_t)(v[4] | v[5] << 3 | (v[6] >> 2) << 6 | (v[7] >> 2) << 7);
+                }
+            for (int j = 0; j < 3; j++) memcpy(b + 64 * (24 + j) + 4 * r, k->scales + 4 * j, 4);
+            memcpy(b + 64 * 27 + 2 * r, &k->d, 2);
+        }
+    }
+}
+_Static_assert(sizeof(block_q3_K) == 27 * 64 / 16 + 2, "Q3_K's interleaved super-block: 27 lines and 16 fp16 d");
+
 void lm_quant_register_k(lm_quant_entry table[LM_DTYPE_COUNT]) {
     table[LM_Q2_K] = (lm_quant_entry){
         .name = "q2_k", .block = QK_K, .size = sizeof(block_q2_K), .file_type = 10,
@@ -736,6 +791,8 @@ void lm_quant_register_k(lm_quant_entry table[LM_DTYPE_COUNT]) {
         .repack = {[LM_ISA_AVX512] = lm_repack_q2_K_vnni}, .tiled = {[LM_ISA_AVX512] = lm_tiled_q2_K_vnni},
         .repack_block = sizeof(lm_ktile_block),
         .panel_record = sizeof(block_q8_K), .panel_pack = lm_panel_pack_q8_K,
+        .interleave = interleave_q2_K, .tiled_il = {[LM_ISA_AVX512] = lm_tiled_il_q2_K_vnni},
+        .repack_il = {[LM_ISA_AVX512] = lm_repack_il_q2_K_vnni},
     };
     table[LM_Q3_K] = (lm_quant_entry){
         .name = "q3_k", .block = QK_K, .size = sizeof(block_q3_K), .file_type = 11, /* Q3_K_S */
@@ -749,6 +806,8 @@ void lm_quant_register_k(lm_quant_entry table[LM_DTYPE_COUNT]) {
         .repack = {[LM_ISA_AVX512] = lm_repack_q3_K_vnni}, .tiled = {[LM_ISA_AVX512] = lm_tiled_q3_K_vnni},
         .repack_block = sizeof(lm_ktile_block),
         .panel_record = sizeof(block_q8_K), .panel_pack = lm_panel_pack_q8_K,
+        .interleave = interleave_q3_K, .tiled_il = {[LM_ISA_AVX512] = lm_tiled_il_q3_K_vnni},
+        .repack_il = {[LM_ISA_AVX512] = lm_repack_il_q3_K_vnni},
     };
     table[LM_Q4_K] = (lm_quant_entry){
         .name = "q4_k", .block = QK_K, .size = sizeof(block_q4_K), .file_type = 15, /* Q4_K_M */
@@ -779,6 +838,8 @@ void lm_quant_register_k(lm_quant_entry table[LM_DTYPE_COUNT]) {
         .repack = {[LM_ISA_AVX512] = lm_repack_q5_K_vnni}, .tiled = {[LM_ISA_AVX512] = lm_tiled_q5_K_vnni},
         .repack_block = sizeof(lm_ktile_block),
         .panel_record = sizeof(block_q8_K), .panel_pack = lm_panel_pack_q8_K32,
+        .interleave = interleave_q5_K, .tiled_il = {[LM_ISA_AVX512] = lm_tiled_il_q5_K_vnni},
+        .repack_il = {[LM_ISA_AVX512] = lm_repack_il_q5_K_vnni},
     };
     table[LM_Q6_K] = (lm_quant_entry){
         .name = "q6_k", .block = QK_K, .size = sizeof(block_q6_K), .file_type = 18,

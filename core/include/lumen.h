@@ -125,7 +125,7 @@ typedef struct lm_model_info {
                      more per token than a prompt through the GEMM */
     bool panels;  /* every layer matrix takes every token, prompt or decode, through the
                      integer panels here (AVX-512 VNNI: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, and
-                     Q4_K, Q6_K being interleaved): a prompt at once or one token at a
+                     the K-quants being interleaved): a prompt at once or one token at a
                      time gives the same bits */
     const char *family;  /* the architecture family that runs it: "llama", "bert" */
     bool encoder;        /* an embedding model: lm_embed_*, no sessions */

@@ -205,9 +205,7 @@ void lm_vec_dot_q3_K_q8_K_avx2(int64_t n, float *restrict s, const void *restric
     const __m256i four = _mm256_set1_epi8(4);
     __m256 acc = _mm256_setzero_ps();
     for (int64_t i = 0; i < n / QK_K; i++) {
-        int8_t sc[16];
-        lm_k_unpack_scales_q3(x[i].scales, sc);
-        const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)sc));
+        const __m256i sc16 = _mm256_cvtepi8_epi16(lm_k_scales_q3_x86(x[i].scales));
         const __m256i offset = _mm256_madd_epi16(sc16, _mm256_loadu_si256((const __m256i *)y[i].bsums));
         __m256i sumi = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(offset, 2));
         const __m256i hm = _mm256_loadu_si256((const __m256i *)x[i].hmask);

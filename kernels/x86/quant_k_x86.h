@@ -106,6 +106,20 @@ static inline void lm_k_unpack_scales_q3(const uint8_t packed[K_SCALE_SIZE], int
     for (int j = 0; j < 16; j++) out[j] = (int8_t)(out[j] - 32);
 }
 
+#ifdef __AVX2__
+#include <immintrin.h>
+/* the same 16 scales as int8 in a register (the vec_dots: an array of them
+ * stored byte by byte and loaded whole stalls on store forwarding every block) */
+static inline __m128i lm_k_scales_q3_x86(const uint8_t packed[K_SCALE_SIZE]) {
+    uint32_t w2;
+    memcpy(&w2, packed + 8, 4);
+    const __m128i w01 = _mm_loadl_epi64((const __m128i *)packed); /* words 0, 1 */
+    const __m128i lo = _mm_and_si128(_mm_srlv_epi32(_mm_unpacklo_epi64(w01, w01), _mm_setr_epi32(0, 0, 4, 4)), _mm_set1_epi8(0x0F));
+    const __m128i hi = _mm_and_si128(_mm_srlv_epi32(_mm_set1_epi32((int)w2), _mm_setr_epi32(0, 2, 4, 6)), _mm_set1_epi8(0x03));
+    return _mm_sub_epi8(_mm_or_si128(lo, _mm_slli_epi32(hi, 4)), _mm_set1_epi8(32));
+}
+#endif
+
 /* One Q2_K super-block added to a running sum as ggml's generic vec_dot does:
  * sumf + (dall*isum - dmin*summins), each product rounded on its own (the
  * empty asm keeps the compiler from fusing one into a multiply-add), so the
@@ -187,9 +201,15 @@ void lm_tiled_q3_K_vnni(LM_TILED_ARGS);
 void lm_tiled_q4_K_vnni(LM_TILED_ARGS);
 void lm_tiled_q5_K_vnni(LM_TILED_ARGS);
 void lm_tiled_q6_K_vnni(LM_TILED_ARGS);
+void lm_tiled_il_q2_K_vnni(LM_TILED_ARGS);
+void lm_tiled_il_q3_K_vnni(LM_TILED_ARGS);
 void lm_tiled_il_q4_K_vnni(LM_TILED_ARGS);
+void lm_tiled_il_q5_K_vnni(LM_TILED_ARGS);
 void lm_tiled_il_q6_K_vnni(LM_TILED_ARGS);
+void lm_repack_il_q2_K_vnni(LM_REPACK_ARGS);
+void lm_repack_il_q3_K_vnni(LM_REPACK_ARGS);
 void lm_repack_il_q4_K_vnni(LM_REPACK_ARGS);
+void lm_repack_il_q5_K_vnni(LM_REPACK_ARGS);
 void lm_repack_il_q6_K_vnni(LM_REPACK_ARGS);
 
 #endif

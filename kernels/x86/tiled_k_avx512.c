@@ -158,7 +158,7 @@ static inline __attribute__((always_inline)) void load_tab(const int np, __m512i
  * pairs, and the quant lines. */
 static inline __attribute__((always_inline)) void il_scales(const lm_dtype t, const char *xi, __m512 *dw, __m512 *dmin,
                                                             __m512i sc[16], __m512i tab[8]) {
-    if (t == LM_Q4_K) {
+    if (t == LM_Q4_K || t == LM_Q5_K) {
         /* line 0: d | dmin << 16; lines 1-3: the 12 bytes of 6-bit scales and mins (lm_k_unpack_scales) */
         const __m512i l0 = _mm512_loadu_si512(xi), s0 = _mm512_loadu_si512(xi + 64), s1 = _mm512_loadu_si512(xi + 128),
                       s2 = _mm512_loadu_si512(xi + 192);
@@ -177,6 +177,41 @@ static inline __attribute__((always_inline)) void il_scales(const lm_dtype t, co
         }
 #pragma GCC unroll 4
         for (int p = 0; p < 4; p++) tab[p] = _mm512_or_si512(m[2 * p], _mm512_slli_epi32(m[2 * p + 1], 16)); /* mins 2p, 2p + 1 */
+    } else if (t == LM_Q2_K) { /* lines 16-19: the 16 scale bytes (scale | min << 4); line 20: d | dmin << 16 */
+        const __m512i l20 = _mm512_loadu_si512(xi + 64 * 20), m15 = _mm512_set1_epi32(15);
+        *dw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(l20));
+        *dmin = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(l20, 16)));
+        __m512i m[16];
+#pragma GCC unroll 16
+        for (int j = 0; j < 16; j++) {
+            const __m512i v = _mm512_loadu_si512(xi + 64 * (16 + j / 4));
+            sc[j] = _mm512_and_si512(_mm512_srli_epi32(v, 8 * (j % 4)), m15);
+            m[j] = _mm512_and_si512(_mm512_srli_epi32(v, 8 * (j % 4) + 4), m15);
+        }
+#pragma GCC unroll 8
+        for (int p = 0; p < 8; p++) tab[p] = _mm512_or_si512(m[2 * p], _mm512_slli_epi32(m[2 * p + 1], 16)); /* mins 2p, 2p + 1 */
+    } else if (t == LM_Q3_K) { /* lines 24-26: the 12 scale bytes (lm_k_unpack_scales_q3), then 16 fp16 d */
+        *dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(xi + 64 * 27)));
+        *dmin = _mm512_setzero_ps();
+        const __m512i s0 = _mm512_loadu_si512(xi + 64 * 24), s1 = _mm512_loadu_si512(xi + 64 * 25),
+                      s2 = _mm512_loadu_si512(xi + 64 * 26);
+        const __m512i m4 = _mm512_set1_epi8(0x0F), m2 = _mm512_set1_epi8(0x03), k32 = _mm512_set1_epi8(32);
+        /* u[m], byte j: scale 4m + j, -32 .. 31 */
+        const __m512i u[4] = {
+            _mm512_sub_epi8(_mm512_or_si512(_mm512_and_si512(s0, m4), _mm512_slli_epi32(_mm512_and_si512(s2, m2), 4)), k32),
+            _mm512_sub_epi8(_mm512_or_si512(_mm512_and_si512(s1, m4),
+                                            _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(s2, 2), m2), 4)), k32),
+            _mm512_sub_epi8(_mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(s0, 4), m4),
+                                            _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(s2, 4), m2), 4)), k32),
+            _mm512_sub_epi8(_mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(s1, 4), m4),
+                                            _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(s2, 6), m2), 4)), k32)};
+#pragma GCC unroll 16
+        for (int j = 0; j < 16; j++) sc[j] = _mm512_srai_epi32(_mm512_slli_epi32(u[j / 4], 24 - 8 * (j % 4)), 24);
+#pragma GCC unroll 8
+        for (int p = 0; p < 8; p++) /* lane r: -4 x row r's scales 2p, 2p + 1 as int16 */
+            tab[p] = _mm512_mullo_epi16(_mm512_or_si512(_mm512_and_si512(sc[2 * p], _mm512_set1_epi32(0xFFFF)),
+                                                        _mm512_slli_epi32(sc[2 * p + 1], 16)),
+                                        _mm512_set1_epi16(-4));
     } else { /* Q6_K: lines 48-51 the scales as pairs (bytes 32p + 2r, + 1), then 16 fp16 d */
         *dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(xi + 64 * 52)));
         *dmin = _mm512_setzero_ps();
@@ -198,18 +233,69 @@ static inline __attribute__((always_inline)) __m512i q6_fourth(__m512i a, __m512
     return _mm512_and_si512(abc, _mm512_set1_epi8(0x3F));
 }
 
+/* Q3_K's quant line k (0..7) of a pair of sub-blocks from its three lines
+ * (kernels/quant_k.c): bits 0-2 or 3-5 of a, b, c; the last two from the top
+ * bits of a or b and one of c's */
+static inline __attribute__((always_inline)) __m512i q3_line(__m512i a, __m512i b, __m512i c, int k) {
+    const __m512i m7 = _mm512_set1_epi8(7), m3 = _mm512_set1_epi8(3);
+    const __m512i v = k / 2 == 0 ? a : k / 2 == 1 ? b : c;
+    if (k < 6) return _mm512_and_si512(k % 2 ? _mm512_srli_epi16(v, 3) : v, m7);
+    if (k == 6) return _mm512_and_si512(_mm512_ternarylogic_epi32(m3, _mm512_srli_epi16(a, 6), _mm512_srli_epi16(c, 4), 0xCA), m7);
+    return _mm512_and_si512(_mm512_ternarylogic_epi32(m3, _mm512_srli_epi16(b, 6), _mm512_srli_epi16(c, 5), 0xCA), m7);
+}
+
+/* Q5_K's quants w (low four bits) with bit q of each byte of qh as their fifth */
+static inline __attribute__((always_inline)) __m512i fifth_bit(__m512i w, __m512i qh, int q) {
+    return _mm512_or_si512(w, _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(qh, q), _mm512_set1_epi8(1)), 4));
+}
+
+/* the types whose interleaved lines give two sub-blocks at a time (Q4_K and
+ * Q5_K: a line's low and high nibbles; Q3_K: three lines for eight) */
+static inline bool il_pairs(const lm_dtype t) { return t == LM_Q3_K || t == LM_Q4_K || t == LM_Q5_K; }
+
+/* line l of sub-blocks g (w0) and g + 1 (w1), g even: repack's q lines
+ * sub g + l and sub (g + 1) + l (weights 4 of every row, unsigned) */
+static inline __attribute__((always_inline)) void il_pair_lines(const lm_dtype t, const char *xi, int g, int l, __m512i *w0,
+                                                                 __m512i *w1) {
+    if (t == LM_Q3_K) { /* sub-blocks g, g + 1 in lines 3g / 2 .. 3g / 2 + 2 */
+        const char *u = xi + 64 * 3 * (g / 2);
+        const __m512i a = _mm512_loadu_si512(u), b = _mm512_loadu_si512(u + 64), c = _mm512_loadu_si512(u + 128);
+        *w0 = q3_line(a, b, c, l), *w1 = q3_line(a, b, c, 4 + l);
+        return;
+    }
+    /* Q4_K, Q5_K: qs from line 4 (Q5_K: 12, after qh), sub-block g's low nibbles and g + 1's high ones
+     * of qs[16 g ..]; Q5_K's fifth bits: bits g, g + 1 of qh[4 l ..] */
+    const __m512i v = _mm512_loadu_si512(xi + 64 * ((t == LM_Q5_K ? 12 : 4) + 4 * g + l)), m4 = _mm512_set1_epi8(0x0F);
+    *w0 = _mm512_and_si512(v, m4), *w1 = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+    if (t == LM_Q5_K) {
+        const __m512i h = _mm512_loadu_si512(xi + 64 * (4 + l));
+        *w0 = fifth_bit(*w0, h, g), *w1 = fifth_bit(*w1, h, g + 1);
+    }
+}
+
+/* the four lines of sub-block g (Q2_K: one line's bit pairs; Q6_K: three lines' six bits and their top two) */
+static inline __attribute__((always_inline)) void il_sub_lines(const lm_dtype t, const char *xi, int g, __m512i w[4]) {
+    if (t == LM_Q2_K) {
+        const __m512i v = _mm512_loadu_si512(xi + 64 * g);
+#pragma GCC unroll 4
+        for (int l = 0; l < 4; l++) w[l] = _mm512_and_si512(_mm512_srli_epi16(v, 2 * l), _mm512_set1_epi8(3));
+        return;
+    }
+    const __m512i a = _mm512_loadu_si512(xi + 64 * 3 * g), b = _mm512_loadu_si512(xi + 64 * (3 * g + 1)),
+                  c = _mm512_loadu_si512(xi + 64 * (3 * g + 2)), m6 = _mm512_set1_epi8(0x3F);
+    w[0] = _mm512_and_si512(a, m6), w[1] = _mm512_and_si512(b, m6), w[2] = _mm512_and_si512(c, m6), w[3] = q6_fourth(a, b, c);
+}
+
 /* line idx of repack's q (weights 4 idx .. 4 idx + 3 of every row, unsigned) */
 static inline __attribute__((always_inline)) __m512i il_qline(const lm_dtype t, const char *xi, int idx) {
-    const __m512i m4 = _mm512_set1_epi8(0x0F);
-    const int q = idx / 8, l = idx % 8;
-    if (t == LM_Q4_K) { /* qs from line 4: group q's low (even q) or high nibbles of qs[32 (q / 2) ..] */
-        const __m512i v = _mm512_loadu_si512(xi + 64 * (4 + 8 * (q / 2) + l));
-        return _mm512_and_si512(q % 2 ? _mm512_srli_epi16(v, 4) : v, m4);
+    const int quads = t == LM_Q4_K || t == LM_Q5_K ? 8 : 4, g = idx / quads, l = idx % quads;
+    __m512i w[4];
+    if (il_pairs(t)) {
+        il_pair_lines(t, xi, g & ~1, l, &w[0], &w[1]);
+        return w[g & 1];
     }
-    const int g = idx / 4, j = idx % 4; /* Q6_K: sub-block g's lines 3g .. 3g + 2 */
-    if (j < 3) return _mm512_and_si512(_mm512_loadu_si512(xi + 64 * (3 * g + j)), _mm512_set1_epi8(0x3F));
-    return q6_fourth(_mm512_loadu_si512(xi + 64 * 3 * g), _mm512_loadu_si512(xi + 64 * (3 * g + 1)),
-                     _mm512_loadu_si512(xi + 64 * (3 * g + 2)));
+    il_sub_lines(t, xi, g, w);
+    return w[l];
 }
 
 /* the repacked super-blocks (repack's) from interleaved ones: a prompt's
@@ -223,11 +309,12 @@ static inline __attribute__((always_inline)) void repack_il(const lm_dtype t, si
         __m512 dw, dmin;
         __m512i sc[16], tab[8];
         il_scales(t, xi, &dw, &dmin, sc, tab);
-        const int nsub = t == LM_Q4_K ? 8 : 16;
+        const bool mins = t != LM_Q3_K && t != LM_Q6_K; /* else an offset */
+        const int nsub = t == LM_Q4_K || t == LM_Q5_K ? 8 : 16; /* sub-blocks of 32 or 16, min pairs half as many */
         for (int g = 0; g < nsub; g++) _mm512_store_ps(b->dsc[g], _mm512_mul_ps(dw, _mm512_cvtepi32_ps(sc[g])));
-        if (t == LM_Q4_K) {
+        if (mins) {
             _mm512_store_ps(b->dmin, dmin);
-            for (int p = 0; p < 4; p++) _mm512_store_si512(b->mn[p], tab[p]);
+            for (int p = 0; p < nsub / 2; p++) _mm512_store_si512(b->mn[p], tab[p]);
         } else {
             _mm512_store_ps(b->d, dw);
             for (int p = 0; p < 8; p++) _mm512_store_si512(b->off[p], tab[p]);
@@ -235,6 +322,13 @@ static inline __attribute__((always_inline)) void repack_il(const lm_dtype t, si
 #pragma GCC unroll 8
         for (int q = 0; q < QK_K / 4; q++) _mm512_store_si512(b->q[q], il_qline(t, xi, q));
     }
+}
+
+/* a sub-block's exact sums (acc) into its tokens' parts: times d x its scale */
+static inline __attribute__((always_inline)) void take_sub(const int T, __m512 *part, const __m512i *acc, __m512 dw, __m512i sc) {
+    const __m512 dsc = _mm512_mul_ps(dw, _mm512_cvtepi32_ps(sc));
+#pragma GCC unroll 4
+    for (int c = 0; c < T; c++) part[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[c]), dsc, part[c]);
 }
 
 /* T tokens against the 16 repacked rows (il: 0), or (il: the type) the
@@ -270,36 +364,30 @@ static inline __attribute__((always_inline)) void tiled(const int T, const int s
 #pragma GCC unroll 12
             for (int c = 0; c < T; c++) part[c] = _mm512_setzero_ps();
         }
-        /* Q4_K interleaved, a few tokens (decode): each line of quants holds
-         * sub-blocks g (low nibbles) and g + 1 (high), so both are summed
-         * from one load, then taken into the part in the same order */
-        for (int g = 0; il == LM_Q4_K && T <= 4 && g < nsub; g += 2) {
+        /* interleaved, a few tokens (decode): the quants unpacked in
+         * registers two sub-blocks at a time where one load (or three) holds
+         * both, else one at a time; each sub-block's sum taken into the part
+         * in order */
+        for (int g = 0; il && il_pairs(il) && T <= 4 && g < nsub; g += 2) {
             __m512i acc1[4];
 #pragma GCC unroll 4
             for (int c = 0; c < T; c++) acc[c] = acc1[c] = _mm512_setzero_si512();
 #pragma GCC unroll 8
-            for (int l = 0; l < 8; l++) {
-                const __m512i v = _mm512_loadu_si512(xi + 64 * (4 + 8 * (g / 2) + l)), m4 = _mm512_set1_epi8(0x0F);
-                const __m512i w0 = _mm512_and_si512(v, m4), w1 = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+            for (int l = 0; l < quads; l++) {
+                __m512i w0, w1;
+                il_pair_lines(il, xi, g, l, &w0, &w1);
 #pragma GCC unroll 4
                 for (int c = 0; c < T; c++) {
-                    acc[c] = _mm512_dpbusd_epi32(acc[c], w0, _mm512_set1_epi32(lm_load32(y[c].qs + 32 * g + 4 * l)));
-                    acc1[c] = _mm512_dpbusd_epi32(acc1[c], w1, _mm512_set1_epi32(lm_load32(y[c].qs + 32 * (g + 1) + 4 * l)));
+                    acc[c] = _mm512_dpbusd_epi32(acc[c], w0, _mm512_set1_epi32(lm_load32(y[c].qs + sub * g + 4 * l)));
+                    acc1[c] = _mm512_dpbusd_epi32(acc1[c], w1, _mm512_set1_epi32(lm_load32(y[c].qs + sub * (g + 1) + 4 * l)));
                 }
             }
-            const __m512 d0 = _mm512_mul_ps(dw, _mm512_cvtepi32_ps(sc[g])), d1 = _mm512_mul_ps(dw, _mm512_cvtepi32_ps(sc[g + 1]));
-#pragma GCC unroll 4
-            for (int c = 0; c < T; c++) {
-                part[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[c]), d0, part[c]);
-                part[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc1[c]), d1, part[c]);
-            }
+            take_sub(T, part, acc, dw, sc[g]);
+            take_sub(T, part, acc1, dw, sc[g + 1]);
         }
-        /* Q6_K interleaved, a few tokens (decode): a sub-block's three lines
-         * give its four lines of quants, each taken into its tokens' sums */
-        for (int g = 0; il == LM_Q6_K && T <= 4 && g < nsub; g++) {
-            const __m512i a = _mm512_loadu_si512(xi + 64 * 3 * g), b3 = _mm512_loadu_si512(xi + 64 * (3 * g + 1)),
-                          c3 = _mm512_loadu_si512(xi + 64 * (3 * g + 2)), m6 = _mm512_set1_epi8(0x3F);
-            const __m512i w[4] = {_mm512_and_si512(a, m6), _mm512_and_si512(b3, m6), _mm512_and_si512(c3, m6), q6_fourth(a, b3, c3)};
+        for (int g = 0; il && !il_pairs(il) && T <= 4 && g < nsub; g++) {
+            __m512i w[4];
+            il_sub_lines(il, xi, g, w);
 #pragma GCC unroll 4
             for (int c = 0; c < T; c++) {
                 acc[c] = _mm512_setzero_si512();
@@ -307,9 +395,7 @@ static inline __attribute__((always_inline)) void tiled(const int T, const int s
                 for (int l = 0; l < 4; l++)
                     acc[c] = _mm512_dpbusd_epi32(acc[c], w[l], _mm512_set1_epi32(lm_load32(y[c].qs + 16 * g + 4 * l)));
             }
-            const __m512 dsc = _mm512_mul_ps(dw, _mm512_cvtepi32_ps(sc[g]));
-#pragma GCC unroll 4
-            for (int c = 0; c < T; c++) part[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[c]), dsc, part[c]);
+            take_sub(T, part, acc, dw, sc[g]);
         }
         for (int g = 0; !(il && T <= 4) && g < nsub; g++) { /* otherwise (the fast paths above) */
 #pragma GCC unroll 12
@@ -369,5 +455,8 @@ TILED(q3_K, LM_Q3_K, 16, 1, 0)
 TILED(q4_K, LM_Q4_K, 32, 0, 1)
 TILED(q5_K, LM_Q5_K, 32, 0, 1)
 TILED(q6_K, LM_Q6_K, 16, 1, 0)
+TILED_IL(q2_K, LM_Q2_K, 16, 0, 1)
+TILED_IL(q3_K, LM_Q3_K, 16, 1, 0)
 TILED_IL(q4_K, LM_Q4_K, 32, 0, 1)
+TILED_IL(q5_K, LM_Q5_K, 32, 0, 1)
 TILED_IL(q6_K, LM_Q6_K, 16, 1, 0)
