@@ -319,8 +319,23 @@ static inline __attribute__((always_inline)) void repack_il(const lm_dtype t, si
             _mm512_store_ps(b->d, dw);
             for (int p = 0; p < 8; p++) _mm512_store_si512(b->off[p], tab[p]);
         }
+        /* the quant lines as the loads give them: two sub-blocks at a time, or one */
+        const int quads = t == LM_Q4_K || t == LM_Q5_K ? 8 : 4; /* lines a sub-block */
+        for (int g = 0; il_pairs(t) && g < nsub; g += 2) {
 #pragma GCC unroll 8
-        for (int q = 0; q < QK_K / 4; q++) _mm512_store_si512(b->q[q], il_qline(t, xi, q));
+            for (int l = 0; l < quads; l++) {
+                __m512i w0, w1;
+                il_pair_lines(t, xi, g, l, &w0, &w1);
+                _mm512_store_si512(b->q[quads * g + l], w0);
+                _mm512_store_si512(b->q[quads * (g + 1) + l], w1);
+            }
+        }
+        for (int g = 0; !il_pairs(t) && g < nsub; g++) {
+            __m512i w[4];
+            il_sub_lines(t, xi, g, w);
+#pragma GCC unroll 4
+            for (int l = 0; l < 4; l++) _mm512_store_si512(b->q[4 * g + l], w[l]);
+        }
     }
 }
 
