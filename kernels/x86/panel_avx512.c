@@ -22,7 +22,7 @@ static inline __attribute__((always_inline)) __m512 token_block(const lm_panel_b
                                                                __m512 mw, const int q41, __m512 sum) {
     __m512i acc = q41 ? _mm512_setzero_si512() : _mm512_set1_epi32(a->c);
 #pragma GCC unroll 8
-    for (int j = 0; j < 8; j++) acc = _mm512_dpbusd_epi32(acc, w[j], _mm512_set1_epi32(lm_load32(a->qs + 4 * j)));
+    for (int j = 0; j < 8; j++) acc = lm_dpbusd_bcst(acc, w[j], a->qs + 4 * j);
     sum = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_mul_ps(dw, _mm512_set1_ps(a->d)), sum);
     return q41 ? _mm512_fmadd_ps(mw, _mm512_set1_ps(a->s), sum) : sum;
 }

@@ -254,9 +254,11 @@ static inline __attribute__((always_inline)) __m512i fifth_bit(__m512i w, __m512
 static inline bool il_pairs(const lm_dtype t) { return t == LM_Q3_K || t == LM_Q4_K || t == LM_Q5_K; }
 
 /* line l of sub-blocks g (w0) and g + 1 (w1), g even: repack's q lines
- * sub g + l and sub (g + 1) + l (weights 4 of every row, unsigned) */
+ * sub g + l and sub (g + 1) + l (weights 4 of every row, unsigned); hi16
+ * (Q4_K): w1 its high nibbles where they are, 16 x the quants (so 16 x the
+ * exact integer sums, which the caller shifts back before they are scaled) */
 static inline __attribute__((always_inline)) void il_pair_lines(const lm_dtype t, const char *xi, int g, int l, __m512i *w0,
-                                                                 __m512i *w1) {
+                                                                 __m512i *w1, const bool hi16) {
     if (t == LM_Q3_K) { /* sub-blocks g, g + 1 in lines 3g / 2 .. 3g / 2 + 2 */
         const char *u = xi + 64 * 3 * (g / 2);
         const __m512i a = _mm512_loadu_si512(u), b = _mm512_loadu_si512(u + 64), c = _mm512_loadu_si512(u + 128);
@@ -266,7 +268,8 @@ static inline __attribute__((always_inline)) void il_pair_lines(const lm_dtype t
     /* Q4_K, Q5_K: qs from line 4 (Q5_K: 12, after qh), sub-block g's low nibbles and g + 1's high ones
      * of qs[16 g ..]; Q5_K's fifth bits: bits g, g + 1 of qh[4 l ..] */
     const __m512i v = _mm512_loadu_si512(xi + 64 * ((t == LM_Q5_K ? 12 : 4) + 4 * g + l)), m4 = _mm512_set1_epi8(0x0F);
-    *w0 = _mm512_and_si512(v, m4), *w1 = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+    *w0 = _mm512_and_si512(v, m4);
+    *w1 = hi16 ? _mm512_andnot_si512(m4, v) : _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
     if (t == LM_Q5_K) {
         const __m512i h = _mm512_loadu_si512(xi + 64 * (4 + l));
         *w0 = fifth_bit(*w0, h, g), *w1 = fifth_bit(*w1, h, g + 1);
@@ -291,7 +294,7 @@ static inline __attribute__((always_inline)) __m512i il_qline(const lm_dtype t, 
     const int quads = t == LM_Q4_K || t == LM_Q5_K ? 8 : 4, g = idx / quads, l = idx % quads;
     __m512i w[4];
     if (il_pairs(t)) {
-        il_pair_lines(t, xi, g & ~1, l, &w[0], &w[1]);
+        il_pair_lines(t, xi, g & ~1, l, &w[0], &w[1], false);
         return w[g & 1];
     }
     il_sub_lines(t, xi, g, w);
@@ -325,7 +328,7 @@ static inline __attribute__((always_inline)) void repack_il(const lm_dtype t, si
 #pragma GCC unroll 8
             for (int l = 0; l < quads; l++) {
                 __m512i w0, w1;
-                il_pair_lines(t, xi, g, l, &w0, &w1);
+                il_pair_lines(t, xi, g, l, &w0, &w1, false);
                 _mm512_store_si512(b->q[quads * g + l], w0);
                 _mm512_store_si512(b->q[quads * (g + 1) + l], w1);
             }
@@ -390,13 +393,16 @@ static inline __attribute__((always_inline)) void tiled(const int T, const int s
 #pragma GCC unroll 8
             for (int l = 0; l < quads; l++) {
                 __m512i w0, w1;
-                il_pair_lines(il, xi, g, l, &w0, &w1);
+                il_pair_lines(il, xi, g, l, &w0, &w1, il == LM_Q4_K);
 #pragma GCC unroll 4
                 for (int c = 0; c < T; c++) {
-                    acc[c] = _mm512_dpbusd_epi32(acc[c], w0, _mm512_set1_epi32(lm_load32(y[c].qs + sub * g + 4 * l)));
-                    acc1[c] = _mm512_dpbusd_epi32(acc1[c], w1, _mm512_set1_epi32(lm_load32(y[c].qs + sub * (g + 1) + 4 * l)));
+                    acc[c] = lm_dpbusd_bcst(acc[c], w0, y[c].qs + sub * g + 4 * l);
+                    acc1[c] = lm_dpbusd_bcst(acc1[c], w1, y[c].qs + sub * (g + 1) + 4 * l);
                 }
             }
+            if (il == LM_Q4_K)
+#pragma GCC unroll 4
+                for (int c = 0; c < T; c++) acc1[c] = _mm512_srai_epi32(acc1[c], 4);
             take_sub(T, part, acc, dw, sc[g]);
             take_sub(T, part, acc1, dw, sc[g + 1]);
         }
@@ -408,7 +414,7 @@ static inline __attribute__((always_inline)) void tiled(const int T, const int s
                 acc[c] = _mm512_setzero_si512();
 #pragma GCC unroll 4
                 for (int l = 0; l < 4; l++)
-                    acc[c] = _mm512_dpbusd_epi32(acc[c], w[l], _mm512_set1_epi32(lm_load32(y[c].qs + 16 * g + 4 * l)));
+                    acc[c] = lm_dpbusd_bcst(acc[c], w[l], y[c].qs + 16 * g + 4 * l);
             }
             take_sub(T, part, acc, dw, sc[g]);
         }
@@ -420,7 +426,7 @@ static inline __attribute__((always_inline)) void tiled(const int T, const int s
                 const __m512i wv = il ? il_qline(il, xi, quads * g + l) : _mm512_load_si512(b->q[quads * g + l]);
 #pragma GCC unroll 12
                 for (int c = 0; c < T; c++)
-                    acc[c] = _mm512_dpbusd_epi32(acc[c], wv, _mm512_set1_epi32(lm_load32(y[c].qs + sub * g + 4 * l)));
+                    acc[c] = lm_dpbusd_bcst(acc[c], wv, y[c].qs + sub * g + 4 * l);
             }
             const __m512 dsc = il ? _mm512_mul_ps(dw, _mm512_cvtepi32_ps(sc[g])) : _mm512_load_ps(b->dsc[g]);
 #pragma GCC unroll 12
