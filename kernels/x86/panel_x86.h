@@ -43,6 +43,11 @@ static inline __attribute__((always_inline)) __m512i lm_dpbusd_bcst(__m512i acc,
     __asm__("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(w), "m"(*(const int32_t *)p));
     return acc;
 }
+/* the same for vpdpwssd: w's int16 pairs with the two int16 at p */
+static inline __attribute__((always_inline)) __m512i lm_dpwssd_bcst(__m512i acc, __m512i w, const void *p) {
+    __asm__("vpdpwssd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(w), "m"(*(const int32_t *)p));
+    return acc;
+}
 
 /* The panels' prefetch (quant.h): `rows` rows x_stride apart from pf, spread
  * over the nb blocks of a pass; block i takes its share of the cache lines.

@@ -139,7 +139,7 @@ static inline __attribute__((always_inline)) void bsums_dot(const int T, const i
 #pragma GCC unroll 8
     for (int p = 0; p < np; p++) {
 #pragma GCC unroll 12
-        for (int c = 0; c < T; c++) acc[c] = _mm512_dpwssd_epi32(acc[c], tab[p], _mm512_set1_epi32(lm_load32(y[c].bsums + 2 * p)));
+        for (int c = 0; c < T; c++) acc[c] = lm_dpwssd_bcst(acc[c], tab[p], y[c].bsums + 2 * p);
     }
 }
 
