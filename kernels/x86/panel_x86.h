@@ -1,13 +1,13 @@
 /* Shared by the VNNI panels (panel_avx512.c, tiled_k_avx512.c; see quant.h):
  * the dword transposes that turn 8 or 16 weight rows into vpdpbusd operands,
- * and the panels' prefetch. Compiled with AVX-512 VL. */
+ * vpdpbusd / vpdpwssd against activations broadcast from memory, and the
+ * panels' prefetch. Compiled with AVX-512 VL. */
 #ifndef LM_PANEL_X86_H
 #define LM_PANEL_X86_H
 
 #include <immintrin.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <string.h>
 
 /* rows r[0..8) of 8 dwords -> w[j] = dword j of every row */
 static inline __attribute__((always_inline)) void lm_transpose8(const __m256i r[8], __m256i w[8]) {
@@ -27,12 +27,6 @@ static inline __attribute__((always_inline)) void lm_transpose8(const __m256i r[
         w[j] = _mm256_permute2x128_si256(u[j], u[4 + j], 0x20);
         w[j + 4] = _mm256_permute2x128_si256(u[j], u[4 + j], 0x31);
     }
-}
-
-static inline int32_t lm_load32(const void *p) {
-    int32_t v;
-    memcpy(&v, p, 4);
-    return v;
 }
 
 /* acc + vpdpbusd of w's unsigned bytes with the four signed bytes at p, in
