@@ -251,22 +251,25 @@ static void panel_range(const mm_job *j, const char *w, int64_t out, float *y, i
  * TILED_MIN_TOKENS (more repack, tiled_range): tiled_il straight on its
  * super-blocks, nothing repacked, a panel at a time, a super-block at
  * a time (2.3-3.4 KB: in L1 while the passes of tokens go by); each asks for
- * its share of the next panel (within the thread's rows) into L2, as the
- * panels of a decode step do (lm_pf): the weights stream from memory. (The
- * whole next panel asked for at once, 360 lines, stalled on the fill buffers:
- * 17% of a one-thread decode's time.) */
+ * the same super-block of the next panel (within the thread's rows) into L2,
+ * a line or two beside each line it reads (tiled_il's pf), as the panels of a
+ * decode step do (lm_pf): the weights stream from memory. (The whole next
+ * panel asked for at once, 360 lines, stalled on the fill buffers: 17% of a
+ * one-thread decode's time; a super-block's share at once before each call:
+ * the 8B Q4_K_M decode on one thread 1.01-1.10x slower than spread through
+ * it.) */
 static void il_range(const mm_job *j, const char *w, int64_t out, float *y, int64_t lo, int64_t hi) {
     const int64_t bs = lm_dtype_block_size(j->wt), nb = j->in / bs;
     const size_t sb = LM_PANEL_ROWS * (j->w_row / (size_t)nb); /* one super-block of the panel's rows */
     for (int64_t r = lo; r < hi; r += LM_PANEL_ROWS) {
         const char *p = w + r * j->w_row, *next = r + 2 * LM_PANEL_ROWS <= hi ? p + LM_PANEL_ROWS * j->w_row : NULL;
         for (int64_t i = 0; i < nb; i++) {
-            for (size_t c = (size_t)i * sb; next && c < (size_t)(i + 1) * sb; c += 64) _mm_prefetch(next + c, _MM_HINT_T1);
             for (int64_t t = 0; t < j->n; t += LM_PANEL_TOKENS) {
                 const int nt = (int)(j->n - t < LM_PANEL_TOKENS ? j->n - t : LM_PANEL_TOKENS);
                 const size_t ys = (size_t)nt * j->pk_rec;
                 j->ops->tiled_il(bs, nt, y + t * out + r, (size_t)out, p + (size_t)i * sb,
-                                 j->pk + (size_t)(t * j->pk_nb) * j->pk_rec + (size_t)i * ys, ys, i > 0);
+                                 j->pk + (size_t)(t * j->pk_nb) * j->pk_rec + (size_t)i * ys, ys, i > 0,
+                                 next && t == 0 ? next + (size_t)i * sb : NULL);
             }
         }
     }

@@ -82,6 +82,11 @@ void lm_panel_pack(lm_dtype w, const void *yq, void *dst, size_t y_stride, int64
                       const void *restrict y, size_t y_stride, int more
 typedef void (*lm_repack_fn)(LM_REPACK_ARGS);
 typedef void (*lm_tiled_fn)(LM_TILED_ARGS);
+/* tiled_il (below): tiled's arguments and pf, the bytes laid out as xr's (a
+ * decode step's next panel) whose lines each super-block asks for into L2, a
+ * few beside each line it reads, or NULL */
+#define LM_TILED_IL_ARGS LM_TILED_ARGS, const void *pf
+typedef void (*lm_tiled_il_fn)(LM_TILED_IL_ARGS);
 
 /* Interleaved weights (decode's layout: lm_model_load stores a model's layer
  * matrices so where the CPU has these kernels; core/matmul.c). A panel of 16
@@ -147,7 +152,7 @@ typedef struct lm_quant_entry {
     lm_interleave_fn interleave;       /* optional (data movement: one for every ISA), with panel_il */
     lm_panel_fn panel_il[LM_ISA_COUNT];    /* the panel of the same ISA on interleaved rows */
     lm_repack_fn repack_il[LM_ISA_COUNT];  /* the repack of the same ISA from interleaved rows */
-    lm_tiled_fn tiled_il[LM_ISA_COUNT];    /* K-quants: the tiled of the same ISA on interleaved rows */
+    lm_tiled_il_fn tiled_il[LM_ISA_COUNT]; /* K-quants: the tiled of the same ISA on interleaved rows */
 } lm_quant_entry;
 
 /* The chosen functions for the running CPU. */
@@ -169,7 +174,7 @@ typedef struct lm_quant_ops {
     lm_interleave_fn interleave;
     lm_panel_fn panel_il;
     lm_repack_fn repack_il;
-    lm_tiled_fn tiled_il;
+    lm_tiled_il_fn tiled_il;
 } lm_quant_ops;
 
 void lm_kernels_init(void);

@@ -319,8 +319,8 @@ static void test_panel(void) {
                     const int nt = nts[q];
                     for (size_t k = 0; k < sizeof s / sizeof *s; k++) s[k] = -7.0f;
                     const int64_t bs = lm_dtype_block_size(t), cut = q % 2 && n > bs ? bs : n;
-                    e->tiled_il[isa](cut, nt, s, ss, il, pk, ystr, 0);
-                    if (cut < n) e->tiled_il[isa](n - cut, nt, s, ss, il + sb, pk + ystr, ystr, 1);
+                    e->tiled_il[isa](cut, nt, s, ss, il, pk, ystr, 0, il);
+                    if (cut < n) e->tiled_il[isa](n - cut, nt, s, ss, il + sb, pk + ystr, ystr, 1, NULL);
                     same_as_ref("interleaved K panel", (lm_dtype)t, (lm_isa)isa, n, nt, s, ref, MAXT, ss, R);
                     interleaved++;
                 }
