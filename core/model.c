@@ -51,10 +51,19 @@ static void drop_pages(const void *p, size_t n) {
 
 static size_t il_bytes(const lm_tensor *w) { return (lm_tensor_nbytes(w) + 63) & ~(size_t)63; }
 
-/* The matrices that may be interleaved: every layer's (m->il_slot, il_n).
- * Not the output matrix: the first token's logits would wait for its
- * repacking, 0.8 s at the Qwen3-8B shape's 510 MB of Q6_K, and its
- * interleaved Q6_K decode is barely faster than the single-row kernel. */
+/* The matrices that may be interleaved (m->il_slot, il_n): every layer's,
+ * then the output matrix. The output is a decode step's largest read
+ * (Qwen3-8B shape: 510 MB of Q6_K, 11% of the bytes; the Llama-3.2-1B shape's,
+ * the token embeddings: 27%), and interleaved it streams at 11.7-14 GB/s
+ * where the single-row kernel took 9.6-11.7 (one thread,
+ * build/lumen_decode_gemv 4096x151936). Last, because copied first (fresh
+ * memory beside the file's pages the first token reads) it held the 8B
+ * shape's first token back from 0.5 to 1.0 s and raised the peak RSS by up to
+ * 230 MB; until it is swapped its products go through the panels (repacked:
+ * 3-4 GB/s on one thread, +70 ms to that first token). Tied to the token
+ * embeddings, the output slot alone takes the interleaved copy: the
+ * embeddings keep the file's rows, a prompt's few faulted back from the page
+ * cache once dropped. */
 static void *interleave_thread(void *arg) {
     lm_model *m = arg;
     char *dst = m->il_storage->data;
@@ -62,7 +71,7 @@ static void *interleave_thread(void *arg) {
     for (int i = 0; i < m->il_n && !atomic_load(&m->il_stop); i++) {
         lm_tensor *w = *slot[i];
         if (!w->panels || w->interleaved) continue;
-        lm_tensor *t = lm_matmul_interleave(NULL, w, m->il_storage, dst); /* on this thread alone */
+        lm_tensor *t = lm_matmul_interleave(NULL, w, m->il_storage, dst, &m->il_stop); /* on this thread alone */
         if (!t) break;
         dst += il_bytes(w);
         pthread_mutex_lock(&m->eval_mu);
@@ -81,11 +90,12 @@ static void *interleave_thread(void *arg) {
 static void interleave_start(lm_model *m) {
     const char *env = getenv("LUMEN_INTERLEAVE");
     if (!m->layers || !m->gguf || (env && !strcmp(env, "0"))) return;
-    const int slots = m->hp.n_layer * LM_LAYER_MATRICES;
+    const int out = m->output != NULL, slots = out + m->hp.n_layer * LM_LAYER_MATRICES;
     m->il_slot = calloc((size_t)slots, sizeof *m->il_slot);
     m->il_old = calloc((size_t)slots, sizeof *m->il_old);
     if (!m->il_slot || !m->il_old) return;
     for (int il = 0; il < m->hp.n_layer; il++) lm_layer_matrix_slots(&m->layers[il], m->il_slot + il * LM_LAYER_MATRICES);
+    if (out) m->il_slot[slots - 1] = &m->output;
     m->il_n = slots;
     size_t total = 0;
     int n = 0;

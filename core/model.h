@@ -87,7 +87,7 @@ struct lm_model {
     atomic_bool il_stop;
     atomic_int il_pending, il_done;
     lm_storage *il_storage;
-    lm_tensor ***il_slot;     /* the matrices it may interleave (il_n: the layers') */
+    lm_tensor ***il_slot;     /* the matrices it may interleave (il_n: the output's, the layers') */
     int il_n;
     lm_tensor **il_old;
 };
@@ -172,9 +172,11 @@ bool lm_matmul_panel_group(lm_pool *pool, const lm_tensor *const *w, int k, cons
  * this CPU (a contiguous matrix of whole panels of a type that has the
  * kernels), and a tensor on s of w's rows interleaved at dst (w's size, 64-byte
  * aligned), the panels written by the pool's threads. Every product of it
- * (lm_matmul, lm_matmul_panel, lm_matmul_panel_group) has the bits w's would. */
+ * (lm_matmul, lm_matmul_panel, lm_matmul_panel_group) has the bits w's would.
+ * stop (may be NULL): once it is set, no further panel is begun and NULL is
+ * returned, with no error (a model being freed mid-copy). */
 bool lm_matmul_can_interleave(const lm_tensor *w);
-lm_tensor *lm_matmul_interleave(lm_pool *pool, const lm_tensor *w, lm_storage *s, void *dst);
+lm_tensor *lm_matmul_interleave(lm_pool *pool, const lm_tensor *w, lm_storage *s, void *dst, const atomic_bool *stop);
 /* The chain has a link the caller runs (core/sampler.c). */
 bool lm_sampler_has_external(const lm_sampler *s);
 /* y[m][n] (row stride ldy) = a[m][k] * w[n][k]^T through oneDNN, single-threaded

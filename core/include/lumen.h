@@ -135,7 +135,9 @@ typedef struct lm_model_info {
     bool normalize;      /* encoders: the model's own L2 normalization */
     bool vision;         /* a vision projector (mmproj, family "clip"): lm_vision_*, no tokenizer,
                             no sessions; n_embd, n_layer, n_head, n_ff are its ViT's */
-    int32_t interleaved;  /* layer matrices in decode's interleaved layout so far: a thread of
+    int32_t interleaved;  /* matrices in decode's interleaved layout so far, the layers' then the
+                             output's (tied to the token embeddings or not; they keep the
+                             file's rows): a thread of
                              the model's copies them after lm_model_load returns where the CPU
                              has the kernels (AVX-512 VNNI; Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K,
                              Q6_K), the same results before and after (LUMEN_INTERLEAVE=0: none) */
