@@ -51,7 +51,7 @@ static lm_tensor *make(lm_pool *pool, lm_dtype t, int64_t K, int64_t N, bool *il
     if ((!env || strcmp(env, "0")) && lm_matmul_can_interleave(w)) {
         char *dst = aligned_alloc(64, (size + 63) & ~(size_t)63);
         lm_storage *st = lm_storage_wrap(dst, size, free, dst);
-        lm_tensor *wi = lm_matmul_interleave(pool, w, st, dst, NULL);
+        lm_tensor *wi = lm_matmul_interleave(pool, w, st, dst, NULL, false);
         lm_storage_release(st);
         if (wi) lm_tensor_free(w), w = wi, *il = true;
     }

@@ -461,6 +461,12 @@ lm_gguf *lm_gguf_open(const char *path) {
 const char *lm_gguf_name(const lm_gguf *g) { return g ? g->name : NULL; }
 uint32_t lm_gguf_version(const lm_gguf *g) { return g ? g->version : 0; }
 uint64_t lm_gguf_size(const lm_gguf *g) { return g ? g->size : 0; }
+
+bool lm_gguf_maps(const lm_gguf *g, const void *p, size_t n) {
+    const uint8_t *b = g ? g->map : NULL, *q = p;
+    return b && q >= b && n <= g->size && (uint64_t)(q - b) <= g->size - n;
+}
+
 uint32_t lm_gguf_alignment(const lm_gguf *g) { return g ? g->alignment : 0; }
 int64_t lm_gguf_n_kv(const lm_gguf *g) { return g ? g->n_kv : 0; }
 int64_t lm_gguf_n_tensors(const lm_gguf *g) { return g ? g->n_tensors : 0; }

@@ -51,6 +51,8 @@ void lm_gguf_close(lm_gguf *g);
 const char *lm_gguf_name(const lm_gguf *g);
 uint32_t lm_gguf_version(const lm_gguf *g);
 uint64_t lm_gguf_size(const lm_gguf *g);
+/* [p, p + n) lies within g's own read-only mapping of its file (opened from a path) */
+bool lm_gguf_maps(const lm_gguf *g, const void *p, size_t n);
 uint32_t lm_gguf_alignment(const lm_gguf *g);
 
 int64_t lm_gguf_n_kv(const lm_gguf *g);

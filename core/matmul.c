@@ -382,7 +382,14 @@ bool lm_matmul_can_interleave(const lm_tensor *w) {
            (size_t)w->stride[0] == lm_dtype_row_size(w->dtype, w->shape[1]);
 }
 
-typedef struct { const lm_tensor *w; char *dst; lm_interleave_fn interleave; const atomic_bool *stop; lm_pool_queue q; } il_job;
+typedef struct {
+    const lm_tensor *w;
+    char *dst;
+    lm_interleave_fn interleave;
+    const atomic_bool *stop;
+    bool drop;
+    lm_pool_queue q;
+} il_job;
 
 static void il_panels(void *vctx, int ith, int nth) {
     il_job *j = vctx;
@@ -390,13 +397,16 @@ static void il_panels(void *vctx, int ith, int nth) {
     int64_t lo, hi;
     (void)ith;
     while (lm_pool_take(&j->q, j->w->shape[0], LM_PANEL_ROWS, nth, &lo, &hi))
-        for (int64_t r = lo; r < hi && !(j->stop && atomic_load(j->stop)); r += LM_PANEL_ROWS)
+        for (int64_t r = lo; r < hi && !(j->stop && atomic_load(j->stop)); r += LM_PANEL_ROWS) {
             j->interleave(j->w->shape[1], j->w->data + (size_t)r * row, row, j->dst + (size_t)r * row);
+            if (j->drop) lm_drop_pages(j->w->data + (size_t)r * row, LM_PANEL_ROWS * row);
+        }
 }
 
-lm_tensor *lm_matmul_interleave(lm_pool *pool, const lm_tensor *w, lm_storage *s, void *dst, const atomic_bool *stop) {
+lm_tensor *lm_matmul_interleave(lm_pool *pool, const lm_tensor *w, lm_storage *s, void *dst, const atomic_bool *stop,
+                                bool drop) {
     if (!lm_matmul_can_interleave(w)) { lm_err("matmul: this weight cannot be interleaved on this CPU"); return NULL; }
-    il_job j = {.w = w, .dst = dst, .interleave = lm_quant_ops_get(w->dtype)->interleave, .stop = stop};
+    il_job j = {.w = w, .dst = dst, .interleave = lm_quant_ops_get(w->dtype)->interleave, .stop = stop, .drop = drop};
     lm_pool_run_dynamic(pool, il_panels, &j, &j.q);
     if (stop && atomic_load(stop)) return NULL;
     lm_tensor *t = lm_tensor_on_storage(s, dst, w->dtype, 2, w->shape);

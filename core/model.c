@@ -43,7 +43,7 @@ static void anon_release(void *ctx) {
     free(a);
 }
 
-static void drop_pages(const void *p, size_t n) {
+void lm_drop_pages(const void *p, size_t n) {
     const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
     const uintptr_t lo = ((uintptr_t)p + page - 1) & ~(page - 1), hi = ((uintptr_t)p + n) & ~(page - 1);
     if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED);
@@ -71,14 +71,16 @@ static void *interleave_thread(void *arg) {
     for (int i = 0; i < m->il_n && !atomic_load(&m->il_stop); i++) {
         lm_tensor *w = *slot[i];
         if (!w->panels || w->interleaved) continue;
-        lm_tensor *t = lm_matmul_interleave(NULL, w, m->il_storage, dst, &m->il_stop); /* on this thread alone */
+        /* its rows in the file's mapping (a type's conversion at load would not be): dropped as copied */
+        const bool file = lm_gguf_maps(m->gguf, w->data, lm_tensor_nbytes(w));
+        lm_tensor *t = lm_matmul_interleave(NULL, w, m->il_storage, dst, &m->il_stop, file); /* on this thread alone */
         if (!t) break;
         dst += il_bytes(w);
         pthread_mutex_lock(&m->eval_mu);
         __atomic_store_n(slot[i], t, __ATOMIC_RELEASE);
         pthread_mutex_unlock(&m->eval_mu);
         m->il_old[atomic_fetch_add(&m->il_done, 1)] = w;
-        drop_pages(w->data, lm_tensor_nbytes(w));
+        if (file) lm_drop_pages(w->data, lm_tensor_nbytes(w)); /* the pages the panels straddled */
         atomic_fetch_sub(&m->il_pending, 1);
     }
     atomic_store(&m->il_pending, 0);

@@ -174,9 +174,17 @@ bool lm_matmul_panel_group(lm_pool *pool, const lm_tensor *const *w, int k, cons
  * aligned), the panels written by the pool's threads. Every product of it
  * (lm_matmul, lm_matmul_panel, lm_matmul_panel_group) has the bits w's would.
  * stop (may be NULL): once it is set, no further panel is begun and NULL is
- * returned, with no error (a model being freed mid-copy). */
+ * returned, with no error (a model being freed mid-copy). drop: each panel's
+ * whole pages of w's rows are dropped once copied (lm_drop_pages; w a private
+ * file mapping, whose products read them back from the page cache), so that
+ * the copy and its source are not both resident (the Qwen3-8B shape's 510 MB
+ * output matrix). */
 bool lm_matmul_can_interleave(const lm_tensor *w);
-lm_tensor *lm_matmul_interleave(lm_pool *pool, const lm_tensor *w, lm_storage *s, void *dst, const atomic_bool *stop);
+lm_tensor *lm_matmul_interleave(lm_pool *pool, const lm_tensor *w, lm_storage *s, void *dst, const atomic_bool *stop,
+                                bool drop);
+/* The whole pages within [p, p + n) dropped from the process (MADV_DONTNEED):
+ * for a private read-only file mapping, read back from the file if touched. */
+void lm_drop_pages(const void *p, size_t n);
 /* The chain has a link the caller runs (core/sampler.c). */
 bool lm_sampler_has_external(const lm_sampler *s);
 /* y[m][n] (row stride ldy) = a[m][k] * w[n][k]^T through oneDNN, single-threaded

@@ -499,7 +499,7 @@ static void test_interleaved(void) {
             }
             w[i] = lm_tensor_wrap((lm_dtype)t, 2, (int64_t[]){outs[i], IN}, d, free, d);
             CHECK(lm_matmul_can_interleave(w[i]), "%s: %lld rows not interleavable", lm_dtype_name(t), (long long)outs[i]);
-            wi[i] = lm_matmul_interleave(pool, w[i], st, il + off, NULL);
+            wi[i] = lm_matmul_interleave(pool, w[i], st, il + off, NULL, false);
             CHECK(wi[i] && !lm_matmul_can_interleave(wi[i]), "%s: interleaving failed or repeatable", lm_dtype_name(t));
             y[i] = malloc(MAXN * outs[i] * sizeof(float));
             want[i] = malloc(MAXN * outs[i] * sizeof(float));
