@@ -114,6 +114,7 @@ typedef struct {
     lm_tensor *w;
     void *qbuf, *wbuf;
     bool gemm;  /* the path a prompt of M tokens takes (core/arch/llama.c mm) */
+    bool amx;   /* that path: AMX's bf16 tiles (lm_matmul_amx) */
     bool dots;  /* the quantized dots and their tiles (a decode batch's path) instead */
     char path[48];
 } lm_mm;
@@ -132,8 +133,11 @@ static lm_mm lm_make(lm_dtype t, int64_t K, int64_t N, int64_t M, int mode) {
     }
     m.qbuf = aligned_alloc(64, (lm_matmul_qbuf_size(m.w, M, MAX_THREADS) + 63) & ~(size_t)63);
     const bool panel = lm_matmul_has_panel(m.w);
-    m.gemm = !force_panel && (panel ? lm_matmul_prompt_gemm(m.w, M) : M >= lm_matmul_gemm_min(m.w));
-    if (m.gemm) {
+    m.amx = !force_panel && lm_matmul_prompt_amx(m.w, M);
+    m.gemm = !force_panel && !m.amx && (panel ? lm_matmul_prompt_gemm(m.w, M) : M >= lm_matmul_gemm_min(m.w));
+    if (m.amx) {
+        snprintf(m.path, sizeof m.path, "%s amx bf16", lm_dtype_name(t));
+    } else if (m.gemm) {
         m.wbuf = malloc(lm_matmul_wbuf_size(m.w));
         const char *impl = lm_bgemm_impl();
         snprintf(m.path, sizeof m.path, "%s gemm (%s)", lm_dtype_name(t),
@@ -145,7 +149,8 @@ static lm_mm lm_make(lm_dtype t, int64_t K, int64_t N, int64_t M, int mode) {
 }
 
 static void lm_run(lm_mm *m, lm_pool *pool, const float *x, int64_t M, float *y) {
-    if (m->gemm) lm_matmul_gemm(pool, m->w, x, M, y, m->wbuf, m->qbuf);
+    if (m->amx) lm_matmul_amx(pool, (const lm_tensor *const *)&m->w, 1, x, M, &y, m->qbuf);
+    else if (m->gemm) lm_matmul_gemm(pool, m->w, x, M, y, m->wbuf, m->qbuf);
     else if (lm_matmul_has_panel(m->w) && !m->dots) lm_matmul_panel(pool, m->w, x, M, y, m->qbuf);
     else lm_matmul(pool, m->w, x, M, y, m->qbuf);
 }

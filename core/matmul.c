@@ -160,12 +160,122 @@ static bool take_tiled(const lm_tensor *w, int64_t n) {
 
 static bool gemm_bf16(const lm_tensor *w);
 
+/* Prompts on AMX's bf16 tiles (quant.h: bf16_panel, lm_amx_bf16_gemm): the
+ * quantized types with repacked panels (the K-quants and the legacy ones),
+ * from AMX_MIN_TOKENS tokens of one session's prompt (llama.c mm, mm_group),
+ * whose weights are dequantized to bf16 once per product. A thread
+ * takes AMX_PANELS panels at a time (fewer on wide rows: AMX_BYTES of bf16),
+ * repacks each (its own or, interleaved, repack_il) and dequantizes it, then
+ * every token passes them, 32 tokens by two panels a block (their rows of
+ * activations in L2 across the chunk). The qbuf: the activations in bf16,
+ * then each thread's repacked panel and bf16 chunk. */
+/* build/lumen_prefill_gemm, 2 threads, M = 64 against the VNNI panels: Q4_K
+ * 464 vs 630 GFLOP/s at 2048 x 8192, 795 vs 676 at 8192 x 2048; Q4_0 861
+ * and 910 against 600-800; from 96 the tiles ahead everywhere */
+#define AMX_MIN_TOKENS 64
+#define AMX_PANELS 8
+#define AMX_BYTES (512 * 1024)
+static int64_t amx_panels(const lm_tensor *w) {
+    const int64_t p = AMX_BYTES / (w->shape[1] * 2 * LM_PANEL_ROWS);
+    return p < 2 ? 2 : p > AMX_PANELS ? AMX_PANELS : p;
+}
+/* a thread's repacked panel, then its chunk in bf16 */
+static size_t amx_repacked_size(const lm_tensor *w) {
+    const size_t blocks = (size_t)(w->shape[1] / lm_dtype_block_size(w->dtype));
+    return (blocks * lm_quant_ops_get(w->dtype)->repack_block + 63) & ~(size_t)63;
+}
+static size_t amx_thread_size(const lm_tensor *w) {
+    return amx_repacked_size(w) + (size_t)amx_panels(w) * (size_t)w->shape[1] * 2 * LM_PANEL_ROWS;
+}
+static size_t amx_x_size(const lm_tensor *w, int64_t n) { return ((size_t)n * (size_t)w->shape[1] * 2 + 63) & ~(size_t)63; }
+
+bool lm_matmul_prompt_amx(const lm_tensor *w, int64_t n) {
+    const lm_quant_ops *ops = lm_quant_ops_get(w->dtype);
+    return n >= AMX_MIN_TOKENS && ops && ops->bf16_panel && w->ndim == 2 && w->shape[0] % LM_PANEL_ROWS == 0 &&
+           w->shape[1] % lm_dtype_block_size(w->dtype) == 0 &&
+           (w->interleaved || (size_t)w->stride[0] == lm_dtype_row_size(w->dtype, w->shape[1]));
+}
+
+static size_t amx_size(const lm_tensor *w, int64_t n, int threads) {
+    if (!lm_matmul_prompt_amx(w, n)) return 0;
+    return amx_x_size(w, n) + (size_t)(threads > 0 ? threads : 1) * amx_thread_size(w);
+}
+
+typedef struct {
+    const lm_quant_ops *ops;
+    int k;
+    const char *w[LM_PANEL_GROUP];
+    int64_t out[LM_PANEL_GROUP];
+    float *y[LM_PANEL_GROUP];
+    int64_t in, n, chunk;
+    size_t row, repacked; /* the weights' row size; a thread's repacked panel (its scratch, then the chunk) */
+    bool il;
+    const float *x;
+    uint16_t *xb;
+    char *scratch;
+    size_t scratch_size;
+    lm_pool_queue q;
+} amx_job;
+
+static void amx_x(void *vctx, int ith, int nth) {
+    amx_job *j = vctx;
+    int64_t lo, hi;
+    (void)ith;
+    while (lm_pool_take(&j->q, j->n, 1, nth, &lo, &hi))
+        lm_f32_to_bf16_row(j->x + lo * j->in, j->xb + lo * j->in, (hi - lo) * j->in);
+}
+
+/* rows [lo, hi) of weight i, a chunk of panels at a time */
+static void amx_range(const amx_job *j, int i, int64_t lo, int64_t hi, char *scr) {
+    uint16_t *wb = (uint16_t *)(scr + j->repacked);
+    const lm_repack_fn repack = j->il ? j->ops->repack_il : j->ops->repack;
+    const size_t ws = (size_t)j->in * LM_PANEL_ROWS;
+    for (int64_t r0 = lo; r0 < hi; r0 += j->chunk * LM_PANEL_ROWS) {
+        const int64_t r1 = r0 + j->chunk * LM_PANEL_ROWS < hi ? r0 + j->chunk * LM_PANEL_ROWS : hi;
+        for (int64_t r = r0; r < r1; r += LM_PANEL_ROWS) {
+            repack(j->in, j->w[i] + (size_t)r * j->row, j->row, scr);
+            j->ops->bf16_panel(j->in, scr, wb + (size_t)((r - r0) / LM_PANEL_ROWS) * ws);
+        }
+        lm_amx_bf16_gemm(j->in, j->n, j->xb, (size_t)j->in, wb, ws, (int)((r1 - r0) / LM_PANEL_ROWS), j->y[i] + r0,
+                         (size_t)j->out[i]);
+    }
+}
+
+static void amx_rows(void *vctx, int ith, int nth) {
+    amx_job *j = vctx;
+    int64_t total = 0, lo, hi;
+    for (int i = 0; i < j->k; i++) total += j->out[i];
+    while (lm_pool_take(&j->q, total, j->chunk * LM_PANEL_ROWS, nth, &lo, &hi)) {
+        int64_t base = 0;
+        for (int i = 0; i < j->k; base += j->out[i], i++) {
+            const int64_t a = lo > base ? lo - base : 0, e = hi - base < j->out[i] ? hi - base : j->out[i];
+            if (a < e) amx_range(j, i, a, e, j->scratch + (size_t)ith * j->scratch_size);
+        }
+    }
+}
+
+bool lm_matmul_amx(lm_pool *pool, const lm_tensor *const *w, int k, const float *x, int64_t n, float *const *y, void *qbuf) {
+    if (k < 1 || k > LM_PANEL_GROUP) return false;
+    for (int i = 0; i < k; i++)
+        if (!lm_matmul_prompt_amx(w[i], n) || w[i]->dtype != w[0]->dtype || w[i]->shape[1] != w[0]->shape[1] ||
+            w[i]->interleaved != w[0]->interleaved)
+            return false;
+    amx_job j = {.ops = lm_quant_ops_get(w[0]->dtype), .k = k, .in = w[0]->shape[1], .n = n, .chunk = amx_panels(w[0]),
+                 .row = (size_t)w[0]->stride[0], .repacked = amx_repacked_size(w[0]), .il = w[0]->interleaved, .x = x, .xb = qbuf,
+                 .scratch = (char *)qbuf + amx_x_size(w[0], n), .scratch_size = amx_thread_size(w[0])};
+    for (int i = 0; i < k; i++) j.w[i] = w[i]->data, j.out[i] = w[i]->shape[0], j.y[i] = y[i];
+    lm_pool_run_dynamic(pool, amx_x, &j, &j.q);
+    lm_pool_run_dynamic(pool, amx_rows, &j, &j.q);
+    return true;
+}
+
 size_t lm_matmul_qbuf_size(const lm_tensor *w, int64_t n, int threads) {
     const lm_quant_ops *ops = lm_quant_ops_get(w->dtype);
     size_t q = qrows_size(ops, w, n) + packed_size(ops, w, n);
     if (take_tiled(w, n)) q += (size_t)(threads > 0 ? threads : 1) * (size_t)tiled_panels(ops, w) * tiled_panel_size(ops, w);
     /* or the activations in bf16, for the bf16 GEMM */
-    const size_t b = gemm_bf16(w) ? (size_t)n * (size_t)w->shape[1] * sizeof(uint16_t) : 0;
+    size_t b = gemm_bf16(w) ? (size_t)n * (size_t)w->shape[1] * sizeof(uint16_t) : 0;
+    if (amx_size(w, n, threads) > b) b = amx_size(w, n, threads);
     return q > b ? q : b;
 }
 

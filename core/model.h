@@ -154,6 +154,14 @@ size_t lm_matmul_wbuf_size(const lm_tensor *w);
 /* A prompt pass of n tokens on w (one with panels) takes the GEMM before the
  * panels: where oneDNN's bf16 outruns them (core/matmul.c) */
 bool lm_matmul_prompt_gemm(const lm_tensor *w, int64_t n);
+/* A prompt of n tokens (one session's) on AMX's bf16 tiles: w's type has
+ * them on this CPU (the quantized types with repacked panels) and n is enough to amortize dequantizing
+ * the weights once (core/matmul.c). lm_matmul_amx: k weights of one type and
+ * width (interleaved or not, all alike) against the same activations, as
+ * lm_matmul_panel_group; false (nothing done) when they do not qualify. qbuf
+ * as lm_matmul_qbuf_size says for each of them. */
+bool lm_matmul_prompt_amx(const lm_tensor *w, int64_t n);
+bool lm_matmul_amx(lm_pool *pool, const lm_tensor *const *w, int k, const float *x, int64_t n, float *const *y, void *qbuf);
 /* The integer panels (kernels/quant.h) in the GEMM's place, for weights that
  * have them; lm_matmul_panel_decode: decode tokens too (lm_quant_entry). */
 bool lm_matmul_has_panel(const lm_tensor *w);

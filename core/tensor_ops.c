@@ -440,7 +440,7 @@ lm_status lm_bgemm_nt(const uint16_t *a, int64_t m, int64_t k, const uint16_t *w
  * on AVX512-BF16 or AMX); elsewhere it converts to f32 at best, or runs its
  * reference loops. Asked once: which implementation a bf16 product gets. */
 static pthread_once_t g_bf16_once = PTHREAD_ONCE_INIT;
-static bool g_bf16_fast, g_bf16_amx;
+static bool g_bf16_fast;
 static char g_bf16_impl[64];
 
 static void bf16_probe(void) {
@@ -458,7 +458,6 @@ static void bf16_probe(void) {
         dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl) == dnnl_success && impl) {
         snprintf(g_bf16_impl, sizeof g_bf16_impl, "%s", impl);
         g_bf16_fast = strstr(impl, "brg:") == impl && (strstr(impl, "bf16") || strstr(impl, "amx"));
-        g_bf16_amx = g_bf16_fast && strstr(impl, "amx");
     }
     if (pd) dnnl_primitive_desc_destroy(pd);
 }
@@ -468,9 +467,14 @@ const char *lm_bgemm_impl(void) {
     return g_bf16_fast ? g_bf16_impl : NULL;
 }
 
+/* AMD's AVX512-BF16 (Zen 4) only: on Intel without AMX oneDNN's bf16 runs
+ * slower than its f32, and with AMX (a Xeon, 2 vCPUs, M = 512, 2048 x 8192)
+ * lumen's K-quant prompt through it, weights converted per call, ran at
+ * 445 / 476 GFLOP/s on 1 / 2 threads against 467 / 643 for the VNNI repacked
+ * panels, which the AMX int8 tiles then outran (kernels/x86/tiled_k_avx512.c) */
 bool lm_bgemm_preferred(void) {
     pthread_once(&g_bf16_once, bf16_probe);
-    return g_bf16_amx || (g_bf16_fast && __builtin_cpu_is("amd"));
+    return g_bf16_fast && __builtin_cpu_is("amd");
 }
 
 bool lm_attend_head_gemm(const float *q, const float *k, const float *v, int64_t ld, int64_t L, int64_t HD,

@@ -8,10 +8,13 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 static lm_quant_entry g_table[LM_DTYPE_COUNT];
 static lm_quant_ops g_ops[LM_DTYPE_COUNT];
 static lm_isa g_isa;
+static bool g_amx;
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 
 static lm_isa detect(void) {
@@ -25,6 +28,13 @@ static lm_isa detect(void) {
     const char *cap = getenv("LUMEN_ISA");
     if (cap && !strcmp(cap, "scalar")) isa = LM_ISA_SCALAR;
     else if (cap && !strcmp(cap, "avx2") && isa > LM_ISA_AVX2) isa = LM_ISA_AVX2;
+    /* AMX's bf16 tiles (LUMEN_ISA=avx512, or any lower cap, leaves them out): Linux
+     * hands a process the tile state only once it asks (arch_prctl
+     * ARCH_REQ_XCOMP_PERM for XTILEDATA); until then an AMX instruction faults */
+    enum { ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18 };
+    const bool capped = cap && (!strcmp(cap, "scalar") || !strcmp(cap, "avx2") || !strcmp(cap, "avx512"));
+    g_amx = isa == LM_ISA_AVX512 && !capped && __builtin_cpu_supports("amx-tile") && __builtin_cpu_supports("amx-bf16") &&
+            syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
     return isa;
 }
 
@@ -57,6 +67,7 @@ static void init(void) {
             o->panel_decode = o->panel && e->panel_decode;
             if (!o->repack && i > LM_ISA_SCALAR && e->repack[i] && e->tiled[i]) {
                 o->repack = e->repack[i], o->tiled = e->tiled[i], o->repack_block = e->repack_block;
+                if (i == LM_ISA_AVX512 && g_amx) o->bf16_panel = e->bf16_panel;
                 if (!o->panel && e->interleave && e->tiled_il[i] && e->repack_il[i])
                     o->interleave = e->interleave, o->tiled_il = e->tiled_il[i], o->repack_il = e->repack_il[i];
             }
@@ -69,6 +80,11 @@ void lm_kernels_init(void) { pthread_once(&g_once, init); }
 lm_isa lm_cpu_isa(void) {
     lm_kernels_init();
     return g_isa;
+}
+
+bool lm_cpu_amx(void) {
+    lm_kernels_init();
+    return g_amx;
 }
 
 const char *lm_isa_name(lm_isa isa) {

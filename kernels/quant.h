@@ -88,6 +88,17 @@ typedef void (*lm_tiled_fn)(LM_TILED_ARGS);
 #define LM_TILED_IL_ARGS LM_TILED_ARGS, const void *pf
 typedef void (*lm_tiled_il_fn)(LM_TILED_IL_ARGS);
 
+/* Prompts on AMX's bf16 tiles (kernels/x86/amx_avx512.c): bf16_panel
+ * dequantizes n weights of a repacked panel (rp: lm_repack_fn's blocks, or
+ * repack_il's) into the tiles' B layout at dst (line j, 64 bytes, lane r: row
+ * r's weights 2j, 2j + 1 in bf16; 32 n bytes); lm_amx_bf16_gemm sets
+ * y[t * ys + 16 p + r] = the f32 sum over k of token t's bf16 activations (x +
+ * t * xs) times row r of panel p (w + p * ws), for t < n, p < np, r < 16 (k a
+ * multiple of 32). A token's sums do not depend on the others of the call. */
+typedef void (*lm_bf16_panel_fn)(int64_t n, const void *rp, uint16_t *dst);
+void lm_amx_bf16_gemm(int64_t k, int64_t n, const uint16_t *x, size_t xs, const uint16_t *w, size_t ws, int np, float *y,
+                      size_t ys);
+
 /* Interleaved weights (decode's layout: lm_model_load stores a model's layer
  * matrices so where the CPU has these kernels; core/matmul.c). A panel of 16
  * rows keeps its bytes (16 rows' worth, contiguous) in another order, the one
@@ -148,6 +159,7 @@ typedef struct lm_quant_entry {
                           super-block scale transposes) */
     lm_repack_fn repack[LM_ISA_COUNT]; /* optional, with tiled of the same ISA: prompts take them */
     lm_tiled_fn tiled[LM_ISA_COUNT];
+    lm_bf16_panel_fn bf16_panel; /* optional: repack[LM_ISA_AVX512]'s (and repack_il's) blocks to AMX bf16 (above) */
     size_t repack_block;               /* bytes of one block of a panel's rows, repacked */
     lm_interleave_fn interleave;       /* optional (data movement: one for every ISA), with panel_il */
     lm_panel_fn panel_il[LM_ISA_COUNT];    /* the panel of the same ISA on interleaved rows */
@@ -175,10 +187,12 @@ typedef struct lm_quant_ops {
     lm_panel_fn panel_il;
     lm_repack_fn repack_il;
     lm_tiled_il_fn tiled_il;
+    lm_bf16_panel_fn bf16_panel; /* NULL unless the CPU has AMX-BF16 (lm_cpu_amx) */
 } lm_quant_ops;
 
 void lm_kernels_init(void);
 lm_isa lm_cpu_isa(void);                 /* best ISA this CPU runs (respects LUMEN_ISA=scalar|avx2|avx512 env cap) */
+bool lm_cpu_amx(void);                   /* AMX-BF16 tiles, granted by the kernel, and no LUMEN_ISA cap */
 const char *lm_isa_name(lm_isa isa);
 /* NULL when the dtype has no compute support. */
 const lm_quant_ops *lm_quant_ops_get(lm_dtype t);

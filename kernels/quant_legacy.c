@@ -314,6 +314,7 @@ void lm_quant_register_legacy(lm_quant_entry t[LM_DTYPE_COUNT]) {
         .panel = {lm_panel_q4_0_ref, NULL, lm_panel_q4_0_vnni},
         .repack = {[LM_ISA_AVX512] = lm_repack_q4_0_vnni}, .tiled = {[LM_ISA_AVX512] = lm_tiled_q4_0_vnni},
         .repack_block = sizeof(lm_ltile_block), .panel_record = sizeof(lm_panel_block),
+        .bf16_panel = lm_bf16_panel_q4_0,
         .panel_pack = lm_panel_pack_q8_0_b8, .panel_decode = true, .interleave = interleave_q4_0,
         .panel_il = {[LM_ISA_AVX512] = lm_panel_il_q4_0_vnni}, .repack_il = {[LM_ISA_AVX512] = lm_repack_il_q4_0_vnni}};
     t[LM_Q4_1] = (lm_quant_entry){
@@ -324,6 +325,7 @@ void lm_quant_register_legacy(lm_quant_entry t[LM_DTYPE_COUNT]) {
         .panel = {lm_panel_q4_1_ref, NULL, lm_panel_q4_1_vnni},
         .repack = {[LM_ISA_AVX512] = lm_repack_q4_1_vnni}, .tiled = {[LM_ISA_AVX512] = lm_tiled_q4_1_vnni},
         .repack_block = sizeof(lm_ltile_block), .panel_record = sizeof(lm_panel_block),
+        .bf16_panel = lm_bf16_panel_q4_1,
         .panel_pack = lm_panel_pack_q8_1, .panel_decode = true, .interleave = interleave_q4_1,
         .panel_il = {[LM_ISA_AVX512] = lm_panel_il_q4_1_vnni}, .repack_il = {[LM_ISA_AVX512] = lm_repack_il_q4_1_vnni}};
     t[LM_Q5_0] = (lm_quant_entry){
@@ -333,6 +335,7 @@ void lm_quant_register_legacy(lm_quant_entry t[LM_DTYPE_COUNT]) {
         .panel = {lm_panel_q5_0_ref, NULL, lm_panel_q5_0_vnni},
         .repack = {[LM_ISA_AVX512] = lm_repack_q5_0_vnni}, .tiled = {[LM_ISA_AVX512] = lm_tiled_q5_0_vnni},
         .repack_block = sizeof(lm_ltile_block), .panel_record = sizeof(lm_panel_block),
+        .bf16_panel = lm_bf16_panel_q5_0,
         .panel_pack = lm_panel_pack_q8_0_b16, .panel_decode = true, .interleave = interleave_q5_0,
         .panel_il = {[LM_ISA_AVX512] = lm_panel_il_q5_0_vnni}, .repack_il = {[LM_ISA_AVX512] = lm_repack_il_q5_0_vnni}};
     t[LM_Q5_1] = (lm_quant_entry){
@@ -342,6 +345,7 @@ void lm_quant_register_legacy(lm_quant_entry t[LM_DTYPE_COUNT]) {
         .panel = {lm_panel_q5_1_ref, NULL, lm_panel_q5_1_vnni},
         .repack = {[LM_ISA_AVX512] = lm_repack_q5_1_vnni}, .tiled = {[LM_ISA_AVX512] = lm_tiled_q5_1_vnni},
         .repack_block = sizeof(lm_ltile_block), .panel_record = sizeof(lm_panel_block),
+        .bf16_panel = lm_bf16_panel_q5_1,
         .panel_pack = lm_panel_pack_q8_1, .panel_decode = true, .interleave = interleave_q5_1,
         .panel_il = {[LM_ISA_AVX512] = lm_panel_il_q5_1_vnni}, .repack_il = {[LM_ISA_AVX512] = lm_repack_il_q5_1_vnni}};
     t[LM_Q8_0] = (lm_quant_entry){
@@ -352,6 +356,7 @@ void lm_quant_register_legacy(lm_quant_entry t[LM_DTYPE_COUNT]) {
         .panel = {lm_panel_q8_0_ref, NULL, lm_panel_q8_0_vnni},
         .repack = {[LM_ISA_AVX512] = lm_repack_q8_0_vnni}, .tiled = {[LM_ISA_AVX512] = lm_tiled_q8_0_vnni},
         .repack_block = sizeof(lm_ltile_block), .panel_record = sizeof(lm_panel_block),
+        .bf16_panel = lm_bf16_panel_q8_0,
         .panel_pack = lm_panel_pack_q8_0_b128, .panel_decode = true, .interleave = interleave_q8_0,
         .panel_il = {[LM_ISA_AVX512] = lm_panel_il_q8_0_vnni}, .repack_il = {[LM_ISA_AVX512] = lm_repack_il_q8_0_vnni}};
     /* activations only */

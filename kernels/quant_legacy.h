@@ -49,6 +49,12 @@ void lm_panel_q5_1_vnni(LM_PANEL_ARGS);
  * the weights as the panel's transposed operands (q[j]: weights 4j..4j+3 of
  * every row, unsigned), d and (Q4_1, Q5_1) m of every row as floats. */
 typedef struct { uint8_t q[8][64]; float d[16], m[16]; } lm_ltile_block;
+/* their blocks to AMX bf16 (quant.h: bf16_panel; x86/amx_avx512.c) */
+void lm_bf16_panel_q4_0(int64_t n, const void *rp, uint16_t *dst);
+void lm_bf16_panel_q4_1(int64_t n, const void *rp, uint16_t *dst);
+void lm_bf16_panel_q5_0(int64_t n, const void *rp, uint16_t *dst);
+void lm_bf16_panel_q5_1(int64_t n, const void *rp, uint16_t *dst);
+void lm_bf16_panel_q8_0(int64_t n, const void *rp, uint16_t *dst);
 void lm_repack_q4_0_vnni(LM_REPACK_ARGS);
 void lm_repack_q4_1_vnni(LM_REPACK_ARGS);
 void lm_repack_q5_0_vnni(LM_REPACK_ARGS);

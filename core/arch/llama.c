@@ -263,13 +263,16 @@ static void attn_rows(void *vctx, int ith, int nth) {
  * is in its pass: a prompt token as in `lumen generate`'s prefill, a decode
  * token as alone. A batch with both takes each run of one kind in turn. A
  * prompt (of one session) on weights whose panels oneDNN's bf16 GEMM outruns
- * (lm_matmul_prompt_gemm: the K-quants where oneDNN's bf16 outruns its f32) goes through it. On
+ * (lm_matmul_prompt_gemm: the K-quants where oneDNN's bf16 outruns its f32) goes through it, and
+ * one on AMX (lm_matmul_prompt_amx: weights with repacked panels, from 64 tokens) through its bf16 tiles. On
  * weights without panels, a prompt batch of lm_matmul_gemm_min tokens goes
  * through oneDNN's GEMM, and everything else (and any GEMM oneDNN refuses)
  * through the quantized dots. */
 static void mm(const batch *b, const lm_tensor *w, const float *x, float *y) {
     lm_session *s = b->ws;
     lm_pool *pool = s->model->pool;
+    if (b->gemm && b->prompt && b->prompt[0] && lm_matmul_prompt_amx(w, b->n) && lm_matmul_amx(pool, &w, 1, x, b->n, &y, s->qbuf))
+        return;
     if (b->gemm && b->prompt && b->prompt[0] && lm_matmul_prompt_gemm(w, b->n) && s->wbuf &&
         lm_matmul_gemm(pool, w, x, b->n, y, s->wbuf, s->qbuf) == LM_OK) return;
     if (lm_matmul_panel_decode(w)) {
@@ -294,6 +297,7 @@ static void mm(const batch *b, const lm_tensor *w, const float *x, float *y) {
  * take every token through the panels and qualify, one quantizing pass and one
  * pool run for all of them (the same bits as one at a time); else one by one. */
 static void mm_group(const batch *b, const lm_tensor *const *w, float *const *y, int k, const float *x) {
+    if (b->gemm && b->prompt && b->prompt[0] && lm_matmul_amx(b->ws->model->pool, w, k, x, b->n, y, b->ws->qbuf)) return;
     bool all = true;
     for (int i = 0; i < k; i++) all = all && lm_matmul_panel_decode(w[i]);
     if (all && lm_matmul_panel_group(b->ws->model->pool, w, k, x, b->n, y, b->ws->qbuf)) return;

@@ -471,6 +471,91 @@ static void test_panel_group(void) {
  * of the same rows in the file's layout, on two threads, at a width of
  * several slices; what cannot be interleaved is refused, and the GEMM refuses
  * an interleaved weight with an error. */
+/* Prompts on AMX's bf16 tiles (lm_matmul_amx, where this CPU has them): every
+ * output within the bf16 bound (2^-7 of sum |w x|, as test_gemm) of the exact
+ * dot of the dequantized weights and the f32 activations; from interleaved
+ * rows the same bits; a token's outputs the same bits whatever else is in the
+ * call (the fewest tokens the path takes, then more: a whole tile of 16 and
+ * a remainder, and twice as many); two weights as a group as one by one;
+ * nothing written past the outputs; one token fewer refused. 80 rows: an odd
+ * panel at the end of a chunk. */
+static void test_amx(void) {
+    enum { OUT = 80, IN = 256 * 3, MAXN = 1024 };
+    if (!lm_cpu_amx()) { printf("amx: no AMX-BF16 on this CPU\n"); return; }
+    lm_tensor *probe = lm_tensor_new(LM_Q4_K, 2, (int64_t[]){16, 256});
+    int nmin = 1;
+    while (nmin < MAXN / 2 && !lm_matmul_prompt_amx(probe, nmin)) nmin++;
+    lm_tensor_free(probe);
+    const int ns[] = {nmin, nmin + 15, 2 * nmin + 6};
+    lm_pool *pool = lm_pool_new(2);
+    uint64_t r = 23;
+    float *x = malloc(MAXN * IN * sizeof *x), *wf = malloc(OUT * IN * sizeof *wf);
+    float *y = malloc((MAXN * OUT + 16) * sizeof *y), *y2 = malloc((MAXN * OUT + 16) * sizeof *y2), *y0 = malloc(MAXN * OUT * sizeof *y0);
+    fill(x, MAXN * IN, &r, 2.0f);
+    int checked = 0;
+    for (int t = 0; t < LM_DTYPE_COUNT; t++) {
+        const lm_quant_ops *ops = lm_quant_ops_get((lm_dtype)t);
+        if (!ops || !ops->bf16_panel) continue;
+        const size_t rb = lm_dtype_row_size((lm_dtype)t, IN);
+        char *d = malloc(rb * OUT), *il = aligned_alloc(64, (rb * OUT + 63) & ~(size_t)63);
+        for (int64_t k = 0; k < OUT; k++) {
+            fill(wf + k * IN, IN, &r, k == 7 ? 3000.0f : 1.0f);
+            ops->from_float(wf + k * IN, d + k * rb, IN);
+            lm_quant_entry_get((lm_dtype)t)->to_float[LM_ISA_SCALAR](d + k * rb, wf + k * IN, IN);
+        }
+        lm_tensor *w = lm_tensor_wrap((lm_dtype)t, 2, (int64_t[]){OUT, IN}, d, free, d);
+        lm_storage *st = lm_storage_wrap(il, rb * OUT, NULL, NULL);
+        lm_tensor *wi = lm_matmul_interleave(pool, w, st, il, NULL, false);
+        lm_storage_release(st);
+        CHECK(wi != NULL, "%s: interleaving failed", lm_dtype_name(t));
+        void *q = aligned_alloc(64, (lm_matmul_qbuf_size(w, MAXN, lm_pool_size(pool)) + 63) & ~(size_t)63);
+        CHECK(!lm_matmul_prompt_amx(w, nmin - 1) && !lm_matmul_amx(pool, (const lm_tensor *const *)&w, 1, x, nmin - 1, &y, q),
+              "%s: %d tokens refused", lm_dtype_name(t), nmin - 1);
+        CHECK(!lm_matmul_amx(pool, (const lm_tensor *[]){w, wi}, 2, x, nmin, (float *[]){y, y2}, q), "%s: mixed layouts refused",
+              lm_dtype_name(t));
+        double worst = 0;
+        for (size_t k = 0; k < sizeof ns / sizeof *ns; k++) {
+            const int n = ns[k];
+            for (int i = 0; i < 16; i++) y[n * OUT + i] = y2[n * OUT + i] = -7.0f;
+            CHECK(lm_matmul_amx(pool, (const lm_tensor *const *)&w, 1, x, n, &y, q), "%s n=%d: refused", lm_dtype_name(t), n);
+            int bad = 0;
+            for (int c = 0; c < n; c++)
+                for (int o = 0; o < OUT; o++) {
+                    double exact = 0, mag = 0;
+                    for (int i = 0; i < IN; i++) {
+                        exact += (double)wf[o * IN + i] * x[c * IN + i];
+                        mag += fabs((double)wf[o * IN + i] * x[c * IN + i]);
+                    }
+                    const double e = fabs(y[c * OUT + o] - exact) / (mag * 0x1p-7 + 1e-30);
+                    if (e > worst) worst = e;
+                    bad += e > 1;
+                }
+            CHECK(bad == 0, "%s n=%d: %d of %d AMX outputs outside 2^-7 sum|w x| (worst %.2f of it)", lm_dtype_name(t), n, bad,
+                  n * OUT, worst);
+            CHECK(lm_matmul_amx(pool, (const lm_tensor *const *)&wi, 1, x, n, &y2, q), "%s n=%d: interleaved refused",
+                  lm_dtype_name(t), n);
+            CHECK(memcmp(y, y2, n * OUT * sizeof *y) == 0, "%s n=%d: interleaved rows differ", lm_dtype_name(t), n);
+            CHECK(lm_matmul_amx(pool, (const lm_tensor *[]){wi, wi}, 2, x, n, (float *[]){y2, y2}, q) &&
+                      memcmp(y, y2, n * OUT * sizeof *y) == 0,
+                  "%s n=%d: a group differs", lm_dtype_name(t), n);
+            for (int i = 0; i < 16; i++)
+                CHECK(y[n * OUT + i] == -7.0f && y2[n * OUT + i] == -7.0f, "%s n=%d: written past the outputs",
+                      lm_dtype_name(t), n);
+            if (n == nmin) memcpy(y0, y, nmin * OUT * sizeof *y);
+            else CHECK(memcmp(y, y0, nmin * OUT * sizeof *y) == 0, "%s n=%d: the first %d tokens differ from a call of as many",
+                       lm_dtype_name(t), n, nmin);
+            checked++;
+        }
+        printf("amx %s: worst error %.3f of the bound\n", lm_dtype_name(t), worst);
+        lm_tensor_free(w);
+        lm_tensor_free(wi);
+        free(q);
+    }
+    free(x), free(wf), free(y), free(y2), free(y0);
+    lm_pool_free(pool);
+    CHECK(checked > 0, "no AMX product ran");
+}
+
 static void test_interleaved(void) {
     enum { MAXN = 40 };
     static const int64_t outs[3] = {16 * 9, 32, 16};
@@ -617,6 +702,7 @@ static void test_gemm(void) {
 int main(void) {
     test_bf16_row();
     test_gemm();
+    test_amx();
     test_panel();
     test_panel_group();
     test_panel_product();
