@@ -20,16 +20,33 @@
 #include <stdint.h>
 #include <string.h>
 
+/* vcvtne2ps2bf16 gives [first 16 | second 16]; this takes word r of each to lanes 2r, 2r + 1 */
+static inline __m512i pair_mix(void) {
+    return _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3,
+                            18, 2, 17, 1, 16, 0);
+}
+
+/* a line of four weights of 16 rows (lane r: row r's, unsigned bytes) as
+ * two lines of bf16 pairs at out: each weight scale x q + bias */
+static inline __attribute__((always_inline)) __m512i *bf16_lines(__m512i v, __m512 scale, __m512 bias, __m512i mix,
+                                                                 __m512i *out) {
+    const __m512i lo8 = _mm512_set1_epi32(0xFF);
+    __m512 w[4];
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; j++)
+        w[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srli_epi32(v, 8 * j), lo8)), scale, bias);
+    _mm512_storeu_si512(out, _mm512_permutexvar_epi16(mix, (__m512i)_mm512_cvtne2ps_pbh(w[1], w[0])));
+    _mm512_storeu_si512(out + 1, _mm512_permutexvar_epi16(mix, (__m512i)_mm512_cvtne2ps_pbh(w[3], w[2])));
+    return out + 2;
+}
+
 /* n weights of 16 repacked rows (n / 256 blocks at rp) as bf16 pairs: line
  * j (64 bytes), lane r: row r's weights 2j and 2j + 1. sub: 32 (Q4_K, Q5_K)
  * or 16; off: the offset term (Q3_K, Q6_K) or else the min term. */
 static inline __attribute__((always_inline)) void bf16_panel(const int sub, const int off, int64_t n, const void *rp,
                                                              uint16_t *dst) {
     const int nsub = QK_K / sub, quads = sub / 4;
-    const __m512i lo8 = _mm512_set1_epi32(0xFF);
-    /* vcvtne2ps2bf16 gives [first 16 | second 16]; this takes word r of each to lanes 2r, 2r + 1 */
-    const __m512i mix = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5,
-                                         20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    const __m512i mix = pair_mix();
     __m512i *out = (__m512i *)dst;
     for (int64_t i = 0; i < n / QK_K; i++) {
         const lm_ktile_block *b = (const lm_ktile_block *)rp + i;
@@ -40,15 +57,7 @@ static inline __attribute__((always_inline)) void bf16_panel(const int sub, cons
             const __m512i h = g % 2 ? _mm512_srai_epi32(t, 16) : _mm512_srai_epi32(_mm512_slli_epi32(t, 16), 16);
             const __m512 bias = _mm512_mul_ps(_mm512_cvtepi32_ps(h), f);
 #pragma GCC unroll 8
-            for (int l = 0; l < quads; l++) {
-                const __m512i v = _mm512_load_si512(b->q[quads * g + l]);
-                __m512 w[4];
-#pragma GCC unroll 4
-                for (int j = 0; j < 4; j++)
-                    w[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srli_epi32(v, 8 * j), lo8)), dsc, bias);
-                _mm512_storeu_si512(out++, _mm512_permutexvar_epi16(mix, (__m512i)_mm512_cvtne2ps_pbh(w[1], w[0])));
-                _mm512_storeu_si512(out++, _mm512_permutexvar_epi16(mix, (__m512i)_mm512_cvtne2ps_pbh(w[3], w[2])));
-            }
+            for (int l = 0; l < quads; l++) out = bf16_lines(_mm512_load_si512(b->q[quads * g + l]), dsc, bias, mix, out);
         }
     }
 }
@@ -66,24 +75,14 @@ BF16_PANEL(q6_K, 16, 1)
  * each weight d x q + (m, or -bias x d) */
 static inline __attribute__((always_inline)) void bf16_panel_legacy(const int bias, const int q41, int64_t n,
                                                                     const void *rp, uint16_t *dst) {
-    const __m512i lo8 = _mm512_set1_epi32(0xFF);
-    const __m512i mix = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5,
-                                         20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    const __m512i mix = pair_mix();
     __m512i *out = (__m512i *)dst;
     for (int64_t i = 0; i < n / 32; i++) {
         const lm_ltile_block *b = (const lm_ltile_block *)rp + i;
         const __m512 d = _mm512_load_ps(b->d);
         const __m512 off = q41 ? _mm512_load_ps(b->m) : _mm512_mul_ps(d, _mm512_set1_ps((float)-bias));
 #pragma GCC unroll 8
-        for (int l = 0; l < 8; l++) {
-            const __m512i v = _mm512_load_si512(b->q[l]);
-            __m512 w[4];
-#pragma GCC unroll 4
-            for (int j = 0; j < 4; j++)
-                w[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srli_epi32(v, 8 * j), lo8)), d, off);
-            _mm512_storeu_si512(out++, _mm512_permutexvar_epi16(mix, (__m512i)_mm512_cvtne2ps_pbh(w[1], w[0])));
-            _mm512_storeu_si512(out++, _mm512_permutexvar_epi16(mix, (__m512i)_mm512_cvtne2ps_pbh(w[3], w[2])));
-        }
+        for (int l = 0; l < 8; l++) out = bf16_lines(_mm512_load_si512(b->q[l]), d, off, mix, out);
     }
 }
 

@@ -471,6 +471,27 @@ static void test_panel_group(void) {
  * of the same rows in the file's layout, on two threads, at a width of
  * several slices; what cannot be interleaved is refused, and the GEMM refuses
  * an interleaved weight with an error. */
+/* The bf16 products' bound (test_gemm, test_amx): the worst error of y
+ * (n tokens x out) against the exact dot (double) of the dequantized weights
+ * wf (out x in) and the activations x, as a fraction of 2^-7 sum |w x|; *bad:
+ * how many outputs exceed it */
+static double bf16_worst(const float *y, const float *wf, const float *x, int n, int out, int in, int *bad) {
+    double worst = 0;
+    *bad = 0;
+    for (int c = 0; c < n; c++)
+        for (int o = 0; o < out; o++) {
+            double exact = 0, mag = 0;
+            for (int i = 0; i < in; i++) {
+                exact += (double)wf[o * in + i] * x[c * in + i];
+                mag += fabs((double)wf[o * in + i] * x[c * in + i]);
+            }
+            const double e = fabs(y[c * out + o] - exact) / (mag * 0x1p-7 + 1e-30);
+            if (e > worst) worst = e;
+            *bad += e > 1;
+        }
+    return worst;
+}
+
 /* Prompts on AMX's bf16 tiles (lm_matmul_amx, where this CPU has them): every
  * output within the bf16 bound (2^-7 of sum |w x|, as test_gemm) of the exact
  * dot of the dequantized weights and the f32 activations; from interleaved
@@ -518,18 +539,9 @@ static void test_amx(void) {
             const int n = ns[k];
             for (int i = 0; i < 16; i++) y[n * OUT + i] = y2[n * OUT + i] = -7.0f;
             CHECK(lm_matmul_amx(pool, (const lm_tensor *const *)&w, 1, x, n, &y, q), "%s n=%d: refused", lm_dtype_name(t), n);
-            int bad = 0;
-            for (int c = 0; c < n; c++)
-                for (int o = 0; o < OUT; o++) {
-                    double exact = 0, mag = 0;
-                    for (int i = 0; i < IN; i++) {
-                        exact += (double)wf[o * IN + i] * x[c * IN + i];
-                        mag += fabs((double)wf[o * IN + i] * x[c * IN + i]);
-                    }
-                    const double e = fabs(y[c * OUT + o] - exact) / (mag * 0x1p-7 + 1e-30);
-                    if (e > worst) worst = e;
-                    bad += e > 1;
-                }
+            int bad;
+            const double e = bf16_worst(y, wf, x, n, OUT, IN, &bad);
+            if (e > worst) worst = e;
             CHECK(bad == 0, "%s n=%d: %d of %d AMX outputs outside 2^-7 sum|w x| (worst %.2f of it)", lm_dtype_name(t), n, bad,
                   n * OUT, worst);
             CHECK(lm_matmul_amx(pool, (const lm_tensor *const *)&wi, 1, x, n, &y2, q), "%s n=%d: interleaved refused",
@@ -675,19 +687,8 @@ static void test_gemm(void) {
         if (!wbs) { lm_tensor_free(w); continue; } /* never takes the GEMM on this CPU */
         void *wbuf = malloc(wbs), *q = aligned_alloc(64, (lm_matmul_qbuf_size(w, N, lm_pool_size(pool)) + 63) & ~(size_t)63);
         CHECK(lm_matmul_gemm(pool, w, x, N, y, wbuf, q) == LM_OK, "%s: gemm failed: %s", lm_dtype_name(t), lm_last_error());
-        double worst = 0;
-        int bad = 0;
-        for (int c = 0; c < N; c++)
-            for (int o = 0; o < OUT; o++) {
-                double exact = 0, mag = 0;
-                for (int i = 0; i < IN; i++) {
-                    exact += (double)wf[o * IN + i] * x[c * IN + i];
-                    mag += fabs((double)wf[o * IN + i] * x[c * IN + i]);
-                }
-                const double e = fabs(y[c * OUT + o] - exact) / (mag * 0x1p-7 + 1e-30);
-                if (e > worst) worst = e;
-                bad += e > 1;
-            }
+        int bad;
+        const double worst = bf16_worst(y, wf, x, N, OUT, IN, &bad);
         CHECK(bad == 0, "%s: %d of %d GEMM outputs outside 2^-7 sum|w x| (worst %.2f of it)", lm_dtype_name(t), bad,
               N * OUT, worst);
         printf("gemm %s (%s): worst error %.3f of the bound\n", lm_dtype_name(t),
