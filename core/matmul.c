@@ -164,28 +164,23 @@ static bool gemm_bf16(const lm_tensor *w);
  * quantized types with repacked panels (the K-quants and the legacy ones),
  * from AMX_MIN_TOKENS tokens of one session's prompt (llama.c mm, mm_group),
  * whose weights are dequantized to bf16 once per product. A thread
- * takes AMX_PANELS panels at a time (fewer on wide rows: AMX_BYTES of bf16),
- * repacks each (its own or, interleaved, repack_il) and dequantizes it, then
- * every token passes them, 32 tokens by two panels a block (their rows of
- * activations in L2 across the chunk). The qbuf: the activations in bf16,
- * then each thread's repacked panel and bf16 chunk. */
+ * takes AMX_PANELS panels at a time, repacks each (its own or, interleaved,
+ * repack_il) and dequantizes it, then every token passes them, 32 tokens by
+ * two panels a block, 2048 weights of the row at a time (the chunk's slice in
+ * L2 as the tokens pass; lm_amx_bf16_gemm). The qbuf: the activations in
+ * bf16, then each thread's repacked panel and bf16 chunk. */
 /* build/lumen_prefill_gemm, 2 threads, M = 64 against the VNNI panels: Q4_K
  * 464 vs 630 GFLOP/s at 2048 x 8192, 795 vs 676 at 8192 x 2048; Q4_0 861
  * and 910 against 600-800; from 96 the tiles ahead everywhere */
 #define AMX_MIN_TOKENS 64
 #define AMX_PANELS 8
-#define AMX_BYTES (512 * 1024)
-static int64_t amx_panels(const lm_tensor *w) {
-    const int64_t p = AMX_BYTES / (w->shape[1] * 2 * LM_PANEL_ROWS);
-    return p < 2 ? 2 : p > AMX_PANELS ? AMX_PANELS : p;
-}
 /* a thread's repacked panel, then its chunk in bf16 */
 static size_t amx_repacked_size(const lm_tensor *w) {
     const size_t blocks = (size_t)(w->shape[1] / lm_dtype_block_size(w->dtype));
     return (blocks * lm_quant_ops_get(w->dtype)->repack_block + 63) & ~(size_t)63;
 }
 static size_t amx_thread_size(const lm_tensor *w) {
-    return amx_repacked_size(w) + (size_t)amx_panels(w) * (size_t)w->shape[1] * 2 * LM_PANEL_ROWS;
+    return amx_repacked_size(w) + (size_t)AMX_PANELS * (size_t)w->shape[1] * 2 * LM_PANEL_ROWS;
 }
 static size_t amx_x_size(const lm_tensor *w, int64_t n) { return ((size_t)n * (size_t)w->shape[1] * 2 + 63) & ~(size_t)63; }
 
@@ -260,7 +255,7 @@ bool lm_matmul_amx(lm_pool *pool, const lm_tensor *const *w, int k, const float 
         if (!lm_matmul_prompt_amx(w[i], n) || w[i]->dtype != w[0]->dtype || w[i]->shape[1] != w[0]->shape[1] ||
             w[i]->interleaved != w[0]->interleaved)
             return false;
-    amx_job j = {.ops = lm_quant_ops_get(w[0]->dtype), .k = k, .in = w[0]->shape[1], .n = n, .chunk = amx_panels(w[0]),
+    amx_job j = {.ops = lm_quant_ops_get(w[0]->dtype), .k = k, .in = w[0]->shape[1], .n = n, .chunk = AMX_PANELS,
                  .row = (size_t)w[0]->stride[0], .repacked = amx_repacked_size(w[0]), .il = w[0]->interleaved, .x = x, .xb = qbuf,
                  .scratch = (char *)qbuf + amx_x_size(w[0], n), .scratch_size = amx_thread_size(w[0])};
     for (int i = 0; i < k; i++) j.w[i] = w[i]->data, j.out[i] = w[i]->shape[0], j.y[i] = y[i];

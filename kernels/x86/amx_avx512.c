@@ -110,14 +110,22 @@ static inline __attribute__((always_inline, target("amx-tile"))) void bf16_confi
     _tile_loadconfig(&c);
 }
 
-/* TB token tiles (16 tokens, or the configured rows) by PB panels */
+/* TB token tiles (16 tokens, or the configured rows) by PB panels, k of
+ * the weights: the sums from zero (first) or going on from y */
 static inline __attribute__((always_inline, target("amx-tile,amx-bf16"))) void
-bf16_block(const int TB, const int PB, int64_t k, const uint16_t *x, size_t xs, const uint16_t *w, size_t ws, float *y,
-           size_t ys) {
-    _tile_zero(0);
-    if (PB > 1) _tile_zero(1);
-    if (TB > 1) _tile_zero(2);
-    if (TB > 1 && PB > 1) _tile_zero(3);
+bf16_block(const int TB, const int PB, int first, int64_t k, const uint16_t *x, size_t xs, const uint16_t *w, size_t ws,
+           float *y, size_t ys) {
+    if (first) {
+        _tile_zero(0);
+        if (PB > 1) _tile_zero(1);
+        if (TB > 1) _tile_zero(2);
+        if (TB > 1 && PB > 1) _tile_zero(3);
+    } else {
+        _tile_loadd(0, y, (long)(ys * 4));
+        if (PB > 1) _tile_loadd(1, y + 16, (long)(ys * 4));
+        if (TB > 1) _tile_loadd(2, y + 16 * ys, (long)(ys * 4));
+        if (TB > 1 && PB > 1) _tile_loadd(3, y + 16 * ys + 16, (long)(ys * 4));
+    }
     const uint16_t *x1 = x + 16 * xs, *w1 = w + ws;
     for (int64_t c = 0; c < k; c += 32) {
         _tile_loadd(4, x + c, (long)(xs * 2));
@@ -139,27 +147,42 @@ bf16_block(const int TB, const int PB, int64_t k, const uint16_t *x, size_t xs, 
     if (TB > 1 && PB > 1) _tile_stored(3, y + 16 * ys + 16, (long)(ys * 4));
 }
 
+/* tokens [t0, t1) by every panel, weights [k0, k0 + kc) */
 static inline __attribute__((always_inline, target("amx-tile,amx-bf16"))) void
-bf16_tokens(const int TB, int64_t k, const uint16_t *x, size_t xs, const uint16_t *w, size_t ws, int np, float *y, size_t ys) {
-    int p = 0;
-    for (; p + 2 <= np; p += 2) bf16_block(TB, 2, k, x, xs, w + (size_t)p * ws, ws, y + 16 * p, ys);
-    if (p < np) bf16_block(TB, 1, k, x, xs, w + (size_t)p * ws, ws, y + 16 * p, ys);
+bf16_tokens(int64_t t0, int64_t t1, int64_t k0, int64_t kc, const uint16_t *x, size_t xs, const uint16_t *w, size_t ws,
+            int np, float *y, size_t ys) {
+    for (int64_t t = t0; t < t1; t += 32) {
+        const uint16_t *xt = x + t * xs + k0, *wk = w + k0 * 16;
+        float *yt = y + t * ys;
+        int p = 0;
+        if (t1 - t >= 32) {
+            for (; p + 2 <= np; p += 2) bf16_block(2, 2, k0 == 0, kc, xt, xs, wk + (size_t)p * ws, ws, yt + 16 * p, ys);
+            if (p < np) bf16_block(2, 1, k0 == 0, kc, xt, xs, wk + (size_t)p * ws, ws, yt + 16 * p, ys);
+        } else {
+            for (; p + 2 <= np; p += 2) bf16_block(1, 2, k0 == 0, kc, xt, xs, wk + (size_t)p * ws, ws, yt + 16 * p, ys);
+            if (p < np) bf16_block(1, 1, k0 == 0, kc, xt, xs, wk + (size_t)p * ws, ws, yt + 16 * p, ys);
+        }
+    }
 }
+
+/* The weights taken AMX_K at a time across all the tokens, so that a chunk's
+ * weights (up to 8 panels: 512 KB) stay in L2 while the tokens pass: at K =
+ * 8192, one thread, 512 tokens, 2-4 panels, 842-874 GFLOP/s whole against
+ * 1250 at K = 2048. The sums go on in the same order: the same bits. */
+#define AMX_K 2048
 
 __attribute__((target("amx-tile,amx-bf16"))) void lm_amx_bf16_gemm(int64_t k, int64_t n, const uint16_t *x, size_t xs,
                                                                   const uint16_t *w, size_t ws, int np, float *y, size_t ys) {
-    int64_t t = 0;
-    if (n >= 16) {
+    const int64_t full = n / 16 * 16;
+    if (full) {
         bf16_config(16);
-        for (; t + 32 <= n; t += 32) bf16_tokens(2, k, x + t * xs, xs, w, ws, np, y + t * ys, ys);
-        if (t + 16 <= n) {
-            bf16_tokens(1, k, x + t * xs, xs, w, ws, np, y + t * ys, ys);
-            t += 16;
-        }
+        for (int64_t k0 = 0; k0 < k; k0 += AMX_K)
+            bf16_tokens(0, full, k0, k - k0 < AMX_K ? k - k0 : AMX_K, x, xs, w, ws, np, y, ys);
     }
-    if (t < n) { /* the last few tokens: tiles of that many rows, nothing read beyond them */
-        bf16_config((int)(n - t));
-        bf16_tokens(1, k, x + t * xs, xs, w, ws, np, y + t * ys, ys);
+    if (full < n) { /* the last few tokens: tiles of that many rows, nothing read beyond them */
+        bf16_config((int)(n - full));
+        for (int64_t k0 = 0; k0 < k; k0 += AMX_K)
+            bf16_tokens(full, n, k0, k - k0 < AMX_K ? k - k0 : AMX_K, x, xs, w, ws, np, y, ys);
     }
     _tile_release();
 }
