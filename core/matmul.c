@@ -191,6 +191,8 @@ bool lm_matmul_prompt_amx(const lm_tensor *w, int64_t n) {
            (w->interleaved || (size_t)w->stride[0] == lm_dtype_row_size(w->dtype, w->shape[1]));
 }
 
+int64_t lm_matmul_amx_min(const lm_tensor *w) { return lm_matmul_prompt_amx(w, AMX_MIN_TOKENS) ? AMX_MIN_TOKENS : 0; }
+
 static size_t amx_size(const lm_tensor *w, int64_t n, int threads) {
     if (!lm_matmul_prompt_amx(w, n)) return 0;
     return amx_x_size(w, n) + (size_t)(threads > 0 ? threads : 1) * amx_thread_size(w);

@@ -274,6 +274,7 @@ void lm_model_get_info(const lm_model *m, lm_model_info *o) {
     o->interleaving = atomic_load(&m->il_pending);
     o->interleaved = atomic_load(&m->il_done);
     o->tiled = o->panels = m->hp.n_layer > 0 && m->layers;
+    o->amx_prompt = 0;
     for (int il = 0; m->layers && il < m->hp.n_layer; il++) {
         const lm_tensor *w[LM_LAYER_MATRICES];
         lm_layer_matrices(&m->layers[il], w);
@@ -281,6 +282,9 @@ void lm_model_get_info(const lm_model *m, lm_model_info *o) {
             const lm_quant_ops *ops = lm_quant_ops_get(w[i]->dtype);
             o->tiled = o->tiled && ops && ops->vec_dot_tile;
             o->panels = o->panels && lm_matmul_panel_decode(w[i]);
+            const int64_t amx = lm_matmul_amx_min(w[i]);
+            if (il == 0 && i == 0) o->amx_prompt = (int32_t)amx;
+            else if (amx != o->amx_prompt) o->amx_prompt = 0;
         }
     }
 }

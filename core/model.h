@@ -161,6 +161,7 @@ bool lm_matmul_prompt_gemm(const lm_tensor *w, int64_t n);
  * lm_matmul_panel_group; false (nothing done) when they do not qualify. qbuf
  * as lm_matmul_qbuf_size says for each of them. */
 bool lm_matmul_prompt_amx(const lm_tensor *w, int64_t n);
+int64_t lm_matmul_amx_min(const lm_tensor *w); /* the fewest tokens that take them, or 0: none for w */
 bool lm_matmul_amx(lm_pool *pool, const lm_tensor *const *w, int k, const float *x, int64_t n, float *const *y, void *qbuf);
 /* The integer panels (kernels/quant.h) in the GEMM's place, for weights that
  * have them; lm_matmul_panel_decode: decode tokens too (lm_quant_entry). */

@@ -126,7 +126,11 @@ typedef struct lm_model_info {
     bool panels;  /* every layer matrix takes every token, prompt or decode, through the
                      integer panels here (AVX-512 VNNI: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, and
                      the K-quants being interleaved): a prompt at once or one token at a
-                     time gives the same bits */
+                     time gives the same bits, in a server's batches always, in one
+                     session's evaluation up to amx_prompt tokens */
+    int32_t amx_prompt; /* 0, or the fewest tokens of one session's prompt (lm_session_eval)
+                           that go through AMX's bf16 tiles here instead (every layer matrix
+                           has them): to 2^-7 of the panels' sums, not their bits */
     const char *family;  /* the architecture family that runs it: "llama", "bert" */
     bool encoder;        /* an embedding model: lm_embed_*, no sessions */
     int32_t max_tokens;  /* encoders: the longest input in tokens, [CLS] and [SEP] included

@@ -70,7 +70,7 @@ function Model:info()
     chat_template = str(i.chat_template), n_params = tonumber(i.n_params),
     file_size = tonumber(i.file_size), n_vocab = i.n_vocab, n_ctx_train = i.n_ctx_train,
     n_embd = i.n_embd, n_layer = i.n_layer, n_head = i.n_head, n_head_kv = i.n_head_kv,
-    head_dim = i.head_dim, n_ff = i.n_ff, tiled = i.tiled, panels = i.panels,
+    head_dim = i.head_dim, n_ff = i.n_ff, tiled = i.tiled, panels = i.panels, amx_prompt = i.amx_prompt,
     -- matrices (the layers', then the output) in decode's interleaved layout so far, and still to do (a thread of the model's)
     interleaved = i.interleaved, interleaving = i.interleaving,
     family = str(i.family), encoder = i.encoder,

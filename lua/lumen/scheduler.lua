@@ -242,7 +242,8 @@ end
 -- (its last request left them there). Only on weights where a token's result
 -- does not depend on how its prompt was cut or whether it was generated
 -- (info.panels): there the continuation is bit for bit what evaluating the
--- whole prompt gives.
+-- whole prompt gives (in the server's batches, which never take AMX's tiles:
+-- info.amx_prompt is about one session's own prompts).
 -- An image's positions are reused whole and only for the very same rows: their
 -- history ids (lm_embd_ids) are a 30-bit hash of the rows, so the slot also
 -- keeps each image run's sha256 (image_keys, by position) and a run whose key

@@ -504,9 +504,9 @@ static void test_amx(void) {
     enum { OUT = 80, IN = 256 * 3, MAXN = 1024 };
     if (!lm_cpu_amx()) { printf("amx: no AMX-BF16 on this CPU\n"); return; }
     lm_tensor *probe = lm_tensor_new(LM_Q4_K, 2, (int64_t[]){16, 256});
-    int nmin = 1;
-    while (nmin < MAXN / 2 && !lm_matmul_prompt_amx(probe, nmin)) nmin++;
+    const int nmin = (int)lm_matmul_amx_min(probe);
     lm_tensor_free(probe);
+    CHECK(nmin > 1 && nmin < MAXN / 2, "AMX from %d tokens", nmin);
     const int ns[] = {nmin, nmin + 15, 2 * nmin + 6};
     lm_pool *pool = lm_pool_new(2);
     uint64_t r = 23;
