@@ -207,19 +207,30 @@ typedef struct {
     int64_t in, n, chunk;
     size_t row, repacked; /* the weights' row size; a thread's repacked panel (its scratch, then the chunk) */
     bool il;
-    const float *x;
     uint16_t *xb;
     char *scratch;
     size_t scratch_size;
     lm_pool_queue q;
 } amx_job;
 
-static void amx_x(void *vctx, int ith, int nth) {
-    amx_job *j = vctx;
+/* n activation rows of k to bf16 (the bf16 GEMM's and the AMX tiles'), by tokens over the pool */
+typedef struct {
+    const float *x;
+    uint16_t *xb;
+    int64_t n, k;
+    lm_pool_queue q;
+} bf16_rows_job;
+
+static void bf16_rows(void *vctx, int ith, int nth) {
+    bf16_rows_job *j = vctx;
     int64_t lo, hi;
     (void)ith;
-    while (lm_pool_take(&j->q, j->n, 1, nth, &lo, &hi))
-        lm_f32_to_bf16_row(j->x + lo * j->in, j->xb + lo * j->in, (hi - lo) * j->in);
+    while (lm_pool_take(&j->q, j->n, 1, nth, &lo, &hi)) lm_f32_to_bf16_row(j->x + lo * j->k, j->xb + lo * j->k, (hi - lo) * j->k);
+}
+
+static void to_bf16(lm_pool *pool, const float *x, int64_t n, int64_t k, uint16_t *xb) {
+    bf16_rows_job j = {.x = x, .xb = xb, .n = n, .k = k};
+    lm_pool_run_dynamic(pool, bf16_rows, &j, &j.q);
 }
 
 /* rows [lo, hi) of weight i, a chunk of panels at a time */
@@ -258,10 +269,10 @@ bool lm_matmul_amx(lm_pool *pool, const lm_tensor *const *w, int k, const float 
             w[i]->interleaved != w[0]->interleaved)
             return false;
     amx_job j = {.ops = lm_quant_ops_get(w[0]->dtype), .k = k, .in = w[0]->shape[1], .n = n, .chunk = AMX_PANELS,
-                 .row = (size_t)w[0]->stride[0], .repacked = amx_repacked_size(w[0]), .il = w[0]->interleaved, .x = x, .xb = qbuf,
+                 .row = (size_t)w[0]->stride[0], .repacked = amx_repacked_size(w[0]), .il = w[0]->interleaved, .xb = qbuf,
                  .scratch = (char *)qbuf + amx_x_size(w[0], n), .scratch_size = amx_thread_size(w[0])};
     for (int i = 0; i < k; i++) j.w[i] = w[i]->data, j.out[i] = w[i]->shape[0], j.y[i] = y[i];
-    lm_pool_run_dynamic(pool, amx_x, &j, &j.q);
+    to_bf16(pool, x, n, j.in, j.xb);
     lm_pool_run_dynamic(pool, amx_rows, &j, &j.q);
     return true;
 }
@@ -573,15 +584,6 @@ typedef struct {
 } gemm_job;
 #define GEMM_ROWS 256
 
-/* the activations to bf16, by tokens */
-static void gemm_x_bf16(void *vctx, int ith, int nth) {
-    gemm_job *j = vctx;
-    const int64_t k = j->w->shape[1];
-    int64_t lo, hi;
-    (void)ith;
-    while (lm_pool_take(&j->q, j->n, 1, nth, &lo, &hi)) lm_f32_to_bf16_row(j->x + lo * k, j->xb + lo * k, (hi - lo) * k);
-}
-
 /* rows [lo, hi): dequantized, then multiplied by the batch */
 static void gemm_range(gemm_job *j, int64_t lo, int64_t hi) {
     const lm_quant_ops *ops = lm_quant_ops_get(j->w->dtype);
@@ -622,7 +624,7 @@ static void gemm_rows(void *vctx, int ith, int nth) {
 lm_status lm_matmul_gemm(lm_pool *pool, const lm_tensor *w, const float *x, int64_t n, float *y, void *wbuf, void *qbuf) {
     if (w->interleaved) return lm_err("matmul: an interleaved weight has no rows to dequantize (core/matmul.c)");
     gemm_job j = {.w = w, .x = x, .n = n, .y = y, .wbuf = wbuf, .xb = qbuf, .bf16 = gemm_bf16(w)};
-    if (j.bf16) lm_pool_run_dynamic(pool, gemm_x_bf16, &j, &j.q);
+    if (j.bf16) to_bf16(pool, x, n, w->shape[1], j.xb);
     lm_pool_run_dynamic(pool, gemm_rows, &j, &j.q);
     return atomic_load(&j.failed) ? LM_ERR : LM_OK;
 }
