@@ -160,6 +160,15 @@ static bool take_tiled(const lm_tensor *w, int64_t n) {
 
 static bool gemm_bf16(const lm_tensor *w);
 
+/* Several weights' rows laid end to end (a group's, split over the threads
+ * as one matrix): the share [*a, *e) of rows [lo, hi) that falls to the
+ * weight of out rows after base rows of the others; false when none */
+static inline bool end_to_end(int64_t lo, int64_t hi, int64_t base, int64_t out, int64_t *a, int64_t *e) {
+    *a = lo > base ? lo - base : 0;
+    *e = hi - base < out ? hi - base : out;
+    return *a < *e;
+}
+
 /* Prompts on AMX's bf16 tiles (quant.h: bf16_panel, lm_amx_bf16_gemm): the
  * quantized types with repacked panels (the K-quants and the legacy ones),
  * from AMX_MIN_TOKENS tokens of one session's prompt (llama.c mm, mm_group),
@@ -204,7 +213,7 @@ typedef struct {
     const char *w[LM_PANEL_GROUP];
     int64_t out[LM_PANEL_GROUP];
     float *y[LM_PANEL_GROUP];
-    int64_t in, n, chunk;
+    int64_t in, n;
     size_t row, repacked; /* the weights' row size; a thread's repacked panel (its scratch, then the chunk) */
     bool il;
     uint16_t *xb;
@@ -238,8 +247,8 @@ static void amx_range(const amx_job *j, int i, int64_t lo, int64_t hi, char *scr
     uint16_t *wb = (uint16_t *)(scr + j->repacked);
     const lm_repack_fn repack = j->il ? j->ops->repack_il : j->ops->repack;
     const size_t ws = (size_t)j->in * LM_PANEL_ROWS;
-    for (int64_t r0 = lo; r0 < hi; r0 += j->chunk * LM_PANEL_ROWS) {
-        const int64_t r1 = r0 + j->chunk * LM_PANEL_ROWS < hi ? r0 + j->chunk * LM_PANEL_ROWS : hi;
+    for (int64_t r0 = lo; r0 < hi; r0 += AMX_PANELS * LM_PANEL_ROWS) {
+        const int64_t r1 = r0 + AMX_PANELS * LM_PANEL_ROWS < hi ? r0 + AMX_PANELS * LM_PANEL_ROWS : hi;
         for (int64_t r = r0; r < r1; r += LM_PANEL_ROWS) {
             repack(j->in, j->w[i] + (size_t)r * j->row, j->row, scr);
             j->ops->bf16_panel(j->in, scr, wb + (size_t)((r - r0) / LM_PANEL_ROWS) * ws);
@@ -251,15 +260,11 @@ static void amx_range(const amx_job *j, int i, int64_t lo, int64_t hi, char *scr
 
 static void amx_rows(void *vctx, int ith, int nth) {
     amx_job *j = vctx;
-    int64_t total = 0, lo, hi;
+    int64_t total = 0, lo, hi, a, e;
     for (int i = 0; i < j->k; i++) total += j->out[i];
-    while (lm_pool_take(&j->q, total, j->chunk * LM_PANEL_ROWS, nth, &lo, &hi)) {
-        int64_t base = 0;
-        for (int i = 0; i < j->k; base += j->out[i], i++) {
-            const int64_t a = lo > base ? lo - base : 0, e = hi - base < j->out[i] ? hi - base : j->out[i];
-            if (a < e) amx_range(j, i, a, e, j->scratch + (size_t)ith * j->scratch_size);
-        }
-    }
+    while (lm_pool_take(&j->q, total, AMX_PANELS * LM_PANEL_ROWS, nth, &lo, &hi))
+        for (int64_t i = 0, base = 0; i < j->k; base += j->out[i], i++)
+            if (end_to_end(lo, hi, base, j->out[i], &a, &e)) amx_range(j, (int)i, a, e, j->scratch + (size_t)ith * j->scratch_size);
 }
 
 bool lm_matmul_amx(lm_pool *pool, const lm_tensor *const *w, int k, const float *x, int64_t n, float *const *y, void *qbuf) {
@@ -268,7 +273,7 @@ bool lm_matmul_amx(lm_pool *pool, const lm_tensor *const *w, int k, const float 
         if (!lm_matmul_prompt_amx(w[i], n) || w[i]->dtype != w[0]->dtype || w[i]->shape[1] != w[0]->shape[1] ||
             w[i]->interleaved != w[0]->interleaved)
             return false;
-    amx_job j = {.ops = lm_quant_ops_get(w[0]->dtype), .k = k, .in = w[0]->shape[1], .n = n, .chunk = AMX_PANELS,
+    amx_job j = {.ops = lm_quant_ops_get(w[0]->dtype), .k = k, .in = w[0]->shape[1], .n = n,
                  .row = (size_t)w[0]->stride[0], .repacked = amx_repacked_size(w[0]), .il = w[0]->interleaved, .xb = qbuf,
                  .scratch = (char *)qbuf + amx_x_size(w[0], n), .scratch_size = amx_thread_size(w[0])};
     for (int i = 0; i < k; i++) j.w[i] = w[i]->data, j.out[i] = w[i]->shape[0], j.y[i] = y[i];
@@ -421,16 +426,11 @@ typedef struct {
 
 static void group_rows(void *vctx, int ith, int nth) {
     group_job *g = vctx;
-    int64_t total = 0, lo, hi;
+    int64_t total = 0, lo, hi, a, e;
     for (int i = 0; i < g->k; i++) total += g->out[i];
-    while (lm_pool_take(&g->j.q, total, LM_PANEL_ROWS, nth, &lo, &hi)) {
-        int64_t base = 0;
-        for (int i = 0; i < g->k; base += g->out[i], i++) {
-            const int64_t a = lo > base ? lo - base : 0, e = hi - base < g->out[i] ? hi - base : g->out[i];
-            if (a >= e) continue;
-            rows_range(&g->j, g->w[i], g->out[i], g->y[i], a, e, ith);
-        }
-    }
+    while (lm_pool_take(&g->j.q, total, LM_PANEL_ROWS, nth, &lo, &hi))
+        for (int64_t i = 0, base = 0; i < g->k; base += g->out[i], i++)
+            if (end_to_end(lo, hi, base, g->out[i], &a, &e)) rows_range(&g->j, g->w[i], g->out[i], g->y[i], a, e, ith);
 }
 
 bool lm_matmul_has_panel(const lm_tensor *w) {

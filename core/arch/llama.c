@@ -271,8 +271,7 @@ static void attn_rows(void *vctx, int ith, int nth) {
 static void mm(const batch *b, const lm_tensor *w, const float *x, float *y) {
     lm_session *s = b->ws;
     lm_pool *pool = s->model->pool;
-    if (b->gemm && b->prompt && b->prompt[0] && lm_matmul_prompt_amx(w, b->n) && lm_matmul_amx(pool, &w, 1, x, b->n, &y, s->qbuf))
-        return;
+    if (b->gemm && b->prompt && b->prompt[0] && lm_matmul_amx(pool, &w, 1, x, b->n, &y, s->qbuf)) return;
     if (b->gemm && b->prompt && b->prompt[0] && lm_matmul_prompt_gemm(w, b->n) && s->wbuf &&
         lm_matmul_gemm(pool, w, x, b->n, y, s->wbuf, s->qbuf) == LM_OK) return;
     if (lm_matmul_panel_decode(w)) {
